@@ -1,0 +1,67 @@
+"""Model metadata tinyfed keeps inside the .tflite (a ``tinyfed`` metadata buffer, JSON).
+
+A device must feed a model exactly the input the model was built for. The
+per-feature normalisation and the class names travel inside the model file,
+so a model version and its preprocessing can never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import ModelError
+from .graph import Graph
+from .quant import quantize
+
+METADATA_KEY = "tinyfed"
+
+
+@dataclass
+class ModelInfo:
+    architecture: str = "custom"
+    input_mean: list[float] = field(default_factory=list)
+    input_std: list[float] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    dataset: str = ""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_graph(cls, graph: Graph) -> ModelInfo:
+        blob = graph.metadata.get(METADATA_KEY)
+        if blob is None:
+            return cls()
+        try:
+            data = json.loads(blob)
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"metadata {METADATA_KEY!r} is not valid tinyfed JSON: {exc}") from exc
+
+    def attach(self, graph: Graph) -> None:
+        graph.metadata[METADATA_KEY] = self.to_bytes()
+
+
+def normalise(info: ModelInfo, x: np.ndarray) -> np.ndarray:
+    """Apply the model's per-feature (last axis) normalisation; identity when it has none."""
+    if not info.input_mean:
+        return x.astype(np.float32)
+    mean = np.asarray(info.input_mean, np.float32)
+    std = np.asarray(info.input_std, np.float32)
+    if mean.shape[0] != x.shape[-1]:
+        raise ModelError(f"model normalises {mean.shape[0]} features, data has {x.shape[-1]}")
+    return ((x - mean) / std).astype(np.float32)
+
+
+def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Raw float samples [N, ...] -> the int8 model input, via normalisation and input quantisation."""
+    info = ModelInfo.from_graph(graph)
+    t = graph.tensor(graph.inputs[0])
+    q = t.require_int8()
+    z = normalise(info, x)
+    if z.shape[1:] != t.shape[1:]:
+        z = z.reshape((z.shape[0], *t.shape[1:])) if z[0].size == int(np.prod(t.shape[1:])) else z
+    return quantize(z, float(q.scale[0]), int(q.zero_point[0]))

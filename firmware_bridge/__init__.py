@@ -1,0 +1,1 @@
+"""Serial protocol and MCU <-> MQTT bridge. Not built yet: see issue 6."""

@@ -1,0 +1,1 @@
+"""Gateway aggregator service (rounds, strategies, publisher). Not built yet: see issue 5."""
