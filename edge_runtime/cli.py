@@ -1,0 +1,116 @@
+"""``tinyfed``: one command, a subcommand per role.
+
+Every subcommand imports its implementation only when run, so ``tinyfed
+device ...`` on a board never loads gateway code (or an interpreter it does
+not use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _model_build(args: argparse.Namespace) -> int:
+    from .commands.model import build
+
+    return build(args)
+
+
+def _model_inspect(args: argparse.Namespace) -> int:
+    from .commands.model import inspect
+
+    return inspect(args)
+
+
+def _device_train(args: argparse.Namespace) -> int:
+    from .commands.device import train
+
+    return train(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .commands.demo import demo
+
+    return demo(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .commands.bench import bench
+
+    return bench(args)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (cosine-decayed)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--prox-mu", type=float, default=0.0, help="FedProx proximal term")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tinyfed", description="Federated learning for IoT devices.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="build and inspect int8 .tflite models").add_subparsers(
+        dest="action", required=True)
+    b = model.add_parser("build", help="build a fresh int8 model calibrated on data")
+    b.add_argument("--arch", choices=("mlp", "cnn1d"), required=True)
+    b.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, x.npz, x.csv")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(handler=_model_build)
+    i = model.add_parser("inspect", help="print tensors, operators, quantisation and version")
+    i.add_argument("model", type=Path)
+    i.set_defaults(handler=_model_inspect)
+
+    device = sub.add_parser("device", help="the device side").add_subparsers(dest="action", required=True)
+    t = device.add_parser("train", help="train a model on local data and report int8 accuracy")
+    t.add_argument("--model", type=Path, required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", type=Path, help="write the trained model here")
+    t.add_argument("--backend", default="all", help="litert, tflite-runtime, micro, or all installed")
+    t.add_argument("--trainable-layers", type=int, default=0,
+                   help="train only the last N weighted layers (0: the whole model)")
+    t.add_argument("--personal-layers", type=int, default=0,
+                   help="keep the last N trainable layers local (excluded from the update)")
+    t.add_argument("--group", type=int, help="use only this natural group (HAR subject, engine)")
+    t.add_argument("--holdout", type=float, default=0.0,
+                   help="with --group: evaluate on this last fraction of the group's samples")
+    _add_train_options(t)
+    t.set_defaults(handler=_device_train)
+
+    d = sub.add_parser("demo", help="build, train and score a model on bundled data (zero setup)")
+    d.add_argument("--data", default=None, help="default: har when the shared data is present, else digits")
+    d.add_argument("--epochs", type=int, default=None)
+    d.set_defaults(handler=_demo)
+
+    be = sub.add_parser("bench", help="run benchmarks from bench/ and write bench/results/NAME.json")
+    be.add_argument("names", nargs="*", default=["train"])
+    be.add_argument("--full", action="store_true", help="larger runs where a benchmark offers them")
+    be.set_defaults(handler=_bench)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .model.errors import ModelError
+
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except (ModelError, ValueError, OSError) as exc:
+        print(f"tinyfed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""``tinyfed device train``: local training with int8 accuracy before and after, per backend."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ..data.dataset import DataError, Dataset
+from ..data.sources import load_source
+from ..model.backends import available_backends, get_backend
+from ..model.backends.base import Backend
+from ..model.graph import model_version
+from ..model.info import quantize_input
+from ..model.reader import read_graph
+from ..model.writer import write_graph
+from ..progress import ProgressBar
+from ..train.evaluate import accuracy, int8_predictions
+from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
+
+
+def select_group(train: Dataset, test: Dataset, group: int, holdout: float) -> tuple[Dataset, Dataset]:
+    """Samples of one natural group, split in time order: first part trains, the rest evaluates."""
+    for ds in (train, test):
+        if ds.groups is not None and (ds.groups == group).any():
+            idx = np.flatnonzero(ds.groups == group)
+            n_train = max(1, int(round(len(idx) * (1.0 - holdout))))
+            if holdout > 0 and n_train >= len(idx):
+                raise DataError(f"group {group} has {len(idx)} samples: too few to hold out {holdout:.0%}")
+            evaluate = ds.subset(idx[n_train:], f"group {group} held out") if holdout > 0 else test
+            return ds.subset(idx[:n_train], f"group {group}"), evaluate
+    raise DataError(f"no samples of group {group} in {train.name} or {test.name}")
+
+
+def resolve_backends(name: str) -> list[Backend]:
+    names = available_backends() if name == "all" else [name]
+    if not names:
+        raise DataError("no interpreter backend installed: pip install 'tinyfed[litert]'")
+    return [get_backend(n) for n in names]
+
+
+def train(args: argparse.Namespace) -> int:
+    model_bytes = args.model.read_bytes()
+    graph = read_graph(model_bytes)
+    split = load_source(args.data, seed=args.seed)
+    train_ds, eval_ds = split.train, split.test
+    if args.group is not None:
+        train_ds, eval_ds = select_group(split.train, split.test, args.group, args.holdout)
+    backends = resolve_backends(args.backend)
+    x_train = quantize_input(graph, train_ds.x)
+    x_eval = quantize_input(graph, eval_ds.x)
+    print(f"model {args.model} ({model_version(model_bytes)[:16]}), train {len(train_ds)} samples "
+          f"({train_ds.name}), evaluate {len(eval_ds)} ({eval_ds.name})")
+
+    before = {b.name: accuracy(int8_predictions(b, model_bytes, x_eval), eval_ds.y) for b in backends}
+    cut = cut_for_last_layers(graph, args.trainable_layers)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                         momentum=args.momentum, prox_mu=args.prox_mu, seed=args.seed)
+    trainer = Trainer(graph, cut=cut, backend=backends[0], config=config, personal_layers=args.personal_layers)
+    batches = max(1, -(-len(train_ds) // args.batch_size))
+    t0 = time.perf_counter()
+    trainer.fit(x_train, train_ds.y, progress=ProgressBar(args.epochs, batches))
+    seconds = time.perf_counter() - t0
+    float_acc = accuracy(trainer.predict_float(trainer.features(x_eval)), eval_ds.y)
+    new_bytes = write_graph(trainer.export())
+    after = {b.name: accuracy(int8_predictions(b, new_bytes, x_eval), eval_ds.y) for b in backends}
+
+    trainable = len(graph.operators) - cut
+    print(f"trained {trainable} of {len(graph.operators)} operators (cut at #{cut}) for {args.epochs} epochs "
+          f"in {seconds:.1f} s ({args.epochs * len(train_ds) / seconds:.0f} samples/s)")
+    print(f"{'backend':<16}{'int8 before':>12}{'int8 after':>12}")
+    for b in backends:
+        print(f"{b.name:<16}{before[b.name]:>12.4f}{after[b.name]:>12.4f}")
+    print(f"{'float tail':<16}{'':>12}{float_acc:>12.4f}")
+    if args.out:
+        args.out.write_bytes(new_bytes)
+        print(f"wrote {args.out} (version {model_version(new_bytes)[:16]})")
+    sys.stdout.flush()
+    return 0
