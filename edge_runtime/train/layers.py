@@ -114,7 +114,7 @@ class Weighted(Layer):
     def backward(self, dy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         mask = self.cache["mask"]
         da = dy if mask is None else dy * mask
-        dz = (da * _activation_grad(self.cache["z"], self.activation)).astype(np.float32)
+        dz = (da * _activation_grad(self.cache["z"], self.activation)).astype(da.dtype, copy=False)
         dx, dw = self._linear_backward(dz)
         db = dz.reshape(-1, dz.shape[-1]).sum(axis=0)
         return dx, {"weight": dw, "bias": db}
@@ -222,7 +222,7 @@ class Pool2D(Layer):
             if quantized:  # the int8 kernel rounds the mean onto the (shared) grid
                 scale, zp = self.in_q
                 y, _ = fake_quant_activation(y, scale, zp)
-        return _activate(y, self.activation).astype(np.float32)
+        return _activate(y, self.activation).astype(x.dtype, copy=False)
 
     def backward(self, dy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         n, h, w, c = self.cache["x_shape"]
@@ -230,11 +230,11 @@ class Pool2D(Layer):
         if self.opcode == "MAX_POOL_2D":
             arg = self.cache["arg"]
             oh, ow = dy.shape[1:3]
-            grad = np.zeros((n, oh, ow, fh * fw, c), np.float32)
+            grad = np.zeros((n, oh, ow, fh * fw, c), dy.dtype)
             np.put_along_axis(grad, arg[:, :, :, None, :], dy[:, :, :, None, :], axis=3)
             grad = grad.reshape(n, oh, ow, fh, fw, c)
         else:
-            share = (dy / self.cache["count"]).astype(np.float32)
+            share = (dy / self.cache["count"]).astype(dy.dtype, copy=False)
             grad = np.broadcast_to(share[:, :, :, None, None, :], (*dy.shape[:3], fh, fw, c))
         return scatter_patches(grad, (n, h, w, c), self.stride, (1, 1), self.padding), {}
 
@@ -267,7 +267,7 @@ class Softmax(Layer):
         logits = x * self.beta
         logits = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(logits)
-        p = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+        p = (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype, copy=False)
         self.cache["p"] = p
         return p
 
@@ -275,12 +275,12 @@ class Softmax(Layer):
         p = self.cache["p"]
         grad = p.copy()
         grad[np.arange(len(labels)), labels] -= 1.0
-        return (grad * self.beta / len(labels)).astype(np.float32)
+        return (grad * self.beta / len(labels)).astype(p.dtype, copy=False)
 
     def backward(self, dy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         p = self.cache["p"]
         dot = (dy * p).sum(axis=-1, keepdims=True)
-        return (p * (dy - dot) * self.beta).astype(np.float32), {}
+        return (p * (dy - dot) * self.beta).astype(p.dtype, copy=False), {}
 
 
 __all__ = [

@@ -1,0 +1,53 @@
+"""Shared fixtures: real data, real models, every installed interpreter backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.data.sources import load_digits, shared_data_dir
+from edge_runtime.model.backends import available_backends, get_backend
+from edge_runtime.model.backends.base import Backend
+from edge_runtime.model.graph import Graph
+from edge_runtime.train.build import build_model
+
+INSTALLED = available_backends()
+
+
+def pytest_report_header() -> str:
+    return f"tinyfed interpreter backends installed: {', '.join(INSTALLED) or 'none'}"
+
+
+@pytest.fixture(params=INSTALLED or [pytest.param("none", marks=pytest.mark.skip(reason="no interpreter backend installed"))])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return get_backend(request.param)
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplit:
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp(digits: DataSplit) -> Graph:
+    return build_model("mlp", digits.train.x, digits.train.classes, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    if folder is None:
+        pytest.skip("../shared/data is absent on this machine (CI always has it)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sensor_windows() -> np.ndarray:
+    """Synthetic [N, 128, 9] windows: only used where the model's shape, not accuracy, matters."""
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 8 * np.pi, 128, dtype=np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (256, 1, 9)).astype(np.float32)
+    return (np.sin(t[None, :, None] + phase) + 0.3 * rng.standard_normal((256, 128, 9))).astype(np.float32)
