@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="build and inspect int8 .tflite models").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     b = model.add_parser("build", help="build a fresh int8 model calibrated on data")
     b.add_argument("--arch", choices=("mlp", "cnn1d"), required=True)
     b.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, x.npz, x.csv")
@@ -76,13 +77,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True)
     t.add_argument("--out", type=Path, help="write the trained model here")
     t.add_argument("--backend", default="all", help="litert, tflite-runtime, micro, or all installed")
-    t.add_argument("--trainable-layers", type=int, default=0,
-                   help="train only the last N weighted layers (0: the whole model)")
-    t.add_argument("--personal-layers", type=int, default=0,
-                   help="keep the last N trainable layers local (excluded from the update)")
+    t.add_argument(
+        "--trainable-layers", type=int, default=0, help="train only the last N weighted layers (0: the whole model)"
+    )
+    t.add_argument(
+        "--personal-layers",
+        type=int,
+        default=0,
+        help="keep the last N trainable layers local (excluded from the update)",
+    )
     t.add_argument("--group", type=int, help="use only this natural group (HAR subject, engine)")
-    t.add_argument("--holdout", type=float, default=0.0,
-                   help="with --group: evaluate on this last fraction of the group's samples")
+    t.add_argument(
+        "--holdout", type=float, default=0.0, help="with --group: evaluate on this last fraction of the group's samples"
+    )
     _add_train_options(t)
     t.set_defaults(handler=_device_train)
 

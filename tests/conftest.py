@@ -21,7 +21,9 @@ def pytest_report_header() -> str:
     return f"tinyfed interpreter backends installed: {', '.join(INSTALLED) or 'none'}"
 
 
-@pytest.fixture(params=INSTALLED or [pytest.param("none", marks=pytest.mark.skip(reason="no interpreter backend installed"))])
+@pytest.fixture(
+    params=INSTALLED or [pytest.param("none", marks=pytest.mark.skip(reason="no interpreter backend installed"))]
+)
 def backend(request: pytest.FixtureRequest) -> Backend:
     return get_backend(request.param)
 

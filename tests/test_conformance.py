@@ -21,15 +21,26 @@ def every_kernel_model() -> Graph:
     rng = np.random.default_rng(7)
     layers = [
         Reshape(out_shape=(1, 1, 32, 3)),
-        Conv2D(weight=rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32), bias=rng.normal(0, 0.1, 8).astype(np.float32),
-               activation="RELU6", stride=(1, 2), padding="SAME"),
-        DepthwiseConv2D(weight=rng.normal(0, 0.5, (1, 1, 3, 16)).astype(np.float32),
-                        bias=rng.normal(0, 0.1, 16).astype(np.float32), activation="RELU", multiplier=2,
-                        padding="SAME"),
+        Conv2D(
+            weight=rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32),
+            bias=rng.normal(0, 0.1, 8).astype(np.float32),
+            activation="RELU6",
+            stride=(1, 2),
+            padding="SAME",
+        ),
+        DepthwiseConv2D(
+            weight=rng.normal(0, 0.5, (1, 1, 3, 16)).astype(np.float32),
+            bias=rng.normal(0, 0.1, 16).astype(np.float32),
+            activation="RELU",
+            multiplier=2,
+            padding="SAME",
+        ),
         Pool2D(opcode="AVERAGE_POOL_2D", filter=(1, 3), stride=(1, 2), padding="SAME"),
         Pool2D(opcode="MAX_POOL_2D", filter=(1, 2), stride=(1, 2), padding="VALID"),
         Reshape(out_shape=(1, 64)),
-        FullyConnected(weight=rng.normal(0, 0.3, (5, 64)).astype(np.float32), bias=rng.normal(0, 0.1, 5).astype(np.float32)),
+        FullyConnected(
+            weight=rng.normal(0, 0.3, (5, 64)).astype(np.float32), bias=rng.normal(0, 0.1, 5).astype(np.float32)
+        ),
         Softmax(),
     ]
     tail = Tail(layers, (2.0 / 255, -1))

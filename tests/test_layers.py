@@ -36,8 +36,9 @@ def _check(layer: Layer, x: np.ndarray) -> None:
     dx, grads = layer.backward(probe)
     np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-4, atol=1e-5)
     for name, value in layer.params().items():
-        np.testing.assert_allclose(grads[name], _numeric_grad(loss, value), rtol=1e-4, atol=1e-5,
-                                   err_msg=f"{layer.opcode} d{name}")
+        np.testing.assert_allclose(
+            grads[name], _numeric_grad(loss, value), rtol=1e-4, atol=1e-5, err_msg=f"{layer.opcode} d{name}"
+        )
 
 
 def _w(*shape: int) -> np.ndarray:
@@ -49,18 +50,25 @@ def test_fully_connected(activation: str) -> None:
     _check(FullyConnected(weight=_w(4, 6), bias=_w(4), activation=activation), RNG.normal(0, 3, (3, 6)))
 
 
-@pytest.mark.parametrize(("stride", "dilation", "padding"),
-                         [((1, 1), (1, 1), "SAME"), ((1, 2), (1, 1), "SAME"), ((2, 1), (1, 2), "VALID")])
+@pytest.mark.parametrize(
+    ("stride", "dilation", "padding"), [((1, 1), (1, 1), "SAME"), ((1, 2), (1, 1), "SAME"), ((2, 1), (1, 2), "VALID")]
+)
 def test_conv2d(stride: tuple[int, int], dilation: tuple[int, int], padding: str) -> None:
-    layer = Conv2D(weight=_w(3, 2, 3, 2), bias=_w(3), activation="RELU", stride=stride, dilation=dilation,
-                   padding=padding)
+    layer = Conv2D(
+        weight=_w(3, 2, 3, 2), bias=_w(3), activation="RELU", stride=stride, dilation=dilation, padding=padding
+    )
     _check(layer, RNG.normal(size=(2, 5, 7, 2)))
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise(multiplier: int) -> None:
-    layer = DepthwiseConv2D(weight=_w(1, 2, 3, 3 * multiplier), bias=_w(3 * multiplier), multiplier=multiplier,
-                            stride=(1, 2), padding="SAME")
+    layer = DepthwiseConv2D(
+        weight=_w(1, 2, 3, 3 * multiplier),
+        bias=_w(3 * multiplier),
+        multiplier=multiplier,
+        stride=(1, 2),
+        padding="SAME",
+    )
     _check(layer, RNG.normal(size=(2, 4, 6, 3)))
 
 

@@ -101,7 +101,7 @@ def _float_graph() -> Graph:
 
 def test_float_model_is_refused_naming_the_tensor() -> None:
     graph = read_graph(write_graph(_float_graph()))
-    with pytest.raises(NotInt8Error, match="'x'.*int8 required"):
+    with pytest.raises(NotInt8Error, match=r"'x'.*int8 required"):
         graph.check_int8()
     with pytest.raises(NotInt8Error):
         Tail.from_graph(graph, 0)
@@ -110,7 +110,7 @@ def test_float_model_is_refused_naming_the_tensor() -> None:
 def test_op_without_backward_pass_is_named(digits_mlp: Graph) -> None:
     graph = digits_mlp.copy()
     graph.operators.insert(2, Operator("TANH", [graph.operators[1].outputs[0]], [graph.operators[1].outputs[0]]))
-    with pytest.raises(UnsupportedOpError, match="#2 TANH.*no backward pass"):
+    with pytest.raises(UnsupportedOpError, match=r"#2 TANH.*no backward pass"):
         Tail.from_graph(graph, 2)
 
 
@@ -172,8 +172,9 @@ def test_patch_refuses_a_tensor_sharing_its_buffer(digits_mlp: Graph) -> None:
     w_index = graph.operators[0].inputs[1]
     w = graph.tensor(w_index)
     assert w.data is not None and w.quant is not None
-    graph.add_tensor(Tensor("twin", w.shape, w.dtype, Quantization(w.quant.scale.copy(), w.quant.zero_point.copy()),
-                            w.data.copy()))
+    graph.add_tensor(
+        Tensor("twin", w.shape, w.dtype, Quantization(w.quant.scale.copy(), w.quant.zero_point.copy()), w.data.copy())
+    )
     data = bytearray(write_graph(graph))
     import tflite
 

@@ -63,8 +63,8 @@ def test_backbone_stays_frozen_below_the_cut(backend: Backend, trained_digits, d
     trainer = Trainer(graph, cut=cut, backend=backend, config=TrainConfig(epochs=2, learning_rate=0.01))
     trainer.fit(quantize_input(graph, digits.train.x[:300]), digits.train.y[:300])
     new = trainer.export()
-    for op_before, op_after in zip(graph.operators[:cut], new.operators[:cut], strict=True):
-        for i in op_before.inputs[1:]:
+    for op in graph.operators[:cut]:
+        for i in op.inputs[1:]:
             np.testing.assert_array_equal(graph.tensor(i).data, new.tensor(i).data)
     assert set(trainer.delta()) == {graph.tensor(graph.operators[cut].inputs[k]).name for k in (1, 2)}
 

@@ -28,7 +28,21 @@ def demo(args: argparse.Namespace) -> int:
         base = Path(tmp) / f"{data.replace(':', '_')}.tflite"
         model.build(argparse.Namespace(arch=arch, data=data, out=base, seed=0))
         trained = Path(tmp) / "trained.tflite"
-        return device.train(argparse.Namespace(
-            model=base, data=data, out=trained, backend="all", trainable_layers=0, personal_layers=0,
-            group=None, holdout=0.0, epochs=epochs, lr=0.05 if arch == "mlp" else 0.02,
-            momentum=0.9, batch_size=32, prox_mu=0.0, seed=0))
+        return device.train(
+            argparse.Namespace(
+                model=base,
+                data=data,
+                out=trained,
+                backend="all",
+                trainable_layers=0,
+                personal_layers=0,
+                group=None,
+                holdout=0.0,
+                epochs=epochs,
+                lr=0.05 if arch == "mlp" else 0.02,
+                momentum=0.9,
+                batch_size=32,
+                prox_mu=0.0,
+                seed=0,
+            )
+        )

@@ -26,7 +26,7 @@ def select_group(train: Dataset, test: Dataset, group: int, holdout: float) -> t
     for ds in (train, test):
         if ds.groups is not None and (ds.groups == group).any():
             idx = np.flatnonzero(ds.groups == group)
-            n_train = max(1, int(round(len(idx) * (1.0 - holdout))))
+            n_train = max(1, round(len(idx) * (1.0 - holdout)))
             if holdout > 0 and n_train >= len(idx):
                 raise DataError(f"group {group} has {len(idx)} samples: too few to hold out {holdout:.0%}")
             evaluate = ds.subset(idx[n_train:], f"group {group} held out") if holdout > 0 else test
@@ -51,13 +51,21 @@ def train(args: argparse.Namespace) -> int:
     backends = resolve_backends(args.backend)
     x_train = quantize_input(graph, train_ds.x)
     x_eval = quantize_input(graph, eval_ds.x)
-    print(f"model {args.model} ({model_version(model_bytes)[:16]}), train {len(train_ds)} samples "
-          f"({train_ds.name}), evaluate {len(eval_ds)} ({eval_ds.name})")
+    print(
+        f"model {args.model} ({model_version(model_bytes)[:16]}), train {len(train_ds)} samples "
+        f"({train_ds.name}), evaluate {len(eval_ds)} ({eval_ds.name})"
+    )
 
     before = {b.name: accuracy(int8_predictions(b, model_bytes, x_eval), eval_ds.y) for b in backends}
     cut = cut_for_last_layers(graph, args.trainable_layers)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         momentum=args.momentum, prox_mu=args.prox_mu, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        momentum=args.momentum,
+        prox_mu=args.prox_mu,
+        seed=args.seed,
+    )
     trainer = Trainer(graph, cut=cut, backend=backends[0], config=config, personal_layers=args.personal_layers)
     batches = max(1, -(-len(train_ds) // args.batch_size))
     t0 = time.perf_counter()
@@ -68,8 +76,10 @@ def train(args: argparse.Namespace) -> int:
     after = {b.name: accuracy(int8_predictions(b, new_bytes, x_eval), eval_ds.y) for b in backends}
 
     trainable = len(graph.operators) - cut
-    print(f"trained {trainable} of {len(graph.operators)} operators (cut at #{cut}) for {args.epochs} epochs "
-          f"in {seconds:.1f} s ({args.epochs * len(train_ds) / seconds:.0f} samples/s)")
+    print(
+        f"trained {trainable} of {len(graph.operators)} operators (cut at #{cut}) for {args.epochs} epochs "
+        f"in {seconds:.1f} s ({args.epochs * len(train_ds) / seconds:.0f} samples/s)"
+    )
     print(f"{'backend':<16}{'int8 before':>12}{'int8 after':>12}")
     for b in backends:
         print(f"{b.name:<16}{before[b.name]:>12.4f}{after[b.name]:>12.4f}")

@@ -20,8 +20,18 @@ def load_cmapss(path: str | Path, horizon: int = 30) -> DataSplit:
         missing = {"X_train", "rul_train", "unit_train", "X_test", "rul_test", "unit_test"} - set(d.files)
         if missing:
             raise DataError(f"{path}: missing arrays {sorted(missing)}")
-        train = Dataset(d["X_train"].astype(np.float32), (d["rul_train"] <= horizon).astype(np.int64),
-                        CLASSES, d["unit_train"].astype(np.int64), "cmapss:train")
-        test = Dataset(d["X_test"].astype(np.float32), (d["rul_test"] <= horizon).astype(np.int64),
-                       CLASSES, d["unit_test"].astype(np.int64), "cmapss:test")
+        train = Dataset(
+            d["X_train"].astype(np.float32),
+            (d["rul_train"] <= horizon).astype(np.int64),
+            CLASSES,
+            d["unit_train"].astype(np.int64),
+            "cmapss:train",
+        )
+        test = Dataset(
+            d["X_test"].astype(np.float32),
+            (d["rul_test"] <= horizon).astype(np.int64),
+            CLASSES,
+            d["unit_test"].astype(np.int64),
+            "cmapss:test",
+        )
     return DataSplit(train, test, [f"label: fails within {horizon} cycles"])

@@ -25,7 +25,9 @@ class Dataset:
         if self.groups is not None and len(self.groups) != len(self.y):
             raise DataError(f"{self.name}: {len(self.groups)} group ids for {len(self.y)} samples")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
-            raise DataError(f"{self.name}: labels span {self.y.min()}..{self.y.max()}, {len(self.classes)} classes named")
+            raise DataError(
+                f"{self.name}: labels span {self.y.min()}..{self.y.max()}, {len(self.classes)} classes named"
+            )
         if self.x.dtype.kind == "f" and not np.isfinite(self.x).all():
             raise DataError(f"{self.name}: samples contain NaN or infinite values")
 
@@ -33,8 +35,13 @@ class Dataset:
         return len(self.y)
 
     def subset(self, index: np.ndarray, name: str | None = None) -> Dataset:
-        return Dataset(self.x[index], self.y[index], self.classes,
-                       None if self.groups is None else self.groups[index], name or self.name)
+        return Dataset(
+            self.x[index],
+            self.y[index],
+            self.classes,
+            None if self.groups is None else self.groups[index],
+            name or self.name,
+        )
 
 
 @dataclass
@@ -50,7 +57,7 @@ def stratified_split(ds: Dataset, test_fraction: float, seed: int) -> DataSplit:
     test_idx = []
     for c in np.unique(ds.y):
         idx = rng.permutation(np.flatnonzero(ds.y == c))
-        test_idx.append(idx[: max(1, int(round(len(idx) * test_fraction)))])
+        test_idx.append(idx[: max(1, round(len(idx) * test_fraction))])
     test = np.sort(np.concatenate(test_idx))
     train = np.setdiff1d(np.arange(len(ds)), test)
     return DataSplit(ds.subset(train, ds.name + ":train"), ds.subset(test, ds.name + ":test"))

@@ -24,8 +24,10 @@ def load_npz(path: str | Path, seed: int = 0) -> DataSplit:
             y_all, names = _classes(np.concatenate([d["y_train"], d["y_test"]]))
             n = len(d["y_train"])
             g_tr = d["groups_train"].astype(np.int64) if "groups_train" in d.files else None
-            return DataSplit(Dataset(d["X_train"].astype(np.float32), y_all[:n], names, g_tr, path.stem),
-                             Dataset(d["X_test"].astype(np.float32), y_all[n:], names, None, path.stem))
+            return DataSplit(
+                Dataset(d["X_train"].astype(np.float32), y_all[:n], names, g_tr, path.stem),
+                Dataset(d["X_test"].astype(np.float32), y_all[n:], names, None, path.stem),
+            )
         if {"x", "y"} <= set(d.files):
             y, names = _classes(d["y"])
             groups = d["groups"].astype(np.int64) if "groups" in d.files else None

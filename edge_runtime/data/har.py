@@ -22,10 +22,20 @@ def load_har_npz(path: str | Path) -> DataSplit:
         if missing:
             raise DataError(f"{path}: missing arrays {sorted(missing)}")
         names = [str(v) for v in d["label_names"]] if "label_names" in d.files else HAR_LABELS
-        train = Dataset(d["X_train"].astype(np.float32), d["y_train"].astype(np.int64), names,
-                        d["subject_train"].astype(np.int64), "har:train")
-        test = Dataset(d["X_test"].astype(np.float32), d["y_test"].astype(np.int64), names,
-                       d["subject_test"].astype(np.int64), "har:test")
+        train = Dataset(
+            d["X_train"].astype(np.float32),
+            d["y_train"].astype(np.int64),
+            names,
+            d["subject_train"].astype(np.int64),
+            "har:train",
+        )
+        test = Dataset(
+            d["X_test"].astype(np.float32),
+            d["y_test"].astype(np.int64),
+            names,
+            d["subject_test"].astype(np.int64),
+            "har:test",
+        )
     return DataSplit(train, test)
 
 

@@ -53,8 +53,9 @@ def read_ts(path: str | Path, length: int | None = None, classes: list[str] | No
             if len(fields) < 2:
                 raise DataError(f"{path}:{lineno}: a series line needs values and a label separated by ':'")
             try:
-                channels = [np.array([float(v) if v not in ("?", "NaN") else np.nan for v in f.split(",")])
-                            for f in fields[:-1]]
+                channels = [
+                    np.array([float(v) if v not in ("?", "NaN") else np.nan for v in f.split(",")]) for f in fields[:-1]
+                ]
             except ValueError as exc:
                 raise DataError(f"{path}:{lineno}: {exc}") from exc
             rows.append(channels)

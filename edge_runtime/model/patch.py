@@ -106,8 +106,11 @@ class ModelPatcher:
         shape = [1] * weight.ndim
         shape[axis] = -1
         w_scales[...] = new_scales
-        w_view[...] = np.clip(np.round(weight / new_scales.reshape(shape) if new_scales.size > 1
-                                       else weight / new_scales[0]), -INT8_MAX, INT8_MAX).astype(np.int8)
+        w_view[...] = np.clip(
+            np.round(weight / new_scales.reshape(shape) if new_scales.size > 1 else weight / new_scales[0]),
+            -INT8_MAX,
+            INT8_MAX,
+        ).astype(np.int8)
         if b_name is None:
             return
         in_name = names[0]

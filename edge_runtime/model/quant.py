@@ -46,9 +46,7 @@ def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     return (x >> exponent) + (remainder > threshold).astype(np.int64)
 
 
-def multiply_by_quantized_multiplier(
-    acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray
-) -> np.ndarray:
+def multiply_by_quantized_multiplier(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Requantise int32 accumulators; ``multiplier``/``shift`` broadcast over the last axis."""
     acc64 = acc.astype(np.int64)
     left = np.maximum(shift, 0).astype(np.int64)
@@ -69,7 +67,7 @@ def affine_params(lo: float, hi: float) -> tuple[float, int]:
     if hi - lo < 1e-8:
         hi = lo + 1e-8
     scale = (hi - lo) / 255.0
-    zero_point = int(round(INT8_MIN - lo / scale))
+    zero_point = round(INT8_MIN - lo / scale)
     return scale, int(np.clip(zero_point, INT8_MIN, INT8_MAX))
 
 
@@ -96,5 +94,5 @@ def activation_bounds(activation: str, scale: float, zero_point: int) -> tuple[i
     if activation in ("RELU", "RELU6"):
         lo = max(lo, zero_point)
     if activation == "RELU6":
-        hi = min(hi, zero_point + int(round(6.0 / scale)))
+        hi = min(hi, zero_point + round(6.0 / scale))
     return lo, hi

@@ -22,9 +22,7 @@ def _check_header(data: bytes) -> None:
     if len(data) < 8:
         raise CorruptModelError(f"model is {len(data)} bytes; a .tflite file has at least 8")
     if data[4:8] != FILE_IDENTIFIER:
-        raise CorruptModelError(
-            f"bytes 4..8 are {data[4:8]!r}, not the TFLite identifier {FILE_IDENTIFIER!r}"
-        )
+        raise CorruptModelError(f"bytes 4..8 are {data[4:8]!r}, not the TFLite identifier {FILE_IDENTIFIER!r}")
     (root,) = struct.unpack_from("<I", data, 0)
     if root + 4 > len(data):
         raise CorruptModelError(f"root table offset {root} lies past the end ({len(data)} bytes)")

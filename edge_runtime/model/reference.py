@@ -22,9 +22,7 @@ def _scalar_q(graph: Graph, index: int) -> tuple[float, int]:
     return float(q.scale[0]), int(q.zero_point[0])
 
 
-def _requantize(
-    graph: Graph, op: Operator, acc: np.ndarray, weight_scales: np.ndarray
-) -> np.ndarray:
+def _requantize(graph: Graph, op: Operator, acc: np.ndarray, weight_scales: np.ndarray) -> np.ndarray:
     in_scale, _ = _scalar_q(graph, op.inputs[0])
     out_scale, out_zp = _scalar_q(graph, op.outputs[0])
     real = in_scale * weight_scales.astype(np.float64) / out_scale

@@ -66,9 +66,9 @@ def scatter_patches(
         for j in range(fw):
             hi = i * dilation[0]
             wj = j * dilation[1]
-            out[:, hi : hi + oh * stride[0] : stride[0], wj : wj + ow * stride[1] : stride[1], :] += (
-                grad_patches[:, :, :, i, j, :]
-            )
+            out[:, hi : hi + oh * stride[0] : stride[0], wj : wj + ow * stride[1] : stride[1], :] += grad_patches[
+                :, :, :, i, j, :
+            ]
     return out[:, ph : ph + h, pw : pw + w, :]
 
 

@@ -161,8 +161,8 @@ def write_graph(graph: Graph) -> bytes:
             tensor_buffer.append(len(payloads))
             payloads.append(np.ascontiguousarray(t.data, dtype=t.dtype).tobytes())
     metadata_buffer: dict[str, int] = {}
-    for key, blob in graph.metadata.items():
-        metadata_buffer[key] = len(payloads)
+    for meta_key, blob in graph.metadata.items():
+        metadata_buffer[meta_key] = len(payloads)
         payloads.append(blob)
 
     buffer_offsets = []
@@ -229,8 +229,8 @@ def write_graph(graph: Graph) -> bytes:
     subgraph = int(tflite.SubGraphEnd(b))
 
     meta_offsets = []
-    for key, index in metadata_buffer.items():
-        name = b.CreateString(key)
+    for meta_key, index in metadata_buffer.items():
+        name = b.CreateString(meta_key)
         tflite.MetadataStart(b)
         tflite.MetadataAddName(b, name)
         tflite.MetadataAddBuffer(b, index)

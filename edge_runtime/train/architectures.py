@@ -23,11 +23,11 @@ def mlp(inputs: int, classes: int, hidden: tuple[int, ...] = (64, 32), seed: int
     layers: list[Layer] = []
     width = inputs
     for units in hidden:
-        layers.append(FullyConnected(weight=_he(rng, (units, width), width),
-                                     bias=np.zeros(units, np.float32), activation="RELU"))
+        layers.append(
+            FullyConnected(weight=_he(rng, (units, width), width), bias=np.zeros(units, np.float32), activation="RELU")
+        )
         width = units
-    layers.append(FullyConnected(weight=_he(rng, (classes, width), width) * 0.5,
-                                 bias=np.zeros(classes, np.float32)))
+    layers.append(FullyConnected(weight=_he(rng, (classes, width), width) * 0.5, bias=np.zeros(classes, np.float32)))
     layers.append(Softmax())
     return layers
 
@@ -45,17 +45,22 @@ def cnn1d(
     layers: list[Layer] = [Reshape(out_shape=(1, 1, steps, channels))]
     width, length = channels, steps
     for n, f in enumerate(filters):
-        layers.append(Conv2D(weight=_he(rng, (f, 1, kernel, width), kernel * width),
-                             bias=np.zeros(f, np.float32), activation="RELU",
-                             stride=(1, 1), padding="SAME"))
+        layers.append(
+            Conv2D(
+                weight=_he(rng, (f, 1, kernel, width), kernel * width),
+                bias=np.zeros(f, np.float32),
+                activation="RELU",
+                stride=(1, 1),
+                padding="SAME",
+            )
+        )
         width = f
         if n < len(filters) - 1:
             layers.append(Pool2D(opcode="MAX_POOL_2D", filter=(1, 2), stride=(1, 2), padding="VALID"))
             length //= 2
     layers.append(Pool2D(opcode="AVERAGE_POOL_2D", filter=(1, length), stride=(1, length), padding="VALID"))
     layers.append(Reshape(out_shape=(1, width)))
-    layers.append(FullyConnected(weight=_he(rng, (classes, width), width) * 0.5,
-                                 bias=np.zeros(classes, np.float32)))
+    layers.append(FullyConnected(weight=_he(rng, (classes, width), width) * 0.5, bias=np.zeros(classes, np.float32)))
     layers.append(Softmax())
     return layers
 

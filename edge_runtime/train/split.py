@@ -16,13 +16,23 @@ def subgraph(graph: Graph, first: int, last: int, outputs: list[int]) -> Graph:
     if not ops:
         raise ModelError(f"empty operator range {first}..{last}")
     produced = {o for op in ops for o in op.outputs}
-    inputs = sorted({i for op in ops for i in op.inputs if i >= 0 and i not in produced and graph.tensors[i].data is None})
+    inputs = sorted(
+        {i for op in ops for i in op.inputs if i >= 0 and i not in produced and graph.tensors[i].data is None}
+    )
     used = sorted({i for op in ops for i in (*op.inputs, *op.outputs) if i >= 0} | set(outputs))
     remap = {old: new for new, old in enumerate(used)}
     out = Graph(
         tensors=[graph.tensors[i] for i in used],
-        operators=[Operator(op.opcode, [remap.get(i, -1) if i >= 0 else -1 for i in op.inputs],
-                            [remap[o] for o in op.outputs], dict(op.options), op.version) for op in ops],
+        operators=[
+            Operator(
+                op.opcode,
+                [remap.get(i, -1) if i >= 0 else -1 for i in op.inputs],
+                [remap[o] for o in op.outputs],
+                dict(op.options),
+                op.version,
+            )
+            for op in ops
+        ],
         inputs=[remap[i] for i in inputs],
         outputs=[remap[o] for o in outputs],
         name=graph.name,

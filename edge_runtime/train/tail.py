@@ -8,6 +8,8 @@ them back at the same graph positions, so the backbone is untouched.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..model.errors import ModelError, UnsupportedOpError
@@ -27,7 +29,15 @@ from .layers import (
     Weighted,
 )
 
-TRAINABLE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "RESHAPE", "SOFTMAX")
+TRAINABLE_OPS = (
+    "FULLY_CONNECTED",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "AVERAGE_POOL_2D",
+    "MAX_POOL_2D",
+    "RESHAPE",
+    "SOFTMAX",
+)
 ACTIVATIONS = ("NONE", "RELU", "RELU6")
 
 
@@ -76,16 +86,31 @@ def layer_from_op(graph: Graph, op: Operator, index: int) -> Layer:
         layer = FullyConnected(weight=w, bias=b, activation=activation, stats=_stats_from(out_q))
     elif op.opcode == "CONV_2D":
         w, b = _dequantized_weights(graph, op, index, 0)
-        layer = Conv2D(weight=w, bias=b, activation=activation, stats=_stats_from(out_q),
-                       stride=o["stride"], dilation=o["dilation"], padding=o["padding"])
+        layer = Conv2D(
+            weight=w,
+            bias=b,
+            activation=activation,
+            stats=_stats_from(out_q),
+            stride=o["stride"],
+            dilation=o["dilation"],
+            padding=o["padding"],
+        )
     elif op.opcode == "DEPTHWISE_CONV_2D":
         w, b = _dequantized_weights(graph, op, index, 3)
-        layer = DepthwiseConv2D(weight=w, bias=b, activation=activation, stats=_stats_from(out_q),
-                                stride=o["stride"], dilation=o["dilation"], padding=o["padding"],
-                                multiplier=int(o.get("depth_multiplier", 1)))
+        layer = DepthwiseConv2D(
+            weight=w,
+            bias=b,
+            activation=activation,
+            stats=_stats_from(out_q),
+            stride=o["stride"],
+            dilation=o["dilation"],
+            padding=o["padding"],
+            multiplier=int(o.get("depth_multiplier", 1)),
+        )
     elif op.opcode in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-        layer = Pool2D(opcode=op.opcode, filter=o["filter"], stride=o["stride"], padding=o["padding"],
-                       activation=activation)
+        layer = Pool2D(
+            opcode=op.opcode, filter=o["filter"], stride=o["stride"], padding=o["padding"], activation=activation
+        )
     elif op.opcode == "RESHAPE":
         layer = Reshape(out_shape=graph.tensor(op.outputs[0]).shape)
     else:
@@ -108,9 +133,11 @@ class Tail:
         if not 0 <= cut < len(graph.operators):
             raise ModelError(f"cut {cut} outside the model's {len(graph.operators)} operators")
         ops = graph.operators[cut:]
-        for i, (prev, nxt) in enumerate(zip(ops, ops[1:], strict=False)):
+        for i, (prev, nxt) in enumerate(itertools.pairwise(ops)):
             if nxt.inputs[0] != prev.outputs[0]:
-                raise UnsupportedOpError(nxt.opcode, cut + i + 1, "does not consume the previous operator's output (tail must be a chain)")
+                raise UnsupportedOpError(
+                    nxt.opcode, cut + i + 1, "does not consume the previous operator's output (tail must be a chain)"
+                )
         if ops[-1].outputs[0] not in graph.outputs:
             raise ModelError("the tail's last operator does not produce a model output")
         input_q = _qparams(graph.tensor(ops[0].inputs[0]).require_int8())
@@ -199,10 +226,22 @@ class Tail:
             inputs = [x_index]
             options: dict[str, object] = {}
             if isinstance(layer, Weighted):
-                w_idx = graph.add_tensor(Tensor(f"{layer.opcode.lower()}_{n}/weights", layer.weight.shape,
-                                                np.dtype(np.int8), data=np.zeros(layer.weight.shape, np.int8)))
-                b_idx = graph.add_tensor(Tensor(f"{layer.opcode.lower()}_{n}/bias", layer.bias.shape,
-                                                np.dtype(np.int32), data=np.zeros(layer.bias.shape, np.int32)))
+                w_idx = graph.add_tensor(
+                    Tensor(
+                        f"{layer.opcode.lower()}_{n}/weights",
+                        layer.weight.shape,
+                        np.dtype(np.int8),
+                        data=np.zeros(layer.weight.shape, np.int8),
+                    )
+                )
+                b_idx = graph.add_tensor(
+                    Tensor(
+                        f"{layer.opcode.lower()}_{n}/bias",
+                        layer.bias.shape,
+                        np.dtype(np.int32),
+                        data=np.zeros(layer.bias.shape, np.int32),
+                    )
+                )
                 inputs += [w_idx, b_idx]
                 options["activation"] = layer.activation
             if isinstance(layer, Conv2D | DepthwiseConv2D):
@@ -210,8 +249,9 @@ class Tail:
             if isinstance(layer, DepthwiseConv2D):
                 options["depth_multiplier"] = layer.multiplier
             if isinstance(layer, Pool2D):
-                options.update(filter=layer.filter, stride=layer.stride, padding=layer.padding,
-                               activation=layer.activation)
+                options.update(
+                    filter=layer.filter, stride=layer.stride, padding=layer.padding, activation=layer.activation
+                )
             if isinstance(layer, Reshape):
                 options["new_shape"] = list(out_shape)
             if isinstance(layer, Softmax):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.backends.base import Backend
+from ..model.backends.base import Backend, Session
 from ..model.errors import ModelError
 from ..model.graph import Graph, Tensor
 from ..model.quant import dequantize
@@ -52,21 +52,20 @@ ProgressFn = Callable[[int, int, float], None]  # (epoch, batches done, running 
 
 
 def weighted_layer_ops(graph: Graph) -> list[int]:
-    return [i for i, op in enumerate(graph.operators) if op.opcode in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")]
+    return [
+        i for i, op in enumerate(graph.operators) if op.opcode in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+    ]
 
 
 def cut_for_last_layers(graph: Graph, trainable_layers: int) -> int:
     """Operator index of the cut that leaves the last ``trainable_layers`` weighted layers trainable.
 
-    The cut moves back over parameter-free operators (pooling, reshape) that
-    sit directly before that layer, so they train with it.
+    0 (the whole model) when ``trainable_layers`` is 0 or covers every weighted layer.
     """
     weighted = weighted_layer_ops(graph)
     if trainable_layers <= 0 or trainable_layers >= len(weighted):
         return 0
-    cut = weighted[-trainable_layers]
-    prev = weighted[-trainable_layers - 1]
-    return cut if cut - prev >= 1 else cut
+    return weighted[-trainable_layers]
 
 
 class Trainer:
@@ -93,7 +92,7 @@ class Trainer:
         self.base = {i: {k: v.copy() for k, v in layer.params().items()} for i, layer in trainable}
         self.velocity = {i: {k: np.zeros_like(v) for k, v in layer.params().items()} for i, layer in trainable}
         self.rng = np.random.default_rng(self.config.seed)
-        self._backbone_session = None
+        self._backbone_session: Session | None = None
 
     # -- features at the cut ------------------------------------------------
     @property

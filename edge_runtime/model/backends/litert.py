@@ -19,15 +19,9 @@ class LitertBackend(Backend):
         try:
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError as exc:
-            raise BackendUnavailableError(
-                "ai-edge-litert is not installed: pip install 'tinyfed[litert]'"
-            ) from exc
+            raise BackendUnavailableError("ai-edge-litert is not installed: pip install 'tinyfed[litert]'") from exc
         self._factory = Interpreter
-        self._resolver = (
-            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
+        self._resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
     def load(self, model: bytes) -> Session:
-        return open_interpreter(
-            self._factory, model, self.name, experimental_op_resolver_type=self._resolver
-        )
+        return open_interpreter(self._factory, model, self.name, experimental_op_resolver_type=self._resolver)

@@ -26,7 +26,6 @@ from ..reader import read_graph
 from .base import Backend, Session
 
 
-
 def arena_with_margin(recorded: int) -> int:
     """Arena to configure for a model whose recording allocator reported ``recorded`` bytes.
 
@@ -36,6 +35,8 @@ def arena_with_margin(recorded: int) -> int:
     that cannot afford it learns so from ArenaTooSmallError, not a crash.
     """
     return recorded + 1024 + recorded // 8
+
+
 _TOTAL = re.compile(rb"Arena allocation total (\d+) bytes")
 
 
@@ -70,9 +71,7 @@ def _captured_native_output() -> Iterator[list[bytes]]:
 
 
 def _generous_arena_for(graph: Graph, model_size: int) -> int:
-    activations = sum(
-        int(np.prod(t.shape)) * t.dtype.itemsize for t in graph.tensors if t.data is None and t.shape
-    )
+    activations = sum(int(np.prod(t.shape)) * t.dtype.itemsize for t in graph.tensors if t.data is None and t.shape)
     return 32 * 1024 + 4 * activations + model_size
 
 
@@ -123,9 +122,7 @@ class MicroBackend(Backend):
         try:
             from tflite_micro.python.tflite_micro import runtime
         except ImportError as exc:
-            raise BackendUnavailableError(
-                "tflite-micro is not installed: pip install 'tinyfed[micro]'"
-            ) from exc
+            raise BackendUnavailableError("tflite-micro is not installed: pip install 'tinyfed[micro]'") from exc
         self._runtime = runtime
         self.arena_size = arena_size
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run tinyfed's whole test suite on a fresh machine.
+#
+# Two environments, because the interpreter wheels disagree about numpy:
+#   .venv      numpy 2: ai-edge-litert + tflite-micro (+ the sktime wheel, for its bundled data sets)
+#   .venv-np1  numpy 1.26: tflite-runtime 2.14, which fails under numpy 2
+# The conformance suite runs in both, so every backend is tested. ruff and
+# mypy run first; any failure fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+make_env() {
+    local dir=$1 extras=$2
+    [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+}
+
+echo "== environment .venv (numpy 2: litert, micro)"
+make_env .venv "dev,data,litert,micro"
+# Only the data files inside the wheel are read; sktime itself is never imported.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps sktime
+echo "== environment .venv-np1 (numpy 1.26: tflite-runtime)"
+make_env .venv-np1 "dev,data,tflite-runtime"
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy"
+.venv/bin/mypy
+
+status=0
+echo "== tests on numpy 2 (litert, micro)"
+.venv/bin/python -m pytest "$@" || status=$?
+echo "== tests on numpy 1.26 (tflite-runtime)"
+.venv-np1/bin/python -m pytest "$@" || status=$?
+exit $status
