@@ -28,7 +28,8 @@ def machine() -> str:
         mem = f", {kib / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {system}"
 
 
 def rss_mib(field: str = "VmRSS") -> float:
