@@ -56,8 +56,10 @@ def _worker(arch: str, model_out: str) -> dict[str, Any]:
     Path(model_out).write_bytes(model)
     np.save(model_out + ".x.npy", x_test)
     np.save(model_out + ".y.npy", split.test.y)
-    int8 = {name: accuracy(int8_predictions(get_backend(name), model, x_test), split.test.y)
-            for name in available_backends()}
+    int8 = {
+        name: accuracy(int8_predictions(get_backend(name), model, x_test), split.test.y)
+        for name in available_backends()
+    }
     return {
         "arch": arch,
         "data": data,
@@ -116,9 +118,17 @@ def _torch_samples_per_s(arch: str) -> float | None:
     else:
         x = x.permute(0, 2, 1)  # [N, channels, steps]
         model = nn.Sequential(
-            nn.Conv1d(9, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(64, 64, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, 6),
+            nn.Conv1d(9, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(32, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(64, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            nn.Linear(64, 6),
         )
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -135,8 +145,9 @@ def _torch_samples_per_s(arch: str) -> float | None:
 
 
 def _run_json(python: str, *args: str) -> dict[str, Any]:
-    done = subprocess.run([python, "-m", "bench.train", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=1800, check=False)
+    done = subprocess.run(
+        [python, "-m", "bench.train", *args], capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {args} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
