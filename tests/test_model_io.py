@@ -189,3 +189,35 @@ def test_patch_refuses_a_tensor_sharing_its_buffer(digits_mlp: Graph) -> None:
     patcher = ModelPatcher(bytes(data))
     with pytest.raises(Exception, match="shares its buffer"):
         patcher.data_view("twin")
+
+
+def _converter_made_model() -> bytes:
+    """sine_float.tflite, made by TensorFlow's MLIR converter, ships inside the tflite-micro wheel."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("tflite_micro")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("tflite-micro (which ships a converter-made model) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "python" / "tflite_micro" / "sine_float.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} not in this tflite-micro wheel")
+    return path.read_bytes()
+
+
+def test_converter_made_model_is_read_refused_as_float_and_rewritten_faithfully(backend) -> None:
+    original = _converter_made_model()
+    graph = read_graph(original)
+    assert graph.description == "MLIR Converted."
+    assert [op.opcode for op in graph.operators] == ["FULLY_CONNECTED"] * 3
+    assert graph.operators[0].options["activation"] == "RELU"
+    assert "min_runtime_version" in graph.metadata
+    with pytest.raises(NotInt8Error, match="serving_default_dense_input:0"):
+        graph.check_int8()
+    rewritten = write_graph(graph)
+    x = np.linspace(0, 6.28, 16, dtype=np.float32).reshape(16, 1)
+
+    def run(model: bytes) -> list[float]:
+        return backend.load(model).run_batch(x)[0].ravel().tolist()
+
+    assert run(rewritten) == run(original)

@@ -11,6 +11,7 @@ runtimes and bloats the TFLM arena.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     def input_shape(self, index: int = 0) -> tuple[int, ...]: ...
+
+    @abc.abstractmethod
+    def input_dtype(self, index: int = 0) -> np.dtype[Any]: ...
 
     @abc.abstractmethod
     def num_outputs(self) -> int: ...
@@ -45,12 +49,14 @@ class Session(abc.ABC):
         return None
 
     def check_input(self, x: np.ndarray, index: int = 0) -> np.ndarray:
+        """``x`` in the input's shape and dtype; a shape that does not fit raises ShapeMismatchError."""
         shape = self.input_shape(index)
+        dtype = self.input_dtype(index)
         if tuple(x.shape) != shape:
             if x.size == int(np.prod(shape)) and tuple(x.shape) == shape[1:]:
-                return x.reshape(shape).astype(np.int8)
+                return x.reshape(shape).astype(dtype)
             raise ShapeMismatchError(f"input {index}", shape, tuple(x.shape))
-        return x.astype(np.int8)
+        return x.astype(dtype, copy=False)
 
     def run_batch(self, x: np.ndarray) -> list[np.ndarray]:
         """Run every sample of ``x`` (leading batch axis); returns each output stacked."""

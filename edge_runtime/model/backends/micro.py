@@ -101,6 +101,9 @@ class MicroSession(Session):
             self._input_shapes[index] = tuple(int(d) for d in details["shape"])
         return self._input_shapes[index]
 
+    def input_dtype(self, index: int = 0) -> np.dtype[Any]:
+        return np.dtype(self._it.get_input_details(index)["dtype"])
+
     def num_outputs(self) -> int:
         return self._outputs
 

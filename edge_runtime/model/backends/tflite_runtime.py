@@ -20,6 +20,9 @@ class TfliteSession(Session):
     def input_shape(self, index: int = 0) -> tuple[int, ...]:
         return tuple(int(d) for d in self._inputs[index]["shape"])
 
+    def input_dtype(self, index: int = 0) -> np.dtype[Any]:
+        return np.dtype(self._inputs[index]["dtype"])
+
     def num_outputs(self) -> int:
         return len(self._outputs)
 
