@@ -88,7 +88,16 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--group", type=int, help="use only this natural group (HAR subject, engine)")
     t.add_argument(
-        "--holdout", type=float, default=0.0, help="with --group: evaluate on this last fraction of the group's samples"
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="with --group: evaluate on this fraction of the group's samples, train on the rest",
+    )
+    t.add_argument(
+        "--holdout-order",
+        choices=("random", "time"),
+        default="random",
+        help="hold out a seeded random share (default), or the most recent samples",
     )
     _add_train_options(t)
     t.set_defaults(handler=_device_train)

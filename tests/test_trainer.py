@@ -126,7 +126,7 @@ def test_har_personalisation_trains_the_last_two_layers_only(backend: Backend, h
     _, model = trained_har
     graph = read_graph(model)
     subject = int(har.test.groups[0])  # type: ignore[index]
-    idx = np.flatnonzero(har.test.groups == subject)
+    idx = np.random.default_rng(0).permutation(np.flatnonzero(har.test.groups == subject))
     half = len(idx) // 2
     cut = cut_for_last_layers(graph, 2)
     trainer = Trainer(graph, cut=cut, backend=backend, config=TrainConfig(epochs=5, learning_rate=0.01, seed=0))
@@ -139,4 +139,4 @@ def test_har_personalisation_trains_the_last_two_layers_only(backend: Backend, h
     held_out = quantize_input(graph, har.test.x[idx[half:]])
     before = accuracy(int8_predictions(backend, model, held_out), har.test.y[idx[half:]])
     after = accuracy(int8_predictions(backend, write_graph(new), held_out), har.test.y[idx[half:]])
-    assert after >= before - 0.02  # fine-tuning on the subject must not wreck the held-out half
+    assert after > before, f"personalising subject {subject}: {before:.4f} -> {after:.4f}"

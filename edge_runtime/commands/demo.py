@@ -38,6 +38,7 @@ def demo(args: argparse.Namespace) -> int:
                 personal_layers=0,
                 group=None,
                 holdout=0.0,
+                holdout_order="random",
                 epochs=epochs,
                 lr=0.05 if arch == "mlp" else 0.02,
                 momentum=0.9,

@@ -21,11 +21,21 @@ from ..train.evaluate import accuracy, int8_predictions
 from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 
 
-def select_group(train: Dataset, test: Dataset, group: int, holdout: float) -> tuple[Dataset, Dataset]:
-    """Samples of one natural group, split in time order: first part trains, the rest evaluates."""
+def select_group(
+    train: Dataset, test: Dataset, group: int, holdout: float, order: str = "random", seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Samples of one natural group: the first part trains, the held-out rest evaluates.
+
+    ``order="random"`` (seeded) holds out a random share; ``"time"`` holds out
+    the most recent samples. Time order is the realistic protocol on a live
+    device, but on recordings ordered by activity (HAR) it makes the two
+    halves hold different classes.
+    """
     for ds in (train, test):
         if ds.groups is not None and (ds.groups == group).any():
             idx = np.flatnonzero(ds.groups == group)
+            if order == "random":
+                idx = np.random.default_rng(seed).permutation(idx)
             n_train = max(1, round(len(idx) * (1.0 - holdout)))
             if holdout > 0 and n_train >= len(idx):
                 raise DataError(f"group {group} has {len(idx)} samples: too few to hold out {holdout:.0%}")
@@ -47,7 +57,9 @@ def train(args: argparse.Namespace) -> int:
     split = load_source(args.data, seed=args.seed)
     train_ds, eval_ds = split.train, split.test
     if args.group is not None:
-        train_ds, eval_ds = select_group(split.train, split.test, args.group, args.holdout)
+        train_ds, eval_ds = select_group(
+            split.train, split.test, args.group, args.holdout, args.holdout_order, args.seed
+        )
     backends = resolve_backends(args.backend)
     x_train = quantize_input(graph, train_ds.x)
     x_eval = quantize_input(graph, eval_ds.x)
