@@ -221,3 +221,19 @@ def test_converter_made_model_is_read_refused_as_float_and_rewritten_faithfully(
         return backend.load(model).run_batch(x)[0].ravel().tolist()
 
     assert run(rewritten) == run(original)
+
+
+def test_samples_of_the_wrong_size_are_refused_naming_the_input(digits_mlp: Graph) -> None:
+    with pytest.raises(ShapeMismatchError, match="'input'"):
+        quantize_input(digits_mlp, np.zeros((2, 63), np.float32))
+    assert quantize_input(digits_mlp, np.zeros((2, 8, 8), np.float32)).shape == (2, 64)
+
+
+def test_atomic_write_replaces_whole_files_only(tmp_path) -> None:
+    from edge_runtime.storage import atomic_write
+
+    target = tmp_path / "m.tflite"
+    atomic_write(target, b"old")
+    atomic_write(target, b"new model")
+    assert target.read_bytes() == b"new model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp files left behind

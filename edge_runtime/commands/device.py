@@ -17,6 +17,7 @@ from ..model.info import quantize_input
 from ..model.reader import read_graph
 from ..model.writer import write_graph
 from ..progress import ProgressBar
+from ..storage import atomic_write
 from ..train.evaluate import accuracy, int8_predictions
 from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 
@@ -97,7 +98,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"{b.name:<16}{before[b.name]:>12.4f}{after[b.name]:>12.4f}")
     print(f"{'float tail':<16}{'':>12}{float_acc:>12.4f}")
     if args.out:
-        args.out.write_bytes(new_bytes)
+        atomic_write(args.out, new_bytes)
         print(f"wrote {args.out} (version {model_version(new_bytes)[:16]})")
     sys.stdout.flush()
     return 0

@@ -11,6 +11,7 @@ from ..model.graph import model_version
 from ..model.info import ModelInfo
 from ..model.reader import read_graph
 from ..model.writer import write_graph
+from ..storage import atomic_write
 from ..train.build import build_model
 
 
@@ -18,7 +19,7 @@ def build(args: argparse.Namespace) -> int:
     split = load_source(args.data, seed=args.seed)
     graph = build_model(args.arch, split.train.x, split.train.classes, seed=args.seed, dataset=args.data)
     data = write_graph(graph)
-    args.out.write_bytes(data)
+    atomic_write(args.out, data)
     print(f"wrote {args.out} ({len(data)} bytes, version {model_version(data)[:16]})")
     return 0
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, ShapeMismatchError
 from .graph import Graph
 from .quant import quantize
 
@@ -61,7 +61,9 @@ def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     info = ModelInfo.from_graph(graph)
     t = graph.tensor(graph.inputs[0])
     q = t.require_int8()
+    if x.shape[1:] != t.shape[1:]:
+        if x[0].size != int(np.prod(t.shape[1:])):
+            raise ShapeMismatchError(t.name, t.shape, (-1, *x.shape[1:]))
+        x = x.reshape((x.shape[0], *t.shape[1:]))
     z = normalise(info, x)
-    if z.shape[1:] != t.shape[1:]:
-        z = z.reshape((z.shape[0], *t.shape[1:])) if z[0].size == int(np.prod(t.shape[1:])) else z
     return quantize(z, float(q.scale[0]), int(q.zero_point[0]))
