@@ -43,6 +43,7 @@ def _worker(arch: str, model_out: str) -> dict[str, Any]:
     rss_import = rss_mib()
     data, epochs, lr = SETTINGS[arch]
     split = load_source(data)
+    rss_data = rss_mib()
     graph = build_model(arch, split.train.x, split.train.classes, seed=0)
     x_train = quantize_input(graph, split.train.x)
     x_test = quantize_input(graph, split.test.x)
@@ -68,6 +69,7 @@ def _worker(arch: str, model_out: str) -> dict[str, Any]:
         "train_seconds": seconds,
         "samples_per_s": epochs * len(split.train) / seconds,
         "rss_after_import_mib": rss_import,
+        "rss_after_data_mib": rss_data,
         "peak_rss_mib": peak,
         "float_accuracy": float_acc,
         "int8_accuracy": int8,
@@ -175,6 +177,7 @@ def main(full: bool = False) -> dict[str, float]:
     figures["train_samples_per_s"] = mlp["samples_per_s"]
     figures["agent_rss_mib"] = mlp["rss_after_import_mib"]
     figures["train_peak_rss_mib"] = mlp["peak_rss_mib"]
+    figures["train_rss_after_data_mib"] = mlp["rss_after_data_mib"]
     if mlp["torch_samples_per_s"]:
         figures["torch_speed_ratio"] = mlp["samples_per_s"] / mlp["torch_samples_per_s"]
     for arch, run in details.items():
@@ -188,6 +191,7 @@ def main(full: bool = False) -> dict[str, float]:
         figures["har_cnn1d_int8_accuracy_min"] = min(v["int8_accuracy"] for v in cnn["latency"].values())
         figures["har_cnn1d_train_samples_per_s"] = cnn["samples_per_s"]
         figures["har_cnn1d_train_peak_rss_mib"] = cnn["peak_rss_mib"]
+        figures["har_cnn1d_rss_after_data_mib"] = cnn["rss_after_data_mib"]
         if cnn["torch_samples_per_s"]:
             figures["torch_speed_ratio_cnn1d"] = cnn["samples_per_s"] / cnn["torch_samples_per_s"]
     path = write_result("train", figures, details)
