@@ -1,0 +1,136 @@
+"""Top-k / threshold sparsification with error feedback, and its inverse for the gateway."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from ..wire.update import TensorUpdate
+from ..wire.values import ValueCoding
+from .feedback import ResidualStore
+from .quantize import quantize_values
+
+log = logging.getLogger(__name__)
+
+
+class Selection(StrEnum):
+    TOPK = "topk"  # the largest |entries| of each tensor, density x numel of them
+    GLOBAL_TOPK = "global_topk"  # the largest |entries| over all tensors together
+    THRESHOLD = "threshold"  # every entry with |value| >= threshold
+
+
+@dataclass
+class CompressionConfig:
+    density: float = 0.01
+    selection: Selection = Selection.TOPK
+    threshold: float = 0.0
+    value_coding: ValueCoding = ValueCoding.INT8
+    stochastic: bool = False
+    error_feedback: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if self.selection == Selection.THRESHOLD and self.threshold <= 0:
+            raise ValueError("threshold selection needs threshold > 0")
+
+
+@dataclass
+class CompressionResult:
+    tensors: list[TensorUpdate]
+    residual: dict[int, np.ndarray] = field(default_factory=dict)  # commit after the update is stored
+
+    def sent_fraction(self) -> float:
+        total = sum(t.numel for t in self.tensors)
+        return sum(t.nnz for t in self.tensors) / total if total else 0.0
+
+
+def _top_k(magnitude: np.ndarray, k: int) -> np.ndarray:
+    k = min(max(k, 0), magnitude.size)
+    if k == 0:
+        return np.zeros(0, np.int64)
+    if k == magnitude.size:
+        return np.arange(magnitude.size, dtype=np.int64)
+    return np.sort(np.argpartition(magnitude, magnitude.size - k)[magnitude.size - k :]).astype(np.int64)
+
+
+class Compressor:
+    """Turns dense deltas into sparse, quantised tensor updates; remembers what it did not send."""
+
+    def __init__(self, config: CompressionConfig, store: ResidualStore | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.residual: dict[int, np.ndarray] = store.load() if store is not None else {}
+        self.rng = np.random.default_rng(config.seed)
+
+    def compress(self, deltas: Mapping[int, np.ndarray]) -> CompressionResult:
+        """``deltas``: tensor index -> trained minus base (any shape). Nothing is persisted here."""
+        cfg = self.config
+        acc: dict[int, np.ndarray] = {}
+        for tensor, delta in deltas.items():
+            flat = np.asarray(delta, np.float32).reshape(-1)
+            if not np.isfinite(flat).all():
+                raise ValueError(f"delta of tensor {tensor} holds non-finite values; refusing to send it")
+            previous = self.residual.get(tensor)
+            if cfg.error_feedback and previous is not None:
+                if previous.size == flat.size:
+                    flat = flat + previous
+                else:
+                    log.warning(
+                        "residual of tensor %d has %d elements, delta %d; dropped", tensor, previous.size, flat.size
+                    )
+            acc[tensor] = flat
+        chosen = self._select(acc)
+        tensors: list[TensorUpdate] = []
+        residual: dict[int, np.ndarray] = {}
+        for tensor, flat in acc.items():
+            idx = chosen[tensor]
+            coded = quantize_values(flat[idx], cfg.value_coding, cfg.stochastic, self.rng)
+            update = TensorUpdate(tensor, flat.size, idx, coded)
+            tensors.append(update)
+            if cfg.error_feedback:
+                remainder = flat.copy()
+                remainder[idx] -= coded.decode()  # quantisation error is fed back too
+                residual[tensor] = remainder
+        return CompressionResult(tensors, residual)
+
+    def _select(self, acc: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+        cfg = self.config
+        if cfg.selection == Selection.THRESHOLD:
+            return {t: np.flatnonzero(np.abs(v) >= cfg.threshold).astype(np.int64) for t, v in acc.items()}
+        if cfg.selection == Selection.TOPK:
+            return {t: _top_k(np.abs(v), max(1, round(cfg.density * v.size))) for t, v in acc.items()}
+        keys = list(acc)
+        if not keys:
+            return {}
+        magnitudes = np.concatenate([np.abs(acc[t]) for t in keys])
+        picked = _top_k(magnitudes, max(1, round(cfg.density * magnitudes.size)))
+        bounds = np.cumsum([0] + [acc[t].size for t in keys])
+        return {
+            t: picked[(picked >= lo) & (picked < hi)] - lo
+            for t, lo, hi in zip(keys, bounds[:-1], bounds[1:], strict=True)
+        }
+
+    def commit(self, result: CompressionResult) -> None:
+        """Adopt (and persist) the residual of an update that has been stored or delivered."""
+        if not self.config.error_feedback:
+            return
+        self.residual = result.residual
+        if self.store is not None:
+            self.store.save(self.residual)
+
+
+def decompress(
+    tensors: Iterable[TensorUpdate], shapes: Mapping[int, tuple[int, ...]] | None = None
+) -> dict[int, np.ndarray]:
+    """Dense float32 deltas per tensor index (reshaped when ``shapes`` is given)."""
+    out: dict[int, np.ndarray] = {}
+    for t in tensors:
+        dense = t.dense()
+        out[t.tensor] = dense.reshape(shapes[t.tensor]) if shapes is not None and t.tensor in shapes else dense
+    return out

@@ -1,0 +1,70 @@
+"""THE wire formats of tinyfed: every message, its CBOR form, its limits. Import them from here.
+
+``encode(message) -> bytes`` and ``decode(bytes, limits, expect=..., spec=...)``
+are the whole API; the schema is written once, in CDDL, in docs/protocol.md.
+"""
+
+from .codec import MESSAGE_CLASSES, decode, encode
+from .envelope import Ed25519Signer, Ed25519Verifier, open_envelope, sign
+from .errors import LimitExceeded, MalformedCBOR, MessageTooLarge, SchemaError, ValueRejected, WireError
+from .index_coding import IndexCoding
+from .limits import DEFAULT_LIMITS, Limits
+from .messages import Capabilities, GatewayState, ModelChunk, ModelManifest, Presence, Task, TrainableTensor
+from .serial import (
+    Error,
+    ErrorCode,
+    Hello,
+    Infer,
+    InferResult,
+    Log,
+    ModelBegin,
+    ModelCommit,
+    ModelData,
+    Reset,
+    Status,
+    Train,
+)
+from .update import TensorUpdate, Update
+from .values import CodedValues, ValueCoding
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MESSAGE_CLASSES",
+    "Capabilities",
+    "CodedValues",
+    "Ed25519Signer",
+    "Ed25519Verifier",
+    "Error",
+    "ErrorCode",
+    "GatewayState",
+    "Hello",
+    "IndexCoding",
+    "Infer",
+    "InferResult",
+    "LimitExceeded",
+    "Limits",
+    "Log",
+    "MalformedCBOR",
+    "MessageTooLarge",
+    "ModelBegin",
+    "ModelChunk",
+    "ModelCommit",
+    "ModelData",
+    "ModelManifest",
+    "Presence",
+    "Reset",
+    "SchemaError",
+    "Status",
+    "Task",
+    "TensorUpdate",
+    "Train",
+    "TrainableTensor",
+    "Update",
+    "ValueCoding",
+    "ValueRejected",
+    "WireError",
+    "decode",
+    "encode",
+    "open_envelope",
+    "sign",
+]

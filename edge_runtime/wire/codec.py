@@ -1,0 +1,89 @@
+"""The one entry point for turning messages into bytes and untrusted bytes into messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from .cbor import dumps, loads
+from .envelope import Verifier, open_envelope
+from .errors import SchemaError
+from .limits import DEFAULT_LIMITS, Limits
+from .messages import SCHEMA_VERSION, GatewayState, ModelChunk, ModelManifest, Presence, Task
+from .schema import MapReader
+from .serial import (
+    Error,
+    Hello,
+    Infer,
+    InferResult,
+    Log,
+    ModelBegin,
+    ModelCommit,
+    ModelData,
+    Reset,
+    Status,
+    Train,
+)
+from .update import Update
+
+MESSAGE_CLASSES: dict[int, Any] = {
+    cls.TYPE: cls
+    for cls in (
+        Update,
+        Task,
+        ModelManifest,
+        ModelChunk,
+        Presence,
+        GatewayState,
+        Hello,
+        ModelBegin,
+        ModelData,
+        ModelCommit,
+        Train,
+        Infer,
+        InferResult,
+        Status,
+        Reset,
+        Log,
+        Error,
+    )
+}
+M = TypeVar("M")
+
+
+def encode(message: Any) -> bytes:
+    """Canonical CBOR bytes of any tinyfed message."""
+    return dumps(message.to_cbor())
+
+
+def decode(
+    data: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    expect: type[M] | None = None,
+    spec: Mapping[int, int] | None = None,
+    verifier: Verifier | None = None,
+    require_signature: bool = False,
+) -> Any:
+    """Decode untrusted bytes into a message, or raise a WireError naming the field.
+
+    ``expect`` refuses any other message type; ``spec`` (tensor index ->
+    element count, from the manifest) checks an update's tensors against the
+    model; a signed message is verified when a ``verifier`` is given.
+    """
+    opened = open_envelope(data, limits, verifier, require_signature)
+    obj = loads(opened.payload, limits) if opened.key_id is not None else opened.decoded
+    r = MapReader(obj, "message")
+    kind = r.uint(0, "type", 255)
+    version = r.uint(1, "schema_version", 255)
+    cls = MESSAGE_CLASSES.get(kind)
+    if cls is None:
+        raise SchemaError("message.type", f"unknown message type {kind}")
+    r.path = cls.__name__.lower()
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{r.path}.schema_version", f"version {version}; this build reads {SCHEMA_VERSION}")
+    if expect is not None and cls is not expect:
+        raise SchemaError("message.type", f"{cls.__name__} where {expect.__name__} was expected")
+    if cls is Update:
+        return Update.from_reader(r, limits, spec)
+    return cls.from_reader(r, limits)

@@ -1,0 +1,182 @@
+"""The sparse model update: what a device (or a bridged board, or a child gateway) sends upward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import index_coding
+from .cbor import typed_array
+from .errors import LimitExceeded, SchemaError, ValueRejected
+from .index_coding import IndexCoding
+from .limits import Limits
+from .schema import MapReader, f32
+from .values import BITS_PER_VALUE, CodedValues, ValueCoding, pack_ternary, unpack_ternary
+
+MSG_UPDATE = 1
+SCHEMA_VERSION = 1
+
+# Tensor update keys
+T_TENSOR, T_NUMEL, T_INDEX_CODING, T_POSITIONS, T_RICE_K, T_NNZ, T_VALUE_CODING, T_SCALE, T_VALUES = range(9)
+
+
+@dataclass
+class TensorUpdate:
+    """Kept entries of one tensor: flat positions (strictly increasing) and their coded values."""
+
+    tensor: int  # tensor index in the model graph
+    numel: int
+    indices: np.ndarray
+    values: CodedValues
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    def dense(self) -> np.ndarray:
+        """The delta this entry stands for, as a flat float32 array of ``numel`` elements."""
+        out = np.zeros(self.numel, np.float32)
+        out[self.indices] = self.values.decode()
+        return out
+
+    def to_cbor(self) -> dict[int, Any]:
+        coding, k = index_coding.choose(self.indices, self.numel, BITS_PER_VALUE[self.values.coding])
+        codes = self.values.codes
+        indices = self.indices
+        if coding == IndexCoding.DENSE:
+            # Dense sends every element: zeros fill the positions not kept.
+            full = np.zeros(self.numel, codes.dtype)
+            full[indices] = codes
+            codes, indices = full, np.arange(self.numel)
+        out: dict[int, Any] = {
+            T_TENSOR: self.tensor,
+            T_NUMEL: self.numel,
+            T_INDEX_CODING: int(coding),
+            T_NNZ: int(indices.size),
+            T_VALUE_CODING: int(self.values.coding),
+        }
+        if coding != IndexCoding.DENSE:
+            out[T_POSITIONS] = index_coding.encode(indices, self.numel, coding, k)
+        if coding == IndexCoding.GOLOMB_RICE:
+            out[T_RICE_K] = k
+        if self.values.coding in (ValueCoding.INT8, ValueCoding.TERNARY):
+            out[T_SCALE] = f32(self.values.scale)
+        if self.values.coding == ValueCoding.TERNARY:
+            out[T_VALUES] = typed_array(pack_ternary(codes))
+        else:
+            dtype = {ValueCoding.FLOAT32: np.float32, ValueCoding.FLOAT16: np.float16, ValueCoding.INT8: np.int8}
+            out[T_VALUES] = typed_array(codes.astype(dtype[self.values.coding]))
+        return out
+
+    @classmethod
+    def from_cbor(cls, obj: Any, path: str, limits: Limits, spec: Mapping[int, int] | None) -> TensorUpdate:
+        r = MapReader(obj, path)
+        tensor = r.uint(T_TENSOR, "tensor", 2**31)
+        numel = r.uint(T_NUMEL, "numel", limits.max_numel)
+        if spec is not None:
+            if tensor not in spec:
+                raise ValueRejected(f"{path}.tensor", f"tensor {tensor} is not trainable in this model")
+            if spec[tensor] != numel:
+                raise ValueRejected(
+                    f"{path}.numel", f"tensor {tensor} has {spec[tensor]} elements, update says {numel}"
+                )
+        nnz = r.uint(T_NNZ, "nnz", min(limits.max_nnz, numel))
+        coding = r.uint(T_INDEX_CODING, "index_coding", max(IndexCoding))
+        k = r.uint(T_RICE_K, "rice_k", index_coding.MAX_RICE_K, default=0)
+        positions = r.bytestring(T_POSITIONS, "positions", max_len=limits.max_message_bytes, default=b"")
+        indices = index_coding.decode(positions, coding, nnz, numel, k, f"{path}.positions")
+        value_coding = ValueCoding(r.uint(T_VALUE_CODING, "value_coding", max(ValueCoding)))
+        scale = 1.0
+        if value_coding in (ValueCoding.INT8, ValueCoding.TERNARY):
+            scale = r.number(T_SCALE, "scale", lo=0.0)
+        if value_coding == ValueCoding.TERNARY:
+            packed = r.typed(T_VALUES, "values", ("uint8",), -(-nnz // 4))
+            codes = unpack_ternary(packed, nnz, f"{path}.values")
+        else:
+            dtype = {ValueCoding.FLOAT32: "float32", ValueCoding.FLOAT16: "float16", ValueCoding.INT8: "int8"}
+            codes = r.typed(T_VALUES, "values", (dtype[value_coding],), nnz)
+        if codes.size != nnz:
+            raise ValueRejected(f"{path}.values", f"{codes.size} values for nnz {nnz}")
+        if value_coding == ValueCoding.INT8 and (codes == -128).any():
+            raise ValueRejected(f"{path}.values", "int8 code -128 is outside the symmetric range")
+        if codes.dtype.kind == "f" and not np.isfinite(codes).all():
+            raise ValueRejected(f"{path}.values", "non-finite value")
+        return cls(tensor, numel, indices, CodedValues(value_coding, codes, scale))
+
+
+# Update keys (0 and 1 are the message type and schema version in every message)
+U_ID, U_DEVICE, U_ROUND, U_BASE, U_SAMPLES, U_TENSORS, U_METRICS, U_STATS, U_CREATED = range(2, 11)
+
+
+@dataclass
+class Update:
+    update_id: bytes  # 16 random bytes: a resend is recognised, never counted twice
+    device: str
+    round: int
+    base_version: bytes  # sha256 of the model the delta was computed against
+    samples: int
+    tensors: list[TensorUpdate]
+    metrics: dict[str, float] = field(default_factory=dict)
+    activation_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    created: int = 0  # unix seconds
+
+    TYPE = MSG_UPDATE
+
+    def to_cbor(self) -> dict[int, Any]:
+        out: dict[int, Any] = {
+            0: MSG_UPDATE,
+            1: SCHEMA_VERSION,
+            U_ID: self.update_id,
+            U_DEVICE: self.device,
+            U_ROUND: self.round,
+            U_BASE: self.base_version,
+            U_SAMPLES: self.samples,
+            U_TENSORS: [t.to_cbor() for t in self.tensors],
+        }
+        if self.metrics:
+            out[U_METRICS] = {k: f32(v) for k, v in self.metrics.items()}
+        if self.activation_ranges:
+            out[U_STATS] = {k: [f32(lo), f32(hi)] for k, (lo, hi) in self.activation_ranges.items()}
+        if self.created:
+            out[U_CREATED] = self.created
+        return out
+
+    @classmethod
+    def from_reader(cls, r: MapReader, limits: Limits, spec: Mapping[int, int] | None = None) -> Update:
+        tensors_raw = r.array(U_TENSORS, "tensors", limits.max_tensors)
+        tensors = [TensorUpdate.from_cbor(t, f"{r.path}.tensors[{i}]", limits, spec) for i, t in enumerate(tensors_raw)]
+        seen = [t.tensor for t in tensors]
+        if len(set(seen)) != len(seen):
+            raise ValueRejected(f"{r.path}.tensors", "a tensor appears twice")
+        total = sum(t.nnz for t in tensors)
+        if total > limits.max_nnz:
+            raise LimitExceeded(f"{r.path}.tensors", f"{total} entries in all exceed {limits.max_nnz}")
+        ranges: dict[str, tuple[float, float]] = {}
+        if r.has(U_STATS):
+            stats = r.obj[U_STATS]
+            if not isinstance(stats, dict) or len(stats) > limits.max_tensors:
+                raise SchemaError(f"{r.path}.activation_ranges", "expected a bounded map of name -> [min, max]")
+            for name, pair in stats.items():
+                field_path = f"{r.path}.activation_ranges[{name!r:.40}]"
+                if not isinstance(name, str) or len(name.encode()) > limits.max_string:
+                    raise SchemaError(field_path, "key is not short text")
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise SchemaError(field_path, "expected [min, max]")
+                lo, hi = (MapReader({0: v}, field_path).number(0, "value") for v in pair)
+                if lo > hi:
+                    raise ValueRejected(field_path, f"min {lo} > max {hi}")
+                ranges[name] = (lo, hi)
+        return cls(
+            update_id=r.bytestring(U_ID, "update_id", size=16),
+            device=r.text(U_DEVICE, "device", limits.max_string),
+            round=r.uint(U_ROUND, "round", 2**32),
+            base_version=r.bytestring(U_BASE, "base_version", size=32),
+            samples=r.uint(U_SAMPLES, "samples", 2**32),
+            tensors=tensors,
+            metrics=r.float_map(U_METRICS, "metrics", limits.max_metrics, limits.max_string),
+            activation_ranges=ranges,
+            created=r.uint(U_CREATED, "created", 2**40, default=0),
+        )
