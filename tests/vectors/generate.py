@@ -1,0 +1,202 @@
+"""Write tests/vectors/wire.json: golden CBOR vectors for every message and coding, valid and refused.
+
+Run from the repository root: ``python -m tests.vectors.generate``. The test
+suite checks the committed file against the codec, so a change to the wire
+format shows up as a diff here that a C implementation must follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import wire
+from edge_runtime.wire import CodedValues, TensorUpdate, ValueCoding
+from tests.wire_json import to_json
+
+V1 = hashlib.sha256(b"model v1").digest()
+V0 = hashlib.sha256(b"model v0").digest()
+ID = bytes(range(16))
+
+
+def tensor(numel: int, indices: list[int], coding: ValueCoding, codes: list[float], scale: float = 1.0) -> TensorUpdate:
+    dtype = {ValueCoding.FLOAT32: np.float32, ValueCoding.FLOAT16: np.float16}.get(coding, np.int8)
+    return TensorUpdate(7, numel, np.array(indices, np.int64), CodedValues(coding, np.array(codes, dtype), scale))
+
+
+def update(*tensors: TensorUpdate, **extra: Any) -> wire.Update:
+    return wire.Update(ID, "dev-01", 3, V1, 120, list(tensors), **extra)
+
+
+VALID: list[tuple[str, str, Any]] = [
+    (
+        "update-varint-int8",
+        "3 positions of 1000 coded as delta varints, int8 values with a per-tensor scale",
+        update(tensor(1000, [5, 6, 900], ValueCoding.INT8, [127, -3, 64], 0.5)),
+    ),
+    (
+        "update-rice-int8",
+        "40 positions of 20000, Golomb-Rice (quotients first, then k-bit remainders)",
+        update(tensor(20000, list(range(0, 20000, 500)), ValueCoding.INT8, list(range(-20, 20)), 0.25)),
+    ),
+    (
+        "update-bitmap-float16",
+        "half of 16 elements: a 2-byte bitmap, least significant bit = element 0",
+        update(tensor(16, [0, 2, 4, 6, 8, 10, 12, 14], ValueCoding.FLOAT16, [1, -1, 0.5, -0.5, 2, -2, 0.25, 4])),
+    ),
+    (
+        "update-dense-float32",
+        "every element sent: no positions, values in order",
+        update(tensor(4, [0, 1, 2, 3], ValueCoding.FLOAT32, [0.5, -1.5, 0.0, 3.0])),
+    ),
+    (
+        "update-ternary",
+        "signs packed two bits each (01 = +1, 10 = -1), first value in the low bits",
+        update(tensor(100, [1, 2, 3, 50, 99], ValueCoding.TERNARY, [1, -1, 1, -1, 1], 0.125)),
+    ),
+    (
+        "update-with-metrics",
+        "metrics and activation ranges travel with the update",
+        update(
+            tensor(10, [3], ValueCoding.INT8, [10], 0.5),
+            metrics={"loss": 0.5, "accuracy": 0.875},
+            activation_ranges={"fully_connected_1": (0.0, 6.0)},
+            created=1_700_000_000,
+        ),
+    ),
+    (
+        "task",
+        "a training task for round 3",
+        wire.Task(
+            ID, 3, V1, epochs=2, learning_rate=0.05, density=0.01, deadline=1_700_000_600, batch_size=32, prox_mu=0.01
+        ),
+    ),
+    (
+        "manifest",
+        "model v1: 40,816 bytes in 1 chunk, two trainable tensors",
+        wire.ModelManifest(
+            V1,
+            40816,
+            65536,
+            1,
+            [wire.TrainableTensor(7, (6, 64)), wire.TrainableTensor(8, (6,))],
+            created=1_700_000_000,
+            parent=V0,
+            federation="har",
+        ),
+    ),
+    (
+        "chunk",
+        "chunk 0 of a model, with its own sha256",
+        wire.ModelChunk(V1, 0, b"TFL3-bytes", hashlib.sha256(b"TFL3-bytes").digest()),
+    ),
+    (
+        "presence-birth",
+        "a device's birth certificate (retained)",
+        wire.Presence(
+            "dev-01",
+            True,
+            1,
+            1_700_000_000,
+            wire.Capabilities(ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1),
+        ),
+    ),
+    ("presence-death", "the last will: the device is gone", wire.Presence("dev-01", False, 2, 1_700_000_100)),
+    (
+        "gateway-state",
+        "round 3 training, 10 selected, 4 received",
+        wire.GatewayState("har", 3, 1, V1, 10, 4, 1_700_000_600, 1_700_000_300),
+    ),
+    (
+        "serial-hello",
+        "a board's capabilities",
+        wire.Hello(
+            ram=256 * 1024,
+            flash=1 << 20,
+            arena=12400,
+            firmware="tinyfed-emu 0.1",
+            max_frame=1024,
+            model_version=V0,
+            ops=[9, 3, 25],
+        ),
+    ),
+    ("serial-model-begin", "start (or resume at byte 4096) a model transfer", wire.ModelBegin(V1, 40816, 4096)),
+    ("serial-model-data", "model bytes at an offset", wire.ModelData(4096, b"\x01\x02\x03")),
+    ("serial-model-commit", "switch to the model once its sha256 matches", wire.ModelCommit(V1)),
+    ("serial-train", "a task relayed to a board", wire.Train(wire.Task(ID, 3, V1, 1, 0.01, 0.05, 1_700_000_600))),
+    ("serial-infer", "an int8 input", wire.Infer(np.array([-128, 0, 127], np.int8))),
+    (
+        "serial-infer-result",
+        "an int8 output and the time it took",
+        wire.InferResult(np.array([-128, 127], np.int8), 26),
+    ),
+    ("serial-status", "idle with a model", wire.Status(0, V1, 120_000, 0, 3600)),
+    ("serial-reset", "reset after a brown-out", wire.Reset(2)),
+    ("serial-log", "a log line", wire.Log(6, "model committed")),
+    (
+        "serial-error",
+        "refused a model that does not fit flash",
+        wire.Error(wire.ErrorCode.NO_FLASH, 17, "model 2 MB, flash 1 MB"),
+    ),
+]
+
+
+def refused() -> list[tuple[str, str, str, str, str]]:
+    """(name, meaning, hex, error class, field prefix)."""
+    base = wire.encode(VALID[0][2])
+    nan_update = update(tensor(4, [0, 1, 2, 3], ValueCoding.FLOAT32, [0.0, float("nan"), 1.0, 2.0]))
+    cases = [
+        ("truncated", "the last byte of a valid update is missing", base[:-1], "MalformedCBOR", "envelope"),
+        ("trailing-byte", "a valid update followed by one more byte", base + b"\x00", "MalformedCBOR", "envelope"),
+        (
+            "huge-array",
+            "an array header declaring 2^64-1 items in 9 bytes",
+            bytes.fromhex("9bffffffffffffffff"),
+            "MalformedCBOR",
+            "envelope",
+        ),
+        (
+            "indefinite-map",
+            "an indefinite-length map (never written by tinyfed)",
+            bytes.fromhex("bfff"),
+            "MalformedCBOR",
+            "envelope",
+        ),
+        ("foreign-tag", "tag 28 (value sharing) is not accepted", bytes.fromhex("d81c01"), "MalformedCBOR", "envelope"),
+        (
+            "nan-value",
+            "a float32 value that is NaN",
+            wire.encode(nan_update),
+            "ValueRejected",
+            "update.tensors[0].values",
+        ),
+        ("unknown-type", "message type 99", bytes.fromhex("a2001863" + "0101"), "SchemaError", "message.type"),
+        (
+            "future-version",
+            "schema version 2 of a task",
+            bytes.fromhex("a2000201" + "02"),
+            "SchemaError",
+            "task.schema_version",
+        ),
+    ]
+    return [(n, m, b.hex(), e, f) for n, m, b, e, f in cases]
+
+
+def build() -> dict[str, Any]:
+    return {
+        "format": "tinyfed wire vectors v1: each 'hex' is one whole message; 'decoded' is its meaning",
+        "valid": [
+            {"name": n, "meaning": m, "hex": wire.encode(msg).hex(), "decoded": to_json(msg)} for n, m, msg in VALID
+        ],
+        "refused": [{"name": n, "meaning": m, "hex": h, "error": e, "field": f} for n, m, h, e, f in refused()],
+    }
+
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("wire.json")
+    path.write_text(json.dumps(build(), indent=1) + "\n")
+    print(f"wrote {path}")
