@@ -26,7 +26,9 @@ class Selection(StrEnum):
 @dataclass
 class CompressionConfig:
     density: float = 0.01
-    selection: Selection = Selection.TOPK
+    # Global top-k lets small tensors (biases) send nothing until their residual earns a place, instead
+    # of paying ~20 bytes of per-tensor framing every round for one forced entry.
+    selection: Selection = Selection.GLOBAL_TOPK
     threshold: float = 0.0
     value_coding: ValueCoding = ValueCoding.INT8
     stochastic: bool = False
@@ -91,8 +93,8 @@ class Compressor:
         for tensor, flat in acc.items():
             idx = chosen[tensor]
             coded = quantize_values(flat[idx], cfg.value_coding, cfg.stochastic, self.rng)
-            update = TensorUpdate(tensor, flat.size, idx, coded)
-            tensors.append(update)
+            if idx.size:  # an empty tensor entry would only cost framing
+                tensors.append(TensorUpdate(tensor, flat.size, idx, coded))
             if cfg.error_feedback:
                 remainder = flat.copy()
                 remainder[idx] -= coded.decode()  # quantisation error is fed back too

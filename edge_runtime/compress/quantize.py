@@ -17,6 +17,8 @@ def quantize_values(
     values: np.ndarray, coding: ValueCoding, stochastic: bool = False, rng: np.random.Generator | None = None
 ) -> CodedValues:
     v = values.astype(np.float32).reshape(-1)
+    if coding == ValueCoding.INT8_RICE:  # the wire picks the entropy-coded layout by itself
+        coding = ValueCoding.INT8
     if stochastic and rng is None:
         raise ValueError("stochastic rounding needs a random generator")
     if coding == ValueCoding.FLOAT32:

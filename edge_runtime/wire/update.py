@@ -14,13 +14,23 @@ from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import IndexCoding
 from .limits import Limits
 from .schema import MapReader, f32
-from .values import BITS_PER_VALUE, CodedValues, ValueCoding, pack_ternary, unpack_ternary
+from .values import (
+    BITS_PER_VALUE,
+    CodedValues,
+    ValueCoding,
+    int8_rice_size,
+    pack_int8_rice,
+    pack_ternary,
+    unpack_int8_rice,
+    unpack_ternary,
+)
 
 MSG_UPDATE = 1
 SCHEMA_VERSION = 1
 
 # Tensor update keys
 T_TENSOR, T_NUMEL, T_INDEX_CODING, T_POSITIONS, T_RICE_K, T_NNZ, T_VALUE_CODING, T_SCALE, T_VALUES = range(9)
+T_VALUE_K, T_VALUE_BASE = 9, 10
 
 
 @dataclass
@@ -66,6 +76,12 @@ class TensorUpdate:
             out[T_SCALE] = f32(self.values.scale)
         if self.values.coding == ValueCoding.TERNARY:
             out[T_VALUES] = typed_array(pack_ternary(codes))
+        elif self.values.coding == ValueCoding.INT8 and codes.size and int8_rice_size(codes) < codes.size:
+            payload, vk, base = pack_int8_rice(codes)
+            out[T_VALUE_CODING] = int(ValueCoding.INT8_RICE)
+            out[T_VALUES] = payload
+            out[T_VALUE_K] = vk
+            out[T_VALUE_BASE] = base
         else:
             dtype = {ValueCoding.FLOAT32: np.float32, ValueCoding.FLOAT16: np.float16, ValueCoding.INT8: np.int8}
             out[T_VALUES] = typed_array(codes.astype(dtype[self.values.coding]))
@@ -90,9 +106,15 @@ class TensorUpdate:
         indices = index_coding.decode(positions, coding, nnz, numel, k, f"{path}.positions")
         value_coding = ValueCoding(r.uint(T_VALUE_CODING, "value_coding", max(ValueCoding)))
         scale = 1.0
-        if value_coding in (ValueCoding.INT8, ValueCoding.TERNARY):
+        if value_coding in (ValueCoding.INT8, ValueCoding.TERNARY, ValueCoding.INT8_RICE):
             scale = r.number(T_SCALE, "scale", lo=0.0)
-        if value_coding == ValueCoding.TERNARY:
+        if value_coding == ValueCoding.INT8_RICE:
+            payload = r.bytestring(T_VALUES, "values", max_len=limits.max_message_bytes)
+            vk = r.uint(T_VALUE_K, "value_k", index_coding.MAX_RICE_K)
+            base = r.uint(T_VALUE_BASE, "value_base", 127)
+            codes = unpack_int8_rice(payload, nnz, vk, base, f"{path}.values")
+            value_coding = ValueCoding.INT8  # a wire layout, not a different kind of value
+        elif value_coding == ValueCoding.TERNARY:
             packed = r.typed(T_VALUES, "values", ("uint8",), -(-nnz // 4))
             codes = unpack_ternary(packed, nnz, f"{path}.values")
         else:
