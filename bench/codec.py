@@ -47,8 +47,7 @@ def real_deltas(arch: str) -> tuple[dict[int, np.ndarray], int]:
         share = partition.natural(split.train)[int(np.unique(split.train.groups)[0])]  # type: ignore[arg-type]
     trainer = Trainer(graph, config=TrainConfig(epochs=1, learning_rate=0.05 if arch == "mlp" else 0.02, seed=0))
     trainer.fit(quantize_input(graph, split.train.x[share]), split.train.y[share])
-    index = {t.name: i for i, t in enumerate(graph.tensors)}
-    return {index[name]: d for name, d in trainer.delta().items()}, len(share)
+    return trainer.delta_by_tensor(), len(share)
 
 
 def entropy_bits(update: wire.Update) -> float:

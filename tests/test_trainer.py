@@ -140,3 +140,20 @@ def test_har_personalisation_trains_the_last_two_layers_only(backend: Backend, h
     before = accuracy(int8_predictions(backend, model, held_out), har.test.y[idx[half:]])
     after = accuracy(int8_predictions(backend, write_graph(new), held_out), har.test.y[idx[half:]])
     assert after > before, f"personalising subject {subject}: {before:.4f} -> {after:.4f}"
+
+
+def test_trained_delta_compresses_and_travels_keyed_by_tensor_index(trained_digits) -> None:
+    from edge_runtime import wire
+    from edge_runtime.compress import CompressionConfig, Compressor, decompress
+
+    trainer, _ = trained_digits
+    deltas = trainer.delta_by_tensor()
+    shapes = trainer.trainable_tensors()
+    assert set(deltas) == set(shapes) and len(deltas) == 6  # weights and biases of three layers
+    assert all(trainer.graph.tensor(i).is_constant for i in deltas)
+    result = Compressor(CompressionConfig(density=0.01)).compress(deltas)
+    payload = wire.encode(wire.Update(bytes(16), "d", 1, bytes(32), 100, result.tensors))
+    back = wire.decode(payload, spec={i: int(np.prod(s)) for i, s in shapes.items()})
+    dense = decompress(back.tensors, shapes)
+    biggest = max(deltas, key=lambda i: float(np.abs(deltas[i]).max()))
+    assert biggest in dense and np.abs(dense[biggest]).max() > 0

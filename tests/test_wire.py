@@ -162,6 +162,51 @@ MESSAGE_STRATEGIES = {
     "log": st.builds(wire.Log, st.integers(0, 7), st.text(max_size=200)),
     "model_data": st.builds(wire.ModelData, st.integers(0, 2**31), st.binary(max_size=2000)),
     "error": st.builds(wire.Error, st.sampled_from(list(wire.ErrorCode)), st.integers(0, 255), st.text(max_size=50)),
+    "hello": st.builds(
+        wire.Hello,
+        st.integers(0, 2**40),
+        st.integers(0, 2**40),
+        st.integers(0, 2**40),
+        st.text(max_size=30),
+        st.integers(0, 255),
+        st.integers(0, 2**20),
+        st.none() | st.binary(min_size=32, max_size=32),
+        st.lists(st.integers(0, 1024), max_size=40),
+    ),
+    "model_begin": st.integers(0, 2**31).flatmap(
+        lambda size: st.builds(
+            wire.ModelBegin, st.binary(min_size=32, max_size=32), st.just(size), st.integers(0, size)
+        )
+    ),
+    "model_commit": st.builds(wire.ModelCommit, st.binary(min_size=32, max_size=32)),
+    "infer": st.builds(wire.Infer, st.lists(st.integers(-128, 127), max_size=600).map(lambda v: np.array(v, np.int8))),
+    "infer_result": st.builds(
+        wire.InferResult,
+        st.lists(st.integers(-128, 127), max_size=50).map(lambda v: np.array(v, np.int8)),
+        st.integers(0, 2**40),
+    ),
+    "status": st.builds(
+        wire.Status,
+        st.integers(0, 255),
+        st.none() | st.binary(min_size=32, max_size=32),
+        st.integers(0, 2**40),
+        st.integers(0, 255),
+        st.integers(0, 2**40),
+    ),
+    "reset": st.builds(wire.Reset, st.integers(0, 255)),
+    "train": st.builds(
+        wire.Train,
+        st.builds(
+            wire.Task,
+            st.binary(min_size=16, max_size=16),
+            st.integers(0, 2**32),
+            st.binary(min_size=32, max_size=32),
+            st.integers(0, 1000),
+            st.floats(0, 1, width=32),
+            st.floats(0.125, 1, width=32),
+            st.integers(0, 2**40),
+        ),
+    ),
 }
 
 

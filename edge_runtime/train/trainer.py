@@ -186,6 +186,15 @@ class Trainer:
             out[self.graph.tensor(op.inputs[2]).name] = layer.bias - self.base[i]["bias"]
         return out
 
+    def delta_by_tensor(self, include_personal: bool = False) -> dict[int, np.ndarray]:
+        """:meth:`delta` keyed by tensor index in the graph: what the compressor and the manifest use."""
+        index = {t.name: i for i, t in enumerate(self.graph.tensors)}
+        return {index[name]: d for name, d in self.delta(include_personal).items()}
+
+    def trainable_tensors(self, include_personal: bool = False) -> dict[int, tuple[int, ...]]:
+        """tensor index -> shape of every tensor a global update may touch (the manifest's spec)."""
+        return {i: d.shape for i, d in self.delta_by_tensor(include_personal).items()}
+
     def activation_stats(self) -> dict[str, dict[str, float]]:
         """Running ranges per tail activation tensor: the gateway recalibrates from these."""
         stats: dict[str, dict[str, float]] = {}
