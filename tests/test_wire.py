@@ -115,21 +115,23 @@ def test_update_round_trip_is_exact(update: wire.Update) -> None:
         np.testing.assert_array_equal(a.dense(), b.dense())
 
 
+TASKS = st.builds(
+    wire.Task,
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 2**32),
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, 1000),
+    st.floats(0, 1, width=32),
+    st.floats(0.125, 1, width=32),
+    st.integers(0, 2**40),
+    st.integers(1, 1024),
+    st.floats(0, 10, width=32),
+    st.booleans(),
+    st.integers(0, 3),
+)
+
 MESSAGE_STRATEGIES = {
-    "task": st.builds(
-        wire.Task,
-        st.binary(min_size=16, max_size=16),
-        st.integers(0, 2**32),
-        st.binary(min_size=32, max_size=32),
-        st.integers(0, 1000),
-        st.floats(0, 1, width=32),
-        st.floats(0.125, 1, width=32),
-        st.integers(0, 2**40),
-        st.integers(1, 1024),
-        st.floats(0, 10, width=32),
-        st.booleans(),
-        st.integers(0, 3),
-    ),
+    "task": TASKS,
     "presence": st.builds(
         wire.Presence,
         st.text(max_size=30),
@@ -194,19 +196,7 @@ MESSAGE_STRATEGIES = {
         st.integers(0, 2**40),
     ),
     "reset": st.builds(wire.Reset, st.integers(0, 255)),
-    "train": st.builds(
-        wire.Train,
-        st.builds(
-            wire.Task,
-            st.binary(min_size=16, max_size=16),
-            st.integers(0, 2**32),
-            st.binary(min_size=32, max_size=32),
-            st.integers(0, 1000),
-            st.floats(0, 1, width=32),
-            st.floats(0.125, 1, width=32),
-            st.integers(0, 2**40),
-        ),
-    ),
+    "train": st.builds(wire.Train, TASKS),
 }
 
 

@@ -84,9 +84,10 @@ def layer_from_op(graph: Graph, op: Operator, index: int) -> Layer:
     if op.opcode == "FULLY_CONNECTED":
         w, b = _dequantized_weights(graph, op, index, 0)
         layer = FullyConnected(weight=w, bias=b, activation=activation, stats=_stats_from(out_q))
-    elif op.opcode == "CONV_2D":
-        w, b = _dequantized_weights(graph, op, index, 0)
-        layer = Conv2D(
+    elif op.opcode in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        depthwise = op.opcode == "DEPTHWISE_CONV_2D"
+        w, b = _dequantized_weights(graph, op, index, 3 if depthwise else 0)
+        common = dict(
             weight=w,
             bias=b,
             activation=activation,
@@ -95,18 +96,10 @@ def layer_from_op(graph: Graph, op: Operator, index: int) -> Layer:
             dilation=o["dilation"],
             padding=o["padding"],
         )
-    elif op.opcode == "DEPTHWISE_CONV_2D":
-        w, b = _dequantized_weights(graph, op, index, 3)
-        layer = DepthwiseConv2D(
-            weight=w,
-            bias=b,
-            activation=activation,
-            stats=_stats_from(out_q),
-            stride=o["stride"],
-            dilation=o["dilation"],
-            padding=o["padding"],
-            multiplier=int(o.get("depth_multiplier", 1)),
-        )
+        if depthwise:
+            layer = DepthwiseConv2D(**common, multiplier=int(o.get("depth_multiplier", 1)))  # type: ignore[arg-type]
+        else:
+            layer = Conv2D(**common)  # type: ignore[arg-type]
     elif op.opcode in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
         layer = Pool2D(
             opcode=op.opcode, filter=o["filter"], stride=o["stride"], padding=o["padding"], activation=activation
