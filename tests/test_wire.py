@@ -196,6 +196,11 @@ MESSAGE_STRATEGIES = {
         st.integers(0, 2**40),
     ),
     "reset": st.builds(wire.Reset, st.integers(0, 255)),
+    "receipt": st.builds(
+        wire.Receipt,
+        st.lists(st.binary(min_size=16, max_size=16), max_size=20),
+        st.dictionaries(st.binary(min_size=16, max_size=16), st.text(max_size=40), max_size=5),
+    ),
     "train": st.builds(wire.Train, TASKS),
 }
 

@@ -9,7 +9,16 @@ from .envelope import Ed25519Signer, Ed25519Verifier, open_envelope, sign
 from .errors import LimitExceeded, MalformedCBOR, MessageTooLarge, SchemaError, ValueRejected, WireError
 from .index_coding import IndexCoding
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import Capabilities, GatewayState, ModelChunk, ModelManifest, Presence, Task, TrainableTensor
+from .messages import (
+    Capabilities,
+    GatewayState,
+    ModelChunk,
+    ModelManifest,
+    Presence,
+    Receipt,
+    Task,
+    TrainableTensor,
+)
 from .serial import (
     Error,
     ErrorCode,
@@ -52,6 +61,7 @@ __all__ = [
     "ModelData",
     "ModelManifest",
     "Presence",
+    "Receipt",
     "Reset",
     "SchemaError",
     "Status",

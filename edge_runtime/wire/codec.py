@@ -9,7 +9,7 @@ from .cbor import dumps, loads
 from .envelope import Verifier, open_envelope
 from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import SCHEMA_VERSION, GatewayState, ModelChunk, ModelManifest, Presence, Task
+from .messages import SCHEMA_VERSION, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
 from .schema import MapReader
 from .serial import (
     Error,
@@ -35,6 +35,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         ModelChunk,
         Presence,
         GatewayState,
+        Receipt,
         Hello,
         ModelBegin,
         ModelData,

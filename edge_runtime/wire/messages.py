@@ -7,7 +7,7 @@ Versions are sha256 digests (32 bytes); ids are 16 random bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LimitExceeded, SchemaError, ValueRejected
@@ -19,6 +19,7 @@ MSG_MANIFEST = 3
 MSG_CHUNK = 4
 MSG_PRESENCE = 5
 MSG_GATEWAY_STATE = 6
+MSG_RECEIPT = 7
 SCHEMA_VERSION = 1
 
 
@@ -292,3 +293,40 @@ class GatewayState:
             deadline=r.uint(8, "deadline", 2**40, default=0),
             timestamp=r.uint(9, "timestamp", 2**40, default=0),
         )
+
+
+@dataclass
+class Receipt:
+    """The receiver's word that updates arrived: the device may forget them.
+
+    A broker's PUBACK does not make a message durable (Mosquitto acknowledges
+    before it saves or forwards), so a device keeps every update until the
+    gateway's receipt names it. ``refused`` carries the reason for updates
+    that arrived but were not counted; the device must not resend those either.
+    """
+
+    received: list[bytes]
+    refused: dict[bytes, str] = field(default_factory=dict)
+
+    TYPE = MSG_RECEIPT
+
+    def to_cbor(self) -> dict[int, Any]:
+        out = _header(MSG_RECEIPT) | {2: list(self.received)}
+        if self.refused:
+            out[3] = [[k, v] for k, v in self.refused.items()]
+        return out
+
+    @classmethod
+    def from_reader(cls, r: MapReader, limits: Limits) -> Receipt:
+        received = [
+            MapReader({0: v}, f"{r.path}.received[{i}]").bytestring(0, "id", size=16)
+            for i, v in enumerate(r.array(2, "received", limits.max_tensors))
+        ]
+        refused: dict[bytes, str] = {}
+        for i, item in enumerate(r.array(3, "refused", limits.max_tensors, default=[])):
+            path = f"{r.path}.refused[{i}]"
+            if not isinstance(item, list) or len(item) != 2:
+                raise SchemaError(path, "expected [id, reason]")
+            pair = MapReader({0: item[0], 1: item[1]}, path)
+            refused[pair.bytestring(0, "id", size=16)] = pair.text(1, "reason", 256)
+        return cls(received, refused)

@@ -1,0 +1,277 @@
+"""One MQTT connection of a device, a bridge or the gateway, on paho-mqtt 2.x.
+
+- MQTT 5 by default (session expiry, message expiry on tasks); ``protocol =
+  "3.1.1"`` for brokers without it, ``"auto"`` tries 5 then falls back.
+- Persistent sessions (clean start off, a session expiry) and QoS 1, so the
+  broker keeps a device's tasks while it is away.
+- Reconnection is ours, not paho's: paho's backoff has no jitter, and a fleet
+  that lost its hub reconnects in lockstep. Here every retry waits a uniform
+  draw up to an exponentially growing cap ("full jitter").
+- TLS (CA file, client certificate) and username/password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+Handler = Callable[[str, bytes], None]
+
+
+class TransportError(RuntimeError):
+    """The broker cannot be reached or refused us; the message says which and where."""
+
+
+@dataclass
+class BrokerConfig:
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt:// or mqtts:// (TLS)
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    protocol: str = "5"  # "5", "3.1.1" or "auto"
+    keepalive: int = 30
+    session_expiry: int = 24 * 3600  # seconds the broker keeps our session (and queued QoS 1 messages)
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
+            raise TransportError(f"broker URL {self.url!r}: expected mqtt://host:port or mqtts://host:port")
+        tls = parsed.scheme in ("mqtts", "ssl")
+        return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
+
+
+@dataclass
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    """A persistent, self-reconnecting connection with per-topic handlers."""
+
+    def __init__(
+        self, config: BrokerConfig, client_id: str, will: Will | None = None, rng: random.Random | None = None
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.will = will
+        self.host, self.port, self.tls = config.endpoint()
+        self.rng = rng or random.Random()
+        self.connected = threading.Event()
+        self.on_connect_hooks: list[Callable[[], None]] = []
+        self._handlers: dict[str, tuple[int, Handler]] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._acks: dict[int, threading.Event] = {}
+        self._pending_subs: set[int] = set()
+        self.subscribed = threading.Event()  # every subscription acknowledged (SUBACK) on this connection
+        self._acks_lock = threading.Lock()
+        self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
+        self.last_error = ""
+        self._client = self._make_client()
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        v5 = self.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+            reconnect_on_failure=False,
+        )
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, self.config.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file, keyfile=self.config.key_file)
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.config.session_expiry
+        return props
+
+    # -- callbacks (paho's network thread) -------------------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            log.warning("%s: %s", self.client_id, self.last_error)
+            return
+        self.subscribed.clear()
+        with self._acks_lock:
+            self._pending_subs.clear()
+            for topic, (qos, _) in self._handlers.items():
+                _, mid = client.subscribe(topic, qos)
+                if mid is not None:
+                    self._pending_subs.add(mid)
+            if not self._pending_subs:
+                self.subscribed.set()
+        self.connected.set()
+        log.info("%s connected to %s:%d (MQTT %s)", self.client_id, self.host, self.port, self.protocol)
+        for hook in list(self.on_connect_hooks):
+            try:
+                hook()
+            except Exception:  # a hook must not take the connection down
+                log.exception("on-connect hook failed")
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._stopping.is_set():
+            log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        for pattern, (_, handler) in self._handlers.items():
+            if paho.topic_matches_sub(pattern, message.topic):
+                try:
+                    handler(message.topic, bytes(message.payload))
+                except Exception:  # hostile payloads are refused by handlers; a bug must not kill the link
+                    log.exception("handler for %s failed on a message of %d bytes", message.topic, len(message.payload))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("%s: broker refused a subscription: %s", self.client_id, failed)
+        with self._acks_lock:
+            self._pending_subs.discard(mid)
+            if not self._pending_subs:
+                self.subscribed.set()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._acks_lock:
+            event = self._acks.pop(mid, None)
+        if event is not None:
+            event.set()
+
+    # -- the connection loop ------------------------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.config.backoff_cap, self.config.backoff_base * 2**attempt))
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                self._client.connect(
+                    self.host,
+                    self.port,
+                    self.config.keepalive,
+                    clean_start=False,
+                    properties=self._connect_properties(),
+                )
+            except OSError as exc:
+                self.last_error = f"cannot reach broker {self.host}:{self.port}: {exc.strerror or exc}"
+                self._stopping.wait(self._backoff(attempt))
+                attempt += 1
+                continue
+            self._client.loop_forever()
+            if (
+                self.config.protocol == "auto"
+                and self.protocol == "5"
+                and not self.connected.is_set()
+                and "protocol" in self.last_error.lower()
+            ):
+                log.info("%s: broker does not speak MQTT 5, falling back to 3.1.1", self.client_id)
+                self.protocol = "3.1.1"
+                self._client = self._make_client()
+            attempt = 0 if self.connected.is_set() else attempt + 1
+            self.connected.clear()
+            if not self._stopping.is_set():
+                self._stopping.wait(self._backoff(attempt))
+
+    def start(self) -> MqttLink:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def require_connected(self, timeout: float) -> None:
+        """Wait for the broker, or raise TransportError with the reason (for a clear start-up message)."""
+        if not self.wait_connected(timeout):
+            raise TransportError(self.last_error or f"no connection to {self.host}:{self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(Exception):  # already gone
+            self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- messaging ---------------------------------------------------------------------------------------
+    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
+        self._handlers[topic] = (qos, handler)
+        if self.connected.is_set():
+            with self._acks_lock:
+                self.subscribed.clear()
+                _, mid = self._client.subscribe(topic, qos)
+                if mid is not None:
+                    self._pending_subs.add(mid)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Connected and every subscription acknowledged: messages for us will now be kept for us."""
+        deadline = time.monotonic() + timeout
+        return self.connected.wait(timeout) and self.subscribed.wait(max(0.0, deadline - time.monotonic()))
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        expiry: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Publish; with ``timeout``, wait for the broker's PUBACK and say whether it came.
+
+        Returns False at once while disconnected: callers keep the message (the outbox does).
+        """
+        if not self.connected.is_set():
+            return False
+        props = None
+        if expiry is not None and self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, int(expiry))
+        event = threading.Event()
+        with self._acks_lock:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return False
+            if qos == 0 or info.is_published():
+                return True
+            self._acks[info.mid] = event
+        if timeout is None:
+            return True
+        done = event.wait(timeout)
+        if not done:
+            with self._acks_lock:
+                self._acks.pop(info.mid, None)
+        return done

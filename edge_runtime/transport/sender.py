@@ -1,0 +1,114 @@
+"""Drains the outbox through an MQTT link, and forgets an update only when its receipt arrives."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .. import wire
+from .mqtt import MqttLink
+from .outbox import Outbox, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+
+class OutboxSender:
+    """Sends pending entries in order; resends those without a receipt after ``resend_after`` seconds.
+
+    With ``receipt_topic`` None an entry is forgotten at the broker's PUBACK
+    instead (for messages nobody acknowledges end to end).
+    """
+
+    def __init__(
+        self,
+        link: MqttLink,
+        outbox: Outbox,
+        receipt_topic: str | None = None,
+        ack_timeout: float = 10.0,
+        resend_after: float = 30.0,
+    ) -> None:
+        self.link = link
+        self.outbox = outbox
+        self.ack_timeout = ack_timeout
+        self.resend_after = resend_after
+        self.until_receipt = receipt_topic is not None
+        self._sent_at: dict[bytes, float] = {}
+        # Two locks on purpose: _state guards _sent_at for a few instructions and is what paho's network
+        # thread takes in callbacks; _flushing serialises flushes and is held across PUBACK waits, which
+        # only the network thread can satisfy, so no callback may ever take it.
+        self._state = threading.Lock()
+        self._flushing = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if receipt_topic is not None:
+            link.subscribe(receipt_topic, self._on_receipt)
+        link.on_connect_hooks.append(self._on_connect)
+
+    def _on_connect(self) -> None:
+        # What the broker held before a disconnect may be gone: resend everything not yet receipted.
+        with self._state:
+            self._sent_at.clear()
+        self.kick()
+
+    def _on_receipt(self, topic: str, payload: bytes) -> None:
+        try:
+            receipt = wire.decode(payload, expect=wire.Receipt)
+        except wire.WireError as exc:
+            log.warning("refused a receipt on %s: %s", topic, exc)
+            return
+        for message_id, reason in receipt.refused.items():
+            log.warning("gateway refused update %s: %s", message_id.hex()[:12], reason)
+        for message_id in [*receipt.received, *receipt.refused]:
+            if self.outbox.remove_id(message_id):
+                with self._state:
+                    self._sent_at.pop(message_id, None)
+
+    def submit(self, entry: OutboxEntry) -> None:
+        """Store first (durable), then try to send: nothing is lost if the link or the process dies now."""
+        self.outbox.put(entry)
+        self.kick()
+
+    def kick(self) -> None:
+        threading.Thread(target=self.flush, name="outbox-flush", daemon=True).start()
+
+    def flush(self) -> int:
+        """Send what is due; returns how many the broker acknowledged. Stops at the first failure."""
+        sent = 0
+        if not self._flushing.acquire(blocking=False):
+            return 0  # another flush is running and will see the same entries
+        try:
+            for entry in self.outbox.pending():
+                with self._state:
+                    last = self._sent_at.get(entry.message_id)
+                if last is not None and time.monotonic() - last < self.resend_after:
+                    continue
+                if not self.link.publish(entry.topic, entry.payload, qos=1, timeout=self.ack_timeout):
+                    log.info("outbox: %d waiting for the broker", len(self.outbox))
+                    break
+                sent += 1
+                if self.until_receipt:
+                    with self._state:
+                        self._sent_at[entry.message_id] = time.monotonic()
+                else:
+                    self.outbox.remove(entry)
+        finally:
+            self._flushing.release()
+        return sent
+
+    def start(self, period: float | None = None) -> OutboxSender:
+        """Flush periodically in the background (resends and expiries happen here)."""
+        interval = period or max(0.1, self.resend_after / 2)
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                self.flush()
+
+        self._thread = threading.Thread(target=run, name="outbox-timer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,75 @@
+"""Every MQTT topic tinyfed uses, in one place: ``tinyfed/v1/<federation>/...``.
+
+| topic | payload | retained | QoS |
+|---|---|---|---|
+| ``.../state`` | GatewayState | yes | 1 |
+| ``.../model/manifest`` | ModelManifest | yes | 1 |
+| ``.../model/<version hex>/chunk/<n>`` | ModelChunk | yes, until the version is retired | 1 |
+| ``.../device/<id>/task`` | Task (expires at its deadline) | no | 1 |
+| ``.../device/<id>/update`` | Update | no | 1 |
+| ``.../device/<id>/receipt`` | Receipt: which update ids arrived | no | 1 |
+| ``.../device/<id>/presence`` | Presence: birth, or death as the last will | yes | 1 |
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..wire.errors import SchemaError
+
+PREFIX = "tinyfed/v1"
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Federation and device ids become topic levels: no wildcards, separators or empty strings."""
+    if not _ID.match(value):
+        raise SchemaError(kind, f"{value!r} is not 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+class Topics:
+    def __init__(self, federation: str) -> None:
+        self.federation = check_id("federation", federation)
+        self.base = f"{PREFIX}/{federation}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.base}/model/manifest"
+
+    def chunk(self, version: bytes, index: int) -> str:
+        return f"{self.base}/model/{version.hex()}/chunk/{index}"
+
+    def chunks(self, version: bytes) -> str:
+        return f"{self.base}/model/{version.hex()}/chunk/+"
+
+    def task(self, device: str) -> str:
+        return f"{self.base}/device/{check_id('device', device)}/task"
+
+    def update(self, device: str) -> str:
+        return f"{self.base}/device/{check_id('device', device)}/update"
+
+    def receipt(self, device: str) -> str:
+        return f"{self.base}/device/{check_id('device', device)}/receipt"
+
+    def presence(self, device: str) -> str:
+        return f"{self.base}/device/{check_id('device', device)}/presence"
+
+    @property
+    def all_updates(self) -> str:
+        return f"{self.base}/device/+/update"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.base}/device/+/presence"
+
+    def device_of(self, topic: str) -> str:
+        """The device id in a per-device topic; refuses topics outside this federation."""
+        parts = topic.split("/")
+        if len(parts) != 6 or "/".join(parts[:3]) != self.base or parts[3] != "device":
+            raise SchemaError("topic", f"{topic!r} is not a device topic of federation {self.federation!r}")
+        return check_id("device", parts[4])

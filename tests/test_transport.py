@@ -1,0 +1,224 @@
+"""MQTT transport through a real Mosquitto on a free loopback port."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, TransportError, Will
+from edge_runtime.transport.outbox import Outbox, OutboxEntry
+from edge_runtime.transport.sender import OutboxSender
+from edge_runtime.transport.topics import Topics
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
+TOPICS = Topics("test-fed")
+WAIT = 20.0  # seconds: an upper bound for loopback delivery, never a performance assertion
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+def link(broker: MosquittoProcess, name: str, **kwargs: object) -> MqttLink:
+    config = BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5)
+    return MqttLink(config, name, **kwargs).start()  # type: ignore[arg-type]
+
+
+class Collector:
+    """A receiving side that counts updates once per update id and sends receipts, as the gateway will."""
+
+    def __init__(self, link: MqttLink | None = None) -> None:
+        self.link = link
+        self.raw: list[bytes] = []
+        self.by_id: dict[bytes, bytes] = {}
+        self.changed = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        update = wire.decode(payload, expect=wire.Update)
+        with self.changed:
+            self.raw.append(payload)
+            self.by_id.setdefault(update.update_id, payload)
+            self.changed.notify_all()
+        if self.link is not None:
+            self.link.publish(TOPICS.receipt(TOPICS.device_of(topic)), wire.encode(wire.Receipt([update.update_id])))
+
+    def wait_for(self, count: int, timeout: float = WAIT) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.by_id) >= count, timeout)
+
+
+def update_bytes(i: int) -> tuple[bytes, bytes]:
+    update_id = os.urandom(16)
+    t = wire.TensorUpdate(
+        0,
+        1000,
+        __import__("numpy").array([i, 500 + i]),
+        wire.CodedValues(wire.ValueCoding.INT8, __import__("numpy").array([1, -1], "int8"), 0.1),
+    )
+    return update_id, wire.encode(wire.Update(update_id, "dev-1", 1, bytes(32), 10 + i, [t]))
+
+
+def entry(update_id: bytes, payload: bytes, expires_in: float = 3600) -> OutboxEntry:
+    return OutboxEntry(update_id, TOPICS.update("dev-1"), payload, time.time() + expires_in, label="update round 1")
+
+
+def test_an_update_arrives_byte_exact(broker: MosquittoProcess, tmp_path: Path) -> None:
+    gateway = link(broker, "gateway")
+    inbox = Collector(gateway)
+    gateway.subscribe(TOPICS.all_updates, inbox)
+    device = link(broker, "dev-1")
+    try:
+        assert gateway.wait_ready(WAIT)
+        assert device.wait_ready(WAIT)
+        update_id, payload = update_bytes(1)
+        sender = OutboxSender(device, Outbox(tmp_path / "outbox"), TOPICS.receipt("dev-1"))
+        sender.submit(entry(update_id, payload))
+        assert inbox.wait_for(1)
+        assert inbox.by_id[update_id] == payload
+        deadline = time.monotonic() + WAIT
+        while len(sender.outbox) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(sender.outbox) == 0  # forgotten once the receipt named it
+    finally:
+        device.stop()
+        gateway.stop()
+
+
+def test_broker_killed_mid_upload_loses_nothing_and_counts_each_update_once(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    gateway = link(broker, "gateway")
+    inbox = Collector(gateway)
+    gateway.subscribe(TOPICS.all_updates, inbox)
+    device = link(broker, "dev-1")
+    try:
+        assert gateway.wait_ready(WAIT)
+        assert device.wait_ready(WAIT)
+        outbox = Outbox(tmp_path / "outbox")
+        sender = OutboxSender(device, outbox, TOPICS.receipt("dev-1"), ack_timeout=2.0, resend_after=1.0)
+        sent = [update_bytes(i) for i in range(30)]
+        for update_id, payload in sent:
+            outbox.put(entry(update_id, payload))
+        flusher = threading.Thread(target=sender.flush)
+        flusher.start()
+        while len(inbox.by_id) < 3:  # a few through, the rest still going: kill the broker now
+            time.sleep(0.001)
+        broker.stop(kill=True)
+        flusher.join(timeout=WAIT)
+        assert len(outbox) > 0, "the kill came too late to interrupt the upload"
+        broker.start()
+        assert device.wait_ready(WAIT) and gateway.wait_ready(WAIT)
+        sender.start(period=0.2)
+        deadline = time.monotonic() + WAIT
+        while len(outbox) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sender.stop()
+        assert len(outbox) == 0, (
+            f"device connected={device.connected.is_set()} subscribed={device.subscribed.is_set()} "
+            f"gateway connected={gateway.connected.is_set()} received={len(inbox.by_id)} raw={len(inbox.raw)} "
+            f"log={broker.log_path.read_text()[-1500:]}"
+        )
+        got = inbox.wait_for(len(sent))
+        missing = [i for i, (uid, _) in enumerate(sent) if uid not in inbox.by_id]
+        assert got, f"missing updates {missing}; log: {broker.log_path.read_text()[-800:]}"
+        assert {uid: p for uid, p in sent} == inbox.by_id  # every update, byte-exact, once per id
+        assert len(inbox.raw) >= len(sent)  # QoS 1 may deliver twice; the id makes it count once
+    finally:
+        device.stop()
+        gateway.stop()
+
+
+def test_offline_update_waits_in_the_outbox_and_an_expired_one_is_dropped(
+    broker: MosquittoProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = link(broker, "gateway")
+    inbox = Collector(gateway)
+    gateway.subscribe(TOPICS.all_updates, inbox)
+    assert gateway.wait_ready(WAIT)
+    broker.stop()
+    device = link(broker, "dev-1")
+    try:
+        outbox = Outbox(tmp_path / "outbox")
+        sender = OutboxSender(device, outbox, TOPICS.receipt("dev-1"))
+        keep_id, keep = update_bytes(1)
+        late_id, late = update_bytes(2)
+        sender.submit(entry(keep_id, keep))
+        sender.submit(entry(late_id, late, expires_in=0.3))
+        assert not device.wait_connected(0.5)
+        assert len(outbox) == 2  # nothing lost while offline
+        time.sleep(0.4)  # the second one's round ends while the link is down
+        with caplog.at_level(logging.WARNING):
+            broker.start()
+            assert device.wait_connected(WAIT)
+            assert inbox.wait_for(1)
+            deadline = time.monotonic() + WAIT
+            while len(outbox) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert list(inbox.by_id) == [keep_id] and inbox.by_id[keep_id] == keep
+        assert "dropped expired update round 1" in caplog.text
+        assert len(outbox) == 0
+    finally:
+        device.stop()
+        gateway.stop()
+
+
+def test_outbox_survives_a_restart_and_sets_corrupt_entries_aside(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o")
+    update_id, payload = update_bytes(3)
+    outbox.put(entry(update_id, payload))
+    (tmp_path / "o" / "00000000000000000000-zz.msg").write_bytes(b"\xff garbage")
+    again = Outbox(tmp_path / "o")
+    pending = again.pending()
+    assert [e.payload for e in pending] == [payload]
+    assert (tmp_path / "o" / "00000000000000000000-zz.corrupt").exists()
+
+
+def test_last_will_announces_a_dead_device(broker: MosquittoProcess) -> None:
+    seen: list[bytes] = []
+    watcher = link(broker, "watcher")
+    watcher.subscribe(TOPICS.all_presence, lambda topic, payload: seen.append(payload))
+    death = wire.encode(wire.Presence("dev-9", False, 1, int(time.time())))
+    device = link(broker, "dev-9", will=Will(TOPICS.presence("dev-9"), death))
+    try:
+        assert watcher.wait_ready(WAIT)
+        assert device.wait_ready(WAIT)
+        device._client.socket().close()  # the network dies under the device: no DISCONNECT is sent
+        deadline = time.monotonic() + WAIT
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen and wire.decode(seen[-1], expect=wire.Presence).online is False
+    finally:
+        device.stop()
+        watcher.stop()
+
+
+def test_unreachable_broker_gives_a_clear_error() -> None:
+    from edge_runtime.transport.broker import free_port
+
+    port = free_port()
+    lonely = MqttLink(BrokerConfig(url=f"mqtt://127.0.0.1:{port}", backoff_cap=0.2), "dev-x").start()
+    try:
+        with pytest.raises(TransportError, match=f"cannot reach broker 127.0.0.1:{port}"):
+            lonely.require_connected(1.0)
+    finally:
+        lonely.stop()
+    with pytest.raises(TransportError, match="expected mqtt://"):
+        BrokerConfig(url="http://example.invalid").endpoint()
+
+
+def test_topics_refuse_wildcards_and_parse_devices() -> None:
+    assert TOPICS.device_of(TOPICS.update("dev-7")) == "dev-7"
+    with pytest.raises(wire.SchemaError):
+        TOPICS.update("a/+")
+    with pytest.raises(wire.SchemaError):
+        TOPICS.device_of("tinyfed/v1/other/device/x/update")
