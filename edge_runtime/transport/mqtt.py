@@ -127,7 +127,7 @@ class MqttLink:
         self.subscribed.clear()
         with self._acks_lock:
             self._pending_subs.clear()
-            for topic, (qos, _) in self._handlers.items():
+            for topic, (qos, _) in list(self._handlers.items()):
                 _, mid = client.subscribe(topic, qos)
                 if mid is not None:
                     self._pending_subs.add(mid)
@@ -148,7 +148,7 @@ class MqttLink:
             log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        for pattern, (_, handler) in self._handlers.items():
+        for pattern, (_, handler) in list(self._handlers.items()):  # handlers may (un)subscribe
             if paho.topic_matches_sub(pattern, message.topic):
                 try:
                     handler(message.topic, bytes(message.payload))
@@ -235,6 +235,12 @@ class MqttLink:
                 _, mid = self._client.subscribe(topic, qos)
                 if mid is not None:
                     self._pending_subs.add(mid)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop the handler of exactly ``topic`` (a filter given to subscribe) and tell the broker."""
+        self._handlers.pop(topic, None)
+        if self.connected.is_set():
+            self._client.unsubscribe(topic)
 
     def wait_ready(self, timeout: float) -> bool:
         """Connected and every subscription acknowledged: messages for us will now be kept for us."""
