@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_runtime import wire
@@ -62,10 +63,20 @@ def update_bytes(i: int) -> tuple[bytes, bytes]:
     t = wire.TensorUpdate(
         0,
         1000,
-        __import__("numpy").array([i, 500 + i]),
-        wire.CodedValues(wire.ValueCoding.INT8, __import__("numpy").array([1, -1], "int8"), 0.1),
+        np.array([i, 500 + i]),
+        wire.CodedValues(wire.ValueCoding.INT8, np.array([1, -1], np.int8), 0.1),
     )
     return update_id, wire.encode(wire.Update(update_id, "dev-1", 1, bytes(32), 10 + i, [t]))
+
+
+def gateway_and_device(broker: MosquittoProcess) -> tuple[MqttLink, Collector, MqttLink]:
+    """A receiving gateway stand-in (counting by id, sending receipts) and a device, both ready."""
+    gateway = link(broker, "gateway")
+    inbox = Collector(gateway)
+    gateway.subscribe(TOPICS.all_updates, inbox)
+    device = link(broker, "dev-1")
+    assert gateway.wait_ready(WAIT) and device.wait_ready(WAIT)
+    return gateway, inbox, device
 
 
 def entry(update_id: bytes, payload: bytes, expires_in: float = 3600) -> OutboxEntry:
@@ -73,13 +84,8 @@ def entry(update_id: bytes, payload: bytes, expires_in: float = 3600) -> OutboxE
 
 
 def test_an_update_arrives_byte_exact(broker: MosquittoProcess, tmp_path: Path) -> None:
-    gateway = link(broker, "gateway")
-    inbox = Collector(gateway)
-    gateway.subscribe(TOPICS.all_updates, inbox)
-    device = link(broker, "dev-1")
+    gateway, inbox, device = gateway_and_device(broker)
     try:
-        assert gateway.wait_ready(WAIT)
-        assert device.wait_ready(WAIT)
         update_id, payload = update_bytes(1)
         sender = OutboxSender(device, Outbox(tmp_path / "outbox"), TOPICS.receipt("dev-1"))
         sender.submit(entry(update_id, payload))
@@ -97,13 +103,8 @@ def test_an_update_arrives_byte_exact(broker: MosquittoProcess, tmp_path: Path) 
 def test_broker_killed_mid_upload_loses_nothing_and_counts_each_update_once(
     broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    gateway = link(broker, "gateway")
-    inbox = Collector(gateway)
-    gateway.subscribe(TOPICS.all_updates, inbox)
-    device = link(broker, "dev-1")
+    gateway, inbox, device = gateway_and_device(broker)
     try:
-        assert gateway.wait_ready(WAIT)
-        assert device.wait_ready(WAIT)
         outbox = Outbox(tmp_path / "outbox")
         sender = OutboxSender(device, outbox, TOPICS.receipt("dev-1"), ack_timeout=2.0, resend_after=1.0)
         sent = [update_bytes(i) for i in range(30)]
