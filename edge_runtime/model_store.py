@@ -89,5 +89,9 @@ class ModelStore:
             protected.add(bytes.fromhex(previous.read_text().strip()))
         files = sorted(self.directory.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
         for path in files[self.keep :]:
-            if bytes.fromhex(path.stem) not in protected:
+            try:
+                version = bytes.fromhex(path.stem)
+            except ValueError:
+                continue  # not one of ours: leave it alone
+            if version not in protected:
                 path.unlink(missing_ok=True)

@@ -98,6 +98,8 @@ def test_mismatched_labels_are_refused(digits_mlp: Graph) -> None:
     trainer = Trainer(digits_mlp)
     with pytest.raises(ModelError, match="3 samples but 2 labels"):
         trainer.fit(np.zeros((3, 64), np.int8), np.zeros(2, np.int64))
+    with pytest.raises(ModelError, match=r"labels span 0\.\.10; the model has 10 classes"):
+        trainer.fit(np.zeros((2, 64), np.int8), np.array([0, 10]))
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,6 @@ class CompressionResult:
     tensors: list[TensorUpdate]
     residual: dict[int, np.ndarray] = field(default_factory=dict)  # commit after the update is stored
 
-    def sent_fraction(self) -> float:
-        total = sum(t.numel for t in self.tensors)
-        return sum(t.nnz for t in self.tensors) / total if total else 0.0
-
 
 def _top_k(magnitude: np.ndarray, k: int) -> np.ndarray:
     k = min(max(k, 0), magnitude.size)

@@ -107,13 +107,6 @@ class Graph:
         self.tensors.append(tensor)
         return len(self.tensors) - 1
 
-    def producer(self, tensor_index: int) -> int | None:
-        """Index of the operator that writes ``tensor_index`` (None for inputs and constants)."""
-        for i, op in enumerate(self.operators):
-            if tensor_index in op.outputs:
-                return i
-        return None
-
     def copy(self) -> Graph:
         return copy.deepcopy(self)
 

@@ -71,15 +71,6 @@ def affine_params(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(np.clip(zero_point, INT8_MIN, INT8_MAX))
 
 
-def symmetric_scales(weights: np.ndarray, axis: int | None = 0) -> np.ndarray:
-    """Per-channel (axis 0) or per-tensor symmetric int8 scales for weights."""
-    if axis is None:
-        peak = np.array([np.abs(weights).max(initial=0.0)])
-    else:
-        peak = np.abs(weights).reshape(weights.shape[axis], -1).max(axis=1)
-    return (np.maximum(peak, 1e-8) / INT8_MAX).astype(np.float32)
-
-
 def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
 

@@ -14,11 +14,3 @@ def int8_predictions(backend: Backend, model: bytes, x_int8: np.ndarray) -> np.n
 
 def accuracy(pred_scores: np.ndarray, y: np.ndarray) -> float:
     return float((pred_scores.argmax(axis=1) == y).mean()) if len(y) else float("nan")
-
-
-def f1_binary(pred_scores: np.ndarray, y: np.ndarray, positive: int = 1) -> float:
-    pred = pred_scores.argmax(axis=1)
-    tp = int(((pred == positive) & (y == positive)).sum())
-    fp = int(((pred == positive) & (y != positive)).sum())
-    fn = int(((pred != positive) & (y == positive)).sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0

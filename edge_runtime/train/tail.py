@@ -111,6 +111,11 @@ def layer_from_op(graph: Graph, op: Operator, index: int) -> Layer:
     return layer
 
 
+def _placeholder(graph: Graph, name: str, shape: tuple[int, ...], dtype: type) -> int:
+    """A zero constant the export then fills with quantised values."""
+    return graph.add_tensor(Tensor(name, shape, np.dtype(dtype), data=np.zeros(shape, dtype)))
+
+
 class Tail:
     """A chain of float layers between an int8 input (the cut) and a softmax."""
 
@@ -219,22 +224,9 @@ class Tail:
             inputs = [x_index]
             options: dict[str, object] = {}
             if isinstance(layer, Weighted):
-                w_idx = graph.add_tensor(
-                    Tensor(
-                        f"{layer.opcode.lower()}_{n}/weights",
-                        layer.weight.shape,
-                        np.dtype(np.int8),
-                        data=np.zeros(layer.weight.shape, np.int8),
-                    )
-                )
-                b_idx = graph.add_tensor(
-                    Tensor(
-                        f"{layer.opcode.lower()}_{n}/bias",
-                        layer.bias.shape,
-                        np.dtype(np.int32),
-                        data=np.zeros(layer.bias.shape, np.int32),
-                    )
-                )
+                prefix = f"{layer.opcode.lower()}_{n}"
+                w_idx = _placeholder(graph, f"{prefix}/weights", layer.weight.shape, np.int8)
+                b_idx = _placeholder(graph, f"{prefix}/bias", layer.bias.shape, np.int32)
                 inputs += [w_idx, b_idx]
                 options["activation"] = layer.activation
             if isinstance(layer, Conv2D | DepthwiseConv2D):

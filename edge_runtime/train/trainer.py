@@ -118,6 +118,9 @@ class Trainer:
             raise ModelError(f"{len(x_int8)} samples but {len(y)} labels")
         if len(y) == 0:
             raise ModelError("no training samples")
+        classes = int(np.prod(self.graph.tensor(self.graph.outputs[0]).shape[1:]))
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise ModelError(f"labels span {int(y.min())}..{int(y.max())}; the model has {classes} classes")
         feats = self.features(x_int8)
         return self.fit_features(feats, y.astype(np.int64), progress)
 
@@ -129,7 +132,7 @@ class Trainer:
         step = 0
         for epoch in range(cfg.epochs):
             order = self.rng.permutation(len(y))
-            loss_sum, correct = 0.0, 0
+            loss_sum, correct, seen = 0.0, 0, 0
             for b in range(batches_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 lr = cfg.learning_rate
@@ -139,11 +142,12 @@ class Trainer:
                 labels = y[idx]
                 loss_sum += float(-np.log(probs[np.arange(len(idx)), labels] + 1e-9).sum())
                 correct += int((probs.argmax(axis=1) == labels).sum())
+                seen += len(idx)
                 grads = self.tail.backward(labels)
                 self._step(grads, lr)
                 step += 1
                 if progress is not None:
-                    progress(epoch, b + 1, loss_sum / ((b + 1) * cfg.batch_size))
+                    progress(epoch, b + 1, loss_sum / seen)
             result.epochs.append(EpochReport(epoch, loss_sum / len(y), correct / len(y), len(y)))
             result.samples_seen += len(y)
         return result

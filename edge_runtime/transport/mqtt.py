@@ -80,10 +80,12 @@ class MqttLink:
         self._handlers: dict[str, tuple[int, Handler]] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._acks: dict[int, threading.Event] = {}
+        # SUBACK bookkeeping. The lock is held for a few instructions only, never across a paho call:
+        # paho's network thread calls us back while holding its own mutexes.
         self._pending_subs: set[int] = set()
+        self._early_subacks: set[int] = set()
         self.subscribed = threading.Event()  # every subscription acknowledged (SUBACK) on this connection
-        self._acks_lock = threading.Lock()
+        self._subs_lock = threading.Lock()
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
         self._client = self._make_client()
@@ -107,7 +109,6 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -125,12 +126,12 @@ class MqttLink:
             log.warning("%s: %s", self.client_id, self.last_error)
             return
         self.subscribed.clear()
-        with self._acks_lock:
+        with self._subs_lock:
             self._pending_subs.clear()
-            for topic, (qos, _) in list(self._handlers.items()):
-                _, mid = client.subscribe(topic, qos)
-                if mid is not None:
-                    self._pending_subs.add(mid)
+            self._early_subacks.clear()
+        for topic, (qos, _) in list(self._handlers.items()):
+            self._track_subscription(client.subscribe(topic, qos)[1])
+        with self._subs_lock:
             if not self._pending_subs:
                 self.subscribed.set()
         self.connected.set()
@@ -159,16 +160,23 @@ class MqttLink:
         failed = [r for r in reasons if getattr(r, "is_failure", False)]
         if failed:
             log.error("%s: broker refused a subscription: %s", self.client_id, failed)
-        with self._acks_lock:
-            self._pending_subs.discard(mid)
+        with self._subs_lock:
+            if mid in self._pending_subs:
+                self._pending_subs.discard(mid)
+            else:  # the SUBACK beat the caller's bookkeeping
+                self._early_subacks.add(mid)
             if not self._pending_subs:
                 self.subscribed.set()
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._acks_lock:
-            event = self._acks.pop(mid, None)
-        if event is not None:
-            event.set()
+    def _track_subscription(self, mid: int | None) -> None:
+        if mid is None:
+            return
+        with self._subs_lock:
+            if mid in self._early_subacks:
+                self._early_subacks.discard(mid)
+            else:
+                self._pending_subs.add(mid)
+                self.subscribed.clear()
 
     # -- the connection loop ------------------------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
@@ -230,11 +238,7 @@ class MqttLink:
     def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
         self._handlers[topic] = (qos, handler)
         if self.connected.is_set():
-            with self._acks_lock:
-                self.subscribed.clear()
-                _, mid = self._client.subscribe(topic, qos)
-                if mid is not None:
-                    self._pending_subs.add(mid)
+            self._track_subscription(self._client.subscribe(topic, qos)[1])
 
     def unsubscribe(self, topic: str) -> None:
         """Drop the handler of exactly ``topic`` (a filter given to subscribe) and tell the broker."""
@@ -266,18 +270,13 @@ class MqttLink:
         if expiry is not None and self.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = max(1, int(expiry))
-        event = threading.Event()
-        with self._acks_lock:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                return False
-            if qos == 0 or info.is_published():
-                return True
-            self._acks[info.mid] = event
-        if timeout is None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        if timeout is None or qos == 0:
             return True
-        done = event.wait(timeout)
-        if not done:
-            with self._acks_lock:
-                self._acks.pop(info.mid, None)
-        return done
+        try:
+            info.wait_for_publish(timeout)  # paho's own PUBACK wait
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()

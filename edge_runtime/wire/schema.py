@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import cbor2
 import numpy as np
 
 from .cbor import array_from
@@ -134,7 +133,3 @@ class MapReader:
 def f32(value: float) -> float:
     """Round to float32 so canonical CBOR writes it in 5 bytes, not 9."""
     return float(np.float32(value))
-
-
-def is_tag(value: Any) -> bool:
-    return isinstance(value, cbor2.CBORTag)

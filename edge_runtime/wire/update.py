@@ -18,9 +18,9 @@ from .values import (
     BITS_PER_VALUE,
     CodedValues,
     ValueCoding,
-    int8_rice_size,
     pack_int8_rice,
     pack_ternary,
+    plan_int8_rice,
     unpack_int8_rice,
     unpack_ternary,
 )
@@ -74,12 +74,14 @@ class TensorUpdate:
             out[T_RICE_K] = k
         if self.values.coding in (ValueCoding.INT8, ValueCoding.TERNARY):
             out[T_SCALE] = f32(self.values.scale)
+        rice_bytes, vk, base = (
+            plan_int8_rice(codes) if self.values.coding == ValueCoding.INT8 and codes.size else (codes.size, 0, 0)
+        )
         if self.values.coding == ValueCoding.TERNARY:
             out[T_VALUES] = typed_array(pack_ternary(codes))
-        elif self.values.coding == ValueCoding.INT8 and codes.size and int8_rice_size(codes) < codes.size:
-            payload, vk, base = pack_int8_rice(codes)
+        elif rice_bytes < codes.size:
             out[T_VALUE_CODING] = int(ValueCoding.INT8_RICE)
-            out[T_VALUES] = payload
+            out[T_VALUES] = pack_int8_rice(codes, vk, base)
             out[T_VALUE_K] = vk
             out[T_VALUE_BASE] = base
         else:

@@ -91,24 +91,22 @@ def unpack_ternary(packed: np.ndarray, count: int, field: str) -> np.ndarray:
     return np.where(two_bit == 1, 1, np.where(two_bit == 2, -1, 0)).astype(np.int8)
 
 
-def pack_int8_rice(codes: np.ndarray) -> tuple[bytes, int, int]:
-    """(payload, k, base) for int8 codes; see INT8_RICE above."""
-    from .index_coding import best_rice_k, encode_rice
-
-    magnitude = np.abs(codes.astype(np.int64))
-    base = int(magnitude.min()) if magnitude.size else 0
-    rest = magnitude - base
-    k = best_rice_k(rest)
-    signs = np.packbits((codes < 0).astype(np.uint8), bitorder="little").tobytes()
-    return signs + encode_rice(rest, k), k, base
-
-
-def int8_rice_size(codes: np.ndarray) -> int:
+def plan_int8_rice(codes: np.ndarray) -> tuple[int, int, int]:
+    """(encoded bytes including the k and base keys, k, base) of the INT8_RICE layout, without encoding."""
     from .index_coding import best_rice_k, rice_size
 
     magnitude = np.abs(codes.astype(np.int64))
-    rest = magnitude - (magnitude.min() if magnitude.size else 0)
-    return -(-codes.size // 8) + rice_size(rest, best_rice_k(rest)) + 3  # + k and base keys
+    base = int(magnitude.min()) if magnitude.size else 0
+    k = best_rice_k(magnitude - base)
+    return -(-codes.size // 8) + rice_size(magnitude - base, k) + 3, k, base
+
+
+def pack_int8_rice(codes: np.ndarray, k: int, base: int) -> bytes:
+    """Sign bits, then Rice(k) of |code| - base; see INT8_RICE above."""
+    from .index_coding import encode_rice
+
+    signs = np.packbits((codes < 0).astype(np.uint8), bitorder="little").tobytes()
+    return signs + encode_rice(np.abs(codes.astype(np.int64)) - base, k)
 
 
 def unpack_int8_rice(payload: bytes, count: int, k: int, base: int, field: str) -> np.ndarray:

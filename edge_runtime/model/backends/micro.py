@@ -83,7 +83,8 @@ class MicroSession(Session):
         self._outputs = outputs
         self._arena_used = arena_used
         self.arena_size = arena_size
-        self._input_shapes: dict[int, tuple[int, ...]] = {}
+        # Input details are asked for on every set_input; TFLM builds a fresh dict each call, so keep them.
+        self._inputs: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
 
     @property
     def arena_bytes(self) -> int:
@@ -95,14 +96,17 @@ class MicroSession(Session):
         """What TFLM's recording allocator reported the model allocating."""
         return self._arena_used
 
-    def input_shape(self, index: int = 0) -> tuple[int, ...]:
-        if index not in self._input_shapes:
+    def _input(self, index: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        if index not in self._inputs:
             details = self._it.get_input_details(index)
-            self._input_shapes[index] = tuple(int(d) for d in details["shape"])
-        return self._input_shapes[index]
+            self._inputs[index] = (tuple(int(d) for d in details["shape"]), np.dtype(details["dtype"]))
+        return self._inputs[index]
+
+    def input_shape(self, index: int = 0) -> tuple[int, ...]:
+        return self._input(index)[0]
 
     def input_dtype(self, index: int = 0) -> np.dtype[Any]:
-        return np.dtype(self._it.get_input_details(index)["dtype"])
+        return self._input(index)[1]
 
     def num_outputs(self) -> int:
         return self._outputs
