@@ -4,13 +4,14 @@
 are the whole API; the schema is written once, in CDDL, in docs/protocol.md.
 """
 
-from .codec import MESSAGE_CLASSES, decode, encode
+from .codec import MESSAGE_CLASSES, decode, encode, peek_type
 from .envelope import Ed25519Signer, Ed25519Verifier, open_envelope, sign
 from .errors import LimitExceeded, MalformedCBOR, MessageTooLarge, SchemaError, ValueRejected, WireError
 from .index_coding import IndexCoding
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import (
     Capabilities,
+    Fragment,
     GatewayState,
     ModelChunk,
     ModelManifest,
@@ -45,6 +46,7 @@ __all__ = [
     "Ed25519Verifier",
     "Error",
     "ErrorCode",
+    "Fragment",
     "GatewayState",
     "Hello",
     "IndexCoding",
@@ -76,5 +78,6 @@ __all__ = [
     "decode",
     "encode",
     "open_envelope",
+    "peek_type",
     "sign",
 ]

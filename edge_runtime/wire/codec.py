@@ -9,7 +9,7 @@ from .cbor import dumps, loads
 from .envelope import Verifier, open_envelope
 from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import SCHEMA_VERSION, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
+from .messages import SCHEMA_VERSION, Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
 from .schema import MapReader
 from .serial import (
     Error,
@@ -36,6 +36,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         Presence,
         GatewayState,
         Receipt,
+        Fragment,
         Hello,
         ModelBegin,
         ModelData,
@@ -88,3 +89,15 @@ def decode(
     if cls is Update:
         return Update.from_reader(r, limits, spec)
     return cls.from_reader(r, limits)
+
+
+def peek_type(data: bytes) -> int | None:
+    """The message type of canonical, unsigned CBOR without decoding it; None if it cannot tell.
+
+    A cheap routing hint (is this a fragment or a whole message?); ``decode``
+    still checks everything. Canonical maps sort their keys, so key 0 (the
+    type) comes first: a map header, 0x00, then the type as a small uint.
+    """
+    if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == 0x00 and data[2] < 0x18:
+        return data[2]
+    return None

@@ -20,6 +20,7 @@ MSG_CHUNK = 4
 MSG_PRESENCE = 5
 MSG_GATEWAY_STATE = 6
 MSG_RECEIPT = 7
+MSG_FRAGMENT = 8
 SCHEMA_VERSION = 1
 
 
@@ -330,3 +331,54 @@ class Receipt:
             pair = MapReader({0: item[0], 1: item[1]}, path)
             refused[pair.bytestring(0, "id", size=16)] = pair.text(1, "reason", 256)
         return cls(received, refused)
+
+
+@dataclass
+class Fragment:
+    """One piece of a message bigger than the link's maximum payload (64 KiB by default).
+
+    MQTT brokers and small devices cap a message's size, and a dense update of
+    a large model passes that cap. The sender cuts the encoded message into
+    fragments of one id; the receiver reassembles them in any order and
+    checks the sha256 of the whole before decoding it as the message it was.
+    The id is the message's own (an update's update id), so the receipt that
+    names it covers every fragment.
+    """
+
+    message_id: bytes
+    index: int
+    count: int
+    total_size: int
+    digest: bytes  # sha256 of the whole message
+    data: bytes
+
+    TYPE = MSG_FRAGMENT
+
+    def to_cbor(self) -> dict[int, Any]:
+        return _header(MSG_FRAGMENT) | {
+            2: self.message_id,
+            3: self.index,
+            4: self.count,
+            5: self.total_size,
+            6: self.digest,
+            7: self.data,
+        }
+
+    @classmethod
+    def from_reader(cls, r: MapReader, limits: Limits) -> Fragment:
+        total = r.uint(5, "total_size", limits.max_message_bytes)
+        count = r.uint(4, "count", 1 << 16)
+        index = r.uint(3, "index", 1 << 16)
+        data = r.bytestring(7, "data", max_len=limits.max_chunk_bytes)
+        if count == 0 or index >= count:
+            raise ValueRejected(f"{r.path}.index", f"fragment {index} of {count}")
+        if count > max(1, total) or len(data) > total:
+            raise ValueRejected(f"{r.path}.count", f"{count} fragments or {len(data)} bytes do not fit {total} bytes")
+        return cls(
+            message_id=r.bytestring(2, "message_id", size=16),
+            index=index,
+            count=count,
+            total_size=total,
+            digest=r.bytestring(6, "digest", size=32),
+            data=data,
+        )

@@ -112,6 +112,16 @@ VALID: list[tuple[str, str, Any]] = [
         wire.GatewayState("har", 3, 1, V1, 10, 4, 1_700_000_600, 1_700_000_300),
     ),
     (
+        "receipt",
+        "one update received, one refused with its reason",
+        wire.Receipt([ID], {bytes(range(16, 32)): "base version is not the round's"}),
+    ),
+    (
+        "fragment",
+        "fragment 1 of 3 of a 10-byte message, with the whole message's sha256",
+        wire.Fragment(ID, 1, 3, 10, hashlib.sha256(b"0123456789").digest(), b"4567"),
+    ),
+    (
         "serial-hello",
         "a board's capabilities",
         wire.Hello(
