@@ -88,6 +88,7 @@ class MqttLink:
         self._subs_lock = threading.Lock()
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
+        self._connack_seen = False
         self._client = self._make_client()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class MqttLink:
 
     # -- callbacks (paho's network thread) -------------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._connack_seen = True
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
             log.warning("%s: %s", self.client_id, self.last_error)
@@ -198,12 +200,15 @@ class MqttLink:
                 self._stopping.wait(self._backoff(attempt))
                 attempt += 1
                 continue
+            self._connack_seen = False
             self._client.loop_forever()
+            # A 3.1.1-only broker either answers CONNACK "unsupported protocol version" or, like amqtt,
+            # closes the socket without any CONNACK: both mean "speak 3.1.1".
             if (
                 self.config.protocol == "auto"
                 and self.protocol == "5"
                 and not self.connected.is_set()
-                and "protocol" in self.last_error.lower()
+                and (not self._connack_seen or "protocol" in self.last_error.lower())
             ):
                 log.info("%s: broker does not speak MQTT 5, falling back to 3.1.1", self.client_id)
                 self.protocol = "3.1.1"

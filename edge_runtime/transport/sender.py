@@ -7,6 +7,7 @@ import threading
 import time
 
 from .. import wire
+from .fragments import DEFAULT_MAX_PAYLOAD, fragment
 from .mqtt import MqttLink
 from .outbox import Outbox, OutboxEntry
 
@@ -17,7 +18,8 @@ class OutboxSender:
     """Sends pending entries in order; resends those without a receipt after ``resend_after`` seconds.
 
     With ``receipt_topic`` None an entry is forgotten at the broker's PUBACK
-    instead (for messages nobody acknowledges end to end).
+    instead (for messages nobody acknowledges end to end). An entry above
+    ``max_payload`` bytes goes out as fragments (see fragments.py).
     """
 
     def __init__(
@@ -27,11 +29,13 @@ class OutboxSender:
         receipt_topic: str | None = None,
         ack_timeout: float = 10.0,
         resend_after: float = 30.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.link = link
         self.outbox = outbox
         self.ack_timeout = ack_timeout
         self.resend_after = resend_after
+        self.max_payload = max_payload
         self.until_receipt = receipt_topic is not None
         self._sent_at: dict[bytes, float] = {}
         # Two locks on purpose: _state guards _sent_at for a few instructions and is what paho's network
@@ -83,7 +87,7 @@ class OutboxSender:
                     last = self._sent_at.get(entry.message_id)
                 if last is not None and time.monotonic() - last < self.resend_after:
                     continue
-                if not self.link.publish(entry.topic, entry.payload, qos=1, timeout=self.ack_timeout):
+                if not self._publish(entry):
                     log.info("outbox: %d waiting for the broker", len(self.outbox))
                     break
                 sent += 1
@@ -95,6 +99,12 @@ class OutboxSender:
         finally:
             self._flushing.release()
         return sent
+
+    def _publish(self, entry: OutboxEntry) -> bool:
+        for part in fragment(entry.message_id, entry.payload, self.max_payload):
+            if not self.link.publish(entry.topic, part, qos=1, timeout=self.ack_timeout):
+                return False  # the whole entry goes again later; the receiver keeps what it has by message id
+        return True
 
     def start(self, period: float | None = None) -> OutboxSender:
         """Flush periodically in the background (resends and expiries happen here)."""

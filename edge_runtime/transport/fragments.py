@@ -1,0 +1,117 @@
+"""Messages above the link's maximum payload: cut into fragments, reassembled and verified by sha256.
+
+The sender side is a pure function; the receiving side buffers partial
+messages under a byte budget and a time limit, so a peer that sends the
+first fragment of a thousand messages and never the rest cannot exhaust
+the gateway's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import wire
+from ..wire.limits import DEFAULT_LIMITS, Limits
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_PAYLOAD = 64 * 1024
+FRAGMENT_OVERHEAD = 96  # CBOR framing of a Fragment besides its data: 16-byte id, 32-byte digest, counts
+
+
+def fragment(message_id: bytes, payload: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
+    """``[payload]`` when it fits; otherwise encoded Fragments, each at most ``max_payload`` bytes."""
+    if len(payload) <= max_payload:
+        return [payload]
+    piece = max_payload - FRAGMENT_OVERHEAD
+    if piece <= 0:
+        raise ValueError(f"max_payload {max_payload} leaves no room for data after {FRAGMENT_OVERHEAD} bytes")
+    digest = hashlib.sha256(payload).digest()
+    count = -(-len(payload) // piece)
+    return [
+        wire.encode(wire.Fragment(message_id, i, count, len(payload), digest, payload[i * piece : (i + 1) * piece]))
+        for i in range(count)
+    ]
+
+
+@dataclass
+class _Partial:
+    first: wire.Fragment
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    size: int = 0
+
+
+class Reassembler:
+    """Collects fragments by (sender, message id); returns the whole message once complete and verified.
+
+    ``feed`` raises WireError for a fragment that is malformed or contradicts
+    the others of its message (the partial message is then dropped).
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, budget_bytes: int = 64 << 20, timeout: float = 600.0) -> None:
+        self.limits = limits
+        self.budget_bytes = budget_bytes
+        self.timeout = timeout
+        self._partials: dict[tuple[str, bytes], _Partial] = {}
+        self._buffered = 0
+        self._lock = threading.Lock()
+
+    def feed(self, sender: str, payload: bytes) -> bytes | None:
+        """A whole message's bytes (non-fragments pass straight through), or None while pieces are missing."""
+        if wire.peek_type(payload) != wire.Fragment.TYPE:
+            return payload
+        piece = wire.decode(payload, self.limits, expect=wire.Fragment)
+        key = (sender, piece.message_id)
+        with self._lock:
+            self._expire()
+            partial = self._partials.get(key)
+            if partial is None:
+                if self._buffered + piece.total_size > self.budget_bytes:
+                    raise wire.LimitExceeded(
+                        "fragment",
+                        f"{self._buffered} bytes already buffered; {piece.total_size} more exceed the budget",
+                    )
+                partial = self._partials[key] = _Partial(piece)
+                self._buffered += piece.total_size
+            first = partial.first
+            if (piece.count, piece.total_size, piece.digest) != (first.count, first.total_size, first.digest):
+                self._drop(key)
+                raise wire.ValueRejected("fragment", f"fragment {piece.index} disagrees with the others of its message")
+            if piece.index not in partial.pieces:
+                partial.pieces[piece.index] = piece.data
+                partial.size += len(piece.data)
+            if len(partial.pieces) < first.count:
+                return None
+            self._drop(key)
+        whole = b"".join(partial.pieces[i] for i in range(first.count))
+        if len(whole) != first.total_size or hashlib.sha256(whole).digest() != first.digest:
+            raise wire.ValueRejected("fragment", f"reassembled {len(whole)} bytes do not match the message's sha256")
+        return whole
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        partial = self._partials.pop(key, None)
+        if partial is not None:
+            self._buffered -= partial.first.total_size
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key, partial in list(self._partials.items()):
+            if now - partial.started > self.timeout:
+                log.warning(
+                    "dropped message %s from %s: %d of %d fragments after %.0f s",
+                    key[1].hex()[:12],
+                    key[0],
+                    len(partial.pieces),
+                    partial.first.count,
+                    self.timeout,
+                )
+                self._drop(key)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._partials)
