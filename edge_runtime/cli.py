@@ -33,6 +33,12 @@ def _device_train(args: argparse.Namespace) -> int:
     return train(args)
 
 
+def _device_run(args: argparse.Namespace) -> int:
+    from .commands.device_run import run
+
+    return run(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .commands.demo import demo
 
@@ -101,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_train_options(t)
     t.set_defaults(handler=_device_train)
+    r = device.add_parser("run", help="join a federation: follow the model, train on tasks, send updates")
+    r.add_argument("--config", type=Path, required=True, help="device.toml (keys overridable by TINYFED_<TABLE>_<KEY>)")
+    r.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(handler=_device_run)
 
     d = sub.add_parser("demo", help="build, train and score a model on bundled data (zero setup)")
     d.add_argument("--data", default=None, help="default: har when the shared data is present, else digits")

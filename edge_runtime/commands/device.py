@@ -6,9 +6,8 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
-from ..data.dataset import DataError, Dataset
+from ..data.dataset import DataError
+from ..data.partition import select_group
 from ..data.sources import load_source
 from ..model.backends import available_backends, get_backend
 from ..model.backends.base import Backend
@@ -20,29 +19,6 @@ from ..progress import ProgressBar
 from ..storage import atomic_write
 from ..train.evaluate import accuracy, int8_predictions
 from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
-
-
-def select_group(
-    train: Dataset, test: Dataset, group: int, holdout: float, order: str = "random", seed: int = 0
-) -> tuple[Dataset, Dataset]:
-    """Samples of one natural group: the first part trains, the held-out rest evaluates.
-
-    ``order="random"`` (seeded) holds out a random share; ``"time"`` holds out
-    the most recent samples. Time order is the realistic protocol on a live
-    device, but on recordings ordered by activity (HAR) it makes the two
-    halves hold different classes.
-    """
-    for ds in (train, test):
-        if ds.groups is not None and (ds.groups == group).any():
-            idx = np.flatnonzero(ds.groups == group)
-            if order == "random":
-                idx = np.random.default_rng(seed).permutation(idx)
-            n_train = max(1, round(len(idx) * (1.0 - holdout)))
-            if holdout > 0 and n_train >= len(idx):
-                raise DataError(f"group {group} has {len(idx)} samples: too few to hold out {holdout:.0%}")
-            evaluate = ds.subset(idx[n_train:], f"group {group} held out") if holdout > 0 else test
-            return ds.subset(idx[:n_train], f"group {group}"), evaluate
-    raise DataError(f"no samples of group {group} in {train.name} or {test.name}")
 
 
 def resolve_backends(name: str) -> list[Backend]:

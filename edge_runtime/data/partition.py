@@ -40,3 +40,50 @@ def dirichlet(ds: Dataset, devices: int, alpha: float, seed: int = 0, min_size: 
         if min(len(s) for s in shares) >= min_size:
             return {d: np.sort(np.array(s, np.int64)) for d, s in enumerate(shares)}
     raise DataError(f"no Dirichlet({alpha}) split gave every one of {devices} devices {min_size} samples")
+
+
+def select_group(
+    train: Dataset, test: Dataset, group: int, holdout: float, order: str = "random", seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Samples of one natural group: the first part trains, the held-out rest evaluates.
+
+    ``order="random"`` (seeded) holds out a random share; ``"time"`` holds out
+    the most recent samples. Time order is the realistic protocol on a live
+    device, but on recordings ordered by activity (HAR) it makes the two
+    halves hold different classes.
+    """
+    for ds in (train, test):
+        if ds.groups is not None and (ds.groups == group).any():
+            idx = np.flatnonzero(ds.groups == group)
+            if order == "random":
+                idx = np.random.default_rng(seed).permutation(idx)
+            n_train = max(1, round(len(idx) * (1.0 - holdout)))
+            if holdout > 0 and n_train >= len(idx):
+                raise DataError(f"group {group} has {len(idx)} samples: too few to hold out {holdout:.0%}")
+            evaluate = ds.subset(idx[n_train:], f"group {group} held out") if holdout > 0 else test
+            return ds.subset(idx[:n_train], f"group {group}"), evaluate
+    raise DataError(f"no samples of group {group} in {train.name} or {test.name}")
+
+
+def device_share(ds: Dataset, shard: str, scheme: str = "iid", seed: int = 0) -> np.ndarray:
+    """Sample indices of shard ``"i/n"`` under ``scheme`` (``iid`` or ``dirichlet:ALPHA``).
+
+    Every device of a simulated fleet computes the same split from the same
+    seed and keeps only its own part, so no data is ever exchanged.
+    """
+    try:
+        index_text, count_text = shard.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError as exc:
+        raise DataError(f"shard {shard!r}: expected 'i/n', for example '3/30'") from exc
+    if not 0 <= index < count:
+        raise DataError(f"shard {shard!r}: i must be in 0..n-1")
+    if scheme == "iid":
+        return iid(ds, count, seed)[index]
+    if scheme.startswith("dirichlet:"):
+        try:
+            alpha = float(scheme.split(":", 1)[1])
+        except ValueError as exc:
+            raise DataError(f"partition {scheme!r}: expected dirichlet:ALPHA, for example dirichlet:0.5") from exc
+        return dirichlet(ds, count, alpha, seed)[index]
+    raise DataError(f"partition {scheme!r}: expected 'iid' or 'dirichlet:ALPHA'")

@@ -36,6 +36,7 @@ class ModelFetcher:
         self.validate = validate
         self.on_installed = on_installed
         self.assembler: ChunkAssembler | None = None
+        self.manifest: wire.ModelManifest | None = None  # of the installed model, once known
         self.refused = 0
         self._refetching: set[str] = set()
         self.installed = threading.Event()
@@ -49,6 +50,7 @@ class ModelFetcher:
             log.warning("refused a manifest: %s", exc)
             return
         if manifest.version == self.store.current_version:
+            self.manifest = manifest
             self.installed.set()
             return
         with self._lock:
@@ -105,6 +107,7 @@ class ModelFetcher:
         self._refetching.clear()
         with self._lock:
             self.assembler = None
+        self.manifest = manifest
         self.installed.set()
         if self.on_installed is not None:
             self.on_installed(manifest)

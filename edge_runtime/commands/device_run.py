@@ -1,0 +1,66 @@
+"""``tinyfed device run --config device.toml``: a long-running federation member.
+
+Exit codes: 0 after SIGTERM/SIGINT (a clean stop: death announced, outbox
+kept on disk), 2 for a configuration or data error, 3 when the broker cannot
+be reached at start (unless ``--keep-trying``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from ..config import ConfigError
+from ..device_config import DeviceConfig
+
+EXIT_NO_BROKER = 3
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = DeviceConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"tinyfed device run: {exc}", file=sys.stderr)
+        return 2
+    from ..agent import DeviceAgent
+    from ..transport.mqtt import TransportError
+
+    agent = DeviceAgent(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    print(
+        f"device {config.device.id} of federation {config.device.federation}: {len(agent.data.train)} training "
+        f"samples, backend {agent.backend.name}, broker {config.broker.url}",
+        flush=True,
+    )
+    if not args.keep_trying:
+        try:
+            agent.link.require_connected(config.device.connect_timeout)
+        except TransportError as exc:
+            print(
+                f"tinyfed device run: cannot reach the MQTT broker at {config.broker.url}: {exc}. "
+                f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying.",
+                file=sys.stderr,
+            )
+            agent.stop(timeout=1.0)
+            return EXIT_NO_BROKER
+    while not stop.wait(1.0):
+        pass
+    agent.stop()
+    print(f"device {config.device.id} stopped cleanly", flush=True)
+    return 0

@@ -1,0 +1,257 @@
+"""The device agent as a federation member, through a real Mosquitto: task in, receipted update out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.agent import DeviceAgent, LocalData
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.data.partition import device_share
+from edge_runtime.device_config import DeviceConfig
+from edge_runtime.model.backends.base import Backend
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.info import quantize_input
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.train.evaluate import int8_metrics
+from edge_runtime.train.trainer import Trainer, cut_for_last_layers
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.chunking import make_manifest, publish_model
+from edge_runtime.transport.fragments import Reassembler
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.topics import Topics
+from edge_runtime.wire.cbor import dumps
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
+FED = "agent-test"
+TOPICS = Topics(FED)
+WAIT = 30.0  # an upper bound for loopback delivery and a few epochs of training, never a performance assertion
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+class GatewayStandIn:
+    """What issue 5's gateway does with updates, reduced to the contract: reassemble, decode, receipt."""
+
+    def __init__(self, broker: MosquittoProcess, manifest: wire.ModelManifest) -> None:
+        self.link = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), "gateway")
+        self.manifest = manifest
+        self.reassembler = Reassembler()
+        self.raw: list[bytes] = []
+        self.updates: list[wire.Update] = []
+        self.fragments = 0
+        self.presence: dict[str, wire.Presence] = {}
+        self.changed = threading.Condition()
+        self.link.subscribe(TOPICS.all_updates, self._on_update)
+        self.link.subscribe(TOPICS.all_presence, self._on_presence)
+        self.link.start()
+        assert self.link.wait_ready(WAIT)
+
+    def _on_update(self, topic: str, payload: bytes) -> None:
+        whole = self.reassembler.feed(TOPICS.device_of(topic), payload)
+        if whole is None:
+            self.fragments += 1
+            return
+        update = wire.decode(whole, expect=wire.Update, spec=self.manifest.spec())
+        self.link.publish(TOPICS.receipt(update.device), wire.encode(wire.Receipt([update.update_id])))
+        with self.changed:
+            self.raw.append(whole)
+            self.updates.append(update)
+            self.changed.notify_all()
+
+    def _on_presence(self, topic: str, payload: bytes) -> None:
+        presence = wire.decode(payload, expect=wire.Presence)
+        with self.changed:
+            self.presence[presence.device] = presence
+            self.changed.notify_all()
+
+    def wait(self, predicate: object, timeout: float = WAIT) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)  # type: ignore[arg-type]
+
+    def publish_model(self, model: bytes) -> None:
+        publish_model(self.link, TOPICS, self.manifest, make_manifest(model, self.manifest.trainable, 4096)[1])
+
+    def send_task(self, device: str, payload: bytes) -> None:
+        assert self.link.publish(TOPICS.task(device), payload, timeout=WAIT)
+
+    def stop(self) -> None:
+        self.link.stop()
+
+
+def trainable_spec(graph: Graph, layers: int = 1) -> list[wire.TrainableTensor]:
+    trainer = Trainer(graph, cut=cut_for_last_layers(graph, layers))
+    return [wire.TrainableTensor(t, shape) for t, shape in trainer.trainable_tensors().items()]
+
+
+def agent_config(broker: MosquittoProcess, storage: Path, device: str = "dev-1", **transport: object) -> DeviceConfig:
+    return DeviceConfig.from_mapping(
+        {
+            "device": {"id": device, "federation": FED, "storage": str(storage), "trainable_layers": 1},
+            "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "transport": {"resend_after": 5.0, **transport},
+        },
+        env={},
+    )
+
+
+def local_data(digits: DataSplit, shard: int = 0) -> LocalData:
+    own = device_share(digits.train, f"{shard}/4", "iid", seed=0)
+    return LocalData(digits.train.subset(own[:-40]), digits.train.subset(own[-40:]))
+
+
+def task(model_version: bytes, round_: int = 1, **kwargs: object) -> wire.Task:
+    fields: dict[str, object] = {
+        "epochs": 2,
+        "learning_rate": 0.05,
+        "density": 0.05,
+        "deadline": int(time.time()) + 120,
+    }
+    fields.update(kwargs)
+    return wire.Task(os.urandom(16), round_, model_version, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def federation(
+    broker: MosquittoProcess, tmp_path: Path, digits: DataSplit, digits_mlp: Graph, backend: Backend
+) -> Iterator[tuple[GatewayStandIn, DeviceAgent, bytes]]:
+    model = write_graph(digits_mlp)
+    manifest, chunks = make_manifest(model, trainable_spec(digits_mlp), 4096, federation=FED)
+    gateway = GatewayStandIn(broker, manifest)
+    publish_model(gateway.link, TOPICS, manifest, chunks)
+    agent = DeviceAgent(agent_config(broker, tmp_path / "dev-1"), local_data(digits), backend).start()
+    try:
+        assert gateway.wait(
+            lambda: (
+                (p := gateway.presence.get("dev-1")) is not None
+                and p.online
+                and p.capabilities is not None
+                and p.capabilities.model_version == manifest.version
+            )
+        ), "no birth message naming the installed model"
+        yield gateway, agent, model
+    finally:
+        agent.stop(timeout=5)
+        gateway.stop()
+
+
+def test_device_trains_and_delivers_its_update_byte_exact(
+    federation: tuple[GatewayStandIn, DeviceAgent, bytes],
+) -> None:
+    gateway, agent, model = federation
+    version = gateway.manifest.version
+    birth = gateway.presence["dev-1"]
+    assert birth.capabilities is not None and birth.capabilities.samples == len(agent.data.train)
+    assert birth.capabilities.backend == agent.backend.name
+
+    gateway.send_task("dev-1", wire.encode(task(version, round_=1, density=0.1)))
+    assert gateway.wait(lambda: len(gateway.updates) == 1)
+    sent = agent.done[-1]
+    assert gateway.raw[0] == wire.encode(sent)  # byte-exact, and only after the gateway's spec check
+    update = gateway.updates[0]
+    assert (update.device, update.round, update.base_version) == ("dev-1", 1, version)
+    assert update.samples == len(agent.data.train)
+    spec = gateway.manifest.spec()
+    assert {t.tensor for t in update.tensors} <= set(spec)
+    kept = sum(t.nnz for t in update.tensors)
+    assert kept == round(0.1 * sum(spec.values()))  # global top-k at the task's density
+    assert update.metrics["train_loss"] > 0 and 0 <= update.metrics["train_accuracy"] <= 1
+    assert update.activation_ranges  # the gateway recalibrates from these
+    # The receipt empties the outbox; the error-feedback residual holds what was not sent.
+    deadline = time.monotonic() + WAIT
+    while len(agent.outbox) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(agent.outbox) == 0
+    residual = agent.compressor.residual
+    assert set(residual) == {t.tensor for t in gateway.manifest.trainable} and any(
+        np.abs(r).sum() > 0 for r in residual.values()
+    )
+
+    gateway.send_task("dev-1", wire.encode(task(version, round_=1, evaluate_only=True)))
+    assert gateway.wait(lambda: len(gateway.updates) == 2)
+    evaluation = gateway.updates[1]
+    assert evaluation.tensors == [] and evaluation.samples == len(agent.data.evaluate)
+    graph = read_graph(model)
+    expected = int8_metrics(
+        agent.backend, model, graph, quantize_input(graph, agent.data.evaluate.x), agent.data.evaluate.y
+    )
+    assert evaluation.metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert evaluation.metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_hostile_payloads_on_the_device_topics_are_refused_and_logged(
+    federation: tuple[GatewayStandIn, DeviceAgent, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway, agent, _ = federation
+    version = gateway.manifest.version
+    caplog.set_level(logging.WARNING)
+    wrong_schema = dict(wire.Task(bytes(16), 1, version, 1, 0.1, 0.1, int(time.time()) + 60).to_cbor())
+    wrong_schema[5] = "two"  # epochs as text
+
+    hostile = {
+        "MalformedCBOR": b"\xff\x00garbage",
+        "MessageTooLarge": wire.encode(wire.Receipt([os.urandom(16) for _ in range(400)])),
+        "SchemaError": wire.encode(wire.Receipt([os.urandom(16)])),  # a receipt where a task belongs
+        "expired": wire.encode(task(version, deadline=int(time.time()) - 5)),
+    }
+    for payload in hostile.values():
+        gateway.send_task("dev-1", payload)
+    gateway.send_task("dev-1", dumps(wrong_schema))
+    # Garbage on the other topics the device listens to: the manifest and its receipts.
+    gateway.link.publish(TOPICS.receipt("dev-1"), b"\x82\x01", timeout=WAIT)
+    good = task(version, round_=2)
+    gateway.send_task("dev-1", wire.encode(good))
+    gateway.send_task("dev-1", wire.encode(good))  # a redelivered task is handled once
+    assert gateway.wait(lambda: len(gateway.updates) == 1), "the device stopped working after hostile input"
+    time.sleep(0.5)
+    assert len(gateway.updates) == 1 and gateway.updates[0].round == 2
+    for reason in hostile:
+        assert agent.refusals[reason] >= 1, reason
+    assert agent.refusals["SchemaError"] == 2  # wrong message type and wrong field type
+    text = caplog.text
+    assert "task.epochs" in text and "Receipt where Task was expected" in text and "refused a receipt" in text
+    assert agent.link.connected.is_set()
+
+
+def test_an_update_above_the_payload_limit_travels_as_fragments(
+    broker: MosquittoProcess, tmp_path: Path, digits: DataSplit, digits_mlp: Graph, backend: Backend
+) -> None:
+    model = write_graph(digits_mlp)
+    spec = trainable_spec(digits_mlp, layers=2)
+    manifest, chunks = make_manifest(model, spec, 4096, federation=FED)
+    gateway = GatewayStandIn(broker, manifest)
+    config = agent_config(broker, tmp_path / "dev-2", device="dev-2", max_payload=2048)
+    config.device.trainable_layers = 2
+    agent = DeviceAgent(config, local_data(digits, 1), backend).start()
+    try:
+        publish_model(gateway.link, TOPICS, manifest, chunks)
+        assert gateway.wait(
+            lambda: (
+                (p := gateway.presence.get("dev-2")) is not None
+                and p.capabilities is not None
+                and p.capabilities.model_version == manifest.version
+            )
+        )
+        dense = task(manifest.version, density=1.0, value_coding=int(wire.ValueCoding.FLOAT32), epochs=1)
+        gateway.send_task("dev-2", wire.encode(dense))
+        assert gateway.wait(lambda: len(gateway.updates) == 1)
+        payload = wire.encode(agent.done[-1])
+        assert len(payload) > 4 * 2048 and gateway.fragments >= len(payload) // 2048
+        assert gateway.raw[0] == payload
+        assert sum(t.nnz for t in gateway.updates[0].tensors) == sum(t.numel for t in spec)
+    finally:
+        agent.stop(timeout=5)
+        gateway.stop()
