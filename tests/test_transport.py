@@ -203,6 +203,32 @@ def test_last_will_announces_a_dead_device(broker: MosquittoProcess) -> None:
         watcher.stop()
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_persistent_session_keeps_qos1_messages_while_a_device_is_away(broker: MosquittoProcess, protocol: str) -> None:
+    """Both protocol versions: a task published while the device is offline reaches it when it returns."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def make() -> MqttLink:
+        config = BrokerConfig(url=broker.url, protocol=protocol, backoff_base=0.05, backoff_cap=0.5)
+        device = MqttLink(config, f"dev-{protocol}")
+        device.subscribe(TOPICS.task("dev-1"), lambda t, p: (got.append(p), arrived.set()))
+        return device.start()
+
+    device = make()
+    assert device.wait_ready(WAIT) and device.protocol == protocol
+    device.stop()
+    gateway = link(broker, "gateway")
+    try:
+        assert gateway.wait_ready(WAIT)
+        assert gateway.publish(TOPICS.task("dev-1"), b"task while away", timeout=WAIT)
+        device = make()
+        assert arrived.wait(WAIT) and got == [b"task while away"]
+        device.stop()
+    finally:
+        gateway.stop()
+
+
 def test_unreachable_broker_gives_a_clear_error() -> None:
     from edge_runtime.transport.broker import free_port
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class BrokerConfig:
     session_expiry: int = 24 * 3600  # seconds the broker keeps our session (and queued QoS 1 messages)
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
+    connack_timeout: float = 10.0  # seconds a broker may take to answer CONNECT before we drop the attempt
 
     def endpoint(self) -> tuple[str, int, bool]:
         parsed = urlparse(self.url)
@@ -127,6 +129,7 @@ class MqttLink:
             self.last_error = f"broker refused the connection: {reason}"
             log.warning("%s: %s", self.client_id, self.last_error)
             return
+        self.last_error = ""
         self.subscribed.clear()
         with self._subs_lock:
             self._pending_subs.clear()
@@ -188,20 +191,27 @@ class MqttLink:
         attempt = 0
         while not self._stopping.is_set():
             try:
-                self._client.connect(
-                    self.host,
-                    self.port,
-                    self.config.keepalive,
-                    clean_start=False,
-                    properties=self._connect_properties(),
-                )
+                if self.protocol == "5":
+                    self._client.connect(
+                        self.host,
+                        self.port,
+                        self.config.keepalive,
+                        clean_start=False,
+                        properties=self._connect_properties(),
+                    )
+                else:  # 3.1.1 has no clean_start; clean_session=False was set on the client
+                    self._client.connect(self.host, self.port, self.config.keepalive)
             except OSError as exc:
                 self.last_error = f"cannot reach broker {self.host}:{self.port}: {exc.strerror or exc}"
                 self._stopping.wait(self._backoff(attempt))
                 attempt += 1
                 continue
             self._connack_seen = False
+            watchdog = threading.Timer(self.config.connack_timeout, self._drop_if_unanswered)
+            watchdog.daemon = True
+            watchdog.start()
             self._client.loop_forever()
+            watchdog.cancel()
             # A 3.1.1-only broker either answers CONNACK "unsupported protocol version" or, like amqtt,
             # closes the socket without any CONNACK: both mean "speak 3.1.1".
             if (
@@ -217,6 +227,17 @@ class MqttLink:
             self.connected.clear()
             if not self._stopping.is_set():
                 self._stopping.wait(self._backoff(attempt))
+
+    def _drop_if_unanswered(self) -> None:
+        """A broker that neither answers CONNECT nor closes (amqtt on an MQTT 5 CONNECT) would hold us until
+        the keepalive expires; shutting the socket ends loop_forever at once."""
+        if self._connack_seen or self._stopping.is_set():
+            return
+        self.last_error = f"no CONNACK from {self.host}:{self.port} within {self.config.connack_timeout} s"
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def start(self) -> MqttLink:
         self._stopping.clear()

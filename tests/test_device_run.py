@@ -1,0 +1,116 @@
+"""``tinyfed device run`` as a process: configuration errors, an unreachable broker, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.topics import Topics
+
+WAIT = 60.0  # start-up includes importing numpy, sklearn and an interpreter: an upper bound only
+
+
+def write_config(path: Path, url: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[device]
+id = "pi-1"
+federation = "cli"
+storage = "{path.parent / "storage"}"
+connect_timeout = 2.0
+{extra}
+
+[data]
+source = "digits"
+shard = "0/10"
+
+[broker]
+url = "{url}"
+backoff_base = 0.05
+backoff_cap = 0.5
+"""
+    )
+    return path
+
+
+def device_run(config: Path, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "device", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def test_a_typo_in_the_config_names_the_table_and_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "device.toml", "mqtt://127.0.0.1:1", extra='idd = "x"')
+    proc = device_run(config)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2
+    assert "[device]: unknown key(s) idd" in err and str(config) in err
+
+
+def test_an_unreachable_broker_gives_a_clear_message_and_exit_3(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here
+    config = write_config(tmp_path / "device.toml", f"mqtt://127.0.0.1:{port}")
+    proc = device_run(config)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 3, err
+    assert f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}" in err
+    assert "refused" in err.lower() and "TINYFED_BROKER_URL" in err
+
+
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
+def test_sigterm_stops_cleanly_and_announces_death(tmp_path: Path) -> None:
+    topics = Topics("cli")
+    seen: list[wire.Presence] = []
+    changed = threading.Condition()
+
+    def on_presence(topic: str, payload: bytes) -> None:
+        with changed:
+            seen.append(wire.decode(payload, expect=wire.Presence))
+            changed.notify_all()
+
+    with MosquittoProcess(workdir=tmp_path / "broker") as broker:
+        watcher = MqttLink(BrokerConfig(url=broker.url), "watcher")
+        watcher.subscribe(topics.presence("pi-1"), on_presence)
+        watcher.start()
+        assert watcher.wait_ready(WAIT)
+        proc = device_run(write_config(tmp_path / "device.toml", broker.url))
+        try:
+            with changed:
+                assert changed.wait_for(lambda: any(p.online for p in seen), WAIT), "no birth message"
+            birth = next(p for p in seen if p.online)
+            assert birth.capabilities is not None and birth.capabilities.samples > 0
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=WAIT)
+            assert proc.returncode == 0, err
+            assert "stopped cleanly" in out
+            with changed:
+                assert changed.wait_for(lambda: not seen[-1].online, WAIT)
+            assert seen[-1].seq == birth.seq  # the death belongs to this birth (Sparkplug's bdSeq)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            watcher.stop()
+        # Retained: a gateway that starts later still learns the device is gone.
+        late: list[wire.Presence] = []
+        got = threading.Event()
+        late_link = MqttLink(BrokerConfig(url=broker.url), "late")
+        late_link.subscribe(
+            topics.presence("pi-1"), lambda t, p: (late.append(wire.decode(p, expect=wire.Presence)), got.set())
+        )
+        late_link.start()
+        try:
+            assert got.wait(WAIT) and late[0].online is False
+        finally:
+            late_link.stop()
