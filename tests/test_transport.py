@@ -203,6 +203,32 @@ def test_last_will_announces_a_dead_device(broker: MosquittoProcess) -> None:
         watcher.stop()
 
 
+def test_updates_stored_during_a_flush_are_sent_without_waiting_for_the_timer(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    gateway, inbox, device = gateway_and_device(broker)
+    gate = threading.Event()
+    real_publish = device.publish
+
+    def slow_first_publish(*args: object, **kwargs: object) -> bool:
+        gate.wait(WAIT)  # the first flush is mid-publish while the others are stored
+        return real_publish(*args, **kwargs)  # type: ignore[arg-type]
+
+    device.publish = slow_first_publish  # type: ignore[method-assign]
+    try:
+        sender = OutboxSender(device, Outbox(tmp_path / "outbox"), TOPICS.receipt("dev-1"), resend_after=3600)
+        updates = [update_bytes(i) for i in range(5)]
+        sender.submit(entry(*updates[0]))
+        time.sleep(0.2)  # the first flush thread is now waiting at the gate
+        for update_id, payload in updates[1:]:
+            sender.submit(entry(update_id, payload))
+        gate.set()
+        assert inbox.wait_for(5), f"{len(inbox.by_id)} of 5 arrived: a flush request was lost"  # no timer running
+    finally:
+        device.stop()
+        gateway.stop()
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_persistent_session_keeps_qos1_messages_while_a_device_is_away(broker: MosquittoProcess, protocol: str) -> None:
     """Both protocol versions: a task published while the device is offline reaches it when it returns."""

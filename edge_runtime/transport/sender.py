@@ -43,6 +43,7 @@ class OutboxSender:
         # only the network thread can satisfy, so no callback may ever take it.
         self._state = threading.Lock()
         self._flushing = threading.Lock()
+        self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if receipt_topic is not None:
@@ -77,28 +78,44 @@ class OutboxSender:
         threading.Thread(target=self.flush, name="outbox-flush", daemon=True).start()
 
     def flush(self) -> int:
-        """Send what is due; returns how many the broker acknowledged. Stops at the first failure."""
+        """Send what is due; returns how many the broker acknowledged. Stops at the first failure.
+
+        A flush asked for while another runs is not lost: it marks the outbox as wanted again, and
+        the running flush takes another pass (entries stored after its pass began would otherwise
+        wait for the timer or the next reconnect).
+        """
+        self._wanted.set()
         sent = 0
-        if not self._flushing.acquire(blocking=False):
-            return 0  # another flush is running and will see the same entries
-        try:
-            for entry in self.outbox.pending():
-                with self._state:
-                    last = self._sent_at.get(entry.message_id)
-                if last is not None and time.monotonic() - last < self.resend_after:
-                    continue
-                if not self._publish(entry):
-                    log.info("outbox: %d waiting for the broker", len(self.outbox))
-                    break
-                sent += 1
-                if self.until_receipt:
-                    with self._state:
-                        self._sent_at[entry.message_id] = time.monotonic()
-                else:
-                    self.outbox.remove(entry)
-        finally:
-            self._flushing.release()
+        while self._wanted.is_set():
+            if not self._flushing.acquire(blocking=False):
+                return sent  # the running flush will see _wanted
+            try:
+                self._wanted.clear()
+                done, link_up = self._flush_once()
+                sent += done
+            finally:
+                self._flushing.release()
+            if not link_up:
+                break  # the reconnect hook flushes again
         return sent
+
+    def _flush_once(self) -> tuple[int, bool]:
+        sent = 0
+        for entry in self.outbox.pending():
+            with self._state:
+                last = self._sent_at.get(entry.message_id)
+            if last is not None and time.monotonic() - last < self.resend_after:
+                continue
+            if not self._publish(entry):
+                log.info("outbox: %d waiting for the broker", len(self.outbox))
+                return sent, False
+            sent += 1
+            if self.until_receipt:
+                with self._state:
+                    self._sent_at[entry.message_id] = time.monotonic()
+            else:
+                self.outbox.remove(entry)
+        return sent, True
 
     def _publish(self, entry: OutboxEntry) -> bool:
         for part in fragment(entry.message_id, entry.payload, self.max_payload):
