@@ -40,7 +40,7 @@ from .device_config import DataSection, DeviceConfig
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
 from .model.errors import ModelError
-from .model.info import quantize_input
+from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
 from .model_store import ModelStore
 from .storage import atomic_write
@@ -249,8 +249,9 @@ class DeviceAgent:
         graph = read_graph(model)
         started = time.perf_counter()
         if task.evaluate_only:
-            x = quantize_input(graph, self.data.evaluate.x)
-            metrics = int8_metrics(self.backend, model, graph, x, self.data.evaluate.y)
+            ev = self.data.evaluate
+            x = quantize_input(graph, ev.x)
+            metrics = int8_metrics(self.backend, model, graph, x, model_labels(graph, ev.y, ev.classes))
             update = self._update(task, len(self.data.evaluate), [], metrics, {})
             self._store(update, task)
             return update
@@ -264,7 +265,7 @@ class DeviceAgent:
         )
         trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
         x = quantize_input(graph, self.data.train.x)
-        result = trainer.fit(x, self.data.train.y)
+        result = trainer.fit(x, model_labels(graph, self.data.train.y, self.data.train.classes))
         spec = manifest.spec()
         deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
         if not deltas:

@@ -15,6 +15,7 @@ from edge_runtime.data.files import load_csv, load_npz
 from edge_runtime.data.har import SIGNALS, load_har_npz, load_har_uci
 from edge_runtime.data.sources import load_source
 from edge_runtime.data.ucr import read_ts
+from edge_runtime.model.graph import Graph
 
 TS_TEXT = """# a comment
 @problemName Tiny
@@ -140,3 +141,13 @@ def test_natural_partition_needs_groups(digits) -> None:
         partition.natural(digits.train)
     ds = Dataset(np.zeros((4, 1), np.float32), np.array([0, 1, 0, 1]), ["a", "b"], np.array([5, 5, 9, 9]))
     assert {k: v.tolist() for k, v in partition.natural(ds).items()} == {5: [0, 1], 9: [2, 3]}
+
+
+def test_local_labels_are_matched_to_the_model_by_class_name(digits_mlp: Graph) -> None:
+    from edge_runtime.model.errors import ModelError
+    from edge_runtime.model.info import model_labels
+
+    # A device file holding only digits 3 and 7 is loaded as classes ["3", "7"], labels 0 and 1.
+    assert model_labels(digits_mlp, np.array([0, 1, 1]), ["3", "7"]).tolist() == [3, 7, 7]
+    with pytest.raises(ModelError, match=r"\['cat'\] are not classes of the model"):
+        model_labels(digits_mlp, np.array([0, 1]), ["3", "cat"])

@@ -67,3 +67,21 @@ def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
         x = x.reshape((x.shape[0], *t.shape[1:]))
     z = normalise(info, x)
     return quantize(z, float(q.scale[0]), int(q.zero_point[0]))
+
+
+def model_labels(graph: Graph, y: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Local labels (indices into ``classes``) as the model's class indices, matched by class name.
+
+    A device's own file may hold only some classes, and a loader numbers the
+    ones it sees from 0; training on those numbers would teach the model
+    wrong classes. Models without class names take labels as they are.
+    """
+    names = ModelInfo.from_graph(graph).classes
+    if not names:
+        return y
+    index = {name: i for i, name in enumerate(names)}
+    missing = sorted({classes[c] for c in np.unique(y)} - set(index))
+    if missing:
+        raise ModelError(f"local labels {missing[:5]} are not classes of the model (it knows {names[:10]})")
+    lookup = np.array([index.get(name, -1) for name in classes], np.int64)
+    return lookup[y]

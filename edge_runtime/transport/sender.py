@@ -38,6 +38,9 @@ class OutboxSender:
         self.max_payload = max_payload
         self.until_receipt = receipt_topic is not None
         self._sent_at: dict[bytes, float] = {}
+        # Ids receipted lately: a flush pass that listed the outbox before a receipt removed an entry
+        # must not send it again. Bounded: only the last few thousand can still be in such a listing.
+        self._receipted: dict[bytes, None] = {}
         # Two locks on purpose: _state guards _sent_at for a few instructions and is what paho's network
         # thread takes in callbacks; _flushing serialises flushes and is held across PUBACK waits, which
         # only the network thread can satisfy, so no callback may ever take it.
@@ -65,6 +68,10 @@ class OutboxSender:
         for message_id, reason in receipt.refused.items():
             log.warning("gateway refused update %s: %s", message_id.hex()[:12], reason)
         for message_id in [*receipt.received, *receipt.refused]:
+            with self._state:
+                self._receipted[message_id] = None
+                while len(self._receipted) > 4096:
+                    del self._receipted[next(iter(self._receipted))]
             if self.outbox.remove_id(message_id):
                 with self._state:
                     self._sent_at.pop(message_id, None)
@@ -103,6 +110,8 @@ class OutboxSender:
         sent = 0
         for entry in self.outbox.pending():
             with self._state:
+                if entry.message_id in self._receipted:
+                    continue  # receipted after this pass listed the outbox
                 last = self._sent_at.get(entry.message_id)
             if last is not None and time.monotonic() - last < self.resend_after:
                 continue
