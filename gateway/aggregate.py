@@ -1,0 +1,79 @@
+"""Streaming sparse aggregation: fold each update into running sums as it arrives.
+
+Memory is one float64 buffer per trainable tensor, whatever the number of
+devices: an update's kept entries are added at their positions (they are
+strictly increasing, so a plain fancy-index add is exact) and its weight
+(sample count, times a staleness factor in asynchronous mode) is added to
+the total. Only a buffered strategy makes it keep each delta as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from edge_runtime import wire
+
+from .strategies.base import ClientDelta, RoundInput, Weights
+from .strategies.clipping import clip_factor
+
+
+def update_norm(update: wire.Update) -> float:
+    """L2 norm of the delta an update stands for, over all its tensors."""
+    total = 0.0
+    for t in update.tensors:
+        values = t.values.decode().astype(np.float64)
+        total += float(values @ values)
+    return math.sqrt(total)
+
+
+class StreamingAggregate:
+    def __init__(self, sizes: Mapping[int, int], keep_updates: bool = False, clip_norm: float | None = None) -> None:
+        self.sizes = dict(sizes)
+        self.sums: Weights = {t: np.zeros(n, np.float64) for t, n in sizes.items()}
+        self.weight = 0.0
+        self.count = 0
+        self.keep_updates = keep_updates
+        self.clip_norm = clip_norm
+        self.updates: list[ClientDelta] = []
+        self.activation_sums: dict[str, np.ndarray] = {}
+        self.activation_weight: dict[str, float] = {}
+        self.metric_sums: dict[str, float] = {}
+        self.metric_weight: dict[str, float] = {}
+
+    def add(self, update: wire.Update, weight_factor: float = 1.0) -> None:
+        weight = update.samples * weight_factor
+        scale = clip_factor(update_norm(update), self.clip_norm)
+        for t in update.tensors:
+            self.sums[t.tensor][t.indices] += (weight * scale) * t.values.decode().astype(np.float64)
+        self.weight += weight
+        self.count += 1
+        if self.keep_updates:
+            dense = {}
+            for t in update.tensors:
+                d = np.zeros(self.sizes[t.tensor], np.float64)
+                d[t.indices] = scale * t.values.decode()
+                dense[t.tensor] = d
+            self.updates.append(ClientDelta(update.device, update.samples, dense))
+        for name, (lo, hi) in update.activation_ranges.items():
+            self.activation_sums[name] = self.activation_sums.get(name, np.zeros(2)) + weight * np.array([lo, hi])
+            self.activation_weight[name] = self.activation_weight.get(name, 0.0) + weight
+        for name, value in update.metrics.items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + update.samples * value
+            self.metric_weight[name] = self.metric_weight.get(name, 0.0) + update.samples
+
+    def round_input(self) -> RoundInput:
+        mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}
+        return RoundInput(mean, list(self.updates))
+
+    def activation_ranges(self) -> dict[str, tuple[float, float]]:
+        """Sample-weighted mean of the devices' activation ranges, per tensor name."""
+        return {
+            name: (float(s[0] / self.activation_weight[name]), float(s[1] / self.activation_weight[name]))
+            for name, s in self.activation_sums.items()
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return {name: s / self.metric_weight[name] for name, s in self.metric_sums.items()}
