@@ -140,7 +140,7 @@ def test_every_registered_strategy_runs_and_bad_parameters_are_named() -> None:
         make_strategy("fedsgd")
     with pytest.raises(ValueError, match="fedtrimmedavg: beta"):
         make_strategy("fedtrimmedavg", beta=0.6)
-    with pytest.raises(ValueError, match="strategy fedavg: .*momentum"):
+    with pytest.raises(ValueError, match=r"strategy fedavg: .*momentum"):
         make_strategy("fedavg", momentum=0.9)
 
 
