@@ -12,8 +12,10 @@ time in its own thread, never in the MQTT network thread:
 
 The update is stored in the outbox before the error-feedback residual is
 committed, so a crash in between can at worst send a little mass twice,
-never lose it. An evaluation task sends an update without tensors whose
-metrics are the int8 model's accuracy and loss on the local held-out data.
+never lose it. Every update reports the base model's int8 accuracy and
+loss on the local held-out share (``eval_accuracy``, ``eval_loss``,
+``eval_samples``): federated evaluation at no extra round trip. An
+evaluation task sends only that, in an update without tensors.
 Raw samples never leave this process.
 """
 
@@ -40,6 +42,7 @@ from .device_config import DataSection, DeviceConfig
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
 from .model.errors import ModelError
+from .model.graph import Graph
 from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
 from .model_store import ModelStore
@@ -248,11 +251,10 @@ class DeviceAgent:
             return None
         graph = read_graph(model)
         started = time.perf_counter()
+        # Federated evaluation: an update reports how the base model scores on the held-out share.
+        evaluation = self._evaluate(model, graph) if task.report or task.evaluate_only else {}
         if task.evaluate_only:
-            ev = self.data.evaluate
-            x = quantize_input(graph, ev.x)
-            metrics = int8_metrics(self.backend, model, graph, x, model_labels(graph, ev.y, ev.classes))
-            update = self._update(task, len(self.data.evaluate), [], metrics, {})
+            update = self._update(task, len(self.data.evaluate), [], evaluation, {})
             self._store(update, task)
             return update
         cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
@@ -276,18 +278,36 @@ class DeviceAgent:
         )
         compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
-        metrics = {
-            "train_loss": last.loss,
-            "train_accuracy": last.accuracy,
-            "train_seconds": time.perf_counter() - started,
-        }
-        ranges = {
-            name: (s["ema_min"], s["ema_max"]) for name, s in trainer.activation_stats().items() if s["batches"] > 0
-        }
+        # Every byte here is sent each round: the training loss only (accuracy and time go to the log).
+        metrics = evaluation | {"train_loss": last.loss}
+        log.info(
+            "device %s: round %d trained in %.2f s, loss %.4f, accuracy %.4f",
+            self.device_id,
+            task.round,
+            time.perf_counter() - started,
+            last.loss,
+            last.accuracy,
+        )
+        index = {t.name: i for i, t in enumerate(graph.tensors)}
+        ranges: dict[int | str, tuple[float, float]] = {}
+        if task.report:
+            ranges = {
+                index[name]: (s["ema_min"], s["ema_max"])
+                for name, s in trainer.activation_stats().items()
+                if s["batches"] > 0
+            }
         update = self._update(task, len(self.data.train), compressed.tensors, metrics, ranges)
         self._store(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update
+
+    def _evaluate(self, model: bytes, graph: Graph) -> dict[str, float]:
+        ev = self.data.evaluate
+        if len(ev) == 0:
+            return {}
+        x = quantize_input(graph, ev.x)
+        scores = int8_metrics(self.backend, model, graph, x, model_labels(graph, ev.y, ev.classes))
+        return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(ev))}
 
     def _update(
         self,
@@ -295,7 +315,7 @@ class DeviceAgent:
         samples: int,
         tensors: list[wire.TensorUpdate],
         metrics: dict[str, float],
-        ranges: dict[str, tuple[float, float]],
+        ranges: dict[int | str, tuple[float, float]],
     ) -> wire.Update:
         return wire.Update(
             update_id=os.urandom(16),

@@ -39,6 +39,16 @@ def _device_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _gateway(action: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from gateway import cli  # imported only for gateway commands: a device never loads it
+
+        result: int = getattr(cli, action)(args)
+        return result
+
+    return handler
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .commands.demo import demo
 
@@ -112,6 +122,22 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(handler=_device_run)
+
+    gw = sub.add_parser("gateway", help="the hub side: rounds, aggregation, model publishing").add_subparsers(
+        dest="action", required=True
+    )
+    g = gw.add_parser("run", help="run the federation described by gateway.toml")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("-v", "--verbose", action="store_true")
+    g.set_defaults(handler=_gateway("run"))
+    g = gw.add_parser("status", help="rounds, updates, refusals and devices from the gateway's store")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--last", type=int, default=20, help="show this many rounds")
+    g.set_defaults(handler=_gateway("status"))
+    g = gw.add_parser("rollback", help="make an earlier model version current (gateway stopped)")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
+    g.set_defaults(handler=_gateway("rollback"))
 
     d = sub.add_parser("demo", help="build, train and score a model on bundled data (zero setup)")
     d.add_argument("--data", default=None, help="default: har when the shared data is present, else digits")

@@ -38,8 +38,8 @@ class StreamingAggregate:
         self.keep_updates = keep_updates
         self.clip_norm = clip_norm
         self.updates: list[ClientDelta] = []
-        self.activation_sums: dict[str, np.ndarray] = {}
-        self.activation_weight: dict[str, float] = {}
+        self.activation_sums: dict[int | str, np.ndarray] = {}
+        self.activation_weight: dict[int | str, float] = {}
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
 
@@ -68,7 +68,7 @@ class StreamingAggregate:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}
         return RoundInput(mean, list(self.updates))
 
-    def activation_ranges(self) -> dict[str, tuple[float, float]]:
+    def activation_ranges(self) -> dict[int | str, tuple[float, float]]:
         """Sample-weighted mean of the devices' activation ranges, per tensor name."""
         return {
             name: (float(s[0] / self.activation_weight[name]), float(s[1] / self.activation_weight[name]))

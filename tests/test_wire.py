@@ -128,6 +128,7 @@ TASKS = st.builds(
     st.floats(0, 10, width=32),
     st.booleans(),
     st.integers(0, 3),
+    st.booleans(),
 )
 
 MESSAGE_STRATEGIES = {

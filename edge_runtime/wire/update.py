@@ -144,7 +144,8 @@ class Update:
     samples: int
     tensors: list[TensorUpdate]
     metrics: dict[str, float] = field(default_factory=dict)
-    activation_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Activation [min, max] per tensor: keyed by tensor index (2 bytes on the wire) or, as older builds did, by name.
+    activation_ranges: dict[int | str, tuple[float, float]] = field(default_factory=dict)
     created: int = 0  # unix seconds
 
     TYPE = MSG_UPDATE
@@ -178,15 +179,18 @@ class Update:
         total = sum(t.nnz for t in tensors)
         if total > limits.max_nnz:
             raise LimitExceeded(f"{r.path}.tensors", f"{total} entries in all exceed {limits.max_nnz}")
-        ranges: dict[str, tuple[float, float]] = {}
+        ranges: dict[int | str, tuple[float, float]] = {}
         if r.has(U_STATS):
             stats = r.obj[U_STATS]
             if not isinstance(stats, dict) or len(stats) > limits.max_tensors:
                 raise SchemaError(f"{r.path}.activation_ranges", "expected a bounded map of name -> [min, max]")
             for name, pair in stats.items():
                 field_path = f"{r.path}.activation_ranges[{name!r:.40}]"
-                if not isinstance(name, str) or len(name.encode()) > limits.max_string:
-                    raise SchemaError(field_path, "key is not short text")
+                if isinstance(name, bool) or not (
+                    (isinstance(name, int) and 0 <= name < 2**31)
+                    or (isinstance(name, str) and len(name.encode()) <= limits.max_string)
+                ):
+                    raise SchemaError(field_path, "key is neither a tensor index nor short text")
                 if not isinstance(pair, list) or len(pair) != 2:
                     raise SchemaError(field_path, "expected [min, max]")
                 lo, hi = (MapReader({0: v}, field_path).number(0, "value") for v in pair)

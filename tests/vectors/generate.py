@@ -69,6 +69,16 @@ VALID: list[tuple[str, str, Any]] = [
         ),
     ),
     (
+        "update-ranges-by-tensor",
+        "activation ranges keyed by the output tensor's index (what devices send)",
+        update(tensor(10, [3], ValueCoding.INT8, [10], 0.5), activation_ranges={12: (0.0, 6.0), 15: (-2.5, 3.0)}),
+    ),
+    (
+        "task-quiet",
+        "a task that asks for no evaluation report and no activation ranges this round",
+        wire.Task(ID, 4, V1, epochs=1, learning_rate=0.05, density=0.01, deadline=1_700_000_900, report=False),
+    ),
+    (
         "task",
         "a training task for round 3",
         wire.Task(

@@ -1,0 +1,178 @@
+"""``tinyfed gateway run | status | rollback``.
+
+Exit codes: 0 after SIGTERM/SIGINT or the configured number of rounds; 2
+for a configuration error; 3 when the broker cannot be reached; 4 when
+another gateway holds the storage directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from edge_runtime.config import ConfigError
+
+from .config import GatewayConfig
+
+EXIT_CONFIG, EXIT_NO_BROKER, EXIT_LOCKED = 2, 3, 4
+
+
+class StorageLocked(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def storage_lock(storage: Path) -> Iterator[None]:
+    """One gateway per storage directory: two writers would each count the other's updates as replays."""
+    storage.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(storage / "gateway.lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise StorageLocked(f"{storage} is in use by a running gateway") from exc
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _load(args: argparse.Namespace) -> GatewayConfig | None:
+    try:
+        return GatewayConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"tinyfed gateway: {exc}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    from edge_runtime.transport.mqtt import TransportError
+
+    from .service import Gateway, RoundSummary
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        with storage_lock(config.storage):
+            gateway = Gateway(config)
+
+            def report(summary: RoundSummary) -> None:
+                ratio = summary.dense_bytes / summary.uplink_bytes if summary.uplink_bytes else float("nan")
+                acc = summary.metrics.get("eval_accuracy")
+                shown = f"{acc:.4f}" if acc is not None else "-"
+                print(
+                    f"round {summary.round:>4} {summary.status:<6} updates {summary.accepted:>4} "
+                    f"refused {summary.refused:>3}  base-model accuracy (federated) {shown}  "
+                    f"uplink {summary.uplink_bytes} B ({ratio:.0f}x below dense float32)  {summary.seconds:.1f} s",
+                    flush=True,
+                )
+
+            gateway.on_round_closed.append(report)
+            try:
+                gateway.start()
+            except TransportError as exc:
+                print(
+                    f"tinyfed gateway: cannot reach the MQTT broker at {config.broker.url}: {exc}. "
+                    f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL).",
+                    file=sys.stderr,
+                )
+                gateway.link.stop()
+                return EXIT_NO_BROKER
+            print(
+                f"gateway of federation {config.gateway.federation}: model {gateway.version.hex()[:12]}, "
+                f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                if gateway.finished.is_set():
+                    break
+            gateway.stop()
+    except StorageLocked as exc:
+        print(f"tinyfed gateway: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    from .store import GatewayStore
+
+    db = config.storage / "gateway.db"
+    if not db.exists():
+        print(f"tinyfed gateway: no state at {db}: the gateway has not run with this storage", file=sys.stderr)
+        return EXIT_CONFIG
+    store = GatewayStore(db)
+    current = store.current_version
+    print(f"federation {config.gateway.federation}, model {current.hex()[:12] if current else '-'}")
+    devices = store.devices()
+    online = sum(1 for d in devices if d["online"])
+    print(f"devices: {len(devices)} known, {online} online")
+    print(f"{'round':>6} {'status':<7} {'mode':<5} {'updates':>7} {'refused':>7} {'uplink B':>9} "
+          f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
+    for row in store.rounds(args.last):
+        counts = store.round_counts(row.round)
+        metrics = store.metrics(row.round)
+        ratio = counts["dense_bytes"] / counts["uplink_bytes"] if counts["uplink_bytes"] else float("nan")
+        acc = metrics.get("eval_accuracy")
+        print(
+            f"{row.round:>6} {row.status:<7} {row.mode:<5} {counts['train']:>7} {counts['refused']:>7} "
+            f"{counts['uplink_bytes']:>9} {ratio:>8.0f} {acc if acc is not None else float('nan'):>8.4f}  "
+            f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
+        )
+    refusals = store.refusals()[-args.last :]
+    if refusals:
+        print("latest refusals:")
+        for r in refusals:
+            print(f"  round {r['round']} {r['device']}: {r['reason']}")
+    store.close()
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    from .store import GatewayStore
+
+    try:
+        with storage_lock(config.storage):
+            store = GatewayStore(config.storage / "gateway.db")
+            model = store.model(args.to)
+            if model is None:
+                known = ", ".join(m["version"][:12] for m in store.models())
+                print(f"tinyfed gateway: no single version starts with {args.to!r}; known: {known}", file=sys.stderr)
+                return EXIT_CONFIG
+            open_row = store.open_round_row()
+            if open_row is not None:
+                store.end_round(open_row.round, "failed", note=f"rolled back to {model['version'][:12]}")
+            store.set_meta("current_version", model["version"])
+            store.close()
+    except StorageLocked as exc:
+        print(f"tinyfed gateway: {exc}; stop it first, then roll back", file=sys.stderr)
+        return EXIT_LOCKED
+    print(f"rolled back to model {model['version'][:12]} (round {model['round']}); it is published at the next start")
+    return 0

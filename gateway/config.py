@@ -1,0 +1,165 @@
+"""``gateway.toml``, read like the device's file: tables of typed keys, ``TINYFED_<TABLE>_<KEY>`` overrides.
+
+```toml
+[gateway]
+federation = "home"
+storage = "/var/lib/tinyfed-gateway"   # SQLite state, model versions, master weights
+model = "/etc/tinyfed/initial.tflite"  # the first model, used when the store has none
+trainable_layers = 0                   # layers devices train and send (0 = all)
+
+[rounds]
+mode = "sync"              # sync | async (buffered, FedBuff-style)
+rounds = 0                 # stop after this many rounds (0 = run until stopped)
+fraction = 1.0             # share of eligible devices asked per round
+min_devices = 2            # never start a round with fewer eligible devices
+overprovision = 0.0        # ask this many more (0.3 = 30%) and close when the target has answered
+min_updates = 1            # a round closes at its deadline only with at least this many updates
+deadline = 120.0           # seconds
+epochs = 1
+learning_rate = 0.05
+batch_size = 32
+density = 0.01             # share of entries a device sends
+value_coding = 2           # 0 float32, 1 float16, 2 int8, 3 ternary
+norm_bound = 1000.0        # refuse an update whose L2 norm exceeds this
+clip_norm = 0.0            # scale larger updates down to this norm (0 = off)
+min_samples = 1
+concurrency = 10           # async: devices kept busy at once
+buffer_size = 5            # async: updates per aggregation step
+max_staleness = 5          # async: versions an update may lag behind
+report_every = 5           # every Nth round devices also report evaluation and activation ranges
+seed = 0
+
+[strategy]
+name = "fedavg"            # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum multikrum
+server_lr = 1.0
+# any other key is passed to the strategy: momentum, beta1, beta2, tau, mu, beta, byzantine, keep
+
+[broker]
+url = "mqtt://127.0.0.1:1883"
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import ConfigError, check_tables, read_toml, section
+from edge_runtime.transport.mqtt import BrokerConfig
+from edge_runtime.transport.topics import check_id
+from edge_runtime.wire.errors import SchemaError
+
+from .strategies import make_strategy
+
+
+@dataclass
+class GatewaySection:
+    federation: str = "default"
+    storage: str = "tinyfed-gateway"
+    model: str = ""
+    trainable_layers: int = 0
+    chunk_size: int = 64 * 1024
+    connect_timeout: float = 15.0
+
+
+@dataclass
+class RoundsSection:
+    mode: str = "sync"
+    rounds: int = 0
+    fraction: float = 1.0
+    min_devices: int = 2
+    overprovision: float = 0.0
+    min_updates: int = 1
+    deadline: float = 120.0
+    epochs: int = 1
+    learning_rate: float = 0.05
+    batch_size: int = 32
+    density: float = 0.01
+    value_coding: int = 2
+    norm_bound: float = 1000.0
+    clip_norm: float = 0.0
+    min_samples: int = 1
+    concurrency: int = 10
+    buffer_size: int = 5
+    max_staleness: int = 5
+    report_every: int = 5  # rounds between federated evaluations (and activation-range reports)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode {self.mode!r} is not sync or async")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction {self.fraction} is not in (0, 1]")
+        if not 0 < self.density <= 1:
+            raise ValueError(f"density {self.density} is not in (0, 1]")
+        if min(self.min_devices, self.min_updates, self.buffer_size, self.concurrency, self.report_every) < 1:
+            raise ValueError("min_devices, min_updates, buffer_size, concurrency and report_every must be >= 1")
+        if self.overprovision < 0 or self.deadline <= 0:
+            raise ValueError("overprovision must be >= 0 and deadline > 0")
+        if self.value_coding not in (0, 1, 2, 3):
+            raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
+
+
+@dataclass
+class GatewayConfig:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    rounds: RoundsSection = field(default_factory=RoundsSection)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
+    source: str = "defaults"
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.gateway.storage)
+
+    @property
+    def strategy_name(self) -> str:
+        return str(self.strategy.get("name", "fedavg"))
+
+    @property
+    def strategy_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.strategy.items() if k != "name"}
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
+    ) -> GatewayConfig:
+        check_tables(data, ("gateway", "rounds", "strategy", "broker"), source)
+
+        def table(name: str) -> Mapping[str, object]:
+            value = data.get(name, {})
+            assert isinstance(value, dict)
+            return value
+
+        broker_table = {"protocol": "auto", **table("broker")}
+        if isinstance(broker_table["protocol"], int):
+            broker_table["protocol"] = str(broker_table["protocol"])
+        config = cls(
+            gateway=section(GatewaySection, table("gateway"), "gateway", source, env),
+            rounds=section(RoundsSection, table("rounds"), "rounds", source, env),
+            strategy={"name": "fedavg", **table("strategy")},
+            broker=section(BrokerConfig, broker_table, "broker", source, env),
+            source=source,
+        )
+        try:
+            check_id("federation", config.gateway.federation)
+        except SchemaError as exc:
+            raise ConfigError(f"{source} [gateway]: {exc}") from exc
+        try:
+            config.make_strategy()
+        except ValueError as exc:
+            raise ConfigError(f"{source} [strategy]: {exc}") from exc
+        try:
+            config.broker.endpoint()
+        except Exception as exc:
+            raise ConfigError(f"{source} [broker] url: {exc}") from exc
+        return config
+
+    def make_strategy(self) -> Any:
+        return make_strategy(self.strategy_name, **self.strategy_params)
+
+    @classmethod
+    def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        return cls.from_mapping(read_toml(path), str(path), env)

@@ -1,0 +1,107 @@
+"""The float master weights of the trainable tail, and the int8 .tflite versions made from them.
+
+Devices train against the int8 model, so their deltas are relative to its
+dequantised weights; the gateway adds the aggregate to float weights it
+keeps itself. Re-quantising the master each round (rather than adding
+deltas to int8 weights) means rounding error never accumulates across
+rounds. Activation ranges are recalibrated from the sample-weighted ranges
+devices report, so a layer whose outputs grow does not saturate. All of it
+is numpy: the gateway never needs an interpreter.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import wire
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.train.fakequant import RangeStats
+from edge_runtime.train.layers import Weighted
+from edge_runtime.train.tail import Tail
+from edge_runtime.train.trainer import cut_for_last_layers
+
+from .strategies.base import Weights
+
+
+class MasterModel:
+    def __init__(self, model: bytes, trainable_layers: int) -> None:
+        self.graph: Graph = read_graph(model)
+        self.graph.check_int8()
+        self.cut = cut_for_last_layers(self.graph, trainable_layers)
+        self.tail = Tail.from_graph(self.graph, self.cut)
+        # tensor index -> (layer, "weight" | "bias"): what the manifest lets devices update
+        self.slots: dict[int, tuple[Weighted, str]] = {}
+        self.output_names: dict[str, Weighted] = {}
+        self.output_tensors: dict[int, Weighted] = {}
+        for i, layer in self.tail.trainable():
+            op = self.graph.operators[self.cut + i]
+            self.slots[op.inputs[1]] = (layer, "weight")
+            self.slots[op.inputs[2]] = (layer, "bias")
+            self.output_names[self.graph.tensor(op.outputs[0]).name] = layer
+            self.output_tensors[op.outputs[0]] = layer
+
+    @property
+    def trainable(self) -> list[wire.TrainableTensor]:
+        return [wire.TrainableTensor(t, tuple(getattr(layer, kind).shape)) for t, (layer, kind) in self.slots.items()]
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        return {t: int(getattr(layer, kind).size) for t, (layer, kind) in self.slots.items()}
+
+    def weights(self) -> Weights:
+        return {t: getattr(layer, kind).astype(np.float64).reshape(-1) for t, (layer, kind) in self.slots.items()}
+
+    def set_weights(self, weights: Weights) -> None:
+        for t, value in weights.items():
+            layer, kind = self.slots[t]
+            current = getattr(layer, kind)
+            if not np.isfinite(value).all():
+                raise ValueError(f"master weights of tensor {t} are not finite; refusing to publish them")
+            setattr(layer, kind, np.asarray(value, np.float32).reshape(current.shape))
+
+    def set_activation_ranges(self, ranges: Mapping[int | str, tuple[float, float]]) -> int:
+        """Adopt the devices' ranges (by output tensor index or name); returns how many layers took one."""
+        taken = 0
+        for key, (lo, hi) in ranges.items():
+            layer = self.output_tensors.get(key) if isinstance(key, int) else self.output_names.get(key)
+            if layer is not None and np.isfinite([lo, hi]).all() and hi > lo:
+                layer.stats = RangeStats(ema_min=min(lo, 0.0), ema_max=max(hi, 0.0))
+                taken += 1
+        return taken
+
+    def export(self) -> bytes:
+        graph = self.graph.copy()
+        self.tail.export_into(graph, self.cut)
+        return write_graph(graph)
+
+    # -- persistence: exact float weights and ranges per version ---------------------------------
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        ranges = {
+            f"range.{name}": np.array([layer.stats.ema_min, layer.stats.ema_max])
+            for name, layer in self.output_names.items()
+            if layer.stats is not None
+        }
+        arrays: dict[str, Any] = {f"w.{t}": w for t, w in self.weights().items()} | ranges
+        np.savez(buf, **arrays)
+        from edge_runtime.storage import atomic_write
+
+        atomic_write(path, buf.getvalue())
+
+    def load(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            self.set_weights({int(k[2:]): data[k] for k in data.files if k.startswith("w.")})
+            self.set_activation_ranges(
+                {k[6:]: (float(data[k][0]), float(data[k][1])) for k in data.files if k.startswith("range.")}
+            )
+
+    @classmethod
+    def from_file(cls, path: Path, trainable_layers: int) -> MasterModel:
+        return cls(Path(path).read_bytes(), trainable_layers)

@@ -1,0 +1,89 @@
+"""Who is in the federation: presence births and deaths, capabilities, last seen, model version.
+
+Birth and death carry the device's start counter (Sparkplug B's bdSeq): a
+death whose counter is older than the latest birth is the will of an
+earlier connection that the broker delivered late, and is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from edge_runtime import wire
+
+from .store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceRecord:
+    device: str
+    online: bool
+    seq: int
+    last_seen: float
+    capabilities: wire.Capabilities | None
+
+
+@dataclass
+class Eligibility:
+    """What a device must offer to be given training work."""
+
+    min_samples: int = 1
+    min_ram: int = 0
+    backends: tuple[str, ...] = ()  # empty: any
+
+    def why_not(self, record: DeviceRecord) -> str | None:
+        caps = record.capabilities
+        if not record.online:
+            return "offline"
+        if caps is None:
+            return "no capabilities announced"
+        if caps.samples < self.min_samples:
+            return f"{caps.samples} samples < {self.min_samples}"
+        if caps.ram and caps.ram < self.min_ram:
+            return f"{caps.ram} bytes of RAM < {self.min_ram}"
+        if self.backends and caps.backend not in self.backends:
+            return f"backend {caps.backend!r} not in {self.backends}"
+        return None
+
+
+class Registry:
+    def __init__(self, store: GatewayStore) -> None:
+        self.store = store
+        self._devices: dict[str, DeviceRecord] = {}
+        self._lock = threading.Lock()
+        for row in store.devices():
+            caps = None
+            if row["capabilities"]:
+                caps = wire.decode(row["capabilities"], expect=wire.Presence).capabilities
+            # After a gateway restart nobody is known to be online until their retained birth arrives again.
+            self._devices[row["device"]] = DeviceRecord(row["device"], False, row["seq"], row["last_seen"], caps)
+
+    def observe(self, presence: wire.Presence, raw: bytes) -> tuple[DeviceRecord, bool]:
+        """Apply a birth or death; returns the record and whether the device just went offline."""
+        with self._lock:
+            record = self._devices.get(presence.device)
+            if record is not None and presence.seq < record.seq:
+                log.info("ignored a stale presence of %s (seq %d < %d)", presence.device, presence.seq, record.seq)
+                return record, False
+            was_online = record is not None and record.online
+            caps = presence.capabilities if presence.online else (record.capabilities if record else None)
+            record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps)
+            self._devices[presence.device] = record
+        self.store.save_device(presence.device, presence.online, presence.seq, raw if presence.online else None)
+        return record, was_online and not presence.online
+
+    def get(self, device: str) -> DeviceRecord | None:
+        with self._lock:
+            return self._devices.get(device)
+
+    def all(self) -> list[DeviceRecord]:
+        with self._lock:
+            return list(self._devices.values())
+
+    def eligible(self, rule: Eligibility) -> list[DeviceRecord]:
+        return [r for r in self.all() if rule.why_not(r) is None]

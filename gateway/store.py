@@ -1,0 +1,348 @@
+"""The gateway's durable state in SQLite (WAL): rounds, selections, updates, refusals, metrics, models, devices.
+
+An update counts only once its row is committed (synchronous=FULL), and
+the device gets its receipt only after that, so a gateway killed at any
+instant has either counted an update (and will rebuild the round's
+aggregate from the stored payloads on restart) or not (and the device
+resends it). The update id is the primary key: nothing is counted twice.
+One connection, used under a lock by the gateway's threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    version TEXT PRIMARY KEY, parent TEXT, round INTEGER, created REAL NOT NULL,
+    path TEXT NOT NULL, master TEXT NOT NULL, size INTEGER NOT NULL, seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, base_version TEXT NOT NULL, status TEXT NOT NULL, mode TEXT NOT NULL,
+    started REAL NOT NULL, deadline REAL NOT NULL, closed REAL, target INTEGER NOT NULL,
+    new_version TEXT, note TEXT
+);
+CREATE TABLE IF NOT EXISTS selections (
+    round INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, task_id BLOB NOT NULL,
+    status TEXT NOT NULL, sent REAL NOT NULL, base_version TEXT NOT NULL, deadline REAL NOT NULL,
+    PRIMARY KEY (round, device, kind)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    update_id BLOB PRIMARY KEY, round INTEGER NOT NULL, task_round INTEGER NOT NULL, device TEXT NOT NULL,
+    kind TEXT NOT NULL, samples INTEGER NOT NULL, weight REAL NOT NULL, base_version TEXT NOT NULL,
+    bytes INTEGER NOT NULL, dense_bytes INTEGER NOT NULL, received REAL NOT NULL, payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS updates_round ON updates (round, kind);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, update_id BLOB, device TEXT NOT NULL, round INTEGER,
+    reason TEXT NOT NULL, bytes INTEGER NOT NULL, received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    round INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (round, name)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY, online INTEGER NOT NULL, seq INTEGER NOT NULL, last_seen REAL NOT NULL,
+    capabilities BLOB
+);
+"""
+
+
+@dataclass
+class RoundRow:
+    round: int
+    base_version: bytes
+    status: str  # open | closed | failed
+    mode: str  # sync | async
+    started: float
+    deadline: float
+    target: int
+    closed: float | None = None
+    new_version: bytes | None = None
+    note: str | None = None
+
+
+@dataclass
+class StoredUpdate:
+    update_id: bytes
+    device: str
+    kind: str
+    weight: float
+    payload: bytes
+
+
+class GatewayStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- meta ---------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- models -------------------------------------------------------------------------------------------
+    def add_model(
+        self, version: bytes, parent: bytes | None, round_: int | None, path: Path, master: Path, size: int
+    ) -> None:
+        with self.transaction() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM models").fetchone()[0]
+            db.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.hex(),
+                    parent.hex() if parent else None,
+                    round_,
+                    time.time(),
+                    str(path),
+                    str(master),
+                    size,
+                    seq,
+                ),
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (version.hex(),))
+
+    def models(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT version, parent, round, created, path, master, size, seq FROM models ORDER BY seq")
+        keys = ("version", "parent", "round", "created", "path", "master", "size", "seq")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def finish_round(
+        self,
+        round_: int,
+        version: bytes,
+        parent: bytes,
+        path: Path,
+        master: Path,
+        size: int,
+        metrics: dict[str, float],
+    ) -> None:
+        """Close a round and make its model current in one transaction: a crash leaves both or neither."""
+        with self.transaction() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM models").fetchone()[0]
+            db.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (version.hex(), parent.hex(), round_, time.time(), str(path), str(master), size, seq),
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (version.hex(),))
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", [(round_, k, float(v)) for k, v in metrics.items()]
+            )
+            db.execute(
+                "UPDATE rounds SET status = 'closed', closed = ?, new_version = ? WHERE round = ?",
+                (time.time(), version.hex(), round_),
+            )
+
+    def model(self, version_prefix: str) -> dict[str, Any] | None:
+        matches = [m for m in self.models() if m["version"].startswith(version_prefix.lower())]
+        return matches[0] if len(matches) == 1 else None
+
+    def model_seq(self, version: bytes) -> int | None:
+        rows = self._query("SELECT seq FROM models WHERE version = ?", (version.hex(),))
+        return int(rows[0][0]) if rows else None
+
+    @property
+    def current_version(self) -> bytes | None:
+        value = self.get_meta("current_version")
+        return bytes.fromhex(value) if value else None
+
+    # -- rounds -------------------------------------------------------------------------------------------
+    def open_round(self, row: RoundRow) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.round, row.base_version.hex(), "open", row.mode, row.started, row.deadline, row.target),
+            )
+
+    def _round(self, r: tuple[Any, ...]) -> RoundRow:
+        return RoundRow(
+            r[0], bytes.fromhex(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8]) if r[8] else None, r[9]
+        )
+
+    _ROUND_COLUMNS = "round, base_version, status, mode, started, deadline, target, closed, new_version, note"
+
+    def rounds(self, limit: int = 1000) -> list[RoundRow]:
+        rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds ORDER BY round DESC LIMIT ?", (limit,))
+        return [self._round(r) for r in reversed(rows)]
+
+    def open_round_row(self) -> RoundRow | None:
+        rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds WHERE status = 'open' ORDER BY round DESC")
+        return self._round(rows[0]) if rows else None
+
+    def last_round(self) -> int:
+        return int(self._query("SELECT COALESCE(MAX(round), 0) FROM rounds")[0][0])
+
+    def end_round(self, round_: int, status: str, new_version: bytes | None = None, note: str = "") -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET status = ?, closed = ?, new_version = ?, note = ? WHERE round = ?",
+                (status, time.time(), new_version.hex() if new_version else None, note, round_),
+            )
+
+    # -- selections ---------------------------------------------------------------------------------------
+    def add_selection(self, round_: int, device: str, kind: str, task_id: bytes, base: bytes, deadline: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, 'sent', ?, ?, ?)",
+                (round_, device, kind, task_id, time.time(), base.hex(), deadline),
+            )
+
+    def set_selection_status(self, round_: int, device: str, kind: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE selections SET status = ? WHERE round = ? AND device = ? AND kind = ?",
+                (status, round_, device, kind),
+            )
+
+    def selections(self, round_: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT round, device, kind, task_id, status, sent, base_version, deadline FROM selections WHERE 1=1"
+        args: list[Any] = []
+        if round_ is not None:
+            sql += " AND round = ?"
+            args.append(round_)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        keys = ("round", "device", "kind", "task_id", "status", "sent", "base_version", "deadline")
+        return [dict(zip(keys, r, strict=True)) for r in self._query(sql, tuple(args))]
+
+    # -- updates ------------------------------------------------------------------------------------------
+    def accept(
+        self,
+        update_id: bytes,
+        round_: int,
+        task_round: int,
+        device: str,
+        kind: str,
+        samples: int,
+        weight: float,
+        base: bytes,
+        nbytes: int,
+        dense_bytes: int,
+        payload: bytes,
+    ) -> bool:
+        """Record an accepted update; False when its id is already known (counted before)."""
+        with self.transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (update_id, round_, task_round, device, kind, samples, weight, base.hex(), nbytes, dense_bytes,
+                     time.time(), payload),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                return False
+            db.execute(
+                "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?",
+                (task_round, device, kind),
+            )
+        return True
+
+    def known_update(self, update_id: bytes) -> str | None:
+        """'accepted', the reason of an earlier refusal, or None for a new id."""
+        if self._query("SELECT 1 FROM updates WHERE update_id = ?", (update_id,)):
+            return "accepted"
+        rows = self._query("SELECT reason FROM refusals WHERE update_id = ? ORDER BY id LIMIT 1", (update_id,))
+        return rows[0][0] if rows else None
+
+    def refuse(self, update_id: bytes | None, device: str, round_: int | None, reason: str, nbytes: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)",
+                (update_id, device, round_, reason, nbytes, time.time()),
+            )
+
+    def refusals(self, round_: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT update_id, device, round, reason, bytes FROM refusals"
+        args: tuple[Any, ...] = ()
+        if round_ is not None:
+            sql += " WHERE round = ?"
+            args = (round_,)
+        keys = ("update_id", "device", "round", "reason", "bytes")
+        return [dict(zip(keys, r, strict=True)) for r in self._query(sql + " ORDER BY id", args)]
+
+    def round_updates(self, round_: int, kind: str | None = None) -> list[StoredUpdate]:
+        sql = "SELECT update_id, device, kind, weight, payload FROM updates WHERE round = ?"
+        args: tuple[Any, ...] = (round_,)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args += (kind,)
+        return [StoredUpdate(*r) for r in self._query(sql + " ORDER BY received", args)]
+
+    def round_counts(self, round_: int) -> dict[str, int]:
+        rows = self._query(
+            "SELECT kind, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(dense_bytes), 0) FROM updates "
+            "WHERE round = ? GROUP BY kind",
+            (round_,),
+        )
+        out = {"train": 0, "eval": 0, "uplink_bytes": 0, "dense_bytes": 0}
+        for kind, n, nbytes, dense in rows:
+            out[kind] = n
+            out["uplink_bytes"] += nbytes
+            out["dense_bytes"] += dense
+        out["refused"] = int(self._query("SELECT COUNT(*) FROM refusals WHERE round = ?", (round_,))[0][0])
+        return out
+
+    def total_bytes(self) -> tuple[int, int]:
+        row = self._query("SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(dense_bytes), 0) FROM updates")[0]
+        return int(row[0]), int(row[1])
+
+    # -- metrics ------------------------------------------------------------------------------------------
+    def set_metrics(self, round_: int, values: dict[str, float]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", [(round_, k, float(v)) for k, v in values.items()]
+            )
+
+    def metrics(self, round_: int) -> dict[str, float]:
+        return {k: v for k, v in self._query("SELECT name, value FROM metrics WHERE round = ?", (round_,))}
+
+    # -- devices ------------------------------------------------------------------------------------------
+    def save_device(self, device: str, online: bool, seq: int, capabilities: bytes | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
+                (device, int(online), seq, time.time(), capabilities),
+            )
+
+    def devices(self) -> list[dict[str, Any]]:
+        keys = ("device", "online", "seq", "last_seen", "capabilities")
+        return [
+            dict(zip(keys, r, strict=True))
+            for r in self._query(f"SELECT {', '.join(keys)} FROM devices ORDER BY device")
+        ]
