@@ -278,8 +278,9 @@ class DeviceAgent:
         )
         compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
-        # Every byte here is sent each round: the training loss only (accuracy and time go to the log).
-        metrics = evaluation | {"train_loss": last.loss}
+        # Every byte here is sent each round: at 1% density a metric costs 6% of an update. Metrics ride
+        # along only when the task asks for a report; accuracy and time go to the log.
+        metrics = evaluation | {"train_loss": last.loss} if task.report else {}
         log.info(
             "device %s: round %d trained in %.2f s, loss %.4f, accuracy %.4f",
             self.device_id,
@@ -326,7 +327,6 @@ class DeviceAgent:
             tensors=tensors,
             metrics=metrics,
             activation_ranges=ranges,
-            created=int(time.time()),
         )
 
     def _store(self, update: wire.Update, task: wire.Task) -> None:

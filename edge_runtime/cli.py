@@ -139,9 +139,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
     g.set_defaults(handler=_gateway("rollback"))
 
-    d = sub.add_parser("demo", help="build, train and score a model on bundled data (zero setup)")
-    d.add_argument("--data", default=None, help="default: har when the shared data is present, else digits")
+    d = sub.add_parser("demo", help="a whole federation on this machine: broker, gateway, real-data devices")
+    d.add_argument("--data", default=None, help="har (default when ../shared/data has it), digits or cmapss")
+    d.add_argument("--rounds", type=int, default=None)
     d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--density", type=float, default=None, help="share of entries each update sends")
+    d.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt://host:port, or 'embedded' for amqtt; default: Mosquitto if installed, else amqtt",
+    )
     d.set_defaults(handler=_demo)
 
     be = sub.add_parser("bench", help="run benchmarks from bench/ and write bench/results/NAME.json")

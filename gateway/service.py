@@ -38,6 +38,7 @@ from edge_runtime.transport.chunking import make_manifest, publish_model
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink
 from edge_runtime.transport.topics import Topics
+from edge_runtime.wire.cbor import loads
 
 from .aggregate import StreamingAggregate, update_norm
 from .config import GatewayConfig
@@ -48,6 +49,19 @@ from .store import GatewayStore, RoundRow
 log = logging.getLogger(__name__)
 DUPLICATE = "duplicate of an update already counted"
 Outgoing = list[tuple[str, bytes, bool, int | None]]  # topic, payload, retain, expiry seconds
+
+
+def readable_update_id(data: bytes) -> bytes | None:
+    """The update id of a message that failed validation, when its CBOR is sound enough to hold one."""
+    try:
+        obj = loads(data, wire.DEFAULT_LIMITS)
+    except wire.WireError:
+        return None
+    if isinstance(obj, dict) and obj.get(0) == wire.Update.TYPE:
+        candidate = obj.get(2)
+        if isinstance(candidate, bytes) and len(candidate) == 16:
+            return candidate
+    return None
 
 
 @dataclass
@@ -176,11 +190,11 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> Gateway:
+        self._resume()  # before the first message can arrive: updates queued for us belong to this round
         self.link.start()
         self.link.require_connected(self.config.gateway.connect_timeout)
         self.link.wait_ready(self.config.gateway.connect_timeout)
         self._publish_model()
-        self._resume()
         self._publish_state(0)
         self._thread = threading.Thread(target=self._run, name="gateway-rounds", daemon=True)
         self._thread.start()
@@ -248,7 +262,11 @@ class Gateway:
         try:
             update = wire.decode(whole, expect=wire.Update, spec=self.spec)
         except wire.WireError as exc:
-            self._refuse(None, device, None, f"{type(exc).__name__}: {exc}", len(whole))
+            update_id = readable_update_id(whole)
+            why = f"{type(exc).__name__}: {exc}"
+            self._refuse(update_id, device, None, why, len(whole))
+            if update_id is not None:  # tell the device, so it stops resending what will never be taken
+                self._send([self._receipt(device, update_id, why)])
             return
         outgoing: Outgoing = []
         with self._lock:

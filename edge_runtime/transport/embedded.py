@@ -75,7 +75,7 @@ class EmbeddedBroker:
             loop.close()
 
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
         self._thread = threading.Thread(target=run, name="amqtt-broker", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout) or self._error is not None:
@@ -97,7 +97,7 @@ class EmbeddedBroker:
 
 @contextlib.contextmanager
 def demo_broker(workdir: str | Path, prefer: str = "auto") -> Iterator[tuple[str, str]]:
-    """A loopback broker for the demo: yields (URL, "mosquitto" or "amqtt")."""
+    """A loopback broker for the demo: yields (URL, "mosquitto" or "amqtt"); ``prefer="amqtt"`` skips Mosquitto."""
     if prefer in ("auto", "mosquitto") and find_mosquitto() is not None:
         with MosquittoProcess(workdir=Path(workdir) / "mosquitto") as mosquitto:
             yield mosquitto.url, "mosquitto"

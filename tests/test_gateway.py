@@ -1,0 +1,313 @@
+"""The gateway through a real Mosquitto: federations of real devices, hostile updates, a SIGKILL mid-round."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.agent import DeviceAgent, LocalData
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.data.partition import device_share
+from edge_runtime.device_config import DeviceConfig
+from edge_runtime.model.backends import default_backend
+from edge_runtime.model.backends.base import Backend
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.info import quantize_input
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.train.evaluate import int8_metrics
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.topics import Topics
+from gateway.config import GatewayConfig
+from gateway.master import MasterModel
+from gateway.service import Gateway, RoundSummary
+from gateway.store import GatewayStore
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
+FED = "gw-test"
+TOPICS = Topics(FED)
+WAIT = 60.0  # upper bounds for loopback delivery and training, never performance assertions
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
+def initial_model(tmp_path: Path, digits_mlp: Graph) -> Path:
+    path = tmp_path / "initial.tflite"
+    path.write_bytes(write_graph(digits_mlp))
+    return path
+
+
+def gateway_config(broker: MosquittoProcess, storage: Path, model: Path, **rounds: object) -> dict[str, object]:
+    return {
+        "gateway": {"federation": FED, "storage": str(storage), "model": str(model), "connect_timeout": 20.0},
+        "rounds": {"min_devices": 1, "deadline": 60.0, "report_every": 1, **rounds},
+        "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+    }
+
+
+def start_agents(
+    broker: MosquittoProcess, tmp: Path, digits: DataSplit, backend: Backend, n: int, scheme: str = "dirichlet:0.5"
+) -> list[DeviceAgent]:
+    agents = []
+    for i in range(n):
+        own = device_share(digits.train, f"{i}/{n}", scheme, seed=0)
+        held_out = max(1, len(own) // 5)
+        data = LocalData(digits.train.subset(own[:-held_out]), digits.train.subset(own[-held_out:]))
+        config = DeviceConfig.from_mapping(
+            {
+                "device": {"id": f"d{i:02d}", "federation": FED, "storage": str(tmp / f"d{i:02d}"),
+                           "trainable_layers": 0},
+                "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+                "transport": {"resend_after": 2.0},
+            },
+            env={},
+        )  # fmt: skip
+        agents.append(DeviceAgent(config, data, backend).start())
+    return agents
+
+
+class ManualDevice:
+    """A device the test drives by hand: announces itself, collects tasks and receipts, sends what it is told."""
+
+    def __init__(self, broker: MosquittoProcess, name: str, answer_evaluations: bool = True) -> None:
+        self.name = name
+        self.link = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), f"manual-{name}")
+        self.tasks: list[wire.Task] = []
+        self.receipts: list[wire.Receipt] = []
+        self.changed = threading.Condition()
+        self.answer_evaluations = answer_evaluations
+        self.link.subscribe(TOPICS.task(name), self._on_task)
+        self.link.subscribe(TOPICS.receipt(name), self._on_receipt)
+        self.link.start()
+        assert self.link.wait_ready(WAIT)
+        caps = wire.Capabilities(ram=1 << 28, backend="manual", samples=50)
+        birth = wire.Presence(name, True, 1, int(time.time()), caps)
+        assert self.link.publish(TOPICS.presence(name), wire.encode(birth), retain=True, timeout=WAIT)
+
+    def _on_task(self, topic: str, payload: bytes) -> None:
+        task = wire.decode(payload, expect=wire.Task)
+        if task.evaluate_only and self.answer_evaluations:
+            report = wire.Update(os.urandom(16), self.name, task.round, task.base_version, 10, [],
+                                 metrics={"eval_accuracy": 0.5, "eval_loss": 1.0})  # fmt: skip
+            self.link.publish(TOPICS.update(self.name), wire.encode(report))
+        with self.changed:
+            self.tasks.append(task)
+            self.changed.notify_all()
+
+    def _on_receipt(self, topic: str, payload: bytes) -> None:
+        with self.changed:
+            self.receipts.append(wire.decode(payload, expect=wire.Receipt))
+            self.changed.notify_all()
+
+    def wait(self, predicate: object, timeout: float = WAIT) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)  # type: ignore[arg-type]
+
+    def send(self, payload: bytes) -> None:
+        assert self.link.publish(TOPICS.update(self.name), payload, timeout=WAIT)
+
+    def stop(self) -> None:
+        self.link.stop()
+
+
+def small_update(name: str, task: wire.Task, sizes: dict[int, int], value: float = 0.01) -> wire.Update:
+    tensor, numel = max(sizes.items(), key=lambda kv: kv[1])
+    values = wire.CodedValues(wire.ValueCoding.FLOAT32, np.full(5, value, np.float32), 1.0)
+    return wire.Update(
+        os.urandom(16),
+        name,
+        task.round,
+        task.base_version,
+        40,
+        [wire.TensorUpdate(tensor, numel, np.arange(5), values)],
+    )
+
+
+def test_federation_of_real_devices_reaches_the_accuracy_bar(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """Digits, 30 devices with Dirichlet(0.5) label skew, the MLP, under 1% density: the issue's bar, in full."""
+    backend = default_backend()  # once, on the first installed backend: the conformance suite covers the others
+    rounds = {"rounds": 50, "min_devices": 30, "epochs": 5, "learning_rate": 0.05, "density": 0.008,
+              "report_every": 5}  # fmt: skip
+    config = GatewayConfig.from_mapping(gateway_config(broker, tmp_path / "gw", initial_model, **rounds), env={})
+    gateway = Gateway(config)
+    accuracy: dict[int, float] = {}
+
+    def score(summary: RoundSummary) -> None:
+        graph = read_graph(gateway.model)
+        x = quantize_input(graph, digits.test.x)
+        accuracy[summary.round] = int8_metrics(backend, gateway.model, graph, x, digits.test.y)["accuracy"]
+
+    gateway.on_round_closed.append(score)
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, backend, 30)
+    try:
+        assert gateway.finished.wait(900), f"federation did not finish: {accuracy}"
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+    store = GatewayStore(tmp_path / "gw" / "gateway.db")
+    rows = [r for r in store.rounds() if r.mode == "sync"]
+    assert [r.status for r in rows] == ["closed"] * 50
+    assert all(store.round_counts(r.round)["train"] == 30 for r in rows)
+    assert store.refusals() == []
+    uplink, dense = store.total_bytes()
+    assert dense / uplink >= 100, f"only {dense / uplink:.0f}x fewer bytes than dense float32"
+    assert max(accuracy.values()) >= 0.93, f"best int8 test accuracy {max(accuracy.values()):.4f}"
+    final = [r for r in store.rounds() if r.mode == "eval"]
+    assert len(final) == 1 and store.metrics(final[0].round)["reports"] == 30
+    assert store.metrics(final[0].round)["eval_accuracy"] > 0.8  # federated: devices' own held-out data
+
+
+def test_hostile_updates_are_refused_recorded_and_the_model_does_not_move(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    config = GatewayConfig.from_mapping(
+        gateway_config(broker, tmp_path / "gw", initial_model, deadline=4.0, norm_bound=100.0), env={}
+    )
+    gateway = Gateway(config).start()
+    device = ManualDevice(broker, "m1")
+    try:
+        assert device.wait(lambda: len(device.tasks) >= 1)
+        task = device.tasks[0]
+        sizes = gateway.sizes
+        before = gateway.master.weights()
+        version = gateway.version
+        big = max(sizes, key=lambda t: sizes[t])
+
+        def variant(**change: object) -> wire.Update:
+            update = small_update("m1", task, sizes)
+            for key, value in change.items():
+                setattr(update, key, value)
+            return update
+
+        def tensor(indices: list[int], values: list[float], numel: int | None = None) -> list[wire.TensorUpdate]:
+            coded = wire.CodedValues(wire.ValueCoding.FLOAT32, np.array(values, np.float32), 1.0)
+            return [wire.TensorUpdate(big, numel or sizes[big], np.array(indices), coded)]
+
+        hostile = {
+            "NaN": variant(tensors=tensor([0, 1], [float("nan"), 1.0])),
+            "huge norm": variant(tensors=tensor([0, 1], [1e4, 1e4])),
+            "index out of range": variant(tensors=tensor([0, sizes[big] + 7], [0.1, 0.1])),
+            "wrong base": variant(base_version=bytes(32)),
+            "wrong round": variant(round=99),
+            "someone else's id": variant(device="m2"),
+        }
+        for update in hostile.values():
+            device.send(wire.encode(update))
+        device.send(b"\xa3garbage")
+        assert device.wait(lambda: sum(len(r.refused) for r in device.receipts) >= 6)  # all but the garbage
+        time.sleep(0.5)
+        reasons = [r["reason"] for r in gateway.store.refusals()]
+        assert len(reasons) == 7, reasons
+        joined = "\n".join(reasons)
+        for expected in ("non-finite", "exceeds the bound", "outside", "base version", "round 99", "does not match",
+                         "MalformedCBOR"):  # fmt: skip
+            assert expected in joined, (expected, joined)
+        # The round had no valid update: it fails at its deadline and the model stays where it was.
+        assert device.wait(lambda: len(device.tasks) >= 2), "no second round after the failed one"
+        assert gateway.store.rounds()[0].status == "failed"
+        assert gateway.version == version
+        after = gateway.master.weights()
+        assert all(np.array_equal(before[t], after[t]) for t in before)
+
+        # A valid update moves the model; replaying its bytes later counts for nothing.
+        task2 = device.tasks[-1]
+        valid = wire.encode(small_update("m1", task2, sizes))
+        device.send(valid)
+        assert device.wait(lambda: len(device.tasks) >= 3), "round 2 did not close on its one update"
+        assert gateway.version != version
+        moved = gateway.version
+        device.send(valid)  # the replay, in round 3
+        deadline = time.monotonic() + WAIT
+        while "duplicate" not in "".join(r["reason"] for r in gateway.store.refusals()):
+            assert time.monotonic() < deadline, "the replay was not recorded"
+            time.sleep(0.05)
+        assert gateway.open_round is not None and gateway.open_round.aggregate.count == 0
+        assert device.wait(lambda: len(device.tasks) >= 4)  # round 3 failed at its deadline
+        assert gateway.version == moved
+        assert len(gateway.store.round_updates(task2.round)) == 1
+    finally:
+        device.stop()
+        gateway.stop()
+
+
+def test_gateway_killed_mid_round_resumes_and_counts_exactly(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    backend = default_backend()
+    storage = tmp_path / "gw"
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(
+        f'[gateway]\nfederation = "{FED}"\nstorage = "{storage}"\nmodel = "{initial_model}"\n'
+        f"[rounds]\nrounds = 1\nmin_devices = 3\ndeadline = 120.0\nepochs = 2\ndensity = 0.05\n"
+        f'[broker]\nurl = "{broker.url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+    )
+    command = [sys.executable, "-m", "edge_runtime.cli", "gateway"]
+
+    def start_gateway() -> subprocess.Popen[str]:
+        return subprocess.Popen([*command, "run", "--config", str(toml)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    proc = start_gateway()
+    agents = start_agents(broker, tmp_path, digits, backend, 2, scheme="iid")
+    manual = ManualDevice(broker, "m3")
+    try:
+        assert manual.wait(lambda: len(manual.tasks) >= 1), "the gateway did not start round 1"
+        task = manual.tasks[0]
+        deadline = time.monotonic() + WAIT
+        while True:  # both real devices' updates are committed, the manual one is outstanding
+            if (storage / "gateway.db").exists() and GatewayStore(storage / "gateway.db").round_counts(1)["train"] == 2:
+                break
+            assert time.monotonic() < deadline, "the real devices' updates were not committed"
+            time.sleep(0.1)
+        locked = subprocess.run([*command, "rollback", "--config", str(toml), "--to", "0"], capture_output=True,
+                                text=True, timeout=WAIT)  # fmt: skip
+        assert locked.returncode == 4 and "in use by a running gateway" in locked.stderr
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(WAIT)
+
+        proc = start_gateway()
+        manual.send(wire.encode(small_update("m3", task, MasterModel(initial_model.read_bytes(), 0).sizes)))
+        out, err = proc.communicate(timeout=WAIT * 2)
+        assert proc.returncode == 0, err[-2000:]
+        assert "round    1 closed updates    3" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for agent in agents:
+            agent.stop(timeout=5)
+        manual.stop()
+
+    store = GatewayStore(storage / "gateway.db")
+    round1 = store.rounds()[0]
+    assert round1.status == "closed" and round1.new_version is not None
+    updates = store.round_updates(1, "train")
+    assert sorted(u.device for u in updates) == ["d00", "d01", "m3"]  # each counted once, none lost
+    assert all(r["reason"].startswith("duplicate") for r in store.refusals())  # resends after the kill, not counted
+    status = subprocess.run([*command, "status", "--config", str(toml)], capture_output=True, text=True, timeout=WAIT)
+    assert status.returncode == 0 and "closed" in status.stdout and round1.new_version.hex()[:12] in status.stdout
+    initial = store.models()[0]["version"]
+    store.close()
+    back = subprocess.run([*command, "rollback", "--config", str(toml), "--to", initial[:10]], capture_output=True,
+                          text=True, timeout=WAIT)  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    assert GatewayStore(storage / "gateway.db").current_version == bytes.fromhex(initial)
