@@ -17,11 +17,11 @@ make_env() {
 }
 
 echo "== environment .venv (numpy 2: litert, micro)"
-make_env .venv "dev,data,device,litert,micro"
+make_env .venv "dev,data,device,gateway,litert,micro"
 # Only the data files inside the wheel are read; sktime itself is never imported.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps sktime
 echo "== environment .venv-np1 (numpy 1.26: tflite-runtime)"
-make_env .venv-np1 "dev,data,device,tflite-runtime"
+make_env .venv-np1 "dev,data,device,gateway,tflite-runtime"
 
 echo "== ruff"
 .venv/bin/ruff check .

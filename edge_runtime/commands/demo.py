@@ -17,7 +17,7 @@ import time
 from ..data.sources import shared_data_dir
 
 DEFAULTS = {
-    "digits": {"rounds": 30, "epochs": 5, "learning_rate": 0.05, "density": 0.01},
+    "digits": {"rounds": 30, "epochs": 5, "learning_rate": 0.05, "density": 0.006},
     "har": {"rounds": 15, "epochs": 2, "learning_rate": 0.02, "density": 0.01},
     "cmapss": {"rounds": 15, "epochs": 2, "learning_rate": 0.05, "density": 0.01},
 }
@@ -44,6 +44,7 @@ def demo(args: argparse.Namespace) -> int:
         learning_rate=float(settings["learning_rate"]),
         density=float(settings["density"]),
         metric="f1" if data == "cmapss" else "accuracy",
+        strategy={"name": "fedavgm", "momentum": 0.8},
     )
     who = {"har": "21 HAR training subjects", "digits": "30 digits devices, Dirichlet(0.5) label skew",
            "cmapss": "100 C-MAPSS engines"}[data]  # fmt: skip
