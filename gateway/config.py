@@ -23,6 +23,7 @@ value_coding = 2           # 0 float32, 1 float16, 2 int8, 3 ternary
 norm_bound = 1000.0        # refuse an update whose L2 norm exceeds this
 clip_norm = 0.0            # scale larger updates down to this norm (0 = off)
 min_samples = 1
+min_ram = 0                # bytes of RAM a device must announce
 concurrency = 10           # async: devices kept busy at once
 buffer_size = 5            # async: updates per aggregation step
 max_staleness = 5          # async: versions an update may lag behind
@@ -81,6 +82,7 @@ class RoundsSection:
     norm_bound: float = 1000.0
     clip_norm: float = 0.0
     min_samples: int = 1
+    min_ram: int = 0  # bytes a device must announce to be given work
     concurrency: int = 10
     buffer_size: int = 5
     max_staleness: int = 5

@@ -99,7 +99,7 @@ class Gateway:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.store = GatewayStore(config.storage / "gateway.db")
         self.registry = Registry(self.store)
-        self.rule = Eligibility(min_samples=rc.min_samples)
+        self.rule = Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram)
         self.strategy = config.make_strategy()
         self.prox_mu = float(getattr(self.strategy, "mu", 0.0))
         self.master, self.model = self._load_or_init_model()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, Will
 from edge_runtime.transport.topics import Topics
 from gateway.config import GatewayConfig
 from gateway.master import MasterModel
@@ -85,9 +86,13 @@ def start_agents(
 class ManualDevice:
     """A device the test drives by hand: announces itself, collects tasks and receipts, sends what it is told."""
 
-    def __init__(self, broker: MosquittoProcess, name: str, answer_evaluations: bool = True) -> None:
+    def __init__(
+        self, broker: MosquittoProcess, name: str, answer_evaluations: bool = True, will: bool = False
+    ) -> None:
         self.name = name
-        self.link = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), f"manual-{name}")
+        death = Will(TOPICS.presence(name), wire.encode(wire.Presence(name, False, 1, int(time.time()))))
+        config = BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5)
+        self.link = MqttLink(config, f"manual-{name}", will=death if will else None)
         self.tasks: list[wire.Task] = []
         self.receipts: list[wire.Receipt] = []
         self.changed = threading.Condition()
@@ -121,6 +126,13 @@ class ManualDevice:
 
     def send(self, payload: bytes) -> None:
         assert self.link.publish(TOPICS.update(self.name), payload, timeout=WAIT)
+
+    def die(self) -> None:
+        """Vanish without a DISCONNECT, as a board losing power does."""
+        self.link._stopping.set()  # no reconnect
+        sock = self.link._client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.close()
 
     def stop(self) -> None:
         self.link.stop()
@@ -313,3 +325,79 @@ def test_gateway_killed_mid_round_resumes_and_counts_exactly(
                           text=True, timeout=WAIT)  # fmt: skip
     assert back.returncode == 0, back.stderr
     assert GatewayStore(storage / "gateway.db").current_version == bytes.fromhex(initial)
+
+
+def test_a_selected_device_that_dies_is_replaced_in_the_same_round(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    config = GatewayConfig.from_mapping(
+        gateway_config(broker, tmp_path / "gw", initial_model, min_devices=2, fraction=0.5, min_updates=2), env={}
+    )
+    devices = [ManualDevice(broker, f"m{i}", will=True) for i in range(3)]
+    gateway = Gateway(config).start()
+    try:
+        deadline = time.monotonic() + WAIT
+        while sum(len(d.tasks) for d in devices) < 2:
+            assert time.monotonic() < deadline, "round 1 did not start"
+            time.sleep(0.05)
+        chosen = [d for d in devices if d.tasks]
+        spare = next(d for d in devices if not d.tasks)
+        assert len(chosen) == 2
+        chosen[0].die()  # no DISCONNECT: the broker publishes its last will
+        assert spare.wait(lambda: len(spare.tasks) == 1), "the dead device's task was not reassigned"
+        assert spare.tasks[0].round == chosen[1].tasks[0].round == 1
+        sizes = gateway.sizes
+        for d in (chosen[1], spare):
+            d.send(wire.encode(small_update(d.name, d.tasks[0], sizes)))
+        assert chosen[1].wait(lambda: len(chosen[1].tasks) == 2), "round 1 did not close with the replacement"
+        statuses = {s["device"]: s["status"] for s in gateway.store.selections(1)}
+        assert statuses == {chosen[0].name: "reassigned", chosen[1].name: "delivered", spare.name: "delivered"}
+    finally:
+        for d in devices:
+            d.stop()
+        gateway.stop()
+
+
+def test_asynchronous_rounds_aggregate_buffers_and_weigh_staleness(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    config = GatewayConfig.from_mapping(
+        gateway_config(
+            broker, tmp_path / "gw", initial_model, mode="async", concurrency=3, buffer_size=2, max_staleness=1
+        ),
+        env={},
+    )
+    devices = [ManualDevice(broker, f"a{i}") for i in range(3)]
+    gateway = Gateway(config).start()
+    try:
+        for d in devices:
+            assert d.wait(lambda d=d: len(d.tasks) == 1)  # type: ignore[misc]
+        first_version = gateway.version
+        slow = devices[2]
+        for d in devices[:2]:  # two fresh updates fill the buffer: version 2
+            d.send(wire.encode(small_update(d.name, d.tasks[0], gateway.sizes)))
+        for d in devices[:2]:
+            assert d.wait(lambda d=d: len(d.tasks) == 2)  # type: ignore[misc]
+        second_version = gateway.version
+        assert second_version != first_version and devices[0].tasks[1].base_version == second_version
+        # The slow device's update is one version stale: accepted with weight (1 + 1)^-1/2.
+        slow.send(wire.encode(small_update(slow.name, slow.tasks[0], gateway.sizes)))
+        deadline = time.monotonic() + WAIT
+        while not gateway.store.round_updates(2):
+            assert time.monotonic() < deadline, "the stale update was not taken"
+            time.sleep(0.05)
+        stored = gateway.store.round_updates(2)[0]
+        assert stored.device == slow.name and stored.weight == pytest.approx(40 * 2**-0.5)
+        devices[0].send(wire.encode(small_update(devices[0].name, devices[0].tasks[1], gateway.sizes)))
+        assert devices[0].wait(lambda: len(devices[0].tasks) == 3)  # buffer of 2 full again: version 3
+        # An update based on version 1 is now two versions behind: refused.
+        stale = small_update(devices[1].name, devices[1].tasks[0], gateway.sizes)
+        devices[1].send(wire.encode(stale))
+        assert devices[1].wait(lambda: any(stale.update_id in r.refused for r in devices[1].receipts))
+        reason = next(r.refused[stale.update_id] for r in devices[1].receipts if stale.update_id in r.refused)
+        assert "2 versions stale" in reason
+        assert [m["round"] for m in gateway.store.models()] == [None, 1, 2]
+    finally:
+        for d in devices:
+            d.stop()
+        gateway.stop()
