@@ -1,1 +1,7 @@
-"""Emulated MCU behind a pty and the HIL pytest plugin. Not built yet: see issue 7."""
+"""Emulated MCU behind a pty and the HIL pytest plugin (issue 7, in progress).
+
+Built: ``pty_port`` (the board's end of a real pty, paced at a baud rate,
+with bit errors, dropped bytes and a slow clock). Still to come: the
+emulated firmware (TFLite Micro, A/B flash, training), fault scenarios,
+``tinyfed hil emulate`` and the pytest plugin.
+"""

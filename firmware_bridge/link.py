@@ -1,0 +1,202 @@
+"""Reliable, ordered messages over a serial byte stream: one frame in flight, acknowledged or resent.
+
+Stop-and-wait ARQ with piggybacked acknowledgements. One outstanding
+frame keeps the board's side to a single frame buffer (RAM is what a
+microcontroller lacks), and on a USB-serial line the acknowledgement
+returns in about a millisecond, so a 1 KiB frame at 115200 baud (90 ms on
+the wire) keeps the line about 98% busy. The retransmission timeout is
+derived from the baud rate: twice the time of a full frame and its
+acknowledgement, plus a fixed allowance for the other side to process it.
+
+The port is anything with pyserial's ``read``/``write`` (``serial_for_url``
+gives the same object for ``/dev/ttyACM0``, ``socket://``, ``rfc2217://``
+and a pty), read by one thread that splits frames, checks them and
+answers acknowledgements.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from .framing import (
+    FLAG_ACK,
+    FLAG_START,
+    MAX_FRAME_DEFAULT,
+    OVERHEAD,
+    TYPE_ACK,
+    Frame,
+    FrameError,
+    FrameSplitter,
+    decode_frame,
+    encode_frame,
+    max_encoded_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Port(Protocol):
+    def read(self, size: int = 1) -> bytes: ...
+    def write(self, data: bytes) -> int | None: ...
+
+
+class LinkError(RuntimeError):
+    """The other side stopped answering, or the link was closed."""
+
+
+class LinkTimeout(LinkError):
+    pass
+
+
+@dataclass
+class LinkStats:
+    frames_sent: int = 0
+    retransmissions: int = 0
+    frames_received: int = 0
+    bad_frames: int = 0  # CRC, COBS or header failures: the line is noisy or out of step
+    duplicates: int = 0
+    bytes_sent: int = 0
+
+
+class SerialLink:
+    def __init__(
+        self,
+        port: Port,
+        baud: int = 115200,
+        max_payload: int = MAX_FRAME_DEFAULT,
+        retries: int = 8,
+        processing_allowance: float = 0.05,
+    ) -> None:
+        self.port = port
+        self.baud = baud
+        self.max_payload = max_payload
+        self.retries = retries
+        self.processing_allowance = processing_allowance
+        self.stats = LinkStats()
+        self._splitter = FrameSplitter(max_encoded_size(max(max_payload, 64 * 1024)))
+        self._send_seq = 0
+        self._expect_seq = 0  # next in-order sequence number from the other side
+        self._last_delivered: int | None = None
+        self._acked = threading.Condition()
+        self._acked_seq: int | None = None
+        self._inbox: queue.Queue[Frame] = queue.Queue()
+        self._write_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader: threading.Thread | None = None
+        self.on_session_start: list[object] = []
+
+    # -- timing -------------------------------------------------------------------------------------------
+    def line_seconds(self, nbytes: int) -> float:
+        """Time ``nbytes`` take on the wire: 10 bits each (8N1)."""
+        return nbytes * 10 / self.baud
+
+    @property
+    def rto(self) -> float:
+        frame = max_encoded_size(self.max_payload)
+        return 2 * self.line_seconds(frame + max_encoded_size(0)) + self.processing_allowance
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> SerialLink:
+        self._reader = threading.Thread(target=self._read_loop, name="serial-link-reader", daemon=True)
+        self._reader.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+
+    # -- sending ------------------------------------------------------------------------------------------
+    def _write(self, frame: Frame) -> None:
+        data = encode_frame(frame)
+        with self._write_lock:
+            self.port.write(data)
+        self.stats.bytes_sent += len(data)
+
+    def _ack_field(self) -> tuple[int, int]:
+        if self._last_delivered is None:
+            return 0, 0
+        return self._last_delivered, FLAG_ACK
+
+    def send(self, kind: int, payload: bytes, start_session: bool = False) -> None:
+        """Deliver one message; returns once the other side acknowledged it, raises LinkTimeout otherwise."""
+        if len(payload) > self.max_payload:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds the frame maximum {self.max_payload}")
+        with self._send_lock:
+            if start_session:
+                self._send_seq = 0
+            seq = self._send_seq
+            for attempt in range(self.retries + 1):
+                if self._closed.is_set():
+                    raise LinkError("link closed")
+                ack, flags = self._ack_field()
+                flags |= FLAG_START if start_session else 0
+                self._write(Frame(kind, seq, ack, flags, payload))
+                self.stats.frames_sent += 1
+                if attempt:
+                    self.stats.retransmissions += 1
+                with self._acked:
+                    if self._acked.wait_for(lambda: self._acked_seq == seq, self.rto * (1 + attempt)):
+                        self._send_seq = (seq + 1) & 0xFF
+                        return
+            raise LinkTimeout(
+                f"no acknowledgement of frame {seq} after {self.retries + 1} attempts "
+                f"(timeout {self.rto * 1000:.0f} ms, growing by that much per attempt)"
+            )
+
+    # -- receiving ----------------------------------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> Frame:
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty as exc:
+            raise LinkTimeout(f"no message within {timeout} s") from exc
+
+    def _read_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.port.read(4096)
+            except Exception as exc:  # a port that vanished (USB unplugged, pty closed)
+                if not self._closed.is_set():
+                    log.warning("serial port read failed: %s", exc)
+                self._closed.set()
+                with self._acked:
+                    self._acked.notify_all()
+                return
+            if not data:
+                continue
+            for encoded in self._splitter.feed(data):
+                try:
+                    frame = decode_frame(encoded)
+                except FrameError:
+                    self.stats.bad_frames += 1
+                    continue
+                self._on_frame(frame)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.has_ack:
+            with self._acked:
+                self._acked_seq = frame.ack
+                self._acked.notify_all()
+        if frame.type == TYPE_ACK:
+            return
+        self.stats.frames_received += 1
+        if frame.starts_session:
+            self._expect_seq = frame.seq
+        if frame.seq == self._expect_seq:
+            self._last_delivered = frame.seq
+            self._expect_seq = (frame.seq + 1) & 0xFF
+            self._inbox.put(frame)
+        else:
+            self.stats.duplicates += 1  # a resend whose acknowledgement was lost: acknowledge it again
+        ack, flags = self._ack_field()
+        self._write(Frame(TYPE_ACK, 0, ack, flags))
+
+
+def payload_capacity(max_payload: int) -> int:
+    """Model bytes one MODEL_DATA frame can carry (CBOR framing of the message takes the rest)."""
+    return max_payload - 24 - OVERHEAD

@@ -1,0 +1,134 @@
+"""Serial frames and the stop-and-wait link over a real pty, opened on the host side with pyserial."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+serial = pytest.importorskip("serial")
+
+from firmware_bridge.framing import (  # noqa: E402
+    FLAG_ACK,
+    Frame,
+    FrameError,
+    FrameSplitter,
+    decode_frame,
+    encode_frame,
+)
+from firmware_bridge.link import LinkTimeout, SerialLink  # noqa: E402
+from hil.pty_port import LineFaults, PtyPort  # noqa: E402
+
+BAUD = 921600
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[PtyPort, object]]:
+    board = PtyPort(BAUD)
+    host = serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05)
+    yield board, host
+    host.close()
+    board.close()
+
+
+def test_frames_round_trip_and_every_corruption_is_caught() -> None:
+    frame = Frame(18, 200, 199, FLAG_ACK, bytes(range(256)) * 3)
+    encoded = encode_frame(frame)
+    assert encoded.count(0) == 1 and encoded.endswith(b"\x00")  # COBS: the delimiter is the only zero
+    assert decode_frame(encoded[:-1]) == frame
+    rng = random.Random(1)
+    for _ in range(500):  # single bit flips anywhere: CRC-32 catches all of them
+        damaged = bytearray(encoded[:-1])
+        i = rng.randrange(len(damaged))
+        damaged[i] ^= 1 << rng.randrange(8)
+        if 0 in damaged:
+            continue  # a flip to 0x00 splits the frame; the splitter handles that case
+        with pytest.raises(FrameError):
+            decode_frame(bytes(damaged))
+
+
+def test_the_splitter_resynchronises_after_garbage_and_bounds_its_buffer() -> None:
+    good = encode_frame(Frame(16, 1, 0, 0, b"hello"))
+    splitter = FrameSplitter(max_encoded=64)
+
+    def frames(data: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for piece in splitter.feed(data):
+            try:
+                out.append(decode_frame(piece).payload)
+            except FrameError:
+                out.append(None)  # dropped; the sender's timeout resends it
+        return out
+
+    # Garbage glued to a frame costs that frame; the next delimiter puts the receiver back in step.
+    assert frames(b"\x17\x99garbage" + good[:4]) == []
+    assert frames(good[4:] + good) == [None, b"hello"]
+    # A long run without any delimiter is discarded, not buffered.
+    assert frames(b"\x01" * 300) == [] and splitter.overflows == 1
+    assert frames(b"\x00" + good) == [b"hello"]
+
+
+def _run_exchange(host_link: SerialLink, board_link: SerialLink, count: int) -> tuple[list[bytes], list[bytes]]:
+    rng = random.Random(7)
+    sent = [os.urandom(rng.randrange(1, 900)) for _ in range(count)]
+    got: list[bytes] = []
+
+    def board_side() -> None:
+        for _ in range(count):
+            frame = board_link.receive(timeout=30)
+            got.append(frame.payload)
+            board_link.send(frame.type + 1, frame.payload[::-1])
+
+    worker = threading.Thread(target=board_side)
+    worker.start()
+    replies = []
+    for payload in sent:
+        host_link.send(18, payload)
+        replies.append(host_link.receive(timeout=30).payload)
+    worker.join(30)
+    assert got == sent
+    return sent, replies
+
+
+def test_messages_arrive_in_order_exactly_once_over_a_pty(pty_pair: tuple[PtyPort, object]) -> None:
+    board, host = pty_pair
+    host_link = SerialLink(host, BAUD).start()  # type: ignore[arg-type]
+    board_link = SerialLink(board, BAUD).start()
+    try:
+        sent, replies = _run_exchange(host_link, board_link, 60)
+        assert replies == [p[::-1] for p in sent]
+        assert host_link.stats.retransmissions == 0 and host_link.stats.bad_frames == 0
+    finally:
+        host_link.close()
+        board_link.close()
+
+
+def test_a_noisy_line_costs_retransmissions_not_messages() -> None:
+    board = PtyPort(BAUD, LineFaults(bit_error_rate=2e-4, drop_rate=1e-4, rng=random.Random(3)))
+    host = serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05)
+    host_link = SerialLink(host, BAUD, retries=30).start()  # type: ignore[arg-type]
+    board_link = SerialLink(board, BAUD, retries=30).start()
+    try:
+        sent, replies = _run_exchange(host_link, board_link, 25)
+        assert replies == [p[::-1] for p in sent]
+        damaged = host_link.stats.bad_frames + board_link.stats.bad_frames
+        resent = host_link.stats.retransmissions + board_link.stats.retransmissions
+        assert damaged > 0 and resent > 0  # the faults happened, and were repaired
+    finally:
+        host_link.close()
+        board_link.close()
+        host.close()
+        board.close()
+
+
+def test_a_silent_board_gives_a_timeout_that_says_so(pty_pair: tuple[PtyPort, object]) -> None:
+    _, host = pty_pair
+    host_link = SerialLink(host, BAUD, retries=2).start()  # type: ignore[arg-type]
+    try:
+        with pytest.raises(LinkTimeout, match="no acknowledgement of frame 0 after 3 attempts"):
+            host_link.send(16, b"anyone there?")
+    finally:
+        host_link.close()
