@@ -56,8 +56,13 @@ class Flash:
             raise ValueError(f"{size} bytes of flash leave no room for two model slots")
         self.brown_out_at: int | None = None  # fail the next write after this many bytes (fault injection)
         self.bytes_written = 0
-        if not self.path.exists() or self.path.stat().st_size != size:
+        if not self.path.exists():
             self.path.write_bytes(b"\xff" * size)  # erased flash reads as 0xFF
+        elif self.path.stat().st_size != size:
+            raise ValueError(
+                f"{self.path} holds {self.path.stat().st_size} bytes of flash, not {size}: "
+                "pass the size it was made with, or a new file (nothing was changed)"
+            )
 
     # -- raw access -------------------------------------------------------------------------------------
     def _write(self, offset: int, data: bytes) -> None:

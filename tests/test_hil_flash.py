@@ -45,6 +45,15 @@ def test_power_lost_at_a_random_byte_keeps_the_last_good_model(tmp_path: Path, s
     assert Flash(tmp_path / "flash.bin", size=256 * 1024).model() == new
 
 
+def test_a_flash_file_of_another_size_is_refused_untouched(tmp_path: Path) -> None:
+    flash = Flash(tmp_path / "flash.bin", size=128 * 1024)
+    install(flash, os.urandom(5000))
+    before = (tmp_path / "flash.bin").read_bytes()
+    with pytest.raises(ValueError, match="holds 131072 bytes of flash, not 262144"):
+        Flash(tmp_path / "flash.bin", size=256 * 1024)
+    assert (tmp_path / "flash.bin").read_bytes() == before
+
+
 def test_wrong_hash_and_oversize_models_are_refused(tmp_path: Path) -> None:
     flash = Flash(tmp_path / "flash.bin", size=128 * 1024)
     model = os.urandom(10_000)

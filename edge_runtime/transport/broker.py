@@ -20,8 +20,8 @@ from pathlib import Path
 SEARCH = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-class BrokerError(RuntimeError):
-    """Mosquitto is missing, or did not start listening in time."""
+class BrokerError(OSError):
+    """No broker could be started here (Mosquitto missing or not listening in time, amqtt not installed)."""
 
 
 def find_mosquitto() -> str | None:
