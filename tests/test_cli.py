@@ -58,3 +58,20 @@ def test_device_commands_do_not_load_gateway_or_unused_interpreters() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_device_agent_and_the_gateway_load_only_their_own_side() -> None:
+    interpreters = "('ai_edge_litert', 'tflite_runtime', 'tflite_micro')"
+    agent = (
+        "import sys; import edge_runtime.agent, edge_runtime.commands.device_run;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('gateway', 'firmware_bridge', 'hil')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    hub = (
+        "import sys; import gateway.service, gateway.cli;"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {interpreters}];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    for code in (agent, hub):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
