@@ -529,12 +529,9 @@ class Gateway:
             if self._open is None:
                 if self._rounds_done():
                     return
-                row = RoundRow(
-                    self.store.last_round() + 1, self.version, "open", "async", now, now + rc.deadline, rc.buffer_size
-                )
-                self.store.open_round(row)
-                self._open = OpenRound(row, self._new_aggregate())
+                self._open_async_round(now)
             open_round = self._open
+            assert open_round is not None
             if open_round.aggregate.count >= rc.buffer_size:
                 close = True
             else:
@@ -550,6 +547,14 @@ class Gateway:
         self._send(outgoing)
         if close:
             self._close()
+
+    def _open_async_round(self, now: float) -> None:
+        """The next aggregation buffer. Called under the lock."""
+        rc = self.config.rounds
+        number = self.store.last_round() + 1
+        row = RoundRow(number, self.version, "open", "async", now, now + rc.deadline, rc.buffer_size)
+        self.store.open_round(row)
+        self._open = OpenRound(row, self._new_aggregate())
 
     def _close(self) -> None:
         with self._lock:
@@ -584,6 +589,9 @@ class Gateway:
             self.model, self.version = model, version
             self.manifest, self.chunks = self._manifest(model, parent)
             self._open = None
+            if self.config.rounds.mode == "async" and not self._rounds_done():
+                # Updates keep arriving while a version is made: the next buffer must already be open.
+                self._open_async_round(time.time())
             summary = RoundSummary(
                 open_round.number,
                 "closed",
