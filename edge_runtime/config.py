@@ -17,7 +17,10 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .transport.mqtt import BrokerConfig
 
 ENV_PREFIX = "TINYFED"
 T = TypeVar("T")
@@ -104,3 +107,27 @@ def check_tables(data: Mapping[str, Any], known: tuple[str, ...], source: str) -
             raise ConfigError(f"{source}: unknown table [{key}]; known: {', '.join(known)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a table ([{key}])")
+
+
+def table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """``[name]`` of a file already checked by :func:`check_tables` (absent: empty)."""
+    value = data.get(name, {})
+    assert isinstance(value, dict)
+    return value
+
+
+def broker_section(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None) -> BrokerConfig:
+    """``[broker]``, shared by devices and gateways: protocol defaults to auto, URL and protocol checked."""
+    from .transport.mqtt import BrokerConfig
+
+    broker_table = {"protocol": "auto", **table(data, "broker")}
+    if isinstance(broker_table["protocol"], int):  # `protocol = 5` written as a number
+        broker_table["protocol"] = str(broker_table["protocol"])
+    config = section(BrokerConfig, broker_table, "broker", source, env)
+    try:
+        config.endpoint()
+    except Exception as exc:
+        raise ConfigError(f"{source} [broker] url: {exc}") from exc
+    if config.protocol not in ("5", "3.1.1", "auto"):
+        raise ConfigError(f"{source} [broker] protocol: {config.protocol!r} is not 5, 3.1.1 or auto")
+    return config

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, check_tables, read_toml, section
+from .config import ConfigError, broker_section, check_tables, read_toml, section, table
 from .transport.fragments import DEFAULT_MAX_PAYLOAD
 from .transport.mqtt import BrokerConfig
 from .transport.topics import check_id
@@ -95,20 +95,11 @@ class DeviceConfig:
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> DeviceConfig:
         check_tables(data, ("device", "data", "broker", "transport"), source)
-
-        def table(name: str) -> Mapping[str, object]:
-            value = data.get(name, {})
-            assert isinstance(value, dict)
-            return value
-
-        broker_table = {"protocol": "auto", **table("broker")}
-        if isinstance(broker_table["protocol"], int):  # `protocol = 5` written as a number
-            broker_table["protocol"] = str(broker_table["protocol"])
         config = cls(
-            device=section(DeviceSection, table("device"), "device", source, env),
-            data=section(DataSection, table("data"), "data", source, env),
-            broker=section(BrokerConfig, broker_table, "broker", source, env),
-            transport=section(TransportSection, table("transport"), "transport", source, env),
+            device=section(DeviceSection, table(data, "device"), "device", source, env),
+            data=section(DataSection, table(data, "data"), "data", source, env),
+            broker=broker_section(data, source, env),
+            transport=section(TransportSection, table(data, "transport"), "transport", source, env),
             source=source,
         )
         if not config.device.id:
@@ -118,12 +109,6 @@ class DeviceConfig:
             check_id("federation", config.device.federation)
         except SchemaError as exc:
             raise ConfigError(f"{source} [device]: {exc}") from exc
-        try:
-            config.broker.endpoint()
-        except Exception as exc:
-            raise ConfigError(f"{source} [broker] url: {exc}") from exc
-        if config.broker.protocol not in ("5", "3.1.1", "auto"):
-            raise ConfigError(f"{source} [broker] protocol: {config.broker.protocol!r} is not 5, 3.1.1 or auto")
         return config
 
     @classmethod

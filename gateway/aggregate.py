@@ -43,18 +43,24 @@ class StreamingAggregate:
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
 
-    def add(self, update: wire.Update, weight_factor: float = 1.0) -> None:
+    def add(self, update: wire.Update, weight_factor: float = 1.0, norm: float | None = None) -> None:
+        """Fold one update in; ``norm`` (when the caller already has it) saves a pass for clipping."""
         weight = update.samples * weight_factor
-        scale = clip_factor(update_norm(update), self.clip_norm)
-        for t in update.tensors:
-            self.sums[t.tensor][t.indices] += (weight * scale) * t.values.decode().astype(np.float64)
+        values = [t.values.decode().astype(np.float64) for t in update.tensors]  # decoded once, used below
+        scale = 1.0
+        if self.clip_norm:
+            if norm is None:
+                norm = math.sqrt(sum(float(v @ v) for v in values))
+            scale = clip_factor(norm, self.clip_norm)
+        for t, v in zip(update.tensors, values, strict=True):
+            self.sums[t.tensor][t.indices] += (weight * scale) * v
         self.weight += weight
         self.count += 1
         if self.keep_updates:
             dense = {}
-            for t in update.tensors:
+            for t, v in zip(update.tensors, values, strict=True):
                 d = np.zeros(self.sizes[t.tensor], np.float64)
-                d[t.indices] = scale * t.values.decode()
+                d[t.indices] = scale * v
                 dense[t.tensor] = d
             self.updates.append(ClientDelta(update.device, update.samples, dense))
         for name, (lo, hi) in update.activation_ranges.items():

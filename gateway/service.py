@@ -268,9 +268,10 @@ class Gateway:
             if update_id is not None:  # tell the device, so it stops resending what will never be taken
                 self._send([self._receipt(device, update_id, why)])
             return
+        norm = update_norm(update)  # outside the lock: the norm bound, and clipping's scale
         outgoing: Outgoing = []
         with self._lock:
-            reason, kind, weight_factor = self._judge(update, device)
+            reason, kind, weight_factor = self._judge(update, device, norm)
             if reason is None:
                 assert self._open is not None
                 open_round = self._open
@@ -289,7 +290,7 @@ class Gateway:
                 )
                 if first:
                     if kind == "train":
-                        open_round.aggregate.add(update, weight_factor)
+                        open_round.aggregate.add(update, weight_factor, norm)
                     self._wake.set()
                 outgoing.append(self._receipt(device, update.update_id, None))
             elif reason == DUPLICATE:
@@ -311,7 +312,7 @@ class Gateway:
         receipt = wire.Receipt([update_id]) if reason is None else wire.Receipt([], {update_id: reason[:256]})
         return self.topics.receipt(device), wire.encode(receipt), False, None
 
-    def _judge(self, update: wire.Update, device: str) -> tuple[str | None, str, float]:
+    def _judge(self, update: wire.Update, device: str, norm: float) -> tuple[str | None, str, float]:
         """(refusal reason or None, kind, weight factor). Called under the lock."""
         kind = "train" if update.tensors else "eval"
         if update.device != device:
@@ -332,7 +333,6 @@ class Gateway:
             return "training updates are not taken while the final model is evaluated", kind, 1.0
         if update.samples == 0:
             return "zero samples: nothing to weight the update by", kind, 1.0
-        norm = update_norm(update)
         if not math.isfinite(norm) or norm > self.config.rounds.norm_bound:
             return f"update norm {norm:.4g} exceeds the bound {self.config.rounds.norm_bound:g}", kind, 1.0
         selections = {s["device"] for s in self.store.selections(update.round, "sent") if s["kind"] == "train"}
@@ -502,14 +502,8 @@ class Gateway:
 
     def _reassign(self, open_round: OpenRound) -> Outgoing:
         """Replace selected devices that died before delivering. Called under the lock."""
-        delivered = {s["device"] for s in self.store.selections(open_round.number, "delivered")}
-        dead = []
-        for device in sorted(open_round.selected - delivered):
-            record = self.registry.get(device)
-            if record is not None and not record.online:
-                status = {s["device"]: s["status"] for s in self.store.selections(open_round.number)}.get(device)
-                if status == "sent":
-                    dead.append(device)
+        waiting = {s["device"] for s in self.store.selections(open_round.number, "sent") if s["kind"] == "train"}
+        dead = [d for d in sorted(waiting) if (r := self.registry.get(d)) is not None and not r.online]
         if not dead:
             return []
         spare = sorted(r.device for r in self.registry.eligible(self.rule) if r.device not in open_round.selected)
