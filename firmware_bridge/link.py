@@ -44,6 +44,25 @@ class Port(Protocol):
     def write(self, data: bytes) -> int | None: ...
 
 
+def _read_available(port: Port) -> bytes:
+    """What has arrived, without waiting for a full buffer.
+
+    pyserial's ``read(n)`` blocks until ``n`` bytes or its timeout, which
+    would add the whole timeout to every acknowledgement; so read one byte
+    (returns as soon as one is there), then whatever else is waiting.
+    Ports without ``in_waiting`` (the emulator's end) return what they have.
+    """
+    waiting = getattr(port, "in_waiting", None)
+    if waiting is None:
+        return port.read(4096)
+    data = port.read(1)
+    if data:
+        more = port.in_waiting
+        if more:
+            data += port.read(more)
+    return data
+
+
 class LinkError(RuntimeError):
     """The other side stopped answering, or the link was closed."""
 
@@ -79,8 +98,11 @@ class SerialLink:
         self.stats = LinkStats()
         self._splitter = FrameSplitter(max_encoded_size(max(max_payload, 64 * 1024)))
         self._send_seq = 0
-        self._expect_seq = 0  # next in-order sequence number from the other side
+        self._session_started = False  # the first frame this link sends carries the session-start flag
+        self._expect_seq: int | None = None  # None after a (re)start: the next frame sets the sequence
         self._last_delivered: int | None = None
+        self._last_was_start = False  # the last delivered frame opened the peer's session
+        self.last_attempts = 0  # attempts the last send needed (1 = no retransmission): a line-quality signal
         self._acked = threading.Condition()
         self._acked_seq: int | None = None
         self._inbox: queue.Queue[Frame] = queue.Queue()
@@ -124,25 +146,37 @@ class SerialLink:
         return self._last_delivered, FLAG_ACK
 
     def send(self, kind: int, payload: bytes, start_session: bool = False) -> None:
-        """Deliver one message; returns once the other side acknowledged it, raises LinkTimeout otherwise."""
+        """Deliver one message; returns once the other side acknowledged it, raises LinkTimeout otherwise.
+
+        The first frame a link sends opens its session (flag bit 1, sequence 0), so the other side
+        takes up the numbering whatever it expected before; ``start_session`` forces that again.
+        """
         if len(payload) > self.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds the frame maximum {self.max_payload}")
         with self._send_lock:
-            if start_session:
+            start = start_session or not self._session_started
+            if start:
                 self._send_seq = 0
             seq = self._send_seq
             for attempt in range(self.retries + 1):
                 if self._closed.is_set():
                     raise LinkError("link closed")
                 ack, flags = self._ack_field()
-                flags |= FLAG_START if start_session else 0
+                flags |= FLAG_START if start else 0
                 self._write(Frame(kind, seq, ack, flags, payload))
                 self.stats.frames_sent += 1
                 if attempt:
                     self.stats.retransmissions += 1
                 with self._acked:
-                    if self._acked.wait_for(lambda: self._acked_seq == seq, self.rto * (1 + attempt)):
+                    if self._acked.wait_for(
+                        lambda: self._acked_seq == seq or self._closed.is_set(), self.rto * (1 + attempt)
+                    ):
+                        if self._closed.is_set():
+                            raise LinkError("link closed")
+                        self._acked_seq = None
                         self._send_seq = (seq + 1) & 0xFF
+                        self._session_started = True
+                        self.last_attempts = attempt + 1
                         return
             raise LinkTimeout(
                 f"no acknowledgement of frame {seq} after {self.retries + 1} attempts "
@@ -154,12 +188,27 @@ class SerialLink:
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty as exc:
+            if self._closed.is_set():
+                raise LinkError("link closed") from exc
             raise LinkTimeout(f"no message within {timeout} s") from exc
+
+    def pending(self) -> list[Frame]:
+        """Messages already received, without waiting (an ERROR or RESET that arrived mid-transfer)."""
+        out = []
+        while True:
+            try:
+                out.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def _read_loop(self) -> None:
         while not self._closed.is_set():
             try:
-                data = self.port.read(4096)
+                data = _read_available(self.port)
             except Exception as exc:  # a port that vanished (USB unplugged, pty closed)
                 if not self._closed.is_set():
                     log.warning("serial port read failed: %s", exc)
@@ -185,10 +234,14 @@ class SerialLink:
         if frame.type == TYPE_ACK:
             return
         self.stats.frames_received += 1
-        if frame.starts_session:
-            self._expect_seq = frame.seq
-        if frame.seq == self._expect_seq:
+        resent_start = frame.starts_session and self._last_was_start and frame.seq == self._last_delivered
+        if frame.starts_session and not resent_start:
+            self._expect_seq = frame.seq  # the other side (re)started: take up its numbering
+        if self._expect_seq is None or frame.seq == self._expect_seq:
+            # None: this side just (re)started and takes the first frame it hears as in order. At worst that
+            # is a resend of a message delivered before the reset, which the session layer answers as stale.
             self._last_delivered = frame.seq
+            self._last_was_start = frame.starts_session
             self._expect_seq = (frame.seq + 1) & 0xFF
             self._inbox.put(frame)
         else:

@@ -8,17 +8,24 @@ any byte of any write therefore leaves either the old model or the new one,
 never a torn mix: a torn slot write leaves the old record pointing at the
 untouched slot, and a torn record fails its CRC and is ignored.
 
-Layout: ``[records: 2 x 64 B][slot A][slot B][scratch]``; each record lives
-at a fixed place (record i for sequence numbers of parity i), so writing one
-never overwrites the other. The scratch area holds the error-feedback
-residual behind a length and CRC-32: a write torn by power loss is detected
-at the next read, and the residual then starts again from zero.
+Layout: ``[records: 2 x 64 B][progress: 64 B][slot A][slot B][scratch]``;
+each record lives at a fixed place (record i for sequence numbers of
+parity i), so writing one never overwrites the other. The progress record
+says how many bytes of which model version sit in the inactive slot, so a
+transfer cut by a reset resumes there; it is written after the bytes it
+counts, so it never claims more than the slot holds, and a torn one fails
+its CRC (the transfer then starts again from zero). The scratch area holds
+the error-feedback residual behind a length and CRC-32, with the same rule.
+
+The file stands for the chip, so a write is flushed to the OS (it survives
+the emulator process being killed) but not fsync'ed: surviving a power cut
+of the *host* is not what is being emulated, and an fsync per 4 KiB chunk
+would make the emulated flash slower than a real one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -28,6 +35,8 @@ RECORD = struct.Struct("<4sIIB32s")  # magic, seq, size, slot, sha256; then CRC-
 RECORD_BYTES = 64
 MAGIC = b"TFM1"
 SCRATCH_HEADER = struct.Struct("<4sII")  # magic, length, crc32
+PROGRESS = struct.Struct("<4s32sIIB")  # magic, model version, size, bytes written, slot; then CRC-32
+PROGRESS_MAGIC = b"TFP1"
 
 
 class BrownOut(RuntimeError):
@@ -36,6 +45,14 @@ class BrownOut(RuntimeError):
 
 class FlashFull(ValueError):
     pass
+
+
+@dataclass
+class TransferProgress:
+    version: bytes
+    size: int
+    written: int
+    slot: int
 
 
 @dataclass
@@ -51,7 +68,7 @@ class Flash:
         self.path = Path(path)
         self.size = size
         self.scratch_bytes = scratch
-        self.slot_bytes = (size - 2 * RECORD_BYTES - scratch) // 2
+        self.slot_bytes = (size - 3 * RECORD_BYTES - scratch) // 2
         if self.slot_bytes <= 0:
             raise ValueError(f"{size} bytes of flash leave no room for two model slots")
         self.brown_out_at: int | None = None  # fail the next write after this many bytes (fault injection)
@@ -75,8 +92,6 @@ class Flash:
         with open(self.path, "r+b") as f:
             f.seek(offset)
             f.write(data[:cut])
-            f.flush()
-            os.fsync(f.fileno())
         self.bytes_written += cut
         if cut < len(data):
             self.brown_out_at = None
@@ -88,7 +103,7 @@ class Flash:
             return f.read(length)
 
     def _slot_offset(self, slot: int) -> int:
-        return 2 * RECORD_BYTES + slot * self.slot_bytes
+        return 3 * RECORD_BYTES + slot * self.slot_bytes
 
     # -- model slots ------------------------------------------------------------------------------------
     def _records(self) -> list[SlotRecord]:
@@ -138,9 +153,27 @@ class Flash:
         self._write((seq % 2) * RECORD_BYTES, record.ljust(RECORD_BYTES, b"\xff"))
         return SlotRecord(seq, size, slot, sha256)
 
+    # -- transfer progress (resume after a reset) -------------------------------------------------------
+    def save_progress(self, progress: TransferProgress) -> None:
+        body = PROGRESS.pack(PROGRESS_MAGIC, progress.version, progress.size, progress.written, progress.slot)
+        self._write(2 * RECORD_BYTES, body + struct.pack("<I", zlib.crc32(body)))
+
+    def load_progress(self) -> TransferProgress | None:
+        raw = self._read(2 * RECORD_BYTES, PROGRESS.size + 4)
+        body, (crc,) = raw[: PROGRESS.size], struct.unpack("<I", raw[PROGRESS.size :])
+        if zlib.crc32(body) != crc:
+            return None
+        magic, version, size, written, slot = PROGRESS.unpack(body)
+        if magic != PROGRESS_MAGIC or slot not in (0, 1) or written > size or size > self.slot_bytes:
+            return None
+        return TransferProgress(version, size, written, slot)
+
+    def clear_progress(self) -> None:
+        self._write(2 * RECORD_BYTES, b"\xff" * RECORD_BYTES)
+
     # -- scratch (error-feedback residual) --------------------------------------------------------------
     def _scratch_offset(self) -> int:
-        return 2 * RECORD_BYTES + 2 * self.slot_bytes
+        return 3 * RECORD_BYTES + 2 * self.slot_bytes
 
     def save_scratch(self, data: bytes) -> None:
         if SCRATCH_HEADER.size + len(data) > self.scratch_bytes:

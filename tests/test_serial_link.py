@@ -107,7 +107,7 @@ def test_messages_arrive_in_order_exactly_once_over_a_pty(pty_pair: tuple[PtyPor
 
 
 def test_a_noisy_line_costs_retransmissions_not_messages() -> None:
-    board = PtyPort(BAUD, LineFaults(bit_error_rate=2e-4, drop_rate=1e-4, rng=random.Random(3)))
+    board = PtyPort(BAUD, LineFaults(bit_error_rate=2e-4, drop_rate=1e-4, seed=3))
     host = serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05)
     host_link = SerialLink(host, BAUD, retries=30).start()  # type: ignore[arg-type]
     board_link = SerialLink(board, BAUD, retries=30).start()

@@ -63,6 +63,8 @@ class Hello:
     max_frame: int = 1024
     model_version: bytes | None = None
     ops: list[int] = field(default_factory=list)  # TFLite builtin operator codes the firmware runs
+    board_id: str = ""  # a unique id burnt into the chip (serial number); the bridge's device id
+    samples: int = 0  # local training samples the board holds (the gateway weighs and selects by it)
 
     TYPE = MSG_HELLO
 
@@ -78,6 +80,10 @@ class Hello:
         }
         if self.model_version is not None:
             out[8] = self.model_version
+        if self.board_id:
+            out[10] = self.board_id
+        if self.samples:
+            out[11] = self.samples
         return out
 
     @classmethod
@@ -92,6 +98,8 @@ class Hello:
             max_frame=r.uint(7, "max_frame", 1 << 20),
             model_version=r.bytestring(8, "model_version", size=32, default=None),
             ops=[MapReader({0: o}, f"{r.path}.ops[{i}]").uint(0, "op", 1024) for i, o in enumerate(ops)],
+            board_id=r.text(10, "board_id", 64, default=""),
+            samples=r.uint(11, "samples", 1 << 40, default=0),
         )
 
 

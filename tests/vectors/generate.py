@@ -142,6 +142,8 @@ VALID: list[tuple[str, str, Any]] = [
             max_frame=1024,
             model_version=V0,
             ops=[9, 3, 25],
+            board_id="emu-0001",
+            samples=48,
         ),
     ),
     ("serial-model-begin", "start (or resume at byte 4096) a model transfer", wire.ModelBegin(V1, 40816, 4096)),
