@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +39,7 @@ from .framing import (
 )
 
 log = logging.getLogger(__name__)
+MAX_NUDGES = 64  # resends prompted by the peer's repeated acknowledgement, per frame, before giving up
 
 
 class Port(Protocol):
@@ -79,6 +82,7 @@ class LinkStats:
     bad_frames: int = 0  # CRC, COBS or header failures: the line is noisy or out of step
     duplicates: int = 0
     bytes_sent: int = 0
+    naks_sent: int = 0  # repeated acknowledgements sent on a damaged frame
 
 
 class SerialLink:
@@ -88,7 +92,7 @@ class SerialLink:
         baud: int = 115200,
         max_payload: int = MAX_FRAME_DEFAULT,
         retries: int = 8,
-        processing_allowance: float = 0.05,
+        processing_allowance: float = 0.02,
     ) -> None:
         self.port = port
         self.baud = baud
@@ -102,6 +106,7 @@ class SerialLink:
         self._expect_seq: int | None = None  # None after a (re)start: the next frame sets the sequence
         self._last_delivered: int | None = None
         self._last_was_start = False  # the last delivered frame opened the peer's session
+        self._nudged = False  # a bare acknowledgement of an older frame arrived: the peer saw a damaged one
         self.last_attempts = 0  # attempts the last send needed (1 = no retransmission): a line-quality signal
         self._acked = threading.Condition()
         self._acked_seq: int | None = None
@@ -110,17 +115,22 @@ class SerialLink:
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._reader: threading.Thread | None = None
-        self.on_session_start: list[object] = []
 
     # -- timing -------------------------------------------------------------------------------------------
     def line_seconds(self, nbytes: int) -> float:
         """Time ``nbytes`` take on the wire: 10 bits each (8N1)."""
         return nbytes * 10 / self.baud
 
+    def rto_for(self, frame_bytes: int) -> float:
+        """Retransmission timeout for a frame of ``frame_bytes`` on the line: twice its round trip plus
+        the other side's time to look at it. Derived per frame, so a short frame on a noisy line is
+        resent after milliseconds, not after the time a full one would take."""
+        return 2 * self.line_seconds(frame_bytes + max_encoded_size(0)) + self.processing_allowance
+
     @property
     def rto(self) -> float:
-        frame = max_encoded_size(self.max_payload)
-        return 2 * self.line_seconds(frame + max_encoded_size(0)) + self.processing_allowance
+        """The timeout for a full frame."""
+        return self.rto_for(max_encoded_size(self.max_payload))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> SerialLink:
@@ -134,22 +144,32 @@ class SerialLink:
             self._reader.join(timeout=2)
 
     # -- sending ------------------------------------------------------------------------------------------
-    def _write(self, frame: Frame) -> None:
+    def _write(self, frame: Frame) -> int:
         data = encode_frame(frame)
         with self._write_lock:
             self.port.write(data)
         self.stats.bytes_sent += len(data)
+        return len(data)
 
     def _ack_field(self) -> tuple[int, int]:
         if self._last_delivered is None:
             return 0, 0
         return self._last_delivered, FLAG_ACK
 
-    def send(self, kind: int, payload: bytes, start_session: bool = False) -> None:
-        """Deliver one message; returns once the other side acknowledged it, raises LinkTimeout otherwise.
+    def send(
+        self,
+        kind: int,
+        payload: bytes,
+        start_session: bool = False,
+        on_retry: Callable[[int], bytes | None] | None = None,
+    ) -> bytes:
+        """Deliver one message; returns the payload the other side acknowledged, raises LinkTimeout otherwise.
 
         The first frame a link sends opens its session (flag bit 1, sequence 0), so the other side
         takes up the numbering whatever it expected before; ``start_session`` forces that again.
+        ``on_retry(attempt)`` may return a different (shorter) payload for the resend: the receiver
+        delivers whichever version of the frame reaches it first, so the message must mean the
+        same thing in every version (a model chunk that starts at the same offset).
         """
         if len(payload) > self.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds the frame maximum {self.max_payload}")
@@ -158,29 +178,49 @@ class SerialLink:
             if start:
                 self._send_seq = 0
             seq = self._send_seq
-            for attempt in range(self.retries + 1):
+            attempt = timeouts = nudges = 0
+            while timeouts <= self.retries and nudges <= MAX_NUDGES:
                 if self._closed.is_set():
                     raise LinkError("link closed")
+                if attempt and on_retry is not None:
+                    payload = on_retry(attempt) or payload
                 ack, flags = self._ack_field()
                 flags |= FLAG_START if start else 0
-                self._write(Frame(kind, seq, ack, flags, payload))
+                with self._acked:
+                    self._nudged = False
+                frame_bytes = self._write(Frame(kind, seq, ack, flags, payload))
+                sent_at = time.monotonic()
+                earliest_nak = sent_at + self.line_seconds(frame_bytes)
+                deadline = sent_at + self.rto_for(frame_bytes) * (1 + timeouts)
                 self.stats.frames_sent += 1
                 if attempt:
                     self.stats.retransmissions += 1
+                attempt += 1
                 with self._acked:
-                    if self._acked.wait_for(
-                        lambda: self._acked_seq == seq or self._closed.is_set(), self.rto * (1 + attempt)
-                    ):
+                    while True:
+                        self._acked.wait_for(
+                            lambda: self._acked_seq == seq or self._closed.is_set() or self._nudged,
+                            max(0.0, deadline - time.monotonic()),
+                        )
                         if self._closed.is_set():
                             raise LinkError("link closed")
-                        self._acked_seq = None
-                        self._send_seq = (seq + 1) & 0xFF
-                        self._session_started = True
-                        self.last_attempts = attempt + 1
-                        return
+                        if self._acked_seq == seq:
+                            self._acked_seq = None
+                            self._send_seq = (seq + 1) & 0xFF
+                            self._session_started = True
+                            self.last_attempts = attempt
+                            return payload
+                        if self._nudged and time.monotonic() >= earliest_nak:
+                            nudges += 1  # the other side got a damaged frame: resend now, not at the timeout
+                            break
+                        self._nudged = False  # too early to be about this frame: an old acknowledgement
+                        if time.monotonic() >= deadline:
+                            timeouts += 1
+                            break
             raise LinkTimeout(
-                f"no acknowledgement of frame {seq} after {self.retries + 1} attempts "
-                f"(timeout {self.rto * 1000:.0f} ms, growing by that much per attempt)"
+                f"no acknowledgement of frame {seq} after {attempt} attempts "
+                f"(timeout {self.rto_for(max_encoded_size(len(payload))) * 1000:.0f} ms, growing by that much "
+                "per attempt)"
             )
 
     # -- receiving ----------------------------------------------------------------------------------------
@@ -218,18 +258,27 @@ class SerialLink:
                 return
             if not data:
                 continue
+            damaged = False
             for encoded in self._splitter.feed(data):
                 try:
                     frame = decode_frame(encoded)
                 except FrameError:
                     self.stats.bad_frames += 1
+                    damaged = True
                     continue
                 self._on_frame(frame)
+            if damaged and self._last_delivered is not None:
+                # A negative acknowledgement in all but name: repeating the last acknowledgement tells the
+                # sender its frame did not arrive intact, so it resends at once instead of at its timeout.
+                self.stats.naks_sent += 1
+                self._write(Frame(TYPE_ACK, 0, *self._ack_field()))
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.has_ack:
             with self._acked:
                 self._acked_seq = frame.ack
+                if frame.type == TYPE_ACK and frame.ack != self._send_seq:
+                    self._nudged = True
                 self._acked.notify_all()
         if frame.type == TYPE_ACK:
             return

@@ -97,17 +97,18 @@ class PtyPort:
     def write(self, data: bytes) -> int:
         data = self.faults.apply(data)
         step = self.slice_bytes
+        due = time.perf_counter()  # an absolute schedule, so sleep overshoot does not add up over a frame
         for start in range(0, len(data), step):
             if self._closed.is_set():
                 raise OSError("pty closed")
             piece = data[start : start + step]
-            begun = time.perf_counter()
             view = memoryview(piece)
             while view:
                 written = os.write(self.master, view)
                 view = view[written:]
             self.bytes_written += len(piece)
-            remaining = self.line_seconds(len(piece)) - (time.perf_counter() - begun)
+            due += self.line_seconds(len(piece))
+            remaining = due - time.perf_counter()
             if remaining > 0:
                 time.sleep(remaining)
         return len(data)
@@ -124,7 +125,10 @@ class PtyPort:
         except OSError:
             return b""
         now = time.perf_counter()
-        self._rx_free_at = max(now, self._rx_free_at) + self.line_seconds(len(data))
+        # Bytes that follow on closely continue the stream (a sleep's overshoot is not idle line time);
+        # after a real gap the line was idle and they start arriving now.
+        continuing = now - self._rx_free_at < self.line_seconds(self.slice_bytes)
+        self._rx_free_at = (self._rx_free_at if continuing else now) + self.line_seconds(len(data))
         if self._rx_free_at > now:
             time.sleep(self._rx_free_at - now)
         self.bytes_read += len(data)

@@ -1,0 +1,328 @@
+"""The host driver: one board on one serial port, as method calls with typed errors.
+
+The port is opened with pyserial's ``serial_for_url``, so ``/dev/ttyACM0``,
+``socket://host:port``, ``rfc2217://host:port`` and the emulator's pty are
+one code path. Each request waits for its answer; what the board sends on
+its own meanwhile (LOG lines, a RESET notice after a reboot) is kept in
+:attr:`BoardDriver.logs` or raised as :class:`BoardReset`, so a caller
+never mistakes a rebooted board for one that carried on.
+
+A model transfer survives resets: the board keeps the bytes it wrote and
+their count in flash, answers MODEL_BEGIN with the offset to resume from,
+and the driver carries on from there after each reset (up to
+``max_resets``). Chunks shrink when frames need resending (a noisy line
+loses long frames far more often than short ones) and grow back while the
+line is clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import __version__, wire
+from edge_runtime.transport.fragments import Reassembler
+
+from .errors import BoardGarbage, BoardRefused, BoardReset, BoardSilent, ProtocolError
+from .framing import MAX_FRAME_DEFAULT
+from .link import LinkError, LinkTimeout, SerialLink
+from .messages import SERIAL_LIMITS, read_message
+
+log = logging.getLogger(__name__)
+MIN_CHUNK = 32
+
+
+@dataclass
+class TransferReport:
+    size: int
+    seconds: float
+    resumed_from: list[int]  # the offsets the board reported at each (re)start of the transfer
+    resets: int
+    frames: int
+    retransmissions: int
+    line_bytes: int  # bytes the host put on the line for this transfer, frames and resends included
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.size / self.seconds if self.seconds else 0.0
+
+
+def chunk_capacity(max_payload: int) -> int:
+    """Model bytes one MODEL_DATA frame carries: the CBOR map, offset and byte-string header take the rest."""
+    return max_payload - 24
+
+
+class BoardDriver:
+    def __init__(
+        self,
+        url: str,
+        baud: int = 115200,
+        max_frame: int = 4096,
+        answer_timeout: float = 30.0,
+        retries: int = 8,
+        port: Any = None,
+    ) -> None:
+        """Open ``url`` (or use an already open pyserial ``port``). Call :meth:`hello` next."""
+        if port is None:
+            import serial  # pyserial: imported here so the module loads without it for docs and typing
+
+            try:
+                port = serial.serial_for_url(url, baudrate=baud, timeout=0.05, write_timeout=10)
+            except (serial.SerialException, ValueError) as exc:
+                raise BoardSilent(f"cannot open serial port {url!r}: {exc}") from exc
+        self.url = url
+        self.port = port
+        self.baud = baud
+        self.max_frame = max_frame
+        self.answer_timeout = answer_timeout
+        self.link = SerialLink(port, baud, max_payload=MAX_FRAME_DEFAULT, retries=retries).start()
+        self.board: wire.Hello | None = None
+        self.logs: deque[wire.Log] = deque(maxlen=200)
+        self.resets_seen = 0
+        self._in_data_phase = False
+        self._reassembler = Reassembler(SERIAL_LIMITS, budget_bytes=1 << 20, timeout=120.0)
+
+    def close(self) -> None:
+        self.link.close()
+        close = getattr(self.port, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> BoardDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- request / answer -------------------------------------------------------------------------------
+    def _send(self, message: Any, on_retry: Callable[[int], bytes | None] | None = None) -> None:
+        try:
+            self.link.send(message.TYPE, wire.encode(message), on_retry=on_retry)
+        except LinkTimeout as exc:
+            raise self._silence(str(exc)) from exc
+        except LinkError as exc:
+            raise BoardSilent(f"{self.url}: {exc}") from exc
+
+    def _silence(self, what: str) -> BoardSilent | BoardGarbage:
+        stats = self.link.stats
+        if stats.bad_frames and not stats.frames_received:
+            return BoardGarbage(
+                f"{self.url}: {stats.bad_frames} frames failed their checks and none arrived intact; "
+                f"is the baud rate {self.baud} right, and is this a tinyfed board?"
+            )
+        return BoardSilent(f"{self.url}: {what}")
+
+    def _next(self, timeout: float) -> Any:
+        """The next message that is not a LOG; a RESET notice is raised."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._silence(f"no answer within {timeout:.0f} s")
+            try:
+                frame = self.link.receive(timeout=remaining)
+            except LinkTimeout as exc:
+                raise self._silence(f"no answer within {timeout:.0f} s") from exc
+            except LinkError as exc:
+                raise BoardSilent(f"{self.url}: {exc}") from exc
+            try:
+                message = read_message(frame)
+            except wire.WireError as exc:
+                raise ProtocolError(f"{self.url}: the board sent a message that does not decode: {exc}") from exc
+            if isinstance(message, wire.Log):
+                self.logs.append(message)
+                log.log(_LEVELS.get(message.level, logging.INFO), "board %s: %s", self.url, message.text)
+                continue
+            if isinstance(message, wire.Reset):
+                self.resets_seen += 1
+                self.board = None
+                raise BoardReset(message.reason)
+            if isinstance(message, wire.Error):
+                if self._stale(message):
+                    continue
+                raise BoardRefused(message.code, message.refused_type, message.detail)
+            return message
+
+    def _stale(self, error: wire.Error) -> bool:
+        """An ERROR about a model chunk that arrives outside the data phase answers a chunk resent across
+        a reset: the transfer has been resumed since, so it is logged and dropped."""
+        if error.refused_type == wire.ModelData.TYPE and not self._in_data_phase:
+            log.debug("%s: stale error about a model chunk: %s", self.url, error.detail)
+            return True
+        return False
+
+    def _request(self, message: Any, expect: type, timeout: float | None = None) -> Any:
+        self._check_pending()
+        self._send(message)
+        answer = self._next(timeout or self.answer_timeout)
+        while isinstance(answer, wire.Hello) and expect is not wire.Hello:
+            answer = self._next(timeout or self.answer_timeout)  # a late answer to a repeated handshake
+        if not isinstance(answer, expect):
+            raise ProtocolError(f"{self.url}: asked {type(message).__name__}, got {type(answer).__name__}")
+        return answer
+
+    def _check_pending(self) -> None:
+        """Raise what arrived unasked since the last request: an ERROR about a MODEL_DATA, a RESET notice."""
+        for frame in self.link.pending():
+            try:
+                message = read_message(frame)
+            except wire.WireError:
+                continue
+            if isinstance(message, wire.Log):
+                self.logs.append(message)
+            elif isinstance(message, wire.Reset):
+                self.resets_seen += 1
+                self.board = None
+                raise BoardReset(message.reason)
+            elif isinstance(message, wire.Error) and not self._stale(message):
+                raise BoardRefused(message.code, message.refused_type, message.detail)
+
+    # -- session ------------------------------------------------------------------------------------------
+    def hello(self, timeout: float | None = None) -> wire.Hello:
+        """Handshake: agree on the frame size, learn the board's capabilities. Call again after a reset."""
+        for frame in self.link.pending():  # a reboot notice or stale answers from before: done with
+            if frame.type == wire.Reset.TYPE:
+                self.resets_seen += 1
+        request = wire.Hello(ram=0, flash=0, arena=0, firmware=f"tinyfed-bridge {__version__}", max_frame=self.max_frame)
+        self.link.max_payload = MAX_FRAME_DEFAULT
+        deadline = time.monotonic() + (timeout or self.answer_timeout)
+        resend = True
+        while True:
+            if resend:
+                self._send(request)
+                resend = False
+            remaining = deadline - time.monotonic()
+            try:
+                answer = self._next(max(0.1, remaining))
+            except BoardReset:
+                # A reboot notice: usually the one sent at power-on, before our HELLO arrived, so the answer is
+                # still coming. If the board rebooted after taking the HELLO, no answer comes: ask again then.
+                try:
+                    answer = self._next(min(2.0, max(0.1, deadline - time.monotonic())))
+                except BoardSilent:
+                    if time.monotonic() >= deadline:
+                        raise
+                    resend = True
+                    continue
+                except BoardReset:
+                    resend = True
+                    continue
+            if isinstance(answer, wire.Hello):
+                break
+        if answer.protocol != 1:
+            raise ProtocolError(f"{self.url}: the board speaks serial protocol {answer.protocol}; this host speaks 1")
+        self.link.max_payload = answer.max_frame
+        self.board = answer
+        return answer
+
+    def status(self) -> wire.Status:
+        answer: wire.Status = self._request(wire.Status(state=0), wire.Status)
+        return answer
+
+    def reset(self) -> wire.Hello:
+        """Reset the board, wait for its reboot notice, and handshake again."""
+        self._send(wire.Reset(0))
+        try:
+            self._next(self.answer_timeout)
+        except BoardReset:
+            return self.hello()
+        raise ProtocolError(f"{self.url}: the board answered RESET without rebooting")
+
+    def infer(self, x: np.ndarray) -> wire.InferResult:
+        result: wire.InferResult = self._request(wire.Infer(np.asarray(x, dtype=np.int8).reshape(-1)), wire.InferResult)
+        return result
+
+    def train(self, task: wire.Task, timeout: float | None = None) -> tuple[wire.Update, bytes]:
+        """Relay a task; returns the board's update and its exact bytes (reassembled when fragmented)."""
+        self._check_pending()
+        self._send(wire.Train(task))
+        deadline = time.monotonic() + (timeout or max(self.answer_timeout, task.deadline - time.time()))
+        while True:
+            remaining = deadline - time.monotonic()
+            answer = self._next(max(0.1, remaining))
+            if isinstance(answer, wire.Fragment):
+                whole = self._reassembler.feed(self.url, wire.encode(answer))
+                if whole is None:
+                    continue
+                update = wire.decode(whole, expect=wire.Update)
+                return update, whole
+            if isinstance(answer, wire.Update):
+                return answer, wire.encode(answer)
+            raise ProtocolError(f"{self.url}: asked TRAIN, got {type(answer).__name__}")
+
+    # -- model transfer -------------------------------------------------------------------------------------
+    def send_model(
+        self, model: bytes, max_resets: int = 5, progress: Callable[[int, int], None] | None = None
+    ) -> TransferReport:
+        """Install ``model`` on the board: resumable, verified by sha256 on the board before it switches."""
+        version = hashlib.sha256(model).digest()
+        stats = self.link.stats
+        frames0, resends0, bytes0 = stats.frames_sent, stats.retransmissions, stats.bytes_sent
+        started = time.perf_counter()
+        resumed: list[int] = []
+        resets = 0
+        while True:
+            try:
+                if self.board is None:
+                    self.hello()
+                self._transfer(model, version, resumed, progress)
+                break
+            except BoardReset as exc:
+                resets += 1
+                log.info("%s: %s during the model transfer; resuming", self.url, exc)
+                if resets > max_resets:
+                    raise
+        return TransferReport(
+            size=len(model),
+            seconds=time.perf_counter() - started,
+            resumed_from=resumed,
+            resets=resets,
+            frames=stats.frames_sent - frames0,
+            retransmissions=stats.retransmissions - resends0,
+            line_bytes=stats.bytes_sent - bytes0,
+        )
+
+    def _transfer(
+        self, model: bytes, version: bytes, resumed: list[int], progress: Callable[[int, int], None] | None
+    ) -> None:
+        begin: wire.ModelBegin = self._request(wire.ModelBegin(version, len(model)), wire.ModelBegin)
+        offset = begin.resume_from
+        resumed.append(offset)
+        capacity = chunk_capacity(self.link.max_payload)
+        chunk, clean = capacity, 0
+
+        def shorter(attempt: int) -> bytes:
+            """A resend of the same chunk, half as long: long frames are what a noisy line loses."""
+            nonlocal chunk
+            chunk = max(MIN_CHUNK, chunk // 2)
+            return wire.encode(wire.ModelData(offset, model[offset : offset + chunk]))
+
+        self._in_data_phase = True
+        try:
+            while offset < len(model):
+                self._check_pending()
+                self._send(wire.ModelData(offset, model[offset : offset + chunk]), on_retry=shorter)
+                offset = min(len(model), offset + chunk)  # ``chunk`` is the length of the version acknowledged
+                if progress is not None:
+                    progress(offset, len(model))
+                if self.link.last_attempts > 1:
+                    clean = 0
+                else:
+                    clean += 1
+                    if clean >= 4 and chunk < capacity:  # the line has been clean a while: longer frames again
+                        chunk, clean = min(capacity, chunk * 2), 0
+        finally:
+            self._in_data_phase = False
+        status = self._request(wire.ModelCommit(version), wire.Status)
+        if status.model_version != version:
+            raise ProtocolError(f"{self.url}: the board committed but reports model {status.model_version!r}")
+
+
+_LEVELS = {3: logging.ERROR, 4: logging.WARNING, 6: logging.INFO, 7: logging.DEBUG}
