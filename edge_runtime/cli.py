@@ -49,6 +49,18 @@ def _gateway(action: str) -> Handler:
     return handler
 
 
+def _bridge_run(args: argparse.Namespace) -> int:
+    from firmware_bridge.cli import run  # only the bridge host loads serial code
+
+    return run(args)
+
+
+def _hil_emulate(args: argparse.Namespace) -> int:
+    from hil.cli import emulate
+
+    return emulate(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .commands.demo import demo
 
@@ -138,6 +150,44 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, required=True)
     g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
     g.set_defaults(handler=_gateway("rollback"))
+
+    br = sub.add_parser("bridge", help="microcontrollers on serial ports as federation devices").add_subparsers(
+        dest="action", required=True
+    )
+    b = br.add_parser("run", help="bridge every board on the given ports to the federation's MQTT broker")
+    b.add_argument(
+        "--port",
+        action="append",
+        required=True,
+        help="pyserial URL: /dev/ttyACM0, socket://host:port, rfc2217://host:port, a pty; "
+        "append #ID to name the device (default: the board's chip id). Repeat for more boards.",
+    )
+    b.add_argument("--baud", type=int, default=115200)
+    b.add_argument("--broker", default=None, help="mqtt://host:port (default: TINYFED_BROKER_URL or 127.0.0.1:1883)")
+    b.add_argument("--federation", default="default")
+    b.add_argument("--storage", type=Path, default=Path("tinyfed-bridge"), help="per-board models and outboxes")
+    b.add_argument("--heartbeat", type=float, default=5.0, help="seconds between STATUS checks of each board")
+    b.add_argument("-v", "--verbose", action="store_true")
+    b.set_defaults(handler=_bridge_run)
+
+    hil = sub.add_parser("hil", help="hardware-in-the-loop: the emulated board").add_subparsers(
+        dest="action", required=True
+    )
+    e = hil.add_parser("emulate", help="run an emulated board behind a pty and print its path")
+    e.add_argument("--ram", default="256k", help="RAM budget (256k, 1m, bytes)")
+    e.add_argument("--flash", default="1m", help="flash size")
+    e.add_argument("--flash-file", type=Path, default=Path("tinyfed-board.flash"), help="survives restarts")
+    e.add_argument("--baud", type=int, default=115200)
+    e.add_argument("--max-frame", type=int, default=4096, help="largest frame payload the firmware buffers")
+    e.add_argument("--board-id", default="emu-0001")
+    e.add_argument("--data", default="digits", help="the board's local data: digits, har, cmapss, ... or 'none'")
+    e.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")
+    e.add_argument("--group", type=int, help="a natural group instead (HAR subject, engine)")
+    e.add_argument(
+        "--faults", default="", help="ber=1e-4,drop=1e-5,reset-at=BYTE,brown-out=BYTES,slow=2,seed=N (see docs/hil.md)"
+    )
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(handler=_hil_emulate)
 
     d = sub.add_parser("demo", help="a whole federation on this machine: broker, gateway, real-data devices")
     d.add_argument("--data", default=None, help="har (default when ../shared/data has it), digits or cmapss")

@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from . import wire
 from .model_store import ModelStore
@@ -115,7 +116,7 @@ class FederationMember:
         atomic_write(path, str(seq).encode())
         return seq
 
-    def start(self) -> FederationMember:
+    def start(self) -> Self:
         self._worker = threading.Thread(target=self._work, name=f"member-{self.device_id}", daemon=True)
         self._worker.start()
         self.link.start()

@@ -190,7 +190,9 @@ class BoardDriver:
         for frame in self.link.pending():  # a reboot notice or stale answers from before: done with
             if frame.type == wire.Reset.TYPE:
                 self.resets_seen += 1
-        request = wire.Hello(ram=0, flash=0, arena=0, firmware=f"tinyfed-bridge {__version__}", max_frame=self.max_frame)
+        request = wire.Hello(
+            ram=0, flash=0, arena=0, firmware=f"tinyfed-bridge {__version__}", max_frame=self.max_frame
+        )
         self.link.max_payload = MAX_FRAME_DEFAULT
         deadline = time.monotonic() + (timeout or self.answer_timeout)
         resend = True

@@ -10,6 +10,8 @@ that is not a tinyfed board at all.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from edge_runtime.wire.serial import ErrorCode
 
 from .link import LinkTimeout
@@ -40,7 +42,7 @@ class BoardGarbage(BoardProblem):
 class BoardReset(BoardProblem):
     """The board announced a reset in the middle of something; its RAM state is gone, its flash is not."""
 
-    REASONS = {0: "requested", 1: "watchdog", 2: "brown-out", 3: "power-on"}
+    REASONS: ClassVar[dict[int, str]] = {0: "requested", 1: "watchdog", 2: "brown-out", 3: "power-on"}
 
     def __init__(self, reason: int) -> None:
         super().__init__(f"board reset ({self.REASONS.get(reason, f'reason {reason}')})")

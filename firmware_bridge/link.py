@@ -60,7 +60,7 @@ def _read_available(port: Port) -> bytes:
         return port.read(4096)
     data = port.read(1)
     if data:
-        more = port.in_waiting
+        more = int(getattr(port, "in_waiting", 0))
         if more:
             data += port.read(more)
     return data

@@ -29,5 +29,5 @@ def read_message(frame: Frame, limits: Limits = SERIAL_LIMITS) -> Any:
     message = wire.decode(frame.payload, limits)
     kind = getattr(message, "TYPE", None)
     if kind is not None and kind != frame.type:
-        raise wire.SchemaError(f"frame type {frame.type} carries a message of type {kind}")
+        raise wire.SchemaError("frame", f"type {frame.type} carries a message of type {kind}")
     return message

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from edge_runtime import __version__, wire
 from edge_runtime.agent import LocalData
 from edge_runtime.compress.compressor import CompressionConfig, Compressor
 from edge_runtime.compress.feedback import ResidualStore
-from edge_runtime.model.backends.micro import ArenaTooSmallError, MicroBackend, arena_with_margin
+from edge_runtime.model.backends.micro import ArenaTooSmallError, MicroBackend, MicroSession, arena_with_margin
 from edge_runtime.model.errors import ModelError, ShapeMismatchError
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import model_labels, quantize_input
@@ -173,6 +173,7 @@ class EmulatedBoard:
         self.resets = 0
         self.reset_reasons: list[int] = []
         self.duplicates_seen = 0
+        self.boot_versions: list[bytes | None] = []  # the model each boot came up with, oldest first
         self.booted = threading.Event()  # set once the firmware serves requests (after each boot)
         self._ram = _Ram()
         self._link: SerialLink | None = None
@@ -274,6 +275,7 @@ class EmulatedBoard:
 
     def _load_installed(self) -> None:
         model = self.flash.model()
+        self.boot_versions.append(None if model is None else hashlib.sha256(model).digest())
         if model is None:
             return
         try:
@@ -389,7 +391,11 @@ class EmulatedBoard:
             return
         slot = self.flash.inactive_slot()
         progress = self.flash.load_progress()
-        if progress is not None and (progress.version, progress.size, progress.slot) == (begin.version, begin.size, slot):
+        if progress is not None and (progress.version, progress.size, progress.slot) == (
+            begin.version,
+            begin.size,
+            slot,
+        ):
             resume = progress.written
         else:
             resume = 0
@@ -439,8 +445,8 @@ class EmulatedBoard:
         previous = self._ram.model
         self._install_in_ram(model)  # refuses (NO_MEMORY, UNSUPPORTED) before anything is committed
         try:
-            if self.faults.brown_out_after is not None:
-                self.flash.brown_out_at, self.faults.brown_out_after = self.faults.brown_out_after, None
+            if self.faults.brown_out_commit is not None:
+                self.flash.brown_out_at, self.faults.brown_out_commit = self.faults.brown_out_commit, None
             self.flash.commit(transfer.slot, transfer.size, transfer.version)
         except BrownOut:
             raise
@@ -463,6 +469,7 @@ class EmulatedBoard:
             raise _Refusal(ErrorCode.UNSUPPORTED, f"firmware lacks the kernels {', '.join(missing)}")
         try:
             session = MicroBackend(arena_size=self.budget).load(model)
+            assert isinstance(session, MicroSession)
         except ArenaTooSmallError as exc:
             raise _Refusal(ErrorCode.NO_MEMORY, f"{exc} (RAM {self.spec.ram} B less system)") from exc
         self._ram.model, self._ram.graph, self._ram.session = model, graph, session
@@ -557,13 +564,15 @@ class EmulatedBoard:
         if len(ev) == 0:
             return {}
         x = quantize_input(graph, ev.x)
-        scores = int8_metrics(MicroBackend(arena_size=self.budget), model, graph, x, model_labels(graph, ev.y, ev.classes))
+        scores = int8_metrics(
+            MicroBackend(arena_size=self.budget), model, graph, x, model_labels(graph, ev.y, ev.classes)
+        )
         return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(ev))}
 
     def _reset_request_message(self, request: wire.Reset) -> None:
         raise _Reset(RESET_REQUESTED)
 
-    _handlers: dict[type, Any] = {
+    _handlers: ClassVar[dict[type, Any]] = {
         wire.Hello: _hello,
         wire.Status: _status,
         wire.ModelBegin: _model_begin,

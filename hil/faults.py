@@ -7,7 +7,8 @@
 | ``ber`` | bit error rate on every byte the board sends and receives |
 | ``drop`` | probability that a byte vanishes |
 | ``reset-at`` | the board resets when a model transfer reaches this byte (once) |
-| ``brown-out`` | power is lost after this many bytes of the next flash writes (once) |
+| ``brown-out`` | power is lost after this many bytes of the next model writes (once) |
+| ``brown-out-commit`` | power is lost this many bytes into the next commit record (once) |
 | ``slow`` | the board's clock runs this many times slow: its bytes and its work take longer |
 | ``seed`` | seed of the line's random faults, for a repeatable run |
 """
@@ -28,6 +29,7 @@ class FaultPlan:
     line: LineFaults = field(default_factory=LineFaults)
     reset_at_byte: int | None = None
     brown_out_after: int | None = None
+    brown_out_commit: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> FaultPlan:
@@ -37,7 +39,7 @@ class FaultPlan:
             if not sep or not value:
                 raise FaultSpecError(f"fault {part!r} is not key=value (for example ber=1e-4)")
             values[key.strip()] = value.strip()
-        known = {"ber", "drop", "reset-at", "brown-out", "slow", "seed"}
+        known = {"ber", "drop", "reset-at", "brown-out", "brown-out-commit", "slow", "seed"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise FaultSpecError(f"unknown fault {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -50,9 +52,10 @@ class FaultPlan:
             )
             reset_at = int(values["reset-at"]) if "reset-at" in values else None
             brown_out = int(values["brown-out"]) if "brown-out" in values else None
+            commit = int(values["brown-out-commit"]) if "brown-out-commit" in values else None
         except ValueError as exc:
             raise FaultSpecError(f"faults {spec!r}: {exc}") from exc
-        for name, value in (("reset-at", reset_at), ("brown-out", brown_out)):
-            if value is not None and value < 0:
-                raise FaultSpecError(f"{name} must be a byte count >= 0, got {value}")
-        return cls(line, reset_at, brown_out)
+        for name, count in (("reset-at", reset_at), ("brown-out", brown_out), ("brown-out-commit", commit)):
+            if count is not None and count < 0:
+                raise FaultSpecError(f"{name} must be a byte count >= 0, got {count}")
+        return cls(line, reset_at, brown_out, commit)

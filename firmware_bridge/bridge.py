@@ -1,0 +1,99 @@
+"""``tinyfed bridge run``: every board on the listed serial ports joins the federation as a device.
+
+One thread per port opens it, greets the board (retrying until one
+answers, so a board may be plugged in after the bridge starts), and hands
+it to a :class:`~firmware_bridge.member.BoardMember`. The device id is the
+chip id the board reports in HELLO, or the one given as ``URL#ID``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from edge_runtime.member import MemberSettings
+from edge_runtime.transport.topics import check_id
+
+from .driver import BoardDriver
+from .errors import BoardProblem
+from .member import BoardMember, member_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PortSpec:
+    url: str
+    device_id: str = ""  # empty: the board's own id from HELLO
+
+    @classmethod
+    def parse(cls, text: str) -> PortSpec:
+        """``/dev/ttyACM0``, ``socket://10.0.0.5:4000#greenhouse-3``: a pyserial URL and an optional id."""
+        url, _, device_id = text.partition("#")
+        if not url:
+            raise ValueError(f"--port {text!r}: no serial port URL")
+        if device_id:
+            check_id("device id", device_id)
+        return cls(url, device_id)
+
+
+class Bridge:
+    def __init__(self, ports: list[PortSpec], settings: MemberSettings, baud: int, heartbeat: float = 5.0) -> None:
+        self.ports = ports
+        self.settings = settings
+        self.baud = baud
+        self.heartbeat = heartbeat
+        self.members: dict[str, BoardMember] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Bridge:
+        for port in self.ports:
+            thread = threading.Thread(target=self._attach, args=(port,), name=f"bridge-{port.url}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _attach(self, port: PortSpec) -> None:
+        while not self._stop.is_set():
+            try:
+                driver = BoardDriver(port.url, baud=self.baud)
+            except BoardProblem as exc:
+                log.warning("%s", exc)
+                self._stop.wait(self.heartbeat)
+                continue
+            try:
+                hello = driver.hello(timeout=max(5.0, self.heartbeat))
+            except BoardProblem as exc:
+                log.warning("no board answers on %s yet (%s); trying again", port.url, exc)
+                driver.close()
+                self._stop.wait(self.heartbeat)
+                continue
+            settings = member_settings(self.settings, hello, port.device_id or "")
+            if port.device_id:
+                settings.device_id = port.device_id
+                settings.storage = self.settings.storage / port.device_id
+            if not settings.device_id:
+                log.error("the board on %s reports no id; give one as --port '%s#ID'", port.url, port.url)
+                driver.close()
+                return
+            member = BoardMember(driver, settings, heartbeat=self.heartbeat).start()
+            self.members[settings.device_id] = member
+            log.info(
+                "board %s on %s joined federation %s (%s, %d KiB RAM, %d samples)",
+                settings.device_id,
+                port.url,
+                settings.federation,
+                hello.firmware,
+                hello.ram // 1024,
+                hello.samples,
+            )
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for member in list(self.members.values()):
+            member.stop(timeout=10)

@@ -1,0 +1,46 @@
+"""``tinyfed bridge run``: runs until SIGTERM/SIGINT, then announces every board's death and stops.
+
+Exit codes: 0 after a signal, 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from edge_runtime.config import ConfigError, broker_section
+from edge_runtime.member import MemberSettings
+
+from .bridge import Bridge, PortSpec
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        ports = [PortSpec.parse(p) for p in args.port]
+        broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
+    except (ValueError, ConfigError) as exc:
+        print(f"tinyfed bridge run: {exc}", file=sys.stderr)
+        return 2
+    settings = MemberSettings(device_id="", federation=args.federation, storage=args.storage, broker=broker)
+    bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
+    stop.wait()
+    bridge.stop()
+    print("bridge stopped", flush=True)
+    return 0

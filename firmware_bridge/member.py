@@ -1,0 +1,206 @@
+"""A board behind a serial port as a federation member on MQTT.
+
+The MQTT side is the Python device's own (:class:`edge_runtime.member.
+FederationMember`: topics, presence with a last will, the model store and
+fetcher, the outbox and its receipts); what differs is who does the work.
+Here a task goes down the serial line: the board is brought to the task's
+base model if it runs another (streamed with resume), the task is relayed
+as TRAIN, and the board's UPDATE comes back and goes into the outbox like
+any device's.
+
+A supervisor thread asks the board for its STATUS every ``heartbeat``
+seconds. A board that stops answering is announced dead on MQTT (the same
+retained presence message a device's last will carries), and greeted
+again until it answers; then it is announced alive, brought to the
+current model, and takes tasks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Self
+
+from edge_runtime import wire
+from edge_runtime.member import FederationMember, MemberSettings
+from edge_runtime.model.errors import ModelError
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.schema import OPCODE_CODES
+
+from .driver import BoardDriver
+from .errors import BoardProblem, BoardRefused, BoardReset
+
+log = logging.getLogger(__name__)
+
+
+class BoardMember(FederationMember):
+    def __init__(self, driver: BoardDriver, settings: MemberSettings, heartbeat: float = 5.0) -> None:
+        if driver.board is None:
+            raise ValueError("handshake with the board (driver.hello()) before making it a member")
+        self.driver = driver
+        self.board = driver.board
+        self.heartbeat = heartbeat
+        self.alive = True
+        self.board_version: bytes | None = self.board.model_version
+        self.transfers = 0
+        self._line = threading.Lock()  # one request at a time on the serial line
+        self._stopping = threading.Event()
+        self._sync_wanted = threading.Event()
+        super().__init__(settings)
+        self._supervisor = threading.Thread(target=self._supervise, name=f"board-{self.device_id}", daemon=True)
+
+    # -- member hooks -------------------------------------------------------------------------------------
+    def capabilities(self) -> wire.Capabilities:
+        return wire.Capabilities(
+            ram=self.board.ram,
+            backend="tflite-micro",
+            trainable_layers=1,
+            samples=self.board.samples,
+            model_version=self.board_version,
+            firmware=self.board.firmware,
+            arena=self.board.arena,
+        )
+
+    def validate_model(self, model: bytes) -> None:
+        """Refuse on the host what the board would refuse anyway, without spending the line on it."""
+        graph = read_graph(model)
+        graph.check_int8()
+        missing = sorted({op.opcode for op in graph.operators if OPCODE_CODES.get(op.opcode) not in self.board.ops})
+        if missing:
+            raise ModelError(f"board {self.device_id} ({self.board.firmware}) lacks the kernels {', '.join(missing)}")
+        if len(model) > self.board.flash // 2:
+            raise ModelError(
+                f"a {len(model)}-byte model does not fit half of the board's {self.board.flash}-byte flash"
+            )
+
+    def on_model_installed(self, manifest: wire.ModelManifest) -> None:
+        self._sync_wanted.set()
+
+    def handle(self, task: wire.Task) -> wire.Update | None:
+        if not self.alive:
+            self.refuse("board_offline", f"task for round {task.round}: the board does not answer")
+            return None
+        if not self.wait_for_model(task.base_version, task.deadline):
+            self.refuse("no_model", f"task for round {task.round}: model {task.base_version.hex()[:12]} not here")
+            return None
+        manifest = self.fetcher.manifest
+        try:
+            with self._line:
+                self._bring_board_to_current_model()
+                update, _raw = self.driver.train(task)
+        except BoardRefused as exc:
+            self.refuse(exc.code.name.lower(), f"task for round {task.round}: {exc}")
+            return None
+        except BoardProblem as exc:
+            self.refuse("board_failed", f"task for round {task.round}: {exc}")
+            if not isinstance(exc, BoardReset):
+                self._mark_dead(str(exc))
+            return None
+        spec = manifest.spec() if manifest is not None else {}
+        kept = [t for t in update.tensors if t.tensor in spec]
+        update = wire.Update(
+            update_id=update.update_id,
+            device=self.device_id,  # the board names itself by chip id; on MQTT it is this member
+            round=update.round,
+            base_version=update.base_version,
+            samples=update.samples,
+            tensors=kept,
+            metrics=update.metrics,
+            activation_ranges=update.activation_ranges,
+        )
+        self.store_update(update, task)
+        return update
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> Self:
+        super().start()
+        self._supervisor.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._supervisor.join(timeout=self.heartbeat + 10)
+        super().stop(timeout)
+        self.driver.close()
+
+    # -- board care -----------------------------------------------------------------------------------------
+    def _bring_board_to_current_model(self) -> None:
+        """Called holding the line: stream the installed model to the board if it runs another."""
+        model = self.store.current()
+        version = self.store.current_version
+        if model is None or version is None or version == self.board_version:
+            return
+        report = self.driver.send_model(model)
+        self.board_version = version
+        self.transfers += 1
+        log.info(
+            "board %s: model %s streamed in %.1f s (%d resends, resumed at %s)",
+            self.device_id,
+            version.hex()[:12],
+            report.seconds,
+            report.retransmissions,
+            report.resumed_from,
+        )
+        self.publish_birth()  # the gateway learns the board's model version from the birth message
+
+    def _mark_dead(self, why: str) -> None:
+        if self.alive:
+            self.alive = False
+            log.warning("board %s is not answering (%s); announced dead", self.device_id, why)
+            self.publish_death()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(self.heartbeat):
+            if not self._line.acquire(timeout=0.1):
+                continue  # a task is using the line: the board is evidently alive
+            try:
+                if self.alive:
+                    self._check()
+                else:
+                    self._greet()
+            finally:
+                self._line.release()
+
+    def _check(self) -> None:
+        try:
+            status = self.driver.status()
+            self.board_version = status.model_version
+            if self._sync_wanted.is_set() or self.board_version != self.store.current_version:
+                self._sync_wanted.clear()
+                self._bring_board_to_current_model()
+        except BoardReset:
+            self._greet()
+        except BoardRefused as exc:
+            log.warning("board %s refused the model: %s", self.device_id, exc)
+        except BoardProblem as exc:
+            self._mark_dead(str(exc))
+
+    def _greet(self) -> None:
+        try:
+            hello = self.driver.hello(timeout=min(self.heartbeat, 5.0))
+        except BoardProblem:
+            return
+        self.board = hello
+        self.board_version = hello.model_version
+        if not self.alive:
+            self.alive = True
+            log.info("board %s answers again; announced alive", self.device_id)
+        self.publish_birth()
+        try:
+            self._bring_board_to_current_model()
+        except BoardProblem as exc:
+            log.warning("board %s: model transfer failed: %s", self.device_id, exc)
+
+
+def member_settings(base: MemberSettings, board: wire.Hello, fallback_id: str) -> MemberSettings:
+    """The bridge's settings for one board: its chip id as device id, its own storage folder."""
+    device_id = board.board_id or fallback_id
+    return MemberSettings(
+        device_id=device_id,
+        federation=base.federation,
+        storage=base.storage / device_id,
+        broker=base.broker,
+        ack_timeout=base.ack_timeout,
+        resend_after=base.resend_after,
+        max_payload=base.max_payload,
+    )

@@ -1,0 +1,65 @@
+"""``tinyfed hil emulate``: an emulated board on a pty, for the bridge, a bench script or a terminal.
+
+Prints ``pty: /dev/pts/N`` (the path to open) and the board's memory
+budget, then serves until SIGTERM/SIGINT. The flash file keeps the model
+and the error-feedback residual from one run to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from edge_runtime.agent import LocalData, load_local_data
+from edge_runtime.device_config import DataSection
+
+from .board import BoardSpec, EmulatedBoard, parse_size
+from .faults import FaultPlan, FaultSpecError
+
+
+def emulate(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        spec = BoardSpec(
+            ram=parse_size(args.ram),
+            flash=parse_size(args.flash),
+            baud=args.baud,
+            max_frame=args.max_frame,
+            board_id=args.board_id,
+        )
+        faults = FaultPlan.parse(args.faults)
+        data: LocalData | None = None
+        if args.data != "none":
+            section = DataSection(
+                source=args.data, group=args.group, shard=None if args.group is not None else args.shard
+            )
+            data = load_local_data(section)
+    except (ValueError, FaultSpecError) as exc:
+        print(f"tinyfed hil emulate: {exc}", file=sys.stderr)
+        return 2
+    board = EmulatedBoard(args.flash_file, spec, data=data, faults=faults).start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"pty: {board.path}", flush=True)
+    print(
+        f"board {spec.board_id}: {spec.ram // 1024} KiB RAM, {spec.flash // 1024} KiB flash ({args.flash_file}), "
+        f"{spec.baud} baud, {len(data.train) if data else 0} training samples"
+        + (f", faults {args.faults}" if args.faults else ""),
+        flush=True,
+    )
+    print(board.memory_report().describe(), flush=True)
+    stop.wait()
+    board.stop()
+    return 0
