@@ -139,9 +139,7 @@ def test_a_wrong_hash_is_refused_and_the_board_keeps_its_model(
     ["ber=1e-4,seed=1", "drop=2e-4,seed=2", "slow=3"],
     ids=["bit-errors", "dropped-bytes", "slow-clock"],
 )
-def test_each_line_fault_is_recovered_from(
-    hil_board: HilTarget, tmp_path: Path, model_a: bytes, faults: str
-) -> None:
+def test_each_line_fault_is_recovered_from(hil_board: HilTarget, tmp_path: Path, model_a: bytes, faults: str) -> None:
     from hil.faults import FaultPlan
 
     board = emulated(hil_board)

@@ -1,0 +1,170 @@
+"""The serial bridge end to end: emulated boards on real ptys, a real Mosquitto, the real gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.agent import load_local_data
+from edge_runtime.device_config import DataSection
+from edge_runtime.member import MemberSettings
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.topics import Topics
+
+pytest.importorskip("serial")
+pytest.importorskip("tflite_micro")
+
+from firmware_bridge.bridge import Bridge, PortSpec  # noqa: E402
+from firmware_bridge.driver import BoardDriver  # noqa: E402
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.service import Gateway  # noqa: E402
+from gateway.store import GatewayStore  # noqa: E402
+from hil.board import BoardSpec, EmulatedBoard  # noqa: E402
+
+BAUD = 921600
+FED = "bridge-test"
+WAIT = 90.0  # upper bounds for loopback delivery, never performance assertions
+
+
+def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (.ci/run installs it)")
+    with MosquittoProcess(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+def make_board(tmp_path: Path, name: str, shard: str) -> EmulatedBoard:
+    data = load_local_data(DataSection(source="digits", shard=shard))
+    return EmulatedBoard(tmp_path / f"{name}.flash", BoardSpec(baud=BAUD, board_id=name), data=data).start()
+
+
+class CorruptOnce:
+    """A pyserial port that flips one bit in the n-th frame the host writes: a frame damaged on the line."""
+
+    def __init__(self, port: Any, frame_number: int) -> None:
+        self._port = port
+        self._left = frame_number
+        self.corrupted = False
+
+    def write(self, data: bytes) -> int:
+        self._left -= 1
+        if self._left == 0:
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0x10
+            if 0 not in damaged[:-1]:
+                data, self.corrupted = bytes(damaged), True
+        return int(self._port.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+
+def test_a_corrupted_frame_is_resent_and_a_reset_mid_transfer_resumes(tmp_path: Path, digits_mlp: Graph) -> None:
+    import serial
+
+    model = write_graph(digits_mlp)
+    board = make_board(tmp_path, "b1", "0/10")
+    port = CorruptOnce(serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05), frame_number=3)
+    try:
+        with BoardDriver(board.path, baud=BAUD, port=port) as driver:
+            driver.hello()  # frame 1; MODEL_BEGIN is frame 2, the first MODEL_DATA frame 3 gets the flipped bit
+            halfway = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                if done >= total // 2 and not halfway.is_set():
+                    halfway.set()
+                    board.reset()  # the reset button, pressed with half the model on the board
+
+            report = driver.send_model(model, progress=progress)
+            assert port.corrupted and board.link is not None
+            assert report.retransmissions >= 1  # the damaged frame went again; CRC-32 kept it off the flash
+            assert report.resets == 1 and report.resumed_from[0] == 0
+            assert 0 < report.resumed_from[1] < len(model)  # from the board's last written chunk, not from zero
+            assert board.model_version == hashlib.sha256(model).digest()
+            assert driver.status().model_version == board.model_version
+            assert board.flash.model() == model
+    finally:
+        board.stop()
+
+
+def presence_watcher(broker: MosquittoProcess, device: str) -> tuple[MqttLink, list[bool]]:
+    seen: list[bool] = []
+
+    def on_presence(topic: str, payload: bytes) -> None:
+        seen.append(wire.decode(payload, expect=wire.Presence).online)
+
+    link = MqttLink(BrokerConfig(url=broker.url, protocol="5"), client_id=f"watch-{device}")
+    link.subscribe(Topics(FED).presence(device), on_presence)
+    link.start()
+    return link, seen
+
+
+def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported_dead(
+    broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
+) -> None:
+    model_path = tmp_path / "initial.tflite"
+    model_path.write_bytes(write_graph(digits_mlp))
+    config = GatewayConfig.from_mapping(
+        {
+            "gateway": {"federation": FED, "storage": str(tmp_path / "gw"), "model": str(model_path),
+                        "trainable_layers": 1},
+            "rounds": {"rounds": 2, "min_devices": 2, "deadline": 120.0, "report_every": 1, "density": 0.2},
+            "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+        },
+        env={},
+    )  # fmt: skip
+    boards = [make_board(tmp_path, f"mcu-{i}", f"{i}/10") for i in range(2)]
+    settings = MemberSettings(
+        device_id="",
+        federation=FED,
+        storage=tmp_path / "bridge",
+        broker=BrokerConfig(url=broker.url, protocol="auto", backoff_base=0.05, backoff_cap=0.5),
+        resend_after=5.0,
+    )
+    watcher, presence = presence_watcher(broker, "mcu-1")
+    bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
+    gateway = Gateway(config).start()
+    try:
+        assert gateway.finished.wait(WAIT * 3), "the federation of two boards did not finish"
+        store = GatewayStore(tmp_path / "gw" / "gateway.db")
+        rounds = [r for r in store.rounds() if r.mode == "sync"]
+        assert [r.status for r in rounds] == ["closed", "closed"]
+        assert all(store.round_counts(r.round)["train"] == 2 for r in rounds)  # both boards' updates, every round
+        assert store.refusals() == []
+        assert {m.board_version for m in bridge.members.values()} == {gateway.version}  # streamed the new model
+        assert all(b.model_version == gateway.version for b in boards)
+
+        # A board that hangs is announced dead on MQTT; powered again, it is announced alive.
+        assert wait_for(lambda: presence and presence[-1] is True)
+        boards[1].hang()
+        assert wait_for(lambda: presence[-1] is False), "the silent board was not reported dead"
+        assert not bridge.members["mcu-1"].alive
+        boards[1].power_cycle()
+        assert wait_for(lambda: presence[-1] is True), "the board did not come back"
+        assert bridge.members["mcu-1"].alive
+    finally:
+        gateway.stop()
+        bridge.stop()
+        watcher.stop()
+        for board in boards:
+            board.stop()
