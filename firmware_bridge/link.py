@@ -92,7 +92,7 @@ class SerialLink:
         baud: int = 115200,
         max_payload: int = MAX_FRAME_DEFAULT,
         retries: int = 8,
-        processing_allowance: float = 0.02,
+        processing_allowance: float = 0.05,
     ) -> None:
         self.port = port
         self.baud = baud

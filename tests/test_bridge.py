@@ -24,12 +24,12 @@ from edge_runtime.transport.topics import Topics
 pytest.importorskip("serial")
 pytest.importorskip("tflite_micro")
 
-from firmware_bridge.bridge import Bridge, PortSpec  # noqa: E402
-from firmware_bridge.driver import BoardDriver  # noqa: E402
-from gateway.config import GatewayConfig  # noqa: E402
-from gateway.service import Gateway  # noqa: E402
-from gateway.store import GatewayStore  # noqa: E402
-from hil.board import BoardSpec, EmulatedBoard  # noqa: E402
+from firmware_bridge.bridge import Bridge, PortSpec
+from firmware_bridge.driver import BoardDriver
+from gateway.config import GatewayConfig
+from gateway.service import Gateway
+from gateway.store import GatewayStore
+from hil.board import BoardSpec, EmulatedBoard
 
 BAUD = 921600
 FED = "bridge-test"

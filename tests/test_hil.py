@@ -28,9 +28,9 @@ from edge_runtime.wire.serial import ErrorCode
 pytest.importorskip("serial")
 pytest.importorskip("cobs")
 
-from firmware_bridge.driver import BoardDriver, chunk_capacity  # noqa: E402
-from firmware_bridge.errors import BoardRefused  # noqa: E402
-from hil.pytest_plugin import BoardOptions, HilTarget  # noqa: E402
+from firmware_bridge.driver import BoardDriver, chunk_capacity
+from firmware_bridge.errors import BoardRefused
+from hil.pytest_plugin import BoardOptions, HilTarget
 
 
 @pytest.fixture(scope="module")
