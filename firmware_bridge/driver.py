@@ -87,6 +87,7 @@ class BoardDriver:
         self.logs: deque[wire.Log] = deque(maxlen=200)
         self.resets_seen = 0
         self._in_data_phase = False
+        self._greeting = False
         self._reassembler = Reassembler(SERIAL_LIMITS, budget_bytes=1 << 20, timeout=120.0)
 
     def close(self) -> None:
@@ -151,9 +152,10 @@ class BoardDriver:
             return message
 
     def _stale(self, error: wire.Error) -> bool:
-        """An ERROR about a model chunk that arrives outside the data phase answers a chunk resent across
-        a reset: the transfer has been resumed since, so it is logged and dropped."""
-        if error.refused_type == wire.ModelData.TYPE and not self._in_data_phase:
+        """An ERROR during the handshake, or about a model chunk outside the data phase, answers a request
+        resent across a reset (the board takes it up after rebooting, before our HELLO): what it refers to
+        has been started again since, so it is logged and dropped."""
+        if self._greeting or (error.refused_type == wire.ModelData.TYPE and not self._in_data_phase):
             log.debug("%s: stale error about a model chunk: %s", self.url, error.detail)
             return True
         return False
@@ -194,6 +196,18 @@ class BoardDriver:
             ram=0, flash=0, arena=0, firmware=f"tinyfed-bridge {__version__}", max_frame=self.max_frame
         )
         self.link.max_payload = MAX_FRAME_DEFAULT
+        self._greeting = True
+        try:
+            answer = self._greet(request, timeout)
+        finally:
+            self._greeting = False
+        if answer.protocol != 1:
+            raise ProtocolError(f"{self.url}: the board speaks serial protocol {answer.protocol}; this host speaks 1")
+        self.link.max_payload = answer.max_frame
+        self.board = answer
+        return answer
+
+    def _greet(self, request: wire.Hello, timeout: float | None) -> wire.Hello:
         deadline = time.monotonic() + (timeout or self.answer_timeout)
         resend = True
         while True:
@@ -217,12 +231,7 @@ class BoardDriver:
                     resend = True
                     continue
             if isinstance(answer, wire.Hello):
-                break
-        if answer.protocol != 1:
-            raise ProtocolError(f"{self.url}: the board speaks serial protocol {answer.protocol}; this host speaks 1")
-        self.link.max_payload = answer.max_frame
-        self.board = answer
-        return answer
+                return answer
 
     def status(self) -> wire.Status:
         answer: wire.Status = self._request(wire.Status(state=0), wire.Status)

@@ -1,0 +1,56 @@
+"""``tinyfed hil emulate`` and ``tinyfed bridge run`` as a user starts them: real processes, a real pty."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("serial")
+pytest.importorskip("tflite_micro")
+
+from firmware_bridge.driver import BoardDriver
+
+
+def tinyfed(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def test_hil_emulate_prints_a_pty_that_a_host_driver_opens(tmp_path: Path) -> None:
+    flash = tmp_path / "board.flash"
+    proc = tinyfed("hil", "emulate", "--baud", "921600", "--board-id", "cli-board", "--data", "none",
+                   "--flash-file", str(flash), "--faults", "seed=3")  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("pty: "), first + (proc.stderr.read() if proc.stderr else "")
+        with BoardDriver(first.removeprefix("pty: ").strip(), baud=921600) as driver:
+            hello = driver.hello()
+            assert hello.board_id == "cli-board" and hello.ram == 256 * 1024 and hello.samples == 0
+        assert flash.stat().st_size == 1 << 20
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0  # SIGTERM is a clean stop
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hil", "emulate", "--faults", "ber=lots"], "faults 'ber=lots'"),
+        (["hil", "emulate", "--faults", "gremlins=1"], "unknown fault gremlins"),
+        (["hil", "emulate", "--ram", "much"], "is not a size"),
+        (["bridge", "run", "--port", "/dev/ttyACM0#not an id"], "device id"),
+    ],
+)
+def test_bad_options_are_named_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = tinyfed(*args, cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and message in err, err
