@@ -1,11 +1,15 @@
-"""Shared by the ``fl_*`` benchmarks: one federation compressed, the same federation dense, side by side.
+"""Shared by the ``fl_*`` benchmarks: one federation in several variants, side by side, and their plot.
 
-Both runs use the same devices, data shares, model, seed and strategy;
-"dense" sends every entry as float32 (compression off). Figures:
-``final_accuracy`` (F1 for C-MAPSS) of the compressed run's last round,
-``best_accuracy``, ``rounds_to_target`` (first round at or above the target,
--1 if never), ``uplink_ratio_vs_dense`` (cumulative uplink bytes of the
-dense run over the compressed run's), ``dense_final_accuracy``.
+Every run uses the same devices, data shares, model and seed: the spec as
+given (the headline), dense (every entry as float32: compression off),
+10%, 1% and 0.1% density with the spec's strategy, and FedAvg and FedAdam
+(the adaptive one) at the spec's density. Figures: ``final_accuracy`` (F1
+for C-MAPSS) of the headline run's last round, ``best_accuracy``,
+``rounds_to_target`` (first round at or above the target, -1 if never),
+``uplink_ratio_vs_dense`` (cumulative uplink bytes of the dense run over
+the headline run's: the baseline is measured in the same run),
+``dense_final_accuracy``, and per other run its final accuracy and uplink
+ratio. The PNG plots accuracy against cumulative uplink for every run.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from bench.common import print_table, write_result
+from bench.common import RESULTS, print_table, write_result
+from bench.plot import accuracy_vs_uplink
 from gateway.simulation import FederationResult, FederationSpec, RoundRecord, run_federation
+
+DENSITIES = (0.1, 0.01, 0.001)
 
 
 def _rows(result: FederationResult) -> list[dict[str, Any]]:
@@ -33,49 +40,78 @@ def _rows(result: FederationResult) -> list[dict[str, Any]]:
     ]
 
 
-def run_pair(
-    name: str, spec: FederationSpec, target: float | None, extra: dict[str, float] | None = None
+def variants(spec: FederationSpec, sweep: bool = True) -> dict[str, FederationSpec]:
+    """The spec as given (the headline run), dense float32, each density of the sweep, FedAvg and FedAdam.
+
+    ``sweep=False`` keeps the headline, dense and FedAdam runs only (a suite run within its time budget).
+    """
+    strategy = str(spec.strategy["name"])
+    out = {
+        f"{strategy} {100 * spec.density:g}% (headline)": spec,
+        f"{strategy} dense float32": replace(spec, density=1.0, value_coding=0),
+    }
+    for density in DENSITIES if sweep else ():
+        if density != spec.density:
+            out[f"{strategy} {100 * density:g}%"] = replace(spec, density=density)
+    if sweep:
+        out[f"fedavg {100 * spec.density:g}%"] = replace(spec, strategy={"name": "fedavg"})
+    out[f"fedadam {100 * spec.density:g}%"] = replace(spec, strategy={"name": "fedadam"})
+    return out
+
+
+def run_sweep(
+    name: str, spec: FederationSpec, target: float | None, extra: dict[str, float] | None = None, sweep: bool = True
 ) -> dict[str, float]:
+    """Every variant of ``spec`` over the same devices; figures, per-round rows, and the PNG."""
     logging.basicConfig(level=logging.ERROR)
+    results: dict[str, FederationResult] = {}
+    seconds: dict[str, float] = {}
+    for label, variant in variants(spec, sweep).items():
+        started = time.perf_counter()
 
-    def progress(label: str) -> Any:
-        def show(r: RoundRecord) -> None:
-            print(f"  {label} round {r.round:>3}: {spec.metric} {r.score:.4f}, uplink {r.uplink_bytes:,} B", flush=True)
+        def show(r: RoundRecord, label: str = label) -> None:
+            print(
+                f"  {label:<28} round {r.round:>3}: {spec.metric} {r.score:.4f}, uplink {r.uplink_bytes:,} B",
+                flush=True,
+            )
 
-        return show
-
-    t0 = time.perf_counter()
-    compressed = run_federation(spec, on_round=progress("compressed"))
-    t1 = time.perf_counter()
-    dense_spec = replace(spec, density=1.0, value_coding=0)
-    dense = run_federation(dense_spec, on_round=progress("dense"))
-    t2 = time.perf_counter()
-    scores = [r.score for r in compressed.rounds]
-    last = compressed.rounds[-1]
-    reached = [r.round for r in compressed.rounds if target is not None and r.score >= target]
+        results[label] = run_federation(variant, on_round=show)
+        seconds[label] = time.perf_counter() - started
+    labels = list(results)
+    head, dense = results[labels[0]], results[labels[1]]
+    scores = [r.score for r in head.rounds]
+    reached = [r.round for r in head.rounds if target is not None and r.score >= target]
+    dense_bytes = dense.rounds[-1].uplink_bytes
     figures = {
         "final_accuracy": scores[-1],
         "best_accuracy": max(scores),
         "rounds_to_target": float(reached[0]) if reached else -1.0,
-        "uplink_ratio_vs_dense": dense.rounds[-1].uplink_bytes / last.uplink_bytes,
-        "uplink_ratio_vs_dense_float32_estimate": last.dense_bytes / last.uplink_bytes,
+        "uplink_ratio_vs_dense": dense_bytes / head.rounds[-1].uplink_bytes,
         "dense_final_accuracy": dense.rounds[-1].score,
-        "dense_best_accuracy": max(r.score for r in dense.rounds),
         "accuracy_gap_pts": 100 * (dense.rounds[-1].score - scores[-1]),
-        "devices": float(compressed.devices),
-        "seconds_per_round": (t1 - t0) / max(1, len(compressed.rounds)),
+        "devices": float(head.devices),
+        "rounds": float(len(head.rounds)),
+        "seconds_per_round": seconds[labels[0]] / max(1, len(head.rounds)),
         **(extra or {}),
     }
+    for label in labels[2:]:
+        key = label.replace(" ", "_").replace("%", "pct")
+        figures[f"final_accuracy_{key}"] = results[label].rounds[-1].score
+        figures[f"uplink_ratio_vs_dense_{key}"] = dense_bytes / max(1, results[label].rounds[-1].uplink_bytes)
+    rows = {label: _rows(result) for label, result in results.items()}
+    plot = accuracy_vs_uplink(
+        f"{name}: {head.devices} devices, {len(head.rounds)} rounds", spec.metric, rows, RESULTS / f"{name}.png"
+    )
     details = {
         "spec": {k: v for k, v in vars(spec).items()},
         "target": target,
-        "broker": compressed.broker,
-        "compressed": _rows(compressed),
-        "dense": _rows(dense),
-        "final_evaluation": {"compressed": compressed.final_evaluation, "dense": dense.final_evaluation},
-        "seconds": {"compressed": t1 - t0, "dense": t2 - t1},
+        "broker": head.broker,
+        "runs": rows,
+        "final_evaluation": {label: result.final_evaluation for label, result in results.items()},
+        "seconds": seconds,
+        "plot": str(plot.name) if plot else None,
     }
     path = write_result(name, figures, details)
     print_table(name, figures)
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" and {plot}" if plot else ""))
     return figures

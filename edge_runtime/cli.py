@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=_demo)
 
     be = sub.add_parser("bench", help="run benchmarks from bench/ and write bench/results/NAME.json")
-    be.add_argument("names", nargs="*", default=["train"])
+    be.add_argument("names", nargs="*", help="benchmarks to run (default: the whole suite, bench/suite.py)")
     be.add_argument("--full", action="store_true", help="larger runs where a benchmark offers them")
     be.set_defaults(handler=_bench)
     return top

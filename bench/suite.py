@@ -1,0 +1,56 @@
+"""The benchmark suite: which benchmarks ``tinyfed bench`` runs with no names, and its summary table.
+
+Order: the cheap component benchmarks first, the federations last. The
+suite's budget is 15 minutes on 2 cores (the federations run shortened
+in the suite; ``--full`` runs them whole, about 1.5 hours with fl_har).
+The summary prints the headline figures each result file must carry,
+so one version can be compared with the next.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUITE = (
+    "train",
+    "codec",
+    "fuzz",
+    "transport",
+    "aggregate",
+    "serial_link",
+    "round_scale",
+    "fl_digits",
+    "fl_cmapss",
+    "fl_har",
+)
+BUDGET_SECONDS = 15 * 60
+
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "train": ("digits_mlp_int8_accuracy_min", "train_samples_per_s", "agent_rss_mib", "torch_speed_ratio"),
+    "codec": ("bytes_per_nnz_1pct", "entropy_ratio_1pct", "compression_ratio_1pct", "decode_mb_per_s"),
+    "aggregate": ("sparse_vs_dense_speedup", "peak_rss_mib"),
+    "transport": ("wire_bytes_per_payload_byte", "agent_rss_mib"),
+    "serial_link": ("line_rate_fraction_115200", "line_rate_fraction_921600"),
+    "round_scale": ("seconds_per_round_10", "seconds_per_round_100", "seconds_per_round_1000"),
+    "fl_digits": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy"),
+    "fl_har": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy"),
+    "fl_cmapss": ("final_accuracy", "uplink_ratio_vs_dense", "dense_final_accuracy", "central_f1"),
+}
+
+
+def summary(results: Path, names: tuple[str, ...] = SUITE) -> str:
+    """A markdown table of the headline figures in ``results``, with when and on what each was measured."""
+    lines = ["| benchmark | figure | value | measured |", "|---|---|---|---|"]
+    for name in names:
+        path = results / f"{name}.json"
+        if not path.is_file():
+            lines.append(f"| {name} | (not run) | | |")
+            continue
+        data = json.loads(path.read_text())
+        figures = data.get("figures", {})
+        for key in HEADLINES.get(name, tuple(figures)[:4]):
+            value = figures.get(key)
+            shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+            lines.append(f"| {name} | `{key}` | {shown} | {data.get('when', '?')[:16]} |")
+    return "\n".join(lines)
