@@ -21,5 +21,5 @@ SPEC = FederationSpec(
 
 
 def main(full: bool = False) -> dict[str, float]:
-    """The suite runs 20 rounds of each variant (the budget); ``--full`` runs 50."""
-    return run_sweep("fl_digits", SPEC if full else replace(SPEC, rounds=20), target=0.93)
+    """The suite runs 15 rounds of each variant (the budget); ``--full`` runs 50."""
+    return run_sweep("fl_digits", SPEC if full else replace(SPEC, rounds=15), target=0.93)
