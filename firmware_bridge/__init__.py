@@ -1,6 +1,8 @@
-"""Serial protocol and MCU <-> MQTT bridge (issue 6, in progress).
+"""Serial protocol and the MCU <-> MQTT bridge.
 
-Built: ``framing`` (COBS, CRC-32, header) and ``link`` (stop-and-wait ARQ
-over any pyserial port). Still to come: the session (HELLO, model transfer
-with resume, TRAIN/UPDATE), the host driver and ``tinyfed bridge run``.
+``framing`` (COBS, CRC-32, header), ``link`` (stop-and-wait ARQ with fast
+resend), ``messages`` (one CBOR message per frame), ``driver`` (the host
+side of one board, typed errors), ``member`` and ``bridge`` (each board a
+federation device on MQTT), ``cli`` (``tinyfed bridge run``). The spec is
+``docs/serial-protocol.md``.
 """

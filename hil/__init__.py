@@ -1,8 +1,7 @@
-"""Emulated MCU behind a pty and the HIL pytest plugin (issue 7, in progress).
+"""Hardware-in-the-loop: the emulated board behind a real pty, fault injection, and the pytest plugin.
 
-Built: ``pty_port`` (the board's end of a real pty, paced at a baud rate,
-with bit errors, dropped bytes and a slow clock) and ``flash`` (A/B model
-slots and a residual area in a file, safe against power loss at any byte).
-Still to come: the emulated firmware (TFLite Micro, training), fault scenarios,
-``tinyfed hil emulate`` and the pytest plugin.
+``board`` (the reference firmware), ``pty_port`` (the paced pty end),
+``flash`` (A/B slots, progress, residual), ``memory`` (the RAM budget),
+``faults``, ``pytest_plugin`` (``dut``, ``hil_board``, ``--hil-port``),
+``cli`` (``tinyfed hil emulate``). See ``docs/hil.md``.
 """
