@@ -71,6 +71,15 @@ def load_local_data(section: DataSection) -> LocalData:
     return LocalData(split.train, split.test)
 
 
+def held_out_metrics(backend: Backend, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:
+    """The metrics an update reports: the base model's int8 accuracy and loss on the local held-out share."""
+    if len(held_out) == 0:
+        return {}
+    x = quantize_input(graph, held_out.x)
+    scores = int8_metrics(backend, model, graph, x, model_labels(graph, held_out.y, held_out.classes))
+    return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(held_out))}
+
+
 def physical_ram() -> int:
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
@@ -183,9 +192,4 @@ class DeviceAgent(FederationMember):
         return update
 
     def _evaluate(self, model: bytes, graph: Graph) -> dict[str, float]:
-        ev = self.data.evaluate
-        if len(ev) == 0:
-            return {}
-        x = quantize_input(graph, ev.x)
-        scores = int8_metrics(self.backend, model, graph, x, model_labels(graph, ev.y, ev.classes))
-        return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(ev))}
+        return held_out_metrics(self.backend, model, graph, self.data.evaluate)

@@ -19,7 +19,6 @@ USB-serial adapter does while the chip behind it reboots.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime import __version__, wire
-from edge_runtime.agent import LocalData
+from edge_runtime.agent import LocalData, held_out_metrics
 from edge_runtime.compress.compressor import CompressionConfig, Compressor
 from edge_runtime.compress.feedback import ResidualStore
 from edge_runtime.model.backends.micro import ArenaTooSmallError, MicroBackend, MicroSession, arena_with_margin
@@ -39,7 +38,6 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import model_labels, quantize_input
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.schema import OPCODE_CODES
-from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.train.trainer import TrainConfig, Trainer, cut_for_last_layers, weighted_layer_ops
 from edge_runtime.transport.fragments import fragment
 from edge_runtime.wire.serial import ErrorCode
@@ -114,23 +112,19 @@ class _Refusal(Exception):
 
 
 class FlashResidualStore(ResidualStore):
-    """The error-feedback residual in the flash scratch area instead of a file of its own."""
+    """The error-feedback residual in the flash scratch area (same format as a device's file)."""
 
     def __init__(self, flash: Flash) -> None:
         self.flash = flash
 
-    def load(self) -> dict[int, np.ndarray]:
-        raw = self.flash.load_scratch()
-        if not raw:
-            return {}
-        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-            return {int(k.removeprefix("t")): data[k].astype(np.float32) for k in data.files}
+    def _read_raw(self) -> bytes | None:
+        return self.flash.load_scratch()
 
-    def save(self, residual: dict[int, np.ndarray]) -> None:
-        buffer = io.BytesIO()
-        arrays: dict[str, Any] = {f"t{k}": v.astype(np.float32) for k, v in residual.items()}
-        np.savez(buffer, **arrays)
-        self.flash.save_scratch(buffer.getvalue())
+    def _write_raw(self, data: bytes) -> None:
+        self.flash.save_scratch(data)
+
+    def _set_aside(self) -> str:
+        return "left in flash until the next write"
 
 
 @dataclass
@@ -442,18 +436,10 @@ class EmulatedBoard:
         if hashlib.sha256(model).digest() != transfer.version:
             self.flash.clear_progress()  # the bytes are wrong: the next attempt starts from zero
             raise _Refusal(ErrorCode.HASH_MISMATCH, "the received bytes do not hash to the announced version")
-        previous = self._ram.model
         self._install_in_ram(model)  # refuses (NO_MEMORY, UNSUPPORTED) before anything is committed
-        try:
-            if self.faults.brown_out_commit is not None:
-                self.flash.brown_out_at, self.faults.brown_out_commit = self.faults.brown_out_commit, None
-            self.flash.commit(transfer.slot, transfer.size, transfer.version)
-        except BrownOut:
-            raise
-        except ValueError as exc:  # pragma: no cover - the hash was just checked
-            if previous is not None:
-                self._install_in_ram(previous)
-            raise _Refusal(ErrorCode.INTERNAL, str(exc)) from exc
+        if self.faults.brown_out_commit is not None:
+            self.flash.brown_out_at, self.faults.brown_out_commit = self.faults.brown_out_commit, None
+        self.flash.commit(transfer.slot, transfer.size, transfer.version)  # BrownOut: the firmware reboots
         self.flash.clear_progress()
         self._log(6, f"model {transfer.version.hex()[:12]} installed, arena {self._ram.arena} B")
         self._send(self._status_now())
@@ -560,14 +546,7 @@ class EmulatedBoard:
 
     def _evaluate(self, model: bytes, graph: Graph) -> dict[str, float]:
         assert self.data is not None
-        ev = self.data.evaluate
-        if len(ev) == 0:
-            return {}
-        x = quantize_input(graph, ev.x)
-        scores = int8_metrics(
-            MicroBackend(arena_size=self.budget), model, graph, x, model_labels(graph, ev.y, ev.classes)
-        )
-        return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(ev))}
+        return held_out_metrics(MicroBackend(arena_size=self.budget), model, graph, self.data.evaluate)
 
     def _reset_request_message(self, request: wire.Reset) -> None:
         raise _Reset(RESET_REQUESTED)
