@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
@@ -108,3 +111,33 @@ def test_micro_reports_a_fixed_arena_and_refuses_a_small_one(digits_mlp: Graph) 
         tight.load(model)
     exact = micro.MicroBackend(arena_size=session.arena_bytes)
     assert exact.load(model).run_batch(np.zeros((1, 64), np.int8))[0].shape == (1, 10)
+
+
+def test_micro_measures_arenas_from_many_threads_without_stealing_the_process_output(
+    digits_mlp: Graph, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two boards behind one bridge measure their arenas at once; the report goes through fds 1 and 2."""
+    micro = pytest.importorskip("edge_runtime.model.backends.micro")
+    try:
+        backend = micro.MicroBackend()
+    except Exception as exc:  # BackendUnavailableError
+        pytest.skip(str(exc))
+    model = write_graph(digits_mlp)
+    expected = backend.measure_arena(model)
+    results: list[int | BaseException] = []
+
+    def measure() -> None:
+        for _ in range(25):
+            try:
+                results.append(backend.measure_arena(model))
+            except BaseException as exc:  # the test reports whatever a thread hit
+                results.append(exc)
+
+    threads = [threading.Thread(target=measure) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 200
+    os.write(1, b"still-mine\n")  # fd 1 must point where it did before, not at a deleted capture file
+    assert "still-mine" in capfd.readouterr().out

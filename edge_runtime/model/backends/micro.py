@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ def arena_with_margin(recorded: int) -> int:
     return recorded + 1024 + recorded // 8
 
 
+_REPORT_PREFIX = b"[RecordingMicroAllocator]"
 _TOTAL = re.compile(rb"Arena allocation total (\d+) bytes")
 
 
@@ -49,13 +51,20 @@ class ArenaTooSmallError(ModelError):
         self.offered = offered
 
 
+# File descriptors 1 and 2 belong to the whole process: two threads capturing
+# at once (two emulated boards behind one bridge) would each save the other's
+# temporary file as "the original" and leave the process writing into a
+# deleted file. One capture at a time.
+_NATIVE_OUTPUT = threading.Lock()
+
+
 @contextlib.contextmanager
 def _captured_native_output() -> Iterator[list[bytes]]:
     """Collect what C code writes to stdout/stderr (TFLM reports allocations there)."""
     sink: list[bytes] = []
     sys.stdout.flush()
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as tmp:
+    with _NATIVE_OUTPUT, tempfile.TemporaryFile() as tmp:
         saved = os.dup(1), os.dup(2)
         os.dup2(tmp.fileno(), 1)
         os.dup2(tmp.fileno(), 2)
@@ -68,6 +77,13 @@ def _captured_native_output() -> Iterator[list[bytes]]:
             os.close(saved[1])
             tmp.seek(0)
             sink.append(tmp.read())
+
+
+def _pass_on_foreign_lines(captured: bytes) -> None:
+    """Write back to stderr what other code printed while the report was captured, so no log line is lost."""
+    foreign = [line for line in captured.splitlines(keepends=True) if not line.startswith(_REPORT_PREFIX)]
+    if foreign:
+        os.write(2, b"".join(foreign))
 
 
 def _generous_arena_for(graph: Graph, model_size: int) -> int:
@@ -139,7 +155,9 @@ class MicroBackend(Backend):
         it = self._open(model, _generous_arena_for(graph, len(model)))
         with _captured_native_output() as out:
             it.print_allocations()
-        match = _TOTAL.search(b"".join(out))
+        captured = b"".join(out)
+        _pass_on_foreign_lines(captured)
+        match = _TOTAL.search(captured)
         if match is None:
             raise CorruptModelError("TFLite Micro did not report its arena allocation")
         return int(match.group(1))
