@@ -13,6 +13,15 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """Where results go: ``bench/results`` unless ``tinyfed bench --results DIR`` (TINYFED_BENCH_RESULTS) says else.
+
+    A trial run (a test, a changed branch) then leaves the committed figures alone.
+    """
+    chosen = os.environ.get("TINYFED_BENCH_RESULTS")
+    return Path(chosen) if chosen else RESULTS
+
+
 def machine() -> str:
     cpu = "unknown cpu"
     try:
@@ -41,8 +50,9 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 
 def write_result(name: str, figures: dict[str, float], details: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {
         "name": name,
         "machine": machine(),

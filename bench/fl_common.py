@@ -19,8 +19,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from bench.common import RESULTS, print_table, write_result
-from bench.plot import accuracy_vs_uplink
+from bench.common import print_table, results_dir, write_result
+from bench.plot import accuracy_vs_uplink, accuracy_vs_uplink_text
 from gateway.simulation import FederationResult, FederationSpec, RoundRecord, run_federation
 
 DENSITIES = (0.1, 0.01, 0.001)
@@ -100,7 +100,7 @@ def run_sweep(
         figures[f"uplink_ratio_vs_dense_{key}"] = dense_bytes / max(1, results[label].rounds[-1].uplink_bytes)
     rows = {label: _rows(result) for label, result in results.items()}
     plot = accuracy_vs_uplink(
-        f"{name}: {head.devices} devices, {len(head.rounds)} rounds", spec.metric, rows, RESULTS / f"{name}.png"
+        f"{name}: {head.devices} devices, {len(head.rounds)} rounds", spec.metric, rows, results_dir() / f"{name}.png"
     )
     details = {
         "spec": {k: v for k, v in vars(spec).items()},
@@ -112,6 +112,7 @@ def run_sweep(
         "plot": str(plot.name) if plot else None,
     }
     path = write_result(name, figures, details)
+    print(accuracy_vs_uplink_text(spec.metric, rows))
     print_table(name, figures)
     print(f"wrote {path}" + (f" and {plot}" if plot else ""))
     return figures

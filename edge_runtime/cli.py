@@ -204,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="run benchmarks from bench/ and write bench/results/NAME.json")
     be.add_argument("names", nargs="*", help="benchmarks to run (default: the whole suite, bench/suite.py)")
     be.add_argument("--full", action="store_true", help="larger runs where a benchmark offers them")
+    be.add_argument("--results", metavar="DIR", help="write NAME.json (and plots) here instead of bench/results/")
     be.set_defaults(handler=_bench)
     return top
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,11 +27,14 @@ def bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(root))
     suite = importlib.import_module("bench.suite")
     names = args.names or list(suite.SUITE)
-    known = sorted(p.stem for p in (root / "bench").glob("*.py") if p.stem not in ("common", "__init__"))
-    unknown = [n for n in names if not (root / "bench" / f"{n}.py").is_file()]
+    # The suite names the benchmarks; bench/ also holds their helpers (plot, sim_devices, ...), which are not.
+    unknown = [n for n in names if n not in suite.SUITE]
     if unknown:
-        print(f"tinyfed bench: no benchmark {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        print(f"tinyfed bench: no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}", file=sys.stderr)
         return 2
+    if args.results is not None:
+        os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
+    results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for name in names:
@@ -40,7 +44,7 @@ def bench(args: argparse.Namespace) -> int:
         seconds[name] = time.perf_counter() - t0
     total = time.perf_counter() - started
     if len(names) > 1:
-        print("\n" + suite.summary(root / "bench" / "results", tuple(names)))
+        print("\n" + suite.summary(results, tuple(names)))
         print("\n" + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items()) + f"; total {total / 60:.1f} min")
         if not args.full and not args.names and total > suite.BUDGET_SECONDS:
             print(f"note: the suite took longer than its {suite.BUDGET_SECONDS // 60}-minute budget", file=sys.stderr)
