@@ -56,6 +56,7 @@ class Registry:
         self.store = store
         self._devices: dict[str, DeviceRecord] = {}
         self._lock = threading.Lock()
+        self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
         for row in store.devices():
             caps = None
             if row["capabilities"]:
@@ -74,6 +75,8 @@ class Registry:
             caps = presence.capabilities if presence.online else (record.capabilities if record else None)
             record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps)
             self._devices[presence.device] = record
+            if was_online and not presence.online:
+                self.departures += 1
         self.store.save_device(presence.device, presence.online, presence.seq, raw if presence.online else None)
         return record, was_online and not presence.online
 

@@ -69,6 +69,7 @@ class OpenRound:
     row: RoundRow
     aggregate: StreamingAggregate
     selected: set[str] = field(default_factory=set)
+    departures_seen: int = -1  # the registry's departure count when the round last looked for dead devices
 
     @property
     def number(self) -> int:
@@ -335,7 +336,7 @@ class Gateway:
             return "zero samples: nothing to weight the update by", kind, 1.0
         if not math.isfinite(norm) or norm > self.config.rounds.norm_bound:
             return f"update norm {norm:.4g} exceeds the bound {self.config.rounds.norm_bound:g}", kind, 1.0
-        selections = {s["device"] for s in self.store.selections(update.round, "sent") if s["kind"] == "train"}
+        has_task = self.store.selection_status(update.round, device, "train") == "sent"
         if self.config.rounds.mode == "sync":
             if update.round != open_round.number:
                 return f"round {update.round} is not the open round {open_round.number}", kind, 1.0
@@ -346,7 +347,7 @@ class Gateway:
                     kind,
                     1.0,
                 )
-            if device not in selections:
+            if not has_task:
                 return f"{device} has no open task in round {update.round}", kind, 1.0
             return None, kind, 1.0
         base_seq = self.store.model_seq(update.base_version)
@@ -356,7 +357,7 @@ class Gateway:
         staleness = current_seq - base_seq
         if staleness > self.config.rounds.max_staleness:
             return f"{staleness} versions stale (max {self.config.rounds.max_staleness})", kind, 1.0
-        if device not in selections:
+        if not has_task:
             return f"{device} has no open task from round {update.round}", kind, 1.0
         return None, kind, (1.0 + max(0, staleness)) ** -0.5
 
@@ -403,12 +404,14 @@ class Gateway:
         self.store.open_round(row)
         self._open = OpenRound(row, self._new_aggregate())
         outgoing: Outgoing = []
+        tasks: list[tuple[str, bytes]] = []
         for device in eligible:
             task = self._task(number, row.deadline)
             task.evaluate_only = True
-            self.store.add_selection(number, device, "eval", task.task_id, self.version, row.deadline)
+            tasks.append((device, task.task_id))
             self._open.selected.add(device)
             outgoing.append((self.topics.task(device), wire.encode(task), False, max(1, int(row.deadline - now))))
+        self.store.add_selections(number, "eval", tasks, self.version, row.deadline)  # recorded before any is sent
         self._pending_out.extend(outgoing)
         log.info("final model %s: evaluation asked of %d devices", self.version.hex()[:12], len(eligible))
 
@@ -422,7 +425,7 @@ class Gateway:
             for k, v in update.metrics.items():
                 sums[k] = sums.get(k, 0.0) + update.samples * v
         metrics = {k: v / weight for k, v in sums.items()} if weight else {}
-        metrics["reports"] = float(len(self.store.round_updates(open_round.number, "eval")))
+        metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
         self.store.set_metrics(open_round.number, metrics)
         self.store.end_round(open_round.number, "closed", note="evaluation of the final model")
         self._open = None
@@ -447,12 +450,15 @@ class Gateway:
 
     def _assign(self, open_round: OpenRound, devices: list[str], deadline: float) -> Outgoing:
         outgoing: Outgoing = []
+        tasks: list[tuple[str, bytes]] = []
+        expiry = max(1, int(deadline - time.time()))
         for device in devices:
             task = self._task(open_round.number, deadline)
-            self.store.add_selection(open_round.number, device, "train", task.task_id, self.version, deadline)
+            tasks.append((device, task.task_id))
             open_round.selected.add(device)
-            expiry = max(1, int(deadline - time.time()))
             outgoing.append((self.topics.task(device), wire.encode(task), False, expiry))
+        if tasks:
+            self.store.add_selections(open_round.number, "train", tasks, self.version, deadline)  # before any is sent
         return outgoing
 
     def _tick_sync(self) -> None:
@@ -479,7 +485,7 @@ class Gateway:
                 outgoing = self._assign(self._open, chosen, row.deadline)
                 log.info("round %d: asked %d of %d eligible devices (target %d)", row.round, ask, len(eligible), target)
             elif open_round.row.mode == "eval":
-                reports = len(self.store.round_updates(open_round.number, "eval"))
+                reports = self.store.round_counts(open_round.number)["eval"]  # a count, not every payload, per tick
                 if reports >= open_round.row.target or now >= open_round.row.deadline:
                     self._finish_evaluation(open_round)
             else:
@@ -501,7 +507,15 @@ class Gateway:
             self._fail("deadline passed with too few updates")
 
     def _reassign(self, open_round: OpenRound) -> Outgoing:
-        """Replace selected devices that died before delivering. Called under the lock."""
+        """Replace selected devices that died before delivering. Called under the lock.
+
+        Ticks come with every accepted update; scanning the round's selections each time made a
+        1,000-device round quadratic, so the scan runs only after some device has gone offline.
+        """
+        departures = self.registry.departures
+        if departures == open_round.departures_seen:
+            return []
+        open_round.departures_seen = departures
         waiting = {s["device"] for s in self.store.selections(open_round.number, "sent") if s["kind"] == "train"}
         dead = [d for d in sorted(waiting) if (r := self.registry.get(d)) is not None and not r.online]
         if not dead:
