@@ -52,5 +52,6 @@ def summary(results: Path, names: tuple[str, ...] = SUITE) -> str:
         for key in HEADLINES.get(name, tuple(figures)[:4]):
             value = figures.get(key)
             shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
-            lines.append(f"| {name} | `{key}` | {shown} | {data.get('when', '?')[:16]} |")
+            full = " (--full)" if "--full" in data.get("argv", []) else ""  # a longer run than the suite's
+            lines.append(f"| {name} | `{key}` | {shown} | {data.get('when', '?')[:16]}{full} |")
     return "\n".join(lines)

@@ -132,3 +132,27 @@ def test_a_silent_board_gives_a_timeout_that_says_so(pty_pair: tuple[PtyPort, ob
             host_link.send(16, b"anyone there?")
     finally:
         host_link.close()
+
+
+def test_line_faults_fall_on_the_same_bytes_however_the_stream_is_split() -> None:
+    """A seeded noisy line repeats: faults are placed by stream position, not by how reads happened to split."""
+    stream = bytes(random.Random(5).randbytes(200_000))
+
+    def through(splits: list[int], direction: str) -> tuple[bytes, int, int]:
+        faults = LineFaults(bit_error_rate=1e-3, drop_rate=1e-4, seed=9)
+        out, cursor = [], 0
+        for size in splits:
+            out.append(faults.apply(stream[cursor : cursor + size], direction))
+            cursor += size
+        return b"".join(out), faults.bits_flipped, faults.bytes_dropped
+
+    whole = through([len(stream)], "to_board")
+    rng = random.Random(1)
+    ragged: list[int] = []
+    while sum(ragged) < len(stream):
+        ragged.append(min(rng.randint(1, 700), len(stream) - sum(ragged)))
+    assert through(ragged, "to_board") == whole
+    data, flips, dropped = whole
+    assert 1_300 < flips < 1_900 and 8 < dropped < 35  # 1.6M bits at 1e-3, 200k bytes at 1e-4
+    assert len(data) == len(stream) - dropped
+    assert through([len(stream)], "to_host")[0] != data  # each direction has its own faults
