@@ -71,6 +71,18 @@ def load_local_data(section: DataSection) -> LocalData:
     return LocalData(split.train, split.test)
 
 
+def task_training(task: wire.Task, seed: int) -> tuple[TrainConfig, CompressionConfig]:
+    """How a task says to train and compress: one mapping for every member (Python device, emulated board)."""
+    training = TrainConfig(
+        epochs=task.epochs,
+        batch_size=task.batch_size,
+        learning_rate=task.learning_rate,
+        prox_mu=task.prox_mu,
+        seed=seed,
+    )
+    return training, CompressionConfig(density=task.density, value_coding=ValueCoding(task.value_coding), seed=seed)
+
+
 def held_out_metrics(backend: Backend, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:
     """The metrics an update reports: the base model's int8 accuracy and loss on the local held-out share."""
     if len(held_out) == 0:
@@ -147,13 +159,7 @@ class DeviceAgent(FederationMember):
             self.store_update(update, task)
             return update
         cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
-        train_config = TrainConfig(
-            epochs=task.epochs,
-            batch_size=task.batch_size,
-            learning_rate=task.learning_rate,
-            prox_mu=task.prox_mu,
-            seed=self.config.device.seed * 100_003 + task.round,
-        )
+        train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
         trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
         x = quantize_input(graph, self.data.train.x)
         result = trainer.fit(x, model_labels(graph, self.data.train.y, self.data.train.classes))
@@ -162,9 +168,7 @@ class DeviceAgent(FederationMember):
         if not deltas:
             self.refuse("no_overlap", f"task for round {task.round}: nothing this device trains is in the manifest")
             return None
-        self.compressor.config = CompressionConfig(
-            density=task.density, value_coding=ValueCoding(task.value_coding), seed=train_config.seed
-        )
+        self.compressor.config = compression
         compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
         # Every byte here is sent each round: at 1% density a metric costs 6% of an update. Metrics ride

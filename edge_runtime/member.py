@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class MemberSettings:
     max_payload: int = 65536  # larger updates travel as fragments
 
 
-class FederationMember:
+class FederationMember(ABC):
     """Subclasses implement :meth:`handle`, :meth:`capabilities` and :meth:`validate_model`."""
 
     def __init__(self, settings: MemberSettings) -> None:
@@ -91,18 +92,19 @@ class FederationMember:
         self.link.on_connect_hooks.append(self.publish_birth)
 
     # -- what a subclass provides -------------------------------------------------------------------------
+    @abstractmethod
     def capabilities(self) -> wire.Capabilities:
-        raise NotImplementedError
+        """What the birth message announces: RAM, backend, samples, trainable layers."""
 
+    @abstractmethod
     def validate_model(self, model: bytes) -> None:
         """Raise if this member cannot run ``model``; the fetcher then keeps the last good one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def handle(self, task: wire.Task) -> wire.Update | None:
         """Run one task to a stored update (via :meth:`store_update`); None when it cannot be done."""
-        raise NotImplementedError
 
-    def on_model_installed(self, manifest: wire.ModelManifest) -> None:
+    def on_model_installed(self, manifest: wire.ModelManifest) -> None:  # noqa: B027 - optional hook
         """Called on the fetcher's thread after a new model is installed; keep it short."""
 
     # -- lifecycle ----------------------------------------------------------------------------------------

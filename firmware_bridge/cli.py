@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from types import FrameType
 
 from edge_runtime.config import ConfigError, broker_section
 from edge_runtime.member import MemberSettings
+from edge_runtime.shutdown import stop_on_signals
 
 from .bridge import Bridge, PortSpec
 
@@ -32,13 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = MemberSettings(device_id="", federation=args.federation, storage=args.storage, broker=broker)
     bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
     stop.wait()
     bridge.stop()

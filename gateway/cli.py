@@ -11,15 +11,13 @@ import argparse
 import contextlib
 import fcntl
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import IO
 
 from edge_runtime.config import ConfigError
+from edge_runtime.shutdown import stop_on_signals
 
 from .config import GatewayConfig
 
@@ -67,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .service import Gateway, RoundSummary
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     try:
         with storage_lock(config.storage):
             gateway = Gateway(config)

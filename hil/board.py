@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime import __version__, wire
-from edge_runtime.agent import LocalData, held_out_metrics
-from edge_runtime.compress.compressor import CompressionConfig, Compressor
+from edge_runtime.agent import LocalData, held_out_metrics, task_training
+from edge_runtime.compress.compressor import Compressor
 from edge_runtime.compress.feedback import ResidualStore
 from edge_runtime.model.backends.micro import ArenaTooSmallError, MicroBackend, MicroSession, arena_with_margin
 from edge_runtime.model.errors import ModelError, ShapeMismatchError
@@ -38,10 +38,9 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import model_labels, quantize_input
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.schema import OPCODE_CODES
-from edge_runtime.train.trainer import TrainConfig, Trainer, cut_for_last_layers, weighted_layer_ops
+from edge_runtime.train.trainer import Trainer, cut_for_last_layers, weighted_layer_ops
 from edge_runtime.transport.fragments import fragment
 from edge_runtime.wire.serial import ErrorCode
-from edge_runtime.wire.values import ValueCoding
 from firmware_bridge.framing import MAX_FRAME_DEFAULT
 from firmware_bridge.link import LinkError, SerialLink
 from firmware_bridge.messages import read_message, send_message
@@ -507,24 +506,13 @@ class EmulatedBoard:
         compressor = None
         compressed = None
         if not task.evaluate_only:
+            training, compression = task_training(task, seed=task.round)
             trainer = Trainer(
-                graph,
-                cut=cut_for_last_layers(graph, 1),
-                backend=MicroBackend(arena_size=self.budget),
-                config=TrainConfig(
-                    epochs=task.epochs,
-                    batch_size=task.batch_size,
-                    learning_rate=task.learning_rate,
-                    prox_mu=task.prox_mu,
-                    seed=task.round,
-                ),
+                graph, cut=cut_for_last_layers(graph, 1), backend=MicroBackend(arena_size=self.budget), config=training
             )
             train = self.data.train
             result = trainer.fit(quantize_input(graph, train.x), model_labels(graph, train.y, train.classes))
-            compressor = Compressor(
-                CompressionConfig(density=task.density, value_coding=ValueCoding(task.value_coding), seed=task.round),
-                FlashResidualStore(self.flash),
-            )
+            compressor = Compressor(compression, FlashResidualStore(self.flash))
             compressed = compressor.compress(trainer.delta_by_tensor())
             tensors = compressed.tensors
             if task.report:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 
 from edge_runtime.agent import LocalData, load_local_data
 from edge_runtime.device_config import DataSection
+from edge_runtime.shutdown import stop_on_signals
 
 from .board import BoardSpec, EmulatedBoard, parse_size
 from .faults import FaultPlan, FaultSpecError
@@ -45,13 +43,7 @@ def emulate(args: argparse.Namespace) -> int:
         print(f"tinyfed hil emulate: {exc}", file=sys.stderr)
         return 2
     board = EmulatedBoard(args.flash_file, spec, data=data, faults=faults).start()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     print(f"pty: {board.path}", flush=True)
     print(
         f"board {spec.board_id}: {spec.ram // 1024} KiB RAM, {spec.flash // 1024} KiB flash ({args.flash_file}), "

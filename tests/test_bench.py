@@ -31,6 +31,15 @@ def test_an_unknown_or_helper_name_is_refused_with_the_known_names() -> None:
     assert "fl_digits" in run.stderr and "serial_link" in run.stderr
 
 
+def test_a_results_folder_that_cannot_be_made_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run = tinyfed_bench("aggregate", "--results", str(blocker / "results"))
+    assert run.returncode == 2
+    assert f"cannot write results to {blocker / 'results'}" in run.stderr
+    assert "=== tinyfed bench aggregate" not in run.stdout
+
+
 def test_two_benchmarks_write_their_results_and_the_summary_table(tmp_path: Path) -> None:
     committed = ROOT / "bench" / "results" / "aggregate.json"
     before = committed.read_bytes() if committed.is_file() else None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from edge_runtime.model.backends.base import Backend
+from edge_runtime.model.errors import BackendUnavailableError
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import quantize_input
 from edge_runtime.model.reference import run_reference
@@ -96,12 +98,19 @@ def test_wrong_input_shape_is_refused(backend: Backend, digits_mlp: Graph) -> No
         session.set_input(np.zeros((1, 63), np.int8))
 
 
-def test_micro_reports_a_fixed_arena_and_refuses_a_small_one(digits_mlp: Graph) -> None:
-    micro = pytest.importorskip("edge_runtime.model.backends.micro")
+@pytest.fixture
+def micro() -> ModuleType:
+    """The TFLite Micro backend module, skipped where tflite-micro is not installed (the numpy-1 environment)."""
+    module = pytest.importorskip("edge_runtime.model.backends.micro")
     try:
-        backend = micro.MicroBackend()
-    except Exception as exc:  # BackendUnavailableError
+        module.MicroBackend()
+    except BackendUnavailableError as exc:
         pytest.skip(str(exc))
+    return module
+
+
+def test_micro_reports_a_fixed_arena_and_refuses_a_small_one(digits_mlp: Graph, micro: ModuleType) -> None:
+    backend = micro.MicroBackend()
     model = write_graph(digits_mlp)
     session = backend.load(model)
     assert session.arena_recorded > 0
@@ -114,14 +123,10 @@ def test_micro_reports_a_fixed_arena_and_refuses_a_small_one(digits_mlp: Graph) 
 
 
 def test_micro_measures_arenas_from_many_threads_without_stealing_the_process_output(
-    digits_mlp: Graph, capfd: pytest.CaptureFixture[str]
+    digits_mlp: Graph, micro: ModuleType, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Two boards behind one bridge measure their arenas at once; the report goes through fds 1 and 2."""
-    micro = pytest.importorskip("edge_runtime.model.backends.micro")
-    try:
-        backend = micro.MicroBackend()
-    except Exception as exc:  # BackendUnavailableError
-        pytest.skip(str(exc))
+    backend = micro.MicroBackend()
     model = write_graph(digits_mlp)
     expected = backend.measure_arena(model)
     results: list[int | BaseException] = []

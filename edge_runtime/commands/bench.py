@@ -35,6 +35,11 @@ def bench(args: argparse.Namespace) -> int:
     if args.results is not None:
         os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
     results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
+    try:  # before minutes of measuring, not after: a result that cannot be written is a run lost
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"tinyfed bench: cannot write results to {results}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for name in names:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 
 from ..config import ConfigError
 from ..device_config import DeviceConfig
+from ..shutdown import stop_on_signals
 
 EXIT_NO_BROKER = 3
 
@@ -34,14 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..transport.mqtt import TransportError
 
     agent = DeviceAgent(config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     agent.start()
     print(
         f"device {config.device.id} of federation {config.device.federation}: {len(agent.data.train)} training "
