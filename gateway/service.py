@@ -1,53 +1,47 @@
-"""The gateway: runs the federation's rounds over MQTT, from selection to a published model version.
+"""The gateway service: moves messages between MQTT and the parts that decide.
 
-Threads and locks: paho's network thread delivers updates and presence;
-it validates, commits to SQLite, folds into the open round's aggregate and
-queues the receipt, but never waits for the broker. A round thread does
-everything that waits (publishing tasks and model chunks, closing rounds).
-``_lock`` guards the round state for a few instructions at a time and is
-never held across a paho call: outgoing messages are collected under it and
-published after it is released.
+It owns no rule of its own. ``admission.admit`` judges each update,
+``policy.RoundPolicy`` plans each step of a round, ``publisher.Publisher``
+makes and publishes model versions, ``store.GatewayStore`` keeps it all
+durable; this module wires them to the broker and to two threads.
 
-Synchronous mode: a round selects ``fraction`` of the eligible devices (at
-least ``min_devices``), asks ``overprovision`` more, and closes when the
-target has answered, or at its deadline with at least ``min_updates``;
-a selected device that dies mid-round is replaced. Asynchronous mode keeps
-``concurrency`` devices busy and aggregates every ``buffer_size`` updates
-(FedBuff, Nguyen et al. 2022), weighting each by (1 + staleness)^-1/2 and
-refusing those more than ``max_staleness`` versions behind.
+Threads and the lock: paho's network thread delivers updates and presence;
+it decodes and measures an update without the lock, then judges, commits
+(SQLite) and folds it under ``_lock`` and queues the receipt. The round
+thread plans under the lock, records the plan, and sends the tasks after
+releasing it. Closing a round is the heavy step (strategy, export, hashes,
+fsyncs): the round is detached under the lock, so updates for the next
+asynchronous buffer are taken meanwhile, and the version is made without
+it. No paho call is ever made under the lock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import math
-import os
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edge_runtime import wire
-from edge_runtime.storage import atomic_write
-from edge_runtime.transport.chunking import make_manifest, publish_model
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import loads
 
+from .admission import AdmissionRules, admit
 from .aggregate import StreamingAggregate, update_norm
+from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .master import MasterModel
+from .policy import OpenRound, Plan, RoundPolicy, TaskSettings
+from .publisher import NewVersion, Publisher
 from .registry import Eligibility, Registry
 from .store import GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
-DUPLICATE = "duplicate of an update already counted"
 Outgoing = list[tuple[str, bytes, bool, int | None]]  # topic, payload, retain, expiry seconds
 
 
@@ -62,18 +56,6 @@ def readable_update_id(data: bytes) -> bytes | None:
         if isinstance(candidate, bytes) and len(candidate) == 16:
             return candidate
     return None
-
-
-@dataclass
-class OpenRound:
-    row: RoundRow
-    aggregate: StreamingAggregate
-    selected: set[str] = field(default_factory=set)
-    departures_seen: int = -1  # the registry's departure count when the round last looked for dead devices
-
-    @property
-    def number(self) -> int:
-        return self.row.round
 
 
 @dataclass
@@ -92,36 +74,45 @@ class RoundSummary:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, link: MqttLink | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        link: MqttLink | None = None,
+        *,
+        clock: Clock | None = None,
+        strategy: Any = None,
+    ) -> None:
         self.config = config
         rc = config.rounds
+        self.clock = clock or SystemClock()
         self.topics = Topics(config.gateway.federation)
-        self.models_dir = config.storage / "models"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
         self.store = GatewayStore(config.storage / "gateway.db")
         self.registry = Registry(self.store)
-        self.rule = Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram)
-        self.strategy = config.make_strategy()
-        self.prox_mu = float(getattr(self.strategy, "mu", 0.0))
-        self.master, self.model = self._load_or_init_model()
-        self.version = hashlib.sha256(self.model).digest()
-        self.sizes = self.master.sizes
+        self.strategy = strategy if strategy is not None else config.make_strategy()
+        self.publisher = Publisher(config, self.store, self.strategy)
+        self.sizes = self.publisher.sizes
         self.spec = dict(self.sizes)
         self.dense_bytes = 4 * sum(self.sizes.values())
-        self.manifest, self.chunks = self._manifest(self.model, None)
-        self.rng = np.random.default_rng(rc.seed + self.store.last_round())
+        prox_mu = float(getattr(self.strategy, "mu", 0.0))
+        self.policy = RoundPolicy(
+            rc,
+            Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram),
+            TaskSettings.from_rounds(rc, prox_mu),
+            np.random.default_rng(rc.seed + self.store.last_round()),
+        )
+        self.admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness)
         self.link = link or MqttLink(config.broker, client_id=f"tinyfed-gateway-{config.gateway.federation}")
         self.reassembler = Reassembler()
         self.on_round_closed: list[Callable[[RoundSummary], None]] = []
         self.finished = threading.Event()
-        self._lock = threading.RLock()
+        self.final_metrics: dict[str, float] = {}
+        self._lock = threading.Lock()
         self._open: OpenRound | None = None
+        self._closing: OpenRound | None = None  # detached for aggregation; its close is retried until it lands
+        self._close_error = ""  # the last close failure, logged once, not at every retry
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pending_out: Outgoing = []
-        self.final_metrics: dict[str, float] = {}
-        self._retired: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
         self.link.subscribe(self.topics.all_updates, self._on_update)
         self.link.subscribe(self.topics.all_presence, self._on_presence)
         if self.strategy.buffered:
@@ -131,63 +122,22 @@ class Gateway:
                 8 * sum(self.sizes.values()) / 1e6,
             )
 
-    # -- models ---------------------------------------------------------------------------------------------
-    def _paths(self, version: bytes) -> tuple[Path, Path, Path]:
-        stem = self.models_dir / version.hex()
-        return stem.with_suffix(".tflite"), stem.with_suffix(".master.npz"), stem.with_suffix(".strategy.npz")
+    # -- what callers read ----------------------------------------------------------------------------------
+    @property
+    def model(self) -> bytes:
+        return self.publisher.model
 
-    def _load_or_init_model(self) -> tuple[MasterModel, bytes]:
-        layers = self.config.gateway.trainable_layers
-        current = self.store.current_version
-        if current is not None:
-            model_path, master_path, strategy_path = self._paths(current)
-            model = model_path.read_bytes()
-            master = MasterModel(model, layers)
-            master.load(master_path)
-            if strategy_path.exists():
-                with np.load(strategy_path, allow_pickle=False) as data:
-                    self.strategy.load_state({k: data[k] for k in data.files})
-            log.info("resuming at model %s", current.hex()[:12])
-            return master, model
-        if not self.config.gateway.model:
-            raise ValueError(f"{self.config.source} [gateway] model: no initial model given and the store has none")
-        model = Path(self.config.gateway.model).read_bytes()
-        master = MasterModel(model, layers)
-        version = hashlib.sha256(model).digest()
-        model_path, master_path, _ = self._paths(version)
-        atomic_write(model_path, model)
-        master.save(master_path)
-        self.store.add_model(version, None, None, model_path, master_path, len(model))
-        log.info("initial model %s (%d bytes)", version.hex()[:12], len(model))
-        return master, model
+    @property
+    def version(self) -> bytes:
+        return self.publisher.version
 
-    def _manifest(self, model: bytes, parent: bytes | None) -> tuple[wire.ModelManifest, list[wire.ModelChunk]]:
-        return make_manifest(
-            model, self.master.trainable, self.config.gateway.chunk_size, parent, self.config.gateway.federation
-        )
+    @property
+    def master(self) -> MasterModel:
+        return self.publisher.master
 
-    def _publish_model(self) -> None:
-        publish_model(self.link, self.topics, self.manifest, self.chunks)
-        # Keep the retained chunks of the current and the previous version; clear older ones.
-        self._retired.append((self.manifest.version, self.manifest.chunk_count))
-        while len(self._retired) > 2:
-            old, count = self._retired.pop(0)
-            for i in range(count):
-                self.link.publish(self.topics.chunk(old, i), b"", retain=True)  # empty retained = cleared
-
-    def _publish_state(self, phase: int) -> None:
-        open_round = self._open
-        state = wire.GatewayState(
-            self.config.gateway.federation,
-            open_round.number if open_round else self.store.last_round(),
-            phase,
-            self.version,
-            len(open_round.selected) if open_round else 0,
-            open_round.aggregate.count if open_round else 0,
-            int(open_round.row.deadline) if open_round else 0,
-            int(time.time()),
-        )
-        self.link.publish(self.topics.state, wire.encode(state), retain=True)
+    @property
+    def open_round(self) -> OpenRound | None:
+        return self._open
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> Gateway:
@@ -195,7 +145,7 @@ class Gateway:
         self.link.start()
         self.link.require_connected(self.config.gateway.connect_timeout)
         self.link.wait_ready(self.config.gateway.connect_timeout)
-        self._publish_model()
+        self.publisher.publish(self.link, self.topics)
         self._publish_state(0)
         self._thread = threading.Thread(target=self._run, name="gateway-rounds", daemon=True)
         self._thread.start()
@@ -209,26 +159,36 @@ class Gateway:
         self.link.stop()
         self.store.close()
 
-    def _resume(self) -> None:
-        """Rebuild the open round's aggregate from the updates committed before a crash or stop."""
-        row = self.store.open_round_row()
-        if row is None:
-            return
-        if row.base_version != self.version and row.mode == "sync":
-            self.store.end_round(row.round, "failed", note="base model is no longer current")
-            return
+    def _new_aggregate(self) -> StreamingAggregate:
+        clip = self.config.rounds.clip_norm or None
+        return StreamingAggregate(self.sizes, keep_updates=self.strategy.buffered, clip_norm=clip)
+
+    def _rebuild(self, row: RoundRow) -> OpenRound:
+        """A round's aggregate from the updates committed before a crash or stop."""
         aggregate = self._new_aggregate()
         for stored in self.store.round_updates(row.round, "train"):
             update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
             aggregate.add(update, stored.weight / max(1, update.samples))
-        selected = {s["device"] for s in self.store.selections(row.round) if s["kind"] == "train"}
-        with self._lock:
-            self._open = OpenRound(row, aggregate, selected)
-        log.info("resumed round %d with %d accepted update(s)", row.round, aggregate.count)
+        kind = "eval" if row.mode == "eval" else "train"
+        selected = {d for _, d, k, _ in self.store.waiting_devices(row.round) if k == kind}
+        selected |= {u.device for u in self.store.round_updates(row.round, kind)}
+        return OpenRound(row, aggregate, selected)
 
-    def _new_aggregate(self) -> StreamingAggregate:
-        clip = self.config.rounds.clip_norm or None
-        return StreamingAggregate(self.sizes, keep_updates=self.strategy.buffered, clip_norm=clip)
+    def _resume(self) -> None:
+        rows = self.store.open_round_rows()
+        for older in rows[:-1]:
+            # Only a crash while an async buffer was aggregated leaves two open: finish that close first.
+            self._closing = self._rebuild(older)
+            log.info("finishing the close of round %d, interrupted by a stop", older.round)
+            self._complete_close()
+        if not rows:
+            return
+        row = rows[-1]
+        if row.base_version != self.version and row.mode == "sync":
+            self.store.end_round(row.round, "failed", note="base model is no longer current")
+            return
+        self._open = self._rebuild(row)
+        log.info("resumed round %d with %d accepted update(s)", row.round, self._open.aggregate.count)
 
     # -- incoming -------------------------------------------------------------------------------------------
     def _on_presence(self, topic: str, payload: bytes) -> None:
@@ -270,40 +230,30 @@ class Gateway:
                 self._send([self._receipt(device, update_id, why)])
             return
         norm = update_norm(update)  # outside the lock: the norm bound, and clipping's scale
-        outgoing: Outgoing = []
         with self._lock:
-            reason, kind, weight_factor = self._judge(update, device, norm)
-            if reason is None:
-                assert self._open is not None
-                open_round = self._open
+            open_round = self._open
+            view = open_round.view if open_round else None
+            closing = self._closing.number if self._closing else None
+            verdict = admit(update, device, norm, view, self.version, self.store, self.admission, closing)
+            if verdict.accepted:
+                assert open_round is not None
                 first = self.store.accept(
-                    update.update_id,
-                    open_round.number,
-                    update.round,
-                    device,
-                    kind,
-                    update.samples,
-                    update.samples * weight_factor,
-                    update.base_version,
-                    len(whole),
-                    self.dense_bytes if kind == "train" else 0,
-                    whole,
-                )
+                    update.update_id, open_round.number, update.round, device, verdict.kind, update.samples,
+                    update.samples * verdict.weight_factor, update.base_version, len(whole),
+                    self.dense_bytes if verdict.kind == "train" else 0, whole,
+                )  # fmt: skip
                 if first:
-                    if kind == "train":
-                        open_round.aggregate.add(update, weight_factor, norm)
+                    if verdict.kind == "train":
+                        open_round.aggregate.add(update, verdict.weight_factor, norm)
                     self._wake.set()
-                outgoing.append(self._receipt(device, update.update_id, None))
-            elif reason == DUPLICATE:
-                # A resend whose receipt was lost, or a replay: recorded, counted never, receipted as received.
-                self.store.refuse(update.update_id, device, update.round, reason, len(whole))
-                log.info("update %s of %s arrived again; not counted twice", update.update_id.hex()[:12], device)
-                outgoing.append(self._receipt(device, update.update_id, None))
             else:
-                self.store.refuse(update.update_id, device, update.round, reason, len(whole))
-                log.warning("refused update %s of %s: %s", update.update_id.hex()[:12], device, reason)
-                outgoing.append(self._receipt(device, update.update_id, reason))
-        self._send(outgoing)
+                # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
+                self.store.refuse(update.update_id, device, update.round, verdict.reason, len(whole))
+        if verdict.receipt_reason is not None:
+            log.warning("refused update %s of %s: %s", update.update_id.hex()[:12], device, verdict.reason)
+        elif not verdict.accepted:
+            log.info("update %s of %s arrived again; not counted twice", update.update_id.hex()[:12], device)
+        self._send([self._receipt(device, update.update_id, verdict.receipt_reason)])
 
     def _refuse(self, update_id: bytes | None, device: str, round_: int | None, reason: str, nbytes: int) -> None:
         self.store.refuse(update_id, device, round_, reason, nbytes)
@@ -313,57 +263,23 @@ class Gateway:
         receipt = wire.Receipt([update_id]) if reason is None else wire.Receipt([], {update_id: reason[:256]})
         return self.topics.receipt(device), wire.encode(receipt), False, None
 
-    def _judge(self, update: wire.Update, device: str, norm: float) -> tuple[str | None, str, float]:
-        """(refusal reason or None, kind, weight factor). Called under the lock."""
-        kind = "train" if update.tensors else "eval"
-        if update.device != device:
-            return f"device {update.device!r} does not match its topic ({device!r})", kind, 1.0
-        known = self.store.known_update(update.update_id)
-        if known == "accepted":
-            return DUPLICATE, kind, 1.0
-        if known is not None:
-            return f"replay of update id {update.update_id.hex()[:12]} (first refused: {known})", kind, 1.0
-        open_round = self._open
-        if open_round is None:
-            return "no round is open", kind, 1.0
-        if kind == "eval":
-            if update.base_version != open_round.row.base_version:
-                return f"evaluation of {update.base_version.hex()[:12]}, not of the current model", kind, 1.0
-            return None, kind, 1.0  # evaluation reports are stored; they carry no delta
-        if open_round.row.mode == "eval":
-            return "training updates are not taken while the final model is evaluated", kind, 1.0
-        if update.samples == 0:
-            return "zero samples: nothing to weight the update by", kind, 1.0
-        if not math.isfinite(norm) or norm > self.config.rounds.norm_bound:
-            return f"update norm {norm:.4g} exceeds the bound {self.config.rounds.norm_bound:g}", kind, 1.0
-        has_task = self.store.selection_status(update.round, device, "train") == "sent"
-        if self.config.rounds.mode == "sync":
-            if update.round != open_round.number:
-                return f"round {update.round} is not the open round {open_round.number}", kind, 1.0
-            if update.base_version != open_round.row.base_version:
-                return (
-                    f"base version {update.base_version.hex()[:12]} is not the round's "
-                    f"{open_round.row.base_version.hex()[:12]}",
-                    kind,
-                    1.0,
-                )
-            if not has_task:
-                return f"{device} has no open task in round {update.round}", kind, 1.0
-            return None, kind, 1.0
-        base_seq = self.store.model_seq(update.base_version)
-        current_seq = self.store.model_seq(self.version)
-        if base_seq is None or current_seq is None:
-            return f"base version {update.base_version.hex()[:12]} is unknown", kind, 1.0
-        staleness = current_seq - base_seq
-        if staleness > self.config.rounds.max_staleness:
-            return f"{staleness} versions stale (max {self.config.rounds.max_staleness})", kind, 1.0
-        if not has_task:
-            return f"{device} has no open task from round {update.round}", kind, 1.0
-        return None, kind, (1.0 + max(0, staleness)) ** -0.5
-
     def _send(self, outgoing: Outgoing) -> None:
         for topic, payload, retain, expiry in outgoing:
             self.link.publish(topic, payload, retain=retain, expiry=expiry)
+
+    def _publish_state(self, phase: int) -> None:
+        open_round = self._open
+        state = wire.GatewayState(
+            self.config.gateway.federation,
+            open_round.number if open_round else self.store.last_round(),
+            phase,
+            self.version,
+            len(open_round.selected) if open_round else 0,
+            open_round.aggregate.count if open_round else 0,
+            int(open_round.row.deadline) if open_round else 0,
+            int(self.clock.now()),
+        )
+        self.link.publish(self.topics.state, wire.encode(state), retain=True)
 
     # -- the round thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -371,52 +287,141 @@ class Gateway:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
-                self.tick()
+                self.step()
             except Exception:  # the federation outlives a bad round; the log says what happened
                 log.exception("round step failed")
 
-    def tick(self) -> None:
-        evaluating = self._open is not None and self._open.row.mode == "eval"
-        if self.config.rounds.mode == "async" and not evaluating:
-            self._tick_async()
-        else:
-            self._tick_sync()
+    def step(self) -> Plan | None:
+        """One step of the round: finish a pending close, else plan, record, send and act on the plan."""
+        if self._closing is not None:
+            self._close()
+            return None
+        with self._lock:
+            now = self.clock.now()
+            plan = self.policy.plan(self._open, self.registry, self.store, self.version, now)
+            outgoing = self._record(plan, now)
+        self._send(outgoing)
+        if plan.open is not None:
+            self._publish_state(1)
+        if plan.close:
+            self._close()
+        elif plan.fail:
+            self._fail(plan.fail)
+        elif plan.finish_evaluation:
+            self._finish_evaluation()
+        elif plan.finished:
+            self.finished.set()
+        return plan
 
-    def _rounds_done(self) -> bool:
-        """True once the configured rounds have closed and the final model has been evaluated."""
-        limit = self.config.rounds.rounds
-        rounds = self.store.rounds(limit=1_000_000)
-        closed = sum(1 for r in rounds if r.status == "closed" and r.mode != "eval")
-        if not limit or closed < limit:
-            return False
-        if not any(r.mode == "eval" and r.base_version == self.version for r in rounds):
-            self._open_evaluation()
-            return True
-        self.finished.set()
-        return True
+    def _record(self, plan: Plan, now: float) -> Outgoing:
+        """Make a plan durable, then hand back its tasks as messages. Called under the lock."""
+        if not (plan.open or plan.tasks or plan.withdrawn or plan.expired):
+            if plan.departures_seen is not None and self._open is not None:
+                self._open.departures_seen = plan.departures_seen
+            return []
+        ended = [(r, d, k, "expired") for r, d, k in plan.expired]
+        if plan.withdrawn:
+            assert self._open is not None
+            ended += [(self._open.number, d, "train", "reassigned") for d in plan.withdrawn]
+        current = plan.open or (self._open.row if self._open else None)
+        assert current is not None, "a plan with tasks always has a round"
+        tasks = [(device, task.task_id) for device, task in plan.tasks]
+        self.store.record_plan(plan.open, current.round, plan.kind, tasks, self.version, plan.deadline, ended)
+        if plan.open is not None:
+            self._open = OpenRound(plan.open, self._new_aggregate())
+            if plan.open.mode == "sync":
+                log.info("round %d: asked %d devices (target %d)", plan.open.round, len(tasks), plan.open.target)
+            elif plan.open.mode == "eval":
+                log.info("final model %s: evaluation asked of %d devices", self.version.hex()[:12], len(tasks))
+        assert self._open is not None
+        self._open.selected.update(device for device, _ in plan.tasks)
+        if plan.departures_seen is not None:
+            self._open.departures_seen = plan.departures_seen
+        if plan.withdrawn:
+            log.info("round %d: %s died; reassigned to %s", current.round, plan.withdrawn, [d for d, _ in tasks])
+        expiry = max(1, int(plan.deadline - now))
+        return [(self.topics.task(device), wire.encode(task), False, expiry) for device, task in plan.tasks]
 
-    def _open_evaluation(self) -> None:
-        """Ask every eligible device to score the final model on its held-out data. Called under the lock."""
-        eligible = sorted(r.device for r in self.registry.eligible(self.rule))
-        now = time.time()
-        number = self.store.last_round() + 1
-        row = RoundRow(number, self.version, "open", "eval", now, now + self.config.rounds.deadline, len(eligible))
-        self.store.open_round(row)
-        self._open = OpenRound(row, self._new_aggregate())
-        outgoing: Outgoing = []
-        tasks: list[tuple[str, bytes]] = []
-        for device in eligible:
-            task = self._task(number, row.deadline)
-            task.evaluate_only = True
-            tasks.append((device, task.task_id))
-            self._open.selected.add(device)
-            outgoing.append((self.topics.task(device), wire.encode(task), False, max(1, int(row.deadline - now))))
-        self.store.add_selections(number, "eval", tasks, self.version, row.deadline)  # recorded before any is sent
-        self._pending_out.extend(outgoing)
-        log.info("final model %s: evaluation asked of %d devices", self.version.hex()[:12], len(eligible))
+    def _close(self) -> None:
+        """Detach the open round under the lock, make its version without it, adopt the version under it."""
+        with self._lock:
+            if self._closing is None:
+                if self._open is None:
+                    return
+                self._closing, self._open = self._open, None
+                if self.config.rounds.mode == "async":
+                    # Updates keep arriving while a version is made: the next buffer must already be open.
+                    row = self.policy.next_buffer(self.store, self.version, self.clock.now(), self._closing.number)
+                    if row is not None:
+                        self.store.record_plan(row, row.round, "train", [], self.version, row.deadline, [])
+                        self._open = OpenRound(row, self._new_aggregate())
+        try:
+            summary, new = self._complete_close()
+        except Exception as exc:  # a full disk, say: the round stays detached and its close is retried
+            self.publisher.reload()
+            if str(exc) != self._close_error:
+                log.exception("closing round %d failed; retrying", self._closing.number if self._closing else -1)
+                self._close_error = str(exc)
+            return
+        self._close_error = ""
+        log.info(
+            "round %d closed: %d updates, model %s, %d uplink bytes (dense float32: %d)",
+            summary.round, summary.accepted, new.version.hex()[:12], summary.uplink_bytes, summary.dense_bytes,
+        )  # fmt: skip
+        self.publisher.publish(self.link, self.topics)
+        self._publish_state(0)
+        self._notify(summary)
+        self._wake.set()
 
-    def _finish_evaluation(self, open_round: OpenRound) -> None:
-        """Sample-weighted metrics of the evaluation reports. Called under the lock."""
+    def _complete_close(self) -> tuple[RoundSummary, NewVersion]:
+        """The heavy part of a close, on the round thread without the lock; adopts the version at the end."""
+        closing = self._closing
+        assert closing is not None
+        new = self.publisher.make_version(closing.aggregate)
+        metrics = closing.aggregate.metrics()
+        counts = self.store.round_counts(closing.number)
+        metrics.update(
+            accepted=float(closing.aggregate.count),
+            uplink_bytes=float(counts["uplink_bytes"]),
+            dense_bytes=float(counts["dense_bytes"]),
+            seconds=self.clock.now() - closing.row.started,
+        )
+        files = new.files
+        self.store.finish_round(
+            closing.number, new.version, closing.row.base_version, files.model, files.master, len(new.model), metrics
+        )
+        with self._lock:
+            self.publisher.adopt(new)
+            self._closing = None
+        summary = RoundSummary(
+            closing.number, "closed", new.version, closing.aggregate.count, counts["refused"],
+            counts["uplink_bytes"], counts["dense_bytes"], metrics["seconds"], metrics,
+        )  # fmt: skip
+        return summary, new
+
+    def _fail(self, note: str) -> None:
+        with self._lock:
+            open_round = self._open
+            if open_round is None:
+                return
+            self.store.end_round(open_round.number, "failed", note=note)
+            self._open = None
+        counts = self.store.round_counts(open_round.number)
+        summary = RoundSummary(
+            open_round.number, "failed", None, open_round.aggregate.count, counts["refused"],
+            counts["uplink_bytes"], counts["dense_bytes"], self.clock.now() - open_round.row.started, {},
+        )  # fmt: skip
+        log.warning("round %d failed: %s", open_round.number, note)
+        self._publish_state(0)
+        self._notify(summary)
+
+    def _finish_evaluation(self) -> None:
+        """Sample-weighted metrics of the devices' reports on the final model."""
+        with self._lock:
+            open_round = self._open
+            if open_round is None:
+                return
+            self._open = None
         sums: dict[str, float] = {}
         weight = 0.0
         for stored in self.store.round_updates(open_round.number, "eval"):
@@ -428,221 +433,10 @@ class Gateway:
         metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
         self.store.set_metrics(open_round.number, metrics)
         self.store.end_round(open_round.number, "closed", note="evaluation of the final model")
-        self._open = None
         self.final_metrics = metrics
         log.info("final evaluation: %s", {k: round(v, 4) for k, v in metrics.items()})
-
-    def _task(self, round_: int, deadline: float) -> wire.Task:
-        rc = self.config.rounds
-        return wire.Task(
-            os.urandom(16),
-            round_,
-            self.version,
-            rc.epochs,
-            rc.learning_rate,
-            rc.density,
-            int(deadline),
-            rc.batch_size,
-            self.prox_mu,
-            value_coding=rc.value_coding,
-            report=(round_ - 1) % rc.report_every == 0,
-        )
-
-    def _assign(self, open_round: OpenRound, devices: list[str], deadline: float) -> Outgoing:
-        outgoing: Outgoing = []
-        tasks: list[tuple[str, bytes]] = []
-        expiry = max(1, int(deadline - time.time()))
-        for device in devices:
-            task = self._task(open_round.number, deadline)
-            tasks.append((device, task.task_id))
-            open_round.selected.add(device)
-            outgoing.append((self.topics.task(device), wire.encode(task), False, expiry))
-        if tasks:
-            self.store.add_selections(open_round.number, "train", tasks, self.version, deadline)  # before any is sent
-        return outgoing
-
-    def _tick_sync(self) -> None:
-        rc = self.config.rounds
-        outgoing: Outgoing = []
-        close = fail = False
-        with self._lock:
-            open_round = self._open
-            now = time.time()
-            if open_round is None:
-                if self._rounds_done():
-                    return
-                eligible = sorted(r.device for r in self.registry.eligible(self.rule))
-                if len(eligible) < rc.min_devices:
-                    return
-                target = max(rc.min_devices, math.ceil(rc.fraction * len(eligible)))
-                ask = min(len(eligible), math.ceil(target * (1 + rc.overprovision)))
-                chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
-                row = RoundRow(
-                    self.store.last_round() + 1, self.version, "open", "sync", now, now + rc.deadline, target
-                )
-                self.store.open_round(row)
-                self._open = OpenRound(row, self._new_aggregate())
-                outgoing = self._assign(self._open, chosen, row.deadline)
-                log.info("round %d: asked %d of %d eligible devices (target %d)", row.round, ask, len(eligible), target)
-            elif open_round.row.mode == "eval":
-                reports = self.store.round_counts(open_round.number)["eval"]  # a count, not every payload, per tick
-                if reports >= open_round.row.target or now >= open_round.row.deadline:
-                    self._finish_evaluation(open_round)
-            else:
-                accepted = open_round.aggregate.count
-                if accepted >= open_round.row.target or (now >= open_round.row.deadline and accepted >= rc.min_updates):
-                    close = True
-                elif now >= open_round.row.deadline:
-                    fail = True
-                else:
-                    outgoing = self._reassign(open_round)
-            outgoing += self._pending_out
-            self._pending_out.clear()
-        self._send(outgoing)
-        if outgoing and self._open is not None and self._open.aggregate.count == 0:
-            self._publish_state(1)
-        if close:
-            self._close()
-        elif fail:
-            self._fail("deadline passed with too few updates")
-
-    def _reassign(self, open_round: OpenRound) -> Outgoing:
-        """Replace selected devices that died before delivering. Called under the lock.
-
-        Ticks come with every accepted update; scanning the round's selections each time made a
-        1,000-device round quadratic, so the scan runs only after some device has gone offline.
-        """
-        departures = self.registry.departures
-        if departures == open_round.departures_seen:
-            return []
-        open_round.departures_seen = departures
-        waiting = {s["device"] for s in self.store.selections(open_round.number, "sent") if s["kind"] == "train"}
-        dead = [d for d in sorted(waiting) if (r := self.registry.get(d)) is not None and not r.online]
-        if not dead:
-            return []
-        spare = sorted(r.device for r in self.registry.eligible(self.rule) if r.device not in open_round.selected)
-        replacements = self.rng.permutation(spare)[: len(dead)].tolist() if spare else []
-        for device in dead:
-            self.store.set_selection_status(open_round.number, device, "train", "reassigned")
-        if replacements:
-            log.info("round %d: %s died; reassigned to %s", open_round.number, dead, replacements)
-        return self._assign(open_round, replacements, open_round.row.deadline)
-
-    def _tick_async(self) -> None:
-        rc = self.config.rounds
-        outgoing: Outgoing = []
-        close = False
-        with self._lock:
-            now = time.time()
-            if self._open is None:
-                if self._rounds_done():
-                    return
-                self._open_async_round(now)
-            open_round = self._open
-            assert open_round is not None
-            if open_round.aggregate.count >= rc.buffer_size:
-                close = True
-            else:
-                for s in self.store.selections(status="sent"):
-                    if s["deadline"] < now:
-                        self.store.set_selection_status(s["round"], s["device"], s["kind"], "expired")
-                busy = {s["device"] for s in self.store.selections(status="sent")}
-                idle = sorted(r.device for r in self.registry.eligible(self.rule) if r.device not in busy)
-                free = rc.concurrency - len(busy)
-                if free > 0 and idle:
-                    chosen = self.rng.permutation(idle)[:free].tolist()
-                    outgoing = self._assign(open_round, chosen, now + rc.deadline)
-        self._send(outgoing)
-        if close:
-            self._close()
-
-    def _open_async_round(self, now: float) -> None:
-        """The next aggregation buffer. Called under the lock."""
-        rc = self.config.rounds
-        number = self.store.last_round() + 1
-        row = RoundRow(number, self.version, "open", "async", now, now + rc.deadline, rc.buffer_size)
-        self.store.open_round(row)
-        self._open = OpenRound(row, self._new_aggregate())
-
-    def _close(self) -> None:
-        with self._lock:
-            open_round = self._open
-            if open_round is None:
-                return
-            started = open_round.row.started
-            round_input = open_round.aggregate.round_input()
-            new_weights = self.strategy.step(self.master.weights(), round_input)
-            self.master.set_weights(new_weights)
-            self.master.set_activation_ranges(open_round.aggregate.activation_ranges())
-            model = self.master.export()
-            version = hashlib.sha256(model).digest()
-            model_path, master_path, strategy_path = self._paths(version)
-            atomic_write(model_path, model)
-            self.master.save(master_path)
-            buf = io.BytesIO()
-            np.savez(buf, **self.strategy.state())
-            atomic_write(strategy_path, buf.getvalue())
-            metrics = open_round.aggregate.metrics()
-            counts = self.store.round_counts(open_round.number)
-            metrics.update(
-                accepted=float(open_round.aggregate.count),
-                uplink_bytes=float(counts["uplink_bytes"]),
-                dense_bytes=float(counts["dense_bytes"]),
-                seconds=time.time() - started,
-            )
-            self.store.finish_round(
-                open_round.number, version, open_round.row.base_version, model_path, master_path, len(model), metrics
-            )
-            parent = self.version
-            self.model, self.version = model, version
-            self.manifest, self.chunks = self._manifest(model, parent)
-            self._open = None
-            if self.config.rounds.mode == "async" and not self._rounds_done():
-                # Updates keep arriving while a version is made: the next buffer must already be open.
-                self._open_async_round(time.time())
-            summary = RoundSummary(
-                open_round.number,
-                "closed",
-                version,
-                open_round.aggregate.count,
-                counts["refused"],
-                counts["uplink_bytes"],
-                counts["dense_bytes"],
-                metrics["seconds"],
-                metrics,
-            )
-        log.info(
-            "round %d closed: %d updates, model %s, %d uplink bytes (dense float32: %d)",
-            summary.round,
-            summary.accepted,
-            version.hex()[:12],
-            summary.uplink_bytes,
-            summary.dense_bytes,
-        )
-        self._publish_model()
-        self._publish_state(0)
-        for listener in list(self.on_round_closed):
-            listener(summary)
         self._wake.set()
 
-    def _fail(self, note: str) -> None:
-        with self._lock:
-            open_round = self._open
-            if open_round is None:
-                return
-            self.store.end_round(open_round.number, "failed", note=note)
-            self._open = None
-            counts = self.store.round_counts(open_round.number)
-            summary = RoundSummary(
-                open_round.number, "failed", None, open_round.aggregate.count, counts["refused"],
-                counts["uplink_bytes"], counts["dense_bytes"], time.time() - open_round.row.started, {},
-            )  # fmt: skip
-        log.warning("round %d failed: %s", open_round.number, note)
-        self._publish_state(0)
+    def _notify(self, summary: RoundSummary) -> None:
         for listener in list(self.on_round_closed):
             listener(summary)
-
-    # -- operator actions -----------------------------------------------------------------------------------
-    @property
-    def open_round(self) -> OpenRound | None:
-        return self._open

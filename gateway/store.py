@@ -5,7 +5,9 @@ the device gets its receipt only after that, so a gateway killed at any
 instant has either counted an update (and will rebuild the round's
 aggregate from the stored payloads on restart) or not (and the device
 resends it). The update id is the primary key: nothing is counted twice.
-One connection, used under a lock by the gateway's threads.
+One connection, used under a lock by the gateway's threads. ``":memory:"``
+gives a store that lives only as long as the object, for tests of the
+round policy that need no disk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .admission import TaskRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +45,7 @@ CREATE TABLE IF NOT EXISTS updates (
     bytes INTEGER NOT NULL, dense_bytes INTEGER NOT NULL, received REAL NOT NULL, payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS updates_round ON updates (round, kind);
+CREATE INDEX IF NOT EXISTS selections_waiting ON selections (status, kind);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, update_id BLOB, device TEXT NOT NULL, round INTEGER,
     reason TEXT NOT NULL, bytes INTEGER NOT NULL, received REAL NOT NULL
@@ -81,8 +86,9 @@ class StoredUpdate:
 class GatewayStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -202,8 +208,20 @@ class GatewayStore:
         return [self._round(r) for r in reversed(rows)]
 
     def open_round_row(self) -> RoundRow | None:
-        rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds WHERE status = 'open' ORDER BY round DESC")
-        return self._round(rows[0]) if rows else None
+        rows = self.open_round_rows()
+        return rows[-1] if rows else None
+
+    def open_round_rows(self) -> list[RoundRow]:
+        """Every round still open, oldest first: more than one only after a crash while an async buffer closed."""
+        rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds WHERE status = 'open' ORDER BY round")
+        return [self._round(r) for r in rows]
+
+    def closed_training_rounds(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM rounds WHERE status = 'closed' AND mode != 'eval'")[0][0])
+
+    def evaluated(self, version: bytes) -> bool:
+        """Whether an evaluation of this version was opened (it is asked once, whatever its reports)."""
+        return bool(self._query("SELECT 1 FROM rounds WHERE mode = 'eval' AND base_version = ?", (version.hex(),)))
 
     def last_round(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(round), 0) FROM rounds")[0][0])
@@ -227,6 +245,36 @@ class GatewayStore:
                 [(round_, device, kind, task_id, now, base.hex(), deadline) for device, task_id in tasks],
             )
 
+    def record_plan(
+        self,
+        opening: RoundRow | None,
+        round_: int,
+        kind: str,
+        tasks: list[tuple[str, bytes]],
+        base: bytes,
+        deadline: float,
+        ended: list[tuple[int, str, str, str]],
+    ) -> None:
+        """One step of the round policy in one transaction, before any of its tasks is sent: the round it
+        opens, its tasks (device, task id), and tasks it ends ((round, device, kind, new status))."""
+        now = time.time()
+        with self.transaction() as db:
+            if opening is not None:
+                db.execute(
+                    "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target) "
+                    "VALUES (?, ?, 'open', ?, ?, ?, ?)",
+                    (opening.round, opening.base_version.hex(), opening.mode, opening.started, opening.deadline,
+                     opening.target),
+                )  # fmt: skip
+            db.executemany(
+                "UPDATE selections SET status = ? WHERE round = ? AND device = ? AND kind = ?",
+                [(status, r, device, k) for r, device, k, status in ended],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, 'sent', ?, ?, ?)",
+                [(round_, device, kind, task_id, now, base.hex(), deadline) for device, task_id in tasks],
+            )
+
     def set_selection_status(self, round_: int, device: str, kind: str, status: str) -> None:
         with self.transaction() as db:
             db.execute(
@@ -234,12 +282,25 @@ class GatewayStore:
                 (status, round_, device, kind),
             )
 
-    def selection_status(self, round_: int, device: str, kind: str) -> str | None:
-        """One device's task status in a round (a primary-key lookup: judging an update must not scan the round)."""
+    def task(self, round_: int, device: str, kind: str) -> TaskRecord | None:
+        """One device's task in a round (a primary-key lookup: judging an update must not scan the round)."""
         rows = self._query(
-            "SELECT status FROM selections WHERE round = ? AND device = ? AND kind = ?", (round_, device, kind)
+            "SELECT status, base_version FROM selections WHERE round = ? AND device = ? AND kind = ?",
+            (round_, device, kind),
         )
-        return str(rows[0][0]) if rows else None
+        return TaskRecord(str(rows[0][0]), bytes.fromhex(rows[0][1])) if rows else None
+
+    def waiting_devices(self, round_: int | None = None, kind: str | None = None) -> list[tuple[int, str, str, float]]:
+        """(round, device, kind, deadline) of every task sent and not yet answered."""
+        sql = "SELECT round, device, kind, deadline FROM selections WHERE status = 'sent'"
+        args: list[Any] = []
+        if round_ is not None:
+            sql += " AND round = ?"
+            args.append(round_)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return [(int(r), str(d), str(k), float(t)) for r, d, k, t in self._query(sql, tuple(args))]
 
     def selections(self, round_: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT round, device, kind, task_id, status, sent, base_version, deadline FROM selections WHERE 1=1"

@@ -1,0 +1,250 @@
+"""Round policy: which devices get which task, and when a round closes, fails or is evaluated.
+
+The shape is Flower's ``configure_fit`` without its polling: at any instant
+the service asks ``RoundPolicy.plan`` what to do, given the open round, the
+registry, a read-only view of the store, the current model version and
+``now``; the policy answers with a ``Plan`` (a round to open, tasks to send,
+tasks withdrawn, close, fail, finish) and the service carries it out: it
+records the plan in the store, then sends the tasks. Nothing here writes,
+sends or reads a clock, so every rule is tested with a fake clock and no
+broker.
+
+Synchronous mode: a round selects ``fraction`` of the eligible devices (at
+least ``min_devices``), asks ``overprovision`` more, and closes when the
+target has answered, or at its deadline with at least ``min_updates``;
+a selected device that dies mid-round is replaced. Asynchronous mode keeps
+``concurrency`` devices busy and aggregates every ``buffer_size`` updates
+(FedBuff, Nguyen et al. 2022). After the configured number of rounds, every
+eligible device is asked to evaluate the final model on its own held-out
+data, once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edge_runtime import wire
+
+from .admission import RoundView
+from .aggregate import StreamingAggregate
+from .config import RoundsSection
+from .registry import Eligibility, Registry
+from .store import RoundRow
+
+
+@dataclass
+class OpenRound:
+    """The round being aggregated, in memory; its durable twin is the ``rounds`` row."""
+
+    row: RoundRow
+    aggregate: StreamingAggregate
+    selected: set[str] = field(default_factory=set)
+    departures_seen: int = -1  # the registry's departure count when the round last looked for dead devices
+
+    @property
+    def number(self) -> int:
+        return self.row.round
+
+    @property
+    def view(self) -> RoundView:
+        return RoundView(self.row.round, self.row.mode, self.row.base_version)
+
+
+@dataclass
+class Plan:
+    """What the policy decided at one instant. Empty means: nothing to do until something changes."""
+
+    open: RoundRow | None = None  # open this round first
+    kind: str = "train"  # what the tasks ask: train | eval
+    tasks: list[tuple[str, wire.Task]] = field(default_factory=list)  # (device, task): record, then send
+    deadline: float = 0.0  # of the tasks
+    withdrawn: list[str] = field(default_factory=list)  # devices of the open round replaced (died before delivering)
+    expired: list[tuple[int, str, str]] = field(default_factory=list)  # (round, device, kind) past their deadline
+    departures_seen: int | None = None  # the registry departure count this plan has looked at
+    close: bool = False  # aggregate the open round into a new model version
+    fail: str | None = None  # end the open round without a new version, for this reason
+    finish_evaluation: bool = False  # the final evaluation has its reports (or its deadline passed)
+    finished: bool = False  # every configured round is done and the final model is evaluated
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.open or self.tasks or self.withdrawn or self.expired or self.close or self.fail
+            or self.finish_evaluation or self.finished
+        )  # fmt: skip
+
+
+class History(Protocol):
+    """Read-only questions the policy asks of the store (``GatewayStore`` answers them)."""
+
+    def last_round(self) -> int: ...
+
+    def closed_training_rounds(self) -> int: ...
+
+    def evaluated(self, version: bytes) -> bool: ...
+
+    def round_counts(self, round_: int) -> dict[str, int]: ...
+
+    def waiting_devices(self, round_: int | None = None, kind: str | None = None) -> list[tuple[int, str, str, float]]:
+        """(round, device, kind, deadline) of every task sent and not yet answered."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What every training task carries besides its round and deadline."""
+
+    epochs: int
+    learning_rate: float
+    density: float
+    batch_size: int
+    prox_mu: float
+    value_coding: int
+    report_every: int
+
+    @classmethod
+    def from_rounds(cls, rounds: RoundsSection, prox_mu: float) -> TaskSettings:
+        return cls(rounds.epochs, rounds.learning_rate, rounds.density, rounds.batch_size, prox_mu,
+                   rounds.value_coding, rounds.report_every)  # fmt: skip
+
+
+class RoundPolicy:
+    def __init__(
+        self,
+        rules: RoundsSection,
+        eligibility: Eligibility,
+        task_settings: TaskSettings,
+        rng: np.random.Generator,
+        new_id: Callable[[], bytes] = lambda: os.urandom(16),
+    ) -> None:
+        self.rules = rules
+        self.eligibility = eligibility
+        self.task_settings = task_settings
+        self.rng = rng
+        self.new_id = new_id  # task ids must be unique: devices drop a task id they have seen
+
+    # -- the one entry point ------------------------------------------------------------------------------
+    def plan(
+        self, open_round: OpenRound | None, registry: Registry, history: History, version: bytes, now: float
+    ) -> Plan:
+        if open_round is None:
+            progress = self._progress(history, version)
+            if progress == "finished":
+                return Plan(finished=True)
+            if progress == "evaluate":
+                return self._open_evaluation(registry, history, version, now)
+            if self.rules.mode == "async":
+                row = self.next_buffer(history, version, now)
+                if row is None:  # unreachable while rounds remain; kept so a plan never opens nothing
+                    return Plan()
+                plan = self._keep_busy(row.round, registry, history, version, now)
+                plan.open = row
+                return plan
+            return self._open_sync(registry, history, version, now)
+        if open_round.row.mode == "eval":
+            reports = history.round_counts(open_round.number)["eval"]
+            return Plan(finish_evaluation=reports >= open_round.row.target or now >= open_round.row.deadline)
+        if self.rules.mode == "async":
+            if open_round.aggregate.count >= self.rules.buffer_size:
+                return Plan(close=True)
+            return self._keep_busy(open_round.number, registry, history, version, now)
+        return self._sync_step(open_round, registry, history, version, now)
+
+    def next_buffer(self, history: History, version: bytes, now: float, closing: int = 0) -> RoundRow | None:
+        """The asynchronous round to open (at once, while ``closing`` is aggregated), unless rounds are done."""
+        limit = self.rules.rounds
+        if limit and history.closed_training_rounds() + (1 if closing else 0) >= limit:
+            return None
+        number = max(history.last_round(), closing) + 1
+        return RoundRow(number, version, "open", "async", now, now + self.rules.deadline, self.rules.buffer_size)
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def _progress(self, history: History, version: bytes) -> str | None:
+        """None while rounds remain; 'evaluate' when the final model awaits evaluation; else 'finished'."""
+        limit = self.rules.rounds
+        if not limit or history.closed_training_rounds() < limit:
+            return None
+        return "finished" if history.evaluated(version) else "evaluate"
+
+    def _eligible(self, registry: Registry, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        return sorted(r.device for r in registry.eligible(self.eligibility) if r.device not in exclude)
+
+    def _task(self, number: int, version: bytes, deadline: float, evaluate: bool) -> wire.Task:
+        s = self.task_settings
+        return wire.Task(
+            self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
+            s.prox_mu, evaluate_only=evaluate, value_coding=s.value_coding, report=(number - 1) % s.report_every == 0,
+        )  # fmt: skip
+
+    def _tasks(
+        self, devices: list[str], number: int, version: bytes, deadline: float, evaluate: bool = False
+    ) -> list[tuple[str, wire.Task]]:
+        return [(device, self._task(number, version, deadline, evaluate)) for device in devices]
+
+    def _open_sync(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:
+        rules = self.rules
+        eligible = self._eligible(registry)
+        if len(eligible) < rules.min_devices:
+            return Plan()
+        target = max(rules.min_devices, math.ceil(rules.fraction * len(eligible)))
+        ask = min(len(eligible), math.ceil(target * (1 + rules.overprovision)))
+        chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
+        row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + rules.deadline, target)
+        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline), deadline=row.deadline)
+
+    def _sync_step(
+        self, open_round: OpenRound, registry: Registry, history: History, version: bytes, now: float
+    ) -> Plan:
+        rules, row = self.rules, open_round.row
+        accepted = open_round.aggregate.count
+        if accepted >= row.target or (now >= row.deadline and accepted >= rules.min_updates):
+            return Plan(close=True)
+        if now >= row.deadline:
+            return Plan(fail="deadline passed with too few updates")
+        return self._reassign(open_round, registry, history, version)
+
+    def _reassign(self, open_round: OpenRound, registry: Registry, history: History, version: bytes) -> Plan:
+        """Replace selected devices that died before delivering.
+
+        Plans come with every accepted update; scanning the round's tasks each time made a 1,000-device
+        round quadratic, so the scan runs only after some device has gone offline.
+        """
+        departures = registry.departures
+        if departures == open_round.departures_seen:
+            return Plan()
+        waiting = [d for _, d, _, _ in history.waiting_devices(open_round.number, "train")]
+        dead = [d for d in sorted(waiting) if (r := registry.get(d)) is not None and not r.online]
+        if not dead:
+            return Plan(departures_seen=departures)
+        spare = self._eligible(registry, exclude=open_round.selected)
+        replacements = self.rng.permutation(spare)[: len(dead)].tolist() if spare else []
+        deadline = open_round.row.deadline
+        return Plan(
+            tasks=self._tasks(replacements, open_round.number, version, deadline),
+            deadline=deadline,
+            withdrawn=dead,
+            departures_seen=departures,
+        )
+
+    def _keep_busy(self, number: int, registry: Registry, history: History, version: bytes, now: float) -> Plan:
+        """Async: expire overdue tasks and hand new ones to idle devices, up to ``concurrency`` at once."""
+        waiting = history.waiting_devices(kind="train")
+        expired = [(r, d, k) for r, d, k, deadline in waiting if deadline < now]
+        busy = {d for _, d, _, deadline in waiting if deadline >= now}
+        idle = self._eligible(registry, exclude=busy)
+        free = self.rules.concurrency - len(busy)
+        chosen = self.rng.permutation(idle)[:free].tolist() if free > 0 and idle else []
+        deadline = now + self.rules.deadline
+        return Plan(tasks=self._tasks(chosen, number, version, deadline), deadline=deadline, expired=expired)
+
+    def _open_evaluation(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:
+        eligible = self._eligible(registry)
+        deadline = now + self.rules.deadline
+        row = RoundRow(history.last_round() + 1, version, "open", "eval", now, deadline, len(eligible))
+        return Plan(open=row, kind="eval", tasks=self._tasks(eligible, row.round, version, deadline, evaluate=True),
+                    deadline=deadline)  # fmt: skip

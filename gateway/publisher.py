@@ -1,0 +1,162 @@
+"""Model versions: made from a round's aggregate, kept on disk, published on the broker, rolled back.
+
+Each version is three files named by its sha256: the int8 ``.tflite`` the
+devices run, the float master weights it was quantised from, and the
+strategy's server state (momentum, moments), so a restarted gateway
+continues exactly where it stopped. Making a version (strategy step,
+export, hashing, fsyncs) is the heaviest thing the gateway does; it runs on
+the round thread without the service's lock, and touches nothing MQTT
+intake reads until ``adopt`` swaps the new version in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import wire
+from edge_runtime.storage import atomic_write
+from edge_runtime.transport.chunking import make_manifest, publish_model
+from edge_runtime.transport.mqtt import MqttLink
+from edge_runtime.transport.topics import Topics
+
+from .aggregate import StreamingAggregate
+from .config import GatewayConfig
+from .master import MasterModel
+from .store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    model: Path
+    master: Path
+    strategy: Path
+
+    @classmethod
+    def of(cls, models_dir: Path, version: bytes) -> VersionFiles:
+        stem = models_dir / version.hex()
+        return cls(stem.with_suffix(".tflite"), stem.with_suffix(".master.npz"), stem.with_suffix(".strategy.npz"))
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A version made from a round, written to disk but not yet current."""
+
+    model: bytes
+    version: bytes
+    files: VersionFiles
+
+
+class Publisher:
+    def __init__(self, config: GatewayConfig, store: GatewayStore, strategy: Any) -> None:
+        self.config = config
+        self.store = store
+        self.strategy = strategy
+        self.models_dir = config.storage / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.master, self.model = self._load_or_init()
+        self.version = hashlib.sha256(self.model).digest()
+        self.manifest, self.chunks = self._manifest(self.model, None)
+        self._retained: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
+        self._strategy_before: dict[str, np.ndarray] = {}  # the server state a failed close returns to
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        return self.master.sizes
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def _load_or_init(self) -> tuple[MasterModel, bytes]:
+        layers = self.config.gateway.trainable_layers
+        current = self.store.current_version
+        if current is not None:
+            files = VersionFiles.of(self.models_dir, current)
+            model = files.model.read_bytes()
+            master = MasterModel(model, layers)
+            self._load_state(master, files)
+            log.info("resuming at model %s", current.hex()[:12])
+            return master, model
+        if not self.config.gateway.model:
+            raise ValueError(f"{self.config.source} [gateway] model: no initial model given and the store has none")
+        model = Path(self.config.gateway.model).read_bytes()
+        master = MasterModel(model, layers)
+        version = hashlib.sha256(model).digest()
+        files = VersionFiles.of(self.models_dir, version)
+        atomic_write(files.model, model)
+        master.save(files.master)
+        self.store.add_model(version, None, None, files.model, files.master, len(model))
+        log.info("initial model %s (%d bytes)", version.hex()[:12], len(model))
+        return master, model
+
+    def _load_state(self, master: MasterModel, files: VersionFiles) -> None:
+        master.load(files.master)
+        if files.strategy.exists():
+            with np.load(files.strategy, allow_pickle=False) as data:
+                self.strategy.load_state({k: data[k] for k in data.files})
+
+    def reload(self) -> None:
+        """Forget a version that was made but not adopted: master weights and strategy state as they were."""
+        self.master.load(VersionFiles.of(self.models_dir, self.version).master)
+        self.strategy.load_state(self._strategy_before)
+
+    def _manifest(self, model: bytes, parent: bytes | None) -> tuple[wire.ModelManifest, list[wire.ModelChunk]]:
+        gw = self.config.gateway
+        return make_manifest(model, self.master.trainable, gw.chunk_size, parent, gw.federation)
+
+    # -- a round's version ------------------------------------------------------------------------------
+    def make_version(self, aggregate: StreamingAggregate) -> NewVersion:
+        """Strategy step, re-quantisation, files on disk. Moves the master and strategy state in memory;
+        ``adopt`` makes the result current, ``reload`` takes it back."""
+        self._strategy_before = {k: np.array(v, copy=True) for k, v in self.strategy.state().items()}
+        new_weights = self.strategy.step(self.master.weights(), aggregate.round_input())
+        self.master.set_weights(new_weights)
+        self.master.set_activation_ranges(aggregate.activation_ranges())
+        model = self.master.export()
+        version = hashlib.sha256(model).digest()
+        files = VersionFiles.of(self.models_dir, version)
+        atomic_write(files.model, model)
+        self.master.save(files.master)
+        buf = io.BytesIO()
+        np.savez(buf, **self.strategy.state())
+        atomic_write(files.strategy, buf.getvalue())
+        return NewVersion(model, version, files)
+
+    def adopt(self, new: NewVersion) -> None:
+        parent = self.version
+        self.model, self.version = new.model, new.version
+        self.manifest, self.chunks = self._manifest(new.model, parent)
+
+    # -- the broker -------------------------------------------------------------------------------------
+    def publish(self, link: MqttLink, topics: Topics) -> None:
+        """Chunks, then the manifest, retained; clear the retained chunks of versions older than the previous."""
+        manifest, chunks = self.manifest, self.chunks
+        publish_model(link, topics, manifest, chunks)
+        if not self._retained or self._retained[-1][0] != manifest.version:
+            self._retained.append((manifest.version, manifest.chunk_count))
+        while len(self._retained) > 2:
+            old, count = self._retained.pop(0)
+            for i in range(count):
+                link.publish(topics.chunk(old, i), b"", retain=True)  # an empty retained message clears it
+
+
+def rollback(store: GatewayStore, prefix: str) -> dict[str, Any]:
+    """Make an earlier version current (the gateway must be stopped); open rounds end as failed.
+
+    Returns the version's record. Raises ``LookupError`` naming the known versions when ``prefix``
+    matches none or several.
+    """
+    model = store.model(prefix)
+    if model is None:
+        known = ", ".join(m["version"][:12] for m in store.models())
+        raise LookupError(f"no single version starts with {prefix!r}; known: {known}")
+    for open_row in store.open_round_rows():
+        store.end_round(open_row.round, "failed", note=f"rolled back to {model['version'][:12]}")
+    store.set_meta("current_version", model["version"])
+    return model
