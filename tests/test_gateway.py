@@ -34,7 +34,8 @@ from gateway.config import GatewayConfig
 from gateway.master import MasterModel
 from gateway.service import Gateway, RoundSummary
 from gateway.store import GatewayStore, RoundRow
-from gateway.strategies import FedAvg, RoundInput, Weights
+from gateway.strategies import RoundInput, Weights
+from gateway.strategies.fedavg import FedAvg
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
 FED = "gw-test"
@@ -406,7 +407,7 @@ def test_asynchronous_rounds_aggregate_buffers_and_weigh_staleness(
         # The slow device's update is one version stale: accepted with weight (1 + 1)^-1/2.
         late = small_update(slow.name, slow.tasks[0], gateway.sizes)
         slow.send(wire.encode(late))
-        assert slow.wait(lambda: any(late.update_id in r.received for r in slow.receipts)), "the stale one was not taken"
+        assert slow.wait(lambda: any(late.update_id in r.received for r in slow.receipts)), "stale one not taken"
         stored = gateway.store.round_updates(2)[0]
         assert stored.device == slow.name and stored.weight == pytest.approx(40 * 2**-0.5)
         devices[0].send(wire.encode(small_update(devices[0].name, devices[0].tasks[-1], gateway.sizes)))
@@ -467,8 +468,8 @@ def test_updates_keep_being_accepted_while_a_slow_strategy_closes_a_round(
         assert not strategy.release.is_set() and gateway.version == first_version  # still closing
         held = gateway.store.round_updates(2, "train")
         assert sorted(u.device for u in held) == [d.name for d in devices[2:]]
-        print(f"\n{len(closing)} updates accepted while a round closed: receipt after {1000 * np.median(closing):.1f} ms "
-              f"(median; {1000 * np.median(idle):.1f} ms before the close began)")
+        print(f"\n{len(closing)} updates accepted while a round closed: receipt after "
+              f"{1000 * np.median(closing):.1f} ms (median; {1000 * np.median(idle):.1f} ms before the close began)")
         strategy.release.set()
         closed = threading.Event()
         gateway.on_round_closed.append(lambda s: closed.set() if s.round == 2 else None)

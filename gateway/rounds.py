@@ -1,0 +1,292 @@
+"""The round lifecycle: the open round in memory, each update taken into it, each step of the policy carried out.
+
+This is everything the gateway does between a message arriving and a
+message leaving, without MQTT: ``intake`` judges an update (admission),
+commits it and folds it into the open round's aggregate; ``step`` asks the
+round policy what to do now, records that in the store, and carries it out
+(open, close into a new version, fail, finish the final evaluation),
+returning what the service must send. With a fake clock and an in-memory or
+temporary store, a whole federation's rounds run here without a broker.
+
+Threads and the lock: ``intake`` runs on paho's network thread, ``step`` on
+the round thread. ``_lock`` guards the open round for a few operations at a
+time. Closing is the heavy step (strategy, export, hashes, fsyncs): the
+round is detached under the lock, so the next asynchronous buffer takes
+updates while its version is made without the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime import wire
+
+from .admission import AdmissionRules, Verdict, admit
+from .aggregate import StreamingAggregate
+from .clock import Clock
+from .policy import OpenRound, Plan, RoundPolicy
+from .publisher import Publisher
+from .registry import Registry
+from .store import GatewayStore, RoundRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundSummary:
+    """What a closed round did; passed to ``on_round_closed`` listeners (the demo prints it)."""
+
+    round: int
+    status: str
+    version: bytes | None
+    accepted: int
+    refused: int
+    uplink_bytes: int
+    dense_bytes: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class Step:
+    """What one step did, for the service to announce: tasks to send, and what changed."""
+
+    tasks: list[tuple[str, wire.Task]] = field(default_factory=list)
+    expiry: int = 0  # seconds the tasks stay deliverable (their deadline)
+    opened: RoundRow | None = None
+    ended: RoundSummary | None = None  # a round closed (with a new version) or failed
+    evaluated: dict[str, float] | None = None  # the final evaluation's metrics
+    finished: bool = False
+
+
+class Rounds:
+    def __init__(
+        self,
+        store: GatewayStore,
+        registry: Registry,
+        publisher: Publisher,
+        policy: RoundPolicy,
+        admission: AdmissionRules,
+        clock: Clock,
+        clip_norm: float | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.publisher = publisher
+        self.policy = policy
+        self.admission = admission
+        self.clock = clock
+        self.clip_norm = clip_norm
+        self.sizes = publisher.sizes
+        self.spec = dict(self.sizes)
+        self.dense_bytes = 4 * sum(self.sizes.values())
+        self._lock = threading.Lock()
+        self._open: OpenRound | None = None
+        self._closing: OpenRound | None = None  # detached for aggregation; its close is retried until it lands
+        self._close_error = ""  # the last close failure, logged once, not at every retry
+
+    @property
+    def open_round(self) -> OpenRound | None:
+        return self._open
+
+    @property
+    def mode(self) -> str:
+        return self.admission.mode
+
+    def _new_aggregate(self) -> StreamingAggregate:
+        strategy: Any = self.publisher.strategy
+        return StreamingAggregate(self.sizes, keep_updates=strategy.buffered, clip_norm=self.clip_norm)
+
+    # -- start ----------------------------------------------------------------------------------------------
+    def _rebuild(self, row: RoundRow) -> OpenRound:
+        """A round's aggregate from the updates committed before a crash or stop."""
+        aggregate = self._new_aggregate()
+        kind = "eval" if row.mode == "eval" else "train"
+        delivered = self.store.round_updates(row.round, kind)
+        for stored in delivered if kind == "train" else ():
+            update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
+            aggregate.add(update, stored.weight / max(1, update.samples))
+        selected = {d for _, d, k, _ in self.store.waiting_devices(row.round) if k == kind}
+        return OpenRound(row, aggregate, selected | {u.device for u in delivered})
+
+    def resume(self) -> RoundSummary | None:
+        """Take up the rounds a crash or stop left open; returns the summary of a close it had to finish."""
+        rows = self.store.open_round_rows()
+        finished = None
+        for older in rows[:-1]:
+            # Only a crash while an async buffer was aggregated leaves two open: finish that close first.
+            log.info("finishing the close of round %d, interrupted by a stop", older.round)
+            self._closing = self._rebuild(older)
+            finished = self._complete_close()
+        if not rows:
+            return finished
+        row = rows[-1]
+        if row.base_version != self.publisher.version and row.mode == "sync":
+            self.store.end_round(row.round, "failed", note="base model is no longer current")
+            return finished
+        self._open = self._rebuild(row)
+        log.info("resumed round %d with %d accepted update(s)", row.round, self._open.aggregate.count)
+        return finished
+
+    # -- intake (paho's thread) -----------------------------------------------------------------------------
+    def intake(self, update: wire.Update, raw: bytes, device: str, norm: float) -> Verdict:
+        """Judge, commit and fold one decoded update; the verdict says what the device's receipt says."""
+        with self._lock:
+            open_round = self._open
+            closing = self._closing.number if self._closing else None
+            view = open_round.view if open_round else None
+            verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing)
+            if verdict.accepted:
+                assert open_round is not None
+                first = self.store.accept(
+                    update.update_id, open_round.number, update.round, device, verdict.kind, update.samples,
+                    update.samples * verdict.weight_factor, update.base_version, len(raw),
+                    self.dense_bytes if verdict.kind == "train" else 0, raw,
+                )  # fmt: skip
+                if first and verdict.kind == "train":
+                    open_round.aggregate.add(update, verdict.weight_factor, norm)
+            else:
+                # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
+                self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw))
+        return verdict
+
+    # -- steps (the round thread) ---------------------------------------------------------------------------
+    def step(self) -> Step:
+        """Finish a pending close, else plan, record and carry out one step of the round policy."""
+        if self._closing is not None:
+            return self._close()
+        with self._lock:
+            now = self.clock.now()
+            plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
+            step = self._record(plan, now)
+        if plan.close:
+            return self._close()
+        if plan.fail:
+            step.ended = self._fail(plan.fail)
+        elif plan.finish_evaluation:
+            step.evaluated = self._finish_evaluation()
+        step.finished = plan.finished
+        return step
+
+    def _record(self, plan: Plan, now: float) -> Step:
+        """Make a plan durable before any of its tasks is sent. Called under the lock."""
+        if not (plan.open or plan.tasks or plan.withdrawn or plan.expired):
+            if plan.departures_seen is not None and self._open is not None:
+                self._open.departures_seen = plan.departures_seen
+            return Step()
+        ended = [(r, d, k, "expired") for r, d, k in plan.expired]
+        if plan.withdrawn:
+            assert self._open is not None
+            ended += [(self._open.number, d, "train", "reassigned") for d in plan.withdrawn]
+        current = plan.open or (self._open.row if self._open else None)
+        assert current is not None, "a plan with tasks always has a round"
+        ids = [(device, task.task_id) for device, task in plan.tasks]
+        version = self.publisher.version
+        self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended)
+        if plan.open is not None:
+            self._open = OpenRound(plan.open, self._new_aggregate())
+            if plan.open.mode == "sync":
+                log.info("round %d: asked %d devices (target %d)", plan.open.round, len(ids), plan.open.target)
+            elif plan.open.mode == "eval":
+                log.info("final model %s: evaluation asked of %d devices", version.hex()[:12], len(ids))
+        assert self._open is not None
+        self._open.selected.update(device for device, _ in plan.tasks)
+        if plan.departures_seen is not None:
+            self._open.departures_seen = plan.departures_seen
+        if plan.withdrawn:
+            log.info("round %d: %s died; reassigned to %s", current.round, plan.withdrawn, [d for d, _ in ids])
+        return Step(tasks=plan.tasks, expiry=max(1, int(plan.deadline - now)), opened=plan.open)
+
+    def _close(self) -> Step:
+        """Detach the open round under the lock, make its version without it; retried until it lands."""
+        with self._lock:
+            if self._closing is None:
+                if self._open is None:
+                    return Step()
+                self._closing, self._open = self._open, None
+                if self.mode == "async":
+                    # Updates keep arriving while a version is made: the next buffer must already be open.
+                    version, now = self.publisher.version, self.clock.now()
+                    row = self.policy.next_buffer(self.store, version, now, self._closing.number)
+                    if row is not None:
+                        self.store.record_plan(row, row.round, "train", [], version, row.deadline, [])
+                        self._open = OpenRound(row, self._new_aggregate())
+        try:
+            summary = self._complete_close()
+        except Exception as exc:  # a full disk, say: the round stays detached and its close is retried
+            self.publisher.reload()
+            if str(exc) != self._close_error:
+                log.exception("closing round %d failed; retrying", self._closing.number if self._closing else -1)
+                self._close_error = str(exc)
+            return Step()
+        self._close_error = ""
+        log.info(
+            "round %d closed: %d updates, model %s, %d uplink bytes (dense float32: %d)",
+            summary.round, summary.accepted, self.publisher.version.hex()[:12], summary.uplink_bytes,
+            summary.dense_bytes,
+        )  # fmt: skip
+        return Step(ended=summary)
+
+    def _complete_close(self) -> RoundSummary:
+        """The heavy part of a close, without the lock; adopts the new version at the end."""
+        closing = self._closing
+        assert closing is not None
+        new = self.publisher.make_version(closing.aggregate)
+        metrics = closing.aggregate.metrics()
+        counts = self.store.round_counts(closing.number)
+        metrics.update(
+            accepted=float(closing.aggregate.count),
+            uplink_bytes=float(counts["uplink_bytes"]),
+            dense_bytes=float(counts["dense_bytes"]),
+            seconds=self.clock.now() - closing.row.started,
+        )
+        self.store.finish_round(
+            closing.number, new.version, closing.row.base_version, new.files.model, new.files.master, len(new.model),
+            metrics,
+        )  # fmt: skip
+        with self._lock:
+            self.publisher.adopt(new)
+            self._closing = None
+        return RoundSummary(
+            closing.number, "closed", new.version, closing.aggregate.count, counts["refused"],
+            counts["uplink_bytes"], counts["dense_bytes"], metrics["seconds"], metrics,
+        )  # fmt: skip
+
+    def _detach(self) -> OpenRound | None:
+        with self._lock:
+            open_round, self._open = self._open, None
+            return open_round
+
+    def _fail(self, note: str) -> RoundSummary | None:
+        open_round = self._detach()
+        if open_round is None:
+            return None
+        self.store.end_round(open_round.number, "failed", note=note)
+        counts = self.store.round_counts(open_round.number)
+        log.warning("round %d failed: %s", open_round.number, note)
+        return RoundSummary(
+            open_round.number, "failed", None, open_round.aggregate.count, counts["refused"],
+            counts["uplink_bytes"], counts["dense_bytes"], self.clock.now() - open_round.row.started, {},
+        )  # fmt: skip
+
+    def _finish_evaluation(self) -> dict[str, float] | None:
+        """Sample-weighted metrics of the devices' reports on the final model."""
+        open_round = self._detach()
+        if open_round is None:
+            return None
+        sums: dict[str, float] = {}
+        weight = 0.0
+        for stored in self.store.round_updates(open_round.number, "eval"):
+            update = wire.decode(stored.payload, expect=wire.Update)
+            weight += update.samples
+            for k, v in update.metrics.items():
+                sums[k] = sums.get(k, 0.0) + update.samples * v
+        metrics = {k: v / weight for k, v in sums.items()} if weight else {}
+        metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
+        self.store.set_metrics(open_round.number, metrics)
+        self.store.end_round(open_round.number, "closed", note="evaluation of the final model")
+        log.info("final evaluation: %s", {k: round(v, 4) for k, v in metrics.items()})
+        return metrics
