@@ -17,7 +17,8 @@ refusal the device receives in its receipt and the operator sees in
 4. an evaluation report (no tensors) answers an evaluation task of this
    device in this round, about the model being evaluated;
 5. a training update carries samples, a finite norm within the bound, and
-   answers a task still open for this device: in synchronous rounds the
+   answers a task still open for this device (one reassigned after the
+   device looked dead still counts): in synchronous rounds the
    open round's own, on its base model; in asynchronous rounds any open
    task, on the base model that task named, at most ``max_staleness``
    versions old, weighted by (1 + staleness)^-1/2 (FedBuff).
@@ -92,9 +93,14 @@ class Ledger(Protocol):
     def model_seq(self, version: bytes) -> int | None: ...
 
 
+# A task given to another device after this one was seen to die still counts when its answer arrives: a
+# broker restart makes every device look dead for a moment, and the work they stored meanwhile is real.
+ANSWERABLE = ("sent", "reassigned")
+
+
 def _open_task(ledger: Ledger, round_: int, device: str, kind: str) -> TaskRecord | None:
     task = ledger.task(round_, device, kind)
-    return task if task is not None and task.status == "sent" else None
+    return task if task is not None and task.status in ANSWERABLE else None
 
 
 def update_kind(update: wire.Update) -> str:

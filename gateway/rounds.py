@@ -131,6 +131,15 @@ class Rounds:
         log.info("resumed round %d with %d accepted update(s)", row.round, self._open.aggregate.count)
         return finished
 
+    def pause(self, seconds: float) -> None:
+        """Deadlines stand still while the gateway cannot hear the devices: move them on by the time it could not."""
+        with self._lock:
+            open_round = self._open
+            if open_round is not None:
+                open_round.row.deadline += seconds
+            self.store.extend_deadlines(open_round.number if open_round else None, seconds)
+        log.info("round deadlines moved %.1f s later: the broker was out of reach that long", seconds)
+
     # -- intake (paho's thread) -----------------------------------------------------------------------------
     def intake(self, update: wire.Update, raw: bytes, device: str, norm: float) -> Verdict:
         """Judge, commit and fold one decoded update; the verdict says what the device's receipt says."""

@@ -86,6 +86,14 @@ class Gateway:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The broker: while it is out of reach rounds stand still; on every reconnect the model and the state
+        # are published again (a broker restarted without persistence, or a publish that failed, lost them).
+        self.offline = threading.Event()  # set by the round thread while the broker is out of reach
+        self.republished = threading.Event()  # set after each successful (re)publication of model and state
+        self._offline_since: float | None = None
+        self._republish = False
+        self._unsent: list[tuple[str, bytes, float]] = []  # tasks the broker never took: topic, payload, deadline
+        self.link.on_connect_hooks.append(self._on_connected)
         self.link.subscribe(self.topics.all_updates, self._on_update)
         self.link.subscribe(self.topics.all_presence, self._on_presence)
         if self.strategy.buffered:
@@ -122,8 +130,10 @@ class Gateway:
         self.link.start()
         self.link.require_connected(self.config.gateway.connect_timeout)
         self.link.wait_ready(self.config.gateway.connect_timeout)
+        self._republish = False
         self.publisher.publish(self.link, self.topics)
         self._publish_state(0)
+        self.republished.set()
         self._thread = threading.Thread(target=self._run, name="gateway-rounds", daemon=True)
         self._thread.start()
         return self
@@ -208,26 +218,73 @@ class Gateway:
         )
         self.link.publish(self.topics.state, wire.encode(state), retain=True)
 
+    # -- the broker's availability ------------------------------------------------------------------------
+    def _on_connected(self) -> None:
+        """paho's thread, on every CONNACK: the round thread republishes (a publish here would wait on paho)."""
+        self._republish = True
+        self._wake.set()
+
+    def _reachable(self) -> bool:
+        """Track outages on the round thread: deadlines pause for their length; reconnecting republishes."""
+        if not self.link.connected.is_set():
+            if self._offline_since is None:
+                self._offline_since = self.clock.now()
+                self.offline.set()
+                log.warning("lost the broker: rounds stand still until it is back")
+            return False
+        if self._offline_since is not None:
+            self.rounds.pause(self.clock.now() - self._offline_since)
+            self._offline_since = None
+            self.offline.clear()
+            self._republish = True
+        if self._republish:
+            try:
+                self.publisher.publish(self.link, self.topics)
+                self._publish_state(1 if self.rounds.open_round else 0)
+            except wire.WireError as exc:  # the broker went away again mid-publication: next time
+                log.warning("republishing the model failed (%s); retrying", exc)
+                return False
+            self._republish = False
+            self.republished.set()
+            unsent, self._unsent = self._unsent, []
+            self._send_tasks(unsent)
+        return True
+
+    def _send_tasks(self, tasks: list[tuple[str, bytes, float]]) -> None:
+        """Publish tasks; keep the ones the broker did not take for the next reconnect (until their deadline)."""
+        now = self.clock.now()
+        for topic, payload, deadline in tasks:
+            if deadline <= now:
+                continue
+            if not self.link.publish(topic, payload, expiry=max(1, int(deadline - now))):
+                self._unsent.append((topic, payload, deadline))
+
     # -- the round thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             try:
-                self.step()
+                if self._reachable():
+                    self.step()
             except Exception:  # the federation outlives a bad round; the log says what happened
                 log.exception("round step failed")
 
     def step(self) -> Step:
         """One step of the rounds, then what it means on the broker: tasks, state, a new model."""
         step = self.rounds.step()
-        for device, task in step.tasks:
-            self.link.publish(self.topics.task(device), wire.encode(task), expiry=step.expiry)
+        deadline = self.clock.now() + step.expiry
+        self._send_tasks([(self.topics.task(d), wire.encode(t), deadline) for d, t in step.tasks])
         if step.opened is not None:
             self._publish_state(1)
         if step.ended is not None:
             if step.ended.version is not None:
-                self.publisher.publish(self.link, self.topics)
+                try:
+                    self.publisher.publish(self.link, self.topics)
+                except wire.WireError as exc:
+                    log.warning("publishing model %s failed (%s); it is published again on reconnect",
+                                step.ended.version.hex()[:12], exc)  # fmt: skip
+                    self._republish = True
             self._publish_state(0)
             for listener in list(self.on_round_closed):
                 listener(step.ended)

@@ -275,6 +275,13 @@ class GatewayStore:
                 [(round_, device, kind, task_id, now, base.hex(), deadline) for device, task_id in tasks],
             )
 
+    def extend_deadlines(self, round_: int | None, seconds: float) -> None:
+        """Move a round's deadline, and the deadlines of every task still waiting, ``seconds`` later."""
+        with self.transaction() as db:
+            if round_ is not None:
+                db.execute("UPDATE rounds SET deadline = deadline + ? WHERE round = ?", (seconds, round_))
+            db.execute("UPDATE selections SET deadline = deadline + ? WHERE status = 'sent'", (seconds,))
+
     def set_selection_status(self, round_: int, device: str, kind: str, status: str) -> None:
         with self.transaction() as db:
             db.execute(

@@ -30,6 +30,7 @@ from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, Will
 from edge_runtime.transport.topics import Topics
+from gateway.clock import FakeClock
 from gateway.config import GatewayConfig
 from gateway.master import MasterModel
 from gateway.service import Gateway, RoundSummary
@@ -543,4 +544,75 @@ def test_an_async_close_interrupted_by_a_crash_is_finished_before_the_next_buffe
         assert gateway.open_round is not None and gateway.open_round.number == 2
         assert gateway.open_round.aggregate.count == 1  # x2's update, still counted, in its own buffer
     finally:
+        gateway.stop()
+
+
+def retained_manifest(broker: MosquittoProcess) -> wire.ModelManifest:
+    """The manifest the broker holds now, read by a fresh client."""
+    got: list[wire.ModelManifest] = []
+    arrived = threading.Event()
+
+    def on_manifest(topic: str, payload: bytes) -> None:
+        got.append(wire.decode(payload, expect=wire.ModelManifest))
+        arrived.set()
+
+    reader = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), f"reader-{os.getpid()}")
+    reader.subscribe(TOPICS.manifest, on_manifest)
+    reader.start()
+    try:
+        assert arrived.wait(WAIT), "no retained manifest"
+        return got[-1]
+    finally:
+        reader.stop()
+
+
+def test_a_broker_outage_pauses_round_deadlines_and_a_model_whose_publication_failed_is_republished(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    clock = FakeClock(time.time())
+    config = GatewayConfig.from_mapping(gateway_config(broker, tmp_path / "gw", initial_model, min_devices=2,
+                                                       deadline=30.0), env={})  # fmt: skip
+    strategy = HeldStrategy()
+    devices = [ManualDevice(broker, f"o{i}") for i in range(2)]
+    gateway = Gateway(config, clock=clock, strategy=strategy).start()
+    try:
+        for d in devices:
+            assert d.wait(lambda d=d: len(d.tasks) == 1)  # type: ignore[misc]
+        assert gateway.open_round is not None
+        deadline = gateway.open_round.row.deadline
+        first, second = devices
+        first.send(wire.encode(small_update(first.name, first.tasks[0], gateway.sizes)))
+        assert first.wait(lambda: len(first.receipts) == 1)
+
+        # An outage far longer than the round's deadline, by the gateway's clock.
+        gateway.republished.clear()
+        broker.stop()
+        assert gateway.offline.wait(WAIT), "the gateway did not notice the broker was gone"
+        clock.advance(100.0)
+        broker.start()
+        assert gateway.republished.wait(WAIT), "the gateway did not republish after reconnecting"
+        assert not gateway.offline.is_set()
+        assert gateway.open_round is not None and gateway.open_round.number == 1, "the round did not survive"
+        assert gateway.open_round.row.deadline == deadline + 100.0
+        assert gateway.store.open_round_row().deadline == deadline + 100.0  # type: ignore[union-attr]
+
+        # The broker goes while the round closes: publishing the new version fails, and is done on reconnect.
+        assert second.link.wait_ready(WAIT)
+        second.send(wire.encode(small_update(second.name, second.tasks[0], gateway.sizes)))
+        assert strategy.entered.wait(WAIT)
+        old = gateway.version
+        gateway.republished.clear()
+        broker.stop()
+        strategy.release.set()
+        assert gateway.offline.wait(WAIT)
+        assert gateway.version != old  # the version was made and adopted, but the broker never got it
+        broker.start()
+        assert gateway.republished.wait(WAIT)
+        assert retained_manifest(broker).version == gateway.version
+        assert first.wait(lambda: len(first.tasks) == 2), "round 2 did not reach the devices after the outage"
+        assert first.tasks[1].base_version == gateway.version
+    finally:
+        strategy.release.set()
+        for d in devices:
+            d.stop()
         gateway.stop()

@@ -278,17 +278,28 @@ def test_admission_refuses_a_norm_beyond_the_bound_and_a_non_finite_one(
     assert "exceeds the bound" in admit(update, "a", float("nan"), fed.open.view, V0, fed.store, SYNC).reason  # type: ignore[union-attr]
 
 
-def test_admission_refuses_a_device_without_a_task_and_one_whose_task_was_withdrawn() -> None:
+def test_admission_refuses_a_device_without_a_task_and_one_whose_task_expired() -> None:
     fed = Federation(min_devices=2, fraction=0.5)
     fed.join("a", "b", "c", "d")
     tasks = dict(fed.plan().tasks)
     outsider = next(d for d in "abcd" if d not in tasks)
     some_task = next(iter(tasks.values()))
     assert f"{outsider} has no open task in round 1" in judge(fed, make_update(outsider, some_task), outsider)
+    late = next(iter(tasks))
+    fed.store.set_selection_status(1, late, "train", "expired")
+    assert f"{late} has no open task in round 1" in judge(fed, make_update(late, tasks[late]), late)
+
+
+def test_a_device_that_looked_dead_and_was_replaced_still_counts_when_its_update_arrives() -> None:
+    """A broker restart makes every device look dead for a moment; the work they stored meanwhile is real."""
+    fed = Federation(min_devices=2, fraction=0.5)
+    fed.join("a", "b", "c", "d")
+    tasks = dict(fed.plan().tasks)
     victim = next(iter(tasks))
     fed.die(victim)
-    fed.plan()
-    assert "has no open task" in judge(fed, make_update(victim, tasks[victim]), victim)
+    assert fed.plan().withdrawn == [victim]
+    fed.join(victim)  # back after the restart, its update from the outbox on its way
+    assert judge(fed, make_update(victim, tasks[victim]), victim) == "accept"
 
 
 def test_admission_tells_a_duplicate_from_a_replay_of_a_refused_id(sync_round: tuple[Federation, wire.Task]) -> None:
