@@ -6,6 +6,7 @@ federation = "home"
 storage = "/var/lib/tinyfed-gateway"   # SQLite state, model versions, master weights
 model = "/etc/tinyfed/initial.tflite"  # the first model, used when the store has none
 trainable_layers = 0                   # layers devices train and send (0 = all)
+min_free_mb = 64                       # no new round opens while storage has less free space than this
 
 [rounds]
 mode = "sync"              # sync | async (buffered, FedBuff-style)
@@ -63,6 +64,7 @@ class GatewaySection:
     trainable_layers: int = 0
     chunk_size: int = 64 * 1024
     connect_timeout: float = 15.0
+    min_free_mb: float = 64.0  # below this much free space under storage, no new round opens
 
 
 @dataclass

@@ -27,6 +27,7 @@ from edge_runtime import wire
 from .admission import AdmissionRules, Verdict, admit
 from .aggregate import StreamingAggregate
 from .clock import Clock
+from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .policy import OpenRound, Plan, RoundPolicy
 from .publisher import Publisher
 from .registry import Registry
@@ -72,6 +73,7 @@ class Rounds:
         admission: AdmissionRules,
         clock: Clock,
         clip_norm: float | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -80,6 +82,9 @@ class Rounds:
         self.admission = admission
         self.clock = clock
         self.clip_norm = clip_norm
+        self.disk = disk
+        self.paused: str | None = None  # why rounds stand still (low disk space), said once
+        self._full_at: int | None = None  # free bytes when a write last failed for want of space
         self.sizes = publisher.sizes
         self.spec = dict(self.sizes)
         self.dense_bytes = 4 * sum(self.sizes.values())
@@ -148,29 +153,70 @@ class Rounds:
             closing = self._closing.number if self._closing else None
             view = open_round.view if open_round else None
             verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing)
-            if verdict.accepted:
-                assert open_round is not None
-                first = self.store.accept(
-                    update.update_id, open_round.number, update.round, device, verdict.kind, update.samples,
-                    update.samples * verdict.weight_factor, update.base_version, len(raw),
-                    self.dense_bytes if verdict.kind == "train" else 0, raw,
-                )  # fmt: skip
-                if first and verdict.kind == "train":
-                    open_round.aggregate.add(update, verdict.weight_factor, norm)
-            else:
-                # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
-                self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw))
+            try:
+                if verdict.accepted:
+                    assert open_round is not None
+                    first = self.store.accept(
+                        update.update_id, open_round.number, update.round, device, verdict.kind, update.samples,
+                        update.samples * verdict.weight_factor, update.base_version, len(raw),
+                        self.dense_bytes if verdict.kind == "train" else 0, raw,
+                    )  # fmt: skip
+                    if first and verdict.kind == "train":
+                        open_round.aggregate.add(update, verdict.weight_factor, norm)
+                else:
+                    # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
+                    self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw))
+            except Exception as exc:
+                if is_out_of_space(exc):  # not committed: no receipt, so the device keeps it and resends
+                    self._note_full()
+                    raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", exc) from exc
+                raise
         return verdict
 
     # -- steps (the round thread) ---------------------------------------------------------------------------
+    def _note_full(self) -> None:
+        """A write failed for want of space: wait until some is freed, even above the configured floor."""
+        self._full_at = self.disk.free() if self.disk else 0
+
+    def _room(self) -> bool:
+        """Whether storage has room for a round; says so once when it has not, and once when it has again."""
+        shortage = self.disk.shortage() if self.disk else None
+        if shortage is None and self._full_at is not None:
+            free = self.disk.free() if self.disk else 0
+            if free <= self._full_at:
+                shortage = f"storage filled up with {free / 2**20:.1f} MiB free: waiting for space to be freed"
+            else:
+                self._full_at = None
+        if shortage is not None:
+            if self.paused is None:
+                log.warning("%s", shortage)
+            self.paused = shortage
+            return False
+        if self.paused is not None:
+            log.info("storage has room again: rounds resume")
+            self.paused = None
+        return True
+
     def step(self) -> Step:
-        """Finish a pending close, else plan, record and carry out one step of the round policy."""
+        """Finish a pending close, else plan, record and carry out one step of the round policy.
+
+        Nothing happens while storage is below its floor: no round opens, a failed close is not retried,
+        and an open round waits (its deadline is judged when space returns).
+        """
+        if not self._room():
+            return Step()
         if self._closing is not None:
             return self._close()
-        with self._lock:
-            now = self.clock.now()
-            plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
-            step = self._record(plan, now)
+        try:
+            with self._lock:
+                now = self.clock.now()
+                plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
+                step = self._record(plan, now)
+        except Exception as exc:  # the plan was not recorded, so none of its tasks goes out
+            if not is_out_of_space(exc):
+                raise
+            self._note_full()
+            return Step()
         if plan.close:
             return self._close()
         if plan.fail:
@@ -227,8 +273,13 @@ class Rounds:
             summary = self._complete_close()
         except Exception as exc:  # a full disk, say: the round stays detached and its close is retried
             self.publisher.reload()
-            if str(exc) != self._close_error:
-                log.exception("closing round %d failed; retrying", self._closing.number if self._closing else -1)
+            if str(exc) != self._close_error:  # said once, not at every retry
+                number = self._closing.number if self._closing else -1
+                if is_out_of_space(exc):
+                    self._note_full()
+                    log.warning("closing round %d ran out of space (%s); retried when there is room", number, exc)
+                else:
+                    log.exception("closing round %d failed; retrying", number)
                 self._close_error = str(exc)
             return Step()
         self._close_error = ""

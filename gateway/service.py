@@ -27,6 +27,7 @@ from .admission import AdmissionRules
 from .aggregate import update_norm
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
+from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
 from .publisher import Publisher
@@ -75,9 +76,12 @@ class Gateway:
             np.random.default_rng(rc.seed + self.store.last_round()),
         )
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness)
+        disk = DiskSpace(config.storage, config.gateway.min_free_mb)
         self.rounds = Rounds(
-            self.store, self.registry, self.publisher, policy, admission, self.clock, rc.clip_norm or None
+            self.store, self.registry, self.publisher, policy, admission, self.clock, rc.clip_norm or None, disk
         )
+        self._space_warned = False  # an update that could not be stored is logged once per shortage
+        self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         self.link = link or MqttLink(config.broker, client_id=f"tinyfed-gateway-{config.gateway.federation}")
         self.reassembler = Reassembler()
         self.on_round_closed: list[Callable[[RoundSummary], None]] = []
@@ -159,7 +163,13 @@ class Gateway:
         if presence.device != device:
             log.warning("refused a presence for %r on the topic of %r", presence.device, device)
             return
-        _, died = self.registry.observe(presence, payload)
+        try:
+            _, died = self.registry.observe(presence, payload)
+        except Exception as exc:  # the registry in memory took it; only its row on disk is missing
+            if not is_out_of_space(exc):
+                raise
+            self._out_of_space(OutOfSpace(f"presence of {device}", exc))
+            return
         if died or presence.online:
             self._wake.set()
 
@@ -185,7 +195,12 @@ class Gateway:
             if update_id is not None:  # tell the device, so it stops resending what will never be taken
                 self._send_receipt(device, update_id, why)
             return
-        verdict = self.rounds.intake(update, whole, device, update_norm(update))
+        try:
+            verdict = self.rounds.intake(update, whole, device, update_norm(update))
+        except OutOfSpace as exc:
+            self._out_of_space(exc)
+            return
+        self._space_warned = False
         short = update.update_id.hex()[:12]
         if verdict.accepted:
             self._wake.set()
@@ -196,8 +211,20 @@ class Gateway:
         self._send_receipt(device, update.update_id, verdict.receipt_reason)
 
     def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
-        self.store.refuse(update_id, device, None, reason, nbytes)
         log.warning("refused a message from %s: %s", device, reason)
+        try:
+            self.store.refuse(update_id, device, None, reason, nbytes)
+        except Exception as exc:
+            if not is_out_of_space(exc):
+                raise
+            self._out_of_space(OutOfSpace(f"the refusal of a message from {device}", exc))
+
+    def _out_of_space(self, exc: OutOfSpace) -> None:
+        """No receipt goes out for what was not stored: the device keeps its update and sends it again."""
+        self.unstored += 1
+        if not self._space_warned:
+            log.warning("%s; not counted, the device will send it again", exc.strerror)
+            self._space_warned = True
 
     def _send_receipt(self, device: str, update_id: bytes, reason: str | None) -> None:
         receipt = wire.Receipt([update_id]) if reason is None else wire.Receipt([], {update_id: reason[:256]})

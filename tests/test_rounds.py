@@ -7,6 +7,8 @@ real int8 model, so closing a round makes a real new version.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from gateway.admission import AdmissionRules
 from gateway.aggregate import update_norm
 from gateway.clock import FakeClock
 from gateway.config import GatewayConfig
+from gateway.disk import DiskSpace, Usage
 from gateway.policy import RoundPolicy, TaskSettings
 from gateway.publisher import Publisher
 from gateway.registry import Eligibility, Registry
@@ -30,7 +33,7 @@ from gateway.strategies.fedavgm import FedAvgM
 
 
 class FailingOnce(FedAvgM):
-    """FedAvgM whose first server step dies the way a full disk kills a close: after moving its state."""
+    """FedAvgM whose first server step dies after moving its state, as a failing disk kills a close."""
 
     def __init__(self) -> None:
         super().__init__(momentum=0.9)
@@ -40,11 +43,13 @@ class FailingOnce(FedAvgM):
         out = super().step(weights, round_input)
         if self.failures:
             self.failures -= 1
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.EIO, "Input/output error")
         return out
 
 
-def make_rounds(tmp_path: Path, model: bytes, strategy: object, **rules: object) -> tuple[Rounds, FakeClock]:
+def make_rounds(
+    tmp_path: Path, model: bytes, strategy: object, disk: DiskSpace | None = None, **rules: object
+) -> tuple[Rounds, FakeClock]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "initial.tflite").write_bytes(model)
     config = GatewayConfig.from_mapping(
@@ -59,7 +64,8 @@ def make_rounds(tmp_path: Path, model: bytes, strategy: object, **rules: object)
     rc = config.rounds
     policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
     publisher = Publisher(config, store, strategy)
-    rounds = Rounds(store, Registry(store), publisher, policy, AdmissionRules(rc.mode, rc.norm_bound, 5), clock)
+    admission = AdmissionRules(rc.mode, rc.norm_bound, 5)
+    rounds = Rounds(store, Registry(store), publisher, policy, admission, clock, disk=disk)
     for seq, name in enumerate(("a", "b")):
         birth = wire.Presence(name, True, seq + 1, 0, wire.Capabilities(ram=1 << 20, backend="x", samples=50))
         rounds.registry.observe(birth, wire.encode(birth))
@@ -126,3 +132,19 @@ def test_a_close_that_fails_is_retried_without_detaching_twice_and_without_doubl
     # Momentum was taken back after the failure, so the retried close made exactly the clean version.
     assert retried.ended.version == expected.version
     assert [r.status for r in rounds.store.rounds()] == ["closed"]
+
+
+def test_below_the_free_space_floor_no_round_opens_it_is_said_once_and_rounds_resume_with_room(
+    tmp_path: Path, model: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    free = [10 * 2**20]
+    disk = DiskSpace(tmp_path, min_free_mb=64, usage=lambda _: Usage(2**30, 2**30 - free[0], free[0]))
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), disk=disk)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        for _ in range(5):
+            assert rounds.step().opened is None
+    assert caplog.text.count("below [gateway] min_free_mb = 64: no new round opens") == 1
+    assert rounds.paused is not None and rounds.store.last_round() == 0
+    free[0] = 100 * 2**20
+    assert rounds.step().opened is not None
+    assert rounds.paused is None
