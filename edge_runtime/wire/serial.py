@@ -182,7 +182,7 @@ class Train:
     TYPE = MSG_TRAIN
 
     class Key(IntEnum):
-        TASK = 2  # a task map without its own type and version keys
+        TASK = 2  # the task's own map, type and version keys included
 
     def to_cbor(self) -> dict[int, Any]:
         return header(MSG_TRAIN) | {Train.Key.TASK: self.task.to_cbor()}
