@@ -9,8 +9,8 @@ from .cbor import dumps, loads
 from .envelope import Verifier, open_envelope
 from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import SCHEMA_VERSION, Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
-from .schema import MapReader
+from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
+from .schema import SCHEMA_VERSION, Header, MapReader
 from .serial import (
     Error,
     Hello,
@@ -76,8 +76,8 @@ def decode(
     opened = open_envelope(data, limits, verifier, require_signature)
     obj = loads(opened.payload, limits) if opened.key_id is not None else opened.decoded
     r = MapReader(obj, "message")
-    kind = r.uint(0, "type", 255)
-    version = r.uint(1, "schema_version", 255)
+    kind = r.uint(Header.TYPE, 255)
+    version = r.uint(Header.SCHEMA_VERSION, 255)
     cls = MESSAGE_CLASSES.get(kind)
     if cls is None:
         raise SchemaError("message.type", f"unknown message type {kind}")
@@ -98,6 +98,6 @@ def peek_type(data: bytes) -> int | None:
     still checks everything. Canonical maps sort their keys, so key 0 (the
     type) comes first: a map header, 0x00, then the type as a small uint.
     """
-    if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == 0x00 and data[2] < 0x18:
+    if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == Header.TYPE and data[2] < 0x18:
         return data[2]
     return None

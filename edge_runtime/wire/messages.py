@@ -1,18 +1,20 @@
 """Every message tinyfed sends besides the update: tasks, model distribution, presence, gateway state.
 
 All are CBOR maps with small integer keys: key 0 is the message type, key 1
-the schema version, the rest are the message's own (see docs/protocol.md).
-Versions are sha256 digests (32 bytes); ids are 16 random bytes.
+the schema version (``schema.Header``), the rest are the message's own, each
+listed once in its ``Key`` enum (see docs/protocol.md). Versions are sha256
+digests (32 bytes); ids are 16 random bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .limits import Limits
-from .schema import MapReader, f32
+from .schema import MapReader, f32, header
 
 MSG_TASK = 2
 MSG_MANIFEST = 3
@@ -21,11 +23,6 @@ MSG_PRESENCE = 5
 MSG_GATEWAY_STATE = 6
 MSG_RECEIPT = 7
 MSG_FRAGMENT = 8
-SCHEMA_VERSION = 1
-
-
-def _header(kind: int) -> dict[int, Any]:
-    return {0: kind, 1: SCHEMA_VERSION}
 
 
 @dataclass
@@ -49,41 +46,57 @@ class Task:
 
     TYPE = MSG_TASK
 
+    class Key(IntEnum):
+        TASK_ID = 2
+        ROUND = 3
+        BASE_VERSION = 4
+        EPOCHS = 5
+        LEARNING_RATE = 6
+        DENSITY = 7
+        DEADLINE = 8
+        BATCH_SIZE = 9
+        PROX_MU = 10
+        EVALUATE_ONLY = 11
+        VALUE_CODING = 12
+        REPORT = 13
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _header(MSG_TASK) | {
-            2: self.task_id,
-            3: self.round,
-            4: self.base_version,
-            5: self.epochs,
-            6: f32(self.learning_rate),
-            7: f32(self.density),
-            8: self.deadline,
-            9: self.batch_size,
-            12: self.value_coding,
+        K = Task.Key
+        out = header(MSG_TASK) | {
+            K.TASK_ID: self.task_id,
+            K.ROUND: self.round,
+            K.BASE_VERSION: self.base_version,
+            K.EPOCHS: self.epochs,
+            K.LEARNING_RATE: f32(self.learning_rate),
+            K.DENSITY: f32(self.density),
+            K.DEADLINE: self.deadline,
+            K.BATCH_SIZE: self.batch_size,
+            K.VALUE_CODING: self.value_coding,
         }
         if self.prox_mu:
-            out[10] = f32(self.prox_mu)
+            out[K.PROX_MU] = f32(self.prox_mu)
         if self.evaluate_only:
-            out[11] = True
+            out[K.EVALUATE_ONLY] = True
         if not self.report:
-            out[13] = False
+            out[K.REPORT] = False
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Task:
+        K = cls.Key
         return cls(
-            task_id=r.bytestring(2, "task_id", size=16),
-            round=r.uint(3, "round", 2**32),
-            base_version=r.bytestring(4, "base_version", size=32),
-            epochs=r.uint(5, "epochs", 1000),
-            learning_rate=r.number(6, "learning_rate", lo=0.0, hi=100.0),
-            density=r.number(7, "density", lo=1e-6, hi=1.0),
-            deadline=r.uint(8, "deadline", 2**40),
-            batch_size=r.uint(9, "batch_size", 65536, default=32),
-            prox_mu=r.number(10, "prox_mu", default=0.0, lo=0.0, hi=1e6),
-            evaluate_only=r.boolean(11, "evaluate_only", default=False),
-            value_coding=r.uint(12, "value_coding", 3, default=2),
-            report=r.boolean(13, "report", default=True),
+            task_id=r.bytestring(K.TASK_ID, size=16),
+            round=r.uint(K.ROUND, 2**32),
+            base_version=r.bytestring(K.BASE_VERSION, size=32),
+            epochs=r.uint(K.EPOCHS, 1000),
+            learning_rate=r.number(K.LEARNING_RATE, lo=0.0, hi=100.0),
+            density=r.number(K.DENSITY, lo=1e-6, hi=1.0),
+            deadline=r.uint(K.DEADLINE, 2**40),
+            batch_size=r.uint(K.BATCH_SIZE, 65536, default=32),
+            prox_mu=r.number(K.PROX_MU, default=0.0, lo=0.0, hi=1e6),
+            evaluate_only=r.boolean(K.EVALUATE_ONLY, default=False),
+            value_coding=r.uint(K.VALUE_CODING, 3, default=2),
+            report=r.boolean(K.REPORT, default=True),
         )
 
 
@@ -119,52 +132,64 @@ class ModelManifest:
         """tensor index -> element count: what an update is checked against."""
         return {t.tensor: t.numel for t in self.trainable}
 
+    class Key(IntEnum):
+        VERSION = 2
+        SIZE = 3
+        CHUNK_SIZE = 4
+        CHUNK_COUNT = 5
+        TRAINABLE = 6  # [[tensor index, [dims...]], ...]
+        CREATED = 7
+        PARENT = 8
+        FEDERATION = 9
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _header(MSG_MANIFEST) | {
-            2: self.version,
-            3: self.size,
-            4: self.chunk_size,
-            5: self.chunk_count,
-            6: [[t.tensor, list(t.shape)] for t in self.trainable],
-            7: self.created,
+        K = ModelManifest.Key
+        out = header(MSG_MANIFEST) | {
+            K.VERSION: self.version,
+            K.SIZE: self.size,
+            K.CHUNK_SIZE: self.chunk_size,
+            K.CHUNK_COUNT: self.chunk_count,
+            K.TRAINABLE: [[t.tensor, list(t.shape)] for t in self.trainable],
+            K.CREATED: self.created,
         }
         if self.parent is not None:
-            out[8] = self.parent
+            out[K.PARENT] = self.parent
         if self.federation:
-            out[9] = self.federation
+            out[K.FEDERATION] = self.federation
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> ModelManifest:
-        size = r.uint(3, "size", 1 << 31)
-        chunk_size = r.uint(4, "chunk_size", limits.max_chunk_bytes)
-        chunk_count = r.uint(5, "chunk_count", 1 << 24)
+        K = cls.Key
+        size = r.uint(K.SIZE, 1 << 31)
+        chunk_size = r.uint(K.CHUNK_SIZE, limits.max_chunk_bytes)
+        chunk_count = r.uint(K.CHUNK_COUNT, 1 << 24)
         if chunk_size == 0 or chunk_count != -(-size // chunk_size):
             raise ValueRejected(
                 f"{r.path}.chunk_count", f"{chunk_count} chunks of {chunk_size} bytes cannot hold {size}"
             )
         trainable = []
-        for i, item in enumerate(r.array(6, "trainable", limits.max_tensors)):
+        for i, item in enumerate(r.array(K.TRAINABLE, limits.max_tensors)):
             path = f"{r.path}.trainable[{i}]"
             if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], list) or len(item[1]) > 8:
                 raise SchemaError(path, "expected [tensor, [dims...]] with at most 8 dims")
-            vals = MapReader({0: item[0], **{k + 1: d for k, d in enumerate(item[1])}}, path)
+            vals = MapReader({"tensor": item[0], **{f"shape[{k}]": d for k, d in enumerate(item[1])}}, path)
             t = TrainableTensor(
-                vals.uint(0, "tensor", 2**31),
-                tuple(vals.uint(k + 1, f"shape[{k}]", 1 << 24) for k in range(len(item[1]))),
+                vals.uint("tensor", 2**31),
+                tuple(vals.uint(f"shape[{k}]", 1 << 24) for k in range(len(item[1]))),
             )
             if t.numel > limits.max_numel:
                 raise LimitExceeded(path, f"{t.numel} elements exceed {limits.max_numel}")
             trainable.append(t)
         return cls(
-            version=r.bytestring(2, "version", size=32),
+            version=r.bytestring(K.VERSION, size=32),
             size=size,
             chunk_size=chunk_size,
             chunk_count=chunk_count,
             trainable=trainable,
-            created=r.uint(7, "created", 2**40, default=0),
-            parent=r.bytestring(8, "parent", size=32, default=None),
-            federation=r.text(9, "federation", limits.max_string, default=""),
+            created=r.uint(K.CREATED, 2**40, default=0),
+            parent=r.bytestring(K.PARENT, size=32, default=None),
+            federation=r.text(K.FEDERATION, limits.max_string, default=""),
         )
 
 
@@ -179,18 +204,31 @@ class ModelChunk:
 
     TYPE = MSG_CHUNK
 
+    class Key(IntEnum):
+        VERSION = 2
+        INDEX = 3
+        DATA = 4
+        DIGEST = 5
+
     def to_cbor(self) -> dict[int, Any]:
-        return _header(MSG_CHUNK) | {2: self.version, 3: self.index, 4: self.data, 5: self.digest}
+        K = ModelChunk.Key
+        return header(MSG_CHUNK) | {
+            K.VERSION: self.version,
+            K.INDEX: self.index,
+            K.DATA: self.data,
+            K.DIGEST: self.digest,
+        }
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> ModelChunk:
         import hashlib
 
+        K = cls.Key
         chunk = cls(
-            version=r.bytestring(2, "version", size=32),
-            index=r.uint(3, "index", 1 << 24),
-            data=r.bytestring(4, "data", max_len=limits.max_chunk_bytes),
-            digest=r.bytestring(5, "digest", size=32),
+            version=r.bytestring(K.VERSION, size=32),
+            index=r.uint(K.INDEX, 1 << 24),
+            data=r.bytestring(K.DATA, max_len=limits.max_chunk_bytes),
+            digest=r.bytestring(K.DIGEST, size=32),
         )
         if hashlib.sha256(chunk.data).digest() != chunk.digest:
             raise ValueRejected(f"{r.path}.data", f"chunk {chunk.index} does not match its sha256")
@@ -207,26 +245,44 @@ class Capabilities:
     firmware: str = ""
     arena: int = 0
 
+    class Key(IntEnum):
+        """Capabilities is a map inside a presence message: no type or version keys of its own."""
+
+        RAM = 0
+        BACKEND = 1
+        TRAINABLE_LAYERS = 2
+        SAMPLES = 3
+        MODEL_VERSION = 4
+        FIRMWARE = 5
+        ARENA = 6
+
     def to_cbor(self) -> dict[int, Any]:
-        out: dict[int, Any] = {0: self.ram, 1: self.backend, 2: self.trainable_layers, 3: self.samples}
+        K = Capabilities.Key
+        out: dict[int, Any] = {
+            K.RAM: self.ram,
+            K.BACKEND: self.backend,
+            K.TRAINABLE_LAYERS: self.trainable_layers,
+            K.SAMPLES: self.samples,
+        }
         if self.model_version is not None:
-            out[4] = self.model_version
+            out[K.MODEL_VERSION] = self.model_version
         if self.firmware:
-            out[5] = self.firmware
+            out[K.FIRMWARE] = self.firmware
         if self.arena:
-            out[6] = self.arena
+            out[K.ARENA] = self.arena
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Capabilities:
+        K = cls.Key
         return cls(
-            ram=r.uint(0, "ram", 1 << 40),
-            backend=r.text(1, "backend", limits.max_string),
-            trainable_layers=r.uint(2, "trainable_layers", 1024),
-            samples=r.uint(3, "samples", 1 << 40),
-            model_version=r.bytestring(4, "model_version", size=32, default=None),
-            firmware=r.text(5, "firmware", limits.max_string, default=""),
-            arena=r.uint(6, "arena", 1 << 32, default=0),
+            ram=r.uint(K.RAM, 1 << 40),
+            backend=r.text(K.BACKEND, limits.max_string),
+            trainable_layers=r.uint(K.TRAINABLE_LAYERS, 1024),
+            samples=r.uint(K.SAMPLES, 1 << 40),
+            model_version=r.bytestring(K.MODEL_VERSION, size=32, default=None),
+            firmware=r.text(K.FIRMWARE, limits.max_string, default=""),
+            arena=r.uint(K.ARENA, 1 << 32, default=0),
         )
 
 
@@ -242,20 +298,34 @@ class Presence:
 
     TYPE = MSG_PRESENCE
 
+    class Key(IntEnum):
+        DEVICE = 2
+        ONLINE = 3
+        SEQ = 4
+        CAPABILITIES = 5
+        TIMESTAMP = 6
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _header(MSG_PRESENCE) | {2: self.device, 3: self.online, 4: self.seq, 6: self.timestamp}
+        K = Presence.Key
+        out = header(MSG_PRESENCE) | {
+            K.DEVICE: self.device,
+            K.ONLINE: self.online,
+            K.SEQ: self.seq,
+            K.TIMESTAMP: self.timestamp,
+        }
         if self.capabilities is not None:
-            out[5] = self.capabilities.to_cbor()
+            out[K.CAPABILITIES] = self.capabilities.to_cbor()
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Presence:
-        caps = r.submap(5, "capabilities", default=None)
+        K = cls.Key
+        caps = r.submap(K.CAPABILITIES, default=None)
         return cls(
-            device=r.text(2, "device", limits.max_string),
-            online=r.boolean(3, "online"),
-            seq=r.uint(4, "seq", 2**63),
-            timestamp=r.uint(6, "timestamp", 2**40),
+            device=r.text(K.DEVICE, limits.max_string),
+            online=r.boolean(K.ONLINE),
+            seq=r.uint(K.SEQ, 2**63),
+            timestamp=r.uint(K.TIMESTAMP, 2**40),
             capabilities=None if caps is None else Capabilities.from_reader(caps, limits),
         )
 
@@ -276,29 +346,41 @@ class GatewayState:
 
     TYPE = MSG_GATEWAY_STATE
 
+    class Key(IntEnum):
+        FEDERATION = 2
+        ROUND = 3
+        PHASE = 4  # an index into PHASES
+        MODEL_VERSION = 5
+        SELECTED = 6
+        RECEIVED = 7
+        DEADLINE = 8
+        TIMESTAMP = 9
+
     def to_cbor(self) -> dict[int, Any]:
-        return _header(MSG_GATEWAY_STATE) | {
-            2: self.federation,
-            3: self.round,
-            4: self.phase,
-            5: self.model_version,
-            6: self.selected,
-            7: self.received,
-            8: self.deadline,
-            9: self.timestamp,
+        K = GatewayState.Key
+        return header(MSG_GATEWAY_STATE) | {
+            K.FEDERATION: self.federation,
+            K.ROUND: self.round,
+            K.PHASE: self.phase,
+            K.MODEL_VERSION: self.model_version,
+            K.SELECTED: self.selected,
+            K.RECEIVED: self.received,
+            K.DEADLINE: self.deadline,
+            K.TIMESTAMP: self.timestamp,
         }
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> GatewayState:
+        K = cls.Key
         return cls(
-            federation=r.text(2, "federation", limits.max_string),
-            round=r.uint(3, "round", 2**32),
-            phase=r.uint(4, "phase", len(PHASES) - 1),
-            model_version=r.bytestring(5, "model_version", size=32),
-            selected=r.uint(6, "selected", 2**32, default=0),
-            received=r.uint(7, "received", 2**32, default=0),
-            deadline=r.uint(8, "deadline", 2**40, default=0),
-            timestamp=r.uint(9, "timestamp", 2**40, default=0),
+            federation=r.text(K.FEDERATION, limits.max_string),
+            round=r.uint(K.ROUND, 2**32),
+            phase=r.uint(K.PHASE, len(PHASES) - 1),
+            model_version=r.bytestring(K.MODEL_VERSION, size=32),
+            selected=r.uint(K.SELECTED, 2**32, default=0),
+            received=r.uint(K.RECEIVED, 2**32, default=0),
+            deadline=r.uint(K.DEADLINE, 2**40, default=0),
+            timestamp=r.uint(K.TIMESTAMP, 2**40, default=0),
         )
 
 
@@ -317,25 +399,31 @@ class Receipt:
 
     TYPE = MSG_RECEIPT
 
+    class Key(IntEnum):
+        RECEIVED = 2  # [id, ...]
+        REFUSED = 3  # [[id, reason], ...]
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _header(MSG_RECEIPT) | {2: list(self.received)}
+        K = Receipt.Key
+        out = header(MSG_RECEIPT) | {K.RECEIVED: list(self.received)}
         if self.refused:
-            out[3] = [[k, v] for k, v in self.refused.items()]
+            out[K.REFUSED] = [[k, v] for k, v in self.refused.items()]
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Receipt:
+        K = cls.Key
         received = [
-            MapReader({0: v}, f"{r.path}.received[{i}]").bytestring(0, "id", size=16)
-            for i, v in enumerate(r.array(2, "received", limits.max_tensors))
+            MapReader({"id": v}, f"{r.path}.received[{i}]").bytestring("id", size=16)
+            for i, v in enumerate(r.array(K.RECEIVED, limits.max_tensors))
         ]
         refused: dict[bytes, str] = {}
-        for i, item in enumerate(r.array(3, "refused", limits.max_tensors, default=[])):
+        for i, item in enumerate(r.array(K.REFUSED, limits.max_tensors, default=[])):
             path = f"{r.path}.refused[{i}]"
             if not isinstance(item, list) or len(item) != 2:
                 raise SchemaError(path, "expected [id, reason]")
-            pair = MapReader({0: item[0], 1: item[1]}, path)
-            refused[pair.bytestring(0, "id", size=16)] = pair.text(1, "reason", 256)
+            pair = MapReader({"id": item[0], "reason": item[1]}, path)
+            refused[pair.bytestring("id", size=16)] = pair.text("reason", 256)
         return cls(received, refused)
 
 
@@ -360,31 +448,41 @@ class Fragment:
 
     TYPE = MSG_FRAGMENT
 
+    class Key(IntEnum):
+        MESSAGE_ID = 2
+        INDEX = 3
+        COUNT = 4
+        TOTAL_SIZE = 5
+        DIGEST = 6
+        DATA = 7
+
     def to_cbor(self) -> dict[int, Any]:
-        return _header(MSG_FRAGMENT) | {
-            2: self.message_id,
-            3: self.index,
-            4: self.count,
-            5: self.total_size,
-            6: self.digest,
-            7: self.data,
+        K = Fragment.Key
+        return header(MSG_FRAGMENT) | {
+            K.MESSAGE_ID: self.message_id,
+            K.INDEX: self.index,
+            K.COUNT: self.count,
+            K.TOTAL_SIZE: self.total_size,
+            K.DIGEST: self.digest,
+            K.DATA: self.data,
         }
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Fragment:
-        total = r.uint(5, "total_size", limits.max_message_bytes)
-        count = r.uint(4, "count", 1 << 16)
-        index = r.uint(3, "index", 1 << 16)
-        data = r.bytestring(7, "data", max_len=limits.max_chunk_bytes)
+        K = cls.Key
+        total = r.uint(K.TOTAL_SIZE, limits.max_message_bytes)
+        count = r.uint(K.COUNT, 1 << 16)
+        index = r.uint(K.INDEX, 1 << 16)
+        data = r.bytestring(K.DATA, max_len=limits.max_chunk_bytes)
         if count == 0 or index >= count:
             raise ValueRejected(f"{r.path}.index", f"fragment {index} of {count}")
         if count > max(1, total) or len(data) > total:
             raise ValueRejected(f"{r.path}.count", f"{count} fragments or {len(data)} bytes do not fit {total} bytes")
         return cls(
-            message_id=r.bytestring(2, "message_id", size=16),
+            message_id=r.bytestring(K.MESSAGE_ID, size=16),
             index=index,
             count=count,
             total_size=total,
-            digest=r.bytestring(6, "digest", size=32),
+            digest=r.bytestring(K.DIGEST, size=32),
             data=data,
         )

@@ -17,8 +17,8 @@ import numpy as np
 
 from .cbor import typed_array
 from .limits import Limits
-from .messages import SCHEMA_VERSION, Task
-from .schema import MapReader
+from .messages import Task
+from .schema import MapReader, header
 
 MSG_HELLO = 16
 MSG_MODEL_BEGIN = 17
@@ -49,10 +49,6 @@ class ErrorCode(IntEnum):
     INTERNAL = 10
 
 
-def _h(kind: int) -> dict[int, Any]:
-    return {0: kind, 1: SCHEMA_VERSION}
-
-
 @dataclass
 class Hello:
     ram: int
@@ -68,38 +64,52 @@ class Hello:
 
     TYPE = MSG_HELLO
 
+    class Key(IntEnum):
+        RAM = 2
+        FLASH = 3
+        ARENA = 4
+        FIRMWARE = 5
+        PROTOCOL = 6
+        MAX_FRAME = 7
+        MODEL_VERSION = 8
+        OPS = 9
+        BOARD_ID = 10
+        SAMPLES = 11
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _h(MSG_HELLO) | {
-            2: self.ram,
-            3: self.flash,
-            4: self.arena,
-            5: self.firmware,
-            6: self.protocol,
-            7: self.max_frame,
-            9: list(self.ops),
+        K = Hello.Key
+        out = header(MSG_HELLO) | {
+            K.RAM: self.ram,
+            K.FLASH: self.flash,
+            K.ARENA: self.arena,
+            K.FIRMWARE: self.firmware,
+            K.PROTOCOL: self.protocol,
+            K.MAX_FRAME: self.max_frame,
+            K.OPS: list(self.ops),
         }
         if self.model_version is not None:
-            out[8] = self.model_version
+            out[K.MODEL_VERSION] = self.model_version
         if self.board_id:
-            out[10] = self.board_id
+            out[K.BOARD_ID] = self.board_id
         if self.samples:
-            out[11] = self.samples
+            out[K.SAMPLES] = self.samples
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Hello:
-        ops = r.array(9, "ops", 256, default=[])
+        K = cls.Key
+        ops = r.array(K.OPS, 256, default=[])
         return cls(
-            ram=r.uint(2, "ram", 1 << 40),
-            flash=r.uint(3, "flash", 1 << 40),
-            arena=r.uint(4, "arena", 1 << 40),
-            firmware=r.text(5, "firmware", limits.max_string),
-            protocol=r.uint(6, "protocol", 255),
-            max_frame=r.uint(7, "max_frame", 1 << 20),
-            model_version=r.bytestring(8, "model_version", size=32, default=None),
-            ops=[MapReader({0: o}, f"{r.path}.ops[{i}]").uint(0, "op", 1024) for i, o in enumerate(ops)],
-            board_id=r.text(10, "board_id", 64, default=""),
-            samples=r.uint(11, "samples", 1 << 40, default=0),
+            ram=r.uint(K.RAM, 1 << 40),
+            flash=r.uint(K.FLASH, 1 << 40),
+            arena=r.uint(K.ARENA, 1 << 40),
+            firmware=r.text(K.FIRMWARE, limits.max_string),
+            protocol=r.uint(K.PROTOCOL, 255),
+            max_frame=r.uint(K.MAX_FRAME, 1 << 20),
+            model_version=r.bytestring(K.MODEL_VERSION, size=32, default=None),
+            ops=[MapReader({"op": o}, f"{r.path}.ops[{i}]").uint("op", 1024) for i, o in enumerate(ops)],
+            board_id=r.text(K.BOARD_ID, 64, default=""),
+            samples=r.uint(K.SAMPLES, 1 << 40, default=0),
         )
 
 
@@ -111,13 +121,20 @@ class ModelBegin:
 
     TYPE = MSG_MODEL_BEGIN
 
+    class Key(IntEnum):
+        VERSION = 2
+        SIZE = 3
+        RESUME_FROM = 4
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_MODEL_BEGIN) | {2: self.version, 3: self.size, 4: self.resume_from}
+        K = ModelBegin.Key
+        return header(MSG_MODEL_BEGIN) | {K.VERSION: self.version, K.SIZE: self.size, K.RESUME_FROM: self.resume_from}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> ModelBegin:
-        size = r.uint(3, "size", 1 << 31)
-        return cls(r.bytestring(2, "version", size=32), size, r.uint(4, "resume_from", size, default=0))
+        K = cls.Key
+        size = r.uint(K.SIZE, 1 << 31)
+        return cls(r.bytestring(K.VERSION, size=32), size, r.uint(K.RESUME_FROM, size, default=0))
 
 
 @dataclass
@@ -127,12 +144,18 @@ class ModelData:
 
     TYPE = MSG_MODEL_DATA
 
+    class Key(IntEnum):
+        OFFSET = 2
+        DATA = 3
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_MODEL_DATA) | {2: self.offset, 3: self.data}
+        K = ModelData.Key
+        return header(MSG_MODEL_DATA) | {K.OFFSET: self.offset, K.DATA: self.data}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> ModelData:
-        return cls(r.uint(2, "offset", 1 << 31), r.bytestring(3, "data", max_len=limits.max_chunk_bytes))
+        K = cls.Key
+        return cls(r.uint(K.OFFSET, 1 << 31), r.bytestring(K.DATA, max_len=limits.max_chunk_bytes))
 
 
 @dataclass
@@ -141,12 +164,15 @@ class ModelCommit:
 
     TYPE = MSG_MODEL_COMMIT
 
+    class Key(IntEnum):
+        VERSION = 2
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_MODEL_COMMIT) | {2: self.version}
+        return header(MSG_MODEL_COMMIT) | {ModelCommit.Key.VERSION: self.version}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> ModelCommit:
-        return cls(r.bytestring(2, "version", size=32))
+        return cls(r.bytestring(cls.Key.VERSION, size=32))
 
 
 @dataclass
@@ -155,12 +181,15 @@ class Train:
 
     TYPE = MSG_TRAIN
 
+    class Key(IntEnum):
+        TASK = 2  # the task's own map, type and version keys included
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_TRAIN) | {2: self.task.to_cbor()}
+        return header(MSG_TRAIN) | {Train.Key.TASK: self.task.to_cbor()}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Train:
-        return cls(Task.from_reader(r.submap(2, "task"), limits))
+        return cls(Task.from_reader(r.submap(cls.Key.TASK), limits))
 
 
 @dataclass
@@ -169,12 +198,15 @@ class Infer:
 
     TYPE = MSG_INFER
 
+    class Key(IntEnum):
+        INPUT = 2
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_INFER) | {2: typed_array(self.input.astype(np.int8))}
+        return header(MSG_INFER) | {Infer.Key.INPUT: typed_array(self.input.astype(np.int8))}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Infer:
-        return cls(r.typed(2, "input", ("int8",), limits.max_chunk_bytes))
+        return cls(r.typed(cls.Key.INPUT, ("int8",), limits.max_chunk_bytes))
 
 
 @dataclass
@@ -184,12 +216,18 @@ class InferResult:
 
     TYPE = MSG_INFER_RESULT
 
+    class Key(IntEnum):
+        OUTPUT = 2
+        MICROS = 3
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_INFER_RESULT) | {2: typed_array(self.output.astype(np.int8)), 3: self.micros}
+        K = InferResult.Key
+        return header(MSG_INFER_RESULT) | {K.OUTPUT: typed_array(self.output.astype(np.int8)), K.MICROS: self.micros}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> InferResult:
-        return cls(r.typed(2, "output", ("int8",), limits.max_chunk_bytes), r.uint(3, "micros", 1 << 40, default=0))
+        K = cls.Key
+        return cls(r.typed(K.OUTPUT, ("int8",), limits.max_chunk_bytes), r.uint(K.MICROS, 1 << 40, default=0))
 
 
 @dataclass
@@ -202,20 +240,34 @@ class Status:
 
     TYPE = MSG_STATUS
 
+    class Key(IntEnum):
+        STATE = 2
+        MODEL_VERSION = 3
+        FREE_RAM = 4
+        LAST_ERROR = 5
+        UPTIME_S = 6
+
     def to_cbor(self) -> dict[int, Any]:
-        out = _h(MSG_STATUS) | {2: self.state, 4: self.free_ram, 5: self.last_error, 6: self.uptime_s}
+        K = Status.Key
+        out = header(MSG_STATUS) | {
+            K.STATE: self.state,
+            K.FREE_RAM: self.free_ram,
+            K.LAST_ERROR: self.last_error,
+            K.UPTIME_S: self.uptime_s,
+        }
         if self.model_version is not None:
-            out[3] = self.model_version
+            out[K.MODEL_VERSION] = self.model_version
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Status:
+        K = cls.Key
         return cls(
-            r.uint(2, "state", 255),
-            r.bytestring(3, "model_version", size=32, default=None),
-            r.uint(4, "free_ram", 1 << 40, default=0),
-            r.uint(5, "last_error", 255, default=0),
-            r.uint(6, "uptime_s", 1 << 40, default=0),
+            r.uint(K.STATE, 255),
+            r.bytestring(K.MODEL_VERSION, size=32, default=None),
+            r.uint(K.FREE_RAM, 1 << 40, default=0),
+            r.uint(K.LAST_ERROR, 255, default=0),
+            r.uint(K.UPTIME_S, 1 << 40, default=0),
         )
 
 
@@ -225,12 +277,15 @@ class Reset:
 
     TYPE = MSG_RESET
 
+    class Key(IntEnum):
+        REASON = 2
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_RESET) | {2: self.reason}
+        return header(MSG_RESET) | {Reset.Key.REASON: self.reason}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Reset:
-        return cls(r.uint(2, "reason", 255, default=0))
+        return cls(r.uint(cls.Key.REASON, 255, default=0))
 
 
 @dataclass
@@ -240,12 +295,18 @@ class Log:
 
     TYPE = MSG_LOG
 
+    class Key(IntEnum):
+        LEVEL = 2
+        TEXT = 3
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_LOG) | {2: self.level, 3: self.text}
+        K = Log.Key
+        return header(MSG_LOG) | {K.LEVEL: self.level, K.TEXT: self.text}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Log:
-        return cls(r.uint(2, "level", 7), r.text(3, "text", 1024))
+        K = cls.Key
+        return cls(r.uint(K.LEVEL, 7), r.text(K.TEXT, 1024))
 
 
 @dataclass
@@ -256,13 +317,20 @@ class Error:
 
     TYPE = MSG_ERROR
 
+    class Key(IntEnum):
+        CODE = 2
+        REFUSED_TYPE = 3
+        DETAIL = 4
+
     def to_cbor(self) -> dict[int, Any]:
-        return _h(MSG_ERROR) | {2: int(self.code), 3: self.refused_type, 4: self.detail}
+        K = Error.Key
+        return header(MSG_ERROR) | {K.CODE: int(self.code), K.REFUSED_TYPE: self.refused_type, K.DETAIL: self.detail}
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> Error:
+        K = cls.Key
         return cls(
-            ErrorCode(r.uint(2, "code", max(ErrorCode))),
-            r.uint(3, "refused_type", 255, default=0),
-            r.text(4, "detail", 1024, default=""),
+            ErrorCode(r.uint(K.CODE, max(ErrorCode))),
+            r.uint(K.REFUSED_TYPE, 255, default=0),
+            r.text(K.DETAIL, 1024, default=""),
         )

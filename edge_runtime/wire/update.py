@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from .cbor import typed_array
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import IndexCoding
 from .limits import Limits
-from .schema import MapReader, f32
+from .schema import MapReader, f32, header
 from .values import (
     BITS_PER_VALUE,
     CodedValues,
@@ -26,11 +27,6 @@ from .values import (
 )
 
 MSG_UPDATE = 1
-SCHEMA_VERSION = 1
-
-# Tensor update keys
-T_TENSOR, T_NUMEL, T_INDEX_CODING, T_POSITIONS, T_RICE_K, T_NNZ, T_VALUE_CODING, T_SCALE, T_VALUES = range(9)
-T_VALUE_K, T_VALUE_BASE = 9, 10
 
 
 @dataclass
@@ -45,6 +41,21 @@ class TensorUpdate:
     @property
     def nnz(self) -> int:
         return int(self.indices.size)
+
+    class Key(IntEnum):
+        """A tensor update is a map inside an update: no type or version keys of its own."""
+
+        TENSOR = 0
+        NUMEL = 1
+        INDEX_CODING = 2
+        POSITIONS = 3  # absent for dense
+        RICE_K = 4  # Golomb-Rice positions only
+        NNZ = 5
+        VALUE_CODING = 6
+        SCALE = 7  # int8, ternary, int8-rice
+        VALUES = 8
+        VALUE_K = 9  # int8-rice only
+        VALUE_BASE = 10  # int8-rice only
 
     def dense(self) -> np.ndarray:
         """The delta this entry stands for, as a flat float32 array of ``numel`` elements."""
@@ -61,39 +72,41 @@ class TensorUpdate:
             full = np.zeros(self.numel, codes.dtype)
             full[indices] = codes
             codes, indices = full, np.arange(self.numel)
+        K = TensorUpdate.Key
         out: dict[int, Any] = {
-            T_TENSOR: self.tensor,
-            T_NUMEL: self.numel,
-            T_INDEX_CODING: int(coding),
-            T_NNZ: int(indices.size),
-            T_VALUE_CODING: int(self.values.coding),
+            K.TENSOR: self.tensor,
+            K.NUMEL: self.numel,
+            K.INDEX_CODING: int(coding),
+            K.NNZ: int(indices.size),
+            K.VALUE_CODING: int(self.values.coding),
         }
         if coding != IndexCoding.DENSE:
-            out[T_POSITIONS] = index_coding.encode(indices, self.numel, coding, k)
+            out[K.POSITIONS] = index_coding.encode(indices, self.numel, coding, k)
         if coding == IndexCoding.GOLOMB_RICE:
-            out[T_RICE_K] = k
+            out[K.RICE_K] = k
         if self.values.coding in (ValueCoding.INT8, ValueCoding.TERNARY):
-            out[T_SCALE] = f32(self.values.scale)
+            out[K.SCALE] = f32(self.values.scale)
         rice_bytes, vk, base = (
             plan_int8_rice(codes) if self.values.coding == ValueCoding.INT8 and codes.size else (codes.size, 0, 0)
         )
         if self.values.coding == ValueCoding.TERNARY:
-            out[T_VALUES] = typed_array(pack_ternary(codes))
+            out[K.VALUES] = typed_array(pack_ternary(codes))
         elif rice_bytes < codes.size:
-            out[T_VALUE_CODING] = int(ValueCoding.INT8_RICE)
-            out[T_VALUES] = pack_int8_rice(codes, vk, base)
-            out[T_VALUE_K] = vk
-            out[T_VALUE_BASE] = base
+            out[K.VALUE_CODING] = int(ValueCoding.INT8_RICE)
+            out[K.VALUES] = pack_int8_rice(codes, vk, base)
+            out[K.VALUE_K] = vk
+            out[K.VALUE_BASE] = base
         else:
             dtype = {ValueCoding.FLOAT32: np.float32, ValueCoding.FLOAT16: np.float16, ValueCoding.INT8: np.int8}
-            out[T_VALUES] = typed_array(codes.astype(dtype[self.values.coding]))
+            out[K.VALUES] = typed_array(codes.astype(dtype[self.values.coding]))
         return out
 
     @classmethod
     def from_cbor(cls, obj: Any, path: str, limits: Limits, spec: Mapping[int, int] | None) -> TensorUpdate:
+        K = cls.Key
         r = MapReader(obj, path)
-        tensor = r.uint(T_TENSOR, "tensor", 2**31)
-        numel = r.uint(T_NUMEL, "numel", limits.max_numel)
+        tensor = r.uint(K.TENSOR, 2**31)
+        numel = r.uint(K.NUMEL, limits.max_numel)
         if spec is not None:
             if tensor not in spec:
                 raise ValueRejected(f"{path}.tensor", f"tensor {tensor} is not trainable in this model")
@@ -101,27 +114,27 @@ class TensorUpdate:
                 raise ValueRejected(
                     f"{path}.numel", f"tensor {tensor} has {spec[tensor]} elements, update says {numel}"
                 )
-        nnz = r.uint(T_NNZ, "nnz", min(limits.max_nnz, numel))
-        coding = r.uint(T_INDEX_CODING, "index_coding", max(IndexCoding))
-        k = r.uint(T_RICE_K, "rice_k", index_coding.MAX_RICE_K, default=0)
-        positions = r.bytestring(T_POSITIONS, "positions", max_len=limits.max_message_bytes, default=b"")
+        nnz = r.uint(K.NNZ, min(limits.max_nnz, numel))
+        coding = r.uint(K.INDEX_CODING, max(IndexCoding))
+        k = r.uint(K.RICE_K, index_coding.MAX_RICE_K, default=0)
+        positions = r.bytestring(K.POSITIONS, max_len=limits.max_message_bytes, default=b"")
         indices = index_coding.decode(positions, coding, nnz, numel, k, f"{path}.positions")
-        value_coding = ValueCoding(r.uint(T_VALUE_CODING, "value_coding", max(ValueCoding)))
+        value_coding = ValueCoding(r.uint(K.VALUE_CODING, max(ValueCoding)))
         scale = 1.0
         if value_coding in (ValueCoding.INT8, ValueCoding.TERNARY, ValueCoding.INT8_RICE):
-            scale = r.number(T_SCALE, "scale", lo=0.0)
+            scale = r.number(K.SCALE, lo=0.0)
         if value_coding == ValueCoding.INT8_RICE:
-            payload = r.bytestring(T_VALUES, "values", max_len=limits.max_message_bytes)
-            vk = r.uint(T_VALUE_K, "value_k", index_coding.MAX_RICE_K)
-            base = r.uint(T_VALUE_BASE, "value_base", 127)
+            payload = r.bytestring(K.VALUES, max_len=limits.max_message_bytes)
+            vk = r.uint(K.VALUE_K, index_coding.MAX_RICE_K)
+            base = r.uint(K.VALUE_BASE, 127)
             codes = unpack_int8_rice(payload, nnz, vk, base, f"{path}.values")
             value_coding = ValueCoding.INT8  # a wire layout, not a different kind of value
         elif value_coding == ValueCoding.TERNARY:
-            packed = r.typed(T_VALUES, "values", ("uint8",), -(-nnz // 4))
+            packed = r.typed(K.VALUES, ("uint8",), -(-nnz // 4))
             codes = unpack_ternary(packed, nnz, f"{path}.values")
         else:
             dtype = {ValueCoding.FLOAT32: "float32", ValueCoding.FLOAT16: "float16", ValueCoding.INT8: "int8"}
-            codes = r.typed(T_VALUES, "values", (dtype[value_coding],), nnz)
+            codes = r.typed(K.VALUES, (dtype[value_coding],), nnz)
         if codes.size != nnz:
             raise ValueRejected(f"{path}.values", f"{codes.size} values for nnz {nnz}")
         if value_coding == ValueCoding.INT8 and (codes == -128).any():
@@ -129,10 +142,6 @@ class TensorUpdate:
         if codes.dtype.kind == "f" and not np.isfinite(codes).all():
             raise ValueRejected(f"{path}.values", "non-finite value")
         return cls(tensor, numel, indices, CodedValues(value_coding, codes, scale))
-
-
-# Update keys (0 and 1 are the message type and schema version in every message)
-U_ID, U_DEVICE, U_ROUND, U_BASE, U_SAMPLES, U_TENSORS, U_METRICS, U_STATS, U_CREATED = range(2, 11)
 
 
 @dataclass
@@ -150,28 +159,39 @@ class Update:
 
     TYPE = MSG_UPDATE
 
+    class Key(IntEnum):
+        UPDATE_ID = 2
+        DEVICE = 3
+        ROUND = 4
+        BASE_VERSION = 5
+        SAMPLES = 6
+        TENSORS = 7
+        METRICS = 8
+        ACTIVATION_RANGES = 9
+        CREATED = 10
+
     def to_cbor(self) -> dict[int, Any]:
-        out: dict[int, Any] = {
-            0: MSG_UPDATE,
-            1: SCHEMA_VERSION,
-            U_ID: self.update_id,
-            U_DEVICE: self.device,
-            U_ROUND: self.round,
-            U_BASE: self.base_version,
-            U_SAMPLES: self.samples,
-            U_TENSORS: [t.to_cbor() for t in self.tensors],
+        K = Update.Key
+        out = header(MSG_UPDATE) | {
+            K.UPDATE_ID: self.update_id,
+            K.DEVICE: self.device,
+            K.ROUND: self.round,
+            K.BASE_VERSION: self.base_version,
+            K.SAMPLES: self.samples,
+            K.TENSORS: [t.to_cbor() for t in self.tensors],
         }
         if self.metrics:
-            out[U_METRICS] = {k: f32(v) for k, v in self.metrics.items()}
+            out[K.METRICS] = {k: f32(v) for k, v in self.metrics.items()}
         if self.activation_ranges:
-            out[U_STATS] = {k: [f32(lo), f32(hi)] for k, (lo, hi) in self.activation_ranges.items()}
+            out[K.ACTIVATION_RANGES] = {k: [f32(lo), f32(hi)] for k, (lo, hi) in self.activation_ranges.items()}
         if self.created:
-            out[U_CREATED] = self.created
+            out[K.CREATED] = self.created
         return out
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits, spec: Mapping[int, int] | None = None) -> Update:
-        tensors_raw = r.array(U_TENSORS, "tensors", limits.max_tensors)
+        K = cls.Key
+        tensors_raw = r.array(K.TENSORS, limits.max_tensors)
         tensors = [TensorUpdate.from_cbor(t, f"{r.path}.tensors[{i}]", limits, spec) for i, t in enumerate(tensors_raw)]
         seen = [t.tensor for t in tensors]
         if len(set(seen)) != len(seen):
@@ -180,8 +200,8 @@ class Update:
         if total > limits.max_nnz:
             raise LimitExceeded(f"{r.path}.tensors", f"{total} entries in all exceed {limits.max_nnz}")
         ranges: dict[int | str, tuple[float, float]] = {}
-        if r.has(U_STATS):
-            stats = r.obj[U_STATS]
+        if r.has(K.ACTIVATION_RANGES):
+            stats = r.obj[K.ACTIVATION_RANGES]
             if not isinstance(stats, dict) or len(stats) > limits.max_tensors:
                 raise SchemaError(f"{r.path}.activation_ranges", "expected a bounded map of name -> [min, max]")
             for name, pair in stats.items():
@@ -193,18 +213,18 @@ class Update:
                     raise SchemaError(field_path, "key is neither a tensor index nor short text")
                 if not isinstance(pair, list) or len(pair) != 2:
                     raise SchemaError(field_path, "expected [min, max]")
-                lo, hi = (MapReader({0: v}, field_path).number(0, "value") for v in pair)
+                lo, hi = (MapReader({"value": v}, field_path).number("value") for v in pair)
                 if lo > hi:
                     raise ValueRejected(field_path, f"min {lo} > max {hi}")
                 ranges[name] = (lo, hi)
         return cls(
-            update_id=r.bytestring(U_ID, "update_id", size=16),
-            device=r.text(U_DEVICE, "device", limits.max_string),
-            round=r.uint(U_ROUND, "round", 2**32),
-            base_version=r.bytestring(U_BASE, "base_version", size=32),
-            samples=r.uint(U_SAMPLES, "samples", 2**32),
+            update_id=r.bytestring(K.UPDATE_ID, size=16),
+            device=r.text(K.DEVICE, limits.max_string),
+            round=r.uint(K.ROUND, 2**32),
+            base_version=r.bytestring(K.BASE_VERSION, size=32),
+            samples=r.uint(K.SAMPLES, 2**32),
             tensors=tensors,
-            metrics=r.float_map(U_METRICS, "metrics", limits.max_metrics, limits.max_string),
+            metrics=r.float_map(K.METRICS, limits.max_metrics, limits.max_string),
             activation_ranges=ranges,
-            created=r.uint(U_CREATED, "created", 2**40, default=0),
+            created=r.uint(K.CREATED, 2**40, default=0),
         )
