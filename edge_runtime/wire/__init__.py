@@ -11,6 +11,7 @@ from .index_coding import IndexCoding
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import (
     Capabilities,
+    FailureReason,
     Fragment,
     GatewayState,
     ModelChunk,
@@ -18,6 +19,7 @@ from .messages import (
     Presence,
     Receipt,
     Task,
+    TaskFailure,
     TrainableTensor,
 )
 from .serial import (
@@ -46,6 +48,7 @@ __all__ = [
     "Ed25519Verifier",
     "Error",
     "ErrorCode",
+    "FailureReason",
     "Fragment",
     "GatewayState",
     "Hello",
@@ -68,6 +71,7 @@ __all__ = [
     "SchemaError",
     "Status",
     "Task",
+    "TaskFailure",
     "TensorUpdate",
     "Train",
     "TrainableTensor",

@@ -9,7 +9,7 @@ from .cbor import dumps, loads
 from .envelope import Verifier, open_envelope
 from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task
+from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task, TaskFailure
 from .schema import SCHEMA_VERSION, Header, MapReader
 from .serial import (
     Error,
@@ -37,6 +37,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         GatewayState,
         Receipt,
         Fragment,
+        TaskFailure,
         Hello,
         ModelBegin,
         ModelData,

@@ -1,4 +1,5 @@
-"""Every message tinyfed sends besides the update: tasks, model distribution, presence, gateway state.
+"""Every message tinyfed sends besides the update: tasks, model distribution, presence, gateway state,
+receipts, fragments, and a device's report that it could not do a task.
 
 All are CBOR maps with small integer keys: key 0 is the message type, key 1
 the schema version (``schema.Header``), the rest are the message's own, each
@@ -23,6 +24,7 @@ MSG_PRESENCE = 5
 MSG_GATEWAY_STATE = 6
 MSG_RECEIPT = 7
 MSG_FRAGMENT = 8
+MSG_TASK_FAILURE = 9
 
 
 @dataclass
@@ -425,6 +427,73 @@ class Receipt:
             pair = MapReader({"id": item[0], "reason": item[1]}, path)
             refused[pair.bytestring("id", size=16)] = pair.text("reason", 256)
         return cls(received, refused)
+
+
+class FailureReason(IntEnum):
+    """Why a device could not do a task. The gateway stops selecting it until its birth message changes."""
+
+    OTHER = 0
+    LABELS = 1  # its labels are not the model's classes
+    SHAPE = 2  # its features do not fit the model's input
+    NO_DATA = 3  # its data could not be read: missing, unreadable, empty
+    TRAINING = 4  # training (or evaluation) failed
+    NO_MODEL = 5  # the task's model could not be fetched, verified or loaded in time
+    NO_MEMORY = 6  # not enough RAM for the task (a board)
+    UNSUPPORTED = 7  # the model uses an operator the device lacks (a board)
+
+
+@dataclass
+class TaskFailure:
+    """A device's word that it cannot do a task, so the round need not wait for it until its deadline.
+
+    Sent on the device's update topic through its outbox (durable, receipted like an update: the report
+    id takes the update id's place).
+    """
+
+    report_id: bytes
+    device: str
+    round: int
+    task_id: bytes
+    reason: FailureReason
+    detail: str = ""  # for the operator; at most 256 characters
+
+    TYPE = MSG_TASK_FAILURE
+
+    class Key(IntEnum):
+        REPORT_ID = 2
+        DEVICE = 3
+        ROUND = 4
+        TASK_ID = 5
+        REASON = 6
+        DETAIL = 7
+
+    def to_cbor(self) -> dict[int, Any]:
+        K = TaskFailure.Key
+        out = header(MSG_TASK_FAILURE) | {
+            K.REPORT_ID: self.report_id,
+            K.DEVICE: self.device,
+            K.ROUND: self.round,
+            K.TASK_ID: self.task_id,
+            K.REASON: int(self.reason),
+        }
+        if self.detail:
+            out[K.DETAIL] = self.detail[:256]
+        return out
+
+    @classmethod
+    def from_reader(cls, r: MapReader, limits: Limits) -> TaskFailure:
+        K = cls.Key
+        reason = r.uint(K.REASON, 255)
+        if reason not in FailureReason._value2member_map_:
+            raise ValueRejected(f"{r.path}.reason", f"unknown failure reason {reason}")
+        return cls(
+            report_id=r.bytestring(K.REPORT_ID, size=16),
+            device=r.text(K.DEVICE, limits.max_string),
+            round=r.uint(K.ROUND, 2**32),
+            task_id=r.bytestring(K.TASK_ID, size=16),
+            reason=FailureReason(reason),
+            detail=r.text(K.DETAIL, 256, default=""),
+        )
 
 
 @dataclass

@@ -127,6 +127,13 @@ VALID: list[tuple[str, str, Any]] = [
         wire.Receipt([ID], {bytes(range(16, 32)): "base version is not the round's"}),
     ),
     (
+        "task-failure",
+        "a device cannot do task 3: its labels are not the model's classes",
+        wire.TaskFailure(
+            ID, "dev-01", 3, bytes(range(16, 32)), wire.FailureReason.LABELS, "labels [0, 1, 7], model has 6 classes"
+        ),
+    ),
+    (
         "fragment",
         "fragment 1 of 3 of a 10-byte message, with the whole message's sha256",
         wire.Fragment(ID, 1, 3, 10, hashlib.sha256(b"0123456789").digest(), b"4567"),
