@@ -81,6 +81,7 @@ class TaskRecord:
 
     status: str  # sent | delivered | reassigned | expired | failed
     base_version: bytes
+    task_id: bytes = b""
 
 
 class Ledger(Protocol):

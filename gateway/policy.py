@@ -45,7 +45,14 @@ class OpenRound:
     row: RoundRow
     aggregate: StreamingAggregate
     selected: set[str] = field(default_factory=set)
-    departures_seen: int = -1  # the registry's departure count when the round last looked for dead devices
+    replaced: set[str] = field(default_factory=set)  # devices whose task went to another (dead, or failed)
+    failed: set[str] = field(default_factory=set)  # devices that reported they cannot do their task
+
+    @property
+    def maybe_all_answered(self) -> bool:
+        """No task of the round can still be waiting: a cheap guard before asking the store to be sure."""
+        return len(self.selected) - self.aggregate.count - len(self.failed) <= 0
+    registry_seen: tuple[int, int] = (-1, -1)  # registry (departures, failures) when the round last looked
 
     @property
     def number(self) -> int:
@@ -64,9 +71,10 @@ class Plan:
     kind: str = "train"  # what the tasks ask: train | eval
     tasks: list[tuple[str, wire.Task]] = field(default_factory=list)  # (device, task): record, then send
     deadline: float = 0.0  # of the tasks
-    withdrawn: list[str] = field(default_factory=list)  # devices of the open round replaced (died before delivering)
+    withdrawn: list[str] = field(default_factory=list)  # devices of the open round that died before delivering
+    replaced: list[str] = field(default_factory=list)  # devices whose work the plan's tasks take over
     expired: list[tuple[int, str, str]] = field(default_factory=list)  # (round, device, kind) past their deadline
-    departures_seen: int | None = None  # the registry departure count this plan has looked at
+    registry_seen: tuple[int, int] | None = None  # the registry's (departures, failures) this plan looked at
     close: bool = False  # aggregate the open round into a new model version
     fail: str | None = None  # end the open round without a new version, for this reason
     finish_evaluation: bool = False  # the final evaluation has its reports (or its deadline passed)
@@ -89,6 +97,12 @@ class History(Protocol):
     def evaluated(self, version: bytes) -> bool: ...
 
     def round_counts(self, round_: int) -> dict[str, int]: ...
+
+    def outstanding(self, round_: int, kind: str) -> int:
+        """Tasks of the round that may still be answered."""
+        ...
+
+    def failed_devices(self, round_: int, kind: str) -> list[str]: ...
 
     def waiting_devices(self, round_: int | None = None, kind: str | None = None) -> list[tuple[int, str, str, float]]:
         """(round, device, kind, deadline) of every task sent and not yet answered."""
@@ -147,8 +161,10 @@ class RoundPolicy:
                 return plan
             return self._open_sync(registry, history, version, now)
         if open_round.row.mode == "eval":
+            row = open_round.row
             reports = history.round_counts(open_round.number)["eval"]
-            return Plan(finish_evaluation=reports >= open_round.row.target or now >= open_round.row.deadline)
+            done = reports + len(open_round.failed) >= row.target or now >= row.deadline
+            return Plan(finish_evaluation=done)
         if self.rules.mode == "async":
             if open_round.aggregate.count >= self.rules.buffer_size:
                 return Plan(close=True)
@@ -206,29 +222,42 @@ class RoundPolicy:
             return Plan(close=True)
         if now >= row.deadline:
             return Plan(fail="deadline passed with too few updates")
-        return self._reassign(open_round, registry, history, version)
+        plan = self._reassign(open_round, registry, history, version)
+        if (
+            not plan.tasks
+            and not plan.withdrawn
+            and open_round.maybe_all_answered
+            and not history.outstanding(row.round, "train")
+        ):
+            # Every task is answered: delivered, or failed with no spare to take it. Waiting is pointless.
+            if accepted >= rules.min_updates:
+                return Plan(close=True, registry_seen=plan.registry_seen)
+            return Plan(fail="every selected device failed its task", registry_seen=plan.registry_seen)
+        return plan
 
     def _reassign(self, open_round: OpenRound, registry: Registry, history: History, version: bytes) -> Plan:
-        """Replace selected devices that died before delivering.
+        """Give the tasks of selected devices that died before delivering, or failed, to spare devices.
 
         Plans come with every accepted update; scanning the round's tasks each time made a 1,000-device
-        round quadratic, so the scan runs only after some device has gone offline.
+        round quadratic, so the scan runs only after some device has gone offline or reported a failure.
         """
-        departures = registry.departures
-        if departures == open_round.departures_seen:
+        seen = (registry.departures, registry.failures)
+        if seen == open_round.registry_seen:
             return Plan()
         waiting = [d for _, d, _, _ in history.waiting_devices(open_round.number, "train")]
         dead = [d for d in sorted(waiting) if (r := registry.get(d)) is not None and not r.online]
-        if not dead:
-            return Plan(departures_seen=departures)
+        failed = [d for d in history.failed_devices(open_round.number, "train") if d not in open_round.replaced]
+        if not dead and not failed:
+            return Plan(registry_seen=seen)
         spare = self._eligible(registry, exclude=open_round.selected)
-        replacements = self.rng.permutation(spare)[: len(dead)].tolist() if spare else []
+        replacements = self.rng.permutation(spare)[: len(dead) + len(failed)].tolist() if spare else []
         deadline = open_round.row.deadline
         return Plan(
             tasks=self._tasks(replacements, open_round.number, version, deadline),
             deadline=deadline,
             withdrawn=dead,
-            departures_seen=departures,
+            replaced=dead + failed,
+            registry_seen=seen,
         )
 
     def _keep_busy(self, number: int, registry: Registry, history: History, version: bytes, now: float) -> Plan:

@@ -1,12 +1,20 @@
-"""Who is in the federation: presence births and deaths, capabilities, last seen, model version.
+"""Who is in the federation: presence births and deaths, capabilities, last seen, model version, failures.
 
 Birth and death carry the device's start counter (Sparkplug B's bdSeq): a
 death whose counter is older than the latest birth is the will of an
 earlier connection that the broker delivered late, and is ignored.
+
+A device that reported it cannot do a task (its labels are not the
+model's, its data vanished...) is not selected again until its birth
+message changes: a restart (a new start counter) or new capabilities (its
+sample count, say, after its data was fixed). A new model version alone
+(devices re-announce themselves after each install) changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -26,6 +34,16 @@ class DeviceRecord:
     seq: int
     last_seen: float
     capabilities: wire.Capabilities | None
+    failure: str | None = None  # why its last task failed; not selected while set
+    failure_key: str | None = None  # the birth it failed under: a different one clears the failure
+
+
+def birth_key(seq: int, capabilities: wire.Capabilities | None) -> str:
+    """What identifies a device's birth for failures: its start counter and capabilities, not its model."""
+    if capabilities is None:
+        return f"{seq}:-"
+    caps = dataclasses.replace(capabilities, model_version=None)
+    return f"{seq}:{hashlib.sha256(wire.encode(wire.Presence('', True, 0, 0, caps))).hexdigest()[:16]}"
 
 
 @dataclass
@@ -40,6 +58,8 @@ class Eligibility:
         caps = record.capabilities
         if not record.online:
             return "offline"
+        if record.failure is not None:
+            return f"failed its last task ({record.failure}); selected again once its birth message changes"
         if caps is None:
             return "no capabilities announced"
         if caps.samples < self.min_samples:
@@ -57,12 +77,15 @@ class Registry:
         self._devices: dict[str, DeviceRecord] = {}
         self._lock = threading.Lock()
         self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
+        self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
         for row in store.devices():
             caps = None
             if row["capabilities"]:
                 caps = wire.decode(row["capabilities"], expect=wire.Presence).capabilities
             # After a gateway restart nobody is known to be online until their retained birth arrives again.
-            self._devices[row["device"]] = DeviceRecord(row["device"], False, row["seq"], row["last_seen"], caps)
+            self._devices[row["device"]] = DeviceRecord(
+                row["device"], False, row["seq"], row["last_seen"], caps, row["failure"], row["failure_key"]
+            )
 
     def observe(self, presence: wire.Presence, raw: bytes) -> tuple[DeviceRecord, bool]:
         """Apply a birth or death; returns the record and whether the device just went offline."""
@@ -73,12 +96,32 @@ class Registry:
                 return record, False
             was_online = record is not None and record.online
             caps = presence.capabilities if presence.online else (record.capabilities if record else None)
-            record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps)
+            failure, key = (record.failure, record.failure_key) if record else (None, None)
+            if failure is not None and presence.online and birth_key(presence.seq, caps) != key:
+                log.info("%s announced a new birth: it may be selected again (it had failed: %s)", presence.device,
+                         failure)  # fmt: skip
+                failure = key = None
+            record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps, failure, key)
             self._devices[presence.device] = record
             if was_online and not presence.online:
                 self.departures += 1
-        self.store.save_device(presence.device, presence.online, presence.seq, raw if presence.online else None)
+        self.store.save_device(
+            presence.device, presence.online, presence.seq, raw if presence.online else None, failure, key
+        )
         return record, was_online and not presence.online
+
+    def birth_key(self, device: str) -> str:
+        with self._lock:
+            record = self._devices.get(device)
+            return birth_key(record.seq, record.capabilities) if record else birth_key(-1, None)
+
+    def mark_failed(self, device: str, why: str, key: str) -> None:
+        """Not selected until a birth other than ``key`` arrives (the failure is already in the store)."""
+        with self._lock:
+            record = self._devices.get(device)
+            if record is not None:
+                self._devices[device] = dataclasses.replace(record, failure=why, failure_key=key)
+            self.failures += 1
 
     def get(self, device: str) -> DeviceRecord | None:
         with self._lock:

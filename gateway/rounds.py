@@ -24,7 +24,7 @@ from typing import Any
 
 from edge_runtime import wire
 
-from .admission import AdmissionRules, Verdict, admit
+from .admission import ANSWERABLE, AdmissionRules, Verdict, admit
 from .aggregate import StreamingAggregate
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
@@ -114,8 +114,9 @@ class Rounds:
         for stored in delivered if kind == "train" else ():
             update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
             aggregate.add(update, stored.weight / max(1, update.samples))
-        selected = {d for _, d, k, _ in self.store.waiting_devices(row.round) if k == kind}
-        return OpenRound(row, aggregate, selected | {u.device for u in delivered})
+        tasks = self.store.round_tasks(row.round, kind)
+        failed = {d for d, status in tasks.items() if status == "failed"}
+        return OpenRound(row, aggregate, set(tasks), failed=failed)
 
     def resume(self) -> RoundSummary | None:
         """Take up the rounds a crash or stop left open; returns the summary of a close it had to finish."""
@@ -173,6 +174,38 @@ class Rounds:
                 raise
         return verdict
 
+    def report_failure(self, failure: wire.TaskFailure, device: str) -> str | None:
+        """Record a device's failed task; None when taken (or taken before), else why it is refused."""
+        with self._lock:
+            if failure.device != device:
+                return f"device {failure.device!r} does not match its topic ({device!r})"
+            if self.store.known_failure(failure.report_id):
+                return None  # a resend whose receipt was lost
+            for kind in ("train", "eval"):
+                task = self.store.task(failure.round, device, kind)
+                if task is not None and task.task_id == failure.task_id:
+                    break
+            else:
+                return f"{device} has no task {failure.task_id.hex()[:12]} in round {failure.round}"
+            if task.status not in ANSWERABLE:
+                return f"task {failure.task_id.hex()[:12]} of {device} is already {task.status}"
+            why = failure.reason.name.lower().replace("_", " ") + (f": {failure.detail}" if failure.detail else "")
+            key = self.registry.birth_key(device)
+            try:
+                self.store.record_failure(failure.report_id, device, failure.round, failure.task_id, kind,
+                                          int(failure.reason), failure.detail, why, key)  # fmt: skip
+            except Exception as exc:
+                if is_out_of_space(exc):
+                    self._note_full()
+                    raise OutOfSpace(f"the task failure of {device}", exc) from exc
+                raise
+            self.registry.mark_failed(device, why, key)
+            if self._open is not None and self._open.number == failure.round:
+                self._open.failed.add(device)
+        log.warning("%s cannot do its task in round %d (%s); not selected until its birth changes", device,
+                    failure.round, why)  # fmt: skip
+        return None
+
     # -- steps (the round thread) ---------------------------------------------------------------------------
     def _note_full(self) -> None:
         """A write failed for want of space: wait until some is freed, even above the configured floor."""
@@ -228,9 +261,9 @@ class Rounds:
 
     def _record(self, plan: Plan, now: float) -> Step:
         """Make a plan durable before any of its tasks is sent. Called under the lock."""
+        if plan.registry_seen is not None and self._open is not None:
+            self._open.registry_seen = plan.registry_seen
         if not (plan.open or plan.tasks or plan.withdrawn or plan.expired):
-            if plan.departures_seen is not None and self._open is not None:
-                self._open.departures_seen = plan.departures_seen
             return Step()
         ended = [(r, d, k, "expired") for r, d, k in plan.expired]
         if plan.withdrawn:
@@ -249,10 +282,10 @@ class Rounds:
                 log.info("final model %s: evaluation asked of %d devices", version.hex()[:12], len(ids))
         assert self._open is not None
         self._open.selected.update(device for device, _ in plan.tasks)
-        if plan.departures_seen is not None:
-            self._open.departures_seen = plan.departures_seen
-        if plan.withdrawn:
-            log.info("round %d: %s died; reassigned to %s", current.round, plan.withdrawn, [d for d, _ in ids])
+        self._open.replaced.update(plan.replaced)
+        if plan.replaced:
+            log.info("round %d: %s died or failed; their tasks went to %s", current.round, plan.replaced,
+                     [d for d, _ in ids])  # fmt: skip
         return Step(tasks=plan.tasks, expiry=max(1, int(plan.deadline - now)), opened=plan.open)
 
     def _close(self) -> Step:

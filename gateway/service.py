@@ -40,12 +40,13 @@ __all__ = ["Gateway", "RoundSummary"]
 
 
 def readable_update_id(data: bytes) -> bytes | None:
-    """The update id of a message that failed validation, when its CBOR is sound enough to hold one."""
+    """The id (an update's, or a failure report's: both at key 2) of a message that failed validation, when
+    its CBOR is sound enough to hold one: the receipt that refuses it lets the device stop resending it."""
     try:
         obj = loads(data, wire.DEFAULT_LIMITS)
     except wire.WireError:
         return None
-    if isinstance(obj, dict) and obj.get(0) == wire.Update.TYPE:
+    if isinstance(obj, dict) and obj.get(0) in (wire.Update.TYPE, wire.TaskFailure.TYPE):
         candidate = obj.get(2)
         if isinstance(candidate, bytes) and len(candidate) == 16:
             return candidate
@@ -186,6 +187,9 @@ class Gateway:
             return
         if whole is None:
             return
+        if wire.peek_type(whole) == wire.TaskFailure.TYPE:
+            self._on_failure(device, whole)
+            return
         try:
             update = wire.decode(whole, expect=wire.Update, spec=self.rounds.spec)
         except wire.WireError as exc:
@@ -209,6 +213,27 @@ class Gateway:
         else:
             log.info("update %s of %s arrived again; not counted twice", short, device)
         self._send_receipt(device, update.update_id, verdict.receipt_reason)
+
+    def _on_failure(self, device: str, data: bytes) -> None:
+        """A device cannot do its task: recorded, the round stops waiting for it, and it is receipted."""
+        try:
+            failure = wire.decode(data, expect=wire.TaskFailure)
+        except wire.WireError as exc:
+            report_id, why = readable_update_id(data), f"{type(exc).__name__}: {exc}"
+            self._refuse(report_id, device, why, len(data))
+            if report_id is not None:
+                self._send_receipt(device, report_id, why)
+            return
+        try:
+            refused = self.rounds.report_failure(failure, device)
+        except OutOfSpace as exc:
+            self._out_of_space(exc)
+            return
+        if refused is None:
+            self._wake.set()
+        else:
+            log.warning("refused a task failure report of %s: %s", device, refused)
+        self._send_receipt(device, failure.report_id, refused)
 
     def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
         log.warning("refused a message from %s: %s", device, reason)

@@ -55,9 +55,15 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, online INTEGER NOT NULL, seq INTEGER NOT NULL, last_seen REAL NOT NULL,
-    capabilities BLOB
+    capabilities BLOB, failure TEXT, failure_key TEXT
+);
+CREATE TABLE IF NOT EXISTS failures (
+    report_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, task_id BLOB NOT NULL,
+    kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
 );
 """
+# Columns added after a store could first be created: (table, column, declaration).
+MIGRATIONS = (("devices", "failure", "TEXT"), ("devices", "failure_key", "TEXT"))
 
 
 @dataclass
@@ -92,6 +98,9 @@ class GatewayStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._lock = threading.RLock()
 
     @contextmanager
@@ -295,10 +304,30 @@ class GatewayStore:
     def task(self, round_: int, device: str, kind: str) -> TaskRecord | None:
         """One device's task in a round (a primary-key lookup: judging an update must not scan the round)."""
         rows = self._query(
-            "SELECT status, base_version FROM selections WHERE round = ? AND device = ? AND kind = ?",
+            "SELECT status, base_version, task_id FROM selections WHERE round = ? AND device = ? AND kind = ?",
             (round_, device, kind),
         )
-        return TaskRecord(str(rows[0][0]), bytes.fromhex(rows[0][1])) if rows else None
+        return TaskRecord(str(rows[0][0]), bytes.fromhex(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    def outstanding(self, round_: int, kind: str) -> int:
+        """Tasks of a round that may still be answered: sent, or reassigned while their device looked dead."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM selections WHERE round = ? AND kind = ? AND status IN ('sent', 'reassigned')",
+            (round_, kind),
+        )
+        return int(rows[0][0])
+
+    def round_tasks(self, round_: int, kind: str) -> dict[str, str]:
+        """Every device given a task of this kind in this round, with the task's status."""
+        rows = self._query("SELECT device, status FROM selections WHERE round = ? AND kind = ?", (round_, kind))
+        return {str(d): str(s) for d, s in rows}
+
+    def failed_devices(self, round_: int, kind: str) -> list[str]:
+        rows = self._query(
+            "SELECT device FROM selections WHERE round = ? AND kind = ? AND status = 'failed' ORDER BY device",
+            (round_, kind),
+        )
+        return [str(r[0]) for r in rows]
 
     def waiting_devices(self, round_: int | None = None, kind: str | None = None) -> list[tuple[int, str, str, float]]:
         """(round, device, kind, deadline) of every task sent and not yet answered."""
@@ -414,16 +443,59 @@ class GatewayStore:
     def metrics(self, round_: int) -> dict[str, float]:
         return {k: v for k, v in self._query("SELECT name, value FROM metrics WHERE round = ?", (round_,))}
 
-    # -- devices ------------------------------------------------------------------------------------------
-    def save_device(self, device: str, online: bool, seq: int, capabilities: bytes | None) -> None:
+    # -- task failures ------------------------------------------------------------------------------------
+    def known_failure(self, report_id: bytes) -> bool:
+        return bool(self._query("SELECT 1 FROM failures WHERE report_id = ?", (report_id,)))
+
+    def record_failure(
+        self,
+        report_id: bytes,
+        device: str,
+        round_: int,
+        task_id: bytes,
+        kind: str,
+        reason: int,
+        detail: str,
+        failure: str,
+        failure_key: str,
+    ) -> None:
+        """A device's failed task, its task ended, and the device marked, in one transaction."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
-                (device, int(online), seq, time.time(), capabilities),
+                "INSERT INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (report_id, device, round_, task_id, kind, reason, detail, time.time()),
+            )
+            db.execute(
+                "UPDATE selections SET status = 'failed' WHERE round = ? AND device = ? AND kind = ?",
+                (round_, device, kind),
+            )
+            db.execute(
+                "UPDATE devices SET failure = ?, failure_key = ? WHERE device = ?", (failure, failure_key, device)
+            )
+
+    def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
+        keys = ("device", "round", "kind", "reason", "detail", "received")
+        rows = self._query(f"SELECT {', '.join(keys)} FROM failures ORDER BY received DESC LIMIT ?", (limit,))
+        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
+
+    # -- devices ------------------------------------------------------------------------------------------
+    def save_device(
+        self,
+        device: str,
+        online: bool,
+        seq: int,
+        capabilities: bytes | None,
+        failure: str | None = None,
+        failure_key: str | None = None,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device, int(online), seq, time.time(), capabilities, failure, failure_key),
             )
 
     def devices(self) -> list[dict[str, Any]]:
-        keys = ("device", "online", "seq", "last_seen", "capabilities")
+        keys = ("device", "online", "seq", "last_seen", "capabilities", "failure", "failure_key")
         return [
             dict(zip(keys, r, strict=True))
             for r in self._query(f"SELECT {', '.join(keys)} FROM devices ORDER BY device")

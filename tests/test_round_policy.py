@@ -70,8 +70,9 @@ class Federation:
             self.open = OpenRound(plan.open, StreamingAggregate(SIZES))
         if self.open is not None:
             self.open.selected.update(d for d, _ in plan.tasks)
-            if plan.departures_seen is not None:
-                self.open.departures_seen = plan.departures_seen
+            self.open.replaced.update(plan.replaced)
+            if plan.registry_seen is not None:
+                self.open.registry_seen = plan.registry_seen
         return plan
 
     def deliver(self, device: str, task: wire.Task) -> None:
@@ -156,7 +157,7 @@ def test_a_device_that_dies_after_delivering_is_not_replaced() -> None:
     fed.die(tasks[0][0])
     plan = fed.plan()
     assert plan.withdrawn == [] and plan.tasks == []
-    assert plan.departures_seen == fed.registry.departures
+    assert plan.registry_seen == (fed.registry.departures, fed.registry.failures)
 
 
 def test_selection_is_deterministic_for_a_seed() -> None:

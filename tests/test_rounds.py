@@ -48,7 +48,12 @@ class FailingOnce(FedAvgM):
 
 
 def make_rounds(
-    tmp_path: Path, model: bytes, strategy: object, disk: DiskSpace | None = None, **rules: object
+    tmp_path: Path,
+    model: bytes,
+    strategy: object,
+    disk: DiskSpace | None = None,
+    devices: tuple[str, ...] = ("a", "b"),
+    **rules: object,
 ) -> tuple[Rounds, FakeClock]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "initial.tflite").write_bytes(model)
@@ -66,10 +71,22 @@ def make_rounds(
     publisher = Publisher(config, store, strategy)
     admission = AdmissionRules(rc.mode, rc.norm_bound, 5)
     rounds = Rounds(store, Registry(store), publisher, policy, admission, clock, disk=disk)
-    for seq, name in enumerate(("a", "b")):
-        birth = wire.Presence(name, True, seq + 1, 0, wire.Capabilities(ram=1 << 20, backend="x", samples=50))
-        rounds.registry.observe(birth, wire.encode(birth))
+    for name in devices:
+        born(rounds, name, seq=1)
     return rounds, clock
+
+
+def born(rounds: Rounds, name: str, seq: int, samples: int = 50, model: bytes | None = None) -> None:
+    caps = wire.Capabilities(ram=1 << 20, backend="x", samples=samples, model_version=model)
+    birth = wire.Presence(name, True, seq, 0, caps)
+    rounds.registry.observe(birth, wire.encode(birth))
+
+
+def fail(
+    rounds: Rounds, device: str, task: wire.Task, reason: wire.FailureReason = wire.FailureReason.LABELS
+) -> str | None:
+    report = wire.TaskFailure(os.urandom(16), device, task.round, task.task_id, reason, "labels [7] not in 0..5")
+    return rounds.report_failure(wire.decode(wire.encode(report), expect=wire.TaskFailure), device)
 
 
 def answer(rounds: Rounds, device: str, task: wire.Task, value: float = 0.01) -> bool:
@@ -148,3 +165,73 @@ def test_below_the_free_space_floor_no_round_opens_it_is_said_once_and_rounds_re
     free[0] = 100 * 2**20
     assert rounds.step().opened is not None
     assert rounds.paused is None
+
+
+def test_a_device_that_cannot_do_its_task_ends_its_wait_and_is_left_out_until_its_birth_changes(
+    tmp_path: Path, model: bytes
+) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), devices=("a", "b", "c"), min_devices=2)
+    tasks = dict(rounds.step().tasks)
+    assert sorted(tasks) == ["a", "b", "c"]
+    assert fail(rounds, "c", tasks["c"]) is None
+    for device in ("a", "b"):
+        assert answer(rounds, device, tasks[device])
+    closed = rounds.step()  # at once: nothing is left to wait for, the deadline is 60 s away
+    assert closed.ended is not None and closed.ended.status == "closed" and closed.ended.accepted == 2
+    assert rounds.store.task(1, "c", "train").status == "failed"  # type: ignore[union-attr]
+    (row,) = rounds.store.failures()
+    assert row["device"] == "c" and row["reason"] == int(wire.FailureReason.LABELS)
+    assert rounds.store.devices()[2]["failure"] == "labels: labels [7] not in 0..5"
+
+    second = rounds.step()
+    assert second.opened is not None and sorted(d for d, _ in second.tasks) == ["a", "b"]
+    why = rounds.policy.eligibility.why_not(rounds.registry.get("c"))  # type: ignore[arg-type]
+    assert why is not None and why.startswith("failed its last task (labels")
+    born(rounds, "c", seq=1, model=rounds.publisher.version)  # re-announced after installing the new model
+    assert rounds.registry.get("c").failure is not None  # type: ignore[union-attr]
+    born(rounds, "c", seq=1, samples=80)  # its data was fixed: another sample count
+    assert rounds.registry.get("c").failure is None  # type: ignore[union-attr]
+    assert rounds.store.devices()[2]["failure"] is None
+
+
+def test_a_failed_task_goes_to_a_spare_and_a_round_everyone_failed_ends_at_once(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), devices=("a", "b", "c"), min_devices=2,
+                            fraction=0.5)  # fmt: skip
+    tasks = dict(rounds.step().tasks)
+    spare = ({"a", "b", "c"} - set(tasks)).pop()
+    first, second = sorted(tasks)
+    assert fail(rounds, first, tasks[first]) is None
+    handover = rounds.step()
+    assert [d for d, _ in handover.tasks] == [spare]
+    assert fail(rounds, second, tasks[second]) is None
+    assert fail(rounds, spare, dict(handover.tasks)[spare], wire.FailureReason.NO_DATA) is None
+    ended = rounds.step()
+    assert ended.ended is not None and ended.ended.status == "failed"
+    assert rounds.store.rounds()[0].note == "every selected device failed its task"
+
+
+def test_failure_reports_are_checked_like_updates(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9))
+    tasks = dict(rounds.step().tasks)
+    report = wire.TaskFailure(os.urandom(16), "a", 1, tasks["a"].task_id, wire.FailureReason.SHAPE)
+    assert rounds.report_failure(report, "b") == "device 'a' does not match its topic ('b')"
+    forged = wire.TaskFailure(os.urandom(16), "b", 1, tasks["a"].task_id, wire.FailureReason.SHAPE)
+    assert "has no task" in str(rounds.report_failure(forged, "b"))  # b cannot fail a's task for it
+    assert rounds.report_failure(report, "a") is None
+    assert rounds.report_failure(report, "a") is None  # a resend: taken once, receipted again
+    again = wire.TaskFailure(os.urandom(16), "a", 1, tasks["a"].task_id, wire.FailureReason.SHAPE)
+    assert "is already failed" in str(rounds.report_failure(again, "a"))
+    assert len(rounds.store.failures()) == 1
+    assert not answer(rounds, "a", tasks["a"])  # and its task cannot be answered after it failed it
+
+
+def test_a_failure_mark_survives_a_gateway_restart(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9))
+    tasks = dict(rounds.step().tasks)
+    assert fail(rounds, "a", tasks["a"]) is None
+    rounds.store.close()
+    again = Registry(GatewayStore(tmp_path / "gw" / "gateway.db"))
+    assert again.get("a").failure == "labels: labels [7] not in 0..5"  # type: ignore[union-attr]
+    born_again = wire.Presence("a", True, 1, 0, wire.Capabilities(ram=1 << 20, backend="x", samples=50))
+    again.observe(born_again, wire.encode(born_again))  # the same birth, retained, after the restart
+    assert again.get("a").failure is not None  # type: ignore[union-attr]
