@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import TinyfedError
+
 if TYPE_CHECKING:
     from .transport.mqtt import BrokerConfig
 
@@ -26,7 +28,7 @@ ENV_PREFIX = "TINYFED"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, TinyfedError):
     """A configuration file or override is unreadable or wrong; the message names where."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from edge_runtime.config import ConfigError
+from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.shutdown import stop_on_signals
 
 from .config import GatewayConfig
@@ -24,8 +25,10 @@ from .config import GatewayConfig
 EXIT_CONFIG, EXIT_NO_BROKER, EXIT_LOCKED = 2, 3, 4
 
 
-class StorageLocked(RuntimeError):
-    pass
+class StorageLocked(RuntimeError, TinyfedError):
+    """Another gateway holds the storage directory's lock."""
+
+    exit_code = ExitCode.STORAGE_LOCKED
 
 
 @contextlib.contextmanager

@@ -28,12 +28,16 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..errors import ExitCode, TinyfedError
+
 log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], None]
 
 
-class TransportError(RuntimeError):
+class TransportError(RuntimeError, TinyfedError):
     """The broker cannot be reached or refused us; the message says which and where."""
+
+    exit_code = ExitCode.NO_BROKER
 
 
 @dataclass
