@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
-from edge_runtime.agent import LocalData, load_local_data
 from edge_runtime.device_config import DataSection
+from edge_runtime.local_training import LocalData, load_local_data
 from edge_runtime.shutdown import stop_on_signals
 
 from .board import BoardSpec, EmulatedBoard, parse_size
