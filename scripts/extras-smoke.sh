@@ -24,10 +24,14 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/tinyfed-smoke.XXXXXX")
 STARTED=$SECONDS
 PIDS=()
 
-cleanup() {
-    local pid
+cleanup() {  # on any exit: stop what this script started (SIGTERM, SIGKILL after 10 s), then drop the scratch files
+    local pid deadline=$((SECONDS + 10))
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
     done
     rm -rf "$TMP"
 }
