@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bench.fl_common import run_sweep
-from gateway.simulation import FederationSpec, central_baseline
+from tinyfed.simulation import FederationSpec, central_baseline
 
 SPEC = FederationSpec(
     data="cmapss",

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.common import print_table, results_dir, write_result
 from bench.plot import accuracy_vs_uplink, accuracy_vs_uplink_text
-from gateway.simulation import FederationResult, FederationSpec, RoundRecord, run_federation
+from tinyfed.simulation import FederationResult, FederationSpec, RoundRecord, run_federation
 
 DENSITIES = (0.1, 0.01, 0.001)
 

@@ -122,7 +122,7 @@ def run_size(devices: int, folder: Path) -> dict[str, Any]:
         config = _gateway_config(folder, broker.url, federation, model, devices)
         started = time.perf_counter()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime.cli", "gateway", "run", "--config", str(config)],
+            [sys.executable, "-m", "tinyfed", "gateway", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         peak = {"rss": 0.0, "cpu": 0.0}

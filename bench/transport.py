@@ -239,7 +239,7 @@ def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
 
     gateway.subscribe(TOPICS.presence("rss"), on_presence)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", "device", "run", "--config", str(config)],
+        [sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -24,17 +24,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-
-import numpy as np
 
 from . import __version__, wire
 from .compress.compressor import CompressionConfig, Compressor
 from .compress.feedback import ResidualStore
-from .data.dataset import Dataset
-from .data.partition import device_share, select_group
-from .data.sources import load_source
-from .device_config import DataSection, DeviceConfig
+from .device_config import DeviceConfig
+from .local_training import LocalData, held_out_metrics, load_local_data, task_training
 from .member import FederationMember, MemberSettings
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
@@ -42,54 +37,11 @@ from .model.errors import ModelError
 from .model.graph import Graph
 from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
-from .train.evaluate import int8_metrics
-from .train.trainer import TrainConfig, Trainer, cut_for_last_layers
-from .wire.values import ValueCoding
+from .train.trainer import Trainer, cut_for_last_layers
+
+__all__ = ["DeviceAgent", "LocalData", "load_local_data"]  # the last two moved to local_training; kept here for callers
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LocalData:
-    train: Dataset
-    evaluate: Dataset
-
-
-def load_local_data(section: DataSection) -> LocalData:
-    """This device's samples: a natural group, a shard of a partition, or the whole source."""
-    split = load_source(section.source, seed=section.seed)
-    if section.group is not None:
-        train, held_out = select_group(split.train, split.test, section.group, section.holdout, seed=section.seed)
-        return LocalData(train, held_out)
-    if section.shard is not None:
-        own = device_share(split.train, section.shard, section.partition, section.seed)
-        own = np.random.default_rng(section.seed).permutation(own)
-        n_eval = round(len(own) * section.holdout)
-        name = f"{split.train.name} shard {section.shard}"
-        evaluate = split.train.subset(own[:n_eval], f"{name} held out") if n_eval else split.test
-        return LocalData(split.train.subset(own[n_eval:], name), evaluate)
-    return LocalData(split.train, split.test)
-
-
-def task_training(task: wire.Task, seed: int) -> tuple[TrainConfig, CompressionConfig]:
-    """How a task says to train and compress: one mapping for every member (Python device, emulated board)."""
-    training = TrainConfig(
-        epochs=task.epochs,
-        batch_size=task.batch_size,
-        learning_rate=task.learning_rate,
-        prox_mu=task.prox_mu,
-        seed=seed,
-    )
-    return training, CompressionConfig(density=task.density, value_coding=ValueCoding(task.value_coding), seed=seed)
-
-
-def held_out_metrics(backend: Backend, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:
-    """The metrics an update reports: the base model's int8 accuracy and loss on the local held-out share."""
-    if len(held_out) == 0:
-        return {}
-    x = quantize_input(graph, held_out.x)
-    scores = int8_metrics(backend, model, graph, x, model_labels(graph, held_out.y, held_out.classes))
-    return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(held_out))}
 
 
 def physical_ram() -> int:

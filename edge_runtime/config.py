@@ -19,14 +19,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import TinyfedError
+
 if TYPE_CHECKING:
-    from .transport.mqtt import BrokerConfig
+    from .transport.broker_config import BrokerConfig
 
 ENV_PREFIX = "TINYFED"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, TinyfedError):
     """A configuration file or override is unreadable or wrong; the message names where."""
 
 
@@ -118,7 +120,7 @@ def table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def broker_section(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None) -> BrokerConfig:
     """``[broker]``, shared by devices and gateways: protocol defaults to auto, URL and protocol checked."""
-    from .transport.mqtt import BrokerConfig
+    from .transport.broker_config import BrokerConfig
 
     broker_table = {"protocol": "auto", **table(data, "broker")}
     if isinstance(broker_table["protocol"], int):  # `protocol = 5` written as a number

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, broker_section, check_tables, read_toml, section, table
+from .transport.broker_config import BrokerConfig
 from .transport.fragments import DEFAULT_MAX_PAYLOAD
-from .transport.mqtt import BrokerConfig
 from .transport.topics import check_id
 from .wire.errors import SchemaError
 

@@ -32,7 +32,7 @@ class PortSpec:
         """``/dev/ttyACM0``, ``socket://10.0.0.5:4000#greenhouse-3``: a pyserial URL and an optional id."""
         url, _, device_id = text.partition("#")
         if not url:
-            raise ValueError(f"--port {text!r}: no serial port URL")
+            raise ValueError("no serial port URL before the '#'")
         if device_id:
             check_id("device id", device_id)
         return cls(url, device_id)

@@ -1,6 +1,6 @@
 """``tinyfed bridge run``: runs until SIGTERM/SIGINT, then announces every board's death and stops.
 
-Exit codes: 0 after a signal, 2 for bad options.
+Exit codes (``edge_runtime.errors.ExitCode``): 0 after a signal, 2 for bad options (``ConfigError``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from edge_runtime.config import ConfigError, broker_section
 from edge_runtime.member import MemberSettings
@@ -22,12 +21,8 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        ports = [PortSpec.parse(p) for p in args.port]
-        broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
-    except (ValueError, ConfigError) as exc:
-        print(f"tinyfed bridge run: {exc}", file=sys.stderr)
-        return 2
+    ports = [_port(text) for text in args.port]
+    broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
     settings = MemberSettings(device_id="", federation=args.federation, storage=args.storage, broker=broker)
     bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
     stop = stop_on_signals()
@@ -36,3 +31,10 @@ def run(args: argparse.Namespace) -> int:
     bridge.stop()
     print("bridge stopped", flush=True)
     return 0
+
+
+def _port(text: str) -> PortSpec:
+    try:
+        return PortSpec.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"--port {text!r}: {exc}") from exc

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from edge_runtime.errors import TinyfedError
 from edge_runtime.wire.serial import ErrorCode
 
 from .link import LinkTimeout
 
 
-class BoardProblem(RuntimeError):
+class BoardProblem(RuntimeError, TinyfedError):
     """Base of everything the host driver raises about the board."""
 
 

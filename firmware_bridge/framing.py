@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
+from edge_runtime.errors import TinyfedError
+
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBBBB")
 CRC = struct.Struct("<I")
@@ -40,7 +42,7 @@ OVERHEAD = HEADER.size + CRC.size  # bytes around the payload before COBS
 MAX_FRAME_DEFAULT = 1024  # payload bytes per frame until HELLO says otherwise
 
 
-class FrameError(ValueError):
+class FrameError(ValueError, TinyfedError):
     """A frame failed its CRC, its COBS decoding or its header; the message says which."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from edge_runtime.errors import TinyfedError
+
 from .framing import (
     FLAG_ACK,
     FLAG_START,
@@ -66,7 +68,7 @@ def _read_available(port: Port) -> bytes:
     return data
 
 
-class LinkError(RuntimeError):
+class LinkError(RuntimeError, TinyfedError):
     """The other side stopped answering, or the link was closed."""
 
 

@@ -1,8 +1,10 @@
 """``tinyfed gateway run | status | rollback``.
 
-Exit codes: 0 after SIGTERM/SIGINT or the configured number of rounds; 2
-for a configuration error; 3 when the broker cannot be reached; 4 when
-another gateway holds the storage directory.
+Exit codes (``edge_runtime.errors.ExitCode``, returned by ``tinyfed`` from
+the error raised here): 0 after SIGTERM/SIGINT or the configured number of
+rounds; 2 for a configuration error (``ConfigError``); 3 when the broker
+cannot be reached (``TransportError``); 4 when another gateway holds the
+storage directory (``StorageLocked``).
 """
 
 from __future__ import annotations
@@ -11,25 +13,25 @@ import argparse
 import contextlib
 import fcntl
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from edge_runtime.config import ConfigError
+from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.shutdown import stop_on_signals
 
 from .config import GatewayConfig
 
-EXIT_CONFIG, EXIT_NO_BROKER, EXIT_LOCKED = 2, 3, 4
 
+class StorageLocked(RuntimeError, TinyfedError):
+    """Another gateway holds the storage directory's lock."""
 
-class StorageLocked(RuntimeError):
-    pass
+    exit_code = ExitCode.STORAGE_LOCKED
 
 
 @contextlib.contextmanager
-def storage_lock(storage: Path) -> Iterator[None]:
+def storage_lock(storage: Path, advice: str = "") -> Iterator[None]:
     """One gateway per storage directory: two writers would each count the other's updates as replays."""
     storage.mkdir(parents=True, exist_ok=True)
     handle: IO[str] = open(storage / "gateway.lock", "w")  # noqa: SIM115 - held for the whole run
@@ -37,7 +39,7 @@ def storage_lock(storage: Path) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         handle.close()
-        raise StorageLocked(f"{storage} is in use by a running gateway") from exc
+        raise StorageLocked(f"{storage} is in use by a running gateway" + (f"; {advice}" if advice else "")) from exc
     try:
         yield
     finally:
@@ -45,78 +47,59 @@ def storage_lock(storage: Path) -> Iterator[None]:
         handle.close()
 
 
-def _load(args: argparse.Namespace) -> GatewayConfig | None:
-    try:
-        return GatewayConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"tinyfed gateway: {exc}", file=sys.stderr)
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    config = GatewayConfig.load(args.config)
     from edge_runtime.transport.mqtt import TransportError
 
     from .service import Gateway, RoundSummary
 
     stop = stop_on_signals()
-    try:
-        with storage_lock(config.storage):
-            gateway = Gateway(config)
+    with storage_lock(config.storage):
+        gateway = Gateway(config)
 
-            def report(summary: RoundSummary) -> None:
-                ratio = summary.dense_bytes / summary.uplink_bytes if summary.uplink_bytes else float("nan")
-                acc = summary.metrics.get("eval_accuracy")
-                shown = f"{acc:.4f}" if acc is not None else "-"
-                print(
-                    f"round {summary.round:>4} {summary.status:<6} updates {summary.accepted:>4} "
-                    f"refused {summary.refused:>3}  base-model accuracy (federated) {shown}  "
-                    f"uplink {summary.uplink_bytes} B ({ratio:.0f}x below dense float32)  {summary.seconds:.1f} s",
-                    flush=True,
-                )
-
-            gateway.on_round_closed.append(report)
-            try:
-                gateway.start()
-            except TransportError as exc:
-                print(
-                    f"tinyfed gateway: cannot reach the MQTT broker at {config.broker.url}: {exc}. "
-                    f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL).",
-                    file=sys.stderr,
-                )
-                gateway.link.stop()
-                return EXIT_NO_BROKER
+        def report(summary: RoundSummary) -> None:
+            ratio = summary.dense_bytes / summary.uplink_bytes if summary.uplink_bytes else float("nan")
+            acc = summary.metrics.get("eval_accuracy")
+            shown = f"{acc:.4f}" if acc is not None else "-"
             print(
-                f"gateway of federation {config.gateway.federation}: model {gateway.version.hex()[:12]}, "
-                f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
+                f"round {summary.round:>4} {summary.status:<6} updates {summary.accepted:>4} "
+                f"refused {summary.refused:>3}  base-model accuracy (federated) {shown}  "
+                f"uplink {summary.uplink_bytes} B ({ratio:.0f}x below dense float32)  {summary.seconds:.1f} s",
                 flush=True,
             )
-            while not stop.wait(0.5):
-                if gateway.finished.is_set():
-                    break
-            gateway.stop()
-    except StorageLocked as exc:
-        print(f"tinyfed gateway: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
+
+        gateway.on_round_closed.append(report)
+        try:
+            gateway.start()
+        except TransportError as exc:
+            gateway.link.stop()
+            raise TransportError(
+                f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
+                f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL)."
+            ) from exc
+        print(
+            f"gateway of federation {config.gateway.federation}: model {gateway.version.hex()[:12]}, "
+            f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if gateway.finished.is_set():
+                break
+        gateway.stop()
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    config = GatewayConfig.load(args.config)
     from .store import GatewayStore
 
     db = config.storage / "gateway.db"
     if not db.exists():
-        print(f"tinyfed gateway: no state at {db}: the gateway has not run with this storage", file=sys.stderr)
-        return EXIT_CONFIG
+        raise ConfigError(f"no state at {db}: the gateway has not run with this storage")
     store = GatewayStore(db)
     current = store.current_version
     print(f"federation {config.gateway.federation}, model {current.hex()[:12] if current else '-'}")
@@ -145,26 +128,21 @@ def status(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    config = GatewayConfig.load(args.config)
     from .store import GatewayStore
 
-    try:
-        with storage_lock(config.storage):
-            store = GatewayStore(config.storage / "gateway.db")
+    with storage_lock(config.storage, advice="stop it first, then roll back"):
+        store = GatewayStore(config.storage / "gateway.db")
+        try:
             model = store.model(args.to)
             if model is None:
                 known = ", ".join(m["version"][:12] for m in store.models())
-                print(f"tinyfed gateway: no single version starts with {args.to!r}; known: {known}", file=sys.stderr)
-                return EXIT_CONFIG
+                raise ConfigError(f"no single version starts with {args.to!r}; known: {known}")
             open_row = store.open_round_row()
             if open_row is not None:
                 store.end_round(open_row.round, "failed", note=f"rolled back to {model['version'][:12]}")
             store.set_meta("current_version", model["version"])
+        finally:
             store.close()
-    except StorageLocked as exc:
-        print(f"tinyfed gateway: {exc}; stop it first, then roll back", file=sys.stderr)
-        return EXIT_LOCKED
     print(f"rolled back to model {model['version'][:12]} (round {model['round']}); it is published at the next start")
     return 0

@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime import __version__, wire
-from edge_runtime.agent import LocalData, held_out_metrics, task_training
 from edge_runtime.compress.compressor import Compressor
 from edge_runtime.compress.feedback import ResidualStore
+from edge_runtime.local_training import LocalData, held_out_metrics, task_training
 from edge_runtime.model.backends.micro import ArenaTooSmallError, MicroBackend, MicroSession, arena_with_margin
 from edge_runtime.model.errors import ModelError, ShapeMismatchError
 from edge_runtime.model.graph import Graph

@@ -1,22 +1,23 @@
 """``tinyfed hil emulate``: an emulated board on a pty, for the bridge, a bench script or a terminal.
 
 Prints ``pty: /dev/pts/N`` (the path to open) and the board's memory
-budget, then serves until SIGTERM/SIGINT. The flash file keeps the model
-and the error-feedback residual from one run to the next.
+budget, then serves until SIGTERM/SIGINT (exit 0); bad options raise
+``ConfigError``, ``FaultSpecError`` or ``DataError`` (exit 2). The flash
+file keeps the model and the error-feedback residual from one run to the next.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from edge_runtime.agent import LocalData, load_local_data
+from edge_runtime.config import ConfigError
 from edge_runtime.device_config import DataSection
+from edge_runtime.local_training import LocalData, load_local_data
 from edge_runtime.shutdown import stop_on_signals
 
 from .board import BoardSpec, EmulatedBoard, parse_size
-from .faults import FaultPlan, FaultSpecError
+from .faults import FaultPlan
 
 
 def emulate(args: argparse.Namespace) -> int:
@@ -24,24 +25,18 @@ def emulate(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        spec = BoardSpec(
-            ram=parse_size(args.ram),
-            flash=parse_size(args.flash),
-            baud=args.baud,
-            max_frame=args.max_frame,
-            board_id=args.board_id,
-        )
-        faults = FaultPlan.parse(args.faults)
-        data: LocalData | None = None
-        if args.data != "none":
-            section = DataSection(
-                source=args.data, group=args.group, shard=None if args.group is not None else args.shard
-            )
-            data = load_local_data(section)
-    except (ValueError, FaultSpecError) as exc:
-        print(f"tinyfed hil emulate: {exc}", file=sys.stderr)
-        return 2
+    spec = BoardSpec(
+        ram=_size("--ram", args.ram),
+        flash=_size("--flash", args.flash),
+        baud=args.baud,
+        max_frame=args.max_frame,
+        board_id=args.board_id,
+    )
+    faults = FaultPlan.parse(args.faults)
+    data: LocalData | None = None
+    if args.data != "none":
+        section = DataSection(source=args.data, group=args.group, shard=None if args.group is not None else args.shard)
+        data = load_local_data(section)
     board = EmulatedBoard(args.flash_file, spec, data=data, faults=faults).start()
     stop = stop_on_signals()
     print(f"pty: {board.path}", flush=True)
@@ -55,3 +50,10 @@ def emulate(args: argparse.Namespace) -> int:
     stop.wait()
     board.stop()
     return 0
+
+
+def _size(option: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from exc

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_runtime.errors import TinyfedError
+
 from .pty_port import LineFaults
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(ValueError, TinyfedError):
     """A ``--faults`` string that does not parse; the message names the bad part."""
 
 

@@ -31,6 +31,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.errors import TinyfedError
+
 RECORD = struct.Struct("<4sIIB32s")  # magic, seq, size, slot, sha256; then CRC-32 of these bytes
 RECORD_BYTES = 64
 MAGIC = b"TFM1"
@@ -39,11 +41,11 @@ PROGRESS = struct.Struct("<4s32sIIB")  # magic, model version, size, bytes writt
 PROGRESS_MAGIC = b"TFP1"
 
 
-class BrownOut(RuntimeError):
+class BrownOut(RuntimeError, TinyfedError):
     """Power was lost during a flash write (injected); the board resets."""
 
 
-class FlashFull(ValueError):
+class FlashFull(ValueError, TinyfedError):
     pass
 
 

@@ -90,8 +90,8 @@ def hil_board(request: pytest.FixtureRequest, tmp_path: Path, hil_board_options:
         return
     pytest.importorskip("tflite_micro", reason="the emulated board runs TFLite Micro: pip install 'tinyfed[micro]'")
     pytest.importorskip("serial", reason="pyserial: pip install 'tinyfed[hil]'")
-    from edge_runtime.agent import load_local_data
     from edge_runtime.device_config import DataSection
+    from edge_runtime.local_training import load_local_data
 
     from .board import BoardSpec, EmulatedBoard
     from .faults import FaultPlan

@@ -3,9 +3,12 @@
 #
 # Two environments, because the interpreter wheels disagree about numpy:
 #   .venv      numpy 2: ai-edge-litert + tflite-micro (+ the sktime wheel, for its bundled data sets)
-#   .venv-np1  numpy 1.26: tflite-runtime 2.14, which fails under numpy 2
-# The conformance suite runs in both, so every backend is tested. ruff and
-# mypy run first; any failure fails the script.
+#   .venv-np1  numpy 1.26: tflite-runtime 2.14, which fails under numpy 2 (and ai-edge-litert, which the
+#              device extra brings on x86-64, so litert is also tested under numpy 1)
+# The conformance suite runs in both, so every backend is tested. ruff, mypy,
+# the import contracts (lint-imports) and the extras smoke test (each role's
+# extra installed alone into a clean venv, scripts/extras-smoke.sh) run
+# first; any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -27,6 +30,10 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== import contracts"
+.venv/bin/lint-imports
+echo "== extras: each role's extra installs and runs alone"
+PYTHON="$PYTHON" bash scripts/extras-smoke.sh
 
 status=0
 echo "== tests on numpy 2 (litert, micro)"

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tinyfed_bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "bench", *args],
+        [sys.executable, "-m", "tinyfed", "bench", *args],
         capture_output=True,
         text=True,
         timeout=600,

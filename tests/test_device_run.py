@@ -43,7 +43,7 @@ backoff_cap = 0.5
 
 def device_run(config: Path, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", "device", "run", "--config", str(config)],
+        [sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

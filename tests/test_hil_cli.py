@@ -16,7 +16,7 @@ from firmware_bridge.driver import BoardDriver
 
 def tinyfed(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", *args],
+        [sys.executable, "-m", "tinyfed", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

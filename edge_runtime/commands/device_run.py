@@ -1,21 +1,18 @@
 """``tinyfed device run --config device.toml``: a long-running federation member.
 
-Exit codes: 0 after SIGTERM/SIGINT (a clean stop: death announced, outbox
-kept on disk), 2 for a configuration or data error, 3 when the broker cannot
-be reached at start (unless ``--keep-trying``).
+Exit codes (``edge_runtime.errors.ExitCode``): 0 after SIGTERM/SIGINT (a
+clean stop: death announced, outbox kept on disk), 2 for a configuration or
+data error (``ConfigError``, ``DataError``), 3 when the broker cannot be
+reached at start (``TransportError``; unless ``--keep-trying``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from ..config import ConfigError
 from ..device_config import DeviceConfig
 from ..shutdown import stop_on_signals
-
-EXIT_NO_BROKER = 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,11 +20,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        config = DeviceConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"tinyfed device run: {exc}", file=sys.stderr)
-        return 2
+    config = DeviceConfig.load(args.config)
     from ..agent import DeviceAgent
     from ..transport.mqtt import TransportError
 
@@ -43,13 +36,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             agent.link.require_connected(config.device.connect_timeout)
         except TransportError as exc:
-            print(
-                f"tinyfed device run: cannot reach the MQTT broker at {config.broker.url}: {exc}. "
-                f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying.",
-                file=sys.stderr,
-            )
             agent.stop(timeout=1.0)
-            return EXIT_NO_BROKER
+            raise TransportError(
+                f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
+                f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying."
+            ) from exc
     while not stop.wait(1.0):
         pass
     agent.stop()

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import TinyfedError
 
-class DataError(ValueError):
+
+class DataError(ValueError, TinyfedError):
     """A data source is missing, malformed or inconsistent; the message names the file and field."""
 
 

@@ -7,8 +7,10 @@ without a debugger.
 
 from __future__ import annotations
 
+from ..errors import TinyfedError
 
-class ModelError(Exception):
+
+class ModelError(TinyfedError):
     """Base class: anything wrong with a model file or its use."""
 
 

@@ -17,10 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..errors import TinyfedError
+
 SEARCH = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-class BrokerError(OSError):
+class BrokerError(OSError, TinyfedError):
     """No broker could be started here (Mosquitto missing or not listening in time, amqtt not installed)."""
 
 

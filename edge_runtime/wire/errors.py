@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import TinyfedError
 
-class WireError(ValueError):
+
+class WireError(ValueError, TinyfedError):
     """Base: a message was refused. ``field`` is the path of the offending field."""
 
     def __init__(self, field: str, reason: str) -> None:

@@ -32,9 +32,8 @@ from edge_runtime.model.writer import write_graph
 from edge_runtime.train.build import build_model
 from edge_runtime.train.evaluate import int8_predictions
 from edge_runtime.transport.embedded import demo_broker
-
-from .config import GatewayConfig
-from .service import Gateway, RoundSummary
+from gateway.config import GatewayConfig
+from gateway.service import Gateway, RoundSummary
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+from edge_runtime.config import ConfigError
+
 
 def repo_root() -> Path:
     """The checkout holding ``bench/`` (benchmarks ship with the source, not the wheel)."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (candidate / "bench" / "common.py").is_file():
             return candidate
-    raise OSError("bench/ not found: run tinyfed bench from a tinyfed checkout")
+    raise ConfigError("bench/ not found: run tinyfed bench from a tinyfed checkout")
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -30,16 +32,14 @@ def bench(args: argparse.Namespace) -> int:
     # The suite names the benchmarks; bench/ also holds their helpers (plot, sim_devices, ...), which are not.
     unknown = [n for n in names if n not in suite.SUITE]
     if unknown:
-        print(f"tinyfed bench: no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}")
     if args.results is not None:
         os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
     results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
     try:  # before minutes of measuring, not after: a result that cannot be written is a run lost
         results.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"tinyfed bench: cannot write results to {results}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"cannot write results to {results}: {exc.strerror or exc}") from exc
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for name in names:

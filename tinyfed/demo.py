@@ -14,7 +14,8 @@ import argparse
 import logging
 import time
 
-from ..data.sources import shared_data_dir
+from edge_runtime.config import ConfigError
+from edge_runtime.data.sources import shared_data_dir
 
 DEFAULTS = {
     "digits": {"rounds": 30, "epochs": 5, "learning_rate": 0.05, "density": 0.006},
@@ -24,7 +25,7 @@ DEFAULTS = {
 
 
 def demo(args: argparse.Namespace) -> int:
-    from gateway.simulation import FederationSpec, RoundRecord, run_federation  # the demo is both roles at once
+    from .simulation import FederationSpec, RoundRecord, run_federation  # both roles at once: loaded only to run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data = args.data
@@ -32,7 +33,7 @@ def demo(args: argparse.Namespace) -> int:
         folder = shared_data_dir()
         data = "har" if folder is not None and (folder / "har_raw.npz").is_file() else "digits"
     if data not in DEFAULTS:
-        raise ValueError(f"--data {data!r}: the demo federates digits, har or cmapss")
+        raise ConfigError(f"--data {data!r}: the demo federates digits, har or cmapss")
     settings = dict(DEFAULTS[data])
     for key in ("rounds", "epochs", "density"):
         if getattr(args, key, None) is not None:

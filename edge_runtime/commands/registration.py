@@ -1,0 +1,100 @@
+"""``tinyfed model`` and ``tinyfed device``: the core's and the device's commands, registered as entry points.
+
+Options only: each handler imports its implementation when run, so listing
+the commands loads neither an interpreter nor the MQTT client.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..command import Command, add_actions
+
+
+def _model_build(args: argparse.Namespace) -> int:
+    from .model import build
+
+    return build(args)
+
+
+def _model_inspect(args: argparse.Namespace) -> int:
+    from .model import inspect
+
+    return inspect(args)
+
+
+def _device_train(args: argparse.Namespace) -> int:
+    from .device import train
+
+    return train(args)
+
+
+def _device_run(args: argparse.Namespace) -> int:
+    from .device_run import run
+
+    return run(args)
+
+
+def _configure_model(parser: argparse.ArgumentParser) -> None:
+    actions = add_actions(parser)
+    b = actions.add_parser("build", help="build a fresh int8 model calibrated on data")
+    b.add_argument("--arch", choices=("mlp", "cnn1d"), required=True)
+    b.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, x.npz, x.csv")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(handler=_model_build)
+    i = actions.add_parser("inspect", help="print tensors, operators, quantisation and version")
+    i.add_argument("model", type=Path)
+    i.set_defaults(handler=_model_inspect)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (cosine-decayed)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--prox-mu", type=float, default=0.0, help="FedProx proximal term")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _configure_device(parser: argparse.ArgumentParser) -> None:
+    actions = add_actions(parser)
+    t = actions.add_parser("train", help="train a model on local data and report int8 accuracy")
+    t.add_argument("--model", type=Path, required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", type=Path, help="write the trained model here")
+    t.add_argument("--backend", default="all", help="litert, tflite-runtime, micro, or all installed")
+    t.add_argument(
+        "--trainable-layers", type=int, default=0, help="train only the last N weighted layers (0: the whole model)"
+    )
+    t.add_argument(
+        "--personal-layers",
+        type=int,
+        default=0,
+        help="keep the last N trainable layers local (excluded from the update)",
+    )
+    t.add_argument("--group", type=int, help="use only this natural group (HAR subject, engine)")
+    t.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="with --group: evaluate on this fraction of the group's samples, train on the rest",
+    )
+    t.add_argument(
+        "--holdout-order",
+        choices=("random", "time"),
+        default="random",
+        help="hold out a seeded random share (default), or the most recent samples",
+    )
+    _add_train_options(t)
+    t.set_defaults(handler=_device_train)
+    r = actions.add_parser("run", help="join a federation: follow the model, train on tasks, send updates")
+    r.add_argument("--config", type=Path, required=True, help="device.toml (keys overridable by TINYFED_<TABLE>_<KEY>)")
+    r.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(handler=_device_run)
+
+
+MODEL = Command("model", "build and inspect int8 .tflite models", _configure_model)
+DEVICE = Command("device", "the device side: train on local data, join a federation", _configure_device, ("device",))

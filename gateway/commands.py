@@ -1,0 +1,45 @@
+"""``tinyfed gateway run|status|rollback``, registered as an entry point; the service loads only when run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge_runtime.command import Command, add_actions
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cli import run
+
+    return run(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .cli import status
+
+    return status(args)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .cli import rollback
+
+    return rollback(args)
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    actions = add_actions(parser)
+    g = actions.add_parser("run", help="run the federation described by gateway.toml")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("-v", "--verbose", action="store_true")
+    g.set_defaults(handler=_run)
+    g = actions.add_parser("status", help="rounds, updates, refusals and devices from the gateway's store")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--last", type=int, default=20, help="show this many rounds")
+    g.set_defaults(handler=_status)
+    g = actions.add_parser("rollback", help="make an earlier model version current (gateway stopped)")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
+    g.set_defaults(handler=_rollback)
+
+
+GATEWAY = Command("gateway", "the hub side: rounds, aggregation, model publishing", _configure, ("gateway",))
