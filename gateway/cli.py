@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -93,8 +94,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
 def status(args: argparse.Namespace) -> int:
     config = GatewayConfig.load(args.config)
+    from edge_runtime import wire
+
+    from .disk import DiskSpace
     from .store import GatewayStore
 
     db = config.storage / "gateway.db"
@@ -103,9 +115,25 @@ def status(args: argparse.Namespace) -> int:
     store = GatewayStore(db)
     current = store.current_version
     print(f"federation {config.gateway.federation}, model {current.hex()[:12] if current else '-'}")
+    shortage = DiskSpace(config.storage, config.gateway.min_free_mb).shortage()
+    if shortage:
+        print(f"PAUSED: {shortage}")
     devices = store.devices()
     online = sum(1 for d in devices if d["online"])
-    print(f"devices: {len(devices)} known, {online} online")
+    failing = sum(1 for d in devices if d["failure"])
+    print(f"devices: {len(devices)} known, {online} online, {failing} left out after a failed task")
+    now = time.time()
+    for d in devices[: args.devices]:
+        caps = wire.decode(d["capabilities"], expect=wire.Presence).capabilities if d["capabilities"] else None
+        model = caps.model_version.hex()[:12] if caps and caps.model_version else "-"
+        samples = caps.samples if caps else "-"
+        state = "online" if d["online"] else "offline"
+        line = f"  {d['device']:<20} {state:<7} seen {_ago(now - d['last_seen']):<12} model {model:<12} samples {samples}"
+        if d["failure"]:
+            line += f"  FAILED: {d['failure']}"
+        print(line)
+    if len(devices) > args.devices:
+        print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")
     print(f"{'round':>6} {'status':<7} {'mode':<5} {'updates':>7} {'refused':>7} {'uplink B':>9} "
           f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
     for row in store.rounds(args.last):
@@ -118,6 +146,12 @@ def status(args: argparse.Namespace) -> int:
             f"{counts['uplink_bytes']:>9} {ratio:>8.0f} {acc if acc is not None else float('nan'):>8.4f}  "
             f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
         )
+    failures = store.failures(args.last)
+    if failures:
+        print("latest task failures:")
+        for f in failures:
+            print(f"  round {f['round']} {f['device']}: {wire.FailureReason(f['reason']).name.lower()}"
+                  f"{': ' + f['detail'] if f['detail'] else ''}")  # fmt: skip
     refusals = store.refusals()[-args.last :]
     if refusals:
         print("latest refusals:")
@@ -129,19 +163,15 @@ def status(args: argparse.Namespace) -> int:
 
 def rollback(args: argparse.Namespace) -> int:
     config = GatewayConfig.load(args.config)
+    from .publisher import rollback as make_current
     from .store import GatewayStore
 
     with storage_lock(config.storage, advice="stop it first, then roll back"):
         store = GatewayStore(config.storage / "gateway.db")
         try:
-            model = store.model(args.to)
-            if model is None:
-                known = ", ".join(m["version"][:12] for m in store.models())
-                raise ConfigError(f"no single version starts with {args.to!r}; known: {known}")
-            open_row = store.open_round_row()
-            if open_row is not None:
-                store.end_round(open_row.round, "failed", note=f"rolled back to {model['version'][:12]}")
-            store.set_meta("current_version", model["version"])
+            model = make_current(store, args.to)
+        except LookupError as exc:
+            raise ConfigError(str(exc.args[0])) from exc
         finally:
             store.close()
     print(f"rolled back to model {model['version'][:12]} (round {model['round']}); it is published at the next start")

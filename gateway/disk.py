@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from edge_runtime.errors import TinyfedError
+
 
 class Usage(NamedTuple):
     total: int
@@ -46,7 +48,7 @@ class DiskSpace:
         )
 
 
-class OutOfSpace(OSError):
+class OutOfSpace(OSError, TinyfedError):
     """A write to the gateway's storage failed for want of space; nothing was counted, nothing is lost."""
 
     def __init__(self, what: str, cause: BaseException) -> None:

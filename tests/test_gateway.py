@@ -288,7 +288,7 @@ def test_gateway_killed_mid_round_resumes_and_counts_exactly(
         f"[rounds]\nrounds = 1\nmin_devices = 3\ndeadline = 120.0\nepochs = 2\ndensity = 0.05\n"
         f'[broker]\nurl = "{broker.url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
     )
-    command = [sys.executable, "-m", "edge_runtime.cli", "gateway"]
+    command = [sys.executable, "-m", "tinyfed", "gateway"]
 
     def start_gateway() -> subprocess.Popen[str]:
         return subprocess.Popen([*command, "run", "--config", str(toml)], stdout=subprocess.PIPE,
