@@ -127,8 +127,8 @@ def status(args: argparse.Namespace) -> int:
         caps = wire.decode(d["capabilities"], expect=wire.Presence).capabilities if d["capabilities"] else None
         model = caps.model_version.hex()[:12] if caps and caps.model_version else "-"
         samples = caps.samples if caps else "-"
-        state = "online" if d["online"] else "offline"
-        line = f"  {d['device']:<20} {state:<7} seen {_ago(now - d['last_seen']):<12} model {model:<12} samples {samples}"
+        state, seen = "online" if d["online"] else "offline", _ago(now - d["last_seen"])
+        line = f"  {d['device']:<20} {state:<7} seen {seen:<12} model {model:<12} samples {samples}"
         if d["failure"]:
             line += f"  FAILED: {d['failure']}"
         print(line)
