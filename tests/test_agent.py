@@ -24,23 +24,16 @@ from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.train.trainer import Trainer, cut_for_last_layers
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.chunking import make_manifest, publish_model
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import dumps
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
 FED = "agent-test"
 TOPICS = Topics(FED)
 WAIT = 30.0  # an upper bound for loopback delivery and a few epochs of training, never a performance assertion
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
 
 
 class GatewayStandIn:

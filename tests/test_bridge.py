@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from edge_runtime.device_config import DataSection
 from edge_runtime.member import MemberSettings
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 from edge_runtime.transport.topics import Topics
 
@@ -43,14 +42,6 @@ def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (.ci/run installs it)")
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
 
 
 def make_board(tmp_path: Path, name: str, shard: str) -> EmulatedBoard:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.model_store import ModelStore
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.chunking import ChunkAssembler, make_manifest, publish_model
 from edge_runtime.transport.fetcher import ModelFetcher
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
@@ -23,13 +22,6 @@ from edge_runtime.transport.topics import Topics
 
 TOPICS = Topics("dist")
 WAIT = 20.0
-needs_broker = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
 
 
 def _link(broker: MosquittoProcess, name: str) -> MqttLink:
@@ -51,7 +43,6 @@ def _publish(broker: MosquittoProcess, model: bytes, chunk_size: int = 4096) -> 
         gateway.stop()
 
 
-@needs_broker
 def test_model_arrives_in_chunks_and_installs(broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph) -> None:
     model = write_graph(digits_mlp)
     manifest = _publish(broker, model)
@@ -66,7 +57,6 @@ def test_model_arrives_in_chunks_and_installs(broker: MosquittoProcess, tmp_path
         device.stop()
 
 
-@needs_broker
 def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -101,7 +91,6 @@ def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
         device.stop()
 
 
-@needs_broker
 def test_a_model_that_does_not_load_is_not_installed(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
 ) -> None:

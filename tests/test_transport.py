@@ -6,28 +6,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime import wire
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, TransportError, Will
 from edge_runtime.transport.outbox import Outbox, OutboxEntry
 from edge_runtime.transport.sender import OutboxSender
 from edge_runtime.transport.topics import Topics
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
 TOPICS = Topics("test-fed")
 WAIT = 20.0  # seconds: an upper bound for loopback delivery, never a performance assertion
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
 
 
 def link(broker: MosquittoProcess, name: str, **kwargs: object) -> MqttLink:
