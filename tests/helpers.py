@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
+from edge_runtime import wire
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 
@@ -81,3 +82,11 @@ def log_line(logger: str, text: str) -> Iterator[threading.Event]:
         yield handler.event
     finally:
         target.removeHandler(handler)
+
+
+def watch_presence(broker: MosquittoProcess, topic: str, name: str) -> tuple[MqttLink, Recorder[wire.Presence]]:
+    """A started link recording every presence message on ``topic`` in order: births, deaths, last wills."""
+    seen: Recorder[wire.Presence] = Recorder()
+    link = MqttLink(fast_config(broker), name)
+    link.subscribe(topic, lambda _, payload: seen.append(wire.decode(payload, expect=wire.Presence)))
+    return link.start(), seen

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_runtime import wire
 from edge_runtime.agent import load_local_data
 from edge_runtime.device_config import DataSection
 from edge_runtime.member import MemberSettings
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 from edge_runtime.transport.topics import Topics
+from tests.helpers import fast_config, watch_presence
 
 pytest.importorskip("serial")
 pytest.importorskip("tflite_micro")
@@ -33,15 +31,6 @@ from hil.board import BoardSpec, EmulatedBoard
 BAUD = 921600
 FED = "bridge-test"
 WAIT = 90.0  # upper bounds for loopback delivery, never performance assertions
-
-
-def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def make_board(tmp_path: Path, name: str, shard: str) -> EmulatedBoard:
@@ -98,18 +87,6 @@ def test_a_corrupted_frame_is_resent_and_a_reset_mid_transfer_resumes(tmp_path: 
         board.stop()
 
 
-def presence_watcher(broker: MosquittoProcess, device: str) -> tuple[MqttLink, list[bool]]:
-    seen: list[bool] = []
-
-    def on_presence(topic: str, payload: bytes) -> None:
-        seen.append(wire.decode(payload, expect=wire.Presence).online)
-
-    link = MqttLink(BrokerConfig(url=broker.url, protocol="5"), client_id=f"watch-{device}")
-    link.subscribe(Topics(FED).presence(device), on_presence)
-    link.start()
-    return link, seen
-
-
 def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported_dead(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
 ) -> None:
@@ -129,10 +106,10 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         device_id="",
         federation=FED,
         storage=tmp_path / "bridge",
-        broker=BrokerConfig(url=broker.url, protocol="auto", backoff_base=0.05, backoff_cap=0.5),
+        broker=fast_config(broker, protocol="auto"),
         resend_after=5.0,
     )
-    watcher, presence = presence_watcher(broker, "mcu-1")
+    watcher, presence = watch_presence(broker, Topics(FED).presence("mcu-1"), "watch-mcu-1")
     bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
     gateway = Gateway(config).start()
     try:
@@ -146,12 +123,12 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         assert all(b.model_version == gateway.version for b in boards)
 
         # A board that hangs is announced dead on MQTT; powered again, it is announced alive.
-        assert wait_for(lambda: presence and presence[-1] is True)
+        presence.wait_until(lambda got: got and got[-1].online, WAIT, "mcu-1's birth message")
         boards[1].hang()
-        assert wait_for(lambda: presence[-1] is False), "the silent board was not reported dead"
+        presence.wait_until(lambda got: not got[-1].online, WAIT, "the silent board to be reported dead")
         assert not bridge.members["mcu-1"].alive
         boards[1].power_cycle()
-        assert wait_for(lambda: presence[-1] is True), "the board did not come back"
+        presence.wait_until(lambda got: got[-1].online, WAIT, "the board to be announced alive again")
         assert bridge.members["mcu-1"].alive
     finally:
         gateway.stop()

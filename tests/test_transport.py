@@ -17,7 +17,7 @@ from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, TransportError, 
 from edge_runtime.transport.outbox import Outbox, OutboxEntry
 from edge_runtime.transport.sender import OutboxSender
 from edge_runtime.transport.topics import Topics
-from tests.helpers import Recorder, fast_config, start_link, wait_for
+from tests.helpers import fast_config, start_link, wait_for, watch_presence
 
 TOPICS = Topics("test-fed")
 WAIT = 20.0  # seconds: an upper bound for loopback delivery, never a performance assertion
@@ -167,11 +167,7 @@ def test_outbox_survives_a_restart_and_sets_corrupt_entries_aside(tmp_path: Path
 
 
 def test_last_will_announces_a_dead_device(broker: MosquittoProcess) -> None:
-    seen: Recorder[wire.Presence] = Recorder()
-    watcher = start_link(broker, "watcher")
-    watcher.subscribe(
-        TOPICS.all_presence, lambda topic, payload: seen.append(wire.decode(payload, expect=wire.Presence))
-    )
+    watcher, seen = watch_presence(broker, TOPICS.all_presence, "watcher")
     death = wire.encode(wire.Presence("dev-9", False, 1, int(time.time())))
     device = start_link(broker, "dev-9", will=Will(TOPICS.presence("dev-9"), death))
     try:
