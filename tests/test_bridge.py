@@ -16,6 +16,7 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.topics import Topics
+from edge_runtime.wire.serial import MSG_MODEL_DATA
 from tests.helpers import fast_config, watch_presence
 
 pytest.importorskip("serial")
@@ -23,6 +24,7 @@ pytest.importorskip("tflite_micro")
 
 from firmware_bridge.bridge import Bridge, PortSpec
 from firmware_bridge.driver import BoardDriver
+from firmware_bridge.framing import decode_frame
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from gateway.store import GatewayStore
@@ -39,16 +41,19 @@ def make_board(tmp_path: Path, name: str, shard: str) -> EmulatedBoard:
 
 
 class CorruptOnce:
-    """A pyserial port that flips one bit in the n-th frame the host writes: a frame damaged on the line."""
+    """A pyserial port that flips one bit in the first frame of type ``kind`` the host writes: damage on the line.
 
-    def __init__(self, port: Any, frame_number: int) -> None:
+    Picked by type, not by position: the host's bare acknowledgements fall between its requests wherever the
+    board's replies happen to arrive, so "the third frame" was sometimes an acknowledgement, which nobody resends.
+    """
+
+    def __init__(self, port: Any, kind: int) -> None:
         self._port = port
-        self._left = frame_number
+        self._kind = kind
         self.corrupted = False
 
     def write(self, data: bytes) -> int:
-        self._left -= 1
-        if self._left == 0:
+        if not self.corrupted and decode_frame(data[:-1]).type == self._kind:
             damaged = bytearray(data)
             damaged[len(damaged) // 2] ^= 0x10
             if 0 not in damaged[:-1]:
@@ -64,10 +69,10 @@ def test_a_corrupted_frame_is_resent_and_a_reset_mid_transfer_resumes(tmp_path: 
 
     model = write_graph(digits_mlp)
     board = make_board(tmp_path, "b1", "0/10")
-    port = CorruptOnce(serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05), frame_number=3)
+    port = CorruptOnce(serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05), MSG_MODEL_DATA)
     try:
         with BoardDriver(board.path, baud=BAUD, port=port) as driver:
-            driver.hello()  # frame 1; MODEL_BEGIN is frame 2, the first MODEL_DATA frame 3 gets the flipped bit
+            driver.hello()
             halfway = threading.Event()
 
             def progress(done: int, total: int) -> None:
