@@ -240,8 +240,9 @@ def test_unreachable_broker_gives_a_clear_error() -> None:
     port = free_port()
     lonely = MqttLink(BrokerConfig(url=f"mqtt://127.0.0.1:{port}", backoff_cap=0.2), "dev-x").start()
     try:
+        wait_for(lambda: lonely.last_error, WAIT, "the first connection attempt to fail")
         with pytest.raises(TransportError, match=f"cannot reach broker 127.0.0.1:{port}"):
-            lonely.require_connected(1.0)
+            lonely.require_connected(0)
     finally:
         lonely.stop()
     with pytest.raises(TransportError, match="expected mqtt://"):
