@@ -1,7 +1,8 @@
-"""Shared fixtures: real data, real models, every installed interpreter backend."""
+"""Shared fixtures: real data, real models, every installed interpreter backend, a real Mosquitto."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,35 @@ from edge_runtime.model.backends import available_backends, get_backend
 from edge_runtime.model.backends.base import Backend
 from edge_runtime.model.graph import Graph
 from edge_runtime.train.build import build_model
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
 
 INSTALLED = available_backends()
+MOSQUITTO = find_mosquitto()
 
 
 def pytest_report_header() -> str:
     return f"tinyfed interpreter backends installed: {', '.join(INSTALLED) or 'none'}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mosquitto: starts a Mosquitto broker (the `broker` fixture)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the broker, directly or through another fixture, is marked, and skipped without one."""
+    skip = pytest.mark.skip(reason="mosquitto not installed (.ci/run installs it)")
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mosquitto)
+            if MOSQUITTO is None:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A Mosquitto of this test's own on a free loopback port, its state kept under tmp_path."""
+    with MosquittoProcess(workdir=tmp_path / "broker") as b:
+        yield b
 
 
 @pytest.fixture(

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_runtime import wire
 from edge_runtime.agent import load_local_data
 from edge_runtime.device_config import DataSection
 from edge_runtime.member import MemberSettings
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.topics import Topics
+from edge_runtime.wire.serial import MSG_MODEL_DATA
+from tests.helpers import fast_config, watch_presence
 
 pytest.importorskip("serial")
 pytest.importorskip("tflite_micro")
 
 from firmware_bridge.bridge import Bridge, PortSpec
 from firmware_bridge.driver import BoardDriver
+from firmware_bridge.framing import decode_frame
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from gateway.store import GatewayStore
@@ -36,39 +35,25 @@ FED = "bridge-test"
 WAIT = 90.0  # upper bounds for loopback delivery, never performance assertions
 
 
-def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (.ci/run installs it)")
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
-
-
 def make_board(tmp_path: Path, name: str, shard: str) -> EmulatedBoard:
     data = load_local_data(DataSection(source="digits", shard=shard))
     return EmulatedBoard(tmp_path / f"{name}.flash", BoardSpec(baud=BAUD, board_id=name), data=data).start()
 
 
 class CorruptOnce:
-    """A pyserial port that flips one bit in the n-th frame the host writes: a frame damaged on the line."""
+    """A pyserial port that flips one bit in the first frame of type ``kind`` the host writes: damage on the line.
 
-    def __init__(self, port: Any, frame_number: int) -> None:
+    Picked by type, not by position: the host's bare acknowledgements fall between its requests wherever the
+    board's replies happen to arrive, so "the third frame" was sometimes an acknowledgement, which nobody resends.
+    """
+
+    def __init__(self, port: Any, kind: int) -> None:
         self._port = port
-        self._left = frame_number
+        self._kind = kind
         self.corrupted = False
 
     def write(self, data: bytes) -> int:
-        self._left -= 1
-        if self._left == 0:
+        if not self.corrupted and decode_frame(data[:-1]).type == self._kind:
             damaged = bytearray(data)
             damaged[len(damaged) // 2] ^= 0x10
             if 0 not in damaged[:-1]:
@@ -84,10 +69,10 @@ def test_a_corrupted_frame_is_resent_and_a_reset_mid_transfer_resumes(tmp_path: 
 
     model = write_graph(digits_mlp)
     board = make_board(tmp_path, "b1", "0/10")
-    port = CorruptOnce(serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05), frame_number=3)
+    port = CorruptOnce(serial.serial_for_url(board.path, baudrate=BAUD, timeout=0.05), MSG_MODEL_DATA)
     try:
         with BoardDriver(board.path, baud=BAUD, port=port) as driver:
-            driver.hello()  # frame 1; MODEL_BEGIN is frame 2, the first MODEL_DATA frame 3 gets the flipped bit
+            driver.hello()
             halfway = threading.Event()
 
             def progress(done: int, total: int) -> None:
@@ -105,18 +90,6 @@ def test_a_corrupted_frame_is_resent_and_a_reset_mid_transfer_resumes(tmp_path: 
             assert board.flash.model() == model
     finally:
         board.stop()
-
-
-def presence_watcher(broker: MosquittoProcess, device: str) -> tuple[MqttLink, list[bool]]:
-    seen: list[bool] = []
-
-    def on_presence(topic: str, payload: bytes) -> None:
-        seen.append(wire.decode(payload, expect=wire.Presence).online)
-
-    link = MqttLink(BrokerConfig(url=broker.url, protocol="5"), client_id=f"watch-{device}")
-    link.subscribe(Topics(FED).presence(device), on_presence)
-    link.start()
-    return link, seen
 
 
 def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported_dead(
@@ -138,10 +111,10 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         device_id="",
         federation=FED,
         storage=tmp_path / "bridge",
-        broker=BrokerConfig(url=broker.url, protocol="auto", backoff_base=0.05, backoff_cap=0.5),
+        broker=fast_config(broker, protocol="auto"),
         resend_after=5.0,
     )
-    watcher, presence = presence_watcher(broker, "mcu-1")
+    watcher, presence = watch_presence(broker, Topics(FED).presence("mcu-1"), "watch-mcu-1")
     bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
     gateway = Gateway(config).start()
     try:
@@ -155,12 +128,12 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         assert all(b.model_version == gateway.version for b in boards)
 
         # A board that hangs is announced dead on MQTT; powered again, it is announced alive.
-        assert wait_for(lambda: presence and presence[-1] is True)
+        presence.wait_until(lambda got: got and got[-1].online, WAIT, "mcu-1's birth message")
         boards[1].hang()
-        assert wait_for(lambda: presence[-1] is False), "the silent board was not reported dead"
+        presence.wait_until(lambda got: not got[-1].online, WAIT, "the silent board to be reported dead")
         assert not bridge.members["mcu-1"].alive
         boards[1].power_cycle()
-        assert wait_for(lambda: presence[-1] is True), "the board did not come back"
+        presence.wait_until(lambda got: got[-1].online, WAIT, "the board to be announced alive again")
         assert bridge.members["mcu-1"].alive
     finally:
         gateway.stop()

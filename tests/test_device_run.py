@@ -5,15 +5,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-import pytest
-
-from edge_runtime import wire
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+from edge_runtime.transport.broker import MosquittoProcess, free_port
 from edge_runtime.transport.topics import Topics
+from tests.helpers import watch_presence
 
 WAIT = 60.0  # start-up includes importing numpy, sklearn and an interpreter: an upper bound only
 
@@ -69,48 +65,29 @@ def test_an_unreachable_broker_gives_a_clear_message_and_exit_3(tmp_path: Path) 
     assert "refused" in err.lower() and "TINYFED_BROKER_URL" in err
 
 
-@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
-def test_sigterm_stops_cleanly_and_announces_death(tmp_path: Path) -> None:
-    topics = Topics("cli")
-    seen: list[wire.Presence] = []
-    changed = threading.Condition()
-
-    def on_presence(topic: str, payload: bytes) -> None:
-        with changed:
-            seen.append(wire.decode(payload, expect=wire.Presence))
-            changed.notify_all()
-
-    with MosquittoProcess(workdir=tmp_path / "broker") as broker:
-        watcher = MqttLink(BrokerConfig(url=broker.url), "watcher")
-        watcher.subscribe(topics.presence("pi-1"), on_presence)
-        watcher.start()
-        assert watcher.wait_ready(WAIT)
-        proc = device_run(write_config(tmp_path / "device.toml", broker.url))
-        try:
-            with changed:
-                assert changed.wait_for(lambda: any(p.online for p in seen), WAIT), "no birth message"
-            birth = next(p for p in seen if p.online)
-            assert birth.capabilities is not None and birth.capabilities.samples > 0
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=WAIT)
-            assert proc.returncode == 0, err
-            assert "stopped cleanly" in out
-            with changed:
-                assert changed.wait_for(lambda: not seen[-1].online, WAIT)
-            assert seen[-1].seq == birth.seq  # the death belongs to this birth (Sparkplug's bdSeq)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            watcher.stop()
-        # Retained: a gateway that starts later still learns the device is gone.
-        late: list[wire.Presence] = []
-        got = threading.Event()
-        late_link = MqttLink(BrokerConfig(url=broker.url), "late")
-        late_link.subscribe(
-            topics.presence("pi-1"), lambda t, p: (late.append(wire.decode(p, expect=wire.Presence)), got.set())
-        )
-        late_link.start()
-        try:
-            assert got.wait(WAIT) and late[0].online is False
-        finally:
-            late_link.stop()
+def test_sigterm_stops_cleanly_and_announces_death(broker: MosquittoProcess, tmp_path: Path) -> None:
+    topic = Topics("cli").presence("pi-1")
+    watcher, seen = watch_presence(broker, topic, "watcher")
+    assert watcher.wait_ready(WAIT)
+    proc = device_run(write_config(tmp_path / "device.toml", broker.url))
+    try:
+        seen.wait_until(lambda got: any(p.online for p in got), WAIT, "the device's birth message")
+        birth = next(p for p in seen.items if p.online)
+        assert birth.capabilities is not None and birth.capabilities.samples > 0
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err
+        assert "stopped cleanly" in out
+        seen.wait_until(lambda got: not got[-1].online, WAIT, "the device's death message")
+        assert seen.items[-1].seq == birth.seq  # the death belongs to this birth (Sparkplug's bdSeq)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        watcher.stop()
+    # Retained: a gateway that starts later still learns the device is gone.
+    late_link, late = watch_presence(broker, topic, "late")
+    try:
+        late.wait_until(lambda got: len(got) > 0, WAIT, "the retained presence message")
+        assert late.items[0].online is False
+    finally:
+        late_link.stop()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,25 +13,14 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.model_store import ModelStore
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.chunking import ChunkAssembler, make_manifest, publish_model
 from edge_runtime.transport.fetcher import ModelFetcher
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 from edge_runtime.transport.topics import Topics
+from tests.helpers import log_line, start_link
 
 TOPICS = Topics("dist")
 WAIT = 20.0
-needs_broker = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
-
-
-def _link(broker: MosquittoProcess, name: str) -> MqttLink:
-    return MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), name).start()
 
 
 def _validate(model: bytes) -> None:
@@ -41,7 +28,7 @@ def _validate(model: bytes) -> None:
 
 
 def _publish(broker: MosquittoProcess, model: bytes, chunk_size: int = 4096) -> wire.ModelManifest:
-    gateway = _link(broker, "gateway")
+    gateway = start_link(broker, "gateway")
     try:
         assert gateway.wait_ready(WAIT)
         manifest, chunks = make_manifest(model, [wire.TrainableTensor(1, (2, 2))], chunk_size)
@@ -51,12 +38,11 @@ def _publish(broker: MosquittoProcess, model: bytes, chunk_size: int = 4096) -> 
         gateway.stop()
 
 
-@needs_broker
 def test_model_arrives_in_chunks_and_installs(broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph) -> None:
     model = write_graph(digits_mlp)
     manifest = _publish(broker, model)
     assert manifest.chunk_count == -(-len(model) // 4096) > 1
-    device = _link(broker, "dev-1")
+    device = start_link(broker, "dev-1")
     store = ModelStore(tmp_path / "models")
     fetcher = ModelFetcher(device, TOPICS, store, _validate)
     try:
@@ -66,7 +52,6 @@ def test_model_arrives_in_chunks_and_installs(broker: MosquittoProcess, tmp_path
         device.stop()
 
 
-@needs_broker
 def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -77,7 +62,7 @@ def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
     new_graph.description = "round 2"
     new = write_graph(new_graph)
     manifest = _publish(broker, new)
-    device = _link(broker, "dev-1")
+    device = start_link(broker, "dev-1")
     fetcher = ModelFetcher(device, TOPICS, store, _validate)
     original = fetcher._on_chunk
     damaged: list[str] = []
@@ -101,24 +86,22 @@ def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
         device.stop()
 
 
-@needs_broker
 def test_a_model_that_does_not_load_is_not_installed(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
 ) -> None:
     good = write_graph(digits_mlp)
     store = ModelStore(tmp_path / "models")
     store.install(good, make_manifest(good, [])[0].version)
-    _publish(broker, b"TFL3 but not a model" * 100)
-    device = _link(broker, "dev-1")
-    fetcher = ModelFetcher(device, TOPICS, store, _validate)
-    try:
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not fetcher.installed.is_set():
-            time.sleep(0.05)
-        assert not fetcher.installed.is_set()
-        assert store.current() == good  # the last good model keeps serving
-    finally:
-        device.stop()
+    bad = _publish(broker, b"TFL3 but not a model" * 100)
+    with log_line("edge_runtime.transport.fetcher", f"model {bad.version.hex()[:12]} not installed") as refused:
+        device = start_link(broker, "dev-1")
+        fetcher = ModelFetcher(device, TOPICS, store, _validate)
+        try:
+            assert refused.wait(WAIT), "the fetcher did not report the model it could not load"
+            assert not fetcher.installed.is_set()
+            assert store.current() == good  # the last good model keeps serving
+        finally:
+            device.stop()
 
 
 def test_store_refuses_wrong_hash_and_rolls_back(tmp_path: Path, digits_mlp: Graph) -> None:

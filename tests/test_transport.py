@@ -6,33 +6,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime import wire
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
+from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, TransportError, Will
 from edge_runtime.transport.outbox import Outbox, OutboxEntry
 from edge_runtime.transport.sender import OutboxSender
 from edge_runtime.transport.topics import Topics
+from tests.helpers import fast_config, start_link, wait_for, watch_presence
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
 TOPICS = Topics("test-fed")
 WAIT = 20.0  # seconds: an upper bound for loopback delivery, never a performance assertion
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
-
-
-def link(broker: MosquittoProcess, name: str, **kwargs: object) -> MqttLink:
-    config = BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5)
-    return MqttLink(config, name, **kwargs).start()  # type: ignore[arg-type]
 
 
 class Collector:
@@ -71,10 +59,10 @@ def update_bytes(i: int) -> tuple[bytes, bytes]:
 
 def gateway_and_device(broker: MosquittoProcess) -> tuple[MqttLink, Collector, MqttLink]:
     """A receiving gateway stand-in (counting by id, sending receipts) and a device, both ready."""
-    gateway = link(broker, "gateway")
+    gateway = start_link(broker, "gateway")
     inbox = Collector(gateway)
     gateway.subscribe(TOPICS.all_updates, inbox)
-    device = link(broker, "dev-1")
+    device = start_link(broker, "dev-1")
     assert gateway.wait_ready(WAIT) and device.wait_ready(WAIT)
     return gateway, inbox, device
 
@@ -91,10 +79,7 @@ def test_an_update_arrives_byte_exact(broker: MosquittoProcess, tmp_path: Path) 
         sender.submit(entry(update_id, payload))
         assert inbox.wait_for(1)
         assert inbox.by_id[update_id] == payload
-        deadline = time.monotonic() + WAIT
-        while len(sender.outbox) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(sender.outbox) == 0  # forgotten once the receipt named it
+        assert sender.outbox.wait_empty(WAIT), "the receipt did not empty the outbox"  # forgotten once receipted
     finally:
         device.stop()
         gateway.stop()
@@ -112,19 +97,16 @@ def test_broker_killed_mid_upload_loses_nothing_and_counts_each_update_once(
             outbox.put(entry(update_id, payload))
         flusher = threading.Thread(target=sender.flush)
         flusher.start()
-        while len(inbox.by_id) < 3:  # a few through, the rest still going: kill the broker now
-            time.sleep(0.001)
+        assert inbox.wait_for(3)  # a few through, the rest still going: kill the broker now
         broker.stop(kill=True)
         flusher.join(timeout=WAIT)
         assert len(outbox) > 0, "the kill came too late to interrupt the upload"
         broker.start()
         assert device.wait_ready(WAIT) and gateway.wait_ready(WAIT)
         sender.start(period=0.2)
-        deadline = time.monotonic() + WAIT
-        while len(outbox) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        drained = outbox.wait_empty(WAIT)
         sender.stop()
-        assert len(outbox) == 0, (
+        assert drained, (
             f"device connected={device.connected.is_set()} subscribed={device.subscribed.is_set()} "
             f"gateway connected={gateway.connected.is_set()} received={len(inbox.by_id)} raw={len(inbox.raw)} "
             f"log={broker.log_path.read_text()[-1500:]}"
@@ -142,32 +124,32 @@ def test_broker_killed_mid_upload_loses_nothing_and_counts_each_update_once(
 def test_offline_update_waits_in_the_outbox_and_an_expired_one_is_dropped(
     broker: MosquittoProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gateway = link(broker, "gateway")
+    gateway = start_link(broker, "gateway")
     inbox = Collector(gateway)
     gateway.subscribe(TOPICS.all_updates, inbox)
     assert gateway.wait_ready(WAIT)
     broker.stop()
-    device = link(broker, "dev-1")
+    device = start_link(broker, "dev-1")
     try:
         outbox = Outbox(tmp_path / "outbox")
         sender = OutboxSender(device, outbox, TOPICS.receipt("dev-1"))
         keep_id, keep = update_bytes(1)
         late_id, late = update_bytes(2)
         sender.submit(entry(keep_id, keep))
-        sender.submit(entry(late_id, late, expires_in=0.3))
-        assert not device.wait_connected(0.5)
-        assert len(outbox) == 2  # nothing lost while offline
-        time.sleep(0.4)  # the second one's round ends while the link is down
+        late_entry = entry(late_id, late, expires_in=0.3)
+        sender.submit(late_entry)
+        assert len(outbox) == 2  # stored before any attempt to send
+        wait_for(lambda: "cannot reach broker" in device.last_error, WAIT, "the device's first failed connection")
+        assert not device.connected.is_set() and len(outbox) == 2  # nothing lost while offline
+        # The second one's round ends while the link is down, by the clock the outbox judges expiry with.
+        wait_for(lambda: time.time() > late_entry.expires, WAIT, "the late update's deadline to pass")
         with caplog.at_level(logging.WARNING):
             broker.start()
             assert device.wait_connected(WAIT)
             assert inbox.wait_for(1)
-            deadline = time.monotonic() + WAIT
-            while len(outbox) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            assert outbox.wait_empty(WAIT), "the receipt did not empty the outbox"
         assert list(inbox.by_id) == [keep_id] and inbox.by_id[keep_id] == keep
         assert "dropped expired update round 1" in caplog.text
-        assert len(outbox) == 0
     finally:
         device.stop()
         gateway.stop()
@@ -185,19 +167,15 @@ def test_outbox_survives_a_restart_and_sets_corrupt_entries_aside(tmp_path: Path
 
 
 def test_last_will_announces_a_dead_device(broker: MosquittoProcess) -> None:
-    seen: list[bytes] = []
-    watcher = link(broker, "watcher")
-    watcher.subscribe(TOPICS.all_presence, lambda topic, payload: seen.append(payload))
+    watcher, seen = watch_presence(broker, TOPICS.all_presence, "watcher")
     death = wire.encode(wire.Presence("dev-9", False, 1, int(time.time())))
-    device = link(broker, "dev-9", will=Will(TOPICS.presence("dev-9"), death))
+    device = start_link(broker, "dev-9", will=Will(TOPICS.presence("dev-9"), death))
     try:
         assert watcher.wait_ready(WAIT)
         assert device.wait_ready(WAIT)
         device._client.socket().close()  # the network dies under the device: no DISCONNECT is sent
-        deadline = time.monotonic() + WAIT
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert seen and wire.decode(seen[-1], expect=wire.Presence).online is False
+        seen.wait_until(lambda got: len(got) > 0, WAIT, "the broker to publish the last will")
+        assert seen.items[-1].device == "dev-9" and seen.items[-1].online is False
     finally:
         device.stop()
         watcher.stop()
@@ -207,10 +185,12 @@ def test_updates_stored_during_a_flush_are_sent_without_waiting_for_the_timer(
     broker: MosquittoProcess, tmp_path: Path
 ) -> None:
     gateway, inbox, device = gateway_and_device(broker)
+    at_gate = threading.Event()
     gate = threading.Event()
     real_publish = device.publish
 
     def slow_first_publish(*args: object, **kwargs: object) -> bool:
+        at_gate.set()
         gate.wait(WAIT)  # the first flush is mid-publish while the others are stored
         return real_publish(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -219,7 +199,7 @@ def test_updates_stored_during_a_flush_are_sent_without_waiting_for_the_timer(
         sender = OutboxSender(device, Outbox(tmp_path / "outbox"), TOPICS.receipt("dev-1"), resend_after=3600)
         updates = [update_bytes(i) for i in range(5)]
         sender.submit(entry(*updates[0]))
-        time.sleep(0.2)  # the first flush thread is now waiting at the gate
+        assert at_gate.wait(WAIT), "the first flush never reached publish"
         for update_id, payload in updates[1:]:
             sender.submit(entry(update_id, payload))
         gate.set()
@@ -236,15 +216,14 @@ def test_persistent_session_keeps_qos1_messages_while_a_device_is_away(broker: M
     arrived = threading.Event()
 
     def make() -> MqttLink:
-        config = BrokerConfig(url=broker.url, protocol=protocol, backoff_base=0.05, backoff_cap=0.5)
-        device = MqttLink(config, f"dev-{protocol}")
+        device = MqttLink(fast_config(broker, protocol=protocol), f"dev-{protocol}")
         device.subscribe(TOPICS.task("dev-1"), lambda t, p: (got.append(p), arrived.set()))
         return device.start()
 
     device = make()
     assert device.wait_ready(WAIT) and device.protocol == protocol
     device.stop()
-    gateway = link(broker, "gateway")
+    gateway = start_link(broker, "gateway")
     try:
         assert gateway.wait_ready(WAIT)
         assert gateway.publish(TOPICS.task("dev-1"), b"task while away", timeout=WAIT)
@@ -261,8 +240,9 @@ def test_unreachable_broker_gives_a_clear_error() -> None:
     port = free_port()
     lonely = MqttLink(BrokerConfig(url=f"mqtt://127.0.0.1:{port}", backoff_cap=0.2), "dev-x").start()
     try:
+        wait_for(lambda: lonely.last_error, WAIT, "the first connection attempt to fail")
         with pytest.raises(TransportError, match=f"cannot reach broker 127.0.0.1:{port}"):
-            lonely.require_connected(1.0)
+            lonely.require_connected(0)
     finally:
         lonely.stop()
     with pytest.raises(TransportError, match="expected mqtt://"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,18 @@ class Outbox:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Notified whenever entries leave, so whoever needs the outbox drained (a test, a clean
+        # shutdown) waits for that instead of polling the directory.
+        self._left = threading.Condition()
+
+    def _notify(self) -> None:
+        with self._left:
+            self._left.notify_all()
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until every entry has left (receipted, acknowledged, expired); False if ``timeout`` passed first."""
+        with self._left:
+            return self._left.wait_for(lambda: len(self) == 0, timeout)
 
     def _path(self, entry: OutboxEntry) -> Path:
         return self.directory / f"{int(entry.created * 1e6):020d}-{entry.message_id.hex()}{SUFFIX}"
@@ -81,9 +94,11 @@ class Outbox:
         """Entries still worth sending, oldest first; expired ones are removed and logged."""
         now = time.time() if now is None else now
         out = []
+        left = False
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             entry = self._load(path)
             if entry is None:
+                left = True  # set aside as corrupt, or removed by its receipt meanwhile
                 continue
             if entry.expires <= now:
                 path.unlink(missing_ok=True)
@@ -93,12 +108,16 @@ class Outbox:
                     entry.message_id.hex()[:12],
                     now - entry.expires,
                 )
+                left = True
                 continue
             out.append(entry)
+        if left:
+            self._notify()
         return out
 
     def remove(self, entry: OutboxEntry) -> None:
         self._path(entry).unlink(missing_ok=True)
+        self._notify()
 
     def remove_id(self, message_id: bytes) -> bool:
         """Forget the message with this id (its receipt came); False if it was not here."""
@@ -106,6 +125,8 @@ class Outbox:
         for path in self.directory.glob(f"*-{message_id.hex()}{SUFFIX}"):
             path.unlink(missing_ok=True)
             found = True
+        if found:
+            self._notify()
         return found
 
     def __len__(self) -> int:
