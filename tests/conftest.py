@@ -13,6 +13,7 @@ from edge_runtime.data.sources import load_digits, shared_data_dir
 from edge_runtime.model.backends import available_backends, get_backend
 from edge_runtime.model.backends.base import Backend
 from edge_runtime.model.graph import Graph
+from edge_runtime.model.writer import write_graph
 from edge_runtime.train.build import build_model
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
 
@@ -60,6 +61,14 @@ def digits() -> DataSplit:
 @pytest.fixture(scope="session")
 def digits_mlp(digits: DataSplit) -> Graph:
     return build_model("mlp", digits.train.x, digits.train.classes, seed=0)
+
+
+@pytest.fixture
+def initial_model(tmp_path: Path, digits_mlp: Graph) -> Path:
+    """The digits MLP as a file: a gateway's first model."""
+    path = tmp_path / "initial.tflite"
+    path.write_bytes(write_graph(digits_mlp))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -2,163 +2,31 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime import wire
-from edge_runtime.agent import DeviceAgent, LocalData
 from edge_runtime.data.dataset import DataSplit
-from edge_runtime.data.partition import device_share
-from edge_runtime.device_config import DeviceConfig
 from edge_runtime.model.backends import default_backend
-from edge_runtime.model.backends.base import Backend
-from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import quantize_input
 from edge_runtime.model.reader import read_graph
-from edge_runtime.model.writer import write_graph
 from edge_runtime.train.evaluate import int8_metrics
-from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, Will
-from edge_runtime.transport.topics import Topics
-from gateway.clock import FakeClock
+from edge_runtime.transport.broker import MosquittoProcess
 from gateway.config import GatewayConfig
 from gateway.master import MasterModel
 from gateway.service import Gateway, RoundSummary
 from gateway.store import GatewayStore, RoundRow
-from gateway.strategies import RoundInput, Weights
-from gateway.strategies.fedavg import FedAvg
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed (.ci/run installs it)")
-FED = "gw-test"
-TOPICS = Topics(FED)
-WAIT = 60.0  # upper bounds for loopback delivery and training, never performance assertions
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    with MosquittoProcess(workdir=tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
-def initial_model(tmp_path: Path, digits_mlp: Graph) -> Path:
-    path = tmp_path / "initial.tflite"
-    path.write_bytes(write_graph(digits_mlp))
-    return path
-
-
-def gateway_config(broker: MosquittoProcess, storage: Path, model: Path, **rounds: object) -> dict[str, object]:
-    return {
-        "gateway": {"federation": FED, "storage": str(storage), "model": str(model), "connect_timeout": 20.0},
-        "rounds": {"min_devices": 1, "deadline": 60.0, "report_every": 1, **rounds},
-        "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
-    }
-
-
-def start_agents(
-    broker: MosquittoProcess, tmp: Path, digits: DataSplit, backend: Backend, n: int, scheme: str = "dirichlet:0.5"
-) -> list[DeviceAgent]:
-    agents = []
-    for i in range(n):
-        own = device_share(digits.train, f"{i}/{n}", scheme, seed=0)
-        held_out = max(1, len(own) // 5)
-        data = LocalData(digits.train.subset(own[:-held_out]), digits.train.subset(own[-held_out:]))
-        config = DeviceConfig.from_mapping(
-            {
-                "device": {"id": f"d{i:02d}", "federation": FED, "storage": str(tmp / f"d{i:02d}"),
-                           "trainable_layers": 0},
-                "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
-                "transport": {"resend_after": 2.0},
-            },
-            env={},
-        )  # fmt: skip
-        agents.append(DeviceAgent(config, data, backend).start())
-    return agents
-
-
-class ManualDevice:
-    """A device the test drives by hand: announces itself, collects tasks and receipts, sends what it is told."""
-
-    def __init__(
-        self,
-        broker: MosquittoProcess,
-        name: str,
-        answer_evaluations: bool = True,
-        will: bool = False,
-        changed: threading.Condition | None = None,
-    ) -> None:
-        self.name = name
-        death = Will(TOPICS.presence(name), wire.encode(wire.Presence(name, False, 1, int(time.time()))))
-        config = BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5)
-        self.link = MqttLink(config, f"manual-{name}", will=death if will else None)
-        self.tasks: list[wire.Task] = []
-        self.receipts: list[wire.Receipt] = []
-        self.changed = changed or threading.Condition()  # shared, a test can wait on several devices at once
-        self.answer_evaluations = answer_evaluations
-        self.link.subscribe(TOPICS.task(name), self._on_task)
-        self.link.subscribe(TOPICS.receipt(name), self._on_receipt)
-        self.link.start()
-        assert self.link.wait_ready(WAIT)
-        caps = wire.Capabilities(ram=1 << 28, backend="manual", samples=50)
-        birth = wire.Presence(name, True, 1, int(time.time()), caps)
-        assert self.link.publish(TOPICS.presence(name), wire.encode(birth), retain=True, timeout=WAIT)
-
-    def _on_task(self, topic: str, payload: bytes) -> None:
-        task = wire.decode(payload, expect=wire.Task)
-        if task.evaluate_only and self.answer_evaluations:
-            report = wire.Update(os.urandom(16), self.name, task.round, task.base_version, 10, [],
-                                 metrics={"eval_accuracy": 0.5, "eval_loss": 1.0})  # fmt: skip
-            self.link.publish(TOPICS.update(self.name), wire.encode(report))
-        with self.changed:
-            self.tasks.append(task)
-            self.changed.notify_all()
-
-    def _on_receipt(self, topic: str, payload: bytes) -> None:
-        with self.changed:
-            self.receipts.append(wire.decode(payload, expect=wire.Receipt))
-            self.changed.notify_all()
-
-    def wait(self, predicate: object, timeout: float = WAIT) -> bool:
-        with self.changed:
-            return self.changed.wait_for(predicate, timeout)  # type: ignore[arg-type]
-
-    def send(self, payload: bytes) -> None:
-        assert self.link.publish(TOPICS.update(self.name), payload, timeout=WAIT)
-
-    def die(self) -> None:
-        """Vanish without a DISCONNECT, as a board losing power does."""
-        self.link._stopping.set()  # no reconnect
-        sock = self.link._client.socket()
-        assert isinstance(sock, socket.socket)
-        sock.close()
-
-    def stop(self) -> None:
-        self.link.stop()
-
-
-def small_update(name: str, task: wire.Task, sizes: dict[int, int], value: float = 0.01) -> wire.Update:
-    tensor, numel = max(sizes.items(), key=lambda kv: kv[1])
-    values = wire.CodedValues(wire.ValueCoding.FLOAT32, np.full(5, value, np.float32), 1.0)
-    return wire.Update(
-        os.urandom(16),
-        name,
-        task.round,
-        task.base_version,
-        40,
-        [wire.TensorUpdate(tensor, numel, np.arange(5), values)],
-    )
+from .federation import FED, WAIT, HeldStrategy, ManualDevice, gateway_config, small_update, start_agents
+from .helpers import wait_for
 
 
 def test_federation_of_real_devices_reaches_the_accuracy_bar(
@@ -300,12 +168,9 @@ def test_gateway_killed_mid_round_resumes_and_counts_exactly(
     try:
         assert manual.wait(lambda: len(manual.tasks) >= 1), "the gateway did not start round 1"
         task = manual.tasks[0]
-        deadline = time.monotonic() + WAIT
-        while True:  # both real devices' updates are committed, the manual one is outstanding
-            if (storage / "gateway.db").exists() and GatewayStore(storage / "gateway.db").round_counts(1)["train"] == 2:
-                break
-            assert time.monotonic() < deadline, "the real devices' updates were not committed"
-            time.sleep(0.1)
+        # Both real devices' updates are receipted, so committed (a receipt follows the commit); m3's is outstanding.
+        wait_for(lambda: all(a.done and len(a.outbox) == 0 for a in agents), WAIT, "both real devices' receipts")
+        assert GatewayStore(storage / "gateway.db").round_counts(1)["train"] == 2
         locked = subprocess.run([*command, "rollback", "--config", str(toml), "--to", "0"], capture_output=True,
                                 text=True, timeout=WAIT)  # fmt: skip
         assert locked.returncode == 4 and "in use by a running gateway" in locked.stderr
@@ -428,21 +293,6 @@ def test_asynchronous_rounds_aggregate_buffers_and_weigh_staleness(
         gateway.stop()
 
 
-class HeldStrategy(FedAvg):
-    """FedAvg whose first server step waits until the test lets it go: a round close that takes as long as needed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def step(self, weights: Weights, round_input: RoundInput) -> Weights:
-        if not self.entered.is_set():
-            self.entered.set()
-            assert self.release.wait(WAIT), "the test never released the close"
-        return super().step(weights, round_input)
-
-
 def test_updates_keep_being_accepted_while_a_slow_strategy_closes_a_round(
     broker: MosquittoProcess, tmp_path: Path, initial_model: Path
 ) -> None:
@@ -547,152 +397,3 @@ def test_an_async_close_interrupted_by_a_crash_is_finished_before_the_next_buffe
         assert gateway.open_round.aggregate.count == 1  # x2's update, still counted, in its own buffer
     finally:
         gateway.stop()
-
-
-def retained_manifest(broker: MosquittoProcess) -> wire.ModelManifest:
-    """The manifest the broker holds now, read by a fresh client."""
-    got: list[wire.ModelManifest] = []
-    arrived = threading.Event()
-
-    def on_manifest(topic: str, payload: bytes) -> None:
-        got.append(wire.decode(payload, expect=wire.ModelManifest))
-        arrived.set()
-
-    reader = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), f"reader-{os.getpid()}")
-    reader.subscribe(TOPICS.manifest, on_manifest)
-    reader.start()
-    try:
-        assert arrived.wait(WAIT), "no retained manifest"
-        return got[-1]
-    finally:
-        reader.stop()
-
-
-def test_a_broker_outage_pauses_round_deadlines_and_a_model_whose_publication_failed_is_republished(
-    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
-) -> None:
-    clock = FakeClock(time.time())
-    config = GatewayConfig.from_mapping(gateway_config(broker, tmp_path / "gw", initial_model, min_devices=2,
-                                                       deadline=30.0), env={})  # fmt: skip
-    strategy = HeldStrategy()
-    devices = [ManualDevice(broker, f"o{i}") for i in range(2)]
-    gateway = Gateway(config, clock=clock, strategy=strategy).start()
-    try:
-        for d in devices:
-            assert d.wait(lambda d=d: len(d.tasks) == 1)  # type: ignore[misc]
-        assert gateway.open_round is not None
-        deadline = gateway.open_round.row.deadline
-        first, second = devices
-        first.send(wire.encode(small_update(first.name, first.tasks[0], gateway.sizes)))
-        assert first.wait(lambda: len(first.receipts) == 1)
-
-        # An outage far longer than the round's deadline, by the gateway's clock.
-        gateway.republished.clear()
-        broker.stop()
-        assert gateway.offline.wait(WAIT), "the gateway did not notice the broker was gone"
-        clock.advance(100.0)
-        broker.start()
-        assert gateway.republished.wait(WAIT), "the gateway did not republish after reconnecting"
-        assert not gateway.offline.is_set()
-        assert gateway.open_round is not None and gateway.open_round.number == 1, "the round did not survive"
-        assert gateway.open_round.row.deadline == deadline + 100.0
-        assert gateway.store.open_round_row().deadline == deadline + 100.0  # type: ignore[union-attr]
-
-        # The broker goes while the round closes: publishing the new version fails, and is done on reconnect.
-        assert second.link.wait_ready(WAIT)
-        second.send(wire.encode(small_update(second.name, second.tasks[0], gateway.sizes)))
-        assert strategy.entered.wait(WAIT)
-        old = gateway.version
-        gateway.republished.clear()
-        broker.stop()
-        strategy.release.set()
-        assert gateway.offline.wait(WAIT)
-        assert gateway.version != old  # the version was made and adopted, but the broker never got it
-        broker.start()
-        assert gateway.republished.wait(WAIT)
-        assert retained_manifest(broker).version == gateway.version
-        assert first.wait(lambda: len(first.tasks) == 2), "round 2 did not reach the devices after the outage"
-        assert first.tasks[1].base_version == gateway.version
-    finally:
-        strategy.release.set()
-        for d in devices:
-            d.stop()
-        gateway.stop()
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """For state that only the round thread's next step can change and that no event announces."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 6 MiB filesystem (tmpfs), so the gateway's storage fills up for real."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Take all but ``leave`` bytes of the filesystem's free space."""
-    filler = disk / "filler"
-    free = shutil.disk_usage(disk).free
-    with open(filler, "ab") as f:
-        f.write(b"\0" * max(0, free - leave))
-    return filler
-
-
-def test_a_full_disk_stops_new_rounds_with_one_message_loses_nothing_and_rounds_resume_when_space_returns(
-    broker: MosquittoProcess, small_disk: Path, tmp_path: Path, initial_model: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = gateway_config(broker, small_disk / "gw", initial_model, min_devices=2)
-    settings["gateway"]["min_free_mb"] = 1  # type: ignore[index]
-    config = GatewayConfig.from_mapping(settings, env={})
-    gateway = Gateway(config)
-    devices = [ManualDevice(broker, f"f{i}") for i in range(2)]
-    filler = fill(small_disk, leave=512 * 1024)  # below the 1 MiB floor before the first round could open
-    gateway.start()
-    try:
-        wait_until(lambda: gateway.rounds.paused, "the gateway to notice the disk is short")
-        assert "below [gateway] min_free_mb = 1: no new round opens" in str(gateway.rounds.paused)
-        assert all(not d.tasks for d in devices) and gateway.store.last_round() == 0
-        filler.unlink()
-        for d in devices:
-            assert d.wait(lambda d=d: len(d.tasks) == 1), "no round opened once space was freed"  # type: ignore[misc]
-        assert gateway.rounds.paused is None
-
-        # The disk fills completely mid-round: an update cannot be stored, so it gets no receipt.
-        first, second = devices
-        filler = fill(small_disk, leave=0)
-        lost = wire.encode(small_update(first.name, first.tasks[0], gateway.sizes))
-        with caplog.at_level(logging.WARNING, logger="gateway"):
-            first.send(lost)
-            first.send(lost)  # a resend meets the same full disk
-            wait_until(lambda: gateway.unstored == 2, "the gateway to judge both sends")
-        assert not first.receipts  # nothing stored, nothing receipted: the device keeps it
-        assert caplog.text.count("out of space (database or disk is full); not counted, the device will send it") == 1
-        assert gateway.store.round_updates(1) == []
-        filler.unlink()
-        first.send(lost)  # what a device's outbox does: send again until a receipt comes
-        lost_id = wire.decode(lost, expect=wire.Update).update_id
-        assert first.wait(lambda: any(lost_id in r.received for r in first.receipts))
-        second.send(wire.encode(small_update(second.name, second.tasks[0], gateway.sizes)))
-        assert first.wait(lambda: len(first.tasks) == 2), "round 1 did not close once space returned"
-        assert sorted(u.device for u in gateway.store.round_updates(1, "train")) == ["f0", "f1"]
-    finally:
-        for d in devices:
-            d.stop()
-        gateway.stop()
-    store = GatewayStore(small_disk / "gw" / "gateway.db")
-    assert store._query("PRAGMA integrity_check") == [("ok",)]
-    assert [r.status for r in store.rounds()][:1] == ["closed"]
-    store.close()
