@@ -16,7 +16,8 @@ refusal the device receives in its receipt and the operator sees in
 3. a round is open, and it is not one whose close has begun;
 4. an evaluation report (no tensors) answers an evaluation task of this
    device in this round, about the model being evaluated;
-5. a training update carries samples, a finite norm within the bound, and
+5. a training update carries samples (weighed by at most what its birth
+   declared and ``max_samples``), a finite norm within the bound, and
    answers a task still open for this device (one reassigned after the
    device looked dead still counts): in synchronous rounds the
    open round's own, on its base model; in asynchronous rounds any open
@@ -33,6 +34,8 @@ from typing import Protocol
 
 from edge_runtime import wire
 
+from .claims import bounded_samples
+
 DUPLICATE = "duplicate of an update already counted"
 
 
@@ -48,6 +51,7 @@ class Verdict:
     kind: str  # "train" | "eval": which aggregate and which task the update answers
     reason: str = ""  # why it was refused (or DUPLICATE); empty when accepted
     weight_factor: float = 1.0  # multiplies the sample count (staleness discount in async rounds)
+    samples: int = 0  # the sample count the update weighs: its claim, bounded (see claims.bounded_samples)
 
     @property
     def accepted(self) -> bool:
@@ -73,6 +77,7 @@ class AdmissionRules:
     mode: str  # the federation's round mode: sync | async
     norm_bound: float
     max_staleness: int
+    max_samples: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,12 @@ def admit(
     ledger: Ledger,
     rules: AdmissionRules,
     closing: int | None = None,
+    declared_samples: int | None = None,
 ) -> Verdict:
-    """Judge one update that decoded cleanly against the model's spec. ``closing``: a round being closed."""
+    """Judge one update that decoded cleanly against the model's spec. ``closing``: a round being closed;
+    ``declared_samples``: what the device's birth message declared (bounds the weight it may claim)."""
     kind = update_kind(update)
+    samples = bounded_samples(update.samples, declared_samples, rules.max_samples)
 
     def refuse(reason: str) -> Verdict:
         return Verdict(Outcome.REFUSE, kind, reason)
@@ -142,10 +150,10 @@ def admit(
             return refuse(f"evaluation of {update.base_version.hex()[:12]}, not of the current model")
         if _open_task(ledger, update.round, device, "eval") is None:
             return refuse(f"{device} has no open evaluation task in round {update.round}")
-        return Verdict(Outcome.ACCEPT, kind)
+        return Verdict(Outcome.ACCEPT, kind, samples=samples)
     if open_round.mode == "eval":
         return refuse("training updates are not taken while the final model is evaluated")
-    if update.samples == 0:
+    if samples == 0:
         return refuse("zero samples: nothing to weight the update by")
     if not math.isfinite(norm) or norm > rules.norm_bound:
         return refuse(f"update norm {norm:.4g} exceeds the bound {rules.norm_bound:g}")
@@ -158,7 +166,7 @@ def admit(
             )
         if _open_task(ledger, update.round, device, "train") is None:
             return refuse(f"{device} has no open task in round {update.round}")
-        return Verdict(Outcome.ACCEPT, kind)
+        return Verdict(Outcome.ACCEPT, kind, samples=samples)
     base_seq = ledger.model_seq(update.base_version)
     current_seq = ledger.model_seq(current_version)
     if base_seq is None or current_seq is None:
@@ -174,4 +182,4 @@ def admit(
         return refuse(
             f"base version {update.base_version.hex()[:12]} is not its task's {task.base_version.hex()[:12]}"
         )
-    return Verdict(Outcome.ACCEPT, kind, weight_factor=(1.0 + max(0, staleness)) ** -0.5)
+    return Verdict(Outcome.ACCEPT, kind, weight_factor=(1.0 + max(0, staleness)) ** -0.5, samples=samples)

@@ -3,8 +3,8 @@
 Memory is one float64 buffer per trainable tensor, whatever the number of
 devices: an update's kept entries are added at their positions (they are
 strictly increasing, so a plain fancy-index add is exact) and its weight
-(sample count, times a staleness factor in asynchronous mode) is added to
-the total. Only a buffered strategy makes it keep each delta as well.
+(its bounded sample count, times a staleness factor in asynchronous mode)
+is added to the total. Only a buffered strategy makes it keep each delta as well.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_runtime import wire
 
+from .claims import bounded_metrics, median_range, plausible_range
 from .strategies.base import ClientDelta, RoundInput, Weights
 from .strategies.clipping import clip_factor
 
@@ -38,14 +39,23 @@ class StreamingAggregate:
         self.keep_updates = keep_updates
         self.clip_norm = clip_norm
         self.updates: list[ClientDelta] = []
-        self.activation_sums: dict[int | str, np.ndarray] = {}
-        self.activation_weight: dict[int | str, float] = {}
+        self.activation_reports: dict[int | str, list[tuple[float, float]]] = {}  # per tensor, one per device
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
 
-    def add(self, update: wire.Update, weight_factor: float = 1.0, norm: float | None = None) -> None:
-        """Fold one update in; ``norm`` (when the caller already has it) saves a pass for clipping."""
-        weight = update.samples * weight_factor
+    def add(
+        self,
+        update: wire.Update,
+        weight_factor: float = 1.0,
+        norm: float | None = None,
+        samples: int | None = None,
+        take_ranges: bool = True,
+    ) -> None:
+        """Fold one update in, weighed by ``samples`` (its bounded claim; default the claim itself) times
+        ``weight_factor``; ``norm`` (when the caller already has it) saves a pass for clipping; its activation
+        ranges count only when its task asked for them (``take_ranges``)."""
+        samples = update.samples if samples is None else samples
+        weight = samples * weight_factor
         values = [t.values.decode().astype(np.float64) for t in update.tensors]  # decoded once, used below
         scale = 1.0
         if self.clip_norm:
@@ -62,24 +72,22 @@ class StreamingAggregate:
                 d = np.zeros(self.sizes[t.tensor], np.float64)
                 d[t.indices] = scale * v
                 dense[t.tensor] = d
-            self.updates.append(ClientDelta(update.device, update.samples, dense))
-        for name, (lo, hi) in update.activation_ranges.items():
-            self.activation_sums[name] = self.activation_sums.get(name, np.zeros(2)) + weight * np.array([lo, hi])
-            self.activation_weight[name] = self.activation_weight.get(name, 0.0) + weight
-        for name, value in update.metrics.items():
-            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + update.samples * value
-            self.metric_weight[name] = self.metric_weight.get(name, 0.0) + update.samples
+            self.updates.append(ClientDelta(update.device, samples, dense))
+        if take_ranges:
+            for name, (lo, hi) in update.activation_ranges.items():
+                if plausible_range(lo, hi):
+                    self.activation_reports.setdefault(name, []).append((lo, hi))
+        for name, value in bounded_metrics(update.metrics, samples).items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + samples * value
+            self.metric_weight[name] = self.metric_weight.get(name, 0.0) + samples
 
     def round_input(self) -> RoundInput:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}
         return RoundInput(mean, list(self.updates))
 
     def activation_ranges(self) -> dict[int | str, tuple[float, float]]:
-        """Sample-weighted mean of the devices' activation ranges, per tensor name."""
-        return {
-            name: (float(s[0] / self.activation_weight[name]), float(s[1] / self.activation_weight[name]))
-            for name, s in self.activation_sums.items()
-        }
+        """The median of the devices' activation ranges, per tensor: one device's report cannot move it."""
+        return {name: median_range(reports) for name, reports in self.activation_reports.items()}
 
     def metrics(self) -> dict[str, float]:
         return {name: s / self.metric_weight[name] for name, s in self.metric_sums.items()}

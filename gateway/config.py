@@ -23,6 +23,8 @@ density = 0.01             # share of entries a device sends
 value_coding = 2           # 0 float32, 1 float16, 2 int8, 3 ternary
 norm_bound = 1000.0        # refuse an update whose L2 norm exceeds this
 clip_norm = 0.0            # scale larger updates down to this norm (0 = off)
+max_samples = 100000       # an update weighs at most this many samples, and at most what its device declared
+max_range_growth = 2.0     # reported activation ranges move the model's by at most this factor per version
 min_samples = 1
 min_ram = 0                # bytes of RAM a device must announce
 concurrency = 10           # async: devices kept busy at once
@@ -83,6 +85,8 @@ class RoundsSection:
     value_coding: int = 2
     norm_bound: float = 1000.0
     clip_norm: float = 0.0
+    max_samples: int = 100_000  # an update weighs at most this many samples (and at most its birth declared)
+    max_range_growth: float = 2.0  # activation ranges move by at most this factor per version
     min_samples: int = 1
     min_ram: int = 0  # bytes a device must announce to be given work
     concurrency: int = 10
@@ -102,6 +106,8 @@ class RoundsSection:
             raise ValueError("min_devices, min_updates, buffer_size, concurrency and report_every must be >= 1")
         if self.overprovision < 0 or self.deadline <= 0:
             raise ValueError("overprovision must be >= 0 and deadline > 0")
+        if self.max_samples < 1 or self.max_range_growth <= 1:
+            raise ValueError("max_samples must be >= 1 and max_range_growth > 1")
         if self.value_coding not in (0, 1, 2, 3):
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
 

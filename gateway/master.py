@@ -27,6 +27,7 @@ from edge_runtime.train.layers import Weighted
 from edge_runtime.train.tail import Tail
 from edge_runtime.train.trainer import cut_for_last_layers
 
+from .claims import limited_range
 from .strategies.base import Weights
 
 
@@ -66,14 +67,21 @@ class MasterModel:
                 raise ValueError(f"master weights of tensor {t} are not finite; refusing to publish them")
             setattr(layer, kind, np.asarray(value, np.float32).reshape(current.shape))
 
-    def set_activation_ranges(self, ranges: Mapping[int | str, tuple[float, float]]) -> int:
-        """Adopt the devices' ranges (by output tensor index or name); returns how many layers took one."""
+    def set_activation_ranges(
+        self, ranges: Mapping[int | str, tuple[float, float]], max_growth: float | None = None
+    ) -> int:
+        """Adopt the devices' ranges (by output tensor index or name), each side moved by at most a factor
+        ``max_growth`` from the current one (None: as given, for ranges this gateway saved itself); returns how
+        many layers took one."""
         taken = 0
         for key, (lo, hi) in ranges.items():
             layer = self.output_tensors.get(key) if isinstance(key, int) else self.output_names.get(key)
-            if layer is not None and np.isfinite([lo, hi]).all() and hi > lo:
-                layer.stats = RangeStats(ema_min=min(lo, 0.0), ema_max=max(hi, 0.0))
-                taken += 1
+            if layer is None or not np.isfinite([lo, hi]).all() or hi <= lo:
+                continue
+            if max_growth is not None and layer.stats is not None:
+                lo, hi = limited_range((lo, hi), (layer.stats.ema_min, layer.stats.ema_max), max_growth)
+            layer.stats = RangeStats(ema_min=min(lo, 0.0), ema_max=max(hi, 0.0))
+            taken += 1
         return taken
 
     def export(self) -> bytes:

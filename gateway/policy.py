@@ -33,6 +33,7 @@ from edge_runtime import wire
 
 from .admission import RoundView
 from .aggregate import StreamingAggregate
+from .claims import asks_for_report
 from .config import RoundsSection
 from .registry import Eligibility, Registry
 from .store import RoundRow
@@ -194,7 +195,8 @@ class RoundPolicy:
         s = self.task_settings
         return wire.Task(
             self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
-            s.prox_mu, evaluate_only=evaluate, value_coding=s.value_coding, report=(number - 1) % s.report_every == 0,
+            s.prox_mu, evaluate_only=evaluate, value_coding=s.value_coding,
+            report=asks_for_report(number, s.report_every),
         )  # fmt: skip
 
     def _tasks(

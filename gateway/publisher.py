@@ -117,7 +117,7 @@ class Publisher:
         self._strategy_before = {k: np.array(v, copy=True) for k, v in self.strategy.state().items()}
         new_weights = self.strategy.step(self.master.weights(), aggregate.round_input())
         self.master.set_weights(new_weights)
-        self.master.set_activation_ranges(aggregate.activation_ranges())
+        self.master.set_activation_ranges(aggregate.activation_ranges(), self.config.rounds.max_range_growth)
         model = self.master.export()
         version = hashlib.sha256(model).digest()
         files = VersionFiles.of(self.models_dir, version)

@@ -1,8 +1,9 @@
 """Who is in the federation: presence births and deaths, capabilities, last seen, model version, failures.
 
 Birth and death carry the device's start counter (Sparkplug B's bdSeq): a
-death whose counter is older than the latest birth is the will of an
-earlier connection that the broker delivered late, and is ignored.
+death counts only when its counter equals the latest birth's. An older one
+is the will of an earlier connection that the broker delivered late; a
+larger one belongs to no birth (a forged death cannot evict a device).
 
 A device that reported it cannot do a task (its labels are not the
 model's, its data vanished...) is not selected again until its birth
@@ -91,9 +92,16 @@ class Registry:
         """Apply a birth or death; returns the record and whether the device just went offline."""
         with self._lock:
             record = self._devices.get(presence.device)
-            if record is not None and presence.seq < record.seq:
-                log.info("ignored a stale presence of %s (seq %d < %d)", presence.device, presence.seq, record.seq)
+            if presence.online and record is not None and presence.seq < record.seq:
+                log.info("ignored a stale birth of %s (seq %d < %d)", presence.device, presence.seq, record.seq)
                 return record, False
+            if not presence.online and (record is None or presence.seq != record.seq):
+                # Sparkplug's rule: a death is the will of the connection whose birth carried the same counter.
+                # An older one is a late will of an earlier connection; a larger one was never born, so it
+                # cannot evict the device (nor create a record for one that never announced itself).
+                log.info("ignored a death of %s with seq %d (its birth has %s)", presence.device, presence.seq,
+                         record.seq if record else "none")  # fmt: skip
+                return record or DeviceRecord(presence.device, False, presence.seq, time.time(), None), False
             was_online = record is not None and record.online
             caps = presence.capabilities if presence.online else (record.capabilities if record else None)
             failure, key = (record.failure, record.failure_key) if record else (None, None)

@@ -26,6 +26,7 @@ from edge_runtime import wire
 
 from .admission import ANSWERABLE, AdmissionRules, Verdict, admit
 from .aggregate import StreamingAggregate
+from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .policy import OpenRound, Plan, RoundPolicy
@@ -34,6 +35,12 @@ from .registry import Registry
 from .store import GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_report(update: wire.Update, samples: int) -> wire.Update:
+    """What is kept of an evaluation report: its ids, round, base, bounded samples and bounded metrics."""
+    return wire.Update(update.update_id, update.device, update.round, update.base_version, samples, [],
+                       metrics=bounded_metrics(update.metrics, samples))  # fmt: skip
 
 
 @dataclass
@@ -111,9 +118,11 @@ class Rounds:
         aggregate = self._new_aggregate()
         kind = "eval" if row.mode == "eval" else "train"
         delivered = self.store.round_updates(row.round, kind)
+        report_every = self.policy.rules.report_every
         for stored in delivered if kind == "train" else ():
             update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
-            aggregate.add(update, stored.weight / max(1, update.samples))
+            aggregate.add(update, stored.weight / max(1, stored.samples), samples=stored.samples,
+                          take_ranges=asks_for_report(update.round, report_every))  # fmt: skip
         tasks = self.store.round_tasks(row.round, kind)
         failed = {d for d, status in tasks.items() if status == "failed"}
         return OpenRound(row, aggregate, set(tasks), failed=failed)
@@ -149,21 +158,29 @@ class Rounds:
     # -- intake (paho's thread) -----------------------------------------------------------------------------
     def intake(self, update: wire.Update, raw: bytes, device: str, norm: float) -> Verdict:
         """Judge, commit and fold one decoded update; the verdict says what the device's receipt says."""
+        record = self.registry.get(device)
+        declared = record.capabilities.samples if record is not None and record.capabilities is not None else None
         with self._lock:
             open_round = self._open
             closing = self._closing.number if self._closing else None
             view = open_round.view if open_round else None
-            verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing)
+            verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing,
+                            declared)  # fmt: skip
             try:
                 if verdict.accepted:
                     assert open_round is not None
+                    train = verdict.kind == "train"
+                    # Training updates are kept as received (the exact bytes rebuild the aggregate after a crash,
+                    # one per task); an evaluation report only as its decoded, bounded fields.
+                    stored = raw if train else wire.encode(evaluation_report(update, verdict.samples))
                     first = self.store.accept(
-                        update.update_id, open_round.number, update.round, device, verdict.kind, update.samples,
-                        update.samples * verdict.weight_factor, update.base_version, len(raw),
-                        self.dense_bytes if verdict.kind == "train" else 0, raw,
+                        update.update_id, open_round.number, update.round, device, verdict.kind, verdict.samples,
+                        verdict.samples * verdict.weight_factor, update.base_version, len(raw),
+                        self.dense_bytes if train else 0, stored,
                     )  # fmt: skip
-                    if first and verdict.kind == "train":
-                        open_round.aggregate.add(update, verdict.weight_factor, norm)
+                    if first and train:
+                        take_ranges = asks_for_report(update.round, self.policy.rules.report_every)
+                        open_round.aggregate.add(update, verdict.weight_factor, norm, verdict.samples, take_ranges)
                 else:
                     # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
                     self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw))
@@ -374,9 +391,9 @@ class Rounds:
         weight = 0.0
         for stored in self.store.round_updates(open_round.number, "eval"):
             update = wire.decode(stored.payload, expect=wire.Update)
-            weight += update.samples
-            for k, v in update.metrics.items():
-                sums[k] = sums.get(k, 0.0) + update.samples * v
+            weight += stored.samples
+            for k, v in bounded_metrics(update.metrics, stored.samples).items():
+                sums[k] = sums.get(k, 0.0) + stored.samples * v
         metrics = {k: v / weight for k, v in sums.items()} if weight else {}
         metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
         self.store.set_metrics(open_round.number, metrics)

@@ -76,7 +76,7 @@ class Gateway:
             TaskSettings.from_rounds(rc, prox_mu=float(getattr(self.strategy, "mu", 0.0))),
             np.random.default_rng(rc.seed + self.store.last_round()),
         )
-        admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness)
+        admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
         self.rounds = Rounds(
             self.store, self.registry, self.publisher, policy, admission, self.clock, rc.clip_norm or None, disk

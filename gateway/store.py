@@ -87,6 +87,7 @@ class StoredUpdate:
     kind: str
     weight: float
     payload: bytes
+    samples: int = 0  # the sample count it was weighed by (its claim, bounded)
 
 
 class GatewayStore:
@@ -408,7 +409,7 @@ class GatewayStore:
         return [dict(zip(keys, r, strict=True)) for r in self._query(sql + " ORDER BY id", args)]
 
     def round_updates(self, round_: int, kind: str | None = None) -> list[StoredUpdate]:
-        sql = "SELECT update_id, device, kind, weight, payload FROM updates WHERE round = ?"
+        sql = "SELECT update_id, device, kind, weight, payload, samples FROM updates WHERE round = ?"
         args: tuple[Any, ...] = (round_,)
         if kind is not None:
             sql += " AND kind = ?"

@@ -69,7 +69,7 @@ def make_rounds(
     rc = config.rounds
     policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
     publisher = Publisher(config, store, strategy)
-    admission = AdmissionRules(rc.mode, rc.norm_bound, 5)
+    admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
     rounds = Rounds(store, Registry(store), publisher, policy, admission, clock, disk=disk)
     for name in devices:
         born(rounds, name, seq=1)

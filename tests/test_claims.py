@@ -1,0 +1,157 @@
+"""An enrolled device that lies about itself moves the model by no more than an honest device could.
+
+Each test runs real rounds (tests/test_rounds.py's world: real store, real publisher, real int8 model, a fake
+clock) twice: once with every device honest, once with one device lying in one field, and compares what
+came out: the weights of the new version, its re-quantisation ranges, the stored evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.writer import write_graph
+from gateway.aggregate import update_norm
+from gateway.registry import Registry
+from gateway.rounds import Rounds
+from gateway.strategies.fedavg import FedAvg
+
+from .test_rounds import born, make_rounds
+
+
+@pytest.fixture
+def model(digits_mlp: Graph) -> bytes:
+    return write_graph(digits_mlp)
+
+
+def send(
+    rounds: Rounds, device: str, task: wire.Task, samples: int = 40, value: float = 0.01, **extra: object
+) -> bool:
+    tensor, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    values = wire.CodedValues(wire.ValueCoding.FLOAT32, np.full(8, value, np.float32), 1.0)
+    update = wire.Update(os.urandom(16), device, task.round, task.base_version, samples,
+                         [wire.TensorUpdate(tensor, numel, np.arange(8) * 3, values)], **extra)  # type: ignore[arg-type]  # fmt: skip
+    raw = wire.encode(update)
+    decoded = wire.decode(raw, expect=wire.Update, spec=dict(rounds.sizes))
+    return rounds.intake(decoded, raw, device, update_norm(decoded)).accepted
+
+
+def one_round(tmp_path: Path, model: bytes, lie: dict[str, int], **rules: object) -> Rounds:
+    """Round 1 with devices a (honest, value 0.01) and b (value -0.01, possibly lying), closed."""
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), **rules)
+    tasks = dict(rounds.step().tasks)
+    assert send(rounds, "a", tasks["a"])
+    assert send(rounds, "b", tasks["b"], value=-0.01, **lie)
+    assert rounds.step().ended is not None
+    return rounds
+
+
+def test_a_claimed_sample_count_weighs_no_more_than_the_birth_declared(tmp_path: Path, model: bytes) -> None:
+    honest = one_round(tmp_path / "honest", model, {"samples": 50})
+    liar = one_round(tmp_path / "liar", model, {"samples": 2**32})  # the attack: 2^32 samples
+    assert honest.publisher.version == liar.publisher.version  # the lie bought nothing beyond its 50 declared
+    (stored,) = [u for u in liar.store.round_updates(1) if u.device == "b"]
+    assert stored.samples == 50 and stored.weight == 50.0
+
+
+def test_the_configured_maximum_bounds_what_a_big_birth_declares(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_samples=30)
+    born(rounds, "b", seq=2, samples=10**9)  # declares a billion samples
+    tasks = dict(rounds.step().tasks)
+    assert send(rounds, "b", tasks["b"], samples=10**9)
+    (stored,) = rounds.store.round_updates(1)
+    assert stored.samples == 30
+
+
+def ranges_of(rounds: Rounds) -> dict[str, tuple[float, float]]:
+    layers = rounds.publisher.master.output_names.items()
+    return {name: (layer.stats.ema_min, layer.stats.ema_max) for name, layer in layers if layer.stats is not None}
+
+
+def test_one_liar_cannot_move_the_median_of_the_activation_ranges(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=("a", "b", "c"))
+    name, (lo, hi) = next(iter(ranges_of(rounds).items()))
+    tasks = dict(rounds.step().tasks)
+    honest = {name: (lo, hi)}
+    assert send(rounds, "a", tasks["a"], activation_ranges=honest)
+    assert send(rounds, "b", tasks["b"], activation_ranges=honest)
+    assert send(rounds, "c", tasks["c"], activation_ranges={name: (lo * 100, hi * 100)})  # plausible, but a lie
+    assert rounds.step().ended is not None
+    assert ranges_of(rounds)[name] == pytest.approx((min(lo, 0.0), max(hi, 0.0)), rel=1e-6)
+
+
+def test_absurd_activation_ranges_are_dropped(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg())
+    name, (lo, hi) = next(iter(ranges_of(rounds).items()))
+    tasks = dict(rounds.step().tasks)
+    assert send(rounds, "a", tasks["a"])
+    assert send(rounds, "b", tasks["b"], activation_ranges={name: (-1e30, 1e30)})  # the attack: to chance
+    assert rounds.step().ended is not None
+    assert ranges_of(rounds)[name] == pytest.approx((min(lo, 0.0), max(hi, 0.0)), rel=1e-6)
+
+
+def test_even_when_every_device_lies_a_range_moves_at_most_max_range_growth_per_version(
+    tmp_path: Path, model: bytes
+) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_range_growth=2.0)
+    name, (lo, hi) = next(iter(ranges_of(rounds).items()))
+    tasks = dict(rounds.step().tasks)
+    for device in ("a", "b"):
+        assert send(rounds, device, tasks[device], activation_ranges={name: (lo * 1000, hi * 1000)})
+    assert rounds.step().ended is not None
+    new_lo, new_hi = ranges_of(rounds)[name]
+    assert new_hi <= 2.0 * max(hi, 0.0) + 1e-9 and new_lo >= 2.0 * min(lo, 0.0) - 1e-9
+
+
+def test_ranges_count_only_in_rounds_whose_tasks_asked_for_them(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), report_every=5)
+    name, (lo, hi) = next(iter(ranges_of(rounds).items()))
+    for _ in range(2):  # round 1 asks, round 2 does not
+        tasks = dict(rounds.step().tasks)
+        for device in ("a", "b"):
+            assert send(rounds, device, tasks[device], activation_ranges={name: (lo * 1.5, hi * 1.5)})
+        assert rounds.step().ended is not None
+        if tasks["a"].round == 1:
+            after_first = ranges_of(rounds)[name]
+    assert ranges_of(rounds)[name] == after_first  # round 2's unasked ranges changed nothing
+
+
+def test_an_evaluation_report_is_kept_as_its_bounded_fields_only(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), rounds=1)
+    tasks = dict(rounds.step().tasks)
+    for device in ("a", "b"):
+        assert send(rounds, device, tasks[device])
+    rounds.step()  # closes round 1
+    asks = dict(rounds.step().tasks)  # the final evaluation
+    junk = {f"x{i}": 1.0 for i in range(60)} | {"eval_accuracy": 5.0, "eval_loss": -3.0}
+    report = wire.Update(os.urandom(16), "a", asks["a"].round, asks["a"].base_version, 2**32, [], metrics=junk)
+    verdict = rounds.intake(report, wire.encode(report), "a", 0.0)
+    assert verdict.accepted and verdict.samples == 50
+    (stored,) = rounds.store.round_updates(asks["a"].round, "eval")
+    kept = wire.decode(stored.payload, expect=wire.Update)
+    assert kept.metrics == {"eval_accuracy": 1.0, "eval_loss": 0.0} and kept.samples == 50
+    assert len(stored.payload) < 120
+
+
+def test_a_death_counts_only_with_the_counter_of_the_current_birth(tmp_path: Path) -> None:
+    from gateway.store import GatewayStore
+
+    registry = Registry(GatewayStore(":memory:"))
+    caps = wire.Capabilities(ram=1, backend="x", samples=5)
+    birth = wire.Presence("d", True, 7, 0, caps)
+    registry.observe(birth, wire.encode(birth))
+    for forged_seq in (8, 2**63 - 1, 6):  # a larger counter (forged), the largest, an older one (a late will)
+        death = wire.Presence("d", False, forged_seq, 0)
+        _, died = registry.observe(death, wire.encode(death))
+        assert not died and registry.get("d").online  # type: ignore[union-attr]
+    ghost = wire.Presence("never-born", False, 1, 0)
+    registry.observe(ghost, wire.encode(ghost))
+    assert registry.get("never-born") is None
+    death = wire.Presence("d", False, 7, 0)
+    _, died = registry.observe(death, wire.encode(death))
+    assert died and not registry.get("d").online  # type: ignore[union-attr]
