@@ -41,9 +41,9 @@ def send(
     return rounds.intake(decoded, raw, device, update_norm(decoded)).accepted
 
 
-def one_round(tmp_path: Path, model: bytes, lie: dict[str, int], **rules: object) -> Rounds:
+def one_round(tmp_path: Path, model: bytes, lie: dict[str, int]) -> Rounds:
     """Round 1 with devices a (honest, value 0.01) and b (value -0.01, possibly lying), closed."""
-    rounds, _ = make_rounds(tmp_path, model, FedAvg(), **rules)
+    rounds, _ = make_rounds(tmp_path, model, FedAvg())
     tasks = dict(rounds.step().tasks)
     assert send(rounds, "a", tasks["a"])
     assert send(rounds, "b", tasks["b"], value=-0.01, **lie)
