@@ -193,11 +193,7 @@ class Gateway:
         try:
             update = wire.decode(whole, expect=wire.Update, spec=self.rounds.spec)
         except wire.WireError as exc:
-            update_id = readable_update_id(whole)
-            why = f"{type(exc).__name__}: {exc}"
-            self._refuse(update_id, device, why, len(whole))
-            if update_id is not None:  # tell the device, so it stops resending what will never be taken
-                self._send_receipt(device, update_id, why)
+            self._refuse_undecodable(device, whole, exc)
             return
         try:
             verdict = self.rounds.intake(update, whole, device, update_norm(update))
@@ -219,10 +215,7 @@ class Gateway:
         try:
             failure = wire.decode(data, expect=wire.TaskFailure)
         except wire.WireError as exc:
-            report_id, why = readable_update_id(data), f"{type(exc).__name__}: {exc}"
-            self._refuse(report_id, device, why, len(data))
-            if report_id is not None:
-                self._send_receipt(device, report_id, why)
+            self._refuse_undecodable(device, data, exc)
             return
         try:
             refused = self.rounds.report_failure(failure, device)
@@ -234,6 +227,13 @@ class Gateway:
         else:
             log.warning("refused a task failure report of %s: %s", device, refused)
         self._send_receipt(device, failure.report_id, refused)
+
+    def _refuse_undecodable(self, device: str, data: bytes, exc: wire.WireError) -> None:
+        """Record why; when the message's id is readable, tell the device, so it stops resending it."""
+        message_id, why = readable_update_id(data), f"{type(exc).__name__}: {exc}"
+        self._refuse(message_id, device, why, len(data))
+        if message_id is not None:
+            self._send_receipt(device, message_id, why)
 
     def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
         log.warning("refused a message from %s: %s", device, reason)
