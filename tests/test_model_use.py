@@ -83,6 +83,8 @@ def test_build_lists_the_classes_it_learned_and_warns_about_an_absent_one(tmp_pa
     info = ModelInfo.from_graph(read_graph(model.read_bytes()))
     assert info.classes == [str(i) for i in range(10)] and len(info.input_mean) == 64
     np.testing.assert_allclose(info.input_mean, digits.x[keep].mean(axis=0), atol=1e-4)  # from this sample
+    shown = tinyfed("model", "inspect", model).stdout
+    assert "classes (10): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in shown and "input normalisation over 64 features" in shown
 
     # Every class named: no warning when none is absent, and the declared order is the output order.
     named = tinyfed("model", "build", "--arch", "mlp", "--data", sample, "--label-column", "digit",

@@ -80,12 +80,23 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(values: list[float]) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:6])
+    return f"[{shown}{', ...' if len(values) > 6 else ''}]"
+
+
 def inspect(args: argparse.Namespace) -> int:
     data = args.model.read_bytes()
     graph = read_graph(data)
     info = ModelInfo.from_graph(graph)
     print(f"{args.model}: {len(data)} bytes, sha256 {model_version(data)}")
-    print(f"description: {graph.description!r}  architecture: {info.architecture}  classes: {len(info.classes)}")
+    print(f"description: {graph.description!r}  architecture: {info.architecture}  built from: {info.dataset or '-'}")
+    print(f"classes ({len(info.classes)}): {', '.join(info.classes) if info.classes else '- (outputs by index)'}")
+    if info.input_mean:
+        print(f"input normalisation over {len(info.input_mean)} features: mean {_short(info.input_mean)} "
+              f"std {_short(info.input_std)}")  # fmt: skip
+    else:
+        print("input normalisation: none stored (samples are quantised as given)")
     print(f"inputs {graph.inputs} outputs {graph.outputs}")
     print("operators:")
     for i, op in enumerate(graph.operators):
