@@ -300,3 +300,23 @@ def test_the_demo_saves_its_final_model_and_says_where_in_its_last_line(
     predicted = tinyfed("model", "predict", "--model", saved, "--data", "digits")
     assert predicted.returncode == 0, predicted.stderr
     assert f"accuracy {float(round_line.split()[1]):.4f} " in predicted.stdout
+
+
+@needs_backend
+def test_device_train_on_an_own_csv_holds_out_a_share_by_default(tmp_path: Path) -> None:
+    digits = load_digits(seed=0).train
+    data = tmp_path / "own.csv"  # the label first, named in the header
+    rows = [",".join([str(y), *(f"{v:g}" for v in x)]) for x, y in zip(digits.x[:300], digits.y[:300], strict=True)]
+    data.write_text("\n".join([",".join(["digit", *(f"px{i}" for i in range(64))]), *rows]) + "\n")
+    model = tmp_path / "m.tflite"
+    assert tinyfed("model", "build", "--arch", "mlp", "--data", "digits", "--out", model).returncode == 0
+    run = tinyfed("device", "train", "--model", model, "--data", data, "--label-column", "digit", "--epochs", "3",
+                  "--backend", available_backends()[0])  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    first = run.stdout.splitlines()[0]
+    trained, held = (int(v) for v in re.findall(r"train (\d+) samples .*evaluate (\d+)", first)[0])
+    assert trained + held == 300 and 0.1 < held / 300 < 0.3
+    after = float(run.stdout.splitlines()[-1].split()[-1])  # the float tail's accuracy on the held-out rows
+    assert after > 0.8
+    zero = tinyfed("device", "train", "--model", model, "--data", data, "--label-column", "digit", "--holdout", "0")
+    assert zero.returncode == 2 and "nothing to evaluate on: hold out a share with --holdout" in zero.stderr

@@ -369,3 +369,15 @@ backoff_cap = 0.5
     assert "60 training samples" in out and "stopped cleanly" in out
     errors = [ln for ln in log.items if "cannot read its data" in ln]
     assert len(errors) == 1 and f"{f}: no such csv file" in errors[0]
+
+
+def test_label_column_in_device_toml_and_the_environment(tmp_path: Path) -> None:
+    from edge_runtime.config import ConfigError
+
+    path = tmp_path / "device.toml"
+    path.write_text('[data]\nsource = "own.csv"\nlabel_column = "activity"\n')
+    assert DeviceConfig.load(path, env={}).data.label_column == "activity"
+    assert DeviceConfig.load(path, env={"TINYFED_DATA_LABEL_COLUMN": "0"}).data.label_column == 0
+    assert DeviceConfig.from_mapping({}, env={}).data.label_column == -1
+    with pytest.raises(ConfigError, match=r"device\.toml \[data\] label_column: expected int or str, got a boolean"):
+        DeviceConfig.from_mapping({"data": {"label_column": True}}, "device.toml", env={})
