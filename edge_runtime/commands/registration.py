@@ -47,7 +47,8 @@ def _add_label_column(p: argparse.ArgumentParser) -> None:
         "--label-column",
         default="-1",
         metavar="COLUMN",
-        help="a CSV's label column: its header name or index, negative from the end (default: %(default)s, the last)",
+        help="a CSV's label column: its header name or index, negative from the end (default: %(default)s, the "
+        "last); 'none' for a file without labels (model predict)",
     )
 
 
@@ -88,7 +89,9 @@ def _configure_model(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="FILE.csv, FILE.npz, or digits, har, cmapss, ucr:NAME, har-uci:DIR")
     _add_label_column(p)
     p.add_argument("--out", type=Path, help="write one CSV row per sample: label, predicted class, probabilities")
-    p.add_argument("--backend", default="auto", help="litert, tflite-runtime, micro, or auto (the first installed)")
+    p.add_argument(
+        "--backend", default="auto", help="litert, tflite-runtime, micro, or auto: the first installed (default)"
+    )
     p.set_defaults(handler=_model_predict)
     i = actions.add_parser("inspect", help="print tensors, operators, quantisation and version")
     i.add_argument("model", type=Path)
