@@ -23,19 +23,26 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from . import __version__, wire
 from .compress.compressor import CompressionConfig, Compressor
 from .compress.feedback import ResidualStore
 from .device_config import DeviceConfig
-from .local_training import LocalData, held_out_metrics, load_local_data, task_training
+from .local_training import (
+    LocalData,
+    LocalDataSource,
+    held_out_metrics,
+    load_local_data,
+    model_arrays,
+    task_training,
+)
 from .member import FederationMember, MemberSettings
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
 from .model.errors import ModelError
 from .model.graph import Graph
-from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
 from .train.trainer import Trainer, cut_for_last_layers
 
@@ -62,7 +69,13 @@ class DeviceAgent(FederationMember):
                 raise ModelError("no interpreter backend installed: pip install 'tinyfed[litert]'")
             backend = get_backend(names[0])
         self.backend = backend
-        self.data = data if data is not None else load_local_data(config.data)
+        # Data given by the caller is fixed; data from [data] is re-read when its file changes (refresh_data).
+        self.data_source: LocalDataSource | None = None
+        if data is None:
+            self.data_source = LocalDataSource(config.data)
+            data = self.data_source.current()
+        self.data = data
+        self._data_lock = threading.Lock()
         super().__init__(
             MemberSettings(
                 device_id=config.device.id,
@@ -90,8 +103,29 @@ class DeviceAgent(FederationMember):
         read_graph(model).check_int8()
         self.backend.load(model)
 
+    def refresh_data(self, idle_only: bool = False) -> bool:
+        """Take up the data file's new contents, if it changed; a new birth announces the new sample count.
+
+        Called at the start of each task, and (``idle_only``) from ``device run``'s main loop, which must
+        not swap the data under a running task: the worker sets ``busy`` before it calls :meth:`handle`,
+        and the check happens under the lock that task's own refresh takes. Raises DataError when the
+        file cannot be read (the last good data stays).
+        """
+        source = self.data_source
+        if source is None:
+            return False
+        with self._data_lock:
+            if idle_only and (self.busy.is_set() or not source.changed()):
+                return False
+            data = source.current()  # unchanged: the same object, or the same DataError as the last look
+            changed, self.data = data is not self.data, data
+        if changed and self.link.connected.is_set():
+            self.publish_birth()
+        return changed
+
     def handle(self, task: wire.Task) -> wire.Update | None:
         """Run one task to a stored update; None when it cannot be done before its deadline."""
+        self.refresh_data()
         if not self.wait_for_model(task.base_version, task.deadline):
             self.refuse(
                 "no_model", f"task for round {task.round}: model {task.base_version.hex()[:12]} not here in time"
@@ -113,8 +147,8 @@ class DeviceAgent(FederationMember):
         cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
         train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
         trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
-        x = quantize_input(graph, self.data.train.x)
-        result = trainer.fit(x, model_labels(graph, self.data.train.y, self.data.train.classes))
+        x, y = model_arrays(graph, self.data.train)
+        result = trainer.fit(x, y)
         spec = manifest.spec()
         deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
         if not deltas:

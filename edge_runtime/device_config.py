@@ -13,7 +13,8 @@ source = "har"               # see `tinyfed device train --help` for names
 group = 7                    # this device's natural group (HAR subject), or:
 # shard = "3/30"             # share i of n of the training split
 # partition = "dirichlet:0.5"
-holdout = 0.2                # share kept for local evaluation
+# label_column = "activity"  # a .csv's label column: header name or index (default -1, the last)
+holdout = 0.2                # share kept for local evaluation (docs/data.md)
 
 [broker]
 url = "mqtts://hub.local:8883"
@@ -59,6 +60,7 @@ class DataSection:
     partition: str = "iid"
     holdout: float = 0.2
     seed: int = 0
+    label_column: int | str = -1  # a .csv source's label column: an index (negative from the end) or header name
 
     def __post_init__(self) -> None:
         if self.group is not None and self.shard is not None:

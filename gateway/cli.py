@@ -1,4 +1,4 @@
-"""``tinyfed gateway run | status | rollback``.
+"""``tinyfed gateway run | status | rollback | export``.
 
 Exit codes (``edge_runtime.errors.ExitCode``, returned by ``tinyfed`` from
 the error raised here): 0 after SIGTERM/SIGINT or the configured number of
@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import IO
 from edge_runtime.config import ConfigError
 from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.shutdown import stop_on_signals
+from edge_runtime.storage import atomic_write
 
 from .config import GatewayConfig
 
@@ -175,4 +178,47 @@ def rollback(args: argparse.Namespace) -> int:
         finally:
             store.close()
     print(f"rolled back to model {model['version'][:12]} (round {model['round']}); it is published at the next start")
+    return 0
+
+
+def _read_only(db: Path) -> sqlite3.Connection:
+    """The gateway's store opened read-only: export works beside a running gateway and can change nothing."""
+    if not db.exists():
+        raise ConfigError(f"no state at {db}: the gateway has not run with this storage")
+    try:
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        connection.execute("SELECT 1 FROM models LIMIT 1")
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{db}: cannot read the gateway's store: {exc}") from exc
+    return connection
+
+
+def export(args: argparse.Namespace) -> int:
+    """Copy one model version (the current one by default) out of the store, verified by its sha256."""
+    config = GatewayConfig.load(args.config)
+    db = config.storage / "gateway.db"
+    connection = _read_only(db)
+    try:
+        current = connection.execute("SELECT value FROM meta WHERE key = 'current_version'").fetchone()
+        models = connection.execute("SELECT version, round, path FROM models ORDER BY seq").fetchall()
+    finally:
+        connection.close()
+    wanted = (args.version or (current[0] if current else "")).lower()
+    matches = [m for m in models if m[0].startswith(wanted)] if wanted else []
+    if len(matches) != 1:
+        known = ", ".join(m[0][:12] for m in models) or "none"
+        what = f"--version {args.version!r} matches {len(matches)} versions" if args.version else "no current version"
+        raise ConfigError(f"{db}: {what}; known: {known}")
+    version, round_, stored = matches[0]
+    candidates = [Path(stored), config.storage / "models" / f"{version}.tflite"]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"{config.storage / 'models'}: the file of model {version[:12]} is missing")
+    model = found.read_bytes()
+    if hashlib.sha256(model).hexdigest() != version:
+        raise ConfigError(f"{found}: its sha256 is not its version {version[:12]}: the store is damaged")
+    atomic_write(args.out, model)
+    made = f"round {round_}" if round_ is not None else "the initial model"
+    state = "current" if current and current[0] == version else "not current"
+    print(f"wrote {args.out}: model {version[:12]} ({made}, {state}, {len(model)} bytes)")
     return 0

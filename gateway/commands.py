@@ -1,4 +1,8 @@
-"""``tinyfed gateway run|status|rollback``, registered as an entry point; the service loads only when run."""
+"""``tinyfed gateway run|status|rollback|export``, registered as an entry point; the service loads only when run.
+
+``export`` is the model export the issue calls ``tinyfed model export``: it reads the gateway's store, and the
+core's ``model`` command may not import the gateway (the import contracts in pyproject.toml), so it lives here.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,12 @@ def _rollback(args: argparse.Namespace) -> int:
     return rollback(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .cli import export
+
+    return export(args)
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     g = actions.add_parser("run", help="run the federation described by gateway.toml")
@@ -41,6 +51,16 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, required=True)
     g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
     g.set_defaults(handler=_rollback)
+    g = actions.add_parser(
+        "export",
+        help="write the current (or a chosen) model version from the store to a file; safe while the gateway runs",
+        description="Copy a model version out of the gateway's store, verified by its sha256. Read-only: it may "
+        "run beside a running gateway. Use the file with `tinyfed model predict` or any TFLite interpreter.",
+    )
+    g.add_argument("--config", type=Path, required=True, help="the gateway's gateway.toml (its [gateway] storage)")
+    g.add_argument("--version", help="version hex prefix, as `gateway status` prints it (default: the current one)")
+    g.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    g.set_defaults(handler=_export)
 
 
 GATEWAY = Command("gateway", "the hub side: rounds, aggregation, model publishing", _configure, ("gateway",))

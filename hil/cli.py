@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from edge_runtime.config import ConfigError
+from edge_runtime.data.files import parse_label_column
 from edge_runtime.device_config import DataSection
 from edge_runtime.local_training import LocalData, load_local_data
 from edge_runtime.shutdown import stop_on_signals
@@ -35,7 +36,9 @@ def emulate(args: argparse.Namespace) -> int:
     faults = FaultPlan.parse(args.faults)
     data: LocalData | None = None
     if args.data != "none":
-        section = DataSection(source=args.data, group=args.group, shard=None if args.group is not None else args.shard)
+        column = parse_label_column(args.label_column)
+        section = DataSection(source=args.data, group=args.group, shard=None if args.group is not None else args.shard,
+                              label_column=-1 if column is None else column)  # fmt: skip
         data = load_local_data(section)
     board = EmulatedBoard(args.flash_file, spec, data=data, faults=faults).start()
     stop = stop_on_signals()

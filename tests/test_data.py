@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime import wire
 from edge_runtime.data import partition
 from edge_runtime.data.cmapss import load_cmapss
-from edge_runtime.data.dataset import DataError, Dataset
+from edge_runtime.data.dataset import DataError, Dataset, LabelError
 from edge_runtime.data.files import load_csv, load_npz
 from edge_runtime.data.har import SIGNALS, load_har_npz, load_har_uci
 from edge_runtime.data.sources import load_source
@@ -104,12 +105,12 @@ def test_npz_and_csv_loaders(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(50, 3)), y=np.repeat(["a", "b"], 25))
     split = load_npz(tmp_path / "d.npz")
-    assert len(split.train) + len(split.test) == 50 and split.train.classes == ["a", "b"]
+    assert len(split.train) == 50 and len(split.test) == 0 and split.train.classes == ["a", "b"]
     (tmp_path / "d.csv").write_text("f1,f2,label\n" + "\n".join(f"{i},{i * 2},{'xy'[i % 2]}" for i in range(20)))
     csv = load_csv(tmp_path / "d.csv")
-    assert csv.train.x.shape[1] == 2 and len(csv.train) + len(csv.test) == 20
+    assert csv.train.x.shape == (20, 2) and len(csv.test) == 0  # holding out is the caller's ([data] holdout)
     (tmp_path / "bad.csv").write_text("1,2,a\n3,oops,b\n")
-    with pytest.raises(DataError, match="non-numeric"):
+    with pytest.raises(DataError, match=r"bad\.csv line 2, column 1: 'oops' is not a number"):
         load_csv(tmp_path / "bad.csv")
     np.savez(tmp_path / "bad.npz", z=np.zeros(3))
     with pytest.raises(DataError, match="needs arrays"):
@@ -121,7 +122,7 @@ def test_npz_and_csv_loaders(tmp_path: Path) -> None:
 def test_dataset_refuses_nan_and_bad_labels() -> None:
     with pytest.raises(DataError, match="NaN"):
         Dataset(np.array([[np.nan]], np.float32), np.array([0]), ["a"])
-    with pytest.raises(DataError, match="labels span"):
+    with pytest.raises(LabelError, match="labels span"):
         Dataset(np.zeros((1, 1), np.float32), np.array([3]), ["a"])
 
 
@@ -144,10 +145,10 @@ def test_natural_partition_needs_groups(digits) -> None:
 
 
 def test_local_labels_are_matched_to_the_model_by_class_name(digits_mlp: Graph) -> None:
-    from edge_runtime.model.errors import ModelError
     from edge_runtime.model.info import model_labels
 
     # A device file holding only digits 3 and 7 is loaded as classes ["3", "7"], labels 0 and 1.
     assert model_labels(digits_mlp, np.array([0, 1, 1]), ["3", "7"]).tolist() == [3, 7, 7]
-    with pytest.raises(ModelError, match=r"\['cat'\] are not classes of the model"):
+    with pytest.raises(LabelError, match=r"\['cat'\] are not classes of the model") as refused:
         model_labels(digits_mlp, np.array([0, 1]), ["3", "cat"])
+    assert refused.value.reason == wire.FailureReason.LABELS

@@ -29,6 +29,12 @@ def _configure_demo(d: argparse.ArgumentParser) -> None:
         default=None,
         help="mqtt://host:port, or 'embedded' for amqtt; default: Mosquitto if installed, else amqtt",
     )
+    d.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="where to save the final model (default: tinyfed-demo-DATA.tflite in the working directory)",
+    )
     d.set_defaults(handler=_demo)
 
 

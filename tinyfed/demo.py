@@ -6,16 +6,21 @@ subjects with the 1D-CNN when the shared data folder is present, 30
 digits devices with Dirichlet(0.5) label skew and the MLP otherwise. Each
 round prints the int8 model's accuracy on held-out test data, the uplink
 bytes against what dense float32 updates would have sent, and the time.
+The final model is saved (``--out``, by default ``tinyfed-demo-DATA.tflite``
+in the working directory) and the last line says where and how to use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
+from pathlib import Path
 
 from edge_runtime.config import ConfigError
 from edge_runtime.data.sources import shared_data_dir
+from edge_runtime.storage import atomic_write
 
 DEFAULTS = {
     "digits": {"rounds": 30, "epochs": 5, "learning_rate": 0.05, "density": 0.006},
@@ -34,6 +39,10 @@ def demo(args: argparse.Namespace) -> int:
         data = "har" if folder is not None and (folder / "har_raw.npz").is_file() else "digits"
     if data not in DEFAULTS:
         raise ConfigError(f"--data {data!r}: the demo federates digits, har or cmapss")
+    out = Path(args.out) if args.out else Path(f"tinyfed-demo-{data}.tflite")
+    if not out.parent.is_dir() or out.is_dir():
+        raise ConfigError(f"--out {out}: {'a directory' if out.is_dir() else f'no directory {out.parent}'}; "
+                          "name the .tflite file to write")  # fmt: skip
     settings = dict(DEFAULTS[data])
     for key in ("rounds", "epochs", "density"):
         if getattr(args, key, None) is not None:
@@ -76,6 +85,12 @@ def demo(args: argparse.Namespace) -> int:
         f"(round {best.round}); final model scored {final:.4f} on the devices' own held-out data"
         if final is not None
         else f"done in {time.perf_counter() - started:.0f} s over {result.broker}",
+        flush=True,
+    )
+    atomic_write(out, result.final_model)
+    print(
+        f"final model saved to {out.resolve()} (version {hashlib.sha256(result.final_model).hexdigest()[:12]}); "
+        f"try: tinyfed model predict --model {out} --data {data}",
         flush=True,
     )
     return 0

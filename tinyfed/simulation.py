@@ -78,6 +78,7 @@ class FederationResult:
     devices: int
     broker: str
     final_evaluation: dict[str, float]
+    final_model: bytes = b""  # the last version the gateway published
 
 
 def device_shares(spec: FederationSpec, split: DataSplit) -> list[tuple[str, LocalData]]:
@@ -212,8 +213,9 @@ def run_federation(
                 for agent in agents:
                     agent.stop(timeout=10)
                 final = dict(gateway.final_metrics)
+                final_model = gateway.model
                 gateway.stop()
-    return FederationResult(spec, records, len(shares), kind, final)
+    return FederationResult(spec, records, len(shares), kind, final, final_model)
 
 
 def central_baseline(spec: FederationSpec, epochs: int = 30) -> float:

@@ -7,12 +7,13 @@ import sys
 import time
 
 from ..data.dataset import DataError
-from ..data.partition import select_group
+from ..data.files import parse_label_column
+from ..data.partition import hold_out, select_group
 from ..data.sources import load_source
+from ..local_training import model_arrays
 from ..model.backends import available_backends, get_backend
 from ..model.backends.base import Backend
 from ..model.graph import model_version
-from ..model.info import quantize_input
 from ..model.reader import read_graph
 from ..model.writer import write_graph
 from ..progress import ProgressBar
@@ -31,21 +32,27 @@ def resolve_backends(name: str) -> list[Backend]:
 def train(args: argparse.Namespace) -> int:
     model_bytes = args.model.read_bytes()
     graph = read_graph(model_bytes)
-    split = load_source(args.data, seed=args.seed)
-    train_ds, eval_ds = split.train, split.test
+    if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
+        raise DataError(f"--holdout {args.holdout}: a share of the samples, in [0, 1)")
+    split = load_source(args.data, seed=args.seed, label_column=parse_label_column(args.label_column))
     if args.group is not None:
         train_ds, eval_ds = select_group(
-            split.train, split.test, args.group, args.holdout, args.holdout_order, args.seed
+            split.train, split.test, args.group, args.holdout or 0.0, args.holdout_order, args.seed
         )
+    else:  # a source without a test part (a user's own file) holds out a share by default
+        holdout = args.holdout if args.holdout is not None else (0.0 if len(split.test) else 0.2)
+        train_ds, eval_ds = hold_out(split.train, holdout, args.seed, split.test)
+    if len(eval_ds) == 0:
+        raise DataError(f"{eval_ds.where}: nothing to evaluate on: hold out a share with --holdout")
     backends = resolve_backends(args.backend)
-    x_train = quantize_input(graph, train_ds.x)
-    x_eval = quantize_input(graph, eval_ds.x)
+    x_train, y_train = model_arrays(graph, train_ds)
+    x_eval, y_eval = model_arrays(graph, eval_ds)
     print(
         f"model {args.model} ({model_version(model_bytes)[:16]}), train {len(train_ds)} samples "
         f"({train_ds.name}), evaluate {len(eval_ds)} ({eval_ds.name})"
     )
 
-    before = {b.name: accuracy(int8_predictions(b, model_bytes, x_eval), eval_ds.y) for b in backends}
+    before = {b.name: accuracy(int8_predictions(b, model_bytes, x_eval), y_eval) for b in backends}
     cut = cut_for_last_layers(graph, args.trainable_layers)
     config = TrainConfig(
         epochs=args.epochs,
@@ -58,11 +65,11 @@ def train(args: argparse.Namespace) -> int:
     trainer = Trainer(graph, cut=cut, backend=backends[0], config=config, personal_layers=args.personal_layers)
     batches = max(1, -(-len(train_ds) // args.batch_size))
     t0 = time.perf_counter()
-    trainer.fit(x_train, train_ds.y, progress=ProgressBar(args.epochs, batches))
+    trainer.fit(x_train, y_train, progress=ProgressBar(args.epochs, batches))
     seconds = time.perf_counter() - t0
-    float_acc = accuracy(trainer.predict_float(trainer.features(x_eval)), eval_ds.y)
+    float_acc = accuracy(trainer.predict_float(trainer.features(x_eval)), y_eval)
     new_bytes = write_graph(trainer.export())
-    after = {b.name: accuracy(int8_predictions(b, new_bytes, x_eval), eval_ds.y) for b in backends}
+    after = {b.name: accuracy(int8_predictions(b, new_bytes, x_eval), y_eval) for b in backends}
 
     trainable = len(graph.operators) - cut
     print(

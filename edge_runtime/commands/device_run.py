@@ -4,6 +4,11 @@ Exit codes (``edge_runtime.errors.ExitCode``): 0 after SIGTERM/SIGINT (a
 clean stop: death announced, outbox kept on disk), 2 for a configuration or
 data error (``ConfigError``, ``DataError``), 3 when the broker cannot be
 reached at start (``TransportError``; unless ``--keep-trying``).
+
+A device whose ``[data] source`` is its own .csv/.npz file takes up new
+rows without a restart: the file is looked at before each task and, while
+the device is idle, once a second; a change is read and announced in a
+new birth message (docs/data.md).
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..data.errors import DataError
 from ..device_config import DeviceConfig
 from ..shutdown import stop_on_signals
+
+log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
                 f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying."
             ) from exc
     while not stop.wait(1.0):
-        pass
+        try:
+            agent.refresh_data(idle_only=True)
+        except DataError as exc:  # said once per change of the file; the last good data stays, tasks report it
+            log.error("device %s: cannot read its data: %s", config.device.id, exc)
     agent.stop()
     print(f"device {config.device.id} stopped cleanly", flush=True)
     return 0

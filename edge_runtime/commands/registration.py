@@ -24,6 +24,12 @@ def _model_inspect(args: argparse.Namespace) -> int:
     return inspect(args)
 
 
+def _model_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    return predict(args)
+
+
 def _device_train(args: argparse.Namespace) -> int:
     from .device import train
 
@@ -36,14 +42,57 @@ def _device_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_label_column(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label-column",
+        default="-1",
+        metavar="COLUMN",
+        help="a CSV's label column: its header name or index, negative from the end (default: %(default)s, the "
+        "last); 'none' for a file without labels (model predict)",
+    )
+
+
 def _configure_model(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     b = actions.add_parser("build", help="build a fresh int8 model calibrated on data")
     b.add_argument("--arch", choices=("mlp", "cnn1d"), required=True)
-    b.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, x.npz, x.csv")
-    b.add_argument("--out", type=Path, required=True)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--data",
+        required=True,
+        help="a sample of the federation's data: digits, har, cmapss, ucr:NAME, har-uci:DIR, FILE.npz, FILE.csv "
+        "(docs/data.md); the model's classes and input normalisation come from it",
+    )
+    _add_label_column(b)
+    b.add_argument(
+        "--classes",
+        help="every class, comma-separated, in output order (default: the labels in the sample; integer labels "
+        "are class numbers from the smallest to the largest)",
+    )
+    b.add_argument(
+        "--window",
+        metavar="STEPSxCHANNELS",
+        help="read each sample as a window of STEPS time steps of CHANNELS values (a CSV row holds them step by "
+        "step); cnn1d needs windows",
+    )
+    b.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    b.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation (and digits' split)")
     b.set_defaults(handler=_model_build)
+    p = actions.add_parser(
+        "predict",
+        help="run a model on data: accuracy and confusion matrix, or predictions; per-sample CSV with --out",
+        description="Run a model on data as a device does (its stored normalisation, int8, a real interpreter). "
+        "With labels: accuracy and a confusion matrix; without (a CSV as wide as the model's input, an npz "
+        "without y): the predicted classes. Samples: every row of a .csv/.npz (X_test of a split npz), the test "
+        "part of a named set.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="a .tflite tinyfed wrote (or any int8 classifier)")
+    p.add_argument("--data", required=True, help="FILE.csv, FILE.npz, or digits, har, cmapss, ucr:NAME, har-uci:DIR")
+    _add_label_column(p)
+    p.add_argument("--out", type=Path, help="write one CSV row per sample: label, predicted class, probabilities")
+    p.add_argument(
+        "--backend", default="auto", help="litert, tflite-runtime, micro, or auto: the first installed (default)"
+    )
+    p.set_defaults(handler=_model_predict)
     i = actions.add_parser("inspect", help="print tensors, operators, quantisation and version")
     i.add_argument("model", type=Path)
     i.set_defaults(handler=_model_inspect)
@@ -62,7 +111,8 @@ def _configure_device(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     t = actions.add_parser("train", help="train a model on local data and report int8 accuracy")
     t.add_argument("--model", type=Path, required=True)
-    t.add_argument("--data", required=True)
+    t.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, FILE.npz, FILE.csv")
+    _add_label_column(t)
     t.add_argument("--out", type=Path, help="write the trained model here")
     t.add_argument("--backend", default="all", help="litert, tflite-runtime, micro, or all installed")
     t.add_argument(
@@ -78,8 +128,9 @@ def _configure_device(parser: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--holdout",
         type=float,
-        default=0.0,
-        help="with --group: evaluate on this fraction of the group's samples, train on the rest",
+        default=None,
+        help="evaluate on this share of the samples (of --group's), train on the rest; default 0 (evaluate on the "
+        "source's test part) where the source has one, 0.2 otherwise (a CSV or an npz of x and y)",
     )
     t.add_argument(
         "--holdout-order",
@@ -96,5 +147,5 @@ def _configure_device(parser: argparse.ArgumentParser) -> None:
     r.set_defaults(handler=_device_run)
 
 
-MODEL = Command("model", "build and inspect int8 .tflite models", _configure_model)
+MODEL = Command("model", "build, inspect and use int8 .tflite models", _configure_model)
 DEVICE = Command("device", "the device side: train on local data, join a federation", _configure_device, ("device",))

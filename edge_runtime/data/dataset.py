@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import TinyfedError
+from .errors import DataError, LabelError, ShapeError
 
-
-class DataError(ValueError, TinyfedError):
-    """A data source is missing, malformed or inconsistent; the message names the file and field."""
+__all__ = ["DataError", "DataSplit", "Dataset", "LabelError", "ShapeError", "stratified_split"]
 
 
 @dataclass
@@ -20,18 +18,31 @@ class Dataset:
     classes: list[str]
     groups: np.ndarray | None = None  # natural device id per sample (subject, engine, household)
     name: str = ""
+    origin: str = ""  # the file the samples came from, as errors name it ("" for bundled sets)
+    label_field: str = ""  # where in it the labels are: "column 4 ('label')", "key 'y'"
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
-            raise DataError(f"{self.name}: {len(self.x)} samples but {len(self.y)} labels")
+            raise DataError(f"{self.where}: {len(self.x)} samples but {len(self.y)} labels")
         if self.groups is not None and len(self.groups) != len(self.y):
-            raise DataError(f"{self.name}: {len(self.groups)} group ids for {len(self.y)} samples")
+            raise DataError(f"{self.where}: {len(self.groups)} group ids for {len(self.y)} samples")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
-            raise DataError(
-                f"{self.name}: labels span {self.y.min()}..{self.y.max()}, {len(self.classes)} classes named"
+            raise LabelError(
+                f"{self.labels_at}: labels span {self.y.min()}..{self.y.max()}, {len(self.classes)} classes named"
             )
         if self.x.dtype.kind == "f" and not np.isfinite(self.x).all():
-            raise DataError(f"{self.name}: samples contain NaN or infinite values")
+            row = int(np.flatnonzero(~np.isfinite(self.x.reshape(len(self.x), -1)).all(axis=1))[0])
+            raise DataError(f"{self.where}: samples contain NaN or infinite values (sample {row} is the first)")
+
+    @property
+    def where(self) -> str:
+        """The file (or set) to name in an error."""
+        return self.origin or self.name or "data"
+
+    @property
+    def labels_at(self) -> str:
+        """The file and the column or key of the labels, to name in an error about them."""
+        return f"{self.where} {self.label_field}".rstrip()
 
     def __len__(self) -> int:
         return len(self.y)
@@ -43,7 +54,13 @@ class Dataset:
             self.classes,
             None if self.groups is None else self.groups[index],
             name or self.name,
+            self.origin,
+            self.label_field,
         )
+
+    def empty(self, name: str | None = None) -> Dataset:
+        """No samples, the same classes and provenance: the test part of a source that ships none."""
+        return self.subset(np.zeros(0, np.int64), name)
 
 
 @dataclass

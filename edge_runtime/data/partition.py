@@ -87,3 +87,23 @@ def device_share(ds: Dataset, shard: str, scheme: str = "iid", seed: int = 0) ->
             raise DataError(f"partition {scheme!r}: expected dirichlet:ALPHA, for example dirichlet:0.5") from exc
         return dirichlet(ds, count, alpha, seed)[index]
     raise DataError(f"partition {scheme!r}: expected 'iid' or 'dirichlet:ALPHA'")
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int, fallback: Dataset) -> tuple[Dataset, Dataset]:
+    """Train on most of ``ds``, evaluate on ``fraction`` of it; with ``fraction`` 0, evaluate on ``fallback``.
+
+    Each sample's side is drawn from the seed and its position alone, so rows
+    appended to a device's file later never move earlier rows from one side
+    to the other: the held-out share stays the same samples as data grows.
+    The share is therefore ``fraction`` on average, not exactly; with two or
+    more samples each side gets at least one.
+    """
+    if fraction <= 0 or len(ds) < 2:
+        return ds, fallback
+    draw = np.random.default_rng(seed).random(len(ds))
+    held = draw < fraction
+    if not held.any():
+        held[np.argmin(draw)] = True
+    if held.all():
+        held[np.argmax(draw)] = False
+    return ds.subset(np.flatnonzero(~held)), ds.subset(np.flatnonzero(held), f"{ds.name} held out")

@@ -3,7 +3,9 @@
 Names: ``digits`` (scikit-learn's bundled copy), ``har`` and ``cmapss`` (the
 npz files in the shared data folder), ``ucr:PLAID`` / ``ucr:ACSF1`` /
 ``ucr:BasicMotions`` (inside the sktime wheel), ``har-uci:DIR`` (the
-published HAR layout), or a path to a ``.npz`` / ``.csv`` file.
+published HAR layout), or a path to a ``.npz`` / ``.csv`` file (docs/data.md):
+every sample of such a file is in the training part, and the test part is
+empty unless an npz ships one (``X_test``); callers hold out what they need.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError, Dataset, DataSplit, stratified_split
+from .files import LabelColumn
 
 NAMED = ("digits", "har", "cmapss", "ucr:PLAID", "ucr:ACSF1", "ucr:BasicMotions")
 
@@ -43,7 +46,13 @@ def load_digits(seed: int = 0) -> DataSplit:
     return stratified_split(ds, 0.2, seed)
 
 
-def load_source(spec: str, seed: int = 0) -> DataSplit:
+def source_file(spec: str) -> Path | None:
+    """The file a ``--data`` spec reads, when it is a user's own .csv/.npz (what a device re-reads when it changes)."""
+    path = Path(spec)
+    return path if path.suffix in (".csv", ".npz") else None
+
+
+def load_source(spec: str, seed: int = 0, label_column: LabelColumn = -1) -> DataSplit:
     from .cmapss import load_cmapss
     from .files import load_csv, load_npz
     from .har import load_har_npz, load_har_uci
@@ -66,7 +75,9 @@ def load_source(spec: str, seed: int = 0) -> DataSplit:
         return DataSplit(train, test)
     path = Path(spec)
     if path.suffix == ".npz":
-        return load_npz(path, seed)
+        return load_npz(path)
     if path.suffix == ".csv":
-        return load_csv(path, seed)
+        if label_column is None:
+            raise DataError(f"{path}: training and evaluation need a label column (label_column)")
+        return load_csv(path, label_column)
     raise DataError(f"unknown data source {spec!r}; use one of {', '.join(NAMED)}, har-uci:DIR, or a .npz/.csv path")
