@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -507,3 +509,30 @@ def test_the_cddl_refuses_headers_and_payloads_the_decoder_refuses() -> None:
     assert not cddl("protected-header")(cbor2.dumps({1: "EdDSA"}))
     assert not cddl("unprotected-header")(cbor2.dumps({4: "device-0001"}))
     assert not cddl("plain-message")(SIGNED)  # the payload is never another envelope
+
+
+# ---------------------------------------------------------------- the cost, as a user measures it
+
+
+def test_tinyfed_bench_signing_writes_its_figures(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tinyfed", "bench", "signing", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "signing.json").read_text())
+    figures, details = result["figures"], result["details"]
+    from bench.suite import HEADLINES
+
+    for key in HEADLINES["signing"]:
+        assert figures[key] > 0, key
+    for arch, d in details["updates"].items():
+        # bytes are counted, not estimated: the signed update is the unsigned one plus signature and headers
+        assert d["signed_bytes"] - d["unsigned_bytes"] == envelope_overhead(d["key_id_bytes"], d["unsigned_bytes"])
+        assert d["mac_bytes"] < d["signed_bytes"], arch
+        assert figures[f"{arch}_signed_bytes_ratio"] == pytest.approx(d["signed_bytes"] / d["unsigned_bytes"])
+    assert "non-repudiation" in run.stdout and "gateway alone" in run.stdout
+    assert "cryptography" in json.dumps(details["libraries"])
