@@ -240,7 +240,7 @@ def key_id_for(public_key: Any, size: int = 8) -> bytes:
 
     Eight bytes name a key among a federation's devices with a collision
     chance near n^2 / 2^65; a collision cannot forge anything (the signature
-    still has to verify), and the provisioner refuses one when it mints keys.
+    still has to verify), and provisioning should refuse one when it mints keys.
     """
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
