@@ -15,6 +15,7 @@ from pathlib import Path
 SUITE = (
     "train",
     "codec",
+    "signing",
     "fuzz",
     "transport",
     "aggregate",
@@ -29,6 +30,7 @@ BUDGET_SECONDS = 15 * 60
 HEADLINES: dict[str, tuple[str, ...]] = {
     "train": ("digits_mlp_int8_accuracy_min", "train_samples_per_s", "agent_rss_mib", "torch_speed_ratio"),
     "codec": ("bytes_per_nnz_1pct", "entropy_ratio_1pct", "compression_ratio_1pct", "decode_mb_per_s"),
+    "signing": ("mlp_signed_bytes_ratio", "mlp_mac_bytes_ratio", "mlp_sign_us", "mlp_verify_us"),
     "aggregate": ("sparse_vs_dense_speedup", "peak_rss_mib"),
     "transport": ("wire_bytes_per_payload_byte", "agent_rss_mib"),
     "serial_link": ("line_rate_fraction_115200", "line_rate_fraction_921600"),

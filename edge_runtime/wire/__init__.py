@@ -5,7 +5,7 @@ are the whole API; the schema is written once, in CDDL, in docs/protocol.md.
 """
 
 from .codec import MESSAGE_CLASSES, decode, encode, peek_type
-from .envelope import Ed25519Signer, Ed25519Verifier, open_envelope, sign
+from .envelope import Ed25519Signer, Ed25519Verifier, Opened, Signer, Verifier, key_id_for, open_envelope, sign
 from .errors import LimitExceeded, MalformedCBOR, MessageTooLarge, SchemaError, ValueRejected, WireError
 from .index_coding import IndexCoding
 from .limits import DEFAULT_LIMITS, Limits
@@ -65,10 +65,12 @@ __all__ = [
     "ModelCommit",
     "ModelData",
     "ModelManifest",
+    "Opened",
     "Presence",
     "Receipt",
     "Reset",
     "SchemaError",
+    "Signer",
     "Status",
     "Task",
     "TaskFailure",
@@ -78,9 +80,11 @@ __all__ = [
     "Update",
     "ValueCoding",
     "ValueRejected",
+    "Verifier",
     "WireError",
     "decode",
     "encode",
+    "key_id_for",
     "open_envelope",
     "peek_type",
     "sign",
