@@ -11,12 +11,13 @@ from ..data.partition import select_group
 from ..data.sources import load_source
 from ..model.backends import available_backends, get_backend
 from ..model.backends.base import Backend
+from ..model.errors import BackendUnavailableError
+from ..model.files import read_model
 from ..model.graph import model_version
 from ..model.info import quantize_input
-from ..model.reader import read_graph
 from ..model.writer import write_graph
+from ..paths import check_output_file, write_file
 from ..progress import ProgressBar
-from ..storage import atomic_write
 from ..train.evaluate import accuracy, int8_predictions
 from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 
@@ -24,20 +25,24 @@ from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 def resolve_backends(name: str) -> list[Backend]:
     names = available_backends() if name == "all" else [name]
     if not names:
-        raise DataError("no interpreter backend installed: pip install 'tinyfed[litert]'")
-    return [get_backend(n) for n in names]
+        raise DataError("--backend all: no interpreter backend is installed: pip install 'tinyfed[litert]'")
+    try:
+        return [get_backend(n) for n in names]
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"--backend {name}: {exc}") from exc
 
 
 def train(args: argparse.Namespace) -> int:
-    model_bytes = args.model.read_bytes()
-    graph = read_graph(model_bytes)
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # now, not after minutes of training
+    model_bytes, graph = read_model(args.model, "--model")
+    backends = resolve_backends(args.backend)
     split = load_source(args.data, seed=args.seed)
     train_ds, eval_ds = split.train, split.test
     if args.group is not None:
         train_ds, eval_ds = select_group(
             split.train, split.test, args.group, args.holdout, args.holdout_order, args.seed
         )
-    backends = resolve_backends(args.backend)
     x_train = quantize_input(graph, train_ds.x)
     x_eval = quantize_input(graph, eval_ds.x)
     print(
@@ -74,7 +79,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"{b.name:<16}{before[b.name]:>12.4f}{after[b.name]:>12.4f}")
     print(f"{'float tail':<16}{'':>12}{float_acc:>12.4f}")
     if args.out:
-        atomic_write(args.out, new_bytes)
+        write_file(args.out, new_bytes, "--out")
         print(f"wrote {args.out} (version {model_version(new_bytes)[:16]})")
     sys.stdout.flush()
     return 0

@@ -7,26 +7,26 @@ import argparse
 import numpy as np
 
 from ..data.sources import load_source
+from ..model.files import read_model
 from ..model.graph import model_version
 from ..model.info import ModelInfo
-from ..model.reader import read_graph
 from ..model.writer import write_graph
-from ..storage import atomic_write
+from ..paths import check_output_file, write_file
 from ..train.build import build_model
 
 
 def build(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")  # before the data is read and the model calibrated
     split = load_source(args.data, seed=args.seed)
     graph = build_model(args.arch, split.train.x, split.train.classes, seed=args.seed, dataset=args.data)
     data = write_graph(graph)
-    atomic_write(args.out, data)
+    write_file(args.out, data, "--out")
     print(f"wrote {args.out} ({len(data)} bytes, version {model_version(data)[:16]})")
     return 0
 
 
 def inspect(args: argparse.Namespace) -> int:
-    data = args.model.read_bytes()
-    graph = read_graph(data)
+    data, graph = read_model(args.model, "model", int8=False)  # inspecting a float model is fine
     info = ModelInfo.from_graph(graph)
     print(f"{args.model}: {len(data)} bytes, sha256 {model_version(data)}")
     print(f"description: {graph.description!r}  architecture: {info.architecture}  classes: {len(info.classes)}")
