@@ -15,6 +15,8 @@ from pathlib import Path
 
 from edge_runtime.config import ConfigError
 
+from .extras import PROJECT, InstalledExtras
+
 
 def repo_root() -> Path:
     """The checkout holding ``bench/`` (benchmarks ship with the source, not the wheel)."""
@@ -22,6 +24,19 @@ def repo_root() -> Path:
         if (candidate / "bench" / "common.py").is_file():
             return candidate
     raise ConfigError("bench/ not found: run tinyfed bench from a tinyfed checkout")
+
+
+def _check_extras(names: list[str], needs: dict[str, tuple[str, ...]], installed: InstalledExtras) -> None:
+    """Every benchmark asked for can run here, or one error listing what each lacks and one pip line for all."""
+    lacking = {name: installed.missing(needs.get(name, ())) for name in names}
+    lacking = {name: missing for name, missing in lacking.items() if missing}
+    if not lacking:
+        return
+    extras = sorted({extra for name in lacking for extra in needs[name]})
+    each = "; ".join(f"{name} needs {', '.join(missing)}" for name, missing in lacking.items())
+    others = [n for n in names if n not in lacking]
+    rest = f", or run only the others: tinyfed bench {' '.join(others)}" if others else ""
+    raise ConfigError(f"tinyfed bench: {each}: pip install '{PROJECT}[{','.join(extras)}]'{rest}")
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -33,6 +48,7 @@ def bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in suite.SUITE]
     if unknown:
         raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}")
+    _check_extras(names, suite.EXTRAS, getattr(args, "installed_extras", None) or InstalledExtras.from_metadata())
     if args.results is not None:
         os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
     results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
