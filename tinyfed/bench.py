@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.config import ConfigError
+from edge_runtime.paths import check_storage_dir
 
 from .extras import PROJECT, InstalledExtras
 
@@ -49,13 +50,15 @@ def bench(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}")
     _check_extras(names, suite.EXTRAS, getattr(args, "installed_extras", None) or InstalledExtras.from_metadata())
+    # Checked before minutes of measuring, not after: a result that cannot be written is a run lost.
     if args.results is not None:
-        os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
-    results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
-    try:  # before minutes of measuring, not after: a result that cannot be written is a run lost
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write results to {results}: {exc.strerror or exc}") from exc
+        results = check_storage_dir(Path(args.results), "--results").resolve()
+        os.environ["TINYFED_BENCH_RESULTS"] = str(results)  # the benchmarks read it (bench/common.py)
+    elif os.environ.get("TINYFED_BENCH_RESULTS"):
+        check_storage_dir(Path(os.environ["TINYFED_BENCH_RESULTS"]), "TINYFED_BENCH_RESULTS")
+        results = Path(os.environ["TINYFED_BENCH_RESULTS"])
+    else:
+        results = check_storage_dir(root / "bench" / "results", "the results folder")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for name in names:
