@@ -26,6 +26,13 @@ SUITE = (
     "fl_har",
 )
 BUDGET_SECONDS = 15 * 60
+# Extras a benchmark needs beyond the `bench` command's own (device, gateway, data): checked before anything runs,
+# so a missing one is a pip install line, not a traceback ten minutes in. (Plots need matplotlib, from `bench`,
+# but a benchmark without it prints the chart as text and says what to install.)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "serial_link": ("hil",),  # the emulated board (TFLite Micro) and the host driver (pyserial, cobs)
+    "round_scale": ("bench",),  # psutil samples the gateway's memory and CPU
+}
 
 HEADLINES: dict[str, tuple[str, ...]] = {
     "train": ("digits_mlp_int8_accuracy_min", "train_samples_per_s", "agent_rss_mib", "torch_speed_ratio"),

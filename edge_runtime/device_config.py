@@ -34,17 +34,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, broker_section, check_tables, read_toml, section, table
+from .config import (
+    ConfigError,
+    broker_section,
+    check_environment,
+    check_tables,
+    keys_of,
+    read_toml,
+    section,
+    table,
+)
 from .transport.broker_config import BrokerConfig
 from .transport.fragments import DEFAULT_MAX_PAYLOAD
-from .transport.topics import check_id
+from .transport.topics import DEFAULT_FEDERATION, check_id
 from .wire.errors import SchemaError
 
 
 @dataclass
 class DeviceSection:
     id: str = ""
-    federation: str = "default"
+    federation: str = DEFAULT_FEDERATION
     storage: str = "tinyfed-device"
     backend: str = "auto"
     trainable_layers: int = 1
@@ -92,11 +101,18 @@ class DeviceConfig:
     def storage(self) -> Path:
         return Path(self.device.storage)
 
+    @staticmethod
+    def tables() -> dict[str, list[str]]:
+        """Each table's keys: what ``TINYFED_<TABLE>_<KEY>`` may override."""
+        tables = {"device": DeviceSection, "data": DataSection, "broker": BrokerConfig, "transport": TransportSection}
+        return {name: keys_of(cls) for name, cls in tables.items()}
+
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> DeviceConfig:
         check_tables(data, ("device", "data", "broker", "transport"), source)
+        check_environment("device", cls.tables(), env)
         config = cls(
             device=section(DeviceSection, table(data, "device"), "device", source, env),
             data=section(DataSection, table(data, "data"), "data", source, env),

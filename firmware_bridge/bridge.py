@@ -9,8 +9,10 @@ chip id the board reports in HELLO, or the one given as ``URL#ID``.
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_runtime.member import MemberSettings
 from edge_runtime.transport.topics import check_id
@@ -36,6 +38,35 @@ class PortSpec:
         if device_id:
             check_id("device id", device_id)
         return cls(url, device_id)
+
+    def check(self) -> None:
+        """Raise ValueError when this cannot be a serial port: a device file that does not exist (a typo, or a
+        board on another port), a file that is not a character device, or a URL pyserial has no handler for.
+
+        A URL's far end (``socket://``, ``rfc2217://``) may come up after the bridge does, so only its form
+        is checked here; the bridge keeps trying to reach it.
+        """
+        if "://" in self.url:
+            import serial
+
+            try:
+                serial.serial_for_url(self.url, do_not_open=True)
+            except (ValueError, serial.SerialException) as exc:
+                raise ValueError(f"not a serial port URL pyserial knows: {exc}") from exc
+            return
+        path = Path(self.url)
+        if not path.exists():
+            raise ValueError(f"no such serial port; {_present_ports()}")
+        if not stat.S_ISCHR(path.stat().st_mode):
+            raise ValueError(f"not a serial device (not a character device); {_present_ports()}")
+
+
+def _present_ports() -> str:
+    """The serial ports this machine has now, as pyserial lists them, to show next to a wrong one."""
+    from serial.tools import list_ports
+
+    ports = sorted(port.device for port in list_ports.comports())
+    return f"serial ports here: {', '.join(ports)}" if ports else "no serial ports are attached here"
 
 
 class Bridge:

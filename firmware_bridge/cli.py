@@ -1,17 +1,26 @@
 """``tinyfed bridge run``: runs until SIGTERM/SIGINT, then announces every board's death and stops.
 
-Exit codes (``edge_runtime.errors.ExitCode``): 0 after a signal, 2 for bad options (``ConfigError``).
+Exit codes (``edge_runtime.errors.ExitCode``), as for ``tinyfed device run``:
+0 after a signal; 2 for bad options (``ConfigError``): a serial port that
+does not exist, a storage folder that cannot be written, a misspelt
+``TINYFED_BROKER_*`` variable; 3 when the broker cannot be reached within
+``--connect-timeout`` seconds at start (``TransportError``; unless
+``--keep-trying``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import socket
 
-from edge_runtime.config import ConfigError, broker_section
+from edge_runtime.config import ConfigError, broker_section, check_environment, keys_of
 from edge_runtime.member import MemberSettings
+from edge_runtime.paths import check_storage_dir
 from edge_runtime.shutdown import stop_on_signals
+from edge_runtime.transport.broker_config import BrokerConfig, TransportError
 
 from .bridge import Bridge, PortSpec
 
@@ -22,8 +31,12 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     ports = [_port(text) for text in args.port]
+    check_environment("bridge", {"broker": keys_of(BrokerConfig)})
     broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
-    settings = MemberSettings(device_id="", federation=args.federation, storage=args.storage, broker=broker)
+    storage = check_storage_dir(args.storage, "--storage")
+    if not args.keep_trying:
+        _require_broker(broker, args.connect_timeout)
+    settings = MemberSettings(device_id="", federation=args.federation, storage=storage, broker=broker)
     bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
     stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
@@ -35,6 +48,29 @@ def run(args: argparse.Namespace) -> int:
 
 def _port(text: str) -> PortSpec:
     try:
-        return PortSpec.parse(text)
+        spec = PortSpec.parse(text)
+        spec.check()
     except ValueError as exc:
-        raise ConfigError(f"--port {text!r}: {exc}") from exc
+        raise ConfigError(f"--port {text}: {exc}") from exc
+    return spec
+
+
+def _require_broker(broker: BrokerConfig, timeout: float) -> None:
+    """Connect once, as each board's member will, so an unreachable broker is exit 3 now, not a warning per board.
+
+    The probe asks for no lasting session (expiry 0) under one client id per host, so repeated starts leave
+    nothing behind on the broker.
+    """
+    from edge_runtime.transport.mqtt import MqttLink
+
+    probe = MqttLink(dataclasses.replace(broker, session_expiry=0), f"tinyfed-bridge-probe-{socket.gethostname()}")
+    probe.start()
+    try:
+        probe.require_connected(timeout)
+    except TransportError as exc:
+        raise TransportError(
+            f"cannot reach the MQTT broker at {broker.url}: {exc}. "
+            "Check --broker (or TINYFED_BROKER_URL), or pass --keep-trying."
+        ) from exc
+    finally:
+        probe.stop()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_runtime.command import Command, add_actions
+from edge_runtime.transport.topics import DEFAULT_FEDERATION
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -25,12 +26,28 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="pyserial URL: /dev/ttyACM0, socket://host:port, rfc2217://host:port, a pty; "
         "append #ID to name the device (default: the board's chip id). Repeat for more boards.",
     )
-    b.add_argument("--baud", type=int, default=115200)
-    b.add_argument("--broker", default=None, help="mqtt://host:port (default: TINYFED_BROKER_URL or 127.0.0.1:1883)")
-    b.add_argument("--federation", default="default")
+    b.add_argument("--baud", type=int, default=115200, help="serial line speed of every port")
+    b.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt://host:port or mqtts://host:port (default: TINYFED_BROKER_URL, else mqtt://127.0.0.1:1883); "
+        "other TINYFED_BROKER_* variables set credentials and TLS files as in device.toml's [broker]",
+    )
+    b.add_argument(
+        "--federation",
+        default=DEFAULT_FEDERATION,
+        help="the federation the boards join: the gateway's [gateway] federation",
+    )
     b.add_argument("--storage", type=Path, default=Path("tinyfed-bridge"), help="per-board models and outboxes")
     b.add_argument("--heartbeat", type=float, default=5.0, help="seconds between STATUS checks of each board")
-    b.add_argument("-v", "--verbose", action="store_true")
+    b.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to reach the broker at start before exiting 3",
+    )
+    b.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
+    b.add_argument("-v", "--verbose", action="store_true", help="log every frame and MQTT event")
     b.set_defaults(handler=_run)
 
 

@@ -14,7 +14,9 @@ from edge_runtime.command import Command, add_actions
 
 def _run(args: argparse.Namespace) -> int:
     from .cli import run
+    from .config import GatewayConfig
 
+    GatewayConfig.load(args.config).check_files()  # a bad path is named now, not as a traceback from the service
     return run(args)
 
 
@@ -26,6 +28,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from .cli import rollback
+    from .config import GatewayConfig
+
+    GatewayConfig.load(args.config).require_state()  # rollback would otherwise start an empty store
 
     return rollback(args)
 
@@ -36,19 +41,22 @@ def _export(args: argparse.Namespace) -> int:
     return export(args)
 
 
+CONFIG_HELP = "gateway.toml (keys overridable by TINYFED_<TABLE>_<KEY>; see docs/gateway.md)"
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     g = actions.add_parser("run", help="run the federation described by gateway.toml")
-    g.add_argument("--config", type=Path, required=True)
-    g.add_argument("-v", "--verbose", action="store_true")
+    g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
+    g.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     g.set_defaults(handler=_run)
     g = actions.add_parser("status", help="rounds, updates, refusals and devices from the gateway's store")
-    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     g.add_argument("--last", type=int, default=20, help="show this many rounds, refusals and failures")
     g.add_argument("--devices", type=int, default=50, help="list at most this many devices")
     g.set_defaults(handler=_status)
     g = actions.add_parser("rollback", help="make an earlier model version current (gateway stopped)")
-    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
     g.set_defaults(handler=_rollback)
     g = actions.add_parser(

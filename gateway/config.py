@@ -45,22 +45,41 @@ url = "mqtt://127.0.0.1:1883"
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.config import ConfigError, broker_section, check_tables, read_toml, section, table
+from edge_runtime.config import (
+    ConfigError,
+    broker_section,
+    check_environment,
+    check_tables,
+    closest,
+    did_you_mean,
+    env_name,
+    keys_of,
+    read_toml,
+    section,
+    setting,
+    table,
+)
+from edge_runtime.model.files import read_model
+from edge_runtime.paths import check_storage_dir
 from edge_runtime.transport.mqtt import BrokerConfig
-from edge_runtime.transport.topics import check_id
+from edge_runtime.transport.topics import DEFAULT_FEDERATION, check_id
 from edge_runtime.wire.errors import SchemaError
 
-from .strategies import make_strategy
+from .strategies import STRATEGIES, Strategy, make_strategy
 
 
 @dataclass
 class GatewaySection:
-    federation: str = "default"
+    federation: str = DEFAULT_FEDERATION
     storage: str = "tinyfed-gateway"
     model: str = ""
     trainable_layers: int = 0
@@ -132,15 +151,27 @@ class GatewayConfig:
     def strategy_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.strategy.items() if k != "name"}
 
+    @staticmethod
+    def tables(strategy: str = "fedavg") -> dict[str, list[str]]:
+        """Each table's keys (``[strategy]``'s are those of the named strategy): what the environment may set."""
+        return {
+            "gateway": keys_of(GatewaySection),
+            "rounds": keys_of(RoundsSection),
+            "strategy": keys_of(strategy_options(STRATEGIES[strategy])),
+            "broker": keys_of(BrokerConfig),
+        }
+
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
         check_tables(data, ("gateway", "rounds", "strategy", "broker"), source)
+        strategy = strategy_section(table(data, "strategy"), source, env)
+        check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
             gateway=section(GatewaySection, table(data, "gateway"), "gateway", source, env),
             rounds=section(RoundsSection, table(data, "rounds"), "rounds", source, env),
-            strategy={"name": "fedavg", **table(data, "strategy")},
+            strategy=strategy,
             broker=broker_section(data, source, env),
             source=source,
         )
@@ -154,9 +185,67 @@ class GatewayConfig:
             raise ConfigError(f"{source} [strategy]: {exc}") from exc
         return config
 
+    def check_files(self) -> None:
+        """Before the service starts: storage is a writable folder and, with no state in it yet, the initial
+        model is an int8 .tflite file. Each failure names the key (or the variable that set it) and the path."""
+        check_storage_dir(self.storage, setting(self.source, "gateway", "storage"))
+        if (self.storage / "gateway.db").exists():
+            return  # the store's current version is the model; [gateway] model is read only for a fresh store
+        where = setting(self.source, "gateway", "model")
+        if not self.gateway.model:
+            raise ConfigError(f"{where}: no initial model given, and {self.storage} holds no gateway state to resume")
+        read_model(Path(self.gateway.model), where)
+
+    def require_state(self) -> None:
+        """For the commands that read a store (status, rollback): one must be there."""
+        db = self.storage / "gateway.db"
+        if not db.exists():
+            where = setting(self.source, "gateway", "storage")
+            raise ConfigError(f"{where} {self.storage}: no gateway state here ({db.name} is missing); has the gateway "
+                              "run with this storage?")  # fmt: skip
+
     def make_strategy(self) -> Any:
         return make_strategy(self.strategy_name, **self.strategy_params)
 
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
         return cls.from_mapping(read_toml(path), str(path), env)
+
+
+def strategy_options(strategy: type[Strategy]) -> type:
+    """A dataclass of ``name`` and the strategy's constructor parameters, with their types and defaults.
+
+    ``[strategy]`` is then read like every other table (unknown keys and wrong
+    types named, ``TINYFED_STRATEGY_<KEY>`` overrides), and the strategy's own
+    signature stays the one list of its options.
+    """
+    hints = typing.get_type_hints(strategy.__init__)
+    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=strategy.name))]
+    for name, parameter in inspect.signature(strategy.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = dataclasses.MISSING if parameter.default is parameter.empty else parameter.default
+        fields.append((name, hints.get(name, Any), dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(f"{strategy.__name__}Options", fields)
+
+
+def strategy_section(raw: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``[strategy]``: the name (file or ``TINYFED_STRATEGY_NAME``), then that strategy's options, each checked."""
+    env = os.environ if env is None else env
+    variable = env_name("strategy", "name")
+    name = env[variable] if variable in env else raw.get("name", "fedavg")
+    where = variable if variable in env else f"{source} [strategy] name"
+    if not isinstance(name, str) or name not in STRATEGIES:
+        guess = closest(name, STRATEGIES) if isinstance(name, str) else None
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise ConfigError(f"{where}: unknown strategy {name!r}{hint}; known: {', '.join(sorted(STRATEGIES))}")
+    options_of = strategy_options(STRATEGIES[name])
+    unknown = sorted(set(raw) - set(keys_of(options_of)))
+    if unknown:
+        known = [k for k in keys_of(options_of) if k != "name"]
+        raise ConfigError(
+            f"{source} [strategy]: {name} has no option {', '.join(unknown)}{did_you_mean(unknown, known)}; "
+            f"its options: {', '.join(known)}"
+        )
+    options: Any = section(options_of, {**raw, "name": name}, "strategy", source, env)
+    return dataclasses.asdict(options)

@@ -15,6 +15,7 @@ from edge_runtime.config import ConfigError
 from edge_runtime.data.files import parse_label_column
 from edge_runtime.device_config import DataSection
 from edge_runtime.local_training import LocalData, load_local_data
+from edge_runtime.paths import check_output_file
 from edge_runtime.shutdown import stop_on_signals
 
 from .board import BoardSpec, EmulatedBoard, parse_size
@@ -34,6 +35,7 @@ def emulate(args: argparse.Namespace) -> int:
         board_id=args.board_id,
     )
     faults = FaultPlan.parse(args.faults)
+    check_output_file(args.flash_file, "--flash-file")  # kept across runs: a folder or a missing one is a typo
     data: LocalData | None = None
     if args.data != "none":
         column = parse_label_column(args.label_column)

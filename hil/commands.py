@@ -19,9 +19,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--ram", default="256k", help="RAM budget (256k, 1m, bytes)")
     e.add_argument("--flash", default="1m", help="flash size")
     e.add_argument("--flash-file", type=Path, default=Path("tinyfed-board.flash"), help="survives restarts")
-    e.add_argument("--baud", type=int, default=115200)
+    e.add_argument("--baud", type=int, default=115200, help="the emulated UART's line speed")
     e.add_argument("--max-frame", type=int, default=4096, help="largest frame payload the firmware buffers")
-    e.add_argument("--board-id", default="emu-0001")
+    e.add_argument("--board-id", default="emu-0001", help="the chip id the board reports in HELLO")
     e.add_argument("--data", default="digits", help="the board's local data: digits, har, cmapss, ... or 'none'")
     e.add_argument("--label-column", default="-1", help="a CSV's label column: header name or index (default: last)")
     e.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")
@@ -29,7 +29,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--faults", default="", help="ber=1e-4,drop=1e-5,reset-at=BYTE,brown-out=BYTES,slow=2,seed=N (see docs/hil.md)"
     )
-    e.add_argument("-v", "--verbose", action="store_true")
+    e.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     e.set_defaults(handler=_emulate)
 
 

@@ -36,7 +36,7 @@ def test_a_results_folder_that_cannot_be_made_is_refused_before_anything_runs(tm
     blocker.write_text("not a folder")
     run = tinyfed_bench("aggregate", "--results", str(blocker / "results"))
     assert run.returncode == 2
-    assert f"cannot write results to {blocker / 'results'}" in run.stderr
+    assert f"--results {blocker / 'results'}: {blocker} is a file, not a folder" in run.stderr
     assert "=== tinyfed bench aggregate" not in run.stdout
 
 

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from edge_runtime.config import ConfigError
+from edge_runtime.paths import check_storage_dir
+
+from .extras import PROJECT, InstalledExtras
 
 
 def repo_root() -> Path:
@@ -22,6 +25,19 @@ def repo_root() -> Path:
         if (candidate / "bench" / "common.py").is_file():
             return candidate
     raise ConfigError("bench/ not found: run tinyfed bench from a tinyfed checkout")
+
+
+def _check_extras(names: list[str], needs: dict[str, tuple[str, ...]], installed: InstalledExtras) -> None:
+    """Every benchmark asked for can run here, or one error listing what each lacks and one pip line for all."""
+    lacking = {name: installed.missing(needs.get(name, ())) for name in names}
+    lacking = {name: missing for name, missing in lacking.items() if missing}
+    if not lacking:
+        return
+    extras = sorted({extra for name in lacking for extra in needs[name]})
+    each = "; ".join(f"{name} needs {', '.join(missing)}" for name, missing in lacking.items())
+    others = [n for n in names if n not in lacking]
+    rest = f", or run only the others: tinyfed bench {' '.join(others)}" if others else ""
+    raise ConfigError(f"tinyfed bench: {each}: pip install '{PROJECT}[{','.join(extras)}]'{rest}")
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -33,13 +49,16 @@ def bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in suite.SUITE]
     if unknown:
         raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}")
+    _check_extras(names, suite.EXTRAS, getattr(args, "installed_extras", None) or InstalledExtras.from_metadata())
+    # Checked before minutes of measuring, not after: a result that cannot be written is a run lost.
     if args.results is not None:
-        os.environ["TINYFED_BENCH_RESULTS"] = str(Path(args.results).resolve())
-    results = Path(os.environ.get("TINYFED_BENCH_RESULTS") or root / "bench" / "results")
-    try:  # before minutes of measuring, not after: a result that cannot be written is a run lost
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write results to {results}: {exc.strerror or exc}") from exc
+        results = check_storage_dir(Path(args.results), "--results").resolve()
+        os.environ["TINYFED_BENCH_RESULTS"] = str(results)  # the benchmarks read it (bench/common.py)
+    elif os.environ.get("TINYFED_BENCH_RESULTS"):
+        check_storage_dir(Path(os.environ["TINYFED_BENCH_RESULTS"]), "TINYFED_BENCH_RESULTS")
+        results = Path(os.environ["TINYFED_BENCH_RESULTS"])
+    else:
+        results = check_storage_dir(root / "bench" / "results", "the results folder")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for name in names:

@@ -15,6 +15,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edge_runtime.command import Command, Handler
 from edge_runtime.errors import ExitCode, TinyfedError
@@ -22,6 +23,8 @@ from edge_runtime.errors import ExitCode, TinyfedError
 from .extras import PROJECT, InstalledExtras
 
 GROUP = "tinyfed.commands"
+# tinyfed's own top-level packages: a missing module among these is a broken install, not a missing extra.
+PACKAGES = frozenset({"edge_runtime", "gateway", "firmware_bridge", "hil", "tinyfed", "bench"})
 # The order of the help listing: the core, the roles, then what composes them.
 ORDER = ("model", "device", "gateway", "bridge", "hil", "demo", "bench")
 
@@ -70,13 +73,60 @@ def version() -> str:
         return f"{__version__} (not installed)"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, except where there is none to show (flags, unset, required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "(default:" in text  # the help says it in words (a default that depends on other options)
+            or action.required
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or (not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help shows defaults; subcommands' parsers are of this class too (argparse
+    makes a subparser of its parent's class), so every ``tinyfed ... --help`` has them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="tinyfed", description="Federated learning for IoT devices.")
-    top.add_argument("--version", action="version", version=f"tinyfed {version()}")
+    top = Parser(prog="tinyfed", description="Federated learning for IoT devices.")
+    top.add_argument("--version", action="version", version=f"tinyfed {version()}", help="print the version and exit")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands:
         command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
     return top
+
+
+def missing_module(exc: ModuleNotFoundError, command: str | None, extras: InstalledExtras) -> str | None:
+    """What to install when a command's code imports a package that is not here, or None for tinyfed's own.
+
+    The command's extras were checked before it ran, so this is a package
+    only some of a command's paths need (a benchmark's, a backend's); the
+    message names the smallest extra that brings it.
+    """
+    module = (exc.name or "").split(".")[0]
+    if not module or module in PACKAGES:
+        return None
+    what = f"tinyfed {command}" if command else "tinyfed"
+    found = extras.providing(module)
+    if found:
+        return (
+            f"{what} needs the Python package {module!r} (the '{found[0]}' extra), which does not import here: "
+            f"pip install '{PROJECT}[{found[0]}]'"
+        )
+    return f"{what} needs the Python package {module!r}, which does not import here: pip install {module}"
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -108,12 +158,19 @@ def main(argv: Sequence[str] | None = None, extras: InstalledExtras | None = Non
         print(unavailable[wanted].hint(), file=sys.stderr)
         return ExitCode.BAD_INPUT
     args = parser(available).parse_args(argv)
+    args.installed_extras = extras  # for a command that checks more extras on some of its paths (bench)
     try:
         handler: Handler = args.handler
         return handler(args)
     except TinyfedError as exc:
         print(f"tinyfed: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        hint = missing_module(exc, wanted, extras)
+        if hint is None:
+            raise  # one of tinyfed's own modules: a broken install or a bug, and the traceback shows which
+        print(f"tinyfed: error: {hint}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     except (OSError, ValueError) as exc:  # a file that cannot be read, a value a library refused: bad input
         print(f"tinyfed: error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -21,9 +21,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _configure_demo(d: argparse.ArgumentParser) -> None:
     d.add_argument("--data", default=None, help="har (default when ../shared/data has it), digits or cmapss")
-    d.add_argument("--rounds", type=int, default=None)
-    d.add_argument("--epochs", type=int, default=None)
-    d.add_argument("--density", type=float, default=None, help="share of entries each update sends")
+    d.add_argument("--rounds", type=int, default=None, help="rounds to run (default: 30 for digits, 15 otherwise)")
+    d.add_argument("--epochs", type=int, default=None, help="local epochs per round (default: 5 for digits, else 2)")
+    d.add_argument(
+        "--density",
+        type=float,
+        default=None,
+        help="share of entries each update sends (default: 0.006 for digits, else 0.01)",
+    )
     d.add_argument(
         "--broker",
         default=None,

@@ -18,6 +18,19 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "tinyfed"
+# The import name of each optional requirement whose distribution is named otherwise; the rest import under their
+# own name (cobs, psutil, matplotlib, amqtt, cryptography). tests/test_errors.py checks this against the installed
+# distributions' own file lists, so a new extra cannot be missed here.
+IMPORT_NAMES = {
+    "sklearn": "scikit-learn",
+    "paho": "paho-mqtt",
+    "serial": "pyserial",
+    "ai_edge_litert": "ai-edge-litert",
+    "tflite_runtime": "tflite-runtime",
+    "tflite_micro": "tflite-micro",
+}
+# Extras that are for working on tinyfed, not for running it: never the one to suggest.
+NOT_SUGGESTED = frozenset({"dev"})
 
 
 def installed_version(name: str) -> str | None:
@@ -46,6 +59,11 @@ class InstalledExtras:
         self.project = canonicalize_name(project)
         self.declared = frozenset(canonicalize_name(e) for e in extras)
         self.version_of = version_of
+        self._core = frozenset(
+            canonicalize_name(r.name)
+            for r in (Requirement(line) for line in requirements)
+            if r.marker is None or r.marker.evaluate({"extra": ""})
+        )
         # Core requirements have no marker or one that holds without an extra; pip installed those already.
         self._optional = [
             r
@@ -86,6 +104,26 @@ class InstalledExtras:
                 if problem is not None and problem not in unmet:
                     unmet.append(problem)
         return unmet
+
+    def providing(self, module: str) -> list[str]:
+        """The extras whose own requirements bring top-level ``module``, smallest first ([] when none does)."""
+        distribution = canonicalize_name(IMPORT_NAMES.get(module, module))
+        if distribution in self._core:
+            return []  # every install has it: missing means a broken install, not a missing extra
+        sizes: dict[str, int] = {}
+        for requirement in self._optional:
+            assert requirement.marker is not None
+            for extra in self.declared - NOT_SUGGESTED:
+                if requirement.marker.evaluate({"extra": extra}):
+                    sizes[extra] = sizes.get(extra, 0) + 1
+        found = {
+            extra
+            for requirement in self._optional
+            if canonicalize_name(requirement.name) == distribution
+            for extra in sizes
+            if requirement.marker is not None and requirement.marker.evaluate({"extra": extra})
+        }
+        return sorted(found, key=lambda extra: (sizes[extra], extra))
 
     def _problem(self, requirement: Requirement) -> str | None:
         shown = f"{requirement.name}{requirement.specifier}"

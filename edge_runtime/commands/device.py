@@ -13,11 +13,12 @@ from ..data.sources import load_source
 from ..local_training import model_arrays
 from ..model.backends import available_backends, get_backend
 from ..model.backends.base import Backend
+from ..model.errors import BackendUnavailableError
+from ..model.files import read_model
 from ..model.graph import model_version
-from ..model.reader import read_graph
 from ..model.writer import write_graph
+from ..paths import check_output_file, write_file
 from ..progress import ProgressBar
-from ..storage import atomic_write
 from ..train.evaluate import accuracy, int8_predictions
 from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 
@@ -25,13 +26,18 @@ from ..train.trainer import TrainConfig, Trainer, cut_for_last_layers
 def resolve_backends(name: str) -> list[Backend]:
     names = available_backends() if name == "all" else [name]
     if not names:
-        raise DataError("no interpreter backend installed: pip install 'tinyfed[litert]'")
-    return [get_backend(n) for n in names]
+        raise DataError("--backend all: no interpreter backend is installed: pip install 'tinyfed[litert]'")
+    try:
+        return [get_backend(n) for n in names]
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"--backend {name}: {exc}") from exc
 
 
 def train(args: argparse.Namespace) -> int:
-    model_bytes = args.model.read_bytes()
-    graph = read_graph(model_bytes)
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # now, not after minutes of training
+    model_bytes, graph = read_model(args.model, "--model")
+    backends = resolve_backends(args.backend)
     if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
         raise DataError(f"--holdout {args.holdout}: a share of the samples, in [0, 1)")
     split = load_source(args.data, seed=args.seed, label_column=parse_label_column(args.label_column))
@@ -44,7 +50,6 @@ def train(args: argparse.Namespace) -> int:
         train_ds, eval_ds = hold_out(split.train, holdout, args.seed, split.test)
     if len(eval_ds) == 0:
         raise DataError(f"{eval_ds.where}: nothing to evaluate on: hold out a share with --holdout")
-    backends = resolve_backends(args.backend)
     x_train, y_train = model_arrays(graph, train_ds)
     x_eval, y_eval = model_arrays(graph, eval_ds)
     print(
@@ -81,7 +86,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"{b.name:<16}{before[b.name]:>12.4f}{after[b.name]:>12.4f}")
     print(f"{'float tail':<16}{'':>12}{float_acc:>12.4f}")
     if args.out:
-        atomic_write(args.out, new_bytes)
+        write_file(args.out, new_bytes, "--out")
         print(f"wrote {args.out} (version {model_version(new_bytes)[:16]})")
     sys.stdout.flush()
     return 0

@@ -16,11 +16,29 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..config import setting
 from ..data.errors import DataError
 from ..device_config import DeviceConfig
+from ..model.backends import available_backends, get_backend
+from ..model.errors import BackendUnavailableError
+from ..paths import check_storage_dir
 from ..shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
+
+
+def check_backend(config: DeviceConfig) -> None:
+    """The interpreter ``[device] backend`` names loads here (or, for ``auto``, some interpreter does)."""
+    name = config.device.backend
+    where = f"{setting(config.source, 'device', 'backend')} = {name!r}"
+    if name == "auto":
+        if not available_backends():
+            raise BackendUnavailableError(f"{where}: no interpreter is installed: pip install 'tinyfed[litert]'")
+        return
+    try:
+        get_backend(name)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{where}: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,10 +47,15 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = DeviceConfig.load(args.config)
+    check_storage_dir(config.storage, setting(config.source, "device", "storage"))
+    check_backend(config)
     from ..agent import DeviceAgent
     from ..transport.mqtt import TransportError
 
-    agent = DeviceAgent(config)
+    try:
+        agent = DeviceAgent(config)
+    except DataError as exc:
+        raise DataError(f"{setting(config.source, 'data', 'source')} = {config.data.source!r}: {exc}") from exc
     stop = stop_on_signals()
     agent.start()
     print(

@@ -12,11 +12,11 @@ from ..data.dataset import Dataset
 from ..data.errors import DataError, ShapeError
 from ..data.files import parse_label_column
 from ..data.sources import load_source
+from ..model.files import read_model
 from ..model.graph import model_version
 from ..model.info import ModelInfo
-from ..model.reader import read_graph
 from ..model.writer import write_graph
-from ..storage import atomic_write
+from ..paths import check_output_file, write_file
 from ..train.build import build_model
 
 
@@ -56,6 +56,7 @@ def sample_for_model(args: argparse.Namespace) -> Dataset:
 
 
 def build(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")  # before the data is read and the model calibrated
     ds = sample_for_model(args)
     graph = build_model(args.arch, ds.x, ds.classes, seed=args.seed, dataset=args.data)
     data = write_graph(graph)
@@ -75,7 +76,7 @@ def build(args: argparse.Namespace) -> int:
     features = ds.x.shape[-1]
     print(f"input {list(ds.x.shape[1:])}, normalised by the mean and standard deviation of each of its {features} "
           f"{'channels' if ds.x.ndim == 3 else 'features'} over these samples (stored in the model)")  # fmt: skip
-    atomic_write(args.out, data)
+    write_file(args.out, data, "--out")
     print(f"wrote {args.out} ({len(data)} bytes, version {model_version(data)[:16]})")
     return 0
 
@@ -86,8 +87,7 @@ def _short(values: list[float]) -> str:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    data = args.model.read_bytes()
-    graph = read_graph(data)
+    data, graph = read_model(args.model, "model", int8=False)  # inspecting a float model is fine
     info = ModelInfo.from_graph(graph)
     print(f"{args.model}: {len(data)} bytes, sha256 {model_version(data)}")
     print(f"description: {graph.description!r}  architecture: {info.architecture}  built from: {info.dataset or '-'}")

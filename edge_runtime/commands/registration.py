@@ -55,7 +55,9 @@ def _add_label_column(p: argparse.ArgumentParser) -> None:
 def _configure_model(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     b = actions.add_parser("build", help="build a fresh int8 model calibrated on data")
-    b.add_argument("--arch", choices=("mlp", "cnn1d"), required=True)
+    b.add_argument(
+        "--arch", choices=("mlp", "cnn1d"), required=True, help="mlp for feature rows, cnn1d for windowed time series"
+    )
     b.add_argument(
         "--data",
         required=True,
@@ -74,7 +76,7 @@ def _configure_model(parser: argparse.ArgumentParser) -> None:
         help="read each sample as a window of STEPS time steps of CHANNELS values (a CSV row holds them step by "
         "step); cnn1d needs windows",
     )
-    b.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    b.add_argument("--out", type=Path, required=True, help="the .tflite file to write (its folder must exist)")
     b.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation (and digits' split)")
     b.set_defaults(handler=_model_build)
     p = actions.add_parser(
@@ -94,26 +96,26 @@ def _configure_model(parser: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(handler=_model_predict)
     i = actions.add_parser("inspect", help="print tensors, operators, quantisation and version")
-    i.add_argument("model", type=Path)
+    i.add_argument("model", type=Path, help="a .tflite file (float models are shown too)")
     i.set_defaults(handler=_model_inspect)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training data")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (cosine-decayed)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per SGD step")
     p.add_argument("--prox-mu", type=float, default=0.0, help="FedProx proximal term")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="shuffling and the held-out split")
 
 
 def _configure_device(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     t = actions.add_parser("train", help="train a model on local data and report int8 accuracy")
-    t.add_argument("--model", type=Path, required=True)
+    t.add_argument("--model", type=Path, required=True, help="the int8 .tflite model to start from")
     t.add_argument("--data", required=True, help="digits, har, cmapss, ucr:NAME, har-uci:DIR, FILE.npz, FILE.csv")
     _add_label_column(t)
-    t.add_argument("--out", type=Path, help="write the trained model here")
+    t.add_argument("--out", type=Path, help="write the trained model here (its folder must exist)")
     t.add_argument("--backend", default="all", help="litert, tflite-runtime, micro, or all installed")
     t.add_argument(
         "--trainable-layers", type=int, default=0, help="train only the last N weighted layers (0: the whole model)"
@@ -136,14 +138,14 @@ def _configure_device(parser: argparse.ArgumentParser) -> None:
         "--holdout-order",
         choices=("random", "time"),
         default="random",
-        help="hold out a seeded random share (default), or the most recent samples",
+        help="hold out a seeded random share, or the most recent samples",
     )
     _add_train_options(t)
     t.set_defaults(handler=_device_train)
     r = actions.add_parser("run", help="join a federation: follow the model, train on tasks, send updates")
     r.add_argument("--config", type=Path, required=True, help="device.toml (keys overridable by TINYFED_<TABLE>_<KEY>)")
     r.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
-    r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     r.set_defaults(handler=_device_run)
 
 

@@ -18,6 +18,8 @@ import re
 from ..wire.errors import SchemaError
 
 PREFIX = "tinyfed/v1"
+# The federation a device, the gateway and the bridge join when none is named: one constant, so the three agree.
+DEFAULT_FEDERATION = "default"
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
