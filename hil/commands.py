@@ -23,7 +23,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--max-frame", type=int, default=4096, help="largest frame payload the firmware buffers")
     e.add_argument("--board-id", default="emu-0001", help="the chip id the board reports in HELLO")
     e.add_argument("--data", default="digits", help="the board's local data: digits, har, cmapss, ... or 'none'")
-    e.add_argument("--label-column", default="-1", help="a CSV's label column: header name or index (default: last)")
+    e.add_argument("--label-column", default="-1", help="a CSV's label column: header name or index (-1 is the last)")
     e.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")
     e.add_argument("--group", type=int, help="a natural group instead (HAR subject, engine)")
     e.add_argument(

@@ -47,8 +47,8 @@ def _add_label_column(p: argparse.ArgumentParser) -> None:
         "--label-column",
         default="-1",
         metavar="COLUMN",
-        help="a CSV's label column: its header name or index, negative from the end (default: %(default)s, the "
-        "last); 'none' for a file without labels (model predict)",
+        help="a CSV's label column: its header name or index, negative from the end (-1 is the last); "
+        "'none' for a file without labels (model predict)",
     )
 
 
