@@ -17,6 +17,11 @@ loss on the local held-out share (``eval_accuracy``, ``eval_loss``,
 ``eval_samples``): federated evaluation at no extra round trip. An
 evaluation task sends only that, in an update without tensors.
 Raw samples never leave this process.
+
+A task it cannot do (labels that are not the model's classes, samples that
+do not fit its input, data that vanished, training that failed, a model
+that never came or does not load) is reported to the gateway with a typed
+reason (member.py, failures.py) rather than logged and left to expire.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from . import __version__, wire
 from .compress.compressor import CompressionConfig, Compressor
 from .compress.feedback import ResidualStore
+from .data.dataset import Dataset
 from .device_config import DeviceConfig
-from .local_training import LocalData, held_out_metrics, load_local_data, task_training
+from .failures import FailureReason, TaskFailed, failing_as
+from .local_training import LocalData, load_local_data, task_training
 from .member import FederationMember, MemberSettings
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
@@ -37,6 +46,7 @@ from .model.errors import ModelError
 from .model.graph import Graph
 from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
+from .train.evaluate import int8_metrics
 from .train.trainer import Trainer, cut_for_last_layers
 
 __all__ = ["DeviceAgent", "LocalData", "load_local_data"]  # the last two moved to local_training; kept here for callers
@@ -90,38 +100,33 @@ class DeviceAgent(FederationMember):
         read_graph(model).check_int8()
         self.backend.load(model)
 
-    def handle(self, task: wire.Task) -> wire.Update | None:
-        """Run one task to a stored update; None when it cannot be done before its deadline."""
-        if not self.wait_for_model(task.base_version, task.deadline):
-            self.refuse(
-                "no_model", f"task for round {task.round}: model {task.base_version.hex()[:12]} not here in time"
-            )
-            return None
-        model = self.store.current()
-        manifest = self.fetcher.manifest
-        if model is None or manifest is None or manifest.version != task.base_version:
-            self.refuse("no_model", f"task for round {task.round}: its base model is no longer current")
-            return None
-        graph = read_graph(model)
+    def handle(self, task: wire.Task) -> wire.Update:
+        """Run one task to a stored update; raises TaskFailed (reported to the gateway) when it cannot."""
+        model, manifest = self.model_for(task)
+        with failing_as(FailureReason.NO_MODEL):
+            graph = read_graph(model)
+        data = self.data
         started = time.perf_counter()
         # Federated evaluation: an update reports how the base model scores on the held-out share.
-        evaluation = self._evaluate(model, graph) if task.report or task.evaluate_only else {}
+        evaluation = self._evaluate(model, graph, data.evaluate) if task.report or task.evaluate_only else {}
         if task.evaluate_only:
-            update = self.new_update(task, len(self.data.evaluate), [], evaluation, {})
+            update = self.new_update(task, len(data.evaluate), [], evaluation, {})
             self.store_update(update, task)
             return update
-        cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
-        train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
-        trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
-        x = quantize_input(graph, self.data.train.x)
-        result = trainer.fit(x, model_labels(graph, self.data.train.y, self.data.train.classes))
+        if len(data.train) == 0:
+            raise TaskFailed(FailureReason.NO_DATA, f"{data.train.name or 'the local data'}: no training samples")
         spec = manifest.spec()
-        deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
-        if not deltas:
-            self.refuse("no_overlap", f"task for round {task.round}: nothing this device trains is in the manifest")
-            return None
-        self.compressor.config = compression
-        compressed = self.compressor.compress(deltas)
+        cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
+        x, y = self._inputs(graph, data.train)
+        train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
+        with failing_as(FailureReason.TRAINING):
+            trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
+            result = trainer.fit(x, y, progress=self.check_stop)
+            deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
+            if not deltas:
+                raise TaskFailed(FailureReason.OTHER, "nothing this device trains is in the manifest")
+            self.compressor.config = compression
+            compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
         # Every byte here is sent each round: at 1% density a metric costs 6% of an update. Metrics ride
         # along only when the task asks for a report; accuracy and time go to the log.
@@ -142,10 +147,29 @@ class DeviceAgent(FederationMember):
                 for name, s in trainer.activation_stats().items()
                 if s["batches"] > 0
             }
-        update = self.new_update(task, len(self.data.train), compressed.tensors, metrics, ranges)
+        update = self.new_update(task, len(data.train), compressed.tensors, metrics, ranges)
         self.store_update(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update
 
-    def _evaluate(self, model: bytes, graph: Graph) -> dict[str, float]:
-        return held_out_metrics(self.backend, model, graph, self.data.evaluate)
+    def _inputs(self, graph: Graph, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Samples as the model's int8 input and labels as its class indices, or the failure that says why not."""
+        with failing_as(FailureReason.SHAPE):
+            x = quantize_input(graph, data.x)
+        with failing_as(FailureReason.LABELS):
+            y = model_labels(graph, data.y, data.classes)
+            outputs = int(np.prod(graph.tensor(graph.outputs[0]).shape[1:]))
+            if len(y) and int(y.max()) >= outputs:
+                raise ModelError(f"{data.name or 'local data'}: labels reach class {int(y.max())}; the model has "
+                                 f"{outputs} outputs")  # fmt: skip
+        return x, y
+
+    def _evaluate(self, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:
+        """The base model's int8 accuracy and loss on the local held-out share (what local_training's
+        held_out_metrics reports), with a shape or label problem reported as such."""
+        if len(held_out) == 0:
+            return {}
+        x, y = self._inputs(graph, held_out)
+        with failing_as(FailureReason.TRAINING):
+            scores = int8_metrics(self.backend, model, graph, x, y)
+        return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(held_out))}
