@@ -5,7 +5,7 @@ It follows the retained manifest and installs each new model atomically
 birth message and leaves a last will, and works through its tasks one at a
 time in its own thread, never in the MQTT network thread:
 
-    task -> wait for the task's base model -> train the tail on local data
+    task -> wait for the task's base model -> train the layers the manifest lists on local data
          -> delta = trained - base for the manifest's trainable tensors
          -> compress with error feedback -> encode -> outbox (on disk) -> publish
          -> forget it when the gateway's receipt names it
@@ -22,6 +22,10 @@ A task it cannot do (labels that are not the model's classes, samples that
 do not fit its input, data that vanished, training that failed, a model
 that never came or does not load) is reported to the gateway with a typed
 reason (member.py, failures.py) rather than logged and left to expire.
+
+What it trains is the gateway's to say: the manifest lists the trainable
+tensors, and the device trains exactly those layers. A ``[device]
+trainable_layers`` that disagrees is ignored, with a warning once per model.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .compress.feedback import ResidualStore
 from .data.dataset import Dataset
 from .device_config import DeviceConfig
 from .failures import FailureReason, TaskFailed, failing_as
-from .local_training import LocalData, load_local_data, task_training
+from .local_training import LocalData, load_local_data, manifest_layers, task_training
 from .member import FederationMember, MemberSettings
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
@@ -47,7 +51,7 @@ from .model.graph import Graph
 from .model.info import model_labels, quantize_input
 from .model.reader import read_graph
 from .train.evaluate import int8_metrics
-from .train.trainer import Trainer, cut_for_last_layers
+from .train.trainer import Trainer, cut_for_last_layers, weighted_layer_ops
 
 __all__ = ["DeviceAgent", "LocalData", "load_local_data"]  # the last two moved to local_training; kept here for callers
 
@@ -85,6 +89,7 @@ class DeviceAgent(FederationMember):
             )
         )
         self.compressor = Compressor(CompressionConfig(), ResidualStore(config.storage / "residual.npz"))
+        self._layers_warned: bytes | None = None  # the model version a trainable_layers warning was given for
 
     def capabilities(self) -> wire.Capabilities:
         return wire.Capabilities(
@@ -116,15 +121,17 @@ class DeviceAgent(FederationMember):
         if len(data.train) == 0:
             raise TaskFailed(FailureReason.NO_DATA, f"{data.train.name or 'the local data'}: no training samples")
         spec = manifest.spec()
-        cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
+        cut = cut_for_last_layers(graph, self._layers(graph, manifest))
         x, y = self._inputs(graph, data.train)
         train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
         with failing_as(FailureReason.TRAINING):
             trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
             result = trainer.fit(x, y, progress=self.check_stop)
             deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
-            if not deltas:
-                raise TaskFailed(FailureReason.OTHER, "nothing this device trains is in the manifest")
+            missing = sorted(set(spec) - set(deltas))
+            if missing:
+                raise TaskFailed(FailureReason.OTHER, f"the manifest lists tensors {missing[:8]} that this model's "
+                                 "trainable layers do not have")  # fmt: skip
             self.compressor.config = compression
             compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
@@ -151,6 +158,22 @@ class DeviceAgent(FederationMember):
         self.store_update(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update
+
+    def _layers(self, graph: Graph, manifest: wire.ModelManifest) -> int:
+        """The weighted layers to train: as many as the manifest lists; a device.toml value that differs is ignored."""
+        layers = manifest_layers(graph, manifest.spec())
+        if layers == 0:
+            raise TaskFailed(FailureReason.OTHER, f"the manifest of model {manifest.version.hex()[:12]} lists "
+                             "none of the model's weighted layers as trainable")  # fmt: skip
+        configured = min(self.config.device.trainable_layers, len(weighted_layer_ops(graph)))
+        if configured and configured != layers and self._layers_warned != manifest.version:
+            self._layers_warned = manifest.version
+            log.warning(
+                "device %s: [device] trainable_layers = %d in %s is ignored: the gateway's manifest lists the "
+                "last %d weighted layer(s) of model %s as trainable, and that is what this device trains",
+                self.device_id, configured, self.config.source, layers, manifest.version.hex()[:12],
+            )  # fmt: skip
+        return layers
 
     def _inputs(self, graph: Graph, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Samples as the model's int8 input and labels as its class indices, or the failure that says why not."""

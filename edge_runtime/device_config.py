@@ -6,7 +6,7 @@ id = "pi-kitchen"            # topic level: letters, digits, '.', '_', '-'
 federation = "home"
 storage = "/var/lib/tinyfed" # models, outbox, error-feedback residual
 backend = "auto"             # litert | tflite-runtime | micro | auto
-trainable_layers = 1         # weighted layers trained on the device (0 = all)
+# trainable_layers: the gateway's manifest decides; a value here that differs is ignored with a warning
 
 [data]
 source = "har"               # see `tinyfed device train --help` for names
@@ -46,7 +46,7 @@ class DeviceSection:
     federation: str = "default"
     storage: str = "tinyfed-device"
     backend: str = "auto"
-    trainable_layers: int = 1
+    trainable_layers: int = 0  # 0: what the gateway's manifest lists (it decides; another value is only checked)
     seed: int = 0
     connect_timeout: float = 15.0  # seconds to reach the broker at start before giving a clear error
 
