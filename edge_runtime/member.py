@@ -86,10 +86,16 @@ class FederationMember(ABC):
         self._worker: threading.Thread | None = None
         self.busy = threading.Event()
 
+        client_id = f"tinyfed-{settings.federation}-{self.device_id}"
         self.link = MqttLink(
             settings.broker,
-            client_id=f"tinyfed-{settings.federation}-{self.device_id}",
+            client_id=client_id,
             will=Will(self.topics.presence(self.device_id), wire.encode(self._presence(False))),
+            claim_topic=self.topics.claim(client_id),
+            conflict_hint=(
+                f"another device of federation {settings.federation!r} uses the device id {self.device_id!r} "
+                "(a copied SD card or configuration, or two boards given the same id): give each its own id"
+            ),
         )
         self.sender = OutboxSender(
             self.link,

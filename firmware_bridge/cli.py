@@ -1,6 +1,8 @@
 """``tinyfed bridge run``: runs until SIGTERM/SIGINT, then announces every board's death and stops.
 
-Exit codes (``edge_runtime.errors.ExitCode``): 0 after a signal, 2 for bad options (``ConfigError``).
+Exit codes (``edge_runtime.errors.ExitCode``): 0 after a signal, 2 for bad options (``ConfigError``),
+5 when another MQTT client took a board's client id (``ClientIdConflict``: the same board id bridged
+twice); a supervisor should not restart on 5.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
     bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
     stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
-    stop.wait()
+    while not stop.wait(0.5) and not bridge.conflicted.is_set():
+        pass
     bridge.stop()
+    if bridge.conflict is not None:
+        raise bridge.conflict
     print("bridge stopped", flush=True)
     return 0
 

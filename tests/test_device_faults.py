@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pytest
@@ -38,7 +37,7 @@ from gateway.config import GatewayConfig
 from gateway.service import Gateway
 
 from .federation import FED, gateway_config, start_agents
-from .helpers import Recorder, start_link, wait_for
+from .helpers import Lines, start_link, wait_for
 from .test_agent import FED as AGENT_FED
 from .test_agent import TOPICS as AGENT_TOPICS
 from .test_agent import GatewayStandIn, agent_config, local_data, task, trainable_spec
@@ -302,23 +301,6 @@ def test_a_device_whose_labels_are_not_the_models_classes_is_reported_and_skippe
 
 
 # -- a real `tinyfed device run` waiting for a model that never comes ---------------------------------------------
-class Lines:
-    """A process's stderr, read line by line on a thread, so a test can wait for a line while it runs."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.seen: Recorder[str] = Recorder()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.seen.append(line)
-
-    def text(self) -> str:
-        self._thread.join(WAIT)
-        return "".join(self.seen.items)
-
-
 def test_sigterm_stops_a_device_run_that_waits_for_a_model_that_never_comes(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
 ) -> None:

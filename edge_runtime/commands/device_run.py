@@ -3,7 +3,10 @@
 Exit codes (``edge_runtime.errors.ExitCode``): 0 after SIGTERM/SIGINT (a
 clean stop: death announced, outbox kept on disk), 2 for a configuration or
 data error (``ConfigError``, ``DataError``), 3 when the broker cannot be
-reached at start (``TransportError``; unless ``--keep-trying``).
+reached at start (``TransportError``; unless ``--keep-trying``), 5 when
+another client connected with this device's id (``ClientIdConflict``: two
+devices given the same id), at any time; a supervisor should not restart
+on 5, or the two would take the id from each other for ever.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ def run(args: argparse.Namespace) -> int:
     )
     config = DeviceConfig.load(args.config)
     from ..agent import DeviceAgent
-    from ..transport.mqtt import TransportError
+    from ..transport.mqtt import ClientIdConflict, TransportError
 
     agent = DeviceAgent(config)
     stop = stop_on_signals()
+    agent.link.on_fatal_hooks.append(lambda conflict: stop.set())
     agent.start()
     print(
         f"device {config.device.id} of federation {config.device.federation}: {len(agent.data.train)} training "
@@ -35,14 +39,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.keep_trying:
         try:
             agent.link.require_connected(config.device.connect_timeout)
+        except ClientIdConflict:
+            agent.stop(timeout=1.0)
+            raise
         except TransportError as exc:
             agent.stop(timeout=1.0)
             raise TransportError(
                 f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
                 f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying."
             ) from exc
-    while not stop.wait(1.0):
+    while not stop.wait(1.0):  # set by SIGTERM/SIGINT, or by the link when another client takes our id
         pass
     agent.stop()
+    if agent.link.fatal is not None:
+        raise agent.link.fatal
     print(f"device {config.device.id} stopped cleanly", flush=True)
     return 0
