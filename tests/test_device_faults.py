@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -327,4 +328,58 @@ def test_sigterm_stops_a_device_run_that_waits_for_a_model_that_never_comes(
     finally:
         if proc.poll() is None:
             proc.kill()
+        gateway.stop()
+
+
+# -- a broker restart while devices hold their updates ----------------------------------------------------------
+class HeldAgent(DeviceAgent):
+    """A real agent that takes its task, then waits for the test's word before it trains: the test decides
+    that the update is made while the broker is down."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def handle(self, task: wire.Task) -> wire.Update:
+        self.holding.set()
+        assert self.release.wait(WAIT), "the test never let the device train"
+        return super().handle(task)
+
+
+def test_updates_stored_while_the_broker_was_down_count_in_their_round_after_it_restarts(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit, backend: Backend
+) -> None:
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, min_devices=3, deadline=600.0, rounds=1)
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    agents = start_agents(broker, tmp_path, digits, backend, 3, scheme="iid", agent_class=HeldAgent)
+    held = [agent for agent in agents if isinstance(agent, HeldAgent)]
+    gateway.start()
+    try:
+        for agent in held:
+            assert agent.holding.wait(WAIT), f"{agent.device_id} got no task"
+        assert gateway.open_round is not None and gateway.open_round.number == 1
+        deadline = gateway.open_round.row.deadline
+
+        broker.stop()  # SIGTERM: Mosquitto saves its state and exits
+        assert gateway.offline.wait(WAIT), "the gateway did not notice the broker was gone"
+        wait_for(lambda: not any(a.link.connected.is_set() for a in held), WAIT, "every device to lose the broker")
+        for agent in held:
+            agent.release.set()
+        wait_for(lambda: all(len(a.done) == 1 and len(a.outbox) == 1 for a in held), WAIT,
+                 "every device to store its update in its outbox")  # fmt: skip
+
+        broker.start()  # the same port, the same state directory
+        assert gateway.finished.wait(WAIT * 2), "round 1 (and the final evaluation) did not end after the restart"
+        store = gateway.store
+        row = next(r for r in store.rounds() if r.round == 1)
+        assert (row.mode, row.status) == ("sync", "closed")
+        assert row.closed is not None and row.closed < deadline  # closed by its updates, not by its deadline
+        counted = [u.update_id for u in store.round_updates(1, "train")]
+        assert sorted(counted) == sorted(a.done[0].update_id for a in held)  # exactly the stored ones, each once
+        assert all(a.outbox.wait_empty(WAIT) for a in held), "a device never got its receipt"
+    finally:
+        for agent in held:
+            agent.release.set()
+            agent.stop(timeout=5)
         gateway.stop()
