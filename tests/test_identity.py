@@ -28,7 +28,7 @@ from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import ClientIdConflict, MqttLink
 from edge_runtime.transport.topics import Topics
 
-from .helpers import Lines, fast_config, watch_presence
+from .helpers import Lines, fast_config, wait_for, watch_presence
 
 WAIT = 60.0  # start-up imports numpy and an interpreter: upper bounds only, never performance assertions
 TINYFED = [sys.executable, "-m", "tinyfed"]
@@ -107,6 +107,40 @@ def test_two_devices_with_one_id_the_first_stops_with_a_clear_error_and_the_seco
             if proc is not None and proc.poll() is None:
                 proc.kill()
         watcher.stop()
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["one-after-the-other", "at-the-same-moment"])
+def test_of_two_links_with_one_id_exactly_one_keeps_it(broker: MosquittoProcess, at_once: bool) -> None:
+    topic = Topics("ids").claim("twin")
+    links = [MqttLink(fast_config(broker), "twin", claim_topic=topic) for _ in range(2)]
+    try:
+        links[0].start()
+        if not at_once:
+            assert links[0].claimed.wait(WAIT)
+        links[1].start()
+        wait_for(lambda: any(link.fatal for link in links), WAIT, "one of the twins to stop")
+        stopped, kept = sorted(links, key=lambda link: link.fatal is None)
+        assert isinstance(stopped.fatal, ClientIdConflict) and "'twin'" in str(stopped.fatal)
+        assert kept.wait_connected(WAIT) and kept.claimed.wait(WAIT)
+        if not at_once:
+            assert kept is links[1]  # the newer one keeps the id, as with MQTT 5's "Session taken over"
+        assert kept.fatal is None
+    finally:
+        for link in links:
+            link.stop()
+
+
+def test_a_restart_under_the_same_id_is_no_conflict(broker: MosquittoProcess) -> None:
+    topic = Topics("ids").claim("again")
+    before = MqttLink(fast_config(broker), "again", claim_topic=topic).start()
+    assert before.claimed.wait(WAIT)
+    before.stop()
+    after = MqttLink(fast_config(broker), "again", claim_topic=topic).start()
+    try:
+        assert after.claimed.wait(WAIT) and after.claim is not None and before.claim is not None
+        assert after.claim > before.claim and after.fatal is None
+    finally:
+        after.stop()
 
 
 def test_the_brokers_session_taken_over_stops_the_link_for_good(broker: MosquittoProcess) -> None:

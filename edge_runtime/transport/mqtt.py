@@ -10,13 +10,11 @@
 - TLS (CA file, client certificate) and username/password.
 - One client per client id. Two clients with the same id (two Pis both called
   ``raspberrypi``, a second gateway) would take the id from each other
-  forever, each reconnect dropping the other. The one that was there first
-  stops instead, with :class:`ClientIdConflict` (exit code 5), when the
-  broker says "Session taken over" (MQTT 5 reason 0x8E, Mosquitto >= 2.0.15)
-  or, on brokers that just close the connection, when it sees another
-  process's *claim* on the id: a retained message each link publishes once
-  on ``claim_topic`` with a random instance number. A claim found before
-  our own is the previous run's (a restart, a wiped SD card) and is ignored.
+  forever, each reconnect dropping the other. One of them stops instead,
+  with :class:`ClientIdConflict` (exit code 5): the one the broker drops
+  with "Session taken over" (MQTT 5 reason 0x8E, Mosquitto >= 2.0.15), or,
+  on brokers that just close the connection, the one whose *claim* on the
+  id is not the latest (see :meth:`MqttLink._on_claim`).
 """
 
 from __future__ import annotations
@@ -91,11 +89,13 @@ class MqttLink:
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
         self._connack_seen = False
-        # The id's claim: this process's random instance number, published (retained) until it comes back once.
+        # The id's claim (see _on_claim): ours once made, the highest of others seen, this connection's probe.
         self.claim_topic = claim_topic
         self.conflict_hint = conflict_hint
-        self.instance = secrets.randbits(63)
-        self.claimed = threading.Event()  # our claim came back: a claim by another instance now means a conflict
+        self.claim: int | None = None
+        self._highest_claim = 0
+        self._probe = 0
+        self.claimed = threading.Event()  # our claim came back from the broker
         self.fatal: ClientIdConflict | None = None  # set once another client holds our id; the link has stopped
         self.on_fatal_hooks: list[Callable[[ClientIdConflict], None]] = []
         if claim_topic is not None:
@@ -148,9 +148,10 @@ class MqttLink:
         with self._subs_lock:
             if not self._pending_subs:
                 self.subscribed.set()
-        if self.claim_topic is not None and not self.claimed.is_set():  # after the subscription: it sees the old claim
-            claim = wire.Presence(self.client_id, True, self.instance, int(time.time()))
-            client.publish(self.claim_topic, wire.encode(claim), qos=1, retain=True)
+        if self.claim_topic is not None:  # after the subscription, so its echo follows the retained claim
+            self._probe = secrets.randbits(62)
+            probe = wire.Presence(self.client_id, False, self._probe, int(time.time()))
+            client.publish(self.claim_topic, wire.encode(probe), qos=1)
         self.connected.set()
         log.info("%s connected to %s:%d (MQTT %s)", self.client_id, self.host, self.port, self.protocol)
         for hook in list(self.on_connect_hooks):
@@ -168,18 +169,39 @@ class MqttLink:
             log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
 
     def _on_claim(self, topic: str, payload: bytes) -> None:
+        """Claims on the id: the latest claim's holder keeps it; any other holder that sees it stops.
+
+        A claim is a retained Presence whose ``seq`` is a generation (high bits) and a random number (low
+        32 bits). On every connect the link sends a probe (a Presence with ``online`` false, not retained)
+        after subscribing: when its echo returns, the retained claim has been seen, and the link (re)claims
+        the id, the first time with a generation above every claim seen. So a client starting beside a
+        running one claims above it, and the running one stops when it sees that claim at its next connect
+        (which the newcomer's connect forces); a claim below ours (the run before ours, a wiped SD card's,
+        an old message the broker delivers again with a resumed session) is not a conflict; two that
+        start at the same moment, without seeing each other, are ordered by their random numbers, the
+        re-claim at every connect making sure the lower one sees the higher.
+        """
         if not payload:
             return  # a cleared retained message
         try:
-            claim = wire.decode(payload, expect=wire.Presence)
+            message = wire.decode(payload, expect=wire.Presence)
         except wire.WireError as exc:
             log.warning("%s: ignored an unreadable claim on %s: %s", self.client_id, topic, exc)
             return
-        if claim.seq == self.instance:
+        if not message.online:  # a probe
+            if message.seq != self._probe or self.fatal is not None:
+                return  # an older connection's probe, delivered again with the resumed session
+            if self.claim is None:
+                self.claim = ((self._highest_claim >> 32) + 1) << 32 | secrets.randbits(32)
+            claim = wire.Presence(self.client_id, True, self.claim, int(time.time()))
+            self._client.publish(topic, wire.encode(claim), qos=1, retain=True)
+        elif message.seq == self.claim:
             self.claimed.set()
-        elif self.claimed.is_set():
-            when = time.strftime("%H:%M:%S", time.localtime(claim.timestamp))
-            self._conflict(f"another process claimed the id at {when}, after this one")
+        else:
+            self._highest_claim = max(self._highest_claim, message.seq)
+            if self.claim is not None and message.seq > self.claim:
+                when = time.strftime("%H:%M:%S", time.localtime(message.timestamp))
+                self._conflict(f"another process claimed the id at {when}, after this one")
 
     def _conflict(self, how: str) -> None:
         """Stop for good and say why: paho's thread, so nothing here waits."""

@@ -10,7 +10,7 @@
 | ``.../device/<id>/receipt`` | Receipt: which update ids arrived | no | 1 |
 | ``.../device/<id>/presence`` | Presence: birth, or death as the last will | yes | 1 |
 | ``.../gateway/presence`` | Presence of the gateway (its host and storage), death as the last will | yes | 1 |
-| ``.../client/<client id>/claim`` | Presence whose seq is a process's random instance number (mqtt.py) | yes | 1 |
+| ``.../client/<client id>/claim`` | Presence: a claim on the id, or a probe (mqtt.py ``_on_claim``) | claims | 1 |
 """
 
 from __future__ import annotations
