@@ -37,16 +37,16 @@ __all__ = ["FailureReason", "TaskAbandoned", "TaskFailed", "failing_as", "failur
 
 DETAIL_LIMIT = 256  # the wire's limit on a report's detail
 
-# A board's ERROR code (wire.serial.ErrorCode) for a request it refused during a task.
+# A board's ERROR code (wire.serial.ErrorCode) for a request it refused during a task, when the refusal says
+# something lasting about the board, its data or the model. The others (MALFORMED, BAD_OFFSET, HASH_MISMATCH,
+# BUSY, NO_MODEL: a damaged frame, a transfer to resume, a model the bridge has yet to bring) pass; a report
+# would keep the board out of every round until its birth changes, which for a board is a bridge restart.
 BOARD_CODES: dict[ErrorCode, FailureReason] = {
     ErrorCode.NO_MEMORY: FailureReason.NO_MEMORY,  # model or training buffers do not fit its RAM
     ErrorCode.NO_FLASH: FailureReason.NO_MEMORY,  # the model does not fit its flash
     ErrorCode.UNSUPPORTED: FailureReason.UNSUPPORTED,  # a kernel, or training, the firmware lacks
     ErrorCode.BAD_INPUT: FailureReason.SHAPE,  # its samples do not fit the model's input
-    ErrorCode.NO_MODEL: FailureReason.NO_MODEL,
-    ErrorCode.HASH_MISMATCH: FailureReason.NO_MODEL,  # the model it received is not the task's
-    ErrorCode.BAD_OFFSET: FailureReason.NO_MODEL,
-    ErrorCode.INTERNAL: FailureReason.TRAINING,  # the firmware failed while training
+    ErrorCode.INTERNAL: FailureReason.TRAINING,  # the firmware failed while training (its labels, say)
 }
 
 # Judged by type when the error names no reason; the first match wins, so subclasses come first.

@@ -14,12 +14,14 @@ retained presence message a device's last will carries), and greeted
 again until it answers; then it is announced alive, brought to the
 current model, and takes tasks again.
 
-A task the board refuses (ERROR: not enough memory, a kernel it lacks,
-samples that do not fit the model...) is reported to the gateway with the
-reason its error code means (``edge_runtime.failures``), as is a model the
-host already knows the board cannot run. A board that resets or falls
-silent mid-task is not reported: silence is announced as its death, and a
-report would keep a board that only rebooted out of every later round.
+A task the board refuses for a lasting reason (ERROR: not enough memory, a
+kernel it lacks, samples that do not fit the model, training that failed)
+is reported to the gateway with the reason its error code means
+(``edge_runtime.failures``), as is a model the host already knows the
+board cannot run. Passing trouble is not reported: a damaged frame, a
+transfer to resume, a reset, silence (announced as its death). A report
+keeps a device out until its birth changes, and a board's birth changes
+only when the bridge restarts or the board's firmware does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 from typing import Self
 
 from edge_runtime import wire
-from edge_runtime.failures import FailureReason, TaskAbandoned, TaskFailed, describe, failure_reason
+from edge_runtime.failures import BOARD_CODES, FailureReason, TaskAbandoned, TaskFailed, describe, failure_reason
 from edge_runtime.member import FederationMember, MemberSettings
 from edge_runtime.model.errors import ModelError
 from edge_runtime.model.reader import read_graph
@@ -104,7 +106,9 @@ class BoardMember(FederationMember):
             with self._line:
                 self._bring_board_to_current_model()
                 update, _raw = self.driver.train(task)
-        except BoardRefused as exc:  # final for this task: the board will not do it
+        except BoardRefused as exc:
+            if exc.code not in BOARD_CODES:  # passing trouble on the line or with a transfer: not the board's lot
+                raise TaskAbandoned(f"board {self.device_id}: {exc}") from exc
             raise TaskFailed(failure_reason(exc, FailureReason.OTHER), describe(exc)) from exc
         except BoardProblem as exc:
             if not isinstance(exc, BoardReset):

@@ -28,10 +28,26 @@ from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import ClientIdConflict, MqttLink
 from edge_runtime.transport.topics import Topics
 
-from .helpers import Lines, fast_config, wait_for, watch_presence
+from .helpers import Lines, Recorder, fast_config, wait_for, watch_presence
 
 WAIT = 60.0  # start-up imports numpy and an interpreter: upper bounds only, never performance assertions
 TINYFED = [sys.executable, "-m", "tinyfed"]
+
+
+def watch_claims(broker: MosquittoProcess, client_id: str, federation: str = "ids") -> tuple[MqttLink, Recorder[int]]:
+    """A link recording the claims (not the probes) made on ``client_id``: a process holds its id once it claimed it."""
+    claims: Recorder[int] = Recorder()
+
+    def on_claim(topic: str, payload: bytes) -> None:
+        message = wire.decode(payload, expect=wire.Presence)
+        if message.online:
+            claims.append(message.seq)
+
+    link = MqttLink(fast_config(broker), f"claims-of-{client_id}")
+    link.subscribe(Topics(federation).claim(client_id), on_claim)
+    link.start()
+    assert link.wait_ready(WAIT)
+    return link, claims
 
 
 # -- a device id unique by default ---------------------------------------------------------------------------------
@@ -87,11 +103,13 @@ def test_two_devices_with_one_id_the_first_stops_with_a_clear_error_and_the_seco
     assert device_id.startswith(socket.gethostname().split(".")[0])
     watcher, presence = watch_presence(broker, Topics("ids").presence(device_id), "watcher")
     assert watcher.wait_ready(WAIT)
+    claimer, claims = watch_claims(broker, f"tinyfed-ids-{device_id}")
     first, first_out, first_err = start("device", "run", "--config", str(device_config(tmp_path / "a", broker.url)))
     second = None
     try:
         first_out.wait_for(f"device {device_id} of federation ids", "the first device to start under its default id")
         presence.wait_until(lambda got: any(p.online for p in got), WAIT, "the first device's birth")
+        claims.wait_until(lambda got: len(got) >= 1, WAIT, "the first device to claim its id")
         second, _, second_err = start("device", "run", "--config", str(device_config(tmp_path / "b", broker.url)))
         assert first.wait(WAIT) == ExitCode.ID_CONFLICT, first_err.text()
         error = first_err.text().strip().splitlines()[-1]
@@ -107,6 +125,7 @@ def test_two_devices_with_one_id_the_first_stops_with_a_clear_error_and_the_seco
             if proc is not None and proc.poll() is None:
                 proc.kill()
         watcher.stop()
+        claimer.stop()
 
 
 @pytest.mark.parametrize("at_once", [False, True], ids=["one-after-the-other", "at-the-same-moment"])
@@ -181,8 +200,10 @@ def test_bridge_run_stops_with_a_clear_error_when_another_client_takes_a_boards_
         "bridge", "run", *options, "--storage", str(tmp_path / "bridge"), "--heartbeat", "0.5"
     )
     other = MqttLink(fast_config(broker), "tinyfed-ids-mcu-7", claim_topic=Topics("ids").claim("tinyfed-ids-mcu-7"))
+    claimer, claims = watch_claims(broker, "tinyfed-ids-mcu-7")
     try:
         presence.wait_until(lambda got: any(p.online for p in got), WAIT, "the board's birth through the bridge")
+        claims.wait_until(lambda got: len(got) >= 1, WAIT, "the bridge to claim the board's id")
         other.start()  # a second bridge of the same board id, say
         assert bridge.wait(WAIT) == ExitCode.ID_CONFLICT, bridge_err.text()
         error = bridge_err.text().strip().splitlines()[-1]
@@ -194,6 +215,7 @@ def test_bridge_run_stops_with_a_clear_error_when_another_client_takes_a_boards_
             bridge.kill()
         other.stop()
         watcher.stop()
+        claimer.stop()
         board.stop()
 
 
@@ -212,11 +234,13 @@ def test_a_second_gateway_is_refused_and_one_that_takes_the_gateways_id_stops_th
     model = tmp_path / "initial.tflite"
     model.write_bytes(write_graph(digits_mlp))
     configs = [gateway_toml(tmp_path / f"g{i}.toml", tmp_path / f"gw{i}", model, broker.url) for i in range(3)]
+    claimer, claims = watch_claims(broker, "tinyfed-gateway-ids")
     running, running_out, running_err = start("gateway", "run", "--config", str(configs[0]))
     procs = [running]
     rogue = None
     try:
         running_out.wait_for("gateway of federation ids", "the first gateway to start")
+        claims.wait_until(lambda got: len(got) >= 1, WAIT, "the gateway to claim its id")
         # A second gateway, with storage of its own (another machine, say), is refused before it connects.
         second, _, second_err = start("gateway", "run", "--config", str(configs[1]))
         procs.append(second)
@@ -255,6 +279,7 @@ def test_a_second_gateway_is_refused_and_one_that_takes_the_gateways_id_stops_th
                 proc.kill()
         if rogue is not None:
             rogue.stop()
+        claimer.stop()
 
 
 def test_a_presence_left_by_this_storages_last_run_does_not_block_its_restart(
