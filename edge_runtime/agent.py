@@ -110,7 +110,8 @@ class DeviceAgent(FederationMember):
         model, manifest = self.model_for(task)
         with failing_as(FailureReason.NO_MODEL):
             graph = read_graph(model)
-        data = self.data
+        with failing_as(FailureReason.NO_DATA):
+            data = self.task_data()
         started = time.perf_counter()
         # Federated evaluation: an update reports how the base model scores on the held-out share.
         evaluation = self._evaluate(model, graph, data.evaluate) if task.report or task.evaluate_only else {}
@@ -158,6 +159,12 @@ class DeviceAgent(FederationMember):
         self.store_update(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update
+
+    def task_data(self) -> LocalData:
+        """The samples a task uses. Reading them again for each task (a file that grew, or vanished)
+        belongs here: an error raised here is reported to the gateway as ``no_data`` unless it names
+        another reason."""
+        return self.data
 
     def _layers(self, graph: Graph, manifest: wire.ModelManifest) -> int:
         """The weighted layers to train: as many as the manifest lists; a device.toml value that differs is ignored."""

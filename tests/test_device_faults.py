@@ -383,3 +383,21 @@ def test_updates_stored_while_the_broker_was_down_count_in_their_round_after_it_
             agent.release.set()
             agent.stop(timeout=5)
         gateway.stop()
+
+
+def test_data_that_cannot_be_read_for_a_task_is_reported_as_no_data(
+    stand_in: tuple[ReportingStandIn, DeviceAgent], tmp_path: Path
+) -> None:
+    gateway, agent = stand_in
+    vanished = tmp_path / "own.csv"
+
+    def read_again() -> object:  # what rereading a file per task meets when the file is gone
+        return vanished.read_text()
+
+    agent.task_data = read_again  # type: ignore[assignment,method-assign]
+    doomed = task(gateway.manifest.version, round_=9)
+    gateway.send_task("dev-1", wire.encode(doomed))
+    assert gateway.wait(lambda: len(gateway.failures) == 1), "no failure report for data that vanished"
+    failure = gateway.failures[0]
+    assert (failure.task_id, failure.reason) == (doomed.task_id, FailureReason.NO_DATA)
+    assert str(vanished) in failure.detail
