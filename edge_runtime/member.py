@@ -113,7 +113,9 @@ class FederationMember(ABC):
             on_installed=self._on_installed,
             on_refused=lambda manifest, why: self._wake(),
         )
+        self._born = False  # our last word on our presence: a birth (True) or a death
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
+        self.link.subscribe(self.topics.presence(self.device_id), self._on_own_presence)
         self.link.on_connect_hooks.append(self.publish_birth)
 
     # -- what a subclass provides -------------------------------------------------------------------------
@@ -172,14 +174,29 @@ class FederationMember(ABC):
         return wire.Presence(self.device_id, alive, self.seq, int(time.time()), self.capabilities() if alive else None)
 
     def publish_birth(self) -> None:
+        self._born = True
         self.link.publish(self.topics.presence(self.device_id), wire.encode(self._presence(True)), retain=True)
 
     def publish_death(self) -> None:
         """What the last will says, said now: the member (or the board behind it) is gone."""
+        self._born = False
         if self.link.connected.is_set():
             self.link.publish(
                 self.topics.presence(self.device_id), wire.encode(self._presence(False)), retain=True, timeout=5.0
             )
+
+    def _on_own_presence(self, topic: str, payload: bytes) -> None:
+        """A death on our topic while we live is a last will with our id: our own, from before a reconnect, or
+        that of another client with our id that stopped, which the broker may deliver after our birth. Either
+        way the birth is said again, or the gateway would take a live member for dead."""
+        if not payload or not self._born or self._shutdown.is_set():
+            return
+        try:
+            presence = wire.decode(payload, expect=wire.Presence)
+        except wire.WireError:
+            return
+        if not presence.online:
+            self.publish_birth()
 
     # -- model --------------------------------------------------------------------------------------------
     def _wake(self) -> None:

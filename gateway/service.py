@@ -115,6 +115,7 @@ class Gateway:
             conflict_hint=f"a second gateway of federation {config.gateway.federation!r} started on this broker",
         )
         self.link.on_connect_hooks.append(self._announce)
+        self.link.subscribe(self.topics.gateway_presence, self._on_own_presence)
         self.reassembler = Reassembler()
         self.on_round_closed: list[Callable[[RoundSummary], None]] = []
         self.finished = threading.Event()
@@ -190,6 +191,12 @@ class Gateway:
     def _announce(self) -> None:
         """paho's thread, on every connect: the presence a starting gateway reads (a restarted broker lost it)."""
         self.link.publish(self.topics.gateway_presence, self._alive, retain=True)
+
+    def _on_own_presence(self, topic: str, payload: bytes) -> None:
+        """Another word than ours on our presence while we run (the last will of a gateway that took our id and
+        stopped, delivered late) is overwritten, so a starting gateway still finds this one."""
+        if payload and payload != self._alive and not self._stop.is_set():
+            self._announce()
 
     def _refuse_a_second_gateway(self) -> None:
         other = self._running_gateway()

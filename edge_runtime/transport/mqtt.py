@@ -215,8 +215,12 @@ class MqttLink:
         log.error("%s", self.fatal)
         self._stopping.set()
         self.connected.clear()
-        with contextlib.suppress(Exception):
-            self._client.disconnect()
+        # Dropped, not disconnected: the broker then publishes our last will, so no presence of ours (the birth
+        # said on the reconnect that found the conflict) outlives us; the other client says its own again.
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for hook in list(self.on_fatal_hooks):
             try:
                 hook(self.fatal)
