@@ -5,7 +5,7 @@ It follows the retained manifest and installs each new model atomically
 birth message and leaves a last will, and works through its tasks one at a
 time in its own thread, never in the MQTT network thread:
 
-    task -> wait for the task's base model -> train the tail on local data
+    task -> wait for the task's base model -> train the layers the manifest lists on local data
          -> delta = trained - base for the manifest's trainable tensors
          -> compress with error feedback -> encode -> outbox (on disk) -> publish
          -> forget it when the gateway's receipt names it
@@ -17,6 +17,15 @@ loss on the local held-out share (``eval_accuracy``, ``eval_loss``,
 ``eval_samples``): federated evaluation at no extra round trip. An
 evaluation task sends only that, in an update without tensors.
 Raw samples never leave this process.
+
+A task it cannot do (labels that are not the model's classes, samples that
+do not fit its input, data that vanished, training that failed, a model
+that never came or does not load) is reported to the gateway with a typed
+reason (member.py, failures.py) rather than logged and left to expire.
+
+What it trains is the gateway's to say: the manifest lists the trainable
+tensors, and the device trains exactly those layers. A ``[device]
+trainable_layers`` that disagrees is ignored, with a warning once per model.
 """
 
 from __future__ import annotations
@@ -26,25 +35,23 @@ import os
 import threading
 import time
 
+import numpy as np
+
 from . import __version__, wire
 from .compress.compressor import CompressionConfig, Compressor
 from .compress.feedback import ResidualStore
+from .data.dataset import Dataset
 from .device_config import DeviceConfig
-from .local_training import (
-    LocalData,
-    LocalDataSource,
-    held_out_metrics,
-    load_local_data,
-    model_arrays,
-    task_training,
-)
+from .failures import FailureReason, TaskFailed, failing_as
+from .local_training import LocalData, LocalDataSource, load_local_data, manifest_layers, model_arrays, task_training
 from .member import FederationMember, MemberSettings
 from .model.backends import available_backends, get_backend
 from .model.backends.base import Backend
 from .model.errors import ModelError
 from .model.graph import Graph
 from .model.reader import read_graph
-from .train.trainer import Trainer, cut_for_last_layers
+from .train.evaluate import int8_metrics
+from .train.trainer import Trainer, cut_for_last_layers, weighted_layer_ops
 
 __all__ = ["DeviceAgent", "LocalData", "load_local_data"]  # the last two moved to local_training; kept here for callers
 
@@ -88,6 +95,7 @@ class DeviceAgent(FederationMember):
             )
         )
         self.compressor = Compressor(CompressionConfig(), ResidualStore(config.storage / "residual.npz"))
+        self._layers_warned: bytes | None = None  # the model version a trainable_layers warning was given for
 
     def capabilities(self) -> wire.Capabilities:
         return wire.Capabilities(
@@ -123,39 +131,36 @@ class DeviceAgent(FederationMember):
             self.publish_birth()
         return changed
 
-    def handle(self, task: wire.Task) -> wire.Update | None:
-        """Run one task to a stored update; None when it cannot be done before its deadline."""
-        self.refresh_data()
-        if not self.wait_for_model(task.base_version, task.deadline):
-            self.refuse(
-                "no_model", f"task for round {task.round}: model {task.base_version.hex()[:12]} not here in time"
-            )
-            return None
-        model = self.store.current()
-        manifest = self.fetcher.manifest
-        if model is None or manifest is None or manifest.version != task.base_version:
-            self.refuse("no_model", f"task for round {task.round}: its base model is no longer current")
-            return None
-        graph = read_graph(model)
+    def handle(self, task: wire.Task) -> wire.Update:
+        """Run one task to a stored update; raises TaskFailed (reported to the gateway) when it cannot."""
+        model, manifest = self.model_for(task)
+        with failing_as(FailureReason.NO_MODEL):
+            graph = read_graph(model)
+        with failing_as(FailureReason.NO_DATA):
+            data = self.task_data()
         started = time.perf_counter()
         # Federated evaluation: an update reports how the base model scores on the held-out share.
-        evaluation = self._evaluate(model, graph) if task.report or task.evaluate_only else {}
+        evaluation = self._evaluate(model, graph, data.evaluate) if task.report or task.evaluate_only else {}
         if task.evaluate_only:
-            update = self.new_update(task, len(self.data.evaluate), [], evaluation, {})
+            update = self.new_update(task, len(data.evaluate), [], evaluation, {})
             self.store_update(update, task)
             return update
-        cut = cut_for_last_layers(graph, self.config.device.trainable_layers)
-        train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
-        trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
-        x, y = model_arrays(graph, self.data.train)
-        result = trainer.fit(x, y)
+        if len(data.train) == 0:
+            raise TaskFailed(FailureReason.NO_DATA, f"{data.train.name or 'the local data'}: no training samples")
         spec = manifest.spec()
-        deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
-        if not deltas:
-            self.refuse("no_overlap", f"task for round {task.round}: nothing this device trains is in the manifest")
-            return None
-        self.compressor.config = compression
-        compressed = self.compressor.compress(deltas)
+        cut = cut_for_last_layers(graph, self._layers(graph, manifest))
+        x, y = self._inputs(graph, data.train)
+        train_config, compression = task_training(task, seed=self.config.device.seed * 100_003 + task.round)
+        with failing_as(FailureReason.TRAINING):
+            trainer = Trainer(graph, cut=cut, backend=self.backend, config=train_config)
+            result = trainer.fit(x, y, progress=self.check_stop)
+            deltas = {t: d for t, d in trainer.delta_by_tensor().items() if t in spec}
+            missing = sorted(set(spec) - set(deltas))
+            if missing:
+                raise TaskFailed(FailureReason.OTHER, f"the manifest lists tensors {missing[:8]} that this model's "
+                                 "trainable layers do not have")  # fmt: skip
+            self.compressor.config = compression
+            compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]
         # Every byte here is sent each round: at 1% density a metric costs 6% of an update. Metrics ride
         # along only when the task asks for a report; accuracy and time go to the log.
@@ -176,10 +181,51 @@ class DeviceAgent(FederationMember):
                 for name, s in trainer.activation_stats().items()
                 if s["batches"] > 0
             }
-        update = self.new_update(task, len(self.data.train), compressed.tensors, metrics, ranges)
+        update = self.new_update(task, len(data.train), compressed.tensors, metrics, ranges)
         self.store_update(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update
 
-    def _evaluate(self, model: bytes, graph: Graph) -> dict[str, float]:
-        return held_out_metrics(self.backend, model, graph, self.data.evaluate)
+    def task_data(self) -> LocalData:
+        """The samples a task uses, read again when the file changed (it grew, or vanished): an error here is
+        reported to the gateway as ``no_data`` unless it names another reason (labels, shape)."""
+        self.refresh_data()
+        return self.data
+
+    def _layers(self, graph: Graph, manifest: wire.ModelManifest) -> int:
+        """The weighted layers to train: as many as the manifest lists; a device.toml value that differs is ignored."""
+        layers = manifest_layers(graph, manifest.spec())
+        if layers == 0:
+            raise TaskFailed(FailureReason.OTHER, f"the manifest of model {manifest.version.hex()[:12]} lists "
+                             "none of the model's weighted layers as trainable")  # fmt: skip
+        configured = min(self.config.device.trainable_layers, len(weighted_layer_ops(graph)))
+        if configured and configured != layers and self._layers_warned != manifest.version:
+            self._layers_warned = manifest.version
+            log.warning(
+                "device %s: [device] trainable_layers = %d in %s is ignored: the gateway's manifest lists the "
+                "last %d weighted layer(s) of model %s as trainable, and that is what this device trains",
+                self.device_id, configured, self.config.source, layers, manifest.version.hex()[:12],
+            )  # fmt: skip
+        return layers
+
+    def _inputs(self, graph: Graph, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Samples as the model's int8 input and labels as its class indices, or the failure that says why not
+        (model_arrays' errors name their reason, shape or labels, and the file)."""
+        with failing_as(FailureReason.SHAPE):
+            x, y = model_arrays(graph, data)
+        with failing_as(FailureReason.LABELS):
+            outputs = int(np.prod(graph.tensor(graph.outputs[0]).shape[1:]))
+            if len(y) and int(y.max()) >= outputs:
+                raise ModelError(f"{data.name or 'local data'}: labels reach class {int(y.max())}; the model has "
+                                 f"{outputs} outputs")  # fmt: skip
+        return x, y
+
+    def _evaluate(self, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:
+        """The base model's int8 accuracy and loss on the local held-out share (what local_training's
+        held_out_metrics reports), with a shape or label problem reported as such."""
+        if len(held_out) == 0:
+            return {}
+        x, y = self._inputs(graph, held_out)
+        with failing_as(FailureReason.TRAINING):
+            scores = int8_metrics(self.backend, model, graph, x, y)
+        return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(held_out))}

@@ -2,11 +2,11 @@
 
 ```toml
 [device]
-id = "pi-kitchen"            # topic level: letters, digits, '.', '_', '-'
+id = "pi-kitchen"            # topic level: letters, digits, '.', '_', '-'; default: see default_device_id
 federation = "home"
 storage = "/var/lib/tinyfed" # models, outbox, error-feedback residual
 backend = "auto"             # litert | tflite-runtime | micro | auto
-trainable_layers = 1         # weighted layers trained on the device (0 = all)
+# trainable_layers: the gateway's manifest decides; a value here that differs is ignored with a warning
 
 [data]
 source = "har"               # see `tinyfed device train --help` for names
@@ -29,8 +29,12 @@ max_payload = 65536          # larger updates travel as fragments
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +48,64 @@ from .config import (
     section,
     table,
 )
+from .storage import atomic_write
 from .transport.broker_config import BrokerConfig
 from .transport.fragments import DEFAULT_MAX_PAYLOAD
 from .transport.topics import DEFAULT_FEDERATION, check_id
 from .wire.errors import SchemaError
+
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+SUFFIX_FILE = "device-id-suffix"  # in the device's storage, when the machine has no id
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_SUFFIX = re.compile(r"^[0-9a-f]{8}$")
+
+
+def default_device_id(
+    storage: Path, hostname: str | None = None, machine_ids: Sequence[Path] = MACHINE_ID_FILES
+) -> str:
+    """The id of a device whose configuration names none: its host name and 8 hex digits of its own.
+
+    Host names alone collide: every fresh Raspberry Pi is ``raspberrypi``, and two clients with one id
+    take the broker connection from each other. The digits come from the machine id (systemd's
+    /etc/machine-id, or D-Bus's), as an HMAC keyed by it, as systemd advises for an application's id:
+    stable across restarts and reinstalls, unique per installed system, and not the machine id itself.
+    A system without one (a container, say) gets random digits, kept in the device's storage so they
+    stay the same at every start. An SD card cloned after first boot clones its machine id too: such
+    devices need an ``id`` each.
+    """
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", (hostname or socket.gethostname()).split(".")[0]).strip("-")[:40]
+    return f"{host or 'device'}-{_machine_digits(machine_ids) or _stored_digits(storage)}"
+
+
+def _machine_digits(machine_ids: Sequence[Path]) -> str | None:
+    for path in machine_ids:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if _MACHINE_ID.match(text):  # not "uninitialized" (first boot) nor empty (an image not yet booted)
+            return hmac.new(bytes.fromhex(text), b"tinyfed device id", hashlib.sha256).hexdigest()[:8]
+    return None
+
+
+def _stored_digits(storage: Path) -> str:
+    path = storage / SUFFIX_FILE
+    try:
+        text = path.read_text().strip()
+        if _SUFFIX.match(text):
+            return text
+    except OSError:
+        pass
+    digits = secrets.token_hex(4)
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, digits.encode())
+    except OSError as exc:
+        raise ConfigError(
+            f"[device] id: this system has no machine id, and the digits that stand in for one cannot be kept in "
+            f"{path}: {exc.strerror or exc}. Set [device] id, or make [device] storage writable"
+        ) from exc
+    return digits
 
 
 @dataclass
@@ -56,7 +114,7 @@ class DeviceSection:
     federation: str = DEFAULT_FEDERATION
     storage: str = "tinyfed-device"
     backend: str = "auto"
-    trainable_layers: int = 1
+    trainable_layers: int = 0  # 0: what the gateway's manifest lists (it decides; another value is only checked)
     seed: int = 0
     connect_timeout: float = 15.0  # seconds to reach the broker at start before giving a clear error
 
@@ -121,7 +179,7 @@ class DeviceConfig:
             source=source,
         )
         if not config.device.id:
-            config.device.id = socket.gethostname().split(".")[0]
+            config.device.id = default_device_id(config.storage)
         try:
             check_id("device id", config.device.id)
             check_id("federation", config.device.federation)

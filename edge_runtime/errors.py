@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # configuration, option, data or model file at fault (argparse uses 2 for usage errors too)
     NO_BROKER = 3  # the MQTT broker could not be reached at start
     STORAGE_LOCKED = 4  # another process holds the storage directory
+    ID_CONFLICT = 5  # another client holds this identity: a device id in use twice, a second gateway
     INTERRUPTED = 130  # Ctrl-C outside a command that stops cleanly on signals (128 + SIGINT)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .model.backends.base import Backend
 from .model.graph import Graph
 from .model.info import model_labels, quantize_input
 from .train.evaluate import int8_metrics
-from .train.trainer import TrainConfig
+from .train.trainer import TrainConfig, weighted_layer_ops
 from .wire.values import ValueCoding
 
 log = logging.getLogger(__name__)
@@ -156,3 +157,15 @@ def held_out_metrics(backend: Backend, model: bytes, graph: Graph, held_out: Dat
     x, y = model_arrays(graph, held_out)
     scores = int8_metrics(backend, model, graph, x, y)
     return {"eval_accuracy": scores["accuracy"], "eval_loss": scores["loss"], "eval_samples": float(len(held_out))}
+
+
+def manifest_layers(graph: Graph, spec: Mapping[int, int]) -> int:
+    """How many of the model's last weighted layers the gateway's manifest lists as trainable.
+
+    The manifest is the one source of truth for what devices train: the gateway folds only the
+    tensors it lists, and its dense-size figures count them. A device trains from the earliest
+    weighted layer whose weight is listed; 0 when the manifest lists none of the model's layers.
+    """
+    weighted = weighted_layer_ops(graph)
+    listed = [n for n, i in enumerate(weighted) if graph.operators[i].inputs[1] in spec]
+    return len(weighted) - listed[0] if listed else 0

@@ -9,13 +9,18 @@ time on the member's own thread (never paho's), and updates kept in an
 on-disk outbox until the gateway's receipt names them. Only what a task
 *does* differs, so that is the one method a subclass writes
 (:meth:`handle`), with :meth:`capabilities` and :meth:`validate_model`.
+
+A task that cannot be done is reported (``wire.TaskFailure``, through the
+outbox like an update), so the gateway's round does not wait for it: the
+reason comes from ``failures.failure_reason``. No task holds the member's
+one thread: waiting for a model gives way to a newer task and to a stop,
+and a stop interrupts training between two batches.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Self
 
 from . import wire
+from .errors import TinyfedError
+from .failures import TaskAbandoned, TaskFailed, describe, failure_reason
 from .model_store import ModelStore
 from .storage import atomic_write
 from .transport.fetcher import ModelFetcher
@@ -37,6 +44,9 @@ from .wire.limits import Limits
 log = logging.getLogger(__name__)
 # A task is a few dozen bytes; anything near this size on the task topic is an attack or a bug.
 TASK_LIMITS = Limits(max_message_bytes=4096, max_items=64)
+# A failure report stays in the outbox this long past its task's deadline: one made at the deadline (a model
+# that never came) must still reach the gateway's record, which keeps a device out until its birth changes.
+REPORT_GRACE = 120.0
 
 
 @dataclass
@@ -66,16 +76,26 @@ class FederationMember(ABC):
         self.seq = self._next_seq(storage / "presence_seq")
         self.refusals: Counter[str] = Counter()  # reason -> count, for status and tests
         self.done: deque[wire.Update] = deque(maxlen=100)  # updates stored in the outbox, newest last
+        self.failed: deque[wire.TaskFailure] = deque(maxlen=100)  # failure reports stored in the outbox
         self._seen_tasks: set[bytes] = set()
-        self._tasks: queue.Queue[wire.Task | None] = queue.Queue()
-        self._model_changed = threading.Condition()
+        # Tasks not yet begun, and everything the worker waits on (a task, a model, a refused model, a stop):
+        # one condition, so a wait for a model wakes as soon as a newer task or a stop makes it pointless.
+        self._pending: deque[wire.Task] = deque()
+        self._changed = threading.Condition()
+        self._shutdown = threading.Event()
         self._worker: threading.Thread | None = None
         self.busy = threading.Event()
 
+        client_id = f"tinyfed-{settings.federation}-{self.device_id}"
         self.link = MqttLink(
             settings.broker,
-            client_id=f"tinyfed-{settings.federation}-{self.device_id}",
+            client_id=client_id,
             will=Will(self.topics.presence(self.device_id), wire.encode(self._presence(False))),
+            claim_topic=self.topics.claim(client_id),
+            conflict_hint=(
+                f"another device of federation {settings.federation!r} uses the device id {self.device_id!r} "
+                "(a copied SD card or configuration, or two boards given the same id): give each its own id"
+            ),
         )
         self.sender = OutboxSender(
             self.link,
@@ -86,9 +106,16 @@ class FederationMember(ABC):
             max_payload=settings.max_payload,
         )
         self.fetcher = ModelFetcher(
-            self.link, self.topics, self.store, validate=self.validate_model, on_installed=self._on_installed
+            self.link,
+            self.topics,
+            self.store,
+            validate=self.validate_model,
+            on_installed=self._on_installed,
+            on_refused=lambda manifest, why: self._wake(),
         )
+        self._born = False  # our last word on our presence: a birth (True) or a death
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
+        self.link.subscribe(self.topics.presence(self.device_id), self._on_own_presence)
         self.link.on_connect_hooks.append(self.publish_birth)
 
     # -- what a subclass provides -------------------------------------------------------------------------
@@ -102,7 +129,12 @@ class FederationMember(ABC):
 
     @abstractmethod
     def handle(self, task: wire.Task) -> wire.Update | None:
-        """Run one task to a stored update (via :meth:`store_update`); None when it cannot be done."""
+        """Run one task to a stored update (via :meth:`store_update`).
+
+        Raise when it cannot be done: the error becomes the gateway's failure report
+        (``TaskFailed`` with its reason, or any error mapped by ``failures.failure_reason``);
+        ``TaskAbandoned`` when there is nothing to report (stopping, or the gateway moved on).
+        """
 
     def on_model_installed(self, manifest: wire.ModelManifest) -> None:  # noqa: B027 - optional hook
         """Called on the fetcher's thread after a new model is installed; keep it short."""
@@ -126,8 +158,10 @@ class FederationMember(ABC):
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the task in hand (up to ``timeout``), announce death, disconnect."""
-        self._tasks.put(None)
+        """Abandon the task in hand (a wait for a model at once, training at its next batch), announce death,
+        disconnect. Nothing half-done is stored: an update enters the outbox whole or not at all."""
+        self._shutdown.set()
+        self._wake()
         if self._worker is not None:
             self._worker.join(timeout)
         self.sender.stop()
@@ -140,33 +174,82 @@ class FederationMember(ABC):
         return wire.Presence(self.device_id, alive, self.seq, int(time.time()), self.capabilities() if alive else None)
 
     def publish_birth(self) -> None:
+        self._born = True
         self.link.publish(self.topics.presence(self.device_id), wire.encode(self._presence(True)), retain=True)
 
     def publish_death(self) -> None:
         """What the last will says, said now: the member (or the board behind it) is gone."""
+        self._born = False
         if self.link.connected.is_set():
             self.link.publish(
                 self.topics.presence(self.device_id), wire.encode(self._presence(False)), retain=True, timeout=5.0
             )
 
+    def _on_own_presence(self, topic: str, payload: bytes) -> None:
+        """A death on our topic while we live is a last will with our id: our own, from before a reconnect, or
+        that of another client with our id that stopped, which the broker may deliver after our birth. Either
+        way the birth is said again, or the gateway would take a live member for dead."""
+        if not payload or not self._born or self._shutdown.is_set():
+            return
+        try:
+            presence = wire.decode(payload, expect=wire.Presence)
+        except wire.WireError:
+            return
+        if not presence.online:
+            self.publish_birth()
+
     # -- model --------------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
     def _on_installed(self, manifest: wire.ModelManifest) -> None:
-        with self._model_changed:
-            self._model_changed.notify_all()
+        self._wake()
         self.on_model_installed(manifest)
         self.publish_birth()  # the gateway learns the new model version from the birth message
 
-    def wait_for_model(self, version: bytes, deadline: float) -> bool:
-        """Installs notify at once; the short poll covers a manifest that names the model we already have."""
-        with self._model_changed:
+    def check_stop(self, *progress: object) -> None:
+        """Raise TaskAbandoned once the member is stopping: a training progress callback, called every batch."""
+        if self._shutdown.is_set():
+            raise TaskAbandoned("the member is stopping")
+
+    def model_for(self, task: wire.Task) -> tuple[bytes, wire.ModelManifest]:
+        """The task's base model and its manifest, once installed.
+
+        Waits for it, but never past what makes the wait pointless: the model failed to install here
+        (TaskFailed, NO_MODEL), the deadline passed (likewise), a newer task arrived or the federation
+        published another version (TaskAbandoned: the gateway moved on), or the member is stopping.
+        Installs and new tasks notify at once; the short poll covers a manifest naming the model we have.
+        """
+        version = task.base_version
+        short = version.hex()[:12]
+        said = False
+        with self._changed:
             while True:
+                self.check_stop()
                 manifest = self.fetcher.manifest
-                if self.store.current_version == version and manifest is not None and manifest.version == version:
-                    return True
-                remaining = deadline - time.time()
+                installed = self.store.current_version == version
+                if installed and manifest is not None and manifest.version == version:
+                    model = self.store.current()
+                    if model is not None and self.store.current_version == version:
+                        return model, manifest
+                refused = self.fetcher.failed.get(version)
+                if refused is not None:
+                    raise TaskFailed(failure_reason(refused, wire.FailureReason.NO_MODEL),
+                                     f"model {short} does not install here: {describe(refused)}")  # fmt: skip
+                if self._pending:
+                    raise TaskAbandoned(f"a newer task arrived while model {short} was awaited")
+                announced = self.fetcher.announced
+                if announced is not None and announced.version != version and not installed:
+                    newer = announced.version.hex()[:12]
+                    raise TaskAbandoned(f"model {short} is no longer the federation's ({newer} is)")
+                remaining = task.deadline - time.time()
                 if remaining <= 0:
-                    return False
-                self._model_changed.wait(min(0.5, remaining))
+                    raise TaskFailed(wire.FailureReason.NO_MODEL, f"model {short} did not arrive before the deadline")
+                if not said:
+                    said = True
+                    log.info("device %s: task for round %d waits for model %s", self.device_id, task.round, short)
+                self._changed.wait(min(0.5, remaining))
 
     # -- tasks --------------------------------------------------------------------------------------------
     def refuse(self, reason: str, detail: str) -> None:
@@ -186,20 +269,56 @@ class FederationMember(ABC):
             self.refuse("expired", f"task for round {task.round}: its deadline passed")
             return
         self._seen_tasks.add(task.task_id)
-        self._tasks.put(task)
+        log.info("device %s: task %s for round %d on model %s", self.device_id, task.task_id.hex()[:12], task.round,
+                 task.base_version.hex()[:12])  # fmt: skip
+        with self._changed:
+            self._pending.append(task)
+            self._changed.notify_all()
+
+    def _next_task(self) -> wire.Task | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending or self._shutdown.is_set())
+            return None if self._shutdown.is_set() else self._pending.popleft()
 
     def _work(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
+        while (task := self._next_task()) is not None:
             self.busy.set()
             try:
                 self.handle(task)
-            except Exception:  # one bad task (or model) must not end the device's membership
-                log.exception("device %s: task for round %d failed", self.device_id, task.round)
+            except TaskAbandoned as why:
+                log.info("device %s: task for round %d set aside: %s", self.device_id, task.round, why)
+            except Exception as exc:  # one bad task (or model) must not end the device's membership
+                self._fail(task, exc)
             finally:
                 self.busy.clear()
+
+    def _fail(self, task: wire.Task, exc: Exception) -> None:
+        reason = failure_reason(exc, wire.FailureReason.TRAINING)
+        if isinstance(exc, TinyfedError | OSError | ValueError):
+            log.warning("device %s cannot do its task for round %d (%s): %s", self.device_id, task.round,
+                        reason.name.lower(), exc)  # fmt: skip
+        else:  # not an error tinyfed names: the traceback is the only clue
+            log.exception("device %s: task for round %d failed", self.device_id, task.round)
+        try:
+            self.report_failure(task, reason, describe(exc))
+        except Exception:  # the outbox cannot take it (a full disk): the round waits for its deadline instead
+            log.exception("device %s: the failure report for round %d could not be stored", self.device_id,
+                          task.round)  # fmt: skip
+
+    def report_failure(self, task: wire.Task, reason: wire.FailureReason, detail: str) -> wire.TaskFailure:
+        """Tell the gateway this task will not be done, through the outbox: durable, resent until receipted."""
+        failure = wire.TaskFailure(os.urandom(16), self.device_id, task.round, task.task_id, reason, detail[:256])
+        entry = OutboxEntry(
+            failure.report_id,
+            self.topics.update(self.device_id),
+            wire.encode(failure),
+            expires=max(float(task.deadline), time.time()) + REPORT_GRACE,
+            created=time.time(),
+            label=f"failure report round {task.round}",
+        )
+        self.sender.submit(entry)
+        self.failed.append(failure)
+        return failure
 
     # -- updates ------------------------------------------------------------------------------------------
     def new_update(

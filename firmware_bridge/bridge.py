@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.member import MemberSettings
+from edge_runtime.transport.mqtt import ClientIdConflict
 from edge_runtime.transport.topics import check_id
 
 from .driver import BoardDriver
@@ -78,6 +79,9 @@ class Bridge:
         self.members: dict[str, BoardMember] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # A board whose MQTT client id another client took (two bridges with one board id): the bridge stops.
+        self.conflict: ClientIdConflict | None = None
+        self.conflicted = threading.Event()
 
     def start(self) -> Bridge:
         for port in self.ports:
@@ -109,7 +113,9 @@ class Bridge:
                 log.error("the board on %s reports no id; give one as --port '%s#ID'", port.url, port.url)
                 driver.close()
                 return
-            member = BoardMember(driver, settings, heartbeat=self.heartbeat).start()
+            member = BoardMember(driver, settings, heartbeat=self.heartbeat)
+            member.link.on_fatal_hooks.append(self._on_conflict)
+            member.start()
             self.members[settings.device_id] = member
             log.info(
                 "board %s on %s joined federation %s (%s, %d KiB RAM, %d samples)",
@@ -121,6 +127,11 @@ class Bridge:
                 hello.samples,
             )
             return
+
+    def _on_conflict(self, conflict: ClientIdConflict) -> None:
+        if self.conflict is None:
+            self.conflict = conflict
+        self.conflicted.set()
 
     def stop(self) -> None:
         self._stop.set()

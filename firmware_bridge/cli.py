@@ -5,7 +5,9 @@ Exit codes (``edge_runtime.errors.ExitCode``), as for ``tinyfed device run``:
 does not exist, a storage folder that cannot be written, a misspelt
 ``TINYFED_BROKER_*`` variable; 3 when the broker cannot be reached within
 ``--connect-timeout`` seconds at start (``TransportError``; unless
-``--keep-trying``).
+``--keep-trying``); 5 when another MQTT client took a board's client id
+(``ClientIdConflict``: the same board id bridged twice); a supervisor
+should not restart on 5.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ def run(args: argparse.Namespace) -> int:
     bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
     stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
-    stop.wait()
+    while not stop.wait(0.5) and not bridge.conflicted.is_set():
+        pass
     bridge.stop()
+    if bridge.conflict is not None:
+        raise bridge.conflict
     print("bridge stopped", flush=True)
     return 0
 

@@ -13,6 +13,15 @@ seconds. A board that stops answering is announced dead on MQTT (the same
 retained presence message a device's last will carries), and greeted
 again until it answers; then it is announced alive, brought to the
 current model, and takes tasks again.
+
+A task the board refuses for a lasting reason (ERROR: not enough memory, a
+kernel it lacks, samples that do not fit the model, training that failed)
+is reported to the gateway with the reason its error code means
+(``edge_runtime.failures``), as is a model the host already knows the
+board cannot run. Passing trouble is not reported: a damaged frame, a
+transfer to resume, a reset, silence (announced as its death). A report
+keeps a device out until its birth changes, and a board's birth changes
+only when the bridge restarts or the board's firmware does.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import threading
 from typing import Self
 
 from edge_runtime import wire
+from edge_runtime.failures import BOARD_CODES, FailureReason, TaskAbandoned, TaskFailed, describe, failure_reason
 from edge_runtime.member import FederationMember, MemberSettings
 from edge_runtime.model.errors import ModelError
 from edge_runtime.model.reader import read_graph
@@ -31,6 +41,14 @@ from .driver import BoardDriver
 from .errors import BoardProblem, BoardRefused, BoardReset
 
 log = logging.getLogger(__name__)
+
+
+class BoardCannotRun(ModelError):
+    """A model the board would refuse, found out on the host; ``reason`` is what a task's failure report says."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class BoardMember(FederationMember):
@@ -67,36 +85,36 @@ class BoardMember(FederationMember):
         graph.check_int8()
         missing = sorted({op.opcode for op in graph.operators if OPCODE_CODES.get(op.opcode) not in self.board.ops})
         if missing:
-            raise ModelError(f"board {self.device_id} ({self.board.firmware}) lacks the kernels {', '.join(missing)}")
+            raise BoardCannotRun(
+                FailureReason.UNSUPPORTED,
+                f"board {self.device_id} ({self.board.firmware}) lacks the kernels {', '.join(missing)}",
+            )
         if len(model) > self.board.flash // 2:
-            raise ModelError(
-                f"a {len(model)}-byte model does not fit half of the board's {self.board.flash}-byte flash"
+            raise BoardCannotRun(
+                FailureReason.NO_MEMORY,
+                f"a {len(model)}-byte model does not fit half of the board's {self.board.flash}-byte flash",
             )
 
     def on_model_installed(self, manifest: wire.ModelManifest) -> None:
         self._sync_wanted.set()
 
-    def handle(self, task: wire.Task) -> wire.Update | None:
+    def handle(self, task: wire.Task) -> wire.Update:
         if not self.alive:
-            self.refuse("board_offline", f"task for round {task.round}: the board does not answer")
-            return None
-        if not self.wait_for_model(task.base_version, task.deadline):
-            self.refuse("no_model", f"task for round {task.round}: model {task.base_version.hex()[:12]} not here")
-            return None
-        manifest = self.fetcher.manifest
+            raise TaskAbandoned("the board does not answer (announced dead)")
+        _, manifest = self.model_for(task)
         try:
             with self._line:
                 self._bring_board_to_current_model()
                 update, _raw = self.driver.train(task)
         except BoardRefused as exc:
-            self.refuse(exc.code.name.lower(), f"task for round {task.round}: {exc}")
-            return None
+            if exc.code not in BOARD_CODES:  # passing trouble on the line or with a transfer: not the board's lot
+                raise TaskAbandoned(f"board {self.device_id}: {exc}") from exc
+            raise TaskFailed(failure_reason(exc, FailureReason.OTHER), describe(exc)) from exc
         except BoardProblem as exc:
-            self.refuse("board_failed", f"task for round {task.round}: {exc}")
             if not isinstance(exc, BoardReset):
                 self._mark_dead(str(exc))
-            return None
-        spec = manifest.spec() if manifest is not None else {}
+            raise TaskAbandoned(f"board {self.device_id}: {exc}") from exc
+        spec = manifest.spec()
         kept = [t for t in update.tensors if t.tensor in spec]
         update = wire.Update(
             update_id=update.update_id,

@@ -4,7 +4,10 @@ Exit codes (``edge_runtime.errors.ExitCode``, returned by ``tinyfed`` from
 the error raised here): 0 after SIGTERM/SIGINT or the configured number of
 rounds; 2 for a configuration error (``ConfigError``); 3 when the broker
 cannot be reached (``TransportError``); 4 when another gateway holds the
-storage directory (``StorageLocked``).
+storage directory (``StorageLocked``); 5 when another gateway of the
+federation is running (``SecondGateway``, at start) or took over this
+one's client id (``ClientIdConflict``, while running). A supervisor should
+not restart on 5: the two would take the federation from each other.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = GatewayConfig.load(args.config)
-    from edge_runtime.transport.mqtt import TransportError
+    from edge_runtime.transport.mqtt import ClientIdConflict, TransportError
 
     from .service import Gateway, RoundSummary
 
@@ -77,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
             )
 
         gateway.on_round_closed.append(report)
+        gateway.link.on_fatal_hooks.append(lambda conflict: stop.set())
         try:
             gateway.start()
+        except ClientIdConflict:
+            gateway.link.stop()
+            raise
         except TransportError as exc:
             gateway.link.stop()
             raise TransportError(
@@ -94,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             if gateway.finished.is_set():
                 break
         gateway.stop()
+    if gateway.link.fatal is not None:
+        raise gateway.link.fatal
     return 0
 
 

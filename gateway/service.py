@@ -6,20 +6,33 @@ versions; ``registry.Registry`` follows presence. This module subscribes,
 decodes, measures, sends receipts and tasks, publishes models and state,
 and runs the round thread. No paho call is made under a lock, and an
 update is decoded and measured before any lock is taken.
+
+One gateway per federation: a running gateway keeps a retained presence
+(its host and storage; its death is the last will) on the gateway
+presence topic, and a starting one reads it first, through a client of
+its own (connecting with the gateway's client id would drop the running
+one), and refuses to start while another is alive. Should two start at
+once, the client id settles it: the first stops (``ClientIdConflict``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import secrets
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from edge_runtime import wire
+from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.transport.fragments import Reassembler
-from edge_runtime.transport.mqtt import MqttLink
+from edge_runtime.transport.mqtt import MqttLink, Will
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import loads
 
@@ -36,7 +49,13 @@ from .rounds import Rounds, RoundSummary, Step
 from .store import GatewayStore
 
 log = logging.getLogger(__name__)
-__all__ = ["Gateway", "RoundSummary"]
+__all__ = ["Gateway", "RoundSummary", "SecondGateway"]
+
+
+class SecondGateway(RuntimeError, TinyfedError):
+    """Another gateway of this federation is alive on the broker: two would each run rounds of their own."""
+
+    exit_code = ExitCode.ID_CONFLICT
 
 
 def readable_update_id(data: bytes) -> bytes | None:
@@ -83,7 +102,20 @@ class Gateway:
         )
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
-        self.link = link or MqttLink(config.broker, client_id=f"tinyfed-gateway-{config.gateway.federation}")
+        # Our presence: who we are (host and storage) in the device field, our process id as its seq.
+        self.owner = f"{socket.gethostname()}:{config.storage.resolve()}"[:256]
+        self._alive = wire.encode(wire.Presence(self.owner, True, os.getpid(), int(time.time())))
+        dead = wire.encode(wire.Presence(self.owner, False, os.getpid(), int(time.time())))
+        client_id = f"tinyfed-gateway-{config.gateway.federation}"
+        self.link = link or MqttLink(
+            config.broker,
+            client_id=client_id,
+            will=Will(self.topics.gateway_presence, dead),
+            claim_topic=self.topics.claim(client_id),
+            conflict_hint=f"a second gateway of federation {config.gateway.federation!r} started on this broker",
+        )
+        self.link.on_connect_hooks.append(self._announce)
+        self.link.subscribe(self.topics.gateway_presence, self._on_own_presence)
         self.reassembler = Reassembler()
         self.on_round_closed: list[Callable[[RoundSummary], None]] = []
         self.finished = threading.Event()
@@ -131,6 +163,7 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> Gateway:
+        self._refuse_a_second_gateway()
         self.rounds.resume()  # before the first message can arrive: updates queued for us belong to this round
         self.link.start()
         self.link.require_connected(self.config.gateway.connect_timeout)
@@ -148,8 +181,69 @@ class Gateway:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.link.connected.is_set():  # gone, said now (a clean disconnect sends no last will)
+            gone = wire.Presence(self.owner, False, os.getpid(), int(time.time()))
+            self.link.publish(self.topics.gateway_presence, wire.encode(gone), retain=True, timeout=5.0)
         self.link.stop()
         self.store.close()
+
+    # -- one gateway per federation -------------------------------------------------------------------------
+    def _announce(self) -> None:
+        """paho's thread, on every connect: the presence a starting gateway reads (a restarted broker lost it)."""
+        self.link.publish(self.topics.gateway_presence, self._alive, retain=True)
+
+    def _on_own_presence(self, topic: str, payload: bytes) -> None:
+        """Another word than ours on our presence while we run (the last will of a gateway that took our id and
+        stopped, delivered late) is overwritten, so a starting gateway still finds this one."""
+        if payload and payload != self._alive and not self._stop.is_set():
+            self._announce()
+
+    def _refuse_a_second_gateway(self) -> None:
+        other = self._running_gateway()
+        if other is None or not other.online:
+            return
+        if other.device == self.owner:  # our own storage: the run before this one, which did not stop cleanly
+            log.info("the last gateway on this storage (process %d) did not say it stopped; taking over", other.seq)
+            return
+        host, _, storage = other.device.partition(":")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.timestamp))
+        grace = 1.5 * self.config.broker.keepalive
+        raise SecondGateway(
+            f"another gateway of federation {self.config.gateway.federation!r} is running on host {host!r} with "
+            f"storage {storage} (process {other.seq}, since {since}), by its presence on {self.config.broker.url}. "
+            f"Stop it first, or give this gateway another [gateway] federation. (A gateway that died is announced "
+            f"gone by the broker within about {grace:.0f} s.)"
+        )
+
+    def _running_gateway(self) -> wire.Presence | None:
+        """The retained gateway presence, read by a client of its own whose session ends with it.
+
+        Retained messages come right after the SUBACK; an echo published after it arrives after them,
+        so once the echo is back, a presence that has not arrived does not exist.
+        """
+        probe_id = f"tinyfed-gateway-{self.config.gateway.federation}-probe-{secrets.token_hex(4)}"
+        echo_topic = f"{self.topics.base}/gateway/probe/{probe_id}"
+        seen: list[wire.Presence] = []
+        echoed = threading.Event()
+
+        def on_presence(topic: str, payload: bytes) -> None:
+            if payload:
+                seen.append(wire.decode(payload, expect=wire.Presence))
+
+        probe = MqttLink(dataclasses.replace(self.config.broker, session_expiry=0), probe_id)
+        probe.subscribe(self.topics.gateway_presence, on_presence)
+        probe.subscribe(echo_topic, lambda topic, payload: echoed.set())
+        timeout = self.config.gateway.connect_timeout
+        try:
+            probe.start()
+            probe.require_connected(timeout)
+            if not (probe.wait_ready(timeout) and probe.publish(echo_topic, b"", timeout=timeout)
+                    and echoed.wait(timeout)):  # fmt: skip
+                log.warning("could not read the gateway presence on the broker; starting without that check")
+                return None
+        finally:
+            probe.stop()
+        return seen[-1] if seen else None
 
     # -- incoming -------------------------------------------------------------------------------------------
     def _on_presence(self, topic: str, payload: bytes) -> None:

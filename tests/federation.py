@@ -40,7 +40,13 @@ def gateway_config(broker: MosquittoProcess, storage: Path, model: Path, **round
 
 
 def start_agents(
-    broker: MosquittoProcess, tmp: Path, digits: DataSplit, backend: Backend, n: int, scheme: str = "dirichlet:0.5"
+    broker: MosquittoProcess,
+    tmp: Path,
+    digits: DataSplit,
+    backend: Backend,
+    n: int,
+    scheme: str = "dirichlet:0.5",
+    agent_class: type[DeviceAgent] = DeviceAgent,
 ) -> list[DeviceAgent]:
     agents = []
     for i in range(n):
@@ -56,7 +62,7 @@ def start_agents(
             },
             env={},
         )  # fmt: skip
-        agents.append(DeviceAgent(config, data, backend).start())
+        agents.append(agent_class(config, data, backend).start())
     return agents
 
 

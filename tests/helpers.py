@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
 from edge_runtime import wire
 from edge_runtime.transport.broker import MosquittoProcess
@@ -90,3 +90,26 @@ def watch_presence(broker: MosquittoProcess, topic: str, name: str) -> tuple[Mqt
     link = MqttLink(fast_config(broker), name)
     link.subscribe(topic, lambda _, payload: seen.append(wire.decode(payload, expect=wire.Presence)))
     return link.start(), seen
+
+
+class Lines:
+    """A process's output, read line by line on a thread, so a test can wait for a line while the process runs."""
+
+    def __init__(self, stream: IO[str] | None, wait: float = 60.0) -> None:
+        assert stream is not None, "start the process with stdout/stderr=subprocess.PIPE"
+        self.seen: Recorder[str] = Recorder()
+        self._wait = wait
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.seen.append(line)
+
+    def wait_for(self, text: str, what: str) -> None:
+        self.seen.wait_until(lambda got: any(text in line for line in got), self._wait, what)
+
+    def text(self) -> str:
+        """Everything, once the process has closed the stream (it has exited)."""
+        self._thread.join(self._wait)
+        return "".join(self.seen.items)

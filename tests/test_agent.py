@@ -261,3 +261,75 @@ def test_an_update_above_the_payload_limit_travels_as_fragments(
     finally:
         agent.stop(timeout=5)
         gateway.stop()
+
+
+def test_the_gateways_manifest_decides_what_a_device_trains_and_a_config_that_disagrees_is_ignored(
+    broker: MosquittoProcess,
+    tmp_path: Path,
+    digits: DataSplit,
+    digits_mlp: Graph,
+    backend: Backend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = write_graph(digits_mlp)
+    spec = trainable_spec(digits_mlp, layers=2)  # the gateway asks for the last two layers
+    manifest, chunks = make_manifest(model, spec, 4096, federation=FED)
+    gateway = GatewayStandIn(broker, manifest)
+    config = agent_config(broker, tmp_path / "dev-3", device="dev-3")  # says trainable_layers = 1
+    assert config.device.trainable_layers == 1
+    agent = DeviceAgent(config, local_data(digits, 2), backend).start()
+    caplog.set_level(logging.WARNING, logger="edge_runtime.agent")
+    try:
+        publish_model(gateway.link, TOPICS, manifest, chunks)
+        assert gateway.wait(lambda: (p := gateway.presence.get("dev-3")) is not None and p.capabilities is not None
+                            and p.capabilities.model_version == manifest.version), "no birth naming the model"
+        dense = {"density": 1.0, "value_coding": int(wire.ValueCoding.FLOAT32), "epochs": 1}
+        for round_ in (1, 2):
+            gateway.send_task("dev-3", wire.encode(task(manifest.version, round_=round_, **dense)))
+            assert gateway.wait(lambda r=round_: any(u.round == r for u in gateway.updates))  # type: ignore[misc]
+        # Every tensor the manifest lists was trained and sent, not the one layer device.toml names.
+        for update in gateway.updates:
+            assert {t.tensor: t.nnz for t in update.tensors} == {t.tensor: int(np.prod(t.shape)) for t in spec}
+        warnings = [r.getMessage() for r in caplog.records if "trainable_layers" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once per model version, not every round
+        assert "trainable_layers = 1" in warnings[0] and "is ignored" in warnings[0]
+        assert "last 2 weighted layer(s)" in warnings[0]
+    finally:
+        agent.stop(timeout=5)
+        gateway.stop()
+
+
+def test_a_device_without_a_trainable_layers_setting_trains_the_whole_manifest_quietly(
+    broker: MosquittoProcess,
+    tmp_path: Path,
+    digits: DataSplit,
+    digits_mlp: Graph,
+    backend: Backend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = write_graph(digits_mlp)
+    spec = trainable_spec(digits_mlp, layers=0)  # every weighted layer
+    manifest, chunks = make_manifest(model, spec, 4096, federation=FED)
+    gateway = GatewayStandIn(broker, manifest)
+    config = DeviceConfig.from_mapping(
+        {
+            "device": {"id": "dev-4", "federation": FED, "storage": str(tmp_path / "dev-4")},
+            "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+        },
+        env={},
+    )
+    agent = DeviceAgent(config, local_data(digits, 3), backend).start()
+    caplog.set_level(logging.WARNING, logger="edge_runtime.agent")
+    try:
+        publish_model(gateway.link, TOPICS, manifest, chunks)
+        assert gateway.wait(lambda: (p := gateway.presence.get("dev-4")) is not None and p.capabilities is not None
+                            and p.capabilities.model_version == manifest.version), "no birth naming the model"
+        dense = {"density": 1.0, "value_coding": int(wire.ValueCoding.FLOAT32), "epochs": 1}
+        gateway.send_task("dev-4", wire.encode(task(manifest.version, **dense)))
+        assert gateway.wait(lambda: len(gateway.updates) == 1)
+        assert {t.tensor for t in gateway.updates[0].tensors} == {t.tensor for t in spec}
+        assert sum(t.nnz for t in gateway.updates[0].tensors) == sum(int(np.prod(t.shape)) for t in spec)
+        assert not [r for r in caplog.records if "trainable_layers" in r.getMessage()]
+    finally:
+        agent.stop(timeout=5)
+        gateway.stop()

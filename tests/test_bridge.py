@@ -11,6 +11,7 @@ import pytest
 
 from edge_runtime.agent import load_local_data
 from edge_runtime.device_config import DataSection
+from edge_runtime.failures import FailureReason
 from edge_runtime.member import MemberSettings
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
@@ -139,5 +140,46 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         gateway.stop()
         bridge.stop()
         watcher.stop()
+        for board in boards:
+            board.stop()
+
+
+def test_a_board_that_refuses_its_task_is_reported_and_the_round_closes_without_it(
+    broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
+) -> None:
+    model = write_graph(digits_mlp)
+    model_path = tmp_path / "initial.tflite"
+    model_path.write_bytes(model)
+    config = GatewayConfig.from_mapping(
+        {
+            "gateway": {"federation": FED, "storage": str(tmp_path / "gw"), "model": str(model_path),
+                        "trainable_layers": 1},
+            "rounds": {"rounds": 1, "min_devices": 2, "deadline": 600.0, "density": 0.2},
+            "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+        },
+        env={},
+    )  # fmt: skip
+    data = load_local_data(DataSection(source="digits", shard="1/10"))
+    probe = EmulatedBoard(tmp_path / "probe.flash", BoardSpec(board_id="probe"), data=data)
+    need = probe.memory_report(model, config.rounds.batch_size, config.rounds.density)
+    short = BoardSpec(baud=BAUD, board_id="mcu-small", ram=need.total - 1)  # loads the model, cannot train it
+    boards = [make_board(tmp_path, "mcu-ok", "0/10"), EmulatedBoard(tmp_path / "s.flash", short, data=data).start()]
+    settings = MemberSettings(device_id="", federation=FED, storage=tmp_path / "bridge",
+                              broker=fast_config(broker, protocol="auto"), resend_after=5.0)  # fmt: skip
+    bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
+    gateway = Gateway(config).start()
+    try:
+        assert gateway.finished.wait(WAIT * 3), "the round did not end"
+        store = GatewayStore(tmp_path / "gw" / "gateway.db")
+        failure = store.failures()[0]
+        assert (failure["device"], failure["round"]) == ("mcu-small", 1)
+        assert failure["reason"] == int(FailureReason.NO_MEMORY) and "training needs" in failure["detail"]
+        round1 = next(r for r in store.rounds() if r.round == 1)
+        assert round1.status == "closed" and round1.closed is not None and round1.closed < round1.deadline
+        assert [u.device for u in store.round_updates(1, "train")] == ["mcu-ok"]
+        store.close()
+    finally:
+        gateway.stop()
+        bridge.stop()
         for board in boards:
             board.stop()

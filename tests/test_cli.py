@@ -176,6 +176,8 @@ def test_every_error_class_is_a_tinyfed_error_with_its_old_base_and_its_exit_cod
     expected = {
         "TransportError": ExitCode.NO_BROKER,
         "StorageLocked": ExitCode.STORAGE_LOCKED,
+        "ClientIdConflict": ExitCode.ID_CONFLICT,
+        "SecondGateway": ExitCode.ID_CONFLICT,
     }
     found: dict[str, type[BaseException]] = {}
     for package in ("edge_runtime", "gateway", "firmware_bridge", "hil", "tinyfed"):
@@ -194,10 +196,12 @@ def test_every_error_class_is_a_tinyfed_error_with_its_old_base_and_its_exit_cod
                     and issubclass(value, BaseException)
                     and value.__module__ == module.__name__
                     and not name.startswith("_")  # the emulated firmware's private control flow
+                    and issubclass(value, Exception)  # not control flow like failures.TaskAbandoned (a BaseException)
                 ):
                     found[name] = value
     known = ("WireError", "ModelError", "ConfigError", "DataError", "BrokerError", "FrameError", "BoardProblem",
-             "LinkError", "FaultSpecError", "BackendUnavailableError", "StorageLocked", "TransportError")  # fmt: skip
+             "LinkError", "FaultSpecError", "BackendUnavailableError", "StorageLocked", "TransportError",
+             "ClientIdConflict", "SecondGateway", "TaskFailed")  # fmt: skip
     assert set(known) <= set(found), set(known) - set(found)
     for name, cls in found.items():
         assert issubclass(cls, TinyfedError), f"{cls.__module__}.{name} is not a TinyfedError"

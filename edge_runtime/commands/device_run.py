@@ -3,7 +3,10 @@
 Exit codes (``edge_runtime.errors.ExitCode``): 0 after SIGTERM/SIGINT (a
 clean stop: death announced, outbox kept on disk), 2 for a configuration or
 data error (``ConfigError``, ``DataError``), 3 when the broker cannot be
-reached at start (``TransportError``; unless ``--keep-trying``).
+reached at start (``TransportError``; unless ``--keep-trying``), 5 when
+another client connected with this device's id (``ClientIdConflict``: two
+devices given the same id), at any time; a supervisor should not restart
+on 5, or the two would take the id from each other for ever.
 
 A device whose ``[data] source`` is its own .csv/.npz file takes up new
 rows without a restart: the file is looked at before each task and, while
@@ -50,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     check_storage_dir(config.storage, setting(config.source, "device", "storage"))
     check_backend(config)
     from ..agent import DeviceAgent
-    from ..transport.mqtt import TransportError
+    from ..transport.mqtt import ClientIdConflict, TransportError
 
     try:
         agent = DeviceAgent(config)
     except DataError as exc:
         raise DataError(f"{setting(config.source, 'data', 'source')} = {config.data.source!r}: {exc}") from exc
     stop = stop_on_signals()
+    agent.link.on_fatal_hooks.append(lambda conflict: stop.set())
     agent.start()
     print(
         f"device {config.device.id} of federation {config.device.federation}: {len(agent.data.train)} training "
@@ -66,17 +70,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.keep_trying:
         try:
             agent.link.require_connected(config.device.connect_timeout)
+        except ClientIdConflict:
+            agent.stop(timeout=1.0)
+            raise
         except TransportError as exc:
             agent.stop(timeout=1.0)
             raise TransportError(
                 f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
                 f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL), or pass --keep-trying."
             ) from exc
-    while not stop.wait(1.0):
+    while not stop.wait(1.0):  # set by SIGTERM/SIGINT, or by the link when another client takes our id
         try:
             agent.refresh_data(idle_only=True)
         except DataError as exc:  # said once per change of the file; the last good data stays, tasks report it
             log.error("device %s: cannot read its data: %s", config.device.id, exc)
     agent.stop()
+    if agent.link.fatal is not None:
+        raise agent.link.fatal
     print(f"device {config.device.id} stopped cleanly", flush=True)
     return 0

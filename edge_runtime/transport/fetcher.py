@@ -3,7 +3,9 @@
 A damaged chunk is refused on arrival and fetched again by re-subscribing
 to its topic (the broker re-delivers the retained copy); the model in use
 keeps serving until the new one is complete, hashes to its version and
-loads in the device's interpreter.
+loads in the device's interpreter. A version that does not install is
+remembered with the reason (``failed``), so a task waiting for it can
+say at once that its model will not come, instead of waiting out its deadline.
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ class ModelFetcher:
         store: ModelStore,
         validate: Validator | None = None,
         on_installed: Callable[[wire.ModelManifest], None] | None = None,
+        on_refused: Callable[[wire.ModelManifest, Exception], None] | None = None,
     ) -> None:
         self.link = link
         self.topics = topics
         self.store = store
         self.validate = validate
         self.on_installed = on_installed
+        self.on_refused = on_refused
         self.assembler: ChunkAssembler | None = None
         self.manifest: wire.ModelManifest | None = None  # of the installed model, once known
+        self.announced: wire.ModelManifest | None = None  # the latest manifest the gateway published
+        self.failed: dict[bytes, Exception] = {}  # version -> why it was not installed
         self.refused = 0
         self._refetching: set[str] = set()
         self.installed = threading.Event()
@@ -49,6 +55,7 @@ class ModelFetcher:
         except wire.WireError as exc:
             log.warning("refused a manifest: %s", exc)
             return
+        self.announced = manifest
         if manifest.version == self.store.current_version:
             self.manifest = manifest
             self.installed.set()
@@ -101,6 +108,9 @@ class ModelFetcher:
                 exc,
                 (self.store.current_version or b"").hex()[:12] or "nothing",
             )
+            self.failed[manifest.version] = exc
+            if self.on_refused is not None:
+                self.on_refused(manifest, exc)
             return
         for topic in [self.topics.chunks(manifest.version), *self._refetching]:
             self.link.unsubscribe(topic)

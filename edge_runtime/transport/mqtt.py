@@ -8,6 +8,13 @@
   that lost its hub reconnects in lockstep. Here every retry waits a uniform
   draw up to an exponentially growing cap ("full jitter").
 - TLS (CA file, client certificate) and username/password.
+- One client per client id. Two clients with the same id (two Pis both called
+  ``raspberrypi``, a second gateway) would take the id from each other
+  forever, each reconnect dropping the other. One of them stops instead,
+  with :class:`ClientIdConflict` (exit code 5): the one the broker drops
+  with "Session taken over" (MQTT 5 reason 0x8E, Mosquitto >= 2.0.15), or,
+  on brokers that just close the connection, the one whose *claim* on the
+  id is not the latest (see :meth:`MqttLink._on_claim`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import socket
 import threading
 import time
@@ -27,11 +35,20 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .. import wire
+from ..errors import ExitCode
 from .broker_config import BrokerConfig as BrokerConfig  # re-exported: its historical home
 from .broker_config import TransportError as TransportError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], None]
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with this client id
+
+
+class ClientIdConflict(TransportError):
+    """Another client connected with this one's client id: reconnecting would only take it back, endlessly."""
+
+    exit_code = ExitCode.ID_CONFLICT
 
 
 @dataclass
@@ -45,7 +62,13 @@ class MqttLink:
     """A persistent, self-reconnecting connection with per-topic handlers."""
 
     def __init__(
-        self, config: BrokerConfig, client_id: str, will: Will | None = None, rng: random.Random | None = None
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        will: Will | None = None,
+        rng: random.Random | None = None,
+        claim_topic: str | None = None,
+        conflict_hint: str = "",
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -66,6 +89,17 @@ class MqttLink:
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
         self._connack_seen = False
+        # The id's claim (see _on_claim): ours once made, the highest of others seen, this connection's probe.
+        self.claim_topic = claim_topic
+        self.conflict_hint = conflict_hint
+        self.claim: int | None = None
+        self._highest_claim = 0
+        self._probe = 0
+        self.claimed = threading.Event()  # our claim came back from the broker
+        self.fatal: ClientIdConflict | None = None  # set once another client holds our id; the link has stopped
+        self.on_fatal_hooks: list[Callable[[ClientIdConflict], None]] = []
+        if claim_topic is not None:
+            self._handlers[claim_topic] = (1, self._on_claim)
         self._client = self._make_client()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -114,6 +148,10 @@ class MqttLink:
         with self._subs_lock:
             if not self._pending_subs:
                 self.subscribed.set()
+        if self.claim_topic is not None:  # after the subscription, so its echo follows the retained claim
+            self._probe = secrets.randbits(62)
+            probe = wire.Presence(self.client_id, False, self._probe, int(time.time()))
+            client.publish(self.claim_topic, wire.encode(probe), qos=1)
         self.connected.set()
         log.info("%s connected to %s:%d (MQTT %s)", self.client_id, self.host, self.port, self.protocol)
         for hook in list(self.on_connect_hooks):
@@ -125,8 +163,69 @@ class MqttLink:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            self._conflict("the broker said 'Session taken over', MQTT 5 reason 0x8E")
         if not self._stopping.is_set():
             log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
+
+    def _on_claim(self, topic: str, payload: bytes) -> None:
+        """Claims on the id: the latest claim's holder keeps it; any other holder that sees it stops.
+
+        A claim is a retained Presence whose ``seq`` is a generation (high bits) and a random number (low
+        32 bits). On every connect the link sends a probe (a Presence with ``online`` false, not retained)
+        after subscribing: when its echo returns, the retained claim has been seen, and the link (re)claims
+        the id, the first time with a generation above every claim seen. So a client starting beside a
+        running one claims above it, and the running one stops when it sees that claim at its next connect
+        (which the newcomer's connect forces); a claim below ours (the run before ours, a wiped SD card's,
+        an old message the broker delivers again with a resumed session) is not a conflict; two that
+        start at the same moment, without seeing each other, are ordered by their random numbers, the
+        re-claim at every connect making sure the lower one sees the higher.
+        """
+        if not payload:
+            return  # a cleared retained message
+        try:
+            message = wire.decode(payload, expect=wire.Presence)
+        except wire.WireError as exc:
+            log.warning("%s: ignored an unreadable claim on %s: %s", self.client_id, topic, exc)
+            return
+        if not message.online:  # a probe
+            if message.seq != self._probe or self.fatal is not None:
+                return  # an older connection's probe, delivered again with the resumed session
+            if self.claim is None:
+                self.claim = ((self._highest_claim >> 32) + 1) << 32 | secrets.randbits(32)
+            claim = wire.Presence(self.client_id, True, self.claim, int(time.time()))
+            self._client.publish(topic, wire.encode(claim), qos=1, retain=True)
+        elif message.seq == self.claim:
+            self.claimed.set()
+        else:
+            self._highest_claim = max(self._highest_claim, message.seq)
+            if self.claim is not None and message.seq > self.claim:
+                when = time.strftime("%H:%M:%S", time.localtime(message.timestamp))
+                self._conflict(f"another process claimed the id at {when}, after this one")
+
+    def _conflict(self, how: str) -> None:
+        """Stop for good and say why: paho's thread, so nothing here waits."""
+        if self.fatal is not None:
+            return
+        hint = f"; {self.conflict_hint}" if self.conflict_hint else ""
+        self.fatal = ClientIdConflict(
+            f"another MQTT client connected to {self.host}:{self.port} with the client id {self.client_id!r} "
+            f"({how}){hint}. This one stopped rather than take the id back in an endless reconnect loop"
+        )
+        log.error("%s", self.fatal)
+        self._stopping.set()
+        self.connected.clear()
+        # Dropped, not disconnected: the broker then publishes our last will, so no presence of ours (the birth
+        # said on the reconnect that found the conflict) outlives us; the other client says its own again.
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for hook in list(self.on_fatal_hooks):
+            try:
+                hook(self.fatal)
+            except Exception:
+                log.exception("on-fatal hook failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         for pattern, (_, handler) in list(self._handlers.items()):  # handlers may (un)subscribe
@@ -226,6 +325,8 @@ class MqttLink:
     def require_connected(self, timeout: float) -> None:
         """Wait for the broker, or raise TransportError with the reason (for a clear start-up message)."""
         if not self.wait_connected(timeout):
+            if self.fatal is not None:
+                raise self.fatal
             raise TransportError(self.last_error or f"no connection to {self.host}:{self.port} within {timeout} s")
 
     def stop(self) -> None:

@@ -9,6 +9,8 @@
 | ``.../device/<id>/update`` | Update | no | 1 |
 | ``.../device/<id>/receipt`` | Receipt: which update ids arrived | no | 1 |
 | ``.../device/<id>/presence`` | Presence: birth, or death as the last will | yes | 1 |
+| ``.../gateway/presence`` | Presence of the gateway (its host and storage), death as the last will | yes | 1 |
+| ``.../client/<client id>/claim`` | Presence: a claim on the id, or a probe (mqtt.py ``_on_claim``) | claims | 1 |
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ class Topics:
 
     def presence(self, device: str) -> str:
         return f"{self.base}/device/{check_id('device', device)}/presence"
+
+    @property
+    def gateway_presence(self) -> str:
+        """The running gateway's retained presence: a second gateway reads it and refuses to start."""
+        return f"{self.base}/gateway/presence"
+
+    def claim(self, client_id: str) -> str:
+        """Where a link claims its MQTT client id, to tell a second client with the same id (mqtt.py)."""
+        if not client_id or any(c in client_id for c in "/+#"):
+            raise SchemaError("client id", f"{client_id!r} cannot be a topic level")
+        return f"{self.base}/client/{client_id}/claim"
 
     @property
     def all_updates(self) -> str:
