@@ -60,8 +60,21 @@ class Topics:
         return f"{self.base}/device/{check_id('device', device)}/presence"
 
     @property
+    def all_chunks(self) -> str:
+        """Every version's chunks: a filter for subscriptions and the broker's ACL."""
+        return f"{self.base}/model/+/chunk/+"
+
+    @property
+    def all_tasks(self) -> str:
+        return f"{self.base}/device/+/task"
+
+    @property
     def all_updates(self) -> str:
         return f"{self.base}/device/+/update"
+
+    @property
+    def all_receipts(self) -> str:
+        return f"{self.base}/device/+/receipt"
 
     @property
     def all_presence(self) -> str:
