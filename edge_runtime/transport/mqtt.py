@@ -8,6 +8,10 @@
   that lost its hub reconnects in lockstep. Here every retry waits a uniform
   draw up to an exponentially growing cap ("full jitter").
 - TLS (CA file, client certificate) and username/password.
+- A publish the broker refuses (MQTT 5 PUBACK with a failure reason, such
+  as "Not authorized" from an ACL) is not a delivered one: ``publish``
+  with a timeout says False and the refusal is logged. MQTT 3.1.1 has no
+  way to say so; there a refused publish looks delivered.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class MqttLink:
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
         self._connack_seen = False
+        self._refused: dict[int, str] = {}  # message id -> the reason of the PUBACK that refused it (MQTT 5)
+        self._refused_lock = threading.Lock()  # like _subs_lock: a few instructions, never across a paho call
         self._client = self._make_client()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -88,6 +94,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -125,7 +132,14 @@ class MqttLink:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        if not self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if not self._connack_seen:  # closed before any CONNACK: with TLS, the broker refused our certificate
+            self.last_error = f"{self.host}:{self.port} closed the connection before answering CONNECT" + (
+                " (TLS: no client certificate, one from another CA, or a revoked one?)" if self.tls else ""
+            )
+            log.warning("%s: %s; retrying", self.client_id, self.last_error)
+        else:
             log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -147,6 +161,16 @@ class MqttLink:
                 self._early_subacks.add(mid)
             if not self._pending_subs:
                 self.subscribed.set()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        """Runs before paho marks the message published, so ``publish`` sees the refusal once its wait ends."""
+        with self._refused_lock:
+            if getattr(reason, "is_failure", False):
+                self._refused[mid] = str(reason)
+            else:
+                self._refused.pop(mid, None)  # message ids are reused: only the latest PUBACK of each counts
+        if getattr(reason, "is_failure", False):
+            log.warning("%s: the broker refused publish %d: %s", self.client_id, mid, reason)
 
     def _track_subscription(self, mid: int | None) -> None:
         if mid is None:
@@ -261,7 +285,7 @@ class MqttLink:
         expiry: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Publish; with ``timeout``, wait for the broker's PUBACK and say whether it came.
+        """Publish; with ``timeout``, wait for the broker's PUBACK and say whether it came and accepted the message.
 
         Returns False at once while disconnected: callers keep the message (the outbox does).
         """
@@ -280,4 +304,11 @@ class MqttLink:
             info.wait_for_publish(timeout)  # paho's own PUBACK wait
         except (RuntimeError, ValueError):
             return False
-        return info.is_published()
+        if not info.is_published():
+            return False
+        with self._refused_lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:  # _on_publish has logged it
+            log.debug("%s: publish on %s refused: %s", self.client_id, topic, refused)
+            return False
+        return True
