@@ -16,7 +16,7 @@ def _report(what: str, out: Written) -> int:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         print(f"  {mode:04o}  {path}")
     if out.retired is not None:
-        print(f"moved the material it replaces to {out.retired}")
+        print(f"moved the old material to {out.retired}")
     for note in out.notes:
         print(f"- {note}")
     return 0
