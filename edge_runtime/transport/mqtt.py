@@ -70,6 +70,7 @@ class MqttLink:
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.last_error = ""
         self._connack_seen = False
+        self._unanswered = False  # this attempt's CONNACK watchdog gave up (and said so in last_error)
         self._refused: dict[int, str] = {}  # message id -> the reason of the PUBACK that refused it (MQTT 5)
         self._refused_lock = threading.Lock()  # like _subs_lock: a few instructions, never across a paho call
         self._client = self._make_client()
@@ -134,7 +135,7 @@ class MqttLink:
         self.subscribed.clear()
         if self._stopping.is_set():
             return
-        if not self._connack_seen:  # closed before any CONNACK: with TLS, the broker refused our certificate
+        if not self._connack_seen and not self._unanswered:  # the broker closed first: with TLS, our certificate
             self.last_error = f"{self.host}:{self.port} closed the connection before answering CONNECT" + (
                 " (TLS: no client certificate, one from another CA, or a revoked one?)" if self.tls else ""
             )
@@ -206,6 +207,7 @@ class MqttLink:
                 attempt += 1
                 continue
             self._connack_seen = False
+            self._unanswered = False
             watchdog = threading.Timer(self.config.connack_timeout, self._drop_if_unanswered)
             watchdog.daemon = True
             watchdog.start()
@@ -232,6 +234,7 @@ class MqttLink:
         the keepalive expires; shutting the socket ends loop_forever at once."""
         if self._connack_seen or self._stopping.is_set():
             return
+        self._unanswered = True
         self.last_error = f"no CONNACK from {self.host}:{self.port} within {self.config.connack_timeout} s"
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
