@@ -231,6 +231,8 @@ def test_bad_ids_and_paths_are_refused_by_name(tmp_path: Path) -> None:
     root = tmp_path / "pki"
     with pytest.raises(ProvisionError, match="federation"):
         provision.init(root, "home/+", ["127.0.0.1"])
+    with pytest.raises(ProvisionError, match="--days 0"):
+        provision.init(root, FEDERATION, ["127.0.0.1"], days=0)
     with pytest.raises(ProvisionError, match="--broker-dir"):
         provision.init(root, FEDERATION, ["127.0.0.1"], broker_dir="relative/dir")
     provision.init(root, FEDERATION, ["127.0.0.1"])

@@ -27,7 +27,7 @@ CONFIG = "device.toml"
 FILES = {CA: PUBLIC, TLS_CERT: PUBLIC, TLS_KEY: PRIVATE, SIGNING_KEY: PRIVATE, GATEWAY_KEY: PUBLIC, CONFIG: PUBLIC}
 
 
-def _toml(value: str) -> str:
+def toml_string(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's; non-ASCII is written as is, TOML has no surrogates)."""
     return json.dumps(value, ensure_ascii=False)
 
@@ -48,20 +48,20 @@ class DeviceToml:
             f"# tinyfed device {self.device} of federation {self.federation}: written by `tinyfed provision device`.\n"
             f"# The key files are expected in {self.install_dir} (0700, keys 0600); see docs/security.md.\n"
             "\n[device]\n"
-            f"id = {_toml(self.device)}\n"
-            f"federation = {_toml(self.federation)}\n"
-            f"storage = {_toml(self.storage)}\n"
+            f"id = {toml_string(self.device)}\n"
+            f"federation = {toml_string(self.federation)}\n"
+            f"storage = {toml_string(self.storage)}\n"
             "\n# [data]: this device's own data, for example\n"
             '# source = "/var/lib/tinyfed/local.npz"\n'
             "\n[broker]\n"
-            f"url = {_toml(self.broker_url)}\n"
-            f"ca_file = {_toml(self.path(CA))}\n"
-            f"cert_file = {_toml(self.path(TLS_CERT))}  # its common name is this device's MQTT username\n"
-            f"key_file = {_toml(self.path(TLS_KEY))}\n"
+            f"url = {toml_string(self.broker_url)}\n"
+            f"ca_file = {toml_string(self.path(CA))}\n"
+            f"cert_file = {toml_string(self.path(TLS_CERT))}  # its common name is this device's MQTT username\n"
+            f"key_file = {toml_string(self.path(TLS_KEY))}\n"
             'protocol = "5"\n'
             "\n[trust]\n"
-            f"signing_key = {_toml(self.path(SIGNING_KEY))}  # signs this device's updates and presence\n"
-            f"gateway_key = {_toml(self.path(GATEWAY_KEY))}  # the gateway's key, pinned: verifies models\n"
+            f"signing_key = {toml_string(self.path(SIGNING_KEY))}  # signs this device's updates and presence\n"
+            f"gateway_key = {toml_string(self.path(GATEWAY_KEY))}  # the gateway's key, pinned: verifies models\n"
         )
 
 

@@ -107,14 +107,14 @@ def _gateway_toml(meta: FederationMeta, layout: Layout) -> bytes:
         f"# The [broker] table of gateway.toml for federation {meta.federation}: written by `tinyfed provision init`.\n"
         f"# The gateway reads its files in place, here, so a revocation needs no copy on the gateway's side.\n"
         "[broker]\n"
-        f"url = {bundle._toml(meta.broker_url)}\n"
-        f"ca_file = {bundle._toml(str(g / 'ca.crt'))}\n"
-        f"cert_file = {bundle._toml(str(g / 'tls.crt'))}  # common name {meta.gateway_identity}\n"
-        f"key_file = {bundle._toml(str(g / 'tls.key'))}\n"
+        f"url = {bundle.toml_string(meta.broker_url)}\n"
+        f"ca_file = {bundle.toml_string(str(g / 'ca.crt'))}\n"
+        f"cert_file = {bundle.toml_string(str(g / 'tls.crt'))}  # common name {meta.gateway_identity}\n"
+        f"key_file = {bundle.toml_string(str(g / 'tls.key'))}\n"
         'protocol = "5"\n'
         "\n# The gateway's signing key and the device registry it re-reads when it changes:\n"
-        f"# signing_key = {bundle._toml(str(g / 'signing.key'))}\n"
-        f"# devices = {bundle._toml(str(layout.registry))}\n"
+        f"# signing_key = {bundle.toml_string(str(g / 'signing.key'))}\n"
+        f"# devices = {bundle.toml_string(str(layout.registry))}\n"
     ).encode()
 
 
@@ -155,6 +155,8 @@ def init(
         raise ProvisionError("--broker-host: give the host name or address devices reach the broker at")
     if not 0 < port < 65536:
         raise ProvisionError(f"--port {port}: not a TCP port")
+    if days < 1:
+        raise ProvisionError(f"--days {days}: certificates must be valid for at least a day")
     if tls_key not in TLS_KEYS:
         raise ProvisionError(f"--tls-key {tls_key!r}: expected one of {', '.join(TLS_KEYS)}")
     _absolute("--broker-dir", broker_dir)
@@ -224,6 +226,8 @@ def add_device(
     _id("device id", device)
     if device == meta.gateway_identity:
         raise ProvisionError(f"device id {device!r} is the gateway's identity; choose another")
+    if days < 1:
+        raise ProvisionError(f"--days {days}: certificates must be valid for at least a day")
     target = PurePosixPath(_absolute("--install-dir", install_dir))
     _absolute("--storage", storage)
     registry = read_registry(layout.registry)
