@@ -302,3 +302,23 @@ def test_the_command_prints_paths_and_modes_never_keys(tmp_path: Path, capsys: p
     assert main(["provision", "init", "--federation", FEDERATION, "--out", str(root), "--broker-host", "hub"]) == 2
     assert "refusing to replace a CA" in capsys.readouterr().err
     assert hashlib.sha256(b"".join(tree(root).values())).hexdigest() == checksum
+
+
+def test_several_devices_enrol_at_once_or_not_at_all(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    provision.init(root, FEDERATION, ["127.0.0.1"])
+    provision.add_devices(root, ["a", "b", "c"], install_dir=f"{tmp_path}/on/{{id}}", storage="/var/lib/tf/{id}")
+    layout = Layout(root)
+    for device in ("a", "b", "c"):
+        config = DeviceConfig.load(layout.bundle(device) / "device.toml", env={})
+        assert config.broker.cert_file == f"{tmp_path}/on/{device}/tls.crt"
+        assert config.device.storage == f"/var/lib/tf/{device}"
+    assert read_registry(layout.registry).devices() == ["a", "b", "c"]
+    assert layout.acl.read_text() == acl.render(FEDERATION, provision.gateway_identity(FEDERATION), ["a", "b", "c"])
+
+    before = tree(root)
+    with pytest.raises(ProvisionError, match="a device id is given twice"):
+        provision.add_devices(root, ["d", "d"])
+    with pytest.raises(ProvisionError, match="device c already has a bundle"):
+        provision.add_devices(root, ["d", "c"])
+    assert tree(root) == before  # "d" was not enrolled half-way

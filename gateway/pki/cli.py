@@ -31,11 +31,11 @@ def init(args: argparse.Namespace) -> int:
 
 
 def device(args: argparse.Namespace) -> int:
-    out = provision.add_device(
-        args.dir, args.device, install_dir=args.install_dir, storage=args.storage, make_archive=args.archive,
+    out = provision.add_devices(
+        args.dir, args.devices, install_dir=args.install_dir, storage=args.storage, make_archive=args.archive,
         force=args.force, days=args.days,
     )  # fmt: skip
-    return _report(f"device {args.device} enrolled:", out)
+    return _report(f"enrolled: {' '.join(args.devices)}", out)
 
 
 def revoke(args: argparse.Namespace) -> int:

@@ -45,11 +45,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--days", type=int, default=20 * 365, help="validity of the CA and the hub's certificates")
     i.add_argument("--force", action="store_true", help="move an existing federation in DIR to DIR/retired/")
     i.set_defaults(handler=_handler("init"))
-    d = actions.add_parser("device", help="enrol a device: its bundle (certificate, keys, device.toml)")
-    d.add_argument("device", metavar="ID")
+    d = actions.add_parser("device", help="enrol devices: a bundle each (certificate, keys, device.toml)")
+    d.add_argument("devices", metavar="ID", nargs="+")
     d.add_argument("--dir", type=Path, required=True, help="the provisioning directory (from init)")
-    d.add_argument("--install-dir", default="/etc/tinyfed", help="where the bundle goes on the device")
-    d.add_argument("--storage", default="/var/lib/tinyfed", help="the device's storage directory")
+    d.add_argument(
+        "--install-dir",
+        default="/etc/tinyfed",
+        help="where the bundle goes on the device ({id} is replaced by the device's id)",
+    )
+    d.add_argument("--storage", default="/var/lib/tinyfed", help="the device's storage directory ({id} too)")
     d.add_argument("--archive", action="store_true", help="also write DIR/devices/ID.tar.gz")
     d.add_argument("--days", type=int, default=10 * 365, help="validity of the device's certificate")
     d.add_argument("--force", action="store_true", help="replace an enrolled device: its old identity is revoked")

@@ -8,10 +8,10 @@ written once (``files.write_new``); ``--force`` moves what it replaces to ``reti
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -208,9 +208,16 @@ def init(
     return out
 
 
-def add_device(
+def _per_device(option: str, template: str, device: str) -> str:
+    """``--install-dir`` and ``--storage`` may hold ``{id}``: several devices' bundles on one machine (a demo)."""
+    value = template.replace("{id}", device)
+    _absolute(option, value)
+    return value
+
+
+def add_devices(
     root: Path,
-    device: str,
+    devices: list[str],
     *,
     install_dir: str = DEFAULT_INSTALL_DIR,
     storage: str = DEFAULT_STORAGE,
@@ -219,63 +226,80 @@ def add_device(
     days: int = LEAF_DAYS,
     now: datetime | None = None,
 ) -> Written:
-    """Enrol ``device``: its bundle, its key in the registry, its topics in the ACL."""
+    """Enrol ``devices``: a bundle each, their keys in the registry, their topics in the ACL (written once)."""
     now, root = now or utcnow(), root.absolute()
     layout = Layout(root)
     meta = layout.read_meta()
-    _id("device id", device)
-    if device == meta.gateway_identity:
-        raise ProvisionError(f"device id {device!r} is the gateway's identity; choose another")
     if days < 1:
         raise ProvisionError(f"--days {days}: certificates must be valid for at least a day")
-    target = PurePosixPath(_absolute("--install-dir", install_dir))
-    _absolute("--storage", storage)
+    if len(set(devices)) != len(devices):
+        raise ProvisionError(f"a device id is given twice: {' '.join(devices)}")
     registry = read_registry(layout.registry)
     out = Written()
-    old = [p for p in (layout.bundle(device), layout.archive(device)) if p.exists()]
-    current = registry.active_key(device)
-    if not force and (old or current is not None):
-        held = f"a bundle, {old[0]}" if old else f"a valid key, id {current.key_id.hex()}" if current else ""
-        raise ProvisionError(f"device {device} already has {held}: refusing to replace it "
-                             "(--force revokes its old identity and moves its files to retired/)")  # fmt: skip
+    old: list[Path] = []
+    for device in devices:  # every check before anything is written
+        _id("device id", device)
+        if device == meta.gateway_identity:
+            raise ProvisionError(f"device id {device!r} is the gateway's identity; choose another")
+        _per_device("--install-dir", install_dir, device)
+        _per_device("--storage", storage, device)
+        held = [p for p in (layout.bundle(device), layout.archive(device)) if p.exists()]
+        current = registry.active_key(device)
+        if not force and (held or current is not None):
+            what = f"a bundle, {held[0]}" if held else f"a valid key, id {current.key_id.hex()}" if current else ""
+            raise ProvisionError(f"device {device} already has {what}: refusing to replace it "
+                                 "(--force revokes its old identity and moves its files to retired/)")  # fmt: skip
+        old += held
+        if current is not None:
+            registry, _ = registry.revoke(device, iso(now), "replaced by a new bundle")
+            out.notes.append(f"the previous identity of {device} (key id {current.key_id.hex()}) is revoked")
     if old:
         out.retired = retire(root, old, now)
-    if current is not None:
-        registry, _ = registry.revoke(device, iso(now), "replaced by a new bundle")
-        out.notes.append(f"the previous identity of {device} (key id {current.key_id.hex()}) is revoked")
 
     ca = _authority(layout)
-    tls_key = new_tls_key(meta.tls_key)
-    cert = ca.issue(device, tls_key, now, days)
-    signing = ed25519.Ed25519PrivateKey.generate()
     gateway_pub = (layout.gateway_dir / "signing.pub").read_bytes()
-    # The registry first: from here on the certificate's serial is on record, so whatever happens next
-    # (a full disk, a crash), `--force` can revoke this identity and none of it stays valid unknown.
-    entry = DeviceKey(device, public_raw(signing.public_key()), cert.serial_number, iso(now))
-    registry = registry.add(entry)
+    made = []
+    for device in devices:
+        tls_key = new_tls_key(meta.tls_key)
+        cert = ca.issue(device, tls_key, now, days)
+        signing = ed25519.Ed25519PrivateKey.generate()
+        entry = DeviceKey(device, public_raw(signing.public_key()), cert.serial_number, iso(now))
+        registry = registry.add(entry)
+        made.append((device, tls_key, cert, signing, entry))
+    # The registry first: from here on every certificate's serial is on record, so whatever happens next
+    # (a full disk, a crash), `--force` can revoke these identities and none of them stays valid unknown.
     write_registry(layout.registry, registry)
     out.files.append(layout.registry)
 
-    here = private_dir(layout.bundle(device))
-    config = bundle.DeviceToml(device, meta.federation, meta.broker_url, target, storage)
-    contents: dict[str, Callable[[], bytes]] = {
-        bundle.CA: lambda: cert_pem(ca.cert),
-        bundle.TLS_CERT: lambda: cert_pem(cert),
-        bundle.TLS_KEY: lambda: private_pem(tls_key),
-        bundle.SIGNING_KEY: lambda: private_pem(signing),
-        bundle.GATEWAY_KEY: lambda: gateway_pub,
-        bundle.CONFIG: lambda: config.render().encode(),
-    }
-    for name, mode in bundle.FILES.items():
-        out.new(here / name, contents[name](), mode)
-    if make_archive:
-        out.new(layout.archive(device), bundle.archive(here), PRIVATE)
+    for device, tls_key, cert, signing, entry in made:
+        here = private_dir(layout.bundle(device))
+        target = PurePosixPath(_per_device("--install-dir", install_dir, device))
+        config = bundle.DeviceToml(
+            device, meta.federation, meta.broker_url, target, _per_device("--storage", storage, device)
+        )
+        contents: dict[str, bytes] = {
+            bundle.CA: cert_pem(ca.cert),
+            bundle.TLS_CERT: cert_pem(cert),
+            bundle.TLS_KEY: private_pem(tls_key),
+            bundle.SIGNING_KEY: private_pem(signing),
+            bundle.GATEWAY_KEY: gateway_pub,
+            bundle.CONFIG: config.render().encode(),
+        }
+        for name, mode in bundle.FILES.items():
+            out.new(here / name, contents[name], mode)
+        if make_archive:
+            out.new(layout.archive(device), bundle.archive(here), PRIVATE)
+        out.notes.append(f"{device}: key id {entry.key_id.hex()}, certificate serial {entry.tls_serial:x}")
+        out.notes.append(f"{device}: on the device, install -d -m 0700 {target} and copy {here}/* there (keys 0600)")
     sync_broker(layout, meta, registry, now, out)
-    out.notes.append(f"key id {entry.key_id.hex()}, certificate serial {entry.tls_serial:x}")
-    out.notes.append(f"on the device: install -d -m 0700 {target}, copy {here}/* there (keys stay 0600)")
     out.notes.append(f"broker: copy {layout.acl.name} and {layout.crl.name} to {meta.broker_dir}/ and reload "
                      "Mosquitto (SIGHUP)")  # fmt: skip
     return out
+
+
+def add_device(root: Path, device: str, **options: Any) -> Written:
+    """Enrol one device (:func:`add_devices`' options)."""
+    return add_devices(root, [device], **options)
 
 
 def revoke(root: Path, device: str, *, reason: str = "revoked by the operator", now: datetime | None = None) -> Written:
