@@ -10,6 +10,7 @@ route delivers after it (Mosquitto keeps each session's messages in the order it
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,22 @@ def test_ed25519_tls_certificates_work_between_mosquitto_and_python(tmp_path: Pa
         for link in links:
             link.stop()
         secured.close()
+
+
+def test_a_tls_link_publishes_from_other_threads_while_its_own_thread_reads(
+    secured: Secured, links: list[MqttLink]
+) -> None:
+    """paho writes a packet from the caller's thread unless told otherwise; on an SSL socket that its network
+    thread is reading at the same time, the TLS stream breaks ("bad record mac" at the broker)."""
+    gateway = secured.gateway_link()
+    echoes = recording(gateway, T.state)
+    ready(links, gateway)
+    count = 1000
+
+    def publish(i: int) -> bool:
+        return gateway.publish(T.state, i.to_bytes(2, "big") * 64, timeout=WAIT)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(publish, range(count)))
+    echoes.wait_until(lambda s: len(s) == count, WAIT, f"all {count} messages back through the broker")
+    assert gateway.connected.is_set() and "bad record mac" not in secured.broker.log_path.read_text()

@@ -45,6 +45,10 @@ class Will:
     retain: bool = True
 
 
+def _written_by_the_network_thread(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Registered so that paho never writes from a caller's thread (see ``MqttLink._make_client``)."""
+
+
 class MqttLink:
     """A persistent, self-reconnecting connection with per-topic handlers."""
 
@@ -89,6 +93,11 @@ class MqttLink:
             client.username_pw_set(self.config.username, self.config.password)
         if self.tls:
             client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file, keyfile=self.config.key_file)
+            # Without a loop_start() thread (ours runs paho's loop itself), paho writes each packet from the
+            # thread that publishes, while its network thread reads the same socket: an SSL socket does not
+            # survive that (the broker sees "decryption failed or bad record mac" and drops us). With a
+            # socket-write callback registered, paho only wakes its loop (_run), and the network thread writes.
+            client.on_socket_register_write = _written_by_the_network_thread
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
         client.on_connect = self._on_connect
@@ -211,7 +220,10 @@ class MqttLink:
             watchdog = threading.Timer(self.config.connack_timeout, self._drop_if_unanswered)
             watchdog.daemon = True
             watchdog.start()
-            self._client.loop_forever()
+            # loop(), not loop_forever(): loop() sets up paho's wake-up socket pair, so a publish from another
+            # thread (which, with TLS, only queues the packet: see _make_client) is written at once.
+            while self._client.loop(timeout=1.0) == paho.MQTT_ERR_SUCCESS:
+                pass
             watchdog.cancel()
             # A 3.1.1-only broker either answers CONNACK "unsupported protocol version" or, like amqtt,
             # closes the socket without any CONNACK: both mean "speak 3.1.1".
@@ -231,7 +243,7 @@ class MqttLink:
 
     def _drop_if_unanswered(self) -> None:
         """A broker that neither answers CONNECT nor closes (amqtt on an MQTT 5 CONNECT) would hold us until
-        the keepalive expires; shutting the socket ends loop_forever at once."""
+        the keepalive expires; shutting the socket ends the loop at once."""
         if self._connack_seen or self._stopping.is_set():
             return
         self._unanswered = True
