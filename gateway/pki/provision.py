@@ -1,9 +1,11 @@
 """What ``tinyfed provision init|device|revoke|list`` do, as functions of the provisioning directory.
 
 The device registry (``gateway/devices.json``) is the one record of who is enrolled; the broker's
-ACL and CRL are made from it (:func:`sync_broker`) every time it changes, so the three cannot disagree
-for longer than one command, and running a command again after a crash repairs them. Key material is
-written once (``files.write_new``); ``--force`` moves what it replaces to ``retired/``.
+ACL and CRL are made from it (:func:`sync_broker`) every time it changes. The order of the writes is
+chosen so that a crash in between never leaves a valid identity that is not on record: enrolment
+writes the registry before the bundle, revocation the CRL before the registry, and the next command
+makes ACL and CRL again from the registry. Key material is written once (``files.write_new``);
+``--force`` moves what it replaces to ``retired/``.
 """
 
 from __future__ import annotations
