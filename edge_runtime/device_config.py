@@ -24,6 +24,10 @@ protocol = "auto"            # 5, 3.1.1 or auto
 
 [transport]
 max_payload = 65536          # larger updates travel as fragments
+
+[trust]                      # written by `tinyfed provision device` (docs/security.md)
+signing_key = "/etc/tinyfed/signing.key"   # this device's Ed25519 key: signs its updates and presence
+gateway_key = "/etc/tinyfed/gateway.pub"   # the gateway's public key, pinned: verifies the models
 ```
 """
 
@@ -148,11 +152,20 @@ class TransportSection:
 
 
 @dataclass
+class TrustSection:
+    """Key files from the device's provisioning bundle (formats: ``edge_runtime/keys.py``); unset: none given."""
+
+    signing_key: str | None = None
+    gateway_key: str | None = None
+
+
+@dataclass
 class DeviceConfig:
     device: DeviceSection = field(default_factory=DeviceSection)
     data: DataSection = field(default_factory=DataSection)
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     transport: TransportSection = field(default_factory=TransportSection)
+    trust: TrustSection = field(default_factory=TrustSection)
     source: str = "defaults"
 
     @property
@@ -162,20 +175,24 @@ class DeviceConfig:
     @staticmethod
     def tables() -> dict[str, list[str]]:
         """Each table's keys: what ``TINYFED_<TABLE>_<KEY>`` may override."""
-        tables = {"device": DeviceSection, "data": DataSection, "broker": BrokerConfig, "transport": TransportSection}
+        tables = {
+            "device": DeviceSection, "data": DataSection, "broker": BrokerConfig, "transport": TransportSection,
+            "trust": TrustSection,
+        }  # fmt: skip
         return {name: keys_of(cls) for name, cls in tables.items()}
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> DeviceConfig:
-        check_tables(data, ("device", "data", "broker", "transport"), source)
+        check_tables(data, ("device", "data", "broker", "transport", "trust"), source)
         check_environment("device", cls.tables(), env)
         config = cls(
             device=section(DeviceSection, table(data, "device"), "device", source, env),
             data=section(DataSection, table(data, "data"), "data", source, env),
             broker=broker_section(data, source, env),
             transport=section(TransportSection, table(data, "transport"), "transport", source, env),
+            trust=section(TrustSection, table(data, "trust"), "trust", source, env),
             source=source,
         )
         if not config.device.id:

@@ -145,7 +145,7 @@ with open(sys.argv[1], "w") as f:
 EOF
 
 echo "== extras smoke: device"
-listed device model device gateway  # the gateway needs only paho, which the device has
+listed device model device gateway provision  # gateway: only paho; provision: paho + cryptography, both a device has
 run "device: tinyfed device --help" 0 "$VENVS/device/bin/tinyfed" device --help
 run "device: tinyfed device train --help" 0 "$VENVS/device/bin/tinyfed" device train --help
 contains "device: tinyfed device train --help" "$TMP/out" "--trainable-layers"

@@ -60,7 +60,7 @@ def test_listing_the_commands_and_device_train_load_no_role_code_and_no_unused_i
     code = (
         "import sys; from tinyfed import cli; cli.parser(cli.discover()); from edge_runtime.commands import device;"
         "registrations = {'gateway', 'gateway.commands', 'firmware_bridge', 'firmware_bridge.commands', 'hil',"
-        " 'hil.commands'};"
+        " 'hil.commands', 'gateway.pki', 'gateway.pki.commands'};"
         "bad = [m for m in sys.modules if m.split('.')[0] in"
         " ('gateway', 'firmware_bridge', 'hil', 'paho', 'ai_edge_litert', 'tflite_runtime', 'tflite_micro')"
         " and m not in registrations];"
@@ -68,7 +68,7 @@ def test_listing_the_commands_and_device_train_load_no_role_code_and_no_unused_i
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.split()[-1] == "6", run.stdout  # every role's registration was read, and nothing beyond it
+    assert run.stdout.split()[-1] == "8", run.stdout  # every role's registration was read, and nothing beyond it
 
 
 def test_the_device_agent_and_the_gateway_load_only_their_own_side() -> None:
@@ -167,7 +167,7 @@ def test_a_registration_that_fails_to_load_is_reported_and_the_others_still_work
     broken = importlib.metadata.EntryPoint("broken", "no_such_module:COMMAND", GROUP)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken, *real])
     names = [c.name for c in discover()]
-    assert names == ["model", "device", "gateway", "bridge", "hil", "demo", "bench"]
+    assert names == ["model", "device", "gateway", "bridge", "hil", "demo", "bench", "provision"]
     assert "tinyfed: warning: command broken (no_such_module:COMMAND) did not load" in capsys.readouterr().err
 
 
@@ -201,7 +201,8 @@ def test_every_error_class_is_a_tinyfed_error_with_its_old_base_and_its_exit_cod
                     found[name] = value
     known = ("WireError", "ModelError", "ConfigError", "DataError", "BrokerError", "FrameError", "BoardProblem",
              "LinkError", "FaultSpecError", "BackendUnavailableError", "StorageLocked", "TransportError",
-             "ClientIdConflict", "SecondGateway", "TaskFailed")  # fmt: skip
+             "ClientIdConflict", "SecondGateway", "TaskFailed",
+             "ProvisionError", "RegistryError", "KeyFileError")  # fmt: skip
     assert set(known) <= set(found), set(known) - set(found)
     for name, cls in found.items():
         assert issubclass(cls, TinyfedError), f"{cls.__module__}.{name} is not a TinyfedError"

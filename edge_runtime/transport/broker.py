@@ -3,6 +3,14 @@
 Sessions, queued QoS 1 messages and retained messages persist in the
 broker's own directory, saved on every change, so a broker killed with
 SIGKILL and restarted on the same port has lost nothing it acknowledged.
+
+Given a :class:`TlsListener` (the files ``tinyfed provision init`` writes),
+the broker is the secured one a federation runs on: TLS only, a client
+certificate from the federation's CA required, the certificate's common
+name taken as username and client id, the ACL file and the CRL enforced.
+:meth:`MosquittoProcess.reload` re-reads ACL and CRL after a revocation.
+The listener's lines come from :meth:`TlsListener.mosquitto_config`, the
+same text provisioning writes for the hub's own Mosquitto.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TinyfedError
@@ -40,10 +49,61 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class MosquittoProcess:
-    """One Mosquitto on 127.0.0.1; ``stop(kill=True)`` is a SIGKILL, ``start()`` again reuses the port and state."""
+@dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener that admits only clients holding a certificate from ``ca_file`` (Mosquitto 2.0 syntax).
 
-    def __init__(self, port: int | None = None, workdir: str | Path | None = None, binary: str | None = None) -> None:
+    - ``use_identity_as_username``: the certificate's common name is the client's username, the name the
+      ACL file grants topics to, so nothing a client sends can choose its identity;
+    - ``use_username_as_clientid``: that name is also its client id, so one client cannot take over another's
+      session (and cut it off) by connecting with its client id;
+    - ``crl_file``: certificates revoked by the CA are refused at the TLS handshake; Mosquitto re-reads
+      the CRL and the ACL file on SIGHUP, and a connection already open keeps its TLS session but is
+      checked against the new ACL at every publish and delivery.
+
+    ``acl_file`` and ``allow_anonymous`` are global settings (``per_listener_settings false``), written here
+    because this listener is the only one a secured broker has.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    acl_file: Path | None = None
+    crl_file: Path | None = None
+
+    def mosquitto_config(self, port: int, bind: str | None = None) -> str:
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"listener {port} {bind}" if bind else f"listener {port}",
+            f"cafile {self.ca_file}",
+            f"certfile {self.cert_file}",
+            f"keyfile {self.key_file}",
+            "tls_version tlsv1.2",  # the minimum; TLS 1.3 is used where both sides have it
+            "require_certificate true",
+            "use_identity_as_username true",
+            "use_username_as_clientid true",
+        ]
+        if self.crl_file is not None:
+            lines.append(f"crlfile {self.crl_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return "\n".join(lines) + "\n"
+
+
+class MosquittoProcess:
+    """One Mosquitto on 127.0.0.1; ``stop(kill=True)`` is a SIGKILL, ``start()`` again reuses the port and state.
+
+    With ``tls``, the listener is that TLS listener (client certificates, ACL, CRL) and :attr:`url` is ``mqtts://``.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        binary: str | None = None,
+        tls: TlsListener | None = None,
+    ) -> None:
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerError("mosquitto not found: apt-get install mosquitto (Debian) or set a broker URL")
@@ -54,12 +114,19 @@ class MosquittoProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "mosquitto.log"
         self.config_path = self.workdir / "mosquitto.conf"
+        self.tls = tls
+        listener = (
+            tls.mosquitto_config(self.port, "127.0.0.1")
+            # "Reloading config." is an information line: reload() waits for it.
+            + "log_type information\n"
+            if tls
+            else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        )
         self.config_path.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            listener
             # Started as root, Mosquitto drops to user 'mosquitto' and then cannot write its persistence
             # file into our directory: sessions would silently not survive a restart. Stay who we are.
-            f"user {getpass.getuser()}\n"
-            "allow_anonymous true\n"
+            + f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_on_changes true\n"
@@ -72,7 +139,7 @@ class MosquittoProcess:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> MosquittoProcess:
         self.process = subprocess.Popen(
@@ -90,6 +157,33 @@ class MosquittoProcess:
             time.sleep(0.05)
         self.stop(kill=True)
         raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP: Mosquitto re-reads its ACL file and CRL; returns once it has (secured brokers only).
+
+        Mosquitto reloads on its one event-loop thread, logging "Reloading config." first and then reading
+        the files before it handles any further packet, so whatever a caller does after this returns
+        (connect, publish) meets the new ACL and CRL.
+        """
+        if self.tls is None:
+            raise BrokerError("reload() is for a broker started with a TlsListener (its ACL and CRL)")
+        if self.process is None or self.process.poll() is not None:
+            raise BrokerError("mosquitto is not running: nothing to reload")
+        seen = self._reloads()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._reloads() <= seen:
+            if self.process.poll() is not None:
+                raise BrokerError(f"mosquitto exited with {self.process.returncode} on reload; see {self.log_path}")
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"mosquitto did not reload within {timeout} s; see {self.log_path}")
+            time.sleep(0.02)
+
+    def _reloads(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count("Reloading config.")
+        except FileNotFoundError:
+            return 0
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -15,6 +15,10 @@
   with "Session taken over" (MQTT 5 reason 0x8E, Mosquitto >= 2.0.15), or,
   on brokers that just close the connection, the one whose *claim* on the
   id is not the latest (see :meth:`MqttLink._on_claim`).
+- A publish the broker refuses (MQTT 5 PUBACK with a failure reason, such
+  as "Not authorized" from an ACL) is not a delivered one: ``publish``
+  with a timeout says False and the refusal is logged. MQTT 3.1.1 has no
+  way to say so; there a refused publish looks delivered.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class Will:
     topic: str
     payload: bytes
     retain: bool = True
+
+
+def _written_by_the_network_thread(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Registered so that paho never writes from a caller's thread (see ``MqttLink._make_client``)."""
 
 
 class MqttLink:
@@ -100,6 +108,9 @@ class MqttLink:
         self.on_fatal_hooks: list[Callable[[ClientIdConflict], None]] = []
         if claim_topic is not None:
             self._handlers[claim_topic] = (1, self._on_claim)
+        self._unanswered = False  # this attempt's CONNACK watchdog gave up (and said so in last_error)
+        self._refused: dict[int, str] = {}  # message id -> the reason of the PUBACK that refused it (MQTT 5)
+        self._refused_lock = threading.Lock()  # like _subs_lock: a few instructions, never across a paho call
         self._client = self._make_client()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -116,12 +127,18 @@ class MqttLink:
             client.username_pw_set(self.config.username, self.config.password)
         if self.tls:
             client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file, keyfile=self.config.key_file)
+            # Without a loop_start() thread (ours runs paho's loop itself), paho writes each packet from the
+            # thread that publishes, while its network thread reads the same socket: an SSL socket does not
+            # survive that (the broker sees "decryption failed or bad record mac" and drops us). With a
+            # socket-write callback registered, paho only wakes its loop (_run), and the network thread writes.
+            client.on_socket_register_write = _written_by_the_network_thread
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -165,7 +182,14 @@ class MqttLink:
         self.subscribed.clear()
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
             self._conflict("the broker said 'Session taken over', MQTT 5 reason 0x8E")
-        if not self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if not self._connack_seen and not self._unanswered:  # the broker closed first: with TLS, our certificate
+            self.last_error = f"{self.host}:{self.port} closed the connection before answering CONNECT" + (
+                " (TLS: no client certificate, one from another CA, or a revoked one?)" if self.tls else ""
+            )
+            log.warning("%s: %s; retrying", self.client_id, self.last_error)
+        else:
             log.warning("%s lost the broker (%s); reconnecting", self.client_id, reason)
 
     def _on_claim(self, topic: str, payload: bytes) -> None:
@@ -247,6 +271,16 @@ class MqttLink:
             if not self._pending_subs:
                 self.subscribed.set()
 
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        """Runs before paho marks the message published, so ``publish`` sees the refusal once its wait ends."""
+        with self._refused_lock:
+            if getattr(reason, "is_failure", False):
+                self._refused[mid] = str(reason)
+            else:
+                self._refused.pop(mid, None)  # message ids are reused: only the latest PUBACK of each counts
+        if getattr(reason, "is_failure", False):
+            log.warning("%s: the broker refused publish %d: %s", self.client_id, mid, reason)
+
     def _track_subscription(self, mid: int | None) -> None:
         if mid is None:
             return
@@ -281,10 +315,14 @@ class MqttLink:
                 attempt += 1
                 continue
             self._connack_seen = False
+            self._unanswered = False
             watchdog = threading.Timer(self.config.connack_timeout, self._drop_if_unanswered)
             watchdog.daemon = True
             watchdog.start()
-            self._client.loop_forever()
+            # loop(), not loop_forever(): loop() sets up paho's wake-up socket pair, so a publish from another
+            # thread (which, with TLS, only queues the packet: see _make_client) is written at once.
+            while self._client.loop(timeout=1.0) == paho.MQTT_ERR_SUCCESS:
+                pass
             watchdog.cancel()
             # A 3.1.1-only broker either answers CONNACK "unsupported protocol version" or, like amqtt,
             # closes the socket without any CONNACK: both mean "speak 3.1.1".
@@ -304,9 +342,10 @@ class MqttLink:
 
     def _drop_if_unanswered(self) -> None:
         """A broker that neither answers CONNECT nor closes (amqtt on an MQTT 5 CONNECT) would hold us until
-        the keepalive expires; shutting the socket ends loop_forever at once."""
+        the keepalive expires; shutting the socket ends the loop at once."""
         if self._connack_seen or self._stopping.is_set():
             return
+        self._unanswered = True
         self.last_error = f"no CONNACK from {self.host}:{self.port} within {self.config.connack_timeout} s"
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
@@ -362,7 +401,7 @@ class MqttLink:
         expiry: int | None = None,
         timeout: float | None = None,
     ) -> bool:
-        """Publish; with ``timeout``, wait for the broker's PUBACK and say whether it came.
+        """Publish; with ``timeout``, wait for the broker's PUBACK and say whether it came and accepted the message.
 
         Returns False at once while disconnected: callers keep the message (the outbox does).
         """
@@ -381,4 +420,11 @@ class MqttLink:
             info.wait_for_publish(timeout)  # paho's own PUBACK wait
         except (RuntimeError, ValueError):
             return False
-        return info.is_published()
+        if not info.is_published():
+            return False
+        with self._refused_lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:  # _on_publish has logged it
+            log.debug("%s: publish on %s refused: %s", self.client_id, topic, refused)
+            return False
+        return True

@@ -74,9 +74,21 @@ class Topics:
             raise SchemaError("client id", f"{client_id!r} cannot be a topic level")
         return f"{self.base}/client/{client_id}/claim"
 
+    def all_chunks(self) -> str:
+        """Every version's chunks: a filter for subscriptions and the broker's ACL."""
+        return f"{self.base}/model/+/chunk/+"
+
+    @property
+    def all_tasks(self) -> str:
+        return f"{self.base}/device/+/task"
+
     @property
     def all_updates(self) -> str:
         return f"{self.base}/device/+/update"
+
+    @property
+    def all_receipts(self) -> str:
+        return f"{self.base}/device/+/receipt"
 
     @property
     def all_presence(self) -> str:
