@@ -74,6 +74,7 @@ class Topics:
             raise SchemaError("client id", f"{client_id!r} cannot be a topic level")
         return f"{self.base}/client/{client_id}/claim"
 
+    @property
     def all_chunks(self) -> str:
         """Every version's chunks: a filter for subscriptions and the broker's ACL."""
         return f"{self.base}/model/+/chunk/+"
