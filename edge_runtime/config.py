@@ -37,7 +37,7 @@ PROCESS_VARIABLES = {
 # Every role's tables, so that a variable meant for another role (TINYFED_ROUNDS_DEADLINE where a device and
 # a gateway share an environment) is left to that role rather than refused; tests/test_errors.py keeps it in step.
 ROLE_TABLES = {
-    "device": ("device", "data", "broker", "transport"),
+    "device": ("device", "data", "broker", "transport", "trust"),
     "gateway": ("gateway", "rounds", "strategy", "broker"),
     "bridge": ("broker",),
 }

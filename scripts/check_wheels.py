@@ -68,6 +68,7 @@ class Board:
     python: str  # the OS's python3
     glibc: tuple[int, int]
     os_numpy: str = ""  # the numpy the OS packages (apt python3-numpy), for a venv --system-site-packages
+    os_cffi: str = ""  # the cffi the OS packages (apt python3-cffi): cryptography's one compiled dependency
     extras: tuple[str, ...] = ("device", "gateway", "bridge")
 
     def platforms(self) -> list[str]:
@@ -94,13 +95,14 @@ class Board:
 
 
 # Python, glibc and numpy as each OS ships them (Debian 12: python3 3.11.2, libc6 2.36, python3-numpy 1.24.2;
-# Debian 13: 3.13.5, 2.41, 2.2.4; Ubuntu 22.04: 3.10.12, 2.35, 1.21.5; Ubuntu 24.04: 3.12.3, 2.39, 1.26.4).
+# Debian 13: 3.13.5, 2.41, 2.2.4; Ubuntu 22.04: 3.10.12, 2.35, 1.21.5; Ubuntu 24.04: 3.12.3, 2.39, 1.26.4),
+# and, where PyPI has no wheel of it either, cffi (python3-cffi: Debian 12 1.15.1, 13 1.17.1, Ubuntu 22.04 1.15.0).
 BOARDS = (
     Board("Raspberry Pi 3/4/5, Raspberry Pi OS 64-bit Bookworm", "aarch64", "3.11", (2, 36), "1.24.2"),
     Board("Raspberry Pi 3/4/5, Raspberry Pi OS 64-bit Trixie", "aarch64", "3.13", (2, 41), "2.2.4"),
-    Board("Raspberry Pi 2/3/4, Raspberry Pi OS 32-bit Bookworm", "armv7l", "3.11", (2, 36), "1.24.2"),
-    Board("Raspberry Pi 2/3/4, Raspberry Pi OS 32-bit Trixie", "armv7l", "3.13", (2, 41), "2.2.4"),
-    Board("armv7l board, Ubuntu 22.04 armhf", "armv7l", "3.10", (2, 35), "1.21.5"),
+    Board("Raspberry Pi 2/3/4, Raspberry Pi OS 32-bit Bookworm", "armv7l", "3.11", (2, 36), "1.24.2", "1.15.1"),
+    Board("Raspberry Pi 2/3/4, Raspberry Pi OS 32-bit Trixie", "armv7l", "3.13", (2, 41), "2.2.4", "1.17.1"),
+    Board("armv7l board, Ubuntu 22.04 armhf", "armv7l", "3.10", (2, 35), "1.21.5", "1.15.0"),
     Board("x86-64 hub, Debian 12", "x86_64", "3.11", (2, 36), "1.24.2"),
     Board("x86-64 hub, Ubuntu 24.04", "x86_64", "3.12", (2, 39), "1.26.4"),
 )
@@ -276,8 +278,8 @@ def no_wheel(pip: Pip, board: Board, wanted: list[str]) -> list[str]:
 
 
 def beside_os_numpy(pip: Pip, board: Board, wanted: list[str]) -> tuple[dict[str, str] | None, str]:
-    """Everything but numpy from wheels, numpy from the OS: every package and each of its dependencies is
-    either resolved here or numpy at a version the OS's numpy satisfies."""
+    """Everything but numpy (and cffi) from wheels, those from the OS: every package and each of its
+    dependencies is either resolved here or numpy/cffi at a version the OS's satisfies."""
     numpy = Version(board.os_numpy)
     rest = [line for line in wanted if canonicalize_name(Requirement(line).name) != "numpy"]
     refused = [line for line in wanted if line not in rest and not Requirement(line).specifier.contains(numpy)]
@@ -294,6 +296,10 @@ def beside_os_numpy(pip: Pip, board: Board, wanted: list[str]) -> tuple[dict[str
             dependency = canonicalize_name(needed.name)
             if dependency == "numpy" and not needed.specifier.contains(numpy):
                 return None, f"{name} needs {needed}, the OS has numpy {numpy}"
+            if dependency == "cffi" and dependency not in found and board.os_cffi:
+                if not needed.specifier.contains(Version(board.os_cffi)):
+                    return None, f"{name} needs {needed}, the OS has cffi {board.os_cffi}"
+                continue
             if dependency not in found and dependency != "numpy":
                 return None, f"{name} needs {dependency}, which has no wheel here"
     return {name: item.wheel for name, item in found.items()}, ""
@@ -338,7 +344,8 @@ def cell(install: Install, extra: str, board: Board) -> str:
         return f"no: {install.note}"
     text = f"no wheel for {', '.join(install.without_wheel)}"
     if install.with_os_numpy is not None:
-        return f"{text}; beside the OS's numpy {board.os_numpy}: yes{_interpreter(install.with_os_numpy, extra)}"
+        cffi = f" and cffi {board.os_cffi}" if "cryptography" in install.with_os_numpy and board.os_cffi else ""
+        return f"{text}; beside the OS's numpy {board.os_numpy}{cffi}: yes{_interpreter(install.with_os_numpy, extra)}"
     if install.os_numpy_problem:
         return f"{text}; beside the OS's numpy {board.os_numpy}: no ({install.os_numpy_problem})"
     return text

@@ -21,7 +21,7 @@ def _handler(name: str) -> Handler:
 def _configure(parser: argparse.ArgumentParser) -> None:
     actions = add_actions(parser)
     i = actions.add_parser("init", help="a new federation: CA, broker TLS + ACL + CRL, the gateway's keys")
-    i.add_argument("--federation", required=True)
+    i.add_argument("--federation", required=True, help="the federation's name (the gateway's [gateway] federation)")
     i.add_argument("--out", "--dir", dest="dir", type=Path, required=True, help="the provisioning directory")
     i.add_argument(
         "--broker-host",
@@ -30,7 +30,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="name or address devices reach the broker at (repeat for more; the first goes in URLs)",
     )
-    i.add_argument("--port", type=int, default=8883, help="the broker's TLS port (default 8883)")
+    i.add_argument("--port", type=int, default=8883, help="the broker's TLS port")
     i.add_argument(
         "--broker-dir",
         default="/etc/mosquitto/tinyfed",
@@ -40,13 +40,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--tls-key",
         choices=("p256", "ed25519"),
         default="p256",
-        help="TLS key type (default p256: every TLS stack takes it; see docs/security.md)",
+        help="TLS key type (p256: every TLS stack takes it; see docs/security.md)",
     )
     i.add_argument("--days", type=int, default=20 * 365, help="validity of the CA and the hub's certificates")
     i.add_argument("--force", action="store_true", help="move an existing federation in DIR to DIR/retired/")
     i.set_defaults(handler=_handler("init"))
     d = actions.add_parser("device", help="enrol devices: a bundle each (certificate, keys, device.toml)")
-    d.add_argument("devices", metavar="ID", nargs="+")
+    d.add_argument("devices", metavar="ID", nargs="+", help="the devices' ids (each its certificate's name)")
     d.add_argument("--dir", type=Path, required=True, help="the provisioning directory (from init)")
     d.add_argument(
         "--install-dir",
@@ -59,12 +59,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--force", action="store_true", help="replace an enrolled device: its old identity is revoked")
     d.set_defaults(handler=_handler("device"))
     r = actions.add_parser("revoke", help="revoke a device at the broker (CRL, ACL) and at the gateway")
-    r.add_argument("device", metavar="ID")
-    r.add_argument("--dir", type=Path, required=True)
-    r.add_argument("--reason", default="revoked by the operator")
+    r.add_argument("device", metavar="ID", help="the device to revoke")
+    r.add_argument("--dir", type=Path, required=True, help="the provisioning directory (from init)")
+    r.add_argument("--reason", default="revoked by the operator", help="recorded in the gateway's key registry")
     r.set_defaults(handler=_handler("revoke"))
     s = actions.add_parser("list", help="the enrolled and revoked devices")
-    s.add_argument("--dir", type=Path, required=True)
+    s.add_argument("--dir", type=Path, required=True, help="the provisioning directory (from init)")
     s.set_defaults(handler=_handler("listing"))
 
 
