@@ -105,6 +105,7 @@ class DeviceAgent(FederationMember):
             samples=len(self.data.train),
             model_version=self.store.current_version,
             firmware=f"tinyfed {__version__}",
+            data=self.data.digest,
         )
 
     def validate_model(self, model: bytes) -> None:

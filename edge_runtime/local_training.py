@@ -9,6 +9,8 @@ board emulator's install.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import threading
@@ -38,6 +40,16 @@ log = logging.getLogger(__name__)
 class LocalData:
     train: Dataset
     evaluate: Dataset
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """16 bytes that change when the samples or labels do: announced in the birth (``Capabilities.data``)."""
+        h = hashlib.sha256()
+        for part in (self.train, self.evaluate):
+            h.update(np.ascontiguousarray(part.x).tobytes())
+            h.update(np.asarray(part.y).tobytes())
+            h.update("\0".join(map(str, part.classes)).encode())
+        return h.digest()[:16]
 
 
 def load_local_data(section: DataSection) -> LocalData:

@@ -381,3 +381,15 @@ def test_label_column_in_device_toml_and_the_environment(tmp_path: Path) -> None
     assert DeviceConfig.from_mapping({}, env={}).data.label_column == -1
     with pytest.raises(ConfigError, match=r"device\.toml \[data\] label_column: expected int or str, got a boolean"):
         DeviceConfig.from_mapping({"data": {"label_column": True}}, "device.toml", env={})
+
+
+def test_the_data_digest_changes_with_the_labels_not_only_with_the_row_count(tmp_path: Path) -> None:
+    """A device announces it (Capabilities.data), so a gateway that left it out after a failure takes it back."""
+    from edge_runtime.data.dataset import Dataset
+    from edge_runtime.local_training import LocalData
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    wrong = LocalData(Dataset(x, np.array([0, 1, 0, 1]), ["cat", "dog"]), Dataset(x[:1], np.array([0]), ["cat", "dog"]))
+    fixed = LocalData(Dataset(x, np.array([0, 1, 1, 1]), ["cat", "dog"]), Dataset(x[:1], np.array([0]), ["cat", "dog"]))
+    assert len(wrong.digest) == 16 and wrong.digest != fixed.digest
+    assert wrong.digest == LocalData(wrong.train, wrong.evaluate).digest

@@ -76,8 +76,10 @@ def make_rounds(
     return rounds, clock
 
 
-def born(rounds: Rounds, name: str, seq: int, samples: int = 50, model: bytes | None = None) -> None:
-    caps = wire.Capabilities(ram=1 << 20, backend="x", samples=samples, model_version=model)
+def born(
+    rounds: Rounds, name: str, seq: int, samples: int = 50, model: bytes | None = None, data: bytes | None = None
+) -> None:
+    caps = wire.Capabilities(ram=1 << 20, backend="x", samples=samples, model_version=model, data=data)
     birth = wire.Presence(name, True, seq, 0, caps)
     rounds.registry.observe(birth, wire.encode(birth))
 
@@ -192,6 +194,17 @@ def test_a_device_that_cannot_do_its_task_ends_its_wait_and_is_left_out_until_it
     born(rounds, "c", seq=1, samples=80)  # its data was fixed: another sample count
     assert rounds.registry.get("c").failure is None  # type: ignore[union-attr]
     assert rounds.store.devices()[2]["failure"] is None
+
+
+def test_data_fixed_without_changing_its_row_count_is_a_new_birth(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9))
+    born(rounds, "a", seq=1, data=b"L" * 16)
+    tasks = dict(rounds.step().tasks)
+    assert fail(rounds, "a", tasks["a"]) is None
+    born(rounds, "a", seq=1, data=b"L" * 16)  # the same file, announced again
+    assert rounds.registry.get("a").failure is not None  # type: ignore[union-attr]
+    born(rounds, "a", seq=1, data=b"F" * 16)  # its labels were fixed: same rows, another digest
+    assert rounds.registry.get("a").failure is None  # type: ignore[union-attr]
 
 
 def test_a_failed_task_goes_to_a_spare_and_a_round_everyone_failed_ends_at_once(tmp_path: Path, model: bytes) -> None:

@@ -246,6 +246,9 @@ class Capabilities:
     model_version: bytes | None = None
     firmware: str = ""
     arena: int = 0
+    # A digest of the local data (16 bytes): a device whose data changed (fixed labels, same row count) has a
+    # new birth, so a gateway that left it out after a failed task selects it again.
+    data: bytes | None = None
 
     class Key(IntEnum):
         """Capabilities is a map inside a presence message: no type or version keys of its own."""
@@ -257,6 +260,7 @@ class Capabilities:
         MODEL_VERSION = 4
         FIRMWARE = 5
         ARENA = 6
+        DATA = 7
 
     def to_cbor(self) -> dict[int, Any]:
         K = Capabilities.Key
@@ -272,6 +276,8 @@ class Capabilities:
             out[K.FIRMWARE] = self.firmware
         if self.arena:
             out[K.ARENA] = self.arena
+        if self.data is not None:
+            out[K.DATA] = self.data
         return out
 
     @classmethod
@@ -285,6 +291,7 @@ class Capabilities:
             model_version=r.bytestring(K.MODEL_VERSION, size=32, default=None),
             firmware=r.text(K.FIRMWARE, limits.max_string, default=""),
             arena=r.uint(K.ARENA, 1 << 32, default=0),
+            data=r.bytestring(K.DATA, size=16, default=None),
         )
 
 

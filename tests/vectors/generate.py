@@ -112,7 +112,9 @@ VALID: list[tuple[str, str, Any]] = [
             True,
             1,
             1_700_000_000,
-            wire.Capabilities(ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1),
+            wire.Capabilities(
+                ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1, data=bytes(range(16))
+            ),
         ),
     ),
     ("presence-death", "the last will: the device is gone", wire.Presence("dev-01", False, 2, 1_700_000_100)),
