@@ -113,7 +113,8 @@ VALID: list[tuple[str, str, Any]] = [
             1,
             1_700_000_000,
             wire.Capabilities(
-                ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1, data=bytes(range(16))
+                ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1,
+                data=bytes(range(16)),
             ),
         ),
     ),
