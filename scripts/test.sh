@@ -5,7 +5,8 @@
 #   .venv      numpy 2: ai-edge-litert + tflite-micro (+ the sktime wheel, for its bundled data sets)
 #   .venv-np1  numpy 1.26: tflite-runtime 2.14, which fails under numpy 2 (and ai-edge-litert, which the
 #              device extra brings on x86-64, so litert is also tested under numpy 1)
-# The conformance suite runs in both, so every backend is tested. ruff, mypy,
+# The whole suite runs in .venv; .venv-np1 runs what numpy 1 and tflite-runtime can change (every test that
+# uses an interpreter, the numpy code: --numpy-1-subset, tests/conftest.py), so every backend is tested. ruff, mypy,
 # the import contracts (lint-imports) and the extras smoke test (each role's
 # extra installed alone into a clean venv, scripts/extras-smoke.sh) run
 # first; any failure fails the script.
@@ -38,6 +39,6 @@ PYTHON="$PYTHON" bash scripts/extras-smoke.sh
 status=0
 echo "== tests on numpy 2 (litert, micro)"
 .venv/bin/python -m pytest "$@" || status=$?
-echo "== tests on numpy 1.26 (tflite-runtime)"
-.venv-np1/bin/python -m pytest "$@" || status=$?
+echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"
+.venv-np1/bin/python -m pytest --numpy-1-subset "$@" || status=$?
 exit $status

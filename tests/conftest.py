@@ -25,18 +25,51 @@ def pytest_report_header() -> str:
     return f"tinyfed interpreter backends installed: {', '.join(INSTALLED) or 'none'}"
 
 
+# Modules whose behaviour does not depend on numpy's major version or on the interpreter wheel: packaging,
+# error messages, CLI wiring, TLS and provisioning, CBOR/CDDL, the serial link, the bench runner. The second
+# environment (numpy 1.26, tflite-runtime: see scripts/test.sh) skips them, and skips the broker tests that train
+# nothing, so the suite runs once in full and once for what numpy 1 and tflite-runtime can change.
+NUMPY_INDEPENDENT = frozenset({
+    "test_install_matrix", "test_errors", "test_cli", "test_pki", "test_pki_broker", "test_envelope",
+    "test_cddl", "test_bench", "test_hil_cli", "test_device_run", "test_identity", "test_serial_link",
+    "test_embedded_broker",
+})  # fmt: skip
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--numpy-1-subset",
+        action="store_true",
+        help="run only what numpy 1 and the tflite-runtime wheel can change (the second environment's run)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mosquitto: starts a Mosquitto broker (the `broker` fixture)")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that uses the broker, directly or through another fixture, is marked, and skipped without one."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the broker, directly or through another fixture, is marked, and skipped without one.
+
+    With --numpy-1-subset, a test that uses an interpreter (the ``backend`` fixture) always runs; the others run
+    unless they need a broker or their module is in NUMPY_INDEPENDENT.
+    """
     skip = pytest.mark.skip(reason="mosquitto not installed (.ci/run installs it)")
+    kept, dropped = [], []
     for item in items:
-        if "broker" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "broker" in fixtures:
             item.add_marker(pytest.mark.mosquitto)
             if MOSQUITTO is None:
                 item.add_marker(skip)
+        independent = "broker" in fixtures or item.module.__name__.rsplit(".", 1)[-1] in NUMPY_INDEPENDENT
+        if config.getoption("--numpy-1-subset") and "backend" not in fixtures and independent:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture
