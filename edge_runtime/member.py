@@ -351,8 +351,12 @@ class FederationMember(ABC):
             created=time.time(),
             label=f"{kind} round {task.round}",
         )
-        self.sender.submit(entry)
-        self.done.append(update)
+        self.done.append(update)  # before it can reach the gateway: whoever sees it arrive finds it here
+        try:
+            self.sender.submit(entry)
+        except BaseException:
+            self.done.pop()
+            raise
         log.info(
             "device %s: %s for round %d stored (%d bytes, %d entries)",
             self.device_id,
