@@ -143,6 +143,7 @@ def run_federation(
                 # reconnect and resume their sessions (nothing is lost), but each drop would log a warning.
                 logging.getLogger("edge_runtime.transport.mqtt").setLevel(logging.ERROR)
             broker = {"url": url, "protocol": protocol, "backoff_base": 0.05, "backoff_cap": 1.0}
+            trust = {"mode": "insecure"}
             federation = f"demo-{spec.data}"
             config = GatewayConfig.from_mapping(
                 {
@@ -166,6 +167,7 @@ def run_federation(
                     },
                     "strategy": dict(spec.strategy),
                     "broker": broker,
+                    "trust": trust,
                 },
                 env={},
             )
@@ -203,6 +205,7 @@ def run_federation(
                                 "seed": spec.seed,
                             },
                             "broker": broker,
+                            "trust": trust,
                         },
                         env={},
                     )
