@@ -109,8 +109,14 @@ class Secured:
     def device_link(self, device: str, **kwargs: object) -> MqttLink:
         return MqttLink(fast(self.device_config(device).broker), member_client_id(FEDERATION, device), **kwargs)  # type: ignore[arg-type]
 
-    def gateway_link(self) -> MqttLink:
-        return MqttLink(fast(self.gateway_broker()), provision.gateway_identity(FEDERATION))
+    def gateway_link(self, **kwargs: object) -> MqttLink:
+        return MqttLink(fast(self.gateway_broker()), provision.gateway_identity(FEDERATION), **kwargs)  # type: ignore[arg-type]
+
+    def probe_link(self) -> MqttLink:
+        """A link with the gateway's probe identity, as a starting gateway makes one."""
+        trust = tomllib.loads(self.layout.gateway_broker_toml.read_text())["trust"]
+        config = replace(self.gateway_broker(), cert_file=trust["probe_cert_file"], key_file=trust["probe_key_file"])
+        return MqttLink(fast(config), f"{provision.gateway_identity(FEDERATION)}-probe-test")
 
     def refusals(self, text: str) -> int:
         """How many TLS handshakes the broker refused with ``text`` (its log names no client before CONNECT)."""
