@@ -536,3 +536,17 @@ def test_the_bridge_verifies_models_for_its_board_streams_no_forged_one_and_sign
                                 require_signature=True)  # fmt: skip
     assert opened.verified  # the board's own key, held by the bridge
     assert board.model_version == manifest.version and member.transfers == 1  # no forged model was streamed
+
+
+def test_the_demo_runs_a_provisioned_federation_over_tls_with_signatures(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "tinyfed", "demo", "--data", "digits", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "over mosquitto (TLS, ACL, signed)" in run.stdout and "INSECURE" not in run.stderr, run.stdout
+    insecure = subprocess.run([sys.executable, "-m", "tinyfed", "demo", "--data", "digits", "--rounds", "1",
+                               "--insecure"], capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert insecure.returncode == 0, insecure.stderr
+    assert "over mosquitto:" in insecure.stdout and insecure.stderr.count("runs INSECURE") == 1, insecure.stderr
