@@ -202,14 +202,20 @@ def test_a_forged_or_unsigned_update_is_refused_recorded_and_cannot_spoil_the_ge
     }
     for payload in forgeries.values():  # each under the genuine update's id, on dev-a's topic
         assert mallory.publish(T.update("dev-a"), payload, timeout=WAIT)
-    wait_for(lambda: len(gateway.store.refusals()) == 4, WAIT, "the gateway to refuse the four forgeries")
-    reasons = [r["reason"] for r in gateway.store.refusals()]
+    # And reports from a device that does not exist, to fill the hub's disk: refused, nothing of them stored.
+    report = wire.Update(os.urandom(16), "ghost", task.round, task.base_version, 10**6, [],
+                         metrics={"eval_accuracy": 1.0})  # fmt: skip
+    assert mallory.publish(T.update("ghost"), wire.sign(wire.encode(report), stranger), timeout=WAIT)
+    wait_for(lambda: len(gateway.store.refusals()) == 5, WAIT, "the gateway to refuse the five forgeries")
+    refusals = gateway.store.refusals()
+    reasons = [r["reason"] for r in refusals]
     assert "not signed" in reasons[0]
     assert "is device mallory's, not dev-a's" in reasons[1]
     assert "unknown key" in reasons[2]
     assert "signature does not verify" in reasons[3]
-    refusals = gateway.store.refusals()
-    assert all(r["device"] == "dev-a" and r["update_id"] is None for r in refusals)  # not the device's word
+    assert "ghost has no valid key (not enrolled)" in reasons[4] and refusals[4]["device"] == "ghost"
+    assert all(r["device"] == "dev-a" for r in refusals[:4])
+    assert all(r["update_id"] is None for r in refusals)  # not the device's word: its id is not recorded
     assert gateway.open_round is not None and gateway.open_round.aggregate.count == 0
     # Nothing was receipted for them, and the id they carried was not spoiled: dev-a's own update counts.
     assert device.send(device.sign(genuine))
