@@ -308,16 +308,14 @@ class FederationMember(ABC):
             return
         with self._changed:
             taken = [t.round for t in self._pending] + ([self._current.round] if self._current else [])
-            if taken and task.round < max(taken):
-                newest = max(taken)
-            else:
-                newest = None
-                replaced = [t for t in self._pending if t.round < task.round]
+            newest = max(taken, default=None)
+            replaced = [t for t in self._pending if t.round < task.round]
+            if newest is None or task.round >= newest:
                 self._pending = deque(t for t in self._pending if t.round >= task.round)
                 self._pending.append(task)
                 self._seen_tasks.add(task.task_id)
                 self._changed.notify_all()
-        if newest is not None:
+        if newest is not None and task.round < newest:
             self.refuse("superseded", f"task for round {task.round}: older than the task for round {newest}")
             return
         log.info("device %s: task %s for round %d on model %s", self.device_id, task.task_id.hex()[:12], task.round,
