@@ -74,6 +74,7 @@ def _configs(folder: Path, broker: str, model: Path, files: list[Path], rounds: 
             f"trainable_layers = 0\n"
             f'[data]\nsource = "{path}"\nlabel_column = "digit"\nholdout = 0.2\n'
             f'[broker]\nurl = "{broker}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+            '[trust]\nmode = "insecure"\n'  # what is measured here is faults, not signatures
         )
     gateway = folder / "gateway.toml"
     gateway.write_text(
@@ -81,6 +82,7 @@ def _configs(folder: Path, broker: str, model: Path, files: list[Path], rounds: 
         f"[rounds]\nrounds = {rounds}\nmin_devices = {DEVICES - 1}\n"
         f"deadline = {DEADLINE}\nepochs = 2\ndensity = 0.05\nreport_every = 100\n"
         f'[broker]\nurl = "{broker}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+        '[trust]\nmode = "insecure"\n'
     )
     return gateway
 

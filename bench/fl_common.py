@@ -10,6 +10,11 @@ for C-MAPSS) of the headline run's last round, ``best_accuracy``,
 the headline run's: the baseline is measured in the same run),
 ``dense_final_accuracy``, and per other run its final accuracy and uplink
 ratio. The PNG plots accuracy against cumulative uplink for every run.
+
+The headline run is secured as ``tinyfed demo`` is on Mosquitto (TLS,
+client certificates, ACL, every message signed); an insecure twin of it
+gives ``secured_vs_insecure_seconds_per_round`` and
+``secured_vs_insecure_uplink`` (ratios of the two, measured in the same run).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def variants(spec: FederationSpec, sweep: bool = True) -> dict[str, FederationSp
     out = {
         f"{strategy} {100 * spec.density:g}% (headline)": spec,
         f"{strategy} dense float32": replace(spec, density=1.0, value_coding=0),
+        f"{strategy} {100 * spec.density:g}% insecure": replace(spec, secure=False),
     }
     for density in DENSITIES if sweep else ():
         if density != spec.density:
@@ -78,7 +84,7 @@ def run_sweep(
         results[label] = run_federation(variant, on_round=show)
         seconds[label] = time.perf_counter() - started
     labels = list(results)
-    head, dense = results[labels[0]], results[labels[1]]
+    head, dense, insecure = results[labels[0]], results[labels[1]], results[labels[2]]
     scores = [r.score for r in head.rounds]
     reached = [r.round for r in head.rounds if target is not None and r.score >= target]
     dense_bytes = dense.rounds[-1].uplink_bytes
@@ -92,9 +98,14 @@ def run_sweep(
         "devices": float(head.devices),
         "rounds": float(len(head.rounds)),
         "seconds_per_round": seconds[labels[0]] / max(1, len(head.rounds)),
+        # Signatures and TLS against neither, same devices and seed: round time (the federations' own round
+        # durations, summed) and uplink bytes.
+        "secured_vs_insecure_seconds_per_round": sum(r.seconds for r in head.rounds)
+        / max(1e-9, sum(r.seconds for r in insecure.rounds)),
+        "secured_vs_insecure_uplink": head.rounds[-1].uplink_bytes / max(1, insecure.rounds[-1].uplink_bytes),
         **(extra or {}),
     }
-    for label in labels[2:]:
+    for label in labels[3:]:
         key = label.replace(" ", "_").replace("%", "pct")
         figures[f"final_accuracy_{key}"] = results[label].rounds[-1].score
         figures[f"uplink_ratio_vs_dense_{key}"] = dense_bytes / max(1, results[label].rounds[-1].uplink_bytes)

@@ -66,6 +66,9 @@ report_every = 1000
 
 [broker]
 url = "{url}"
+
+[trust]
+mode = "insecure"  # the rounds' scale is measured here, signatures by `tinyfed bench signing`
 """
     )
     return path

@@ -44,7 +44,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "serial_link": ("line_rate_fraction_115200", "line_rate_fraction_921600"),
     "round_scale": ("seconds_per_round_10", "seconds_per_round_100", "seconds_per_round_1000"),
     "field_faults": ("round_time_ratio", "round_seconds_with_bad", "deadline_s", "bad_device_selected_after_failing"),
-    "fl_digits": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy"),
+    "fl_digits": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy",
+                  "secured_vs_insecure_seconds_per_round", "secured_vs_insecure_uplink"),
     "fl_har": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy"),
     "fl_cmapss": ("final_accuracy", "uplink_ratio_vs_dense", "dense_final_accuracy", "central_f1"),
 }

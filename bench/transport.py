@@ -226,7 +226,7 @@ def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
     config = workdir / "device.toml"
     config.write_text(
         f'[device]\nid = "rss"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\n'
-        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n'
+        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n[trust]\nmode = "insecure"\n'
     )
     gateway = _link(broker.url, "gateway-rss")
     receipts = Receipts(gateway)

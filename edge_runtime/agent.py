@@ -52,6 +52,7 @@ from .model.graph import Graph
 from .model.reader import read_graph
 from .train.evaluate import int8_metrics
 from .train.trainer import Trainer, cut_for_last_layers, weighted_layer_ops
+from .trust import member_trust
 
 __all__ = ["DeviceAgent", "LocalData", "load_local_data"]  # the last two moved to local_training; kept here for callers
 
@@ -92,6 +93,8 @@ class DeviceAgent(FederationMember):
                 ack_timeout=config.transport.ack_timeout,
                 resend_after=config.transport.resend_after,
                 max_payload=config.transport.max_payload,
+                max_task_seconds=config.device.max_task_seconds,
+                trust=member_trust(config.trust, config.source, f"device {config.device.id}"),
             )
         )
         self.compressor = Compressor(CompressionConfig(), ResidualStore(config.storage / "residual.npz"))
@@ -107,6 +110,12 @@ class DeviceAgent(FederationMember):
             firmware=f"tinyfed {__version__}",
             data=self.data.digest,
         )
+
+    def model_capacity(self) -> tuple[int, str] | None:
+        if self.config.device.max_model_bytes:
+            return self.config.device.max_model_bytes, "[device] max_model_bytes"
+        ram = physical_ram()
+        return (ram // 2, f"half of its {ram >> 20} MiB of RAM") if ram else None
 
     def validate_model(self, model: bytes) -> None:
         read_graph(model).check_int8()

@@ -26,9 +26,13 @@ protocol = "auto"            # 5, 3.1.1 or auto
 max_payload = 65536          # larger updates travel as fragments
 
 [trust]                      # written by `tinyfed provision device` (docs/security.md)
-signing_key = "/etc/tinyfed/signing.key"   # this device's Ed25519 key: signs its updates and presence
-gateway_key = "/etc/tinyfed/gateway.pub"   # the gateway's public key, pinned: verifies the models
+mode = "signed"              # the default; "insecure" (no keys, nothing signed or checked) must be asked for
+signing_key = "/etc/tinyfed/signing.key"   # this device's Ed25519 key: signs its updates, reports and presence
+gateway_key = "/etc/tinyfed/gateway.pub"   # the gateway's public key, pinned: verifies models, tasks, receipts
 ```
+
+Without ``[trust]`` the mode is ``signed`` and both keys are missing, so the device refuses to start
+(``edge_runtime.trust.member_trust``); ``mode = "insecure"`` runs it without signatures, with a warning.
 """
 
 from __future__ import annotations
@@ -121,6 +125,12 @@ class DeviceSection:
     trainable_layers: int = 0  # 0: what the gateway's manifest lists (it decides; another value is only checked)
     seed: int = 0
     connect_timeout: float = 15.0  # seconds to reach the broker at start before giving a clear error
+    max_task_seconds: float = 86400.0  # a task whose deadline is further away than this is refused
+    max_model_bytes: int = 0  # a larger model is refused before download; 0: half of this machine's RAM
+
+    def __post_init__(self) -> None:
+        if self.max_task_seconds <= 0 or self.max_model_bytes < 0:
+            raise ValueError("max_task_seconds must be > 0 and max_model_bytes >= 0")
 
 
 @dataclass
@@ -155,8 +165,13 @@ class TransportSection:
 class TrustSection:
     """Key files from the device's provisioning bundle (formats: ``edge_runtime/keys.py``); unset: none given."""
 
+    mode: str = "signed"  # or "insecure" (edge_runtime.trust)
     signing_key: str | None = None
     gateway_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("signed", "insecure"):
+            raise ValueError(f"mode {self.mode!r} is not 'signed' or 'insecure'")
 
 
 @dataclass

@@ -13,8 +13,17 @@ on-disk outbox until the gateway's receipt names them. Only what a task
 A task that cannot be done is reported (``wire.TaskFailure``, through the
 outbox like an update), so the gateway's round does not wait for it: the
 reason comes from ``failures.failure_reason``. No task holds the member's
-one thread: waiting for a model gives way to a newer task and to a stop,
-and a stop interrupts training between two batches.
+one thread: a newer task replaces the older ones not yet begun and ends a
+wait for a model or a training run at its next batch, as a stop does.
+
+Trust (``edge_runtime.trust``, docs/security.md): in signed mode every
+update, failure report and presence message (the last will included) is
+signed with the member's key where it is encoded, and a manifest, task or
+receipt counts only when the gateway's pinned key signed it; anything else
+is refused, counted in ``refusals`` and logged. A task is also refused when
+its deadline has passed or lies further ahead than ``max_task_seconds``,
+and a model larger than :meth:`FederationMember.model_capacity` is refused
+from its manifest, before a byte of it is fetched.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
@@ -38,7 +47,8 @@ from .transport.fetcher import ModelFetcher
 from .transport.mqtt import BrokerConfig, MqttLink, Will
 from .transport.outbox import Outbox, OutboxEntry
 from .transport.sender import OutboxSender
-from .transport.topics import Topics
+from .transport.topics import Topics, member_client_id
+from .trust import MemberTrust
 from .wire.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,9 @@ class MemberSettings:
     ack_timeout: float = 10.0  # seconds to wait for the broker's PUBACK
     resend_after: float = 30.0  # seconds without a receipt before an update is sent again
     max_payload: int = 65536  # larger updates travel as fragments
+    max_task_seconds: float = 86400.0  # a task whose deadline lies further ahead is refused
+    # What it signs with and whose signatures it believes: no default, so a caller says which (trust.py).
+    trust: MemberTrust = field(kw_only=True)
 
 
 class FederationMember(ABC):
@@ -68,6 +81,7 @@ class FederationMember(ABC):
     def __init__(self, settings: MemberSettings) -> None:
         self.settings = settings
         self.device_id = settings.device_id
+        self.trust = settings.trust
         self.topics = Topics(settings.federation)
         storage = settings.storage
         storage.mkdir(parents=True, exist_ok=True)
@@ -81,16 +95,18 @@ class FederationMember(ABC):
         # Tasks not yet begun, and everything the worker waits on (a task, a model, a refused model, a stop):
         # one condition, so a wait for a model wakes as soon as a newer task or a stop makes it pointless.
         self._pending: deque[wire.Task] = deque()
+        self._current: wire.Task | None = None  # the task being worked on
         self._changed = threading.Condition()
         self._shutdown = threading.Event()
         self._worker: threading.Thread | None = None
         self.busy = threading.Event()
 
-        client_id = f"tinyfed-{settings.federation}-{self.device_id}"
+        client_id = member_client_id(settings.federation, self.device_id)
         self.link = MqttLink(
             settings.broker,
             client_id=client_id,
-            will=Will(self.topics.presence(self.device_id), wire.encode(self._presence(False))),
+            # Fixed at CONNECT for the life of the process, so signed now; its seq is this start's (Sparkplug).
+            will=Will(self.topics.presence(self.device_id), self.trust.seal(wire.encode(self._presence(False)))),
             claim_topic=self.topics.claim(client_id),
             conflict_hint=(
                 f"another device of federation {settings.federation!r} uses the device id {self.device_id!r} "
@@ -104,6 +120,7 @@ class FederationMember(ABC):
             ack_timeout=settings.ack_timeout,
             resend_after=settings.resend_after,
             max_payload=settings.max_payload,
+            open_receipt=lambda payload: self.trust.decode(payload, expect=wire.Receipt),
         )
         self.fetcher = ModelFetcher(
             self.link,
@@ -112,6 +129,8 @@ class FederationMember(ABC):
             validate=self.validate_model,
             on_installed=self._on_installed,
             on_refused=lambda manifest, why: self._wake(),
+            open_manifest=lambda payload: self.trust.decode(payload, expect=wire.ModelManifest),
+            capacity=self.model_capacity,
         )
         self._born = False  # our last word on our presence: a birth (True) or a death
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
@@ -138,6 +157,11 @@ class FederationMember(ABC):
 
     def on_model_installed(self, manifest: wire.ModelManifest) -> None:  # noqa: B027 - optional hook
         """Called on the fetcher's thread after a new model is installed; keep it short."""
+
+    def model_capacity(self) -> tuple[int, str] | None:
+        """The largest model this member takes, and what bounds it; None: no bound. A manifest announcing a
+        larger model is refused before anything is fetched (its tasks then fail as ``no_memory``)."""
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @staticmethod
@@ -175,15 +199,15 @@ class FederationMember(ABC):
 
     def publish_birth(self) -> None:
         self._born = True
-        self.link.publish(self.topics.presence(self.device_id), wire.encode(self._presence(True)), retain=True)
+        birth = self.trust.seal(wire.encode(self._presence(True)))
+        self.link.publish(self.topics.presence(self.device_id), birth, retain=True)
 
     def publish_death(self) -> None:
         """What the last will says, said now: the member (or the board behind it) is gone."""
         self._born = False
         if self.link.connected.is_set():
-            self.link.publish(
-                self.topics.presence(self.device_id), wire.encode(self._presence(False)), retain=True, timeout=5.0
-            )
+            death = self.trust.seal(wire.encode(self._presence(False)))
+            self.link.publish(self.topics.presence(self.device_id), death, retain=True, timeout=5.0)
 
     def _on_own_presence(self, topic: str, payload: bytes) -> None:
         """A death on our topic while we live is a last will with our id: our own, from before a reconnect, or
@@ -209,9 +233,14 @@ class FederationMember(ABC):
         self.publish_birth()  # the gateway learns the new model version from the birth message
 
     def check_stop(self, *progress: object) -> None:
-        """Raise TaskAbandoned once the member is stopping: a training progress callback, called every batch."""
+        """Raise TaskAbandoned once the member is stopping, or a task of a later round has arrived: a training
+        progress callback, called every batch."""
         if self._shutdown.is_set():
             raise TaskAbandoned("the member is stopping")
+        with self._changed:
+            current, later = self._current, max((t.round for t in self._pending), default=None)
+        if current is not None and later is not None and later > current.round:
+            raise TaskAbandoned(f"the task for round {later} replaces it")
 
     def model_for(self, task: wire.Task) -> tuple[bytes, wire.ModelManifest]:
         """The task's base model and its manifest, once installed.
@@ -257,28 +286,52 @@ class FederationMember(ABC):
         log.warning("device %s refused %s", self.device_id, detail)
 
     def _on_task(self, topic: str, payload: bytes) -> None:
+        """Only the gateway's tasks (signed mode), with a deadline ahead but not too far; a task of a later round
+        replaces those not yet begun, and one older than a task already taken is refused."""
         try:
-            task = wire.decode(payload, TASK_LIMITS, expect=wire.Task)
+            task = self.trust.decode(payload, TASK_LIMITS, expect=wire.Task)
         except wire.WireError as exc:
-            self.refuse(type(exc).__name__, f"a task of {len(payload)} bytes: {exc}")
+            unreadable = isinstance(exc, wire.MalformedCBOR | wire.MessageTooLarge)
+            kind = "signature" if exc.field.startswith("envelope") and not unreadable else type(exc).__name__
+            self.refuse(kind, f"a task of {len(payload)} bytes: {exc}")
             return
         if task.task_id in self._seen_tasks:
             log.info("task %s delivered again; already handled", task.task_id.hex()[:12])
             return
-        if task.deadline <= time.time():
+        now = time.time()
+        if task.deadline <= now:
             self.refuse("expired", f"task for round {task.round}: its deadline passed")
             return
-        self._seen_tasks.add(task.task_id)
+        if task.deadline > now + self.settings.max_task_seconds:
+            self.refuse("deadline", f"task for round {task.round}: its deadline is {task.deadline - now:.0f} s "
+                        f"away, beyond the {self.settings.max_task_seconds:.0f} s this member accepts")  # fmt: skip
+            return
+        with self._changed:
+            taken = [t.round for t in self._pending] + ([self._current.round] if self._current else [])
+            newest = max(taken, default=None)
+            replaced = [t for t in self._pending if t.round < task.round]
+            if newest is None or task.round >= newest:
+                self._pending = deque(t for t in self._pending if t.round >= task.round)
+                self._pending.append(task)
+                self._seen_tasks.add(task.task_id)
+                self._changed.notify_all()
+        if newest is not None and task.round < newest:
+            self.refuse("superseded", f"task for round {task.round}: older than the task for round {newest}")
+            return
         log.info("device %s: task %s for round %d on model %s", self.device_id, task.task_id.hex()[:12], task.round,
                  task.base_version.hex()[:12])  # fmt: skip
-        with self._changed:
-            self._pending.append(task)
-            self._changed.notify_all()
+        for old in replaced:
+            log.info("device %s: the task for round %d is replaced by the one for round %d", self.device_id,
+                     old.round, task.round)  # fmt: skip
 
     def _next_task(self) -> wire.Task | None:
         with self._changed:
+            self._current = None
             self._changed.wait_for(lambda: self._pending or self._shutdown.is_set())
-            return None if self._shutdown.is_set() else self._pending.popleft()
+            if self._shutdown.is_set():
+                return None
+            self._current = self._pending.popleft()
+            return self._current
 
     def _work(self) -> None:
         while (task := self._next_task()) is not None:
@@ -291,6 +344,8 @@ class FederationMember(ABC):
                 self._fail(task, exc)
             finally:
                 self.busy.clear()
+        with self._changed:
+            self._current = None
 
     def _fail(self, task: wire.Task, exc: Exception) -> None:
         reason = failure_reason(exc, wire.FailureReason.TRAINING)
@@ -311,7 +366,7 @@ class FederationMember(ABC):
         entry = OutboxEntry(
             failure.report_id,
             self.topics.update(self.device_id),
-            wire.encode(failure),
+            self.trust.seal(wire.encode(failure)),
             expires=max(float(task.deadline), time.time()) + REPORT_GRACE,
             created=time.time(),
             label=f"failure report round {task.round}",
@@ -346,7 +401,7 @@ class FederationMember(ABC):
         entry = OutboxEntry(
             update.update_id,
             self.topics.update(self.device_id),
-            wire.encode(update),
+            self.trust.seal(wire.encode(update)),
             expires=float(task.deadline),
             created=time.time(),
             label=f"{kind} round {task.round}",

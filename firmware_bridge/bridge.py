@@ -4,6 +4,13 @@ One thread per port opens it, greets the board (retrying until one
 answers, so a board may be plugged in after the bridge starts), and hands
 it to a :class:`~firmware_bridge.member.BoardMember`. The device id is the
 chip id the board reports in HELLO, or the one given as ``URL#ID``.
+
+Each board is its own federation member with its own provisioned identity
+(``bundles``: ``DIR/<device id>/`` as ``tinyfed provision device`` writes
+it): its certificate on the broker, its key on what it sends. The bridge
+verifies the gateway's signature on every manifest, task and receipt on
+the board's behalf (the member's own checks) and streams a board only a
+model that passed them (docs/serial-protocol.md, "Trust").
 """
 
 from __future__ import annotations
@@ -14,13 +21,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.config import ConfigError
 from edge_runtime.member import MemberSettings
 from edge_runtime.transport.mqtt import ClientIdConflict
 from edge_runtime.transport.topics import check_id
 
 from .driver import BoardDriver
 from .errors import BoardProblem
-from .member import BoardMember, member_settings
+from .member import BoardMember, member_settings, with_bundle
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +79,17 @@ def _present_ports() -> str:
 
 
 class Bridge:
-    def __init__(self, ports: list[PortSpec], settings: MemberSettings, baud: int, heartbeat: float = 5.0) -> None:
+    def __init__(
+        self,
+        ports: list[PortSpec],
+        settings: MemberSettings,
+        baud: int,
+        heartbeat: float = 5.0,
+        bundles: Path | None = None,
+    ) -> None:
         self.ports = ports
         self.settings = settings
+        self.bundles = bundles  # DIR/<device id>/: each board's identity; None: settings.trust for every board
         self.baud = baud
         self.heartbeat = heartbeat
         self.members: dict[str, BoardMember] = {}
@@ -113,6 +129,13 @@ class Bridge:
                 log.error("the board on %s reports no id; give one as --port '%s#ID'", port.url, port.url)
                 driver.close()
                 return
+            if self.bundles is not None:
+                try:
+                    settings = with_bundle(settings, self.bundles)
+                except ConfigError as exc:
+                    log.error("the board on %s is not bridged: %s", port.url, exc)
+                    driver.close()
+                    return
             member = BoardMember(driver, settings, heartbeat=self.heartbeat)
             member.link.on_fatal_hooks.append(self._on_conflict)
             member.start()

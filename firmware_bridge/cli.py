@@ -1,9 +1,14 @@
 """``tinyfed bridge run``: runs until SIGTERM/SIGINT, then announces every board's death and stops.
 
+Signatures are on by default: ``--bundles DIR`` gives each board its own
+provisioned identity (``DIR/<board id>/``), and without it the bridge
+refuses to start unless ``--insecure`` says otherwise (with a warning).
+
 Exit codes (``edge_runtime.errors.ExitCode``), as for ``tinyfed device run``:
 0 after a signal; 2 for bad options (``ConfigError``): a serial port that
 does not exist, a storage folder that cannot be written, a misspelt
-``TINYFED_BROKER_*`` variable; 3 when the broker cannot be reached within
+``TINYFED_BROKER_*`` variable, no ``--bundles`` nor ``--insecure``, a
+board's bundle missing or its key unreadable; 3 when the broker cannot be reached within
 ``--connect-timeout`` seconds at start (``TransportError``; unless
 ``--keep-trying``); 5 when another MQTT client took a board's client id
 (``ClientIdConflict``: the same board id bridged twice); a supervisor
@@ -17,12 +22,14 @@ import dataclasses
 import logging
 import os
 import socket
+from pathlib import Path
 
 from edge_runtime.config import ConfigError, broker_section, check_environment, keys_of
 from edge_runtime.member import MemberSettings
 from edge_runtime.paths import check_storage_dir
 from edge_runtime.shutdown import stop_on_signals
 from edge_runtime.transport.broker_config import BrokerConfig, TransportError
+from edge_runtime.trust import Bundle, MemberTrust, warn_insecure
 
 from .bridge import Bridge, PortSpec
 
@@ -36,10 +43,15 @@ def run(args: argparse.Namespace) -> int:
     check_environment("bridge", {"broker": keys_of(BrokerConfig)})
     broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
     storage = check_storage_dir(args.storage, "--storage")
+    bundles = _bundles(args, ports)
     if not args.keep_trying:
-        _require_broker(broker, args.connect_timeout)
-    settings = MemberSettings(device_id="", federation=args.federation, storage=storage, broker=broker)
-    bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat).start()
+        if bundles is None:
+            _require_broker(broker, args.connect_timeout)
+        else:
+            _reachable(broker, args.connect_timeout)
+    settings = MemberSettings(device_id="", federation=args.federation, storage=storage, broker=broker,
+                              max_task_seconds=args.max_task_seconds, trust=MemberTrust.insecure())  # fmt: skip
+    bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat, bundles=bundles).start()
     stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
     while not stop.wait(0.5) and not bridge.conflicted.is_set():
@@ -49,6 +61,41 @@ def run(args: argparse.Namespace) -> int:
         raise bridge.conflict
     print("bridge stopped", flush=True)
     return 0
+
+
+def _bundles(args: argparse.Namespace, ports: list[PortSpec]) -> Path | None:
+    """Where each board's identity is, checked now for the boards named with ``#ID``; None with ``--insecure``."""
+    if args.insecure:
+        warn_insecure("the bridge", "--insecure")
+        return None
+    if args.bundles is None:
+        raise ConfigError(
+            "signatures are on by default, and each board needs its own provisioned identity: give --bundles DIR "
+            "with DIR/ID/ for every board (`tinyfed provision device ID` makes one; docs/security.md), or "
+            "--insecure to run without signatures (tests only)"
+        )
+    if not args.bundles.is_dir():
+        raise ConfigError(f"--bundles {args.bundles}: no such folder")
+    for port in ports:
+        if port.device_id:
+            try:
+                Bundle(args.bundles / port.device_id).trust(f"board {port.device_id}")
+            except ConfigError as exc:
+                raise ConfigError(f"--port {port.url}#{port.device_id}: {exc}") from exc
+    return Path(args.bundles)
+
+
+def _reachable(broker: BrokerConfig, timeout: float) -> None:
+    """With one certificate per board, any MQTT probe would be a board (the broker names a client by its
+    certificate) and resume that board's session, taking its queued tasks: a TCP connection says enough."""
+    host, port, _ = broker.endpoint()
+    try:
+        socket.create_connection((host, port), timeout).close()
+    except OSError as exc:
+        raise TransportError(
+            f"cannot reach the MQTT broker at {broker.url}: {exc.strerror or exc}. "
+            "Check --broker (or TINYFED_BROKER_URL), or pass --keep-trying."
+        ) from exc
 
 
 def _port(text: str) -> PortSpec:

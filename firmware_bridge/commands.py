@@ -39,6 +39,25 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="the federation the boards join: the gateway's [gateway] federation",
     )
     b.add_argument("--storage", type=Path, default=Path("tinyfed-bridge"), help="per-board models and outboxes")
+    trust = b.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--bundles",
+        type=Path,
+        default=None,
+        help="a folder holding one provisioned bundle per board, DIR/ID/ as `tinyfed provision device ID` writes "
+        "it: each board connects with its own certificate and signs with its own key (docs/security.md)",
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no signatures and no per-board identities: sign nothing, believe any model and task (tests only)",
+    )
+    b.add_argument(
+        "--max-task-seconds",
+        type=float,
+        default=86400.0,
+        help="refuse a task whose deadline lies further ahead than this",
+    )
     b.add_argument("--heartbeat", type=float, default=5.0, help="seconds between STATUS checks of each board")
     b.add_argument(
         "--connect-timeout",

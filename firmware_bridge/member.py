@@ -26,8 +26,10 @@ only when the bridge restarts or the board's firmware does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from pathlib import Path
 from typing import Self
 
 from edge_runtime import wire
@@ -36,6 +38,7 @@ from edge_runtime.member import FederationMember, MemberSettings
 from edge_runtime.model.errors import ModelError
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.schema import OPCODE_CODES
+from edge_runtime.trust import Bundle
 
 from .driver import BoardDriver
 from .errors import BoardProblem, BoardRefused, BoardReset
@@ -94,6 +97,10 @@ class BoardMember(FederationMember):
                 FailureReason.NO_MEMORY,
                 f"a {len(model)}-byte model does not fit half of the board's {self.board.flash}-byte flash",
             )
+
+    def model_capacity(self) -> tuple[int, str] | None:
+        """What ``validate_model`` allows, asked of the manifest: a model too large is not even fetched."""
+        return self.board.flash // 2, f"half of the board's {self.board.flash}-byte flash"
 
     def on_model_installed(self, manifest: wire.ModelManifest) -> None:
         self._sync_wanted.set()
@@ -213,12 +220,12 @@ class BoardMember(FederationMember):
 def member_settings(base: MemberSettings, board: wire.Hello, fallback_id: str) -> MemberSettings:
     """The bridge's settings for one board: its chip id as device id, its own storage folder."""
     device_id = board.board_id or fallback_id
-    return MemberSettings(
-        device_id=device_id,
-        federation=base.federation,
-        storage=base.storage / device_id,
-        broker=base.broker,
-        ack_timeout=base.ack_timeout,
-        resend_after=base.resend_after,
-        max_payload=base.max_payload,
-    )
+    return dataclasses.replace(base, device_id=device_id, storage=base.storage / device_id)
+
+
+def with_bundle(settings: MemberSettings, bundles: Path) -> MemberSettings:
+    """One board's own identity from ``bundles/<its id>/`` (``tinyfed provision device``'s bundle): its TLS
+    certificate on the broker and its signing key. Raises ConfigError naming what is missing."""
+    bundle = Bundle(bundles / settings.device_id)
+    trust = bundle.trust(f"board {settings.device_id}")
+    return dataclasses.replace(settings, broker=bundle.broker(settings.broker), trust=trust)

@@ -40,7 +40,17 @@ server_lr = 1.0
 
 [broker]
 url = "mqtt://127.0.0.1:1883"
+
+[trust]                    # written by `tinyfed provision init` into gateway/broker.toml (docs/security.md)
+mode = "signed"            # the default; "insecure" (no keys, nothing signed or checked) must be asked for
+signing_key = "/var/lib/tinyfed/pki/gateway/signing.key"   # signs every manifest, task, receipt and state
+devices = "/var/lib/tinyfed/pki/gateway/devices.json"      # the device keys, re-read whenever the file changes
+probe_cert_file = "/var/lib/tinyfed/pki/gateway/probe.crt" # reads a running gateway's presence at start
+probe_key_file = "/var/lib/tinyfed/pki/gateway/probe.key"
 ```
+
+Without ``[trust]`` the mode is ``signed`` and its keys are missing, so ``gateway run`` refuses to start
+(``gateway.trust.gateway_trust``); ``status``, ``rollback`` and ``export`` read no keys and run either way.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ from edge_runtime.transport.topics import DEFAULT_FEDERATION, check_id
 from edge_runtime.wire.errors import SchemaError
 
 from .strategies import STRATEGIES, Strategy, make_strategy
+from .trust import TrustSection
 
 
 @dataclass
@@ -137,6 +148,7 @@ class GatewayConfig:
     rounds: RoundsSection = field(default_factory=RoundsSection)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
+    trust: TrustSection = field(default_factory=TrustSection)
     source: str = "defaults"
 
     @property
@@ -159,13 +171,14 @@ class GatewayConfig:
             "rounds": keys_of(RoundsSection),
             "strategy": keys_of(strategy_options(STRATEGIES[strategy])),
             "broker": keys_of(BrokerConfig),
+            "trust": keys_of(TrustSection),
         }
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "broker"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "broker", "trust"), source)
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -173,6 +186,7 @@ class GatewayConfig:
             rounds=section(RoundsSection, table(data, "rounds"), "rounds", source, env),
             strategy=strategy,
             broker=broker_section(data, source, env),
+            trust=section(TrustSection, table(data, "trust"), "trust", source, env),
             source=source,
         )
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,11 @@ class Publisher:
         self.manifest, self.chunks = self._manifest(new.model, parent)
 
     # -- the broker -------------------------------------------------------------------------------------
-    def publish(self, link: MqttLink, topics: Topics) -> None:
-        """Chunks, then the manifest, retained; clear the retained chunks of versions older than the previous."""
+    def publish(self, link: MqttLink, topics: Topics, seal: Callable[[bytes], bytes] = bytes) -> None:
+        """Chunks, then the manifest (``seal``ed: signed in signed mode), retained; clear the retained chunks of
+        versions older than the previous."""
         manifest, chunks = self.manifest, self.chunks
-        publish_model(link, topics, manifest, chunks)
+        publish_model(link, topics, manifest, chunks, seal=seal)
         if not self._retained or self._retained[-1][0] != manifest.version:
             self._retained.append((manifest.version, manifest.chunk_count))
         while len(self._retained) > 2:

@@ -118,6 +118,18 @@ class Registry:
         )
         return record, was_online and not presence.online
 
+    def expel(self, device: str, why: str) -> bool:
+        """Take a device for gone now (its key was revoked): offline, so rounds replace it as they replace the
+        dead; True if it was online. Its births are refused from now on (their signatures), so it stays out."""
+        with self._lock:
+            record = self._devices.get(device)
+            if record is None or not record.online:
+                return False
+            self._devices[device] = dataclasses.replace(record, online=False)
+            self.departures += 1
+        log.warning("%s is out of the federation: %s", device, why)
+        return True
+
     def birth_key(self, device: str) -> str:
         with self._lock:
             record = self._devices.get(device)

@@ -223,6 +223,24 @@ class Rounds:
                     failure.round, why)  # fmt: skip
         return None
 
+    def drop(self, device: str, why: str) -> bool:
+        """A device that may no longer answer (its key was revoked): its open task counts as failed, so the
+        round gives it to a spare device or closes without it, and the device is not selected again."""
+        with self._lock:
+            open_round = self._open
+            if open_round is None:
+                return False
+            kind = "eval" if open_round.row.mode == "eval" else "train"
+            task = self.store.task(open_round.number, device, kind)
+            if task is None or task.status not in ANSWERABLE:
+                return False
+            self.store.set_selection_status(open_round.number, device, kind, "failed")
+            open_round.failed.add(device)
+            number = open_round.number
+        self.registry.mark_failed(device, why, self.registry.birth_key(device))
+        log.warning("%s: its task in round %d is dropped (%s)", device, number, why)
+        return True
+
     # -- steps (the round thread) ---------------------------------------------------------------------------
     def _note_full(self) -> None:
         """A write failed for want of space: wait until some is freed, even above the configured floor."""

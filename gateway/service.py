@@ -13,6 +13,18 @@ presence topic, and a starting one reads it first, through a client of
 its own (connecting with the gateway's client id would drop the running
 one), and refuses to start while another is alive. Should two start at
 once, the client id settles it: the first stops (``ClientIdConflict``).
+On a provisioned broker, which names every client by its certificate,
+that client is the probe identity (``[trust] probe_cert_file``): the
+gateway's own certificate would take the running gateway's session.
+
+Signatures (``trust.GatewayTrust``, docs/security.md): everything the
+gateway publishes is signed where it is encoded; every update, failure
+report and presence is opened under the key the registry holds for the
+device whose topic it came on before anything else reads it. A refused
+update or report is recorded without its id and gets no receipt (it is
+not the device's word); a refused presence is logged and counted
+(``refused_presence``). A device whose key is revoked is dropped from the
+round at once, as a dead one is, so the round completes without it.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +46,7 @@ from edge_runtime import wire
 from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink, Will
-from edge_runtime.transport.topics import Topics
+from edge_runtime.transport.topics import Topics, gateway_client_id
 from edge_runtime.wire.cbor import loads
 
 from .admission import AdmissionRules
@@ -47,6 +60,7 @@ from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .rounds import Rounds, RoundSummary, Step
 from .store import GatewayStore
+from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
 __all__ = ["Gateway", "RoundSummary", "SecondGateway"]
@@ -83,6 +97,8 @@ class Gateway:
     ) -> None:
         self.config = config
         rc = config.rounds
+        self.trust = gateway_trust(config.trust, config.source)  # before anything is opened: no keys, no start
+        self.refused_presence: Counter[str] = Counter()  # device -> presence messages refused (signatures)
         self.clock = clock or SystemClock()
         self.topics = Topics(config.gateway.federation)
         self.store = GatewayStore(config.storage / "gateway.db")
@@ -104,9 +120,10 @@ class Gateway:
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.
         self.owner = f"{socket.gethostname()}:{config.storage.resolve()}"[:256]
-        self._alive = wire.encode(wire.Presence(self.owner, True, os.getpid(), int(time.time())))
-        dead = wire.encode(wire.Presence(self.owner, False, os.getpid(), int(time.time())))
-        client_id = f"tinyfed-gateway-{config.gateway.federation}"
+        seal = self.trust.seal
+        self._alive = seal(wire.encode(wire.Presence(self.owner, True, os.getpid(), int(time.time()))))
+        dead = seal(wire.encode(wire.Presence(self.owner, False, os.getpid(), int(time.time()))))
+        client_id = gateway_client_id(config.gateway.federation)
         self.link = link or MqttLink(
             config.broker,
             client_id=client_id,
@@ -169,7 +186,7 @@ class Gateway:
         self.link.require_connected(self.config.gateway.connect_timeout)
         self.link.wait_ready(self.config.gateway.connect_timeout)
         self._republish = False
-        self.publisher.publish(self.link, self.topics)
+        self.publisher.publish(self.link, self.topics, self.trust.seal)
         self._publish_state(0)
         self.republished.set()
         self._thread = threading.Thread(target=self._run, name="gateway-rounds", daemon=True)
@@ -182,8 +199,8 @@ class Gateway:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self.link.connected.is_set():  # gone, said now (a clean disconnect sends no last will)
-            gone = wire.Presence(self.owner, False, os.getpid(), int(time.time()))
-            self.link.publish(self.topics.gateway_presence, wire.encode(gone), retain=True, timeout=5.0)
+            gone = self.trust.seal(wire.encode(wire.Presence(self.owner, False, os.getpid(), int(time.time()))))
+            self.link.publish(self.topics.gateway_presence, gone, retain=True, timeout=5.0)
         self.link.stop()
         self.store.close()
 
@@ -215,22 +232,47 @@ class Gateway:
             f"gone by the broker within about {grace:.0f} s.)"
         )
 
+    def _probe_broker(self) -> Any:
+        """The broker settings the probe connects with: the probe identity's certificate when one is configured.
+
+        Without one, on a broker that takes each client's id from its certificate, the probe would connect as
+        the running gateway and take its session over: then no check is made (said), and the client id
+        settles a conflict as before.
+        """
+        broker = dataclasses.replace(self.config.broker, session_expiry=0)
+        trust = self.config.trust
+        if trust.probe_cert_file is not None:
+            return dataclasses.replace(broker, cert_file=trust.probe_cert_file, key_file=trust.probe_key_file)
+        if broker.cert_file is not None:
+            log.warning("no [trust] probe_cert_file: a second gateway of this federation is not looked for before "
+                        "start (the gateway's own certificate would take over the running one's session)")  # fmt: skip
+            return None
+        return broker
+
     def _running_gateway(self) -> wire.Presence | None:
         """The retained gateway presence, read by a client of its own whose session ends with it.
 
         Retained messages come right after the SUBACK; an echo published after it arrives after them,
-        so once the echo is back, a presence that has not arrived does not exist.
+        so once the echo is back, a presence that has not arrived does not exist. In signed mode only a
+        presence this gateway's key signed counts (one sharing the key is this federation's gateway).
         """
-        probe_id = f"tinyfed-gateway-{self.config.gateway.federation}-probe-{secrets.token_hex(4)}"
-        echo_topic = f"{self.topics.base}/gateway/probe/{probe_id}"
+        broker = self._probe_broker()
+        if broker is None:
+            return None
+        probe_id = f"{gateway_client_id(self.config.gateway.federation)}-probe-{secrets.token_hex(4)}"
+        echo_topic = self.topics.gateway_probe(probe_id)
         seen: list[wire.Presence] = []
         echoed = threading.Event()
 
         def on_presence(topic: str, payload: bytes) -> None:
-            if payload:
-                seen.append(wire.decode(payload, expect=wire.Presence))
+            if not payload:
+                return
+            try:
+                seen.append(wire.decode(self.trust.own(payload).payload, expect=wire.Presence))
+            except wire.WireError as exc:
+                log.warning("ignored a gateway presence not signed by this gateway's key: %s", exc)
 
-        probe = MqttLink(dataclasses.replace(self.config.broker, session_expiry=0), probe_id)
+        probe = MqttLink(broker, probe_id)
         probe.subscribe(self.topics.gateway_presence, on_presence)
         probe.subscribe(echo_topic, lambda topic, payload: echoed.set())
         timeout = self.config.gateway.connect_timeout
@@ -250,9 +292,15 @@ class Gateway:
         if not payload:
             return  # a cleared retained message
         try:
-            presence = wire.decode(payload, expect=wire.Presence)
             device = self.topics.device_of(topic)
         except wire.WireError as exc:
+            log.warning("refused a presence message on %s: %s", topic, exc)
+            return
+        try:
+            opened = self.trust.open(device, payload)
+            presence = wire.decode(opened.payload, expect=wire.Presence)
+        except wire.WireError as exc:
+            self.refused_presence[device] += 1
             log.warning("refused a presence message on %s: %s", topic, exc)
             return
         if presence.device != device:
@@ -281,13 +329,18 @@ class Gateway:
             return
         if whole is None:
             return
-        if wire.peek_type(whole) == wire.TaskFailure.TYPE:
-            self._on_failure(device, whole)
+        try:
+            payload = self.trust.open(device, whole).payload
+        except wire.WireError as exc:  # not the device's word: no id recorded, no receipt (module docstring)
+            self._refuse(None, device, f"{type(exc).__name__}: {exc}", len(whole))
+            return
+        if wire.peek_type(payload) == wire.TaskFailure.TYPE:
+            self._on_failure(device, payload)
             return
         try:
-            update = wire.decode(whole, expect=wire.Update, spec=self.rounds.spec)
+            update = wire.decode(payload, expect=wire.Update, spec=self.rounds.spec)
         except wire.WireError as exc:
-            self._refuse_undecodable(device, whole, exc)
+            self._refuse_undecodable(device, payload, exc)
             return
         try:
             verdict = self.rounds.intake(update, whole, device, update_norm(update))
@@ -347,7 +400,7 @@ class Gateway:
 
     def _send_receipt(self, device: str, update_id: bytes, reason: str | None) -> None:
         receipt = wire.Receipt([update_id]) if reason is None else wire.Receipt([], {update_id: reason[:256]})
-        self.link.publish(self.topics.receipt(device), wire.encode(receipt))
+        self.link.publish(self.topics.receipt(device), self.trust.seal(wire.encode(receipt)))
 
     # -- outgoing -------------------------------------------------------------------------------------------
     def _publish_state(self, phase: int) -> None:
@@ -362,7 +415,7 @@ class Gateway:
             int(open_round.row.deadline) if open_round else 0,
             int(self.clock.now()),
         )
-        self.link.publish(self.topics.state, wire.encode(state), retain=True)
+        self.link.publish(self.topics.state, self.trust.seal(wire.encode(state)), retain=True)
 
     # -- the broker's availability ------------------------------------------------------------------------
     def _on_connected(self) -> None:
@@ -385,7 +438,7 @@ class Gateway:
             self._republish = True
         if self._republish:
             try:
-                self.publisher.publish(self.link, self.topics)
+                self.publisher.publish(self.link, self.topics, self.trust.seal)
                 self._publish_state(1 if self.rounds.open_round else 0)
             except wire.WireError as exc:  # the broker went away again mid-publication: next time
                 log.warning("republishing the model failed (%s); retrying", exc)
@@ -411,22 +464,33 @@ class Gateway:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
+                self._expel_revoked()
                 if self._reachable():
                     self.step()
             except Exception:  # the federation outlives a bad round; the log says what happened
                 log.exception("round step failed")
 
+    def _expel_revoked(self) -> None:
+        """A device whose key was revoked leaves at once, as a dead one does: its task goes to another device or
+        the round closes without it. One stat of the registry per look."""
+        for device in self.trust.revoked():
+            why = "its key was revoked (the device registry changed)"
+            self.registry.expel(device, why)
+            self.rounds.drop(device, why)
+            self._wake.set()
+
     def step(self) -> Step:
         """One step of the rounds, then what it means on the broker: tasks, state, a new model."""
         step = self.rounds.step()
         deadline = self.clock.now() + step.expiry
-        self._send_tasks([(self.topics.task(d), wire.encode(t), deadline) for d, t in step.tasks])
+        seal = self.trust.seal
+        self._send_tasks([(self.topics.task(d), seal(wire.encode(t)), deadline) for d, t in step.tasks])
         if step.opened is not None:
             self._publish_state(1)
         if step.ended is not None:
             if step.ended.version is not None:
                 try:
-                    self.publisher.publish(self.link, self.topics)
+                    self.publisher.publish(self.link, self.topics, self.trust.seal)
                 except wire.WireError as exc:
                     log.warning("publishing model %s failed (%s); it is published again on reconnect",
                                 step.ended.version.hex()[:12], exc)  # fmt: skip

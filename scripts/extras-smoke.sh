@@ -195,6 +195,9 @@ density = 0.1
 
 [broker]
 url = "mqtt://127.0.0.1:$PORT"
+
+[trust]
+mode = "insecure"  # the gateway extra alone has no cryptography; signatures are 'tinyfed[gateway,sign]'
 EOF
 "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
 GATEWAY_PID=$!
@@ -227,7 +230,7 @@ ok "bridge: tinyfed bridge run --help"
 hint bridge hil hil emulate
 absent bridge ai_edge_litert tflite_micro sklearn
 "$VENVS/bridge/bin/tinyfed" bridge run --port "$PTY" --broker "mqtt://127.0.0.1:$PORT" --federation smoke \
-    --storage "$TMP/bridge" >"$TMP/bridge.log" 2>&1 &
+    --storage "$TMP/bridge" --insecure >"$TMP/bridge.log" 2>&1 &
 BRIDGE_PID=$!
 PIDS+=("$BRIDGE_PID")
 wait_for "bridge: tinyfed bridge run" "$TMP/bridge.log" "board smoke-board on $PTY joined federation smoke" "$BRIDGE_PID"

@@ -25,6 +25,7 @@ from edge_runtime.transport.mqtt import BrokerConfig, MqttLink, Will
 from edge_runtime.transport.topics import Topics
 from gateway.strategies import RoundInput, Weights
 from gateway.strategies.fedavg import FedAvg
+from tests.helpers import INSECURE
 
 FED = "gw-test"
 TOPICS = Topics(FED)
@@ -36,6 +37,7 @@ def gateway_config(broker: MosquittoProcess, storage: Path, model: Path, **round
         "gateway": {"federation": FED, "storage": str(storage), "model": str(model), "connect_timeout": 20.0},
         "rounds": {"min_devices": 1, "deadline": 60.0, "report_every": 1, **rounds},
         "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+        "trust": INSECURE,  # signatures are tests/test_signatures.py's
     }
 
 
@@ -58,6 +60,7 @@ def start_agents(
                 "device": {"id": f"d{i:02d}", "federation": FED, "storage": str(tmp / f"d{i:02d}"),
                            "trainable_layers": 0},
                 "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+                "trust": INSECURE,  # signatures are tests/test_signatures.py's
                 "transport": {"resend_after": 2.0},
             },
             env={},

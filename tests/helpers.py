@@ -19,6 +19,10 @@ from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
 
 T = TypeVar("T")
 POLL = 0.02  # seconds between looks at a state the code offers no event for
+# Tests of anything but trust run without signatures, and say so: signed is every configuration's default, so a
+# gateway or device without keys refuses to start (tests/test_signatures.py tests that, and the signed paths).
+INSECURE = {"mode": "insecure"}
+INSECURE_TOML = '\n[trust]\nmode = "insecure"\n'
 
 
 def fast_config(broker: MosquittoProcess, **overrides: object) -> BrokerConfig:

@@ -30,7 +30,7 @@ from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import dumps
-from tests.helpers import fast_config
+from tests.helpers import INSECURE, fast_config
 
 FED = "agent-test"
 TOPICS = Topics(FED)
@@ -96,6 +96,7 @@ def agent_config(broker: MosquittoProcess, storage: Path, device: str = "dev-1",
         {
             "device": {"id": device, "federation": FED, "storage": str(storage), "trainable_layers": 1},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
             "transport": {"resend_after": 5.0, **transport},
         },
         env={},
@@ -219,7 +220,9 @@ def test_hostile_payloads_on_the_device_topics_are_refused_and_logged(
     good = task(version, round_=2)
     gateway.send_task("dev-1", wire.encode(good))
     gateway.send_task("dev-1", wire.encode(good))  # a redelivered task is handled once
-    # Tasks are worked through in arrival order: once this one's update is in, everything before it was handled.
+    assert gateway.wait(lambda: any(u.round == 2 for u in gateway.updates)), "the device stopped after hostile input"
+    # A later round's task would replace round 2's had it come sooner; now, once its update is in, everything
+    # before it was handled.
     gateway.send_task("dev-1", wire.encode(task(version, round_=3)))
     assert gateway.wait(lambda: any(u.round == 3 for u in gateway.updates)), "the device stopped after hostile input"
     assert [u.round for u in agent.done].count(2) == 1  # the redelivered task was not trained again
@@ -315,6 +318,7 @@ def test_a_device_without_a_trainable_layers_setting_trains_the_whole_manifest_q
         {
             "device": {"id": "dev-4", "federation": FED, "storage": str(tmp_path / "dev-4")},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
         },
         env={},
     )

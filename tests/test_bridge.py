@@ -17,8 +17,9 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.topics import Topics
+from edge_runtime.trust import MemberTrust
 from edge_runtime.wire.serial import MSG_MODEL_DATA
-from tests.helpers import fast_config, watch_presence
+from tests.helpers import INSECURE, fast_config, watch_presence
 
 pytest.importorskip("serial")
 pytest.importorskip("tflite_micro")
@@ -104,6 +105,7 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
                         "trainable_layers": 1},
             "rounds": {"rounds": 2, "min_devices": 2, "deadline": 120.0, "report_every": 1, "density": 0.2},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
         },
         env={},
     )  # fmt: skip
@@ -114,6 +116,7 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         storage=tmp_path / "bridge",
         broker=fast_config(broker, protocol="auto"),
         resend_after=5.0,
+        trust=MemberTrust.insecure(),
     )
     watcher, presence = watch_presence(broker, Topics(FED).presence("mcu-1"), "watch-mcu-1")
     bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
@@ -156,6 +159,7 @@ def test_a_board_that_refuses_its_task_is_reported_and_the_round_closes_without_
                         "trainable_layers": 1},
             "rounds": {"rounds": 1, "min_devices": 2, "deadline": 600.0, "density": 0.2},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
         },
         env={},
     )  # fmt: skip
@@ -165,7 +169,8 @@ def test_a_board_that_refuses_its_task_is_reported_and_the_round_closes_without_
     short = BoardSpec(baud=BAUD, board_id="mcu-small", ram=need.total - 1)  # loads the model, cannot train it
     boards = [make_board(tmp_path, "mcu-ok", "0/10"), EmulatedBoard(tmp_path / "s.flash", short, data=data).start()]
     settings = MemberSettings(device_id="", federation=FED, storage=tmp_path / "bridge",
-                              broker=fast_config(broker, protocol="auto"), resend_after=5.0)  # fmt: skip
+                              broker=fast_config(broker, protocol="auto"), resend_after=5.0,
+                              trust=MemberTrust.insecure())  # fmt: skip
     bridge = Bridge([PortSpec(b.path) for b in boards], settings, baud=BAUD, heartbeat=0.5).start()
     gateway = Gateway(config).start()
     try:

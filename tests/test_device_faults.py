@@ -38,7 +38,7 @@ from gateway.config import GatewayConfig
 from gateway.service import Gateway
 
 from .federation import FED, gateway_config, start_agents
-from .helpers import Lines, start_link, wait_for
+from .helpers import INSECURE, Lines, start_link, wait_for
 from .test_agent import FED as AGENT_FED
 from .test_agent import TOPICS as AGENT_TOPICS
 from .test_agent import GatewayStandIn, agent_config, local_data, task, trainable_spec
@@ -226,6 +226,7 @@ def csv_agent(broker: MosquittoProcess, storage: Path, csv: Path, backend: Backe
             "device": {"id": "bad", "federation": FED, "storage": str(storage)},
             "data": {"source": str(csv)},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
             "transport": {"resend_after": 2.0},
         },
         env={},

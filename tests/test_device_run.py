@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_runtime.transport.broker import MosquittoProcess, free_port
 from edge_runtime.transport.topics import Topics
-from tests.helpers import watch_presence
+from tests.helpers import INSECURE_TOML, watch_presence
 
 WAIT = 60.0  # start-up includes importing numpy, sklearn and an interpreter: an upper bound only
 
@@ -32,7 +32,7 @@ shard = "0/10"
 url = "{url}"
 backoff_base = 0.05
 backoff_cap = 0.5
-"""
+{INSECURE_TOML}"""
     )
     return path
 

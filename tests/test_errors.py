@@ -32,6 +32,7 @@ from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess, free_port
 from gateway.config import GatewayConfig
+from tests.helpers import INSECURE_TOML
 from tests.test_cli import installed_except
 from tinyfed import cli
 from tinyfed.extras import IMPORT_NAMES, InstalledExtras
@@ -87,7 +88,7 @@ def device_toml(place: Path, device: str = 'storage = "state"', data: str = 'sou
     path = place / "device.toml"
     path.write_text(
         f'[device]\nid = "pi-1"\nconnect_timeout = 2.0\n{device}\n[data]\n{data}\n'
-        '[broker]\nurl = "mqtt://127.0.0.1:1"\n'
+        '[broker]\nurl = "mqtt://127.0.0.1:1"\n' + INSECURE_TOML
     )
     return str(path)
 
@@ -96,6 +97,7 @@ def gateway_toml(place: Path, gateway: str = 'model = "model.tflite"', strategy:
     path = place / "gateway.toml"
     path.write_text(
         f'[gateway]\nstorage = "{storage}"\n{gateway}\n[strategy]\n{strategy}\n[broker]\nurl = "mqtt://127.0.0.1:1"\n'
+        + INSECURE_TOML
     )
     return str(path)
 
@@ -301,14 +303,15 @@ def test_a_device_names_the_interpreter_or_data_it_lacks(lacking: str, place: Pa
 def test_the_bridge_exits_3_when_the_broker_cannot_be_reached(place: Path) -> None:
     port = free_port()  # nothing listens here
     run = tinyfed("bridge", "run", "--port", "socket://127.0.0.1:9", "--broker", f"mqtt://127.0.0.1:{port}",
-                  "--connect-timeout", "2", cwd=place)  # fmt: skip
+                  "--connect-timeout", "2", "--insecure", cwd=place)  # fmt: skip
     assert run.returncode == 3, run.stderr
     assert f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}" in run.stderr and "--keep-trying" in run.stderr
 
 
 def test_the_bridge_starts_when_the_broker_answers_and_stops_on_sigterm(broker: MosquittoProcess, place: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyfed", "bridge", "run", "--port", "socket://127.0.0.1:9", "--broker", broker.url],
+        [sys.executable, "-m", "tinyfed", "bridge", "run", "--port", "socket://127.0.0.1:9", "--broker", broker.url,
+         "--insecure"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

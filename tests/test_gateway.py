@@ -26,7 +26,7 @@ from gateway.service import Gateway, RoundSummary
 from gateway.store import GatewayStore, RoundRow
 
 from .federation import FED, WAIT, HeldStrategy, ManualDevice, gateway_config, small_update, start_agents
-from .helpers import wait_for
+from .helpers import INSECURE_TOML, wait_for
 
 
 def test_federation_of_real_devices_reaches_the_accuracy_bar(
@@ -154,7 +154,7 @@ def test_gateway_killed_mid_round_resumes_and_counts_exactly(
     toml.write_text(
         f'[gateway]\nfederation = "{FED}"\nstorage = "{storage}"\nmodel = "{initial_model}"\n'
         f"[rounds]\nrounds = 1\nmin_devices = 3\ndeadline = 120.0\nepochs = 2\ndensity = 0.05\n"
-        f'[broker]\nurl = "{broker.url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+        f'[broker]\nurl = "{broker.url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n' + INSECURE_TOML
     )
     command = [sys.executable, "-m", "tinyfed", "gateway"]
 

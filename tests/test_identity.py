@@ -28,7 +28,7 @@ from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.mqtt import ClientIdConflict, MqttLink
 from edge_runtime.transport.topics import Topics
 
-from .helpers import Lines, Recorder, fast_config, wait_for, watch_presence
+from .helpers import INSECURE_TOML, Lines, Recorder, fast_config, wait_for, watch_presence
 
 WAIT = 60.0  # start-up imports numpy and an interpreter: upper bounds only, never performance assertions
 TINYFED = [sys.executable, "-m", "tinyfed"]
@@ -86,7 +86,7 @@ def device_config(folder: Path, url: str) -> Path:
     path.write_text(
         f'[device]\nfederation = "ids"\nstorage = "{folder / "storage"}"\nconnect_timeout = 10.0\n'
         f'[data]\nsource = "digits"\nshard = "0/10"\n'
-        f'[broker]\nurl = "{url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+        f'[broker]\nurl = "{url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n' + INSECURE_TOML
     )
     return path
 
@@ -195,7 +195,7 @@ def test_bridge_run_stops_with_a_clear_error_when_another_client_takes_a_boards_
         data=load_local_data(DataSection(source="digits", shard="0/10")),
     ).start()
     watcher, presence = watch_presence(broker, Topics("ids").presence("mcu-7"), "watcher")
-    options = ["--port", board.path, "--baud", "921600", "--broker", broker.url, "--federation", "ids"]
+    options = ["--port", board.path, "--baud", "921600", "--broker", broker.url, "--federation", "ids", "--insecure"]
     bridge, _, bridge_err = start(
         "bridge", "run", *options, "--storage", str(tmp_path / "bridge"), "--heartbeat", "0.5"
     )
@@ -223,7 +223,7 @@ def test_bridge_run_stops_with_a_clear_error_when_another_client_takes_a_boards_
 def gateway_toml(path: Path, storage: Path, model: Path, url: str) -> Path:
     path.write_text(
         f'[gateway]\nfederation = "ids"\nstorage = "{storage}"\nmodel = "{model}"\n'
-        f'[broker]\nurl = "{url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+        f'[broker]\nurl = "{url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n' + INSECURE_TOML
     )
     return path
 

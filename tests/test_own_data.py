@@ -33,7 +33,7 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.chunking import make_manifest, publish_model
-from tests.helpers import Recorder, watch_presence
+from tests.helpers import INSECURE, INSECURE_TOML, Recorder, watch_presence
 from tests.test_agent import FED as AGENT_FED
 from tests.test_agent import TOPICS as AGENT_TOPICS
 from tests.test_agent import GatewayStandIn, task, trainable_spec
@@ -279,6 +279,7 @@ def csv_device_config(broker: MosquittoProcess, storage: Path, source: Path) -> 
             "device": {"id": "dev-csv", "federation": AGENT_FED, "storage": str(storage), "trainable_layers": 1},
             "data": {"source": str(source), "holdout": 0.25, "label_column": "digit"},
             "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+            "trust": INSECURE,  # signatures are tests/test_signatures.py's
         },
         env={},
     )
@@ -337,7 +338,7 @@ holdout = 0.0
 url = "{broker.url}"
 backoff_base = 0.05
 backoff_cap = 0.5
-""")
+{INSECURE_TOML}""")
     watcher, seen = watch_presence(broker, AGENT_TOPICS.presence("pi-csv"), "watcher")
     assert watcher.wait_ready(60)
     proc = subprocess.Popen([sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],

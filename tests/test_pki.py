@@ -30,7 +30,7 @@ from gateway.pki.registry import RegistryError, RegistryWatcher, read_registry
 from tests.trust import FEDERATION, install, installed, provisioned
 from tinyfed.cli import main
 
-SECRETS = {"ca.key", "server.key", "tls.key", "signing.key"}
+SECRETS = {"ca.key", "server.key", "tls.key", "signing.key", "probe.key"}
 
 
 def tree(root: Path) -> dict[Path, bytes]:
@@ -74,6 +74,9 @@ def test_every_key_is_0600_every_directory_0700_and_certificates_chain_to_the_ca
     gateway = load_cert(layout.gateway_dir / "tls.crt")
     gateway.verify_directly_issued_by(ca)
     assert cn(gateway) == provision.gateway_identity(FEDERATION) == f"tinyfed-gateway-{FEDERATION}"
+    probe = load_cert(layout.gateway_dir / "probe.crt")  # a second identity: a starting gateway's look (acl.py)
+    probe.verify_directly_issued_by(ca)
+    assert cn(probe) == f"tinyfed-gateway-{FEDERATION}-probe"
     device = load_cert(layout.bundle("dev-b") / "tls.crt")
     device.verify_directly_issued_by(ca)
     assert cn(device) == "dev-b"  # the MQTT username Mosquitto takes from it, and the ACL's `user`
@@ -146,17 +149,22 @@ def test_the_broker_configuration_and_acl_come_from_the_listener_and_the_topic_l
     blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in layout.acl.read_text().split("\n\n")[1:]}
     assert blocks["user dev-a"] == [
         f"topic write {t.update('dev-a')}",
-        f"topic write {t.presence('dev-a')}",
+        f"topic readwrite {t.presence('dev-a')}",
         f"topic read {t.task('dev-a')}",
         f"topic read {t.receipt('dev-a')}",
         f"topic read {t.state}",
         f"topic read {t.manifest}",
         f"topic read {t.all_chunks}",
+        f"topic readwrite {t.claim(f'tinyfed-{FEDERATION}-dev-a')}",
     ]
-    gateway = blocks[f"user {provision.gateway_identity(FEDERATION)}"]
+    identity = provision.gateway_identity(FEDERATION)
+    gateway = blocks[f"user {identity}"]
     assert f"topic write {t.all_tasks}" in gateway and f"topic read {t.all_updates}" in gateway
     assert f"topic readwrite {t.manifest}" in gateway and f"topic readwrite {t.all_chunks}" in gateway
-    assert set(blocks) == {"user dev-a", f"user {provision.gateway_identity(FEDERATION)}"}
+    assert f"topic readwrite {t.gateway_presence}" in gateway and f"topic readwrite {t.claim(identity)}" in gateway
+    assert blocks[f"user {identity}-probe"] == [f"topic read {t.gateway_presence}",
+                                                f"topic readwrite {t.all_gateway_probes}"]  # fmt: skip
+    assert set(blocks) == {"user dev-a", f"user {identity}", f"user {identity}-probe"}
     assert acl.render(FEDERATION, provision.gateway_identity(FEDERATION), ["dev-a"]) == layout.acl.read_text()
 
 

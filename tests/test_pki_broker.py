@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
-from edge_runtime.transport.topics import Topics
+from edge_runtime.transport.mqtt import BrokerConfig, ClientIdConflict, MqttLink
+from edge_runtime.transport.topics import Topics, member_client_id
+from gateway.config import GatewayConfig
 from gateway.pki import acl, provision
 from gateway.pki.registry import RegistryWatcher, read_registry
+from gateway.service import Gateway, SecondGateway
 from tests.conftest import MOSQUITTO
 from tests.helpers import Recorder, wait_for
 from tests.trust import BAD_CERTIFICATE, FEDERATION, NO_CERTIFICATE, WAIT, Secured, fast, provisioned
@@ -266,3 +268,84 @@ def test_a_tls_link_publishes_from_other_threads_while_its_own_thread_reads(
         assert all(pool.map(publish, range(count)))
     echoes.wait_until(lambda s: len(s) == count, WAIT, f"all {count} messages back through the broker")
     assert gateway.connected.is_set() and "bad record mac" not in secured.broker.log_path.read_text()
+
+
+def test_presence_claims_and_the_probe_are_granted_exactly_what_the_identity_work_uses(
+    secured: Secured, links: list[MqttLink]
+) -> None:
+    gateway = secured.gateway_link()
+    at_gateway = recording(gateway, T.gateway_presence, T.claim(gateway.client_id), T.all_updates)
+    ready(links, gateway)
+    a = secured.device_link("dev-a")
+    claim_a = T.claim(member_client_id(FEDERATION, "dev-a"))
+    at_a = recording(a, T.presence("dev-a"), claim_a, T.gateway_presence, T.claim(gateway.client_id))
+    ready(links, a)
+    probe = secured.probe_link()
+    at_probe = recording(probe, T.gateway_presence, T.gateway_probe(probe.client_id), T.all_updates)
+    ready(links, probe)
+
+    # Each reads back what it writes on its own presence and claim (a device answers its own death with a birth).
+    assert a.publish(T.presence("dev-a"), b"a's birth", retain=True, timeout=WAIT)
+    assert a.publish(claim_a, b"a's claim", retain=True, timeout=WAIT)
+    at_a.wait_until(lambda s: {(T.presence("dev-a"), b"a's birth"), (claim_a, b"a's claim")} <= set(s), WAIT,
+                    "dev-a reading its own presence and claim")  # fmt: skip
+    assert gateway.publish(T.gateway_presence, b"gateway alive", retain=True, timeout=WAIT)
+    assert gateway.publish(T.claim(gateway.client_id), b"gateway claim", retain=True, timeout=WAIT)
+    at_gateway.wait_until(lambda s: {(T.gateway_presence, b"gateway alive"), (T.claim(gateway.client_id),
+                                                                               b"gateway claim")} <= set(s),
+                          WAIT, "the gateway reading its own presence and claim")  # fmt: skip
+    # The probe reads the gateway's presence and its own echo, and may write nothing else.
+    assert probe.publish(T.gateway_probe(probe.client_id), b"", timeout=WAIT)
+    echo = (T.gateway_probe(probe.client_id), b"")
+    at_probe.wait_until(lambda s: echo in s and (T.gateway_presence, b"gateway alive") in s, WAIT,
+                        "the probe's echo and the presence")  # fmt: skip
+    for topic in (T.gateway_presence, T.claim(gateway.client_id), T.update("dev-a"), T.manifest):
+        assert not probe.publish(topic, b"forged by the probe", timeout=WAIT), topic
+    # A device may not speak for the gateway nor claim another's id; it reads neither the gateway's claim nor presence.
+    for topic in (T.gateway_presence, T.claim(gateway.client_id), T.claim(member_client_id(FEDERATION, "dev-b"))):
+        assert not a.publish(topic, b"forged by dev-a", timeout=WAIT), topic
+    assert a.publish(T.update("dev-a"), b"sentinel", timeout=WAIT)  # routed after all of the above
+    at_gateway.wait_until(lambda s: (T.update("dev-a"), b"sentinel") in s, WAIT, "dev-a's update")
+    assert gateway.publish(T.claim(gateway.client_id), b"second claim", retain=True, timeout=WAIT)
+    at_gateway.wait_until(lambda s: (T.claim(gateway.client_id), b"second claim") in s, WAIT, "the second claim")
+    assert {t for t, _ in at_a.items} == {T.presence("dev-a"), claim_a}
+    assert not any(t == T.update("dev-a") for t, _ in at_probe.items)
+    assert all(p != b"forged by the probe" and p != b"forged by dev-a" for _, p in at_gateway.items)
+
+
+def test_of_two_processes_with_one_devices_bundle_the_newer_keeps_the_id(
+    secured: Secured, links: list[MqttLink]
+) -> None:
+    """Both are named dev-a by the broker (the certificate): the claims on the id settle it as on a plain broker."""
+    claim = T.claim(member_client_id(FEDERATION, "dev-a"))
+    first = secured.device_link("dev-a", claim_topic=claim)
+    links.append(first.start())
+    assert first.claimed.wait(WAIT), first.last_error
+    second = secured.device_link("dev-a", claim_topic=claim)
+    links.append(second.start())
+    wait_for(lambda: first.fatal is not None, WAIT, "the older process to stop")
+    assert isinstance(first.fatal, ClientIdConflict)
+    assert second.wait_connected(WAIT) and second.claimed.wait(WAIT) and second.fatal is None
+
+
+def test_a_second_gateway_is_refused_on_the_tls_broker_and_the_running_one_is_not_disturbed(
+    secured: Secured, tmp_path: Path, initial_model: Path
+) -> None:
+    """The probe has an identity of its own: with the gateway's certificate it would have taken the running
+    gateway's session (the broker names a client by its certificate)."""
+    running = Gateway(GatewayConfig.from_mapping(secured.gateway_settings(tmp_path / "gw-1", initial_model), env={}))
+    connects: list[float] = []
+    running.link.on_connect_hooks.append(lambda: connects.append(0.0))
+    running.start()
+    try:
+        assert running.link.claimed.wait(WAIT)
+        second = Gateway(GatewayConfig.from_mapping(secured.gateway_settings(tmp_path / "gw-2", initial_model),
+                                                    env={}))  # fmt: skip
+        with pytest.raises(SecondGateway, match=str(tmp_path / "gw-1")):
+            second.start()
+        second.store.close()
+        assert running.link.connected.is_set() and running.link.fatal is None
+        assert connects == [0.0]  # connected once, never dropped
+        assert "tinyfed-gateway-home-probe" in secured.broker.log_path.read_text(errors="replace")
+    finally:
+        running.stop()

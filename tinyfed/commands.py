@@ -32,7 +32,13 @@ def _configure_demo(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--broker",
         default=None,
-        help="mqtt://host:port, or 'embedded' for amqtt; default: Mosquitto if installed, else amqtt",
+        help="mqtt://host:port, or 'embedded' for amqtt; default: Mosquitto if installed (provisioned: TLS, "
+        "client certificates, ACL, signatures), else amqtt (enforces nothing)",
+    )
+    d.add_argument(
+        "--insecure",
+        action="store_true",
+        help="on Mosquitto too: no TLS, no ACL, no signatures (to compare; a given --broker or amqtt is always so)",
     )
     d.add_argument(
         "--out",

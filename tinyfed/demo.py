@@ -1,7 +1,8 @@
 """``tinyfed demo``: a whole federation on this machine, with zero setup.
 
-A broker (Mosquitto if installed, otherwise the embedded amqtt), the
-gateway, and one device agent per share of real data: the 21 HAR training
+A broker (Mosquitto if installed, provisioned for the run: TLS with client
+certificates, ACL, CRL, and every message signed; otherwise the embedded
+amqtt, which enforces nothing), the gateway, and one device agent per share of real data: the 21 HAR training
 subjects with the 1D-CNN when the shared data folder is present, 30
 digits devices with Dirichlet(0.5) label skew and the MLP otherwise. Each
 round prints the int8 model's accuracy on held-out test data, the uplink
@@ -55,6 +56,7 @@ def demo(args: argparse.Namespace) -> int:
         density=float(settings["density"]),
         metric="f1" if data == "cmapss" else "accuracy",
         strategy={"name": "fedavgm", "momentum": 0.8},
+        secure=not getattr(args, "insecure", False),
     )
     who = {"har": "21 HAR training subjects", "digits": "30 digits devices, Dirichlet(0.5) label skew",
            "cmapss": "100 C-MAPSS engines"}[data]  # fmt: skip

@@ -6,12 +6,21 @@ error-feedback residual; only the process is shared. The harness (not the
 gateway, which never runs an interpreter) scores each published model on
 the data set's held-out test split, so the printed accuracy is the int8
 model's on data no device trained on.
+
+Secured as a real federation is, when Mosquitto is installed: a throwaway
+federation is provisioned (``tinyfed provision``: a CA, the gateway's and
+one bundle per device), Mosquitto runs its TLS listener with client
+certificates, the ACL and the CRL, and every manifest, task, receipt,
+update and presence is signed (``[trust] mode = "signed"``). The embedded
+broker (amqtt), a broker given by URL, and ``FederationSpec.secure = False``
+run insecure, with the warning that says so.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.train.build import build_model
 from edge_runtime.train.evaluate import int8_predictions
+from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
 from edge_runtime.transport.embedded import demo_broker
 from gateway.config import GatewayConfig
 from gateway.service import Gateway, RoundSummary
@@ -55,6 +65,7 @@ class FederationSpec:
     report_every: int = 5
     seed: int = 0
     metric: str = "accuracy"  # or "f1" (positive class 1)
+    secure: bool = True  # TLS with ACLs and signatures, when Mosquitto runs here (module docstring)
 
     @property
     def arch(self) -> str:
@@ -112,13 +123,71 @@ def score(backend: Backend, model: bytes, test: Dataset, metric: str) -> float:
     return float((predicted == test.y).mean())
 
 
+@dataclass
+class Federation:
+    """Where the gateway and the devices connect, and their [broker] and [trust] tables."""
+
+    url: str
+    kind: str  # "mosquitto (TLS, ACL, signed)", "mosquitto", "amqtt" or "configured"
+    broker: dict[str, object]  # the [broker] table every party shares (secured: the gateway's own)
+    trust: dict[str, object]  # the gateway's [trust]
+    bundles: Path | None = None  # secured: DIR/<device>/ holds each device's bundle and device.toml
+
+    def device_tables(self, device: str) -> dict[str, object]:
+        """A device's [broker] and [trust]: its bundle's own, secured; everyone's, otherwise."""
+        if self.bundles is None:
+            return {"broker": self.broker, "trust": {"mode": "insecure"}}
+        written = tomllib.loads((self.bundles / device / "device.toml").read_text())
+        return {"broker": {**written["broker"], **FAST}, "trust": written["trust"]}
+
+
+FAST = {"backoff_base": 0.05, "backoff_cap": 1.0}
+
+
+class _Once(logging.Filter):
+    """Lets the first record of each message pattern through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first = record.msg not in self.seen
+        self.seen.add(str(record.msg))
+        return first
+
+
 @contextmanager
-def _broker(url: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
+def _broker(url: str | None, workdir: Path, federation: str, devices: list[str], secure: bool) -> Iterator[Federation]:
+    insecure: dict[str, object] = {"mode": "insecure"}
     if url and url != "embedded":
-        yield url, "configured"
+        yield Federation(url, "configured", {"url": url, "protocol": "auto", **FAST}, insecure)
         return
-    with demo_broker(workdir, prefer="amqtt" if url == "embedded" else "auto") as found:
-        yield found
+    if secure and url is None and find_mosquitto() is not None:
+        with _secured(workdir, federation, devices) as secured:
+            yield secured
+        return
+    with demo_broker(workdir, prefer="amqtt" if url == "embedded" else "auto") as (found, kind):
+        protocol = "3.1.1" if kind == "amqtt" else "auto"
+        yield Federation(found, kind, {"url": found, "protocol": protocol, **FAST}, insecure)
+
+
+@contextmanager
+def _secured(workdir: Path, federation: str, devices: list[str]) -> Iterator[Federation]:
+    """A throwaway provisioned federation on a Mosquitto of its own: TLS, client certificates, ACL, CRL."""
+    from gateway.pki import provision
+    from gateway.pki.layout import Layout
+
+    root = workdir / "pki"
+    provision.init(root, federation, ["127.0.0.1"], port=free_port())
+    provision.add_devices(root, devices, install_dir=str(root / "devices" / "{id}"),
+                          storage=str(workdir / "devices" / "{id}"))  # fmt: skip
+    layout = Layout(root)
+    listener = provision.tls_listener(layout)
+    with MosquittoProcess(port=layout.read_meta().port, workdir=workdir / "mosquitto", tls=listener) as mosquitto:
+        written = tomllib.loads(layout.gateway_broker_toml.read_text())
+        yield Federation(mosquitto.url, "mosquitto (TLS, ACL, signed)", {**written["broker"], **FAST},
+                         written["trust"], layout.devices_dir)  # fmt: skip
 
 
 def run_federation(
@@ -136,14 +205,16 @@ def run_federation(
         tmp = Path(tmp_text)
         initial = tmp / "initial.tflite"
         initial.write_bytes(write_graph(graph))
-        with _broker(broker_url, tmp) as (url, kind):
-            protocol = "3.1.1" if kind == "amqtt" else "auto"
+        federation = f"demo-{spec.data}"
+        names = [name for name, _ in shares]
+        with _broker(broker_url, tmp, federation, names, spec.secure) as place:
+            kind = place.kind
             if kind == "amqtt":
                 # amqtt 0.12 drops some clients right after it delivers their retained model chunks; the links
                 # reconnect and resume their sessions (nothing is lost), but each drop would log a warning.
                 logging.getLogger("edge_runtime.transport.mqtt").setLevel(logging.ERROR)
-            broker = {"url": url, "protocol": protocol, "backoff_base": 0.05, "backoff_cap": 1.0}
-            federation = f"demo-{spec.data}"
+            quiet = _Once()  # the insecure warning is said by the gateway, not again by each of 30 devices
+            logging.getLogger("edge_runtime.trust").addFilter(quiet)
             config = GatewayConfig.from_mapping(
                 {
                     "gateway": {
@@ -165,8 +236,10 @@ def run_federation(
                         "seed": spec.seed,
                     },
                     "strategy": dict(spec.strategy),
-                    "broker": broker,
+                    "broker": place.broker,
+                    "trust": place.trust,
                 },
+                f"the demo's gateway ({kind})",
                 env={},
             )
             gateway = Gateway(config)
@@ -202,7 +275,7 @@ def run_federation(
                                 "trainable_layers": spec.trainable_layers,
                                 "seed": spec.seed,
                             },
-                            "broker": broker,
+                            **place.device_tables(name),
                         },
                         env={},
                     )
@@ -210,6 +283,7 @@ def run_federation(
                 if not gateway.finished.wait(timeout):
                     raise TimeoutError(f"federation did not finish {spec.rounds} rounds in {timeout:.0f} s")
             finally:
+                logging.getLogger("edge_runtime.trust").removeFilter(quiet)
                 for agent in agents:
                     agent.stop(timeout=10)
                 final = dict(gateway.final_metrics)

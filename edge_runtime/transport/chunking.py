@@ -3,6 +3,9 @@
 Each chunk carries its own sha256, so one damaged in transit is refused on
 arrival (and fetched again) instead of failing the whole-file hash at the
 end; the whole file must still hash to the manifest's version before use.
+The manifest lists every chunk's sha256 too, and it is the one message the
+gateway signs (``seal``): a chunk that is not the gateway's is refused on
+arrival like a damaged one, whoever made its own digest agree with it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 from .. import wire
 from ..wire.errors import ValueRejected
@@ -35,21 +39,29 @@ def make_manifest(
         for i, off in enumerate(range(0, len(model), chunk_size))
     ]
     manifest = wire.ModelManifest(
-        version, len(model), chunk_size, len(chunks), trainable, int(time.time()), parent, federation
-    )
+        version, len(model), chunk_size, len(chunks), trainable, int(time.time()), parent, federation,
+        [chunk.digest for chunk in chunks],
+    )  # fmt: skip
     return manifest, chunks
 
 
 def publish_model(
-    link: MqttLink, topics: Topics, manifest: wire.ModelManifest, chunks: list[wire.ModelChunk], timeout: float = 10.0
+    link: MqttLink,
+    topics: Topics,
+    manifest: wire.ModelManifest,
+    chunks: list[wire.ModelChunk],
+    timeout: float = 10.0,
+    seal: Callable[[bytes], bytes] = bytes,
 ) -> None:
-    """Chunks first, manifest last: a device that sees the manifest can always find every chunk."""
+    """Chunks first, manifest last: a device that sees the manifest can always find every chunk.
+
+    ``seal`` makes the manifest's bytes as sent: the gateway's signature in signed mode."""
     for chunk in chunks:
         if not link.publish(
             topics.chunk(manifest.version, chunk.index), wire.encode(chunk), retain=True, timeout=timeout
         ):
             raise ValueRejected("publish", f"broker did not acknowledge chunk {chunk.index}")
-    if not link.publish(topics.manifest, wire.encode(manifest), retain=True, timeout=timeout):
+    if not link.publish(topics.manifest, seal(wire.encode(manifest)), retain=True, timeout=timeout):
         raise ValueRejected("publish", "broker did not acknowledge the manifest")
 
 
@@ -70,6 +82,8 @@ class ChunkAssembler:
             )
         if chunk.index >= m.chunk_count:
             raise ValueRejected("modelchunk.index", f"chunk {chunk.index} of a {m.chunk_count}-chunk model")
+        if m.chunk_digests and chunk.digest != m.chunk_digests[chunk.index]:
+            raise ValueRejected("modelchunk.digest", f"chunk {chunk.index} is not the one the manifest lists")
         expected = m.chunk_size if chunk.index < m.chunk_count - 1 else m.size - m.chunk_size * (m.chunk_count - 1)
         if len(chunk.data) != expected:
             raise ValueRejected(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from .. import wire
 from .fragments import DEFAULT_MAX_PAYLOAD, fragment
@@ -30,8 +31,12 @@ class OutboxSender:
         ack_timeout: float = 10.0,
         resend_after: float = 30.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        open_receipt: Callable[[bytes], wire.Receipt] | None = None,
     ) -> None:
         self.link = link
+        # How a receipt is read: in signed mode only the gateway's signed ones count (a forged receipt would
+        # make the device forget an update the gateway never saw).
+        self.open_receipt = open_receipt or (lambda payload: wire.decode(payload, expect=wire.Receipt))
         self.outbox = outbox
         self.ack_timeout = ack_timeout
         self.resend_after = resend_after
@@ -41,6 +46,7 @@ class OutboxSender:
         # Ids receipted lately: a flush pass that listed the outbox before a receipt removed an entry
         # must not send it again. Bounded: only the last few thousand can still be in such a listing.
         self._receipted: dict[bytes, None] = {}
+        self.refused_receipts = 0  # receipts that did not decode or verify: nothing was forgotten for them
         # Two locks on purpose: _state guards _sent_at for a few instructions and is what paho's network
         # thread takes in callbacks; _flushing serialises flushes and is held across PUBACK waits, which
         # only the network thread can satisfy, so no callback may ever take it.
@@ -61,8 +67,9 @@ class OutboxSender:
 
     def _on_receipt(self, topic: str, payload: bytes) -> None:
         try:
-            receipt = wire.decode(payload, expect=wire.Receipt)
+            receipt = self.open_receipt(payload)
         except wire.WireError as exc:
+            self.refused_receipts += 1
             log.warning("refused a receipt on %s: %s", topic, exc)
             return
         for message_id, reason in receipt.refused.items():

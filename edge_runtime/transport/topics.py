@@ -32,6 +32,16 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def member_client_id(federation: str, device: str) -> str:
+    """The MQTT client id of a device or bridged board: its claim topic, and its ACL grant, are named by it."""
+    return f"tinyfed-{federation}-{device}"
+
+
+def gateway_client_id(federation: str) -> str:
+    """The gateway's MQTT client id: its certificate's common name on a provisioned broker."""
+    return f"tinyfed-gateway-{federation}"
+
+
 class Topics:
     def __init__(self, federation: str) -> None:
         self.federation = check_id("federation", federation)
@@ -67,6 +77,14 @@ class Topics:
     def gateway_presence(self) -> str:
         """The running gateway's retained presence: a second gateway reads it and refuses to start."""
         return f"{self.base}/gateway/presence"
+
+    def gateway_probe(self, probe_id: str) -> str:
+        """Where a starting gateway's probe echoes itself, to know it has seen the retained presence."""
+        return f"{self.base}/gateway/probe/{probe_id}"
+
+    @property
+    def all_gateway_probes(self) -> str:
+        return f"{self.base}/gateway/probe/+"
 
     def claim(self, client_id: str) -> str:
         """Where a link claims its MQTT client id, to tell a second client with the same id (mqtt.py)."""

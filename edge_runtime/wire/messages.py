@@ -117,7 +117,12 @@ class TrainableTensor:
 
 @dataclass
 class ModelManifest:
-    """Published retained: which model is current, how to fetch it, and what a device may update."""
+    """Published retained: which model is current, how to fetch it, and what a device may update.
+
+    Signed by the gateway, it is the model's root of trust: the version is the sha256 of the whole
+    model, and ``chunk_digests`` the sha256 of each chunk, so a chunk that is not the gateway's is
+    refused on arrival (and fetched again) rather than spoiling the whole model at the end.
+    """
 
     version: bytes
     size: int
@@ -127,6 +132,7 @@ class ModelManifest:
     created: int = 0
     parent: bytes | None = None
     federation: str = ""
+    chunk_digests: list[bytes] = field(default_factory=list)  # sha256 of each chunk; empty: not given
 
     TYPE = MSG_MANIFEST
 
@@ -143,6 +149,7 @@ class ModelManifest:
         CREATED = 7
         PARENT = 8
         FEDERATION = 9
+        CHUNK_DIGESTS = 10
 
     def to_cbor(self) -> dict[int, Any]:
         K = ModelManifest.Key
@@ -158,6 +165,8 @@ class ModelManifest:
             out[K.PARENT] = self.parent
         if self.federation:
             out[K.FEDERATION] = self.federation
+        if self.chunk_digests:
+            out[K.CHUNK_DIGESTS] = list(self.chunk_digests)
         return out
 
     @classmethod
@@ -183,6 +192,13 @@ class ModelManifest:
             if t.numel > limits.max_numel:
                 raise LimitExceeded(path, f"{t.numel} elements exceed {limits.max_numel}")
             trainable.append(t)
+        digests = r.array(K.CHUNK_DIGESTS, limits.max_items, default=[])
+        if digests and len(digests) != chunk_count:
+            raise ValueRejected(f"{r.path}.chunk_digests", f"{len(digests)} digests for {chunk_count} chunks")
+        chunk_digests = [
+            MapReader({"digest": d}, f"{r.path}.chunk_digests[{i}]").bytestring("digest", size=32)
+            for i, d in enumerate(digests)
+        ]
         return cls(
             version=r.bytestring(K.VERSION, size=32),
             size=size,
@@ -192,6 +208,7 @@ class ModelManifest:
             created=r.uint(K.CREATED, 2**40, default=0),
             parent=r.bytestring(K.PARENT, size=32, default=None),
             federation=r.text(K.FEDERATION, limits.max_string, default=""),
+            chunk_digests=chunk_digests,
         )
 
 

@@ -15,13 +15,16 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edge_runtime import trust
+
 from .files import PRIVATE, PUBLIC
 
-CA = "ca.crt"
-TLS_CERT = "tls.crt"
-TLS_KEY = "tls.key"
-SIGNING_KEY = "signing.key"
-GATEWAY_KEY = "gateway.pub"
+# The names a bridge and a device read them by (edge_runtime.trust.Bundle), written here.
+CA = trust.BUNDLE_CA
+TLS_CERT = trust.BUNDLE_TLS_CERT
+TLS_KEY = trust.BUNDLE_TLS_KEY
+SIGNING_KEY = trust.BUNDLE_SIGNING_KEY
+GATEWAY_KEY = trust.BUNDLE_GATEWAY_KEY
 CONFIG = "device.toml"
 # name -> mode, in the order they are written and archived
 FILES = {CA: PUBLIC, TLS_CERT: PUBLIC, TLS_KEY: PRIVATE, SIGNING_KEY: PRIVATE, GATEWAY_KEY: PUBLIC, CONFIG: PUBLIC}
@@ -60,6 +63,7 @@ class DeviceToml:
             f"key_file = {toml_string(self.path(TLS_KEY))}\n"
             'protocol = "5"\n'
             "\n[trust]\n"
+            'mode = "signed"  # every update and presence signed; models, tasks, receipts believed only when signed\n'
             f"signing_key = {toml_string(self.path(SIGNING_KEY))}  # signs this device's updates and presence\n"
             f"gateway_key = {toml_string(self.path(GATEWAY_KEY))}  # the gateway's key, pinned: verifies models\n"
         )

@@ -106,7 +106,8 @@ def _mosquitto_conf(meta: FederationMeta, layout: Layout) -> bytes:
 def _gateway_toml(meta: FederationMeta, layout: Layout) -> bytes:
     g = layout.gateway_dir
     return (
-        f"# The [broker] table of gateway.toml for federation {meta.federation}: written by `tinyfed provision init`.\n"
+        f"# The [broker] and [trust] tables of gateway.toml for federation {meta.federation}: written by `tinyfed "
+        "provision init`.\n"
         f"# The gateway reads its files in place, here, so a revocation needs no copy on the gateway's side.\n"
         "[broker]\n"
         f"url = {bundle.toml_string(meta.broker_url)}\n"
@@ -114,9 +115,13 @@ def _gateway_toml(meta: FederationMeta, layout: Layout) -> bytes:
         f"cert_file = {bundle.toml_string(str(g / 'tls.crt'))}  # common name {meta.gateway_identity}\n"
         f"key_file = {bundle.toml_string(str(g / 'tls.key'))}\n"
         'protocol = "5"\n'
-        "\n# The gateway's signing key and the device registry it re-reads when it changes:\n"
-        f"# signing_key = {bundle.toml_string(str(g / 'signing.key'))}\n"
-        f"# devices = {bundle.toml_string(str(layout.registry))}\n"
+        "\n[trust]\n"
+        'mode = "signed"\n'
+        f"signing_key = {bundle.toml_string(str(g / 'signing.key'))}  # signs every model, task, receipt and state\n"
+        f"devices = {bundle.toml_string(str(layout.registry))}  # the device keys: re-read whenever it changes\n"
+        f"probe_cert_file = {bundle.toml_string(str(g / 'probe.crt'))}  # common name "
+        f"{acl.probe_identity(meta.gateway_identity)}: looks for a running gateway\n"
+        f"probe_key_file = {bundle.toml_string(str(g / 'probe.key'))}\n"
     ).encode()
 
 
@@ -191,6 +196,11 @@ def init(
     out.new(g / "tls.key", private_pem(gateway_key), PRIVATE)
     out.new(g / "tls.crt", cert_pem(ca.issue(meta.gateway_identity, gateway_key, now, days)), PUBLIC)
     out.new(g / "ca.crt", cert_pem(ca.cert), PUBLIC)
+    # A second identity for the look a starting gateway takes for a running one (acl.py says why).
+    probe_key = new_tls_key(tls_key)
+    out.new(g / "probe.key", private_pem(probe_key), PRIVATE)
+    probe_name = acl.probe_identity(meta.gateway_identity)
+    out.new(g / "probe.crt", cert_pem(ca.issue(probe_name, probe_key, now, days)), PUBLIC)
     signing = ed25519.Ed25519PrivateKey.generate()
     out.new(g / "signing.key", private_pem(signing), PRIVATE)
     out.new(g / "signing.pub", public_pem(signing.public_key()), PUBLIC)
@@ -205,7 +215,7 @@ def init(
     out.files.append(layout.meta_path)
     out.notes.append(f"broker: copy {layout.broker_dir}/* to {broker_dir}/ and {layout.mosquitto_conf.name} to "
                      "/etc/mosquitto/conf.d/tinyfed.conf (docs/security.md)")  # fmt: skip
-    out.notes.append(f"gateway: paste {layout.gateway_broker_toml} into gateway.toml")
+    out.notes.append(f"gateway: paste {layout.gateway_broker_toml} (its [broker] and [trust]) into gateway.toml")
     out.notes.append(f"devices: tinyfed provision device ID --dir {root}")
     return out
 
@@ -241,7 +251,7 @@ def add_devices(
     old: list[Path] = []
     for device in devices:  # every check before anything is written
         _id("device id", device)
-        if device == meta.gateway_identity:
+        if device in (meta.gateway_identity, acl.probe_identity(meta.gateway_identity)):
             raise ProvisionError(f"device id {device!r} is the gateway's identity; choose another")
         _per_device("--install-dir", install_dir, device)
         _per_device("--storage", storage, device)

@@ -87,7 +87,7 @@ VALID: list[tuple[str, str, Any]] = [
     ),
     (
         "manifest",
-        "model v1: 40,816 bytes in 1 chunk, two trainable tensors",
+        "model v1: 40,816 bytes in 1 chunk, two trainable tensors, the chunk's sha256",
         wire.ModelManifest(
             V1,
             40816,
@@ -97,6 +97,7 @@ VALID: list[tuple[str, str, Any]] = [
             created=1_700_000_000,
             parent=V0,
             federation="har",
+            chunk_digests=[hashlib.sha256(b"TFL3-bytes").digest()],
         ),
     ),
     (
@@ -180,6 +181,9 @@ VALID: list[tuple[str, str, Any]] = [
 def refused() -> list[tuple[str, str, str, str, str]]:
     """(name, meaning, hex, error class, field prefix)."""
     base = wire.encode(VALID[0][2])
+    manifest = next(msg for name, _, msg in VALID if name == "manifest")
+    digest = b"\x58\x20" + manifest.chunk_digests[0]
+    two_digests = wire.encode(manifest)[: -1 - len(digest)] + b"\x82" + digest * 2  # key 10, last: [d] -> [d, d]
     nan_update = update(tensor(4, [0, 1, 2, 3], ValueCoding.FLOAT32, [0.0, float("nan"), 1.0, 2.0]))
     cases = [
         ("truncated", "the last byte of a valid update is missing", base[:-1], "MalformedCBOR", "envelope"),
@@ -213,6 +217,13 @@ def refused() -> list[tuple[str, str, str, str, str]]:
             bytes.fromhex("a2000201" + "02"),
             "SchemaError",
             "task.schema_version",
+        ),
+        (
+            "manifest-digest-count",
+            "a manifest of 1 chunk listing 2 chunk digests",
+            two_digests,
+            "ValueRejected",
+            "modelmanifest.chunk_digests",
         ),
     ]
     return [(n, m, b.hex(), e, f) for n, m, b, e, f in cases]
