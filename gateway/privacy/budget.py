@@ -46,13 +46,17 @@ class PrivacyBudget:
         self.settings = settings
         self.store = store
         self.accountant = Accountant(settings.accountant, settings.delta)
-        secret = store.get_meta(SECRET_KEY)
-        if secret is None:  # the seed of every round's noise: made once, kept with the ledger
-            secret = os.urandom(32).hex()
-            store.set_meta(SECRET_KEY, secret)
-        self._secret = bytes.fromhex(secret)
         self._view: PrivacyView | None = None
         self._said: bool = False
+
+    @property
+    def secret(self) -> bytes:
+        """The seed of every round's noise: made at the first close, kept with the ledger (never shown)."""
+        secret = self.store.get_meta(SECRET_KEY)
+        if secret is None:
+            secret = os.urandom(32).hex()
+            self.store.set_meta(SECRET_KEY, secret)
+        return bytes.fromhex(secret)
 
     @property
     def rules(self) -> PrivacyRules:
@@ -105,6 +109,12 @@ class PrivacyBudget:
     def _local_epsilon(self, counts: Counter[float]) -> float:
         return self.accountant.epsilon(Counter({("local-dp", 1.0, z): n for z, n in counts.items()}))
 
+    def epsilon(self) -> float:
+        """Spent so far: central, the federation's; local, the most exposed device's."""
+        if self.central:
+            return self.accountant.ledger_epsilon(self.store.ledger())
+        return max((self._local_epsilon(c) for c in self.store.local_participations().values()), default=0.0)
+
     def spent(self) -> Spent:
         s = self.settings
         ledger = self.store.ledger()
@@ -135,7 +145,7 @@ class PrivacyBudget:
         bits = count_stddev(s.clip_count_stddev, expected, row.noise) if s.adaptive_clip else None
         z_update = update_noise_multiplier(row.noise, bits)
         mean, share = release(aggregate.sums, aggregate.below, row.clip, expected, z_update, bits,
-                              round_generator(self._secret, row.round))  # fmt: skip
+                              round_generator(self.secret, row.round))  # fmt: skip
         next_clip = row.clip
         if share is not None:
             next_clip = adapted_clip(row.clip, share, s.target_quantile, s.clip_learning_rate)
