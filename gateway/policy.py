@@ -266,6 +266,7 @@ class RoundPolicy:
         if p is None:
             return row
         clip = self.view.clip if self.view is not None and p.central else p.clip
+        clip = float(np.float32(clip))  # as the task carries it: the device and the gateway clip to the same bound
         row.privacy, row.population, row.clip, row.noise = p.mode, population, clip, p.noise_multiplier
         row.sampling_rate = p.sampling_rate if p.central else 1.0
         return row
@@ -356,7 +357,7 @@ class RoundPolicy:
         free = self.rules.concurrency - len(busy)
         chosen = self.rng.permutation(idle)[:free].tolist() if free > 0 and idle else []
         deadline = now + self.rules.deadline
-        clip = self.privacy.clip if self.privacy is not None else 0.0
+        clip = float(np.float32(self.privacy.clip)) if self.privacy is not None else 0.0
         return Plan(tasks=self._tasks(chosen, number, version, deadline, clip=clip), deadline=deadline,
                     expired=expired)  # fmt: skip
 

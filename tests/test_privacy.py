@@ -8,6 +8,7 @@ clock (as tests/test_rounds.py does); tests/test_privacy_gateway.py keeps the wi
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 import os
@@ -350,7 +351,7 @@ def test_adaptive_clipping_moves_the_clip_towards_the_quantile_by_the_noised_bit
     # Every update was within: the released share is (n / 2 + noise) / (q N) + 1/2 for n participants of q N = 100
     # expected, so the clip moves by exp(-0.2 (share - 0.5)) = exp(-0.1 n / 100), give or take the noise (sd 0.002).
     ledger = rounds.store.ledger()
-    ratios = [b / a for a, b in zip(clips, clips[1:], strict=False)]
+    ratios = [b / a for a, b in itertools.pairwise(clips)]
     expected = [math.exp(-0.1 * e.participants / 100) for e in ledger[:3]]
     assert all(r == pytest.approx(x, abs=0.01) and r < 1 for r, x in zip(ratios, expected, strict=True)), ratios
     assert [e.next_clip for e in ledger[:3]] == pytest.approx(clips[1:])
@@ -381,8 +382,8 @@ def test_status_shows_the_mode_the_epsilon_spent_and_left_and_the_rounds_left(tm
     spent = accountant.epsilon(Counter({("central-dp", 0.2, 1.0): 3}))
     left = rounds_left(accountant, Counter({("central-dp", 0.2, 1.0): 3}), ("central-dp", 0.2, 1.0), 4.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYFED_")}
-    run = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(tmp_path / "gateway.toml")],
-                         capture_output=True, text=True, timeout=WAIT, env=env)  # fmt: skip
+    command = [sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(tmp_path / "gateway.toml")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=env)
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "privacy: central-dp, (4, 0.0001)-DP per device" in out

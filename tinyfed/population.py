@@ -150,8 +150,9 @@ class SimulatedDevice:
         trainer.fit(x, y)
         self.compressor.config = compression
         compressed = self.compressor.compress({t: d for t, d in trainer.delta_by_tensor().items() if t in spec})
+        bit = compressed.below_clip if task.clip_bit else None
         update = wire.Update(os.urandom(16), self.name, task.round, task.base_version, len(self.data),
-                             compressed.tensors, below_clip=compressed.below_clip if task.clip_bit else None)  # fmt: skip
+                             compressed.tensors, below_clip=bit)  # fmt: skip
         self.compressor.commit(compressed)
         return wire.encode(update)
 
@@ -193,8 +194,8 @@ def run_population(
         privacy = dict(spec.privacy)
         config = GatewayConfig.from_mapping(
             {
-                "gateway": {"federation": "population", "storage": str(tmp / "gw"), "model": str(tmp / "initial.tflite"),
-                            "min_free_mb": 0.0},
+                "gateway": {"federation": "population", "storage": str(tmp / "gw"),
+                            "model": str(tmp / "initial.tflite"), "min_free_mb": 0.0},
                 "rounds": {"rounds": spec.rounds, "min_devices": 1, "deadline": 3600.0, "epochs": spec.epochs,
                            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "density": spec.density,
                            "value_coding": spec.value_coding, "report_every": 1_000_000, "seed": spec.seed,
