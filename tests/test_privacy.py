@@ -390,3 +390,31 @@ def test_status_shows_the_mode_the_epsilon_spent_and_left_and_the_rounds_left(tm
     assert f"epsilon {spent:.4g} spent (rdp), {4.0 - spent:.4g} remaining, {left} rounds left" in out
     assert "ledger round 3: central-dp, population 30, q 0.2" in out
     assert sum(1 for line in out.splitlines() if " central-dp " in line and "closed" in line) == 3
+
+
+def test_local_dp_tasks_carry_the_noise_and_a_device_with_no_budget_left_is_not_asked_again(
+    tmp_path: Path, model: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    accountant = Accountant("rdp", 1e-5)
+    fits = rounds_left(accountant, Counter(), ("local-dp", 1.0, 4.0), 5.0)  # each update: Gaussian, z / 2 = 2
+    assert 2 <= fits <= 20
+    rounds = dp_rounds(tmp_path, model, 3, mode="local-dp", noise_multiplier=4.0, clip=0.5, epsilon=5.0)
+    with caplog.at_level(logging.WARNING, logger="gateway.privacy.budget"):
+        for _ in range(fits):
+            step = rounds.step()
+            assert step.opened is not None and step.opened.privacy == "local-dp" and len(step.tasks) == 3
+            for device, task in step.tasks:
+                assert (task.clip, task.noise, task.report, task.clip_bit) == (0.5, 4.0, False, False)
+                assert answer(rounds, device, task, value=3.0)  # a noisy update is not clipped at the gateway
+            assert rounds.step().ended is not None
+        for _ in range(3):
+            assert not rounds.step().tasks  # every device has spent its budget: nobody is asked
+    assert sum("have no room for another update" in r.getMessage() for r in caplog.records) == 1
+    assert rounds.privacy is not None
+    worst = rounds.privacy.spent()
+    assert worst.epsilon == pytest.approx(accountant.epsilon(Counter({("local-dp", 1.0, 4.0): fits})))
+    assert worst.epsilon <= 5.0 and worst.rounds_left == 0
+    moved = rounds.publisher.master.weights()
+    tensor = max(rounds.sizes, key=lambda t: rounds.sizes[t])
+    assert [e.participants for e in rounds.store.ledger()] == [3] * fits
+    assert np.isfinite(moved[tensor]).all()
