@@ -16,10 +16,11 @@ benchmarks run the population here, in one process:
   real wire codec before the gateway takes it.
 
 What is left out is the transport (measured by ``round_scale`` and the
-``fl_*`` benchmarks) and the interpreter on the device side: with every layer
-trainable (``trainable_layers = 0``) a device trains in numpy alone. The
-harness scores each published int8 model on the test split with an
-interpreter, as ``simulation.py`` does.
+``fl_*`` benchmarks). With every layer trainable (``trainable_layers = 0``) a
+device trains in numpy alone; with fewer, the frozen backbone runs in the
+interpreter once per device (it never changes, so its features are kept)
+and the tail trains in numpy, as on a device. The harness scores published
+int8 models on the test split with an interpreter, as ``simulation.py`` does.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from edge_runtime.data.dataset import Dataset
 from edge_runtime.data.sources import load_source
 from edge_runtime.local_training import task_training
 from edge_runtime.model.backends import default_backend
+from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import model_labels, quantize_input
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.train.build import build_model
-from edge_runtime.train.trainer import Trainer
+from edge_runtime.train.trainer import Trainer, cut_for_last_layers
 from gateway.admission import AdmissionRules
 from gateway.aggregate import update_norm
 from gateway.clock import FakeClock
@@ -87,6 +89,8 @@ class PopulationSpec:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavgm", "momentum": 0.9})
     privacy: dict[str, Any] = field(default_factory=dict)  # a [privacy] table; empty: off
     fraction: float = 0.1  # selection without DP (under central DP the [privacy] sampling_rate decides)
+    trainable_layers: int = 0  # the last N weighted layers train (0: all); the rest is a frozen backbone
+    score_every: int = 1  # score the published model every N rounds (and after the last)
     seed: int = 0
     canaries: Canaries | None = None
 
@@ -140,14 +144,15 @@ class SimulatedDevice:
         self.data = data
         self.seed = seed
         self.compressor = Compressor(CompressionConfig())  # the residual lives in memory, across rounds
+        self._features: np.ndarray | None = None  # the frozen backbone's output on this device's samples
 
-    def answer(self, task: wire.Task, model: bytes, spec: dict[int, int]) -> bytes:
-        graph = read_graph(model)
-        x = quantize_input(graph, self.data.x)
+    def answer(self, task: wire.Task, graph: Graph, spec: dict[int, int], layers: int, backend: Any) -> bytes:
         y = model_labels(graph, self.data.y, self.data.classes)
         training, compression = task_training(task, seed=self.seed * 100_003 + task.round)
-        trainer = Trainer(graph, 0, None, training)
-        trainer.fit(x, y)
+        trainer = Trainer(graph, cut_for_last_layers(graph, layers), backend, training)
+        if self._features is None or trainer.cut == 0:
+            self._features = trainer.features(quantize_input(graph, self.data.x))
+        trainer.fit_features(self._features, y.astype(np.int64))
         self.compressor.config = compression
         compressed = self.compressor.compress({t: d for t, d in trainer.delta_by_tensor().items() if t in spec})
         bit = compressed.below_clip if task.clip_bit else None
@@ -195,7 +200,8 @@ def run_population(
         config = GatewayConfig.from_mapping(
             {
                 "gateway": {"federation": "population", "storage": str(tmp / "gw"),
-                            "model": str(tmp / "initial.tflite"), "min_free_mb": 0.0},
+                            "model": str(tmp / "initial.tflite"), "min_free_mb": 0.0,
+                            "trainable_layers": spec.trainable_layers},
                 "rounds": {"rounds": spec.rounds, "min_devices": 1, "deadline": 3600.0, "epochs": spec.epochs,
                            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "density": spec.density,
                            "value_coding": spec.value_coding, "report_every": 1_000_000, "seed": spec.seed,
@@ -252,23 +258,27 @@ def _run(
                 break
             if idle:  # a round waits for an answer that will not come (a refused update): its deadline passes
                 clock.advance(rc.deadline + 1)
-            model, spec_sizes = publisher.model, dict(rounds.sizes)
+            graph, spec_sizes = read_graph(publisher.model), dict(rounds.sizes)  # read once: trainers copy it
             for name, task in step.tasks:
-                raw = by_name[name].answer(task, model, spec_sizes)
+                raw = by_name[name].answer(task, graph, spec_sizes, spec.trainable_layers, backend)
                 update = wire.decode(raw, expect=wire.Update, spec=spec_sizes)
                 rounds.intake(update, raw, name, update_norm(update))
             if step.ended is not None and step.ended.version is not None:
                 ledger = store.ledger()
                 epsilon = budget.epsilon() if budget is not None else 0.0
                 entry = ledger[-1] if ledger and ledger[-1].round == step.ended.round else None
-                record = PopulationRound(step.ended.round, score(backend, publisher.model, test, "accuracy"),
-                                         step.ended.accepted, epsilon, entry.clip if entry else 0.0)  # fmt: skip
+                due = step.ended.round % spec.score_every == 0 or step.ended.round >= spec.rounds
+                accuracy = score(backend, publisher.model, test, "accuracy") if due else float("nan")
+                record = PopulationRound(step.ended.round, accuracy, step.ended.accepted, epsilon,
+                                         entry.clip if entry else 0.0)  # fmt: skip
                 records.append(record)
                 if on_round is not None:
                     on_round(record)
         ledger = store.ledger()
         epsilon = budget.epsilon() if budget is not None else 0.0
         final = publisher.model
+        if records and np.isnan(records[-1].score):  # stopped by the budget between two scored rounds
+            records[-1].score = score(backend, final, test, "accuracy")
     finally:
         store.close()
     return PopulationResult(spec, records, ledger, epsilon, initial, final, stopped_by_budget=stopped_by_budget)
