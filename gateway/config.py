@@ -288,6 +288,10 @@ def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] 
         if privacy.adaptive_clip:
             raise ConfigError(f"{where('privacy', 'adaptive_clip')}: adaptive clipping needs a trusted gateway to "
                               f"noise the devices' bits; not with {mode}")  # fmt: skip
+        if rounds.clip_norm:
+            raise ConfigError(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g}: updates under {mode} carry "
+                              f"their noise, and clipping them would scale it down; the clip is "
+                              f"{where('privacy', 'clip')}, applied on the devices")  # fmt: skip
     else:
         clashes = []
         if rounds.mode != "sync":

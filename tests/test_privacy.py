@@ -158,6 +158,8 @@ def test_local_dp_takes_async_rounds_but_not_adaptive_clipping() -> None:
                                env={})  # fmt: skip
     with pytest.raises(ConfigError, match=r"\[privacy\] adaptive_clip: adaptive clipping needs a trusted gateway"):
         GatewayConfig.from_mapping({"privacy": {"mode": "local-dp", "adaptive_clip": True}}, env={})
+    with pytest.raises(ConfigError, match=r"\[rounds\] clip_norm = 2: updates under .* carry their noise"):
+        GatewayConfig.from_mapping({"rounds": {"clip_norm": 2.0}, "privacy": {"mode": "local-dp"}}, env={})
 
 
 def test_without_the_accountant_installed_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
