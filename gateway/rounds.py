@@ -282,6 +282,8 @@ class Rounds:
                 now = self.clock.now()
                 plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
                 step = self._record(plan, now)
+            if self.privacy is not None and plan.tasks and not self.privacy.central:
+                self.privacy.invalidate()  # local DP: every task given spends its device's budget
         except Exception as exc:  # the plan was not recorded, so none of its tasks goes out
             if not is_out_of_space(exc):
                 raise
@@ -310,7 +312,8 @@ class Rounds:
         assert current is not None, "a plan with tasks always has a round"
         ids = [(device, task.task_id) for device, task in plan.tasks]
         version = self.publisher.version
-        self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended)
+        local = current.noise if current.privacy == "local-dp" else 0.0
+        self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended, local)
         if plan.open is not None:
             self._open = OpenRound(plan.open, self._new_aggregate(plan.open))
             if plan.open.mode == "sync":

@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS privacy_ledger (
     clip REAL NOT NULL, noise_multiplier REAL NOT NULL, update_noise REAL NOT NULL, participants INTEGER NOT NULL,
     next_clip REAL NOT NULL, recorded REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dp_tasks (
+    task_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, noise REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dp_tasks_device ON dp_tasks (device);
 CREATE TABLE IF NOT EXISTS failures (
     report_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, task_id BLOB NOT NULL,
     kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
@@ -304,9 +308,12 @@ class GatewayStore:
         base: bytes,
         deadline: float,
         ended: list[tuple[int, str, str, str]],
+        local_noise: float = 0.0,
     ) -> None:
         """One step of the round policy in one transaction, before any of its tasks is sent: the round it
-        opens, its tasks (device, task id), and tasks it ends ((round, device, kind, new status))."""
+        opens, its tasks (device, task id), and tasks it ends ((round, device, kind, new status)).
+        ``local_noise``: the tasks are local-DP training tasks with this noise multiplier; each is counted
+        against its device's budget (``dp_tasks``) in the same transaction."""
         now = time.time()
         with self.transaction() as db:
             if opening is not None:
@@ -325,6 +332,11 @@ class GatewayStore:
                 "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, 'sent', ?, ?, ?)",
                 [(round_, device, kind, task_id, now, base.hex(), deadline) for device, task_id in tasks],
             )
+            if local_noise and kind == "train":
+                db.executemany(
+                    "INSERT OR IGNORE INTO dp_tasks VALUES (?, ?, ?, ?)",
+                    [(task_id, device, round_, local_noise) for device, task_id in tasks],
+                )
 
     def extend_deadlines(self, round_: int | None, seconds: float) -> None:
         """Move a round's deadline, and the deadlines of every task still waiting, ``seconds`` later."""
@@ -492,12 +504,10 @@ class GatewayStore:
         return [LedgerEntry(*r) for r in rows]
 
     def local_participations(self) -> dict[str, Counter[float]]:
-        """local-dp: per device, how many training tasks it was given in each noise multiplier's rounds (a task
-        counts whether or not its update arrived, and in open and failed rounds too: the conservative count)."""
-        rows = self._query(
-            "SELECT s.device, r.noise, COUNT(*) FROM selections s JOIN rounds r ON r.round = s.round "
-            "WHERE s.kind = 'train' AND r.privacy = 'local-dp' GROUP BY s.device, r.noise"
-        )
+        """local-dp: per device, how many training tasks it was given at each noise multiplier (a task counts
+        whether or not its update arrived, and in open and failed rounds too: the conservative count; an
+        asynchronous round may give one device several, which its selection row does not keep)."""
+        rows = self._query("SELECT device, noise, COUNT(*) FROM dp_tasks GROUP BY device, noise")
         out: dict[str, Counter[float]] = {}
         for device, z, n in rows:
             out.setdefault(str(device), Counter())[float(z)] += int(n)

@@ -420,3 +420,16 @@ def test_local_dp_tasks_carry_the_noise_and_a_device_with_no_budget_left_is_not_
     tensor = max(rounds.sizes, key=lambda t: rounds.sizes[t])
     assert [e.participants for e in rounds.store.ledger()] == [3] * fits
     assert np.isfinite(moved[tensor]).all()
+
+
+def test_local_dp_in_async_rounds_gives_no_device_more_tasks_than_its_budget(tmp_path: Path, model: bytes) -> None:
+    fits = rounds_left(Accountant("rdp", 1e-5), Counter(), ("local-dp", 1.0, 4.0), 5.0)
+    rounds = dp_rounds(tmp_path, model, 4, rounds={"mode": "async", "concurrency": 2, "buffer_size": 5},
+                       mode="local-dp", noise_multiplier=4.0, clip=0.5, epsilon=5.0)  # fmt: skip
+    given = Counter[str]()
+    for _ in range(10 * fits):
+        step = rounds.step()
+        given.update(d for d, _ in step.tasks)
+        for device, task in step.tasks:
+            assert answer(rounds, device, task)
+    assert given and max(given.values()) <= fits and sum(given.values()) == 4 * fits, given
