@@ -433,3 +433,11 @@ def test_local_dp_in_async_rounds_gives_no_device_more_tasks_than_its_budget(tmp
         for device, task in step.tasks:
             assert answer(rounds, device, task)
     assert given and max(given.values()) <= fits and sum(given.values()) == 4 * fits, given
+
+
+def test_the_pld_accountant_is_at_least_as_tight_as_rdp_and_both_grow_with_the_rounds() -> None:
+    events = Counter({("central-dp", 0.05, 1.0): 200})
+    rdp, pld = Accountant("rdp", 1e-5), Accountant("pld", 1e-5)
+    assert 0 < pld.epsilon(events) <= rdp.epsilon(events)
+    assert rdp.epsilon(events) < rdp.epsilon(events + Counter({("central-dp", 0.05, 1.0): 100}))
+    assert rdp.epsilon(Counter()) == 0.0
