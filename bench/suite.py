@@ -25,6 +25,8 @@ SUITE = (
     "fl_digits",
     "fl_cmapss",
     "fl_har",
+    "fl_privacy",
+    "privacy_audit",
 )
 BUDGET_SECONDS = 15 * 60
 # Extras a benchmark needs beyond the `bench` command's own (device, gateway, data): checked before anything runs,
@@ -33,6 +35,8 @@ BUDGET_SECONDS = 15 * 60
 EXTRAS: dict[str, tuple[str, ...]] = {
     "serial_link": ("hil",),  # the emulated board (TFLite Micro) and the host driver (pyserial, cobs)
     "round_scale": ("bench",),  # psutil samples the gateway's memory and CPU
+    "fl_privacy": ("privacy",),  # the accountant (dp-accounting)
+    "privacy_audit": ("privacy",),
 }
 
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -48,6 +52,10 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                   "secured_vs_insecure_seconds_per_round", "secured_vs_insecure_uplink"),
     "fl_har": ("final_accuracy", "rounds_to_target", "uplink_ratio_vs_dense", "dense_final_accuracy"),
     "fl_cmapss": ("final_accuracy", "uplink_ratio_vs_dense", "dense_final_accuracy", "central_f1"),
+    "fl_privacy": ("digits_accuracy_eps_1", "digits_accuracy_eps_8", "digits_accuracy_no_dp", "har_accuracy_eps_8",
+                   "har_accuracy_no_dp"),
+    "privacy_audit": ("small_bound_no_dp", "small_bound_eps_8", "population_bound_no_dp", "population_bound_eps_8",
+                      "population_accountant_eps_8"),
 }
 
 

@@ -192,6 +192,7 @@ class DeviceAgent(FederationMember):
                 if s["batches"] > 0
             }
         update = self.new_update(task, len(data.train), compressed.tensors, metrics, ranges)
+        update.below_clip = compressed.below_clip if task.clip_bit else None  # adaptive clipping's one bit
         self.store_update(update, task)
         self.compressor.commit(compressed)  # only now: the update is safe on disk
         return update

@@ -159,7 +159,12 @@ def task_training(task: wire.Task, seed: int) -> tuple[TrainConfig, CompressionC
         prox_mu=task.prox_mu,
         seed=seed,
     )
-    return training, CompressionConfig(density=task.density, value_coding=ValueCoding(task.value_coding), seed=seed)
+    # A task's clip and local noise are its privacy (docs/privacy.md): the compressor applies them, before
+    # sparsification, for every member alike.
+    compression = CompressionConfig(
+        density=task.density, value_coding=ValueCoding(task.value_coding), seed=seed, clip=task.clip, noise=task.noise
+    )
+    return training, compression
 
 
 def held_out_metrics(backend: Backend, model: bytes, graph: Graph, held_out: Dataset) -> dict[str, float]:

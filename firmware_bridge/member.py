@@ -132,6 +132,7 @@ class BoardMember(FederationMember):
             tensors=kept,
             metrics=update.metrics,
             activation_ranges=update.activation_ranges,
+            below_clip=update.below_clip,  # adaptive clipping's bit, as the board reported it
         )
         self.store_update(update, task)
         return update

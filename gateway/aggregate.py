@@ -5,6 +5,11 @@ devices: an update's kept entries are added at their positions (they are
 strictly increasing, so a plain fancy-index add is exact) and its weight
 (its bounded sample count, times a staleness factor in asynchronous mode)
 is added to the total. Only a buffered strategy makes it keep each delta as well.
+
+Under differential privacy (``uniform``) every update weighs 1, whatever
+samples it claims (one device must move the sum by at most the clip), and
+the bits of adaptive clipping are summed as bit - 1/2; the privacy budget
+(privacy/budget.py) turns the sums into the noised mean.
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ def update_norm(update: wire.Update) -> float:
 
 
 class StreamingAggregate:
-    def __init__(self, sizes: Mapping[int, int], keep_updates: bool = False, clip_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        sizes: Mapping[int, int],
+        keep_updates: bool = False,
+        clip_norm: float | None = None,
+        uniform: bool = False,
+    ) -> None:
         self.sizes = dict(sizes)
+        self.uniform = uniform
+        self.below = 0.0  # sum of (within clip ? 1 : 0) - 1/2 over the updates that said
         self.sums: Weights = {t: np.zeros(n, np.float64) for t, n in sizes.items()}
         self.weight = 0.0
         self.count = 0
@@ -55,7 +68,9 @@ class StreamingAggregate:
         ``weight_factor``; ``norm`` (when the caller already has it) saves a pass for clipping; its activation
         ranges count only when its task asked for them (``take_ranges``)."""
         samples = update.samples if samples is None else samples
-        weight = samples * weight_factor
+        weight = 1.0 if self.uniform else samples * weight_factor
+        if self.uniform and update.below_clip is not None:
+            self.below += (1.0 if update.below_clip else 0.0) - 0.5
         values = [t.values.decode().astype(np.float64) for t in update.tensors]  # decoded once, used below
         scale = 1.0
         if self.clip_norm:

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from edge_runtime.config import ConfigError
 from edge_runtime.errors import ExitCode, TinyfedError
@@ -29,6 +29,9 @@ from edge_runtime.shutdown import stop_on_signals
 from edge_runtime.storage import atomic_write
 
 from .config import GatewayConfig
+
+if TYPE_CHECKING:
+    from .store import GatewayStore
 
 
 class StorageLocked(RuntimeError, TinyfedError):
@@ -146,7 +149,9 @@ def status(args: argparse.Namespace) -> int:
         print(line)
     if len(devices) > args.devices:
         print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")
-    print(f"{'round':>6} {'status':<7} {'mode':<5} {'updates':>7} {'refused':>7} {'uplink B':>9} "
+    for line in privacy_lines(config, store):
+        print(line)
+    print(f"{'round':>6} {'status':<7} {'mode':<5} {'privacy':<10} {'updates':>7} {'refused':>7} {'uplink B':>9} "
           f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
     for row in store.rounds(args.last):
         counts = store.round_counts(row.round)
@@ -154,8 +159,9 @@ def status(args: argparse.Namespace) -> int:
         ratio = counts["dense_bytes"] / counts["uplink_bytes"] if counts["uplink_bytes"] else float("nan")
         acc = metrics.get("eval_accuracy")
         print(
-            f"{row.round:>6} {row.status:<7} {row.mode:<5} {counts['train']:>7} {counts['refused']:>7} "
-            f"{counts['uplink_bytes']:>9} {ratio:>8.0f} {acc if acc is not None else float('nan'):>8.4f}  "
+            f"{row.round:>6} {row.status:<7} {row.mode:<5} {row.privacy:<10} {counts['train']:>7} "
+            f"{counts['refused']:>7} {counts['uplink_bytes']:>9} {ratio:>8.0f} "
+            f"{acc if acc is not None else float('nan'):>8.4f}  "
             f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
         )
     failures = store.failures(args.last)
@@ -171,6 +177,41 @@ def status(args: argparse.Namespace) -> int:
             print(f"  round {r['round']} {r['device']}: {r['reason']}")
     store.close()
     return 0
+
+
+def privacy_lines(config: GatewayConfig, store: GatewayStore) -> list[str]:
+    """The privacy mode and its budget: epsilon spent and left, and rounds left at the current settings."""
+    p = config.privacy
+    ledger = store.ledger()
+    if not p.on:
+        return [f"privacy: off ({len(ledger)} earlier DP rounds in the ledger)"] if ledger else ["privacy: off"]
+    from .privacy.budget import PrivacyBudget
+
+    spent = PrivacyBudget(p, store).spent()
+    left = max(0.0, spent.target - spent.epsilon)
+    if spent.mode == "central-dp":
+        lines = [
+            f"privacy: central-dp, ({spent.target:g}, {spent.delta:g})-DP per device: epsilon {spent.epsilon:.4g} "
+            f"spent ({p.accountant}), {left:.4g} remaining, {spent.rounds_left} rounds left at sampling rate "
+            f"{p.sampling_rate:g} and noise multiplier {p.noise_multiplier:g}",
+            f"  clip {spent.clip:.4g}{' (adaptive)' if p.adaptive_clip else ''}; {spent.rounds} rounds in the ledger",
+        ]
+        if spent.rounds_left == 0:
+            lines.append("  BUDGET SPENT: no training round opens (one more would exceed it)")
+    else:
+        lines = [
+            f"privacy: local-dp, ({spent.target:g}, {spent.delta:g})-DP for each device's own updates: the most "
+            f"exposed device has spent epsilon {spent.epsilon:.4g} ({p.accountant}), {left:.4g} remaining, "
+            f"{spent.rounds_left} more updates at noise multiplier {p.noise_multiplier:g}",
+            f"  clip {spent.clip:.4g}; {spent.rounds} rounds in the ledger",
+        ]
+    for entry in ledger[-3:]:
+        lines.append(
+            f"  ledger round {entry.round}: {entry.mode}, population {entry.population}, q {entry.sampling_rate:g}, "
+            f"clip {entry.clip:.4g}, z {entry.noise_multiplier:g} (sum {entry.update_noise:.4g}), "
+            f"{entry.participants} participants"
+        )
+    return lines
 
 
 def rollback(args: argparse.Namespace) -> int:

@@ -38,6 +38,19 @@ name = "fedavg"            # fedavg fedavgm fedadam fedyogi fedadagrad fedprox f
 server_lr = 1.0
 # any other key is passed to the strategy: momentum, beta1, beta2, tau, mu, beta, byzantine, keep
 
+[privacy]                  # docs/privacy.md; needs the privacy extra (dp-accounting) unless mode = "off"
+mode = "off"               # off | central-dp (noise on the aggregate, a trusted gateway) | local-dp (noise on devices)
+epsilon = 8.0              # the budget: no round opens that would take the accountant past (epsilon, delta)
+delta = 1e-5               # keep it below 1 / the number of devices
+noise_multiplier = 1.0     # Gaussian noise stddev as a multiple of the clip
+clip = 0.1                 # L2 bound on each device's update (the first one when adaptive)
+sampling_rate = 0.05       # central-dp: each eligible device is asked with this probability, independently
+accountant = "rdp"         # rdp | pld (dp-accounting's)
+adaptive_clip = false      # central-dp: move the clip towards a quantile of the updates' norms (Andrew et al. 2021)
+target_quantile = 0.5      # adaptive: the share of updates that should fall within the clip
+clip_learning_rate = 0.2   # adaptive: the geometric step of the clip per round
+clip_count_stddev = 0.0    # adaptive: noise on the count of updates within the clip (0: expected devices / 20)
+
 [broker]
 url = "mqtt://127.0.0.1:1883"
 
@@ -142,10 +155,47 @@ class RoundsSection:
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
 
 
+PRIVACY_MODES = ("off", "central-dp", "local-dp")
+
+
+@dataclass
+class PrivacySection:
+    mode: str = "off"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    noise_multiplier: float = 1.0
+    clip: float = 0.1
+    sampling_rate: float = 0.05
+    accountant: str = "rdp"
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clip_count_stddev: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(PRIVACY_MODES)}")
+        if self.accountant not in ("rdp", "pld"):
+            raise ValueError(f"accountant {self.accountant!r} is not rdp or pld")
+        if self.epsilon <= 0 or not 0 < self.delta < 1:
+            raise ValueError(f"epsilon must be > 0 and delta in (0, 1), got {self.epsilon} and {self.delta}")
+        if self.noise_multiplier <= 0 or self.clip <= 0:
+            raise ValueError(f"noise_multiplier and clip must be > 0, got {self.noise_multiplier} and {self.clip}")
+        if not 0 < self.sampling_rate <= 1:
+            raise ValueError(f"sampling_rate {self.sampling_rate} is not in (0, 1]")
+        if not 0 < self.target_quantile < 1 or self.clip_learning_rate <= 0 or self.clip_count_stddev < 0:
+            raise ValueError("target_quantile must be in (0, 1), clip_learning_rate > 0 and clip_count_stddev >= 0")
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+
 @dataclass
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     rounds: RoundsSection = field(default_factory=RoundsSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     trust: TrustSection = field(default_factory=TrustSection)
@@ -170,6 +220,7 @@ class GatewayConfig:
             "gateway": keys_of(GatewaySection),
             "rounds": keys_of(RoundsSection),
             "strategy": keys_of(strategy_options(STRATEGIES[strategy])),
+            "privacy": keys_of(PrivacySection),
             "broker": keys_of(BrokerConfig),
             "trust": keys_of(TrustSection),
         }
@@ -178,13 +229,14 @@ class GatewayConfig:
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "broker", "trust"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust"), source)
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
             gateway=section(GatewaySection, table(data, "gateway"), "gateway", source, env),
             rounds=section(RoundsSection, table(data, "rounds"), "rounds", source, env),
             strategy=strategy,
+            privacy=section(PrivacySection, table(data, "privacy"), "privacy", source, env),
             broker=broker_section(data, source, env),
             trust=section(TrustSection, table(data, "trust"), "trust", source, env),
             source=source,
@@ -194,9 +246,10 @@ class GatewayConfig:
         except SchemaError as exc:
             raise ConfigError(f"{source} [gateway]: {exc}") from exc
         try:
-            config.make_strategy()
+            strategy_object = config.make_strategy()
         except ValueError as exc:
             raise ConfigError(f"{source} [strategy]: {exc}") from exc
+        check_privacy(config, bool(getattr(strategy_object, "buffered", False)), env)
         return config
 
     def check_files(self) -> None:
@@ -224,6 +277,61 @@ class GatewayConfig:
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
         return cls.from_mapping(read_toml(path), str(path), env)
+
+
+def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] | None = None) -> None:
+    """Refuse every setting the privacy accountant cannot account for, naming the keys (docs/privacy.md).
+
+    central-dp: the accountant assumes each eligible device is asked with probability ``sampling_rate``,
+    independently, and that one device moves the noised sum by at most the clip. Over-provisioning (closing
+    when a target has answered lets one device's answer push out another's), a ``fraction`` (a sample of fixed
+    size), asynchronous buffers (devices kept busy as they free up), ``min_updates`` (a round that fails on a
+    count releases the count) and a buffered strategy (it reads single updates, not the noised sum) each break
+    that. local-dp needs none of it (every update is private on its own), but has no adaptive clipping (the
+    bit would travel in the clear to a gateway nobody trusts).
+    """
+    privacy, rounds, source = config.privacy, config.rounds, config.source
+    if not privacy.on:
+        return
+
+    def where(table_name: str, key: str) -> str:
+        return setting(source, table_name, key, env)
+
+    mode = f"{where('privacy', 'mode')} = {privacy.mode!r}"
+    if privacy.mode == "local-dp":
+        if privacy.adaptive_clip:
+            raise ConfigError(f"{where('privacy', 'adaptive_clip')}: adaptive clipping needs a trusted gateway to "
+                              f"noise the devices' bits; not with {mode}")  # fmt: skip
+        if rounds.clip_norm:
+            raise ConfigError(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g}: updates under {mode} carry "
+                              f"their noise, and clipping them would scale it down; the clip is "
+                              f"{where('privacy', 'clip')}, applied on the devices")  # fmt: skip
+    else:
+        clashes = []
+        if rounds.mode != "sync":
+            clashes.append(f"{where('rounds', 'mode')} = {rounds.mode!r} (buffers are not Poisson samples)")
+        if rounds.overprovision:
+            clashes.append(f"{where('rounds', 'overprovision')} = {rounds.overprovision:g} (a device that answers "
+                           "first would push another out: the sum would move by two clips)")  # fmt: skip
+        if rounds.fraction != 1.0:
+            clashes.append(f"{where('rounds', 'fraction')} = {rounds.fraction:g} (devices are sampled with "
+                           f"{where('privacy', 'sampling_rate')} instead)")  # fmt: skip
+        if rounds.min_updates != 1:
+            clashes.append(f"{where('rounds', 'min_updates')} = {rounds.min_updates} (a round that fails on a count "
+                           "would publish the count)")  # fmt: skip
+        if rounds.clip_norm:
+            clashes.append(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g} (the clip is "
+                           f"{where('privacy', 'clip')})")  # fmt: skip
+        if buffered:
+            clashes.append(f"{where('strategy', 'name')} = {config.strategy_name!r} (it reads single updates; "
+                           "only the noised sum is private)")  # fmt: skip
+        if clashes:
+            raise ConfigError(f"{mode} is not accounted with: " + "; ".join(clashes))
+    try:
+        import dp_accounting  # noqa: F401 - the accountant; imported here so a missing extra is said at start
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{mode} needs the accountant dp-accounting (the 'privacy' extra): "
+                          "pip install 'tinyfed[privacy]'") from exc
 
 
 def strategy_options(strategy: type[Strategy]) -> type:

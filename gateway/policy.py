@@ -17,6 +17,15 @@ a selected device that dies mid-round is replaced. Asynchronous mode keeps
 (FedBuff, Nguyen et al. 2022). After the configured number of rounds, every
 eligible device is asked to evaluate the final model on its own held-out
 data, once.
+
+Under ``[privacy] mode = "central-dp"`` selection is the sampling the
+accountant assumes: each eligible device is asked with probability q,
+independently (Poisson sampling), nobody is asked in another's place (no
+over-provisioning, no reassignment), and the round closes when every asked
+device has answered or at its deadline, with whatever arrived: it never fails
+for want of updates. Once the budget has no room for another round, training
+ends as if the configured rounds were done. Under ``local-dp`` selection is
+as usual, less the devices whose own budget has no room for another update.
 """
 
 from __future__ import annotations
@@ -111,6 +120,30 @@ class History(Protocol):
 
 
 @dataclass(frozen=True)
+class PrivacyRules:
+    """The federation's privacy setting as selection and tasks need it (from ``[privacy]``)."""
+
+    mode: str  # central-dp | local-dp
+    sampling_rate: float  # central-dp: q
+    clip: float  # the first round's clip (adaptive clipping moves it: PrivacyView.clip)
+    noise_multiplier: float  # z: on the aggregate (central) or on each device (local)
+    clip_bit: bool = False  # adaptive clipping: devices report whether they were within the clip
+
+    @property
+    def central(self) -> bool:
+        return self.mode == "central-dp"
+
+
+@dataclass(frozen=True)
+class PrivacyView:
+    """What the ledger says now: the next round's clip, and whose budget has room for more."""
+
+    clip: float
+    exhausted: bool = False  # central-dp: one more round would take the accountant past the budget
+    spent_devices: frozenset[str] = frozenset()  # local-dp: devices one more update would take past theirs
+
+
+@dataclass(frozen=True)
 class TaskSettings:
     """What every training task carries besides its round and deadline."""
 
@@ -136,12 +169,15 @@ class RoundPolicy:
         task_settings: TaskSettings,
         rng: np.random.Generator,
         new_id: Callable[[], bytes] = lambda: os.urandom(16),
+        privacy: PrivacyRules | None = None,
     ) -> None:
         self.rules = rules
         self.eligibility = eligibility
         self.task_settings = task_settings
-        self.rng = rng
+        self.rng = rng  # under DP, seeded from the OS's entropy: a sample nobody can predict (service.py)
         self.new_id = new_id  # task ids must be unique: devices drop a task id they have seen
+        self.privacy = privacy
+        self.view: PrivacyView | None = None  # set before each plan when privacy is on (rounds.py)
 
     # -- the one entry point ------------------------------------------------------------------------------
     def plan(
@@ -178,48 +214,98 @@ class RoundPolicy:
         if limit and history.closed_training_rounds() + (1 if closing else 0) >= limit:
             return None
         number = max(history.last_round(), closing) + 1
-        return RoundRow(number, version, "open", "async", now, now + self.rules.deadline, self.rules.buffer_size)
+        row = RoundRow(number, version, "open", "async", now, now + self.rules.deadline, self.rules.buffer_size)
+        return self._private_row(row, 0)
 
     # -- steps ----------------------------------------------------------------------------------------------
     def _progress(self, history: History, version: bytes) -> str | None:
-        """None while rounds remain; 'evaluate' when the final model awaits evaluation; else 'finished'."""
+        """None while rounds remain; 'evaluate' when the final model awaits evaluation; else 'finished'.
+
+        A central-DP budget with no room for another round ends training as the last configured round does.
+        Under local DP nothing is evaluated: the reports would leave the devices without noise."""
         limit = self.rules.rounds
-        if not limit or history.closed_training_rounds() < limit:
+        spent = self.privacy is not None and self.privacy.central and self.view is not None and self.view.exhausted
+        if not spent and (not limit or history.closed_training_rounds() < limit):
             return None
+        if self.privacy is not None and not self.privacy.central:
+            return "finished"
         return "finished" if history.evaluated(version) else "evaluate"
 
     def _eligible(self, registry: Registry, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        if self.privacy is not None and self.view is not None and self.view.spent_devices:
+            exclude = set(exclude) | self.view.spent_devices
         return sorted(r.device for r in registry.eligible(self.eligibility) if r.device not in exclude)
 
-    def _task(self, number: int, version: bytes, deadline: float, evaluate: bool) -> wire.Task:
+    def _task(self, number: int, version: bytes, deadline: float, evaluate: bool, clip: float = 0.0) -> wire.Task:
         s = self.task_settings
+        p = self.privacy
+        report = asks_for_report(number, s.report_every)
+        if p is not None and not evaluate:
+            # Local DP: nothing leaves a device without noise, so no reports; central: the gateway is trusted
+            # with the devices' metrics, but activation ranges would go into the published model (not taken).
+            report = report and p.central
+            return wire.Task(
+                self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
+                s.prox_mu, value_coding=s.value_coding, report=report, clip=clip,
+                noise=0.0 if p.central else p.noise_multiplier, clip_bit=p.clip_bit,
+            )  # fmt: skip
         return wire.Task(
             self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
-            s.prox_mu, evaluate_only=evaluate, value_coding=s.value_coding,
-            report=asks_for_report(number, s.report_every),
+            s.prox_mu, evaluate_only=evaluate, value_coding=s.value_coding, report=report,
         )  # fmt: skip
 
     def _tasks(
-        self, devices: list[str], number: int, version: bytes, deadline: float, evaluate: bool = False
+        self, devices: list[str], number: int, version: bytes, deadline: float, evaluate: bool = False,
+        clip: float = 0.0,
     ) -> list[tuple[str, wire.Task]]:
-        return [(device, self._task(number, version, deadline, evaluate)) for device in devices]
+        return [(device, self._task(number, version, deadline, evaluate, clip)) for device in devices]
+
+    def _private_row(self, row: RoundRow, population: int) -> RoundRow:
+        """A training round's row with the privacy it opens under (mode, population, clip, accounted noise)."""
+        p = self.privacy
+        if p is None:
+            return row
+        clip = self.view.clip if self.view is not None and p.central else p.clip
+        clip = float(np.float32(clip))  # as the task carries it: the device and the gateway clip to the same bound
+        row.privacy, row.population, row.clip, row.noise = p.mode, population, clip, p.noise_multiplier
+        row.sampling_rate = p.sampling_rate if p.central else 1.0
+        return row
 
     def _open_sync(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:
         rules = self.rules
         eligible = self._eligible(registry)
         if len(eligible) < rules.min_devices:
             return Plan()
+        if self.privacy is not None and self.privacy.central:
+            return self._open_sampled(eligible, history, version, now)
         target = max(rules.min_devices, math.ceil(rules.fraction * len(eligible)))
         ask = min(len(eligible), math.ceil(target * (1 + rules.overprovision)))
         chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + rules.deadline, target)
-        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline), deadline=row.deadline)
+        row = self._private_row(row, len(eligible))
+        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, clip=row.clip),
+                    deadline=row.deadline)  # fmt: skip
+
+    def _open_sampled(self, eligible: list[str], history: History, version: bytes, now: float) -> Plan:
+        """Central DP: Poisson sampling, each eligible device asked with probability q, independently; every
+        device asked is waited for (the target), and none is asked in another's place."""
+        assert self.privacy is not None
+        draws = self.rng.random(len(eligible))
+        chosen = [d for d, u in zip(eligible, draws, strict=True) if u < self.privacy.sampling_rate]
+        row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + self.rules.deadline, len(chosen))
+        row = self._private_row(row, len(eligible))
+        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, clip=row.clip),
+                    deadline=row.deadline)  # fmt: skip
 
     def _sync_step(
         self, open_round: OpenRound, registry: Registry, history: History, version: bytes, now: float
     ) -> Plan:
         rules, row = self.rules, open_round.row
         accepted = open_round.aggregate.count
+        if row.privacy == "central-dp":
+            # Every asked device answered (an update, a failure) or the deadline passed: close with what came.
+            answered = open_round.maybe_all_answered and not history.outstanding(row.round, "train")
+            return Plan(close=now >= row.deadline or answered)
         if accepted >= row.target or (now >= row.deadline and accepted >= rules.min_updates):
             return Plan(close=True)
         if now >= row.deadline:
@@ -255,7 +341,7 @@ class RoundPolicy:
         replacements = self.rng.permutation(spare)[: len(dead) + len(failed)].tolist() if spare else []
         deadline = open_round.row.deadline
         return Plan(
-            tasks=self._tasks(replacements, open_round.number, version, deadline),
+            tasks=self._tasks(replacements, open_round.number, version, deadline, clip=open_round.row.clip),
             deadline=deadline,
             withdrawn=dead,
             replaced=dead + failed,
@@ -271,11 +357,14 @@ class RoundPolicy:
         free = self.rules.concurrency - len(busy)
         chosen = self.rng.permutation(idle)[:free].tolist() if free > 0 and idle else []
         deadline = now + self.rules.deadline
-        return Plan(tasks=self._tasks(chosen, number, version, deadline), deadline=deadline, expired=expired)
+        clip = float(np.float32(self.privacy.clip)) if self.privacy is not None else 0.0
+        return Plan(tasks=self._tasks(chosen, number, version, deadline, clip=clip), deadline=deadline,
+                    expired=expired)  # fmt: skip
 
     def _open_evaluation(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:
         eligible = self._eligible(registry)
         deadline = now + self.rules.deadline
         row = RoundRow(history.last_round() + 1, version, "open", "eval", now, deadline, len(eligible))
+        row.privacy = self.privacy.mode if self.privacy is not None else "off"
         return Plan(open=row, kind="eval", tasks=self._tasks(eligible, row.round, version, deadline, evaluate=True),
                     deadline=deadline)  # fmt: skip

@@ -31,6 +31,7 @@ from .aggregate import StreamingAggregate
 from .config import GatewayConfig
 from .master import MasterModel
 from .store import GatewayStore
+from .strategies.base import RoundInput
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,12 @@ class Publisher:
         return make_manifest(model, self.master.trainable, gw.chunk_size, parent, gw.federation)
 
     # -- a round's version ------------------------------------------------------------------------------
-    def make_version(self, aggregate: StreamingAggregate) -> NewVersion:
+    def make_version(self, aggregate: StreamingAggregate, round_input: RoundInput | None = None) -> NewVersion:
         """Strategy step, re-quantisation, files on disk. Moves the master and strategy state in memory;
-        ``adopt`` makes the result current, ``reload`` takes it back."""
+        ``adopt`` makes the result current, ``reload`` takes it back. ``round_input``: what the strategy steps
+        on instead of the aggregate's mean (a DP round's noised mean)."""
         self._strategy_before = {k: np.array(v, copy=True) for k, v in self.strategy.state().items()}
-        new_weights = self.strategy.step(self.master.weights(), aggregate.round_input())
+        new_weights = self.strategy.step(self.master.weights(), round_input or aggregate.round_input())
         self.master.set_weights(new_weights)
         self.master.set_activation_ranges(aggregate.activation_ranges(), self.config.rounds.max_range_growth)
         model = self.master.export()

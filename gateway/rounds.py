@@ -13,6 +13,12 @@ the round thread. ``_lock`` guards the open round for a few operations at a
 time. Closing is the heavy step (strategy, export, hashes, fsyncs): the
 round is detached under the lock, so the next asynchronous buffer takes
 updates while its version is made without the lock.
+
+Differential privacy (``privacy``, docs/privacy.md): before each plan the
+budget hands the policy its view (the round's clip, whether another round
+fits); a DP round's aggregate weighs every update 1 and takes no activation
+ranges; its close releases the budget's noised mean and writes the round's
+ledger entry in the transaction that closes it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .policy import OpenRound, Plan, RoundPolicy
+from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Registry
 from .store import GatewayStore, RoundRow
@@ -81,6 +88,7 @@ class Rounds:
         clock: Clock,
         clip_norm: float | None = None,
         disk: DiskSpace | None = None,
+        privacy: PrivacyBudget | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -90,6 +98,7 @@ class Rounds:
         self.clock = clock
         self.clip_norm = clip_norm
         self.disk = disk
+        self.privacy = privacy
         self.paused: str | None = None  # why rounds stand still (low disk space), said once
         self._full_at: int | None = None  # free bytes when a write last failed for want of space
         self.sizes = publisher.sizes
@@ -108,21 +117,30 @@ class Rounds:
     def mode(self) -> str:
         return self.admission.mode
 
-    def _new_aggregate(self) -> StreamingAggregate:
+    def _new_aggregate(self, row: RoundRow) -> StreamingAggregate:
+        if row.privacy != "off" and row.mode != "eval":
+            # Every update weighs 1; central DP clips again to the round's clip (a device may lie about its own).
+            clip = row.clip if row.privacy == "central-dp" else None
+            return StreamingAggregate(self.sizes, clip_norm=clip, uniform=True)
         strategy: Any = self.publisher.strategy
         return StreamingAggregate(self.sizes, keep_updates=strategy.buffered, clip_norm=self.clip_norm)
+
+    @staticmethod
+    def _takes_ranges(row: RoundRow, task_round: int, report_every: int) -> bool:
+        """Activation ranges go into the published model: never from a DP round, where they would bypass noise."""
+        return row.privacy == "off" and asks_for_report(task_round, report_every)
 
     # -- start ----------------------------------------------------------------------------------------------
     def _rebuild(self, row: RoundRow) -> OpenRound:
         """A round's aggregate from the updates committed before a crash or stop."""
-        aggregate = self._new_aggregate()
+        aggregate = self._new_aggregate(row)
         kind = "eval" if row.mode == "eval" else "train"
         delivered = self.store.round_updates(row.round, kind)
         report_every = self.policy.rules.report_every
         for stored in delivered if kind == "train" else ():
             update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
             aggregate.add(update, stored.weight / max(1, stored.samples), samples=stored.samples,
-                          take_ranges=asks_for_report(update.round, report_every))  # fmt: skip
+                          take_ranges=self._takes_ranges(row, update.round, report_every))  # fmt: skip
         tasks = self.store.round_tasks(row.round, kind)
         failed = {d for d, status in tasks.items() if status == "failed"}
         return OpenRound(row, aggregate, set(tasks), failed=failed)
@@ -179,7 +197,7 @@ class Rounds:
                         self.dense_bytes if train else 0, stored,
                     )  # fmt: skip
                     if first and train:
-                        take_ranges = asks_for_report(update.round, self.policy.rules.report_every)
+                        take_ranges = self._takes_ranges(open_round.row, update.round, self.policy.rules.report_every)
                         open_round.aggregate.add(update, verdict.weight_factor, norm, verdict.samples, take_ranges)
                 else:
                     # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
@@ -276,10 +294,14 @@ class Rounds:
         if self._closing is not None:
             return self._close()
         try:
+            if self.privacy is not None:
+                self.policy.view = self.privacy.view()  # the ledger changes only at a close: cached till then
             with self._lock:
                 now = self.clock.now()
                 plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
                 step = self._record(plan, now)
+            if self.privacy is not None and plan.tasks and not self.privacy.central:
+                self.privacy.invalidate()  # local DP: every task given spends its device's budget
         except Exception as exc:  # the plan was not recorded, so none of its tasks goes out
             if not is_out_of_space(exc):
                 raise
@@ -308,9 +330,10 @@ class Rounds:
         assert current is not None, "a plan with tasks always has a round"
         ids = [(device, task.task_id) for device, task in plan.tasks]
         version = self.publisher.version
-        self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended)
+        local = current.noise if current.privacy == "local-dp" else 0.0
+        self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended, local)
         if plan.open is not None:
-            self._open = OpenRound(plan.open, self._new_aggregate())
+            self._open = OpenRound(plan.open, self._new_aggregate(plan.open))
             if plan.open.mode == "sync":
                 log.info("round %d: asked %d devices (target %d)", plan.open.round, len(ids), plan.open.target)
             elif plan.open.mode == "eval":
@@ -336,7 +359,7 @@ class Rounds:
                     row = self.policy.next_buffer(self.store, version, now, self._closing.number)
                     if row is not None:
                         self.store.record_plan(row, row.round, "train", [], version, row.deadline, [])
-                        self._open = OpenRound(row, self._new_aggregate())
+                        self._open = OpenRound(row, self._new_aggregate(row))
         try:
             summary = self._complete_close()
         except Exception as exc:  # a full disk, say: the round stays detached and its close is retried
@@ -362,7 +385,13 @@ class Rounds:
         """The heavy part of a close, without the lock; adopts the new version at the end."""
         closing = self._closing
         assert closing is not None
-        new = self.publisher.make_version(closing.aggregate)
+        release, ledger = None, None
+        if closing.row.privacy != "off":
+            if self.privacy is None:
+                raise RuntimeError(f"round {closing.number} opened under {closing.row.privacy}, and [privacy] is off: "
+                                   "set its mode back to close it with its noise and ledger entry")  # fmt: skip
+            release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
+        new = self.publisher.make_version(closing.aggregate, release)
         metrics = closing.aggregate.metrics()
         counts = self.store.round_counts(closing.number)
         metrics.update(
@@ -373,11 +402,13 @@ class Rounds:
         )
         self.store.finish_round(
             closing.number, new.version, closing.row.base_version, new.files.model, new.files.master, len(new.model),
-            metrics,
+            metrics, ledger,
         )  # fmt: skip
         with self._lock:
             self.publisher.adopt(new)
             self._closing = None
+        if self.privacy is not None:
+            self.privacy.invalidate()
         return RoundSummary(
             closing.number, "closed", new.version, closing.aggregate.count, counts["refused"],
             counts["uplink_bytes"], counts["dense_bytes"], metrics["seconds"], metrics,

@@ -56,6 +56,7 @@ from .config import GatewayConfig
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
+from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .rounds import Rounds, RoundSummary, Step
@@ -105,17 +106,21 @@ class Gateway:
         self.registry = Registry(self.store)
         self.strategy = strategy if strategy is not None else config.make_strategy()
         self.publisher = Publisher(config, self.store, self.strategy)
+        # Under DP the sample must be one nobody can predict (the accountant's amplification assumes it): drawn
+        # from the OS's entropy, never from [rounds] seed.
+        privacy = PrivacyBudget(config.privacy, self.store) if config.privacy.on else None
+        seed = secrets.randbits(128) if privacy is not None else rc.seed + self.store.last_round()
         policy = RoundPolicy(
             rc,
             Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram),
             TaskSettings.from_rounds(rc, prox_mu=float(getattr(self.strategy, "mu", 0.0))),
-            np.random.default_rng(rc.seed + self.store.last_round()),
+            np.random.default_rng(seed),
+            privacy=privacy.rules if privacy is not None else None,
         )
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
-        self.rounds = Rounds(
-            self.store, self.registry, self.publisher, policy, admission, self.clock, rc.clip_norm or None, disk
-        )
+        self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
+                             rc.clip_norm or None, disk, privacy)  # fmt: skip
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.
@@ -405,13 +410,15 @@ class Gateway:
     # -- outgoing -------------------------------------------------------------------------------------------
     def _publish_state(self, phase: int) -> None:
         open_round = self.rounds.open_round
+        # Central DP: how many were sampled and answered is a count one device moves by one; it is not published.
+        counted = open_round is not None and open_round.row.privacy != "central-dp"
         state = wire.GatewayState(
             self.config.gateway.federation,
             open_round.number if open_round else self.store.last_round(),
             phase,
             self.version,
-            len(open_round.selected) if open_round else 0,
-            open_round.aggregate.count if open_round else 0,
+            len(open_round.selected) if open_round and counted else 0,
+            open_round.aggregate.count if open_round and counted else 0,
             int(open_round.row.deadline) if open_round else 0,
             int(self.clock.now()),
         )

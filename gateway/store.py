@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .admission import TaskRecord
+from .privacy.accountant import LedgerEntry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,13 +59,31 @@ CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, online INTEGER NOT NULL, seq INTEGER NOT NULL, last_seen REAL NOT NULL,
     capabilities BLOB, failure TEXT, failure_key TEXT
 );
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    round INTEGER PRIMARY KEY, mode TEXT NOT NULL, population INTEGER NOT NULL, sampling_rate REAL NOT NULL,
+    clip REAL NOT NULL, noise_multiplier REAL NOT NULL, update_noise REAL NOT NULL, participants INTEGER NOT NULL,
+    next_clip REAL NOT NULL, recorded REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dp_tasks (
+    task_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, noise REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dp_tasks_device ON dp_tasks (device);
 CREATE TABLE IF NOT EXISTS failures (
     report_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, task_id BLOB NOT NULL,
     kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
 );
 """
 # Columns added after a store could first be created: (table, column, declaration).
-MIGRATIONS = (("devices", "failure", "TEXT"), ("devices", "failure_key", "TEXT"))
+MIGRATIONS = (
+    ("devices", "failure", "TEXT"),
+    ("devices", "failure_key", "TEXT"),
+    # The federation's privacy mode, recorded with every round, and what a DP round was opened with.
+    ("rounds", "privacy", "TEXT NOT NULL DEFAULT 'off'"),
+    ("rounds", "population", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "clip", "REAL NOT NULL DEFAULT 0"),
+    ("rounds", "noise", "REAL NOT NULL DEFAULT 0"),
+    ("rounds", "sampling_rate", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass
@@ -78,6 +98,11 @@ class RoundRow:
     closed: float | None = None
     new_version: bytes | None = None
     note: str | None = None
+    privacy: str = "off"  # the federation's [privacy] mode when the round opened
+    population: int = 0  # DP: eligible devices when it opened (q x population devices are expected)
+    clip: float = 0.0  # DP: the L2 bound its tasks carried
+    noise: float = 0.0  # DP: the noise multiplier accounted for it (local-dp: the one its tasks carried)
+    sampling_rate: float = 0.0  # central-dp: the q its devices were sampled with
 
 
 @dataclass
@@ -170,9 +195,20 @@ class GatewayStore:
         master: Path,
         size: int,
         metrics: dict[str, float],
+        ledger: LedgerEntry | None = None,
     ) -> None:
-        """Close a round and make its model current in one transaction: a crash leaves both or neither."""
+        """Close a round and make its model current in one transaction: a crash leaves both or neither.
+
+        A DP round's privacy event goes into the ledger in the same transaction: spent budget is never lost
+        (a version published without its entry) nor counted twice (the round is its primary key)."""
         with self.transaction() as db:
+            if ledger is not None:
+                db.execute(
+                    "INSERT INTO privacy_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ledger.round, ledger.mode, ledger.population, ledger.sampling_rate, ledger.clip,
+                     ledger.noise_multiplier, ledger.update_noise, ledger.participants, ledger.next_clip,
+                     time.time()),
+                )  # fmt: skip
             seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM models").fetchone()[0]
             db.execute(
                 "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -204,17 +240,22 @@ class GatewayStore:
     def open_round(self, row: RoundRow) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row.round, row.base_version.hex(), "open", row.mode, row.started, row.deadline, row.target),
-            )
+                "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target, privacy, "
+                "population, clip, noise, sampling_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.round, row.base_version.hex(), "open", row.mode, row.started, row.deadline, row.target,
+                 row.privacy, row.population, row.clip, row.noise, row.sampling_rate),
+            )  # fmt: skip
 
     def _round(self, r: tuple[Any, ...]) -> RoundRow:
         return RoundRow(
-            r[0], bytes.fromhex(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8]) if r[8] else None, r[9]
-        )
+            r[0], bytes.fromhex(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8]) if r[8] else None, r[9],
+            r[10], r[11], r[12], r[13], r[14],
+        )  # fmt: skip
 
-    _ROUND_COLUMNS = "round, base_version, status, mode, started, deadline, target, closed, new_version, note"
+    _ROUND_COLUMNS = (
+        "round, base_version, status, mode, started, deadline, target, closed, new_version, note, privacy, "
+        "population, clip, noise, sampling_rate"
+    )
 
     def rounds(self, limit: int = 1000) -> list[RoundRow]:
         rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds ORDER BY round DESC LIMIT ?", (limit,))
@@ -267,17 +308,21 @@ class GatewayStore:
         base: bytes,
         deadline: float,
         ended: list[tuple[int, str, str, str]],
+        local_noise: float = 0.0,
     ) -> None:
         """One step of the round policy in one transaction, before any of its tasks is sent: the round it
-        opens, its tasks (device, task id), and tasks it ends ((round, device, kind, new status))."""
+        opens, its tasks (device, task id), and tasks it ends ((round, device, kind, new status)).
+        ``local_noise``: the tasks are local-DP training tasks with this noise multiplier; each is counted
+        against its device's budget (``dp_tasks``) in the same transaction."""
         now = time.time()
         with self.transaction() as db:
             if opening is not None:
                 db.execute(
-                    "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target) "
-                    "VALUES (?, ?, 'open', ?, ?, ?, ?)",
+                    "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target, privacy, "
+                    "population, clip, noise, sampling_rate) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (opening.round, opening.base_version.hex(), opening.mode, opening.started, opening.deadline,
-                     opening.target),
+                     opening.target, opening.privacy, opening.population, opening.clip, opening.noise,
+                     opening.sampling_rate),
                 )  # fmt: skip
             db.executemany(
                 "UPDATE selections SET status = ? WHERE round = ? AND device = ? AND kind = ?",
@@ -287,6 +332,11 @@ class GatewayStore:
                 "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, 'sent', ?, ?, ?)",
                 [(round_, device, kind, task_id, now, base.hex(), deadline) for device, task_id in tasks],
             )
+            if local_noise and kind == "train":
+                db.executemany(
+                    "INSERT OR IGNORE INTO dp_tasks VALUES (?, ?, ?, ?)",
+                    [(task_id, device, round_, local_noise) for device, task_id in tasks],
+                )
 
     def extend_deadlines(self, round_: int | None, seconds: float) -> None:
         """Move a round's deadline, and the deadlines of every task still waiting, ``seconds`` later."""
@@ -443,6 +493,25 @@ class GatewayStore:
 
     def metrics(self, round_: int) -> dict[str, float]:
         return {k: v for k, v in self._query("SELECT name, value FROM metrics WHERE round = ?", (round_,))}
+
+    # -- privacy ledger -----------------------------------------------------------------------------------
+    def ledger(self) -> list[LedgerEntry]:
+        """Every round's privacy event, oldest first."""
+        rows = self._query(
+            "SELECT round, mode, population, sampling_rate, clip, noise_multiplier, update_noise, participants, "
+            "next_clip, recorded FROM privacy_ledger ORDER BY round"
+        )
+        return [LedgerEntry(*r) for r in rows]
+
+    def local_participations(self) -> dict[str, Counter[float]]:
+        """local-dp: per device, how many training tasks it was given at each noise multiplier (a task counts
+        whether or not its update arrived, and in open and failed rounds too: the conservative count; an
+        asynchronous round may give one device several, which its selection row does not keep)."""
+        rows = self._query("SELECT device, noise, COUNT(*) FROM dp_tasks GROUP BY device, noise")
+        out: dict[str, Counter[float]] = {}
+        for device, z, n in rows:
+            out.setdefault(str(device), Counter())[float(z)] += int(n)
+        return out
 
     # -- task failures ------------------------------------------------------------------------------------
     def known_failure(self, report_id: bytes) -> bool:

@@ -525,6 +525,8 @@ class EmulatedBoard:
             samples=len(self.data.evaluate if task.evaluate_only else self.data.train),
             tensors=tensors,
             metrics=metrics,
+            # The task's clip and local noise were applied by the compressor, as on a Python device.
+            below_clip=compressed.below_clip if compressed is not None and task.clip_bit else None,
         )
         assert self._link is not None
         for piece in fragment(update.update_id, wire.encode(update), self._link.max_payload):

@@ -3,12 +3,14 @@
 #
 # Builds tinyfed's wheel once, installs it (not editable: what a user gets)
 # with one extra into its own fresh venv for each of device, gateway, bridge
-# and hil, and in each checks that `tinyfed --help` lists exactly the
+# and hil (and gateway+privacy, the accountant for differential privacy), and in each checks that `tinyfed --help` lists exactly the
 # commands that venv can run, that the role's own --help works, that a
 # command of another role names the extra to install (exit 2), and then
 # runs the role for real:
 #   device   build a model from a CSV, train it on the device's interpreter
-#   gateway  run against a Mosquitto on a free loopback port, status, SIGTERM -> 0
+#   gateway  run against a Mosquitto on a free loopback port, status, SIGTERM -> 0; a DP setting
+#            without the privacy extra exits 2 naming it
+#   privacy  a gateway with [privacy] mode = "central-dp" runs, status shows its budget, SIGTERM -> 0
 #   hil      an emulated board on a pty (with the CSV as its data), SIGTERM -> 0
 #   bridge   that board joins the federation through the bridge; the gateway
 #            sees it online and closes a round with its update; SIGTERM -> 0
@@ -118,19 +120,20 @@ WHEEL=$(ls "$TMP"/dist/tinyfed-*.whl)
 ok "built $(basename "$WHEEL")"
 
 echo "== extras smoke: one clean venv per extra (in parallel)"
-EXTRAS=(device gateway bridge hil)
+EXTRAS=(device gateway bridge hil privacy)
+declare -A SPEC=([privacy]="gateway,privacy")  # a venv's extras, when not the one it is named after
 declare -A INSTALLING
 for extra in "${EXTRAS[@]}"; do
     rm -rf "${VENVS:?}/$extra"
     (
         "$PYTHON" -m venv "$VENVS/$extra" &&
-            "$VENVS/$extra/bin/python" -m pip install -q --disable-pip-version-check "$WHEEL[$extra]"
+            "$VENVS/$extra/bin/python" -m pip install -q --disable-pip-version-check "$WHEEL[${SPEC[$extra]:-$extra}]"
     ) >"$TMP/install-$extra.log" 2>&1 &
     INSTALLING[$extra]=$!
 done
 for extra in "${EXTRAS[@]}"; do
-    wait "${INSTALLING[$extra]}" || fail "pip install 'tinyfed[$extra]'" "$TMP/install-$extra.log"
-    ok "pip install 'tinyfed[$extra]' into .venv-smoke/$extra"
+    wait "${INSTALLING[$extra]}" || fail "pip install 'tinyfed[${SPEC[$extra]:-$extra}]'" "$TMP/install-$extra.log"
+    ok "pip install 'tinyfed[${SPEC[$extra]:-$extra}]' into .venv-smoke/$extra"
 done
 
 # A small CSV: 8 features, 3 classes, the label last.
@@ -167,7 +170,7 @@ listed gateway model gateway
 run "gateway: tinyfed gateway run --help" 0 "$VENVS/gateway/bin/tinyfed" gateway run --help
 ok "gateway: tinyfed gateway run --help"
 hint gateway device device train --model m.tflite --data x.csv
-absent gateway ai_edge_litert tflite_runtime tflite_micro sklearn serial
+absent gateway ai_edge_litert tflite_runtime tflite_micro sklearn serial dp_accounting scipy
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$PORT" >"$TMP/mosquitto.conf"
 "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
@@ -207,6 +210,42 @@ ok "gateway: $(grep -F 'gateway of federation smoke' "$TMP/gateway.log")"
 run "gateway: tinyfed gateway status" 0 "$VENVS/gateway/bin/tinyfed" gateway status --config "$TMP/gateway.toml"
 contains "gateway: tinyfed gateway status" "$TMP/out" "federation smoke"
 ok "gateway: tinyfed gateway status: $(head -1 "$TMP/out")"
+cat >"$TMP/gateway-dp.toml" <<EOF
+[gateway]
+federation = "smoke-dp"
+storage = "$TMP/gateway-dp"
+model = "$TMP/model.tflite"
+
+[rounds]
+min_devices = 1
+
+[privacy]
+mode = "central-dp"
+epsilon = 4.0
+delta = 1e-4
+sampling_rate = 0.1
+
+[broker]
+url = "mqtt://127.0.0.1:$PORT"
+EOF
+run "gateway: DP without the privacy extra" 2 "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway-dp.toml"
+contains "gateway: DP without the privacy extra" "$TMP/out" "pip install 'tinyfed[privacy]'"
+ok "gateway: $(head -1 "$TMP/out")"
+
+echo "== extras smoke: privacy (gateway,privacy)"
+listed privacy model gateway
+"$VENVS/privacy/bin/tinyfed" gateway run --config "$TMP/gateway-dp.toml" >"$TMP/gateway-dp.log" 2>&1 &
+DP_PID=$!
+PIDS+=("$DP_PID")
+wait_for "privacy: tinyfed gateway run" "$TMP/gateway-dp.log" "gateway of federation smoke-dp" "$DP_PID"
+run "privacy: tinyfed gateway status" 0 "$VENVS/privacy/bin/tinyfed" gateway status --config "$TMP/gateway-dp.toml"
+contains "privacy: tinyfed gateway status" "$TMP/out" "privacy: central-dp, (4, 0.0001)-DP per device: epsilon 0 spent"
+ok "privacy: tinyfed gateway status: $(grep -F 'privacy: central-dp' "$TMP/out" | cut -c1-100)..."
+stop "privacy: SIGTERM" "$DP_PID" "$TMP/gateway-dp.log"
+ok "privacy: SIGTERM -> exit 0"
+read -r GW_MB _ < <(du -sm "$VENVS/gateway/lib")
+read -r DP_MB _ < <(du -sm "$VENVS/privacy/lib")
+ok "installed size: tinyfed[gateway] $GW_MB MB, tinyfed[gateway,privacy] $DP_MB MB"
 
 echo "== extras smoke: hil"
 listed hil model hil

@@ -189,6 +189,25 @@ def test_a_training_round_gives_an_update_the_gateway_accepts(dut: BoardDriver, 
     assert any(np.abs(v).sum() > 0 for v in aggregate.round_input().mean.values())
 
 
+def test_a_board_clips_a_dp_tasks_update_through_its_residual_and_reports_the_bit(
+    dut: BoardDriver, model_a: bytes, task_for
+) -> None:  # type: ignore[no-untyped-def]
+    """A board applies a task's clip as a Python device does (the shared compressor): to the delta plus the
+    residual in its flash, before compression; what it sends is within the clip as the gateway measures it."""
+    from dataclasses import replace
+
+    from gateway.aggregate import update_norm
+
+    dut.send_model(model_a)
+    free, _ = dut.train(task_for(report=False))
+    clip = float(np.float32(update_norm(free) / 4))
+    task = replace(task_for(report=False), clip=clip, clip_bit=True)
+    clipped, raw = dut.train(task)
+    assert update_norm(wire.decode(raw, expect=wire.Update)) <= clip < update_norm(free)
+    assert clipped.below_clip is False  # a quarter of what it sent unclipped: its delta plus residual was beyond it
+    assert free.below_clip is None  # not asked: not sent
+
+
 @pytest.mark.hil_emulated
 def test_the_memory_report_and_refusals_of_what_does_not_fit(
     hil_board: HilTarget, dut: BoardDriver, model_a: bytes, task_for

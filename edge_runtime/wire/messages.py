@@ -45,6 +45,13 @@ class Task:
     # Report the base model's evaluation and the activation ranges with the update. The gateway asks for
     # them every few rounds only: at 1% density they would otherwise be a third of every update's bytes.
     report: bool = True
+    # Differential privacy (docs/privacy.md). ``clip``: the L2 bound on the update the device sends, applied to
+    # the delta plus its error-feedback residual before compression (0: no bound). ``noise``: local DP, the
+    # device adds Gaussian noise of stddev noise x clip before sparsifying (0: none). ``clip_bit``: report
+    # whether the update was within the bound (adaptive clipping; the gateway noises the sum of the bits).
+    clip: float = 0.0
+    noise: float = 0.0
+    clip_bit: bool = False
 
     TYPE = MSG_TASK
 
@@ -61,6 +68,9 @@ class Task:
         EVALUATE_ONLY = 11
         VALUE_CODING = 12
         REPORT = 13
+        CLIP = 14
+        NOISE = 15
+        CLIP_BIT = 16
 
     def to_cbor(self) -> dict[int, Any]:
         K = Task.Key
@@ -81,6 +91,12 @@ class Task:
             out[K.EVALUATE_ONLY] = True
         if not self.report:
             out[K.REPORT] = False
+        if self.clip:
+            out[K.CLIP] = f32(self.clip)
+        if self.noise:
+            out[K.NOISE] = f32(self.noise)
+        if self.clip_bit:
+            out[K.CLIP_BIT] = True
         return out
 
     @classmethod
@@ -99,6 +115,9 @@ class Task:
             evaluate_only=r.boolean(K.EVALUATE_ONLY, default=False),
             value_coding=r.uint(K.VALUE_CODING, 3, default=2),
             report=r.boolean(K.REPORT, default=True),
+            clip=r.number(K.CLIP, default=0.0, lo=0.0, hi=1e6),
+            noise=r.number(K.NOISE, default=0.0, lo=0.0, hi=1e6),
+            clip_bit=r.boolean(K.CLIP_BIT, default=False),
         )
 
 

@@ -156,6 +156,9 @@ class Update:
     # Activation [min, max] per tensor: keyed by tensor index (2 bytes on the wire) or, as older builds did, by name.
     activation_ranges: dict[int | str, tuple[float, float]] = field(default_factory=dict)
     created: int = 0  # unix seconds
+    # Adaptive clipping: whether the delta (with its residual) was within the task's clip before clipping.
+    # None: the task did not ask. One bit, which the gateway only ever adds up with noise.
+    below_clip: bool | None = None
 
     TYPE = MSG_UPDATE
 
@@ -169,6 +172,7 @@ class Update:
         METRICS = 8
         ACTIVATION_RANGES = 9
         CREATED = 10
+        BELOW_CLIP = 11
 
     def to_cbor(self) -> dict[int, Any]:
         K = Update.Key
@@ -186,6 +190,8 @@ class Update:
             out[K.ACTIVATION_RANGES] = {k: [f32(lo), f32(hi)] for k, (lo, hi) in self.activation_ranges.items()}
         if self.created:
             out[K.CREATED] = self.created
+        if self.below_clip is not None:
+            out[K.BELOW_CLIP] = self.below_clip
         return out
 
     @classmethod
@@ -227,4 +233,5 @@ class Update:
             metrics=r.float_map(K.METRICS, limits.max_metrics, limits.max_string),
             activation_ranges=ranges,
             created=r.uint(K.CREATED, 2**40, default=0),
+            below_clip=r.boolean(K.BELOW_CLIP, default=None),
         )

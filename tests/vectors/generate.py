@@ -79,6 +79,23 @@ VALID: list[tuple[str, str, Any]] = [
         wire.Task(ID, 4, V1, epochs=1, learning_rate=0.05, density=0.01, deadline=1_700_000_900, report=False),
     ),
     (
+        "task-central-dp",
+        "central DP: the update sent is clipped to L2 norm 0.25 and reports whether it was within it",
+        wire.Task(ID, 5, V1, epochs=1, learning_rate=0.05, density=0.01, deadline=1_700_001_200, report=False,
+                  clip=0.25, clip_bit=True),
+    ),
+    (
+        "task-local-dp",
+        "local DP: clipped to 0.5, then Gaussian noise of stddev 1.5 x 0.5 added on the device",
+        wire.Task(ID, 6, V1, epochs=1, learning_rate=0.05, density=0.01, deadline=1_700_001_800, report=False,
+                  clip=0.5, noise=1.5),
+    ),
+    (
+        "update-below-clip",
+        "adaptive clipping: the device's delta was within the task's clip",
+        update(tensor(10, [3], ValueCoding.INT8, [10], 0.5), below_clip=True),
+    ),
+    (
         "task",
         "a training task for round 3",
         wire.Task(
