@@ -227,6 +227,9 @@ sampling_rate = 0.1
 
 [broker]
 url = "mqtt://127.0.0.1:$PORT"
+
+[trust]
+mode = "insecure"
 EOF
 run "gateway: DP without the privacy extra" 2 "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway-dp.toml"
 contains "gateway: DP without the privacy extra" "$TMP/out" "pip install 'tinyfed[privacy]'"
