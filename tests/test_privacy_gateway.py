@@ -37,6 +37,7 @@ def test_a_gateway_killed_mid_round_under_central_dp_keeps_an_exact_ledger(
         '[privacy]\nmode = "central-dp"\nsampling_rate = 1.0\nnoise_multiplier = 2.0\nclip = 0.01\n'
         "epsilon = 50.0\ndelta = 1e-3\n"
         f'[broker]\nurl = "{broker.url}"\nbackoff_base = 0.05\nbackoff_cap = 0.5\n'
+        '[trust]\nmode = "insecure"\n'  # ManualDevice sends unsigned updates; tests/test_signatures.py signs
     )
     command = [sys.executable, "-m", "tinyfed", "gateway"]
     sizes = MasterModel(initial_model.read_bytes(), 0).sizes
