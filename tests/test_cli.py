@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import pkgutil
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def test_corrupt_model_gives_a_clear_error_and_exit_2(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "tinyfed: error:" in run.stderr and "TFLite identifier" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly_as_a_piped_tool_does(initial_model: Path) -> None:
+    """`tinyfed gateway status | head` closes the pipe early; that is not an error to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child writes a byte: its first write fails, every time
+    try:
+        run = subprocess.run([sys.executable, "-m", "tinyfed", "model", "inspect", str(initial_model)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert run.returncode == 141, run.stderr
+    assert run.stderr == ""
 
 
 def test_unknown_data_source_is_named(tmp_path: Path) -> None:

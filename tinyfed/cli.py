@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,12 @@ def main(argv: Sequence[str] | None = None, extras: InstalledExtras | None = Non
     except TinyfedError as exc:
         print(f"tinyfed: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `tinyfed gateway status | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again, and end as a piped Unix tool ends (128 + SIGPIPE).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ModuleNotFoundError as exc:
         hint = missing_module(exc, wanted, extras)
         if hint is None:
