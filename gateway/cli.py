@@ -122,6 +122,7 @@ def status(args: argparse.Namespace) -> int:
     from edge_runtime import wire
 
     from .disk import DiskSpace
+    from .registry import EXPELLED
     from .store import GatewayStore
 
     db = config.storage / "gateway.db"
@@ -135,8 +136,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"PAUSED: {shortage}")
     devices = store.devices()
     online = sum(1 for d in devices if d["online"])
-    failing = sum(1 for d in devices if d["failure"])
-    print(f"devices: {len(devices)} known, {online} online, {failing} left out after a failed task")
+    expelled = sum(1 for d in devices if d["failure_key"] == EXPELLED)
+    failing = sum(1 for d in devices if d["failure"]) - expelled
+    out = f", {expelled} out (revoked or not enrolled)" if expelled else ""
+    print(f"devices: {len(devices)} known, {online} online, {failing} left out after a failed task{out}")
     now = time.time()
     for d in devices[: args.devices]:
         caps = wire.decode(d["capabilities"], expect=wire.Presence).capabilities if d["capabilities"] else None
@@ -145,7 +148,7 @@ def status(args: argparse.Namespace) -> int:
         state, seen = "online" if d["online"] else "offline", _ago(now - d["last_seen"])
         line = f"  {d['device']:<20} {state:<7} seen {seen:<12} model {model:<12} samples {samples}"
         if d["failure"]:
-            line += f"  FAILED: {d['failure']}"
+            line += f"  {'OUT' if d['failure_key'] == EXPELLED else 'FAILED'}: {d['failure']}"
         print(line)
     if len(devices) > args.devices:
         print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")

@@ -28,6 +28,9 @@ from .store import GatewayStore
 log = logging.getLogger(__name__)
 
 
+EXPELLED = "expelled"  # the failure key of a device taken out by revocation (no birth has it: the next clears it)
+
+
 @dataclass
 class DeviceRecord:
     device: str
@@ -120,15 +123,20 @@ class Registry:
 
     def expel(self, device: str, why: str) -> bool:
         """Take a device for gone now (its key was revoked): offline, so rounds replace it as they replace the
-        dead; True if it was online. Its births are refused from now on (their signatures), so it stays out."""
+        dead, and out in the store too, so ``gateway status`` says why rather than showing it online until its
+        will (which it signs with the revoked key, so it is refused) never comes. Its births are refused from
+        now on (their signatures); a new enrolment under the same id is a new birth, which clears this.
+        True if it was online."""
         with self._lock:
             record = self._devices.get(device)
-            if record is None or not record.online:
+            if record is None or record.failure_key == EXPELLED:
                 return False
-            self._devices[device] = dataclasses.replace(record, online=False)
-            self.departures += 1
+            self._devices[device] = dataclasses.replace(record, online=False, failure=why, failure_key=EXPELLED)
+            if record.online:
+                self.departures += 1
+        self.store.expel_device(device, why, EXPELLED)
         log.warning("%s is out of the federation: %s", device, why)
-        return True
+        return record.online
 
     def birth_key(self, device: str) -> str:
         with self._lock:

@@ -479,9 +479,9 @@ class Gateway:
 
     def _expel_revoked(self) -> None:
         """A device whose key was revoked leaves at once, as a dead one does: its task goes to another device or
-        the round closes without it. One stat of the registry per look."""
-        for device in self.trust.revoked():
-            why = "its key was revoked (the device registry changed)"
+        the round closes without it. One stat of the registry per look; the first look also takes out the
+        devices the store remembers that were revoked while the gateway was down."""
+        for device, why in self.trust.revoked(d.device for d in self.registry.all()).items():
             self.registry.expel(device, why)
             self.rounds.drop(device, why)
             self._wake.set()

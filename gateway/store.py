@@ -564,6 +564,13 @@ class GatewayStore:
                 (device, int(online), seq, time.time(), capabilities, failure, failure_key),
             )
 
+    def expel_device(self, device: str, why: str, key: str) -> None:
+        """Offline and left out with ``why``, keeping its capabilities and last seen (what status shows)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE devices SET online = 0, failure = ?, failure_key = ? WHERE device = ?", (why, key, device)
+            )
+
     def devices(self) -> list[dict[str, Any]]:
         keys = ("device", "online", "seq", "last_seen", "capabilities", "failure", "failure_key")
         return [

@@ -21,7 +21,7 @@ sends no receipt, or a forger could make a device drop a genuine update by forgi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,14 +113,25 @@ class GatewayTrust:
         """A message this gateway's own key signed (a gateway presence): so a starting gateway believes it."""
         return wire.open_envelope(data, limits, self._own, require_signature=self._own is not None)
 
-    def revoked(self) -> list[str]:
-        """Devices whose valid key is gone since the last call (revoked): the registry is re-read if it changed."""
+    def revoked(self, known: Iterable[str] = ()) -> dict[str, str]:
+        """Devices whose valid key is gone since the last call, each with why (the registry is re-read if it
+        changed). The first call names those of ``known`` (the devices the store remembers) that have no valid
+        key now: revoked while the gateway was down."""
         if self.watcher is None:
-            return []
-        valid = set(self.watcher.current().devices())
-        gone = sorted(self._valid - valid) if self._valid is not None else []
+            return {}
+        registry = self.watcher.current()
+        valid = set(registry.devices())
+        gone = (self._valid if self._valid is not None else set(known)) - valid
         self._valid = valid
-        return gone
+        return {device: self._why_out(registry, device) for device in sorted(gone)}
+
+    @staticmethod
+    def _why_out(registry: Any, device: str) -> str:
+        revoked = [k for k in registry.keys if k.device == device and not k.active]
+        if not revoked:
+            return "it has no key in the device registry (not enrolled)"
+        key = revoked[-1]
+        return f"its key was revoked ({key.revoked}, {key.reason or 'no reason given'})"
 
 
 def gateway_trust(section: TrustSection, source: str, env: Mapping[str, str] | None = None) -> GatewayTrust:
@@ -152,6 +163,4 @@ def gateway_trust(section: TrustSection, source: str, env: Mapping[str, str] | N
     registry = watcher.current()
     log.info("signatures on: gateway key %s, %d enrolled device(s) in %s", signer.key_id.hex(),
              len(registry.devices()), section.devices)  # fmt: skip
-    trust = GatewayTrust(signer, watcher)
-    trust.revoked()  # the devices valid now: revocations count from here
-    return trust
+    return GatewayTrust(signer, watcher)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -306,6 +308,10 @@ def test_a_revoked_device_is_refused_at_the_broker_and_the_gateway_and_the_round
     assert {s["device"]: s["status"] for s in gateway.store.selections(1)}["dev-c"] == "failed"
     record = gateway.registry.get("dev-c")
     assert record is not None and not record.online and record.failure is not None  # never selected again
+    # Out in the store as well: its will is signed with the revoked key and refused, so without this status
+    # would show it online for good.
+    row = next(d for d in gateway.store.devices() if d["device"] == "dev-c")
+    assert not row["online"] and "its key was revoked" in row["failure"] and "stolen" in row["failure"]
     # Its next connection is refused at the TLS handshake (the CRL), before MQTT.
     c.link.stop()
     again = federation.device_link("dev-c")
@@ -314,6 +320,35 @@ def test_a_revoked_device_is_refused_at_the_broker_and_the_gateway_and_the_round
     wait_for(lambda: "certificate verify failed" in federation.broker.log_path.read_text(errors="replace"), WAIT,
              "the broker to refuse dev-c's certificate")  # fmt: skip
     assert not again.connected.is_set()
+
+
+def test_a_device_revoked_while_the_gateway_was_down_is_out_at_its_start_and_status_says_why(
+    secured: Secured, pki: Any, tmp_path: Path, initial_model: Path, cleanup: list[Callable[[], object]]
+) -> None:
+    gateway = signed_gateway(secured, tmp_path, initial_model, min_devices=3, deadline=600.0)
+    a, b = HandDevice(secured, "dev-a", cleanup), HandDevice(secured, "dev-b", cleanup)
+    gateway.start()
+    wait_for(lambda: all((r := gateway.registry.get(d.name)) is not None and r.online for d in (a, b)), WAIT,
+             "both devices' births")  # fmt: skip
+    gateway.stop()
+    provision.revoke(pki.root, "dev-b", reason="sold")
+    again = signed_gateway(secured, tmp_path, initial_model, min_devices=3, deadline=600.0)
+    with log_line("gateway.registry", "dev-b is out of the federation") as expelled:
+        again.start()
+        cleanup.append(again.stop)
+        assert expelled.wait(WAIT), "the restarted gateway did not take out the device revoked while it was down"
+    record = again.registry.get("dev-b")
+    assert record is not None and not record.online and "sold" in (record.failure or "")
+    again.stop()
+    toml = tmp_path / "status.toml"
+    toml.write_text(f'[gateway]\nfederation = "{FEDERATION}"\nstorage = "{tmp_path / "gw"}"\n'
+                    f'model = "{initial_model}"\n')  # fmt: skip
+    status = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(toml)],
+                            capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "1 out (revoked or not enrolled)" in status.stdout
+    line = next(x for x in status.stdout.splitlines() if x.strip().startswith("dev-b"))
+    assert " offline " in line and "OUT: its key was revoked" in line and "sold" in line
 
 
 # -- what a device believes --------------------------------------------------------------------------------------------
