@@ -140,6 +140,10 @@ def status(args: argparse.Namespace) -> int:
     failing = sum(1 for d in devices if d["failure"]) - expelled
     out = f", {expelled} out (revoked or not enrolled)" if expelled else ""
     print(f"devices: {len(devices)} known, {online} online, {failing} left out after a failed task{out}")
+    askable = sum(1 for d in devices if d["online"] and not d["failure"])
+    if config.rounds.mode == "sync" and askable < config.rounds.min_devices and store.open_round_row() is None:
+        print(f"WAITING: {askable} online device(s) that may be asked, [rounds] min_devices = "
+              f"{config.rounds.min_devices}: no round opens until more are")  # fmt: skip
     now = time.time()
     for d in devices[: args.devices]:
         caps = wire.decode(d["capabilities"], expect=wire.Presence).capabilities if d["capabilities"] else None

@@ -89,6 +89,7 @@ class Plan:
     fail: str | None = None  # end the open round without a new version, for this reason
     finish_evaluation: bool = False  # the final evaluation has its reports (or its deadline passed)
     finished: bool = False  # every configured round is done and the final model is evaluated
+    waiting: str | None = None  # why no round opens now (too few eligible devices): said, not acted on
 
     def __bool__(self) -> bool:
         return bool(
@@ -236,6 +237,19 @@ class RoundPolicy:
             exclude = set(exclude) | self.view.spent_devices
         return sorted(r.device for r in registry.eligible(self.eligibility) if r.device not in exclude)
 
+    def _why_waiting(self, registry: Registry, eligible: int) -> str:
+        """The operator's answer to "why does nothing happen": how many devices are short, and why the others
+        cannot be asked (offline, revoked, failed their last task, too small...), most common reason first."""
+        reasons: dict[str, int] = {}
+        for record in registry.all():
+            why = self.eligibility.why_not(record)
+            if why is not None:
+                key = "failed their last task" if why.startswith("failed its last task") else why
+                reasons[key] = reasons.get(key, 0) + 1
+        others = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (f"no round opens: {eligible} eligible device(s), min_devices = {self.rules.min_devices}"
+                + (f" (not eligible: {others})" if others else ""))  # fmt: skip
+
     def _task(self, number: int, version: bytes, deadline: float, evaluate: bool, clip: float = 0.0) -> wire.Task:
         s = self.task_settings
         p = self.privacy
@@ -275,7 +289,7 @@ class RoundPolicy:
         rules = self.rules
         eligible = self._eligible(registry)
         if len(eligible) < rules.min_devices:
-            return Plan()
+            return Plan(waiting=self._why_waiting(registry, len(eligible)))
         if self.privacy is not None and self.privacy.central:
             return self._open_sampled(eligible, history, version, now)
         target = max(rules.min_devices, math.ceil(rules.fraction * len(eligible)))

@@ -108,6 +108,7 @@ class Rounds:
         self._open: OpenRound | None = None
         self._closing: OpenRound | None = None  # detached for aggregation; its close is retried until it lands
         self._close_error = ""  # the last close failure, logged once, not at every retry
+        self._waiting: str | None = None  # why no round opens, as last logged (once per change)
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -307,6 +308,12 @@ class Rounds:
                 raise
             self._note_full()
             return Step()
+        if plan.waiting is not None and plan.waiting != self._waiting:  # said once per change, not every step
+            log.warning("%s", plan.waiting)
+            self._waiting = plan.waiting
+        elif plan.open is not None and self._waiting is not None:
+            log.info("round %d opens: enough eligible devices again", plan.open.round)
+            self._waiting = None
         if plan.close:
             return self._close()
         if plan.fail:

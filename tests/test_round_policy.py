@@ -98,8 +98,12 @@ def make_update(device: str, task: wire.Task, samples: int = 40, value: float = 
 # -- synchronous rounds ---------------------------------------------------------------------------------------
 def test_no_round_opens_below_min_devices_and_one_opens_when_enough_join() -> None:
     fed = Federation(min_devices=3)
-    fed.join("a", "b")
-    assert not fed.plan()
+    fed.join("a", "b", "x")
+    fed.die("x")
+    waiting = fed.plan()
+    assert not waiting and waiting.waiting == (
+        "no round opens: 2 eligible device(s), min_devices = 3 (not eligible: 1 offline)"
+    )  # the operator is told why nothing happens
     fed.join("c")
     plan = fed.plan()
     assert plan.open is not None and plan.open.round == 1 and plan.open.target == 3

@@ -169,6 +169,19 @@ def test_below_the_free_space_floor_no_round_opens_it_is_said_once_and_rounds_re
     assert rounds.paused is None
 
 
+def test_too_few_eligible_devices_is_said_once_with_why_and_the_round_opens_when_one_joins(
+    tmp_path: Path, model: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), devices=("a",))
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        for _ in range(5):
+            assert rounds.step().opened is None
+        assert caplog.text.count("no round opens: 1 eligible device(s), min_devices = 2") == 1
+        born(rounds, "b", seq=1)
+        assert rounds.step().opened is not None
+    assert "round 1 opens: enough eligible devices again" in caplog.text
+
+
 def test_a_device_that_cannot_do_its_task_ends_its_wait_and_is_left_out_until_its_birth_changes(
     tmp_path: Path, model: bytes
 ) -> None:

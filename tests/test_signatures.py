@@ -342,11 +342,13 @@ def test_a_device_revoked_while_the_gateway_was_down_is_out_at_its_start_and_sta
     again.stop()
     toml = tmp_path / "status.toml"
     toml.write_text(f'[gateway]\nfederation = "{FEDERATION}"\nstorage = "{tmp_path / "gw"}"\n'
-                    f'model = "{initial_model}"\n')  # fmt: skip
+                    f'model = "{initial_model}"\n[rounds]\nmin_devices = 3\n')  # fmt: skip
     status = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(toml)],
                             capture_output=True, text=True, timeout=WAIT)  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert "1 out (revoked or not enrolled)" in status.stdout
+    # min_devices 3 with one device left that may be asked: status says why no round opens.
+    assert "WAITING: 1 online device(s) that may be asked, [rounds] min_devices = 3" in status.stdout
     line = next(x for x in status.stdout.splitlines() if x.strip().startswith("dev-b"))
     assert " offline " in line and "OUT: its key was revoked" in line and "sold" in line
 

@@ -96,7 +96,8 @@ def _installed_listener(meta: FederationMeta, layout: Layout) -> TlsListener:
 def _mosquitto_conf(meta: FederationMeta, layout: Layout) -> bytes:
     return (
         f"# Mosquitto 2.0 configuration for tinyfed federation {meta.federation}, by `tinyfed provision init`.\n"
-        f"# Goes to /etc/mosquitto/conf.d/; the files it names are {layout.broker_dir}/* copied to {meta.broker_dir}/\n"
+        f"# Goes to /etc/mosquitto/conf.d/; the files it names (ca.crt, server.crt, server.key, acl, crl.pem in\n"
+        f"# {layout.broker_dir}/) are copied to {meta.broker_dir}/\n"
         "# (owned by the broker's user, keys 0600). After `tinyfed provision device|revoke`, copy acl and crl.pem\n"
         "# again and reload Mosquitto (SIGHUP): it re-reads both without dropping anyone. docs/security.md.\n"
         + _installed_listener(meta, layout).mosquitto_config(meta.port)
@@ -213,8 +214,9 @@ def init(
     out.new(layout.mosquitto_conf, _mosquitto_conf(meta, layout), PUBLIC)
     out.new(layout.gateway_broker_toml, _gateway_toml(meta, layout), PUBLIC)
     out.files.append(layout.meta_path)
-    out.notes.append(f"broker: copy {layout.broker_dir}/* to {broker_dir}/ and {layout.mosquitto_conf.name} to "
-                     "/etc/mosquitto/conf.d/tinyfed.conf (docs/security.md)")  # fmt: skip
+    out.notes.append(f"broker: copy ca.crt, server.crt, server.key, acl and crl.pem from {layout.broker_dir}/ to "
+                     f"{broker_dir}/, and {layout.mosquitto_conf.name} to Mosquitto's conf.d/ as tinyfed.conf "
+                     "(/etc/mosquitto/conf.d/ on Debian; docs/security.md)")  # fmt: skip
     out.notes.append(f"gateway: paste {layout.gateway_broker_toml} (its [broker] and [trust]) into gateway.toml")
     out.notes.append(f"devices: tinyfed provision device ID --dir {root}")
     return out
