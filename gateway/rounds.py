@@ -42,6 +42,7 @@ from .registry import Registry
 from .store import GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
+WAITING_GRACE_S = 30.0  # how long too few eligible devices may last before the log says why no round opens
 
 
 def evaluation_report(update: wire.Update, samples: int) -> wire.Update:
@@ -109,6 +110,7 @@ class Rounds:
         self._closing: OpenRound | None = None  # detached for aggregation; its close is retried until it lands
         self._close_error = ""  # the last close failure, logged once, not at every retry
         self._waiting: str | None = None  # why no round opens, as last logged (once per change)
+        self._waiting_since: float | None = None  # when the current shortage of eligible devices began
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -308,12 +310,7 @@ class Rounds:
                 raise
             self._note_full()
             return Step()
-        if plan.waiting is not None and plan.waiting != self._waiting:  # said once per change, not every step
-            log.warning("%s", plan.waiting)
-            self._waiting = plan.waiting
-        elif plan.open is not None and self._waiting is not None:
-            log.info("round %d opens: enough eligible devices again", plan.open.round)
-            self._waiting = None
+        self._say_why_waiting(plan)
         if plan.close:
             return self._close()
         if plan.fail:
@@ -322,6 +319,22 @@ class Rounds:
             step.evaluated = self._finish_evaluation()
         step.finished = plan.finished
         return step
+
+    def _say_why_waiting(self, plan: Plan) -> None:
+        """Too few eligible devices: said once it has lasted WAITING_GRACE_S, and again only when the reason
+        changes; a federation whose devices are still joining, one by one, is not stuck and is not warned of."""
+        if plan.waiting is None:
+            if plan.open is not None:
+                if self._waiting is not None:
+                    log.info("round %d opens: enough eligible devices again", plan.open.round)
+                self._waiting = self._waiting_since = None
+            return
+        now = self.clock.now()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S:
+            log.warning("%s", plan.waiting)
+            self._waiting = plan.waiting
 
     def _record(self, plan: Plan, now: float) -> Step:
         """Make a plan durable before any of its tasks is sent. Called under the lock."""
