@@ -194,7 +194,7 @@ class RoundPolicy:
                 row = self.next_buffer(history, version, now)
                 if row is None:  # unreachable while rounds remain; kept so a plan never opens nothing
                     return Plan()
-                plan = self._keep_busy(row.round, registry, history, version, now)
+                plan = self._keep_busy(row, registry, history, version, now)
                 plan.open = row
                 return plan
             return self._open_sync(registry, history, version, now)
@@ -206,7 +206,7 @@ class RoundPolicy:
         if self.rules.mode == "async":
             if open_round.aggregate.count >= self.rules.buffer_size:
                 return Plan(close=True)
-            return self._keep_busy(open_round.number, registry, history, version, now)
+            return self._keep_busy(open_round.row, registry, history, version, now)
         return self._sync_step(open_round, registry, history, version, now)
 
     def next_buffer(self, history: History, version: bytes, now: float, closing: int = 0) -> RoundRow | None:
@@ -250,18 +250,22 @@ class RoundPolicy:
         return (f"no round opens: {eligible} eligible device(s), min_devices = {self.rules.min_devices}"
                 + (f" (not eligible: {others})" if others else ""))  # fmt: skip
 
-    def _task(self, number: int, version: bytes, deadline: float, evaluate: bool, clip: float = 0.0) -> wire.Task:
+    def _task(self, number: int, version: bytes, deadline: float, evaluate: bool, row: RoundRow | None) -> wire.Task:
+        """One task; a DP round's tasks carry the clip and noise the round opened with (its row), never the
+        configuration's current ones: a restart with other settings must not hand out tasks the ledger would
+        account at the round's."""
         s = self.task_settings
         p = self.privacy
         report = asks_for_report(number, s.report_every)
-        if p is not None and not evaluate:
+        if p is not None and not evaluate and row is not None and row.privacy != "off":
+            central = row.privacy == "central-dp"
             # Local DP: nothing leaves a device without noise, so no reports; central: the gateway is trusted
             # with the devices' metrics, but activation ranges would go into the published model (not taken).
-            report = report and p.central
+            report = report and central
             return wire.Task(
                 self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
-                s.prox_mu, value_coding=s.value_coding, report=report, clip=clip,
-                noise=0.0 if p.central else p.noise_multiplier, clip_bit=p.clip_bit,
+                s.prox_mu, value_coding=s.value_coding, report=report, clip=row.clip,
+                noise=0.0 if central else row.noise, clip_bit=p.clip_bit and central,
             )  # fmt: skip
         return wire.Task(
             self.new_id(), number, version, s.epochs, s.learning_rate, s.density, int(deadline), s.batch_size,
@@ -270,9 +274,9 @@ class RoundPolicy:
 
     def _tasks(
         self, devices: list[str], number: int, version: bytes, deadline: float, evaluate: bool = False,
-        clip: float = 0.0,
+        row: RoundRow | None = None,
     ) -> list[tuple[str, wire.Task]]:
-        return [(device, self._task(number, version, deadline, evaluate, clip)) for device in devices]
+        return [(device, self._task(number, version, deadline, evaluate, row)) for device in devices]
 
     def _private_row(self, row: RoundRow, population: int) -> RoundRow:
         """A training round's row with the privacy it opens under (mode, population, clip, accounted noise)."""
@@ -297,7 +301,7 @@ class RoundPolicy:
         chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + rules.deadline, target)
         row = self._private_row(row, len(eligible))
-        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, clip=row.clip),
+        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 
     def _open_sampled(self, eligible: list[str], history: History, version: bytes, now: float) -> Plan:
@@ -308,7 +312,7 @@ class RoundPolicy:
         chosen = [d for d, u in zip(eligible, draws, strict=True) if u < self.privacy.sampling_rate]
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + self.rules.deadline, len(chosen))
         row = self._private_row(row, len(eligible))
-        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, clip=row.clip),
+        return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 
     def _sync_step(
@@ -355,14 +359,14 @@ class RoundPolicy:
         replacements = self.rng.permutation(spare)[: len(dead) + len(failed)].tolist() if spare else []
         deadline = open_round.row.deadline
         return Plan(
-            tasks=self._tasks(replacements, open_round.number, version, deadline, clip=open_round.row.clip),
+            tasks=self._tasks(replacements, open_round.number, version, deadline, row=open_round.row),
             deadline=deadline,
             withdrawn=dead,
             replaced=dead + failed,
             registry_seen=seen,
         )
 
-    def _keep_busy(self, number: int, registry: Registry, history: History, version: bytes, now: float) -> Plan:
+    def _keep_busy(self, row: RoundRow, registry: Registry, history: History, version: bytes, now: float) -> Plan:
         """Async: expire overdue tasks and hand new ones to idle devices, up to ``concurrency`` at once."""
         waiting = history.waiting_devices(kind="train")
         expired = [(r, d, k) for r, d, k, deadline in waiting if deadline < now]
@@ -371,8 +375,7 @@ class RoundPolicy:
         free = self.rules.concurrency - len(busy)
         chosen = self.rng.permutation(idle)[:free].tolist() if free > 0 and idle else []
         deadline = now + self.rules.deadline
-        clip = float(np.float32(self.privacy.clip)) if self.privacy is not None else 0.0
-        return Plan(tasks=self._tasks(chosen, number, version, deadline, clip=clip), deadline=deadline,
+        return Plan(tasks=self._tasks(chosen, row.round, version, deadline, row=row), deadline=deadline,
                     expired=expired)  # fmt: skip
 
     def _open_evaluation(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:

@@ -407,9 +407,12 @@ class Rounds:
         assert closing is not None
         release, ledger = None, None
         if closing.row.privacy != "off":
-            if self.privacy is None:
-                raise RuntimeError(f"round {closing.number} opened under {closing.row.privacy}, and [privacy] is off: "
-                                   "set its mode back to close it with its noise and ledger entry")  # fmt: skip
+            now_mode = self.privacy.settings.mode if self.privacy is not None else "off"
+            if now_mode != closing.row.privacy:  # the round's mode decides its release, or nothing is released
+                raise RuntimeError(f"round {closing.number} opened under {closing.row.privacy}, and [privacy] mode is "
+                                   f"now {now_mode}: set it back to close the round with the noise and ledger entry "
+                                   "it opened with")  # fmt: skip
+            assert self.privacy is not None
             release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
         new = self.publisher.make_version(closing.aggregate, release)
         metrics = closing.aggregate.metrics()

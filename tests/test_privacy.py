@@ -296,6 +296,42 @@ def test_the_close_releases_the_noised_sum_over_the_expected_count_and_the_ledge
     assert signal == pytest.approx(len(step.tasks) * 0.02 / math.sqrt(8) / 10, abs=0.01)
 
 
+def test_a_round_resumed_under_another_mode_is_not_closed_and_its_tasks_keep_the_rounds_noise(
+    tmp_path: Path, model: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart with changed [privacy] settings must neither release a round opened under central DP without its
+    noise, nor hand out tasks the ledger would account at the round's settings."""
+    rounds = dp_rounds(tmp_path, model, 10, sampling_rate=1.0, clip=0.05, noise_multiplier=2.0)
+    step = rounds.step()
+    assert step.opened is not None
+    for device, task in step.tasks[:3]:
+        assert answer(rounds, device, task, value=0.05)
+    version = rounds.publisher.version
+    rounds.store.close()
+    again = dp_rounds(tmp_path, model, 10, sampling_rate=1.0, clip=0.05, noise_multiplier=2.0, mode="local-dp")
+    again.resume()
+    assert again.open_round is not None and again.open_round.row.privacy == "central-dp"
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        for device, task in step.tasks[3:]:
+            answer(again, device, task, value=0.05)
+        assert again.step().ended is None
+    assert "opened under central-dp, and [privacy] mode is now local-dp: set it back" in caplog.text
+    assert again.publisher.version == version and again.store.ledger() == []  # nothing released, nothing spent
+    again.store.close()
+    # Resumed with a lower noise multiplier, local DP: the tasks it hands out carry the round's noise.
+    local = dp_rounds(tmp_path / "local", model, 4, sampling_rate=1.0, clip=0.05, noise_multiplier=2.0,
+                      mode="local-dp", rounds={"mode": "async", "concurrency": 2, "buffer_size": 4})  # fmt: skip
+    first = local.step()
+    assert first.opened is not None and {t.noise for _, t in first.tasks} == {2.0}
+    local.store.close()
+    lowered = dp_rounds(tmp_path / "local", model, 4, sampling_rate=1.0, clip=0.05, noise_multiplier=0.5,
+                        mode="local-dp", rounds={"mode": "async", "concurrency": 4, "buffer_size": 4})  # fmt: skip
+    lowered.resume()
+    more = lowered.step()
+    assert more.tasks and {t.noise for _, t in more.tasks} == {2.0}
+    assert all(t.clip == pytest.approx(0.05) for _, t in more.tasks)
+
+
 def test_a_close_retried_after_a_failure_releases_the_same_noise_and_writes_one_ledger_entry(
     tmp_path: Path, model: bytes
 ) -> None:
