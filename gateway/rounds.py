@@ -246,7 +246,7 @@ class Rounds:
 
     def drop(self, device: str, why: str) -> bool:
         """A device that may no longer answer (its key was revoked): its open task counts as failed, so the
-        round gives it to a spare device or closes without it, and the device is not selected again."""
+        round gives it to a spare device or closes without it. Keeping it out is the registry's (``expel``)."""
         with self._lock:
             open_round = self._open
             if open_round is None:
@@ -258,7 +258,6 @@ class Rounds:
             self.store.set_selection_status(open_round.number, device, kind, "failed")
             open_round.failed.add(device)
             number = open_round.number
-        self.registry.mark_failed(device, why, self.registry.birth_key(device))
         log.warning("%s: its task in round %d is dropped (%s)", device, number, why)
         return True
 

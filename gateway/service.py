@@ -318,6 +318,10 @@ class Gateway:
                 raise
             self._out_of_space(OutOfSpace(f"presence of {device}", exc))
             return
+        if presence.online and (why := self.trust.out(device)) is not None:
+            # Believed under the registry as it was; revoked since (the round thread expelled it meanwhile, and
+            # this birth would bring it back): out again, at once.
+            self.registry.expel(device, why)
         if died or presence.online:
             self._wake.set()
 

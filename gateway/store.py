@@ -12,6 +12,7 @@ round policy that need no disk.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -119,7 +120,7 @@ class GatewayStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._private(self.path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -563,6 +564,18 @@ class GatewayStore:
                 "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (device, int(online), seq, time.time(), capabilities, failure, failure_key),
             )
+
+    @staticmethod
+    def _private(path: Path) -> None:
+        """The store is the gateway's alone: it holds every raw update and the secret that seeds each DP round's
+        noise (whoever reads it can subtract the noise from the published models). Its folder is created 0700
+        and the database 0600 before SQLite opens it, so the -wal and -shm files SQLite makes beside it take
+        the same mode; an existing store is narrowed to that at every start."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists():
+                os.chmod(file, 0o600)
 
     def expel_device(self, device: str, why: str, key: str) -> None:
         """Offline and left out with ``why``, keeping its capabilities and last seen (what status shows)."""

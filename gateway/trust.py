@@ -125,6 +125,13 @@ class GatewayTrust:
         self._valid = valid
         return {device: self._why_out(registry, device) for device in sorted(gone)}
 
+    def out(self, device: str) -> str | None:
+        """Why ``device`` has no valid key now (the registry re-read if it changed); None if it has one."""
+        if self.watcher is None:
+            return None
+        registry = self.watcher.current()
+        return None if registry.active_key(device) is not None else self._why_out(registry, device)
+
     @staticmethod
     def _why_out(registry: Any, device: str) -> str:
         revoked = [k for k in registry.keys if k.device == device and not k.active]

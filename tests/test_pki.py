@@ -11,6 +11,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -24,6 +25,7 @@ from edge_runtime.transport.broker import TlsListener
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.limits import Limits
 from gateway.pki import acl, provision
+from gateway.pki import registry as registry_module
 from gateway.pki.files import ProvisionError
 from gateway.pki.layout import Layout
 from gateway.pki.registry import RegistryError, RegistryWatcher, read_registry
@@ -276,6 +278,24 @@ def test_the_gateways_registry_reloads_itself_and_keeps_the_last_good_one(
     with pytest.raises(RegistryError, match=r"devices\.json: not JSON"):
         layout.registry.write_text("{")
         read_registry(layout.registry)
+
+
+def test_a_revocation_written_while_the_watcher_first_reads_is_seen_at_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a fresh-eyes review found: the file replaced between the watcher's first read and its stat."""
+    layout = provisioned(tmp_path / "pki", ["dev-a"])
+    real_read = registry_module.read_registry
+
+    def read_then_revoke(path: Path) -> Any:
+        before = real_read(path)
+        monkeypatch.setattr(registry_module, "read_registry", real_read)
+        provision.revoke(layout.root, "dev-a")  # lands after the read, before anything else the watcher does
+        return before
+
+    monkeypatch.setattr(registry_module, "read_registry", read_then_revoke)
+    watcher = RegistryWatcher(layout.registry)
+    assert watcher.current().devices() == []  # the revocation is in force at the first look
 
 
 def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -330,6 +331,20 @@ def test_a_round_resumed_under_another_mode_is_not_closed_and_its_tasks_keep_the
     more = lowered.step()
     assert more.tasks and {t.noise for _, t in more.tasks} == {2.0}
     assert all(t.clip == pytest.approx(0.05) for _, t in more.tasks)
+
+
+def test_the_store_that_holds_the_noise_secret_is_readable_by_the_gateway_alone(tmp_path: Path, model: bytes) -> None:
+    rounds = dp_rounds(tmp_path, model, 10, sampling_rate=1.0)
+    step = rounds.step()  # the first DP round: the secret is made and written
+    assert step.opened is not None and answer(rounds, *step.tasks[0])
+    db = rounds.store.path
+    files = [f for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if f.exists()]
+    assert len(files) == 3 and {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+    rounds.store.close()
+    os.chmod(db, 0o644)  # a store from before this rule, or a careless copy: narrowed again at the next start
+    again = dp_rounds(tmp_path, model, 10, sampling_rate=1.0)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    again.store.close()
 
 
 def test_a_close_retried_after_a_failure_releases_the_same_noise_and_writes_one_ledger_entry(

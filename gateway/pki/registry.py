@@ -195,9 +195,10 @@ class RegistryWatcher:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
+        # The stamp before the read: a file replaced between the two is then seen as changed at the next look
+        # (read first, a revocation written in between would carry the new stamp with the old keys, for good).
+        self._seen: tuple[int, int, int] | None = self._stamp()
         self._registry = read_registry(self.path)  # a broken file at start is the caller's error to report
-        self._seen = self._stamp()
         self.reloads = 0
 
     def _stamp(self) -> tuple[int, int, int] | None:
