@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime import wire
 from edge_runtime.config import ConfigError
 from edge_runtime.member import MemberSettings
 from edge_runtime.transport.mqtt import ClientIdConflict
@@ -121,6 +122,19 @@ class Bridge:
                 driver.close()
                 self._stop.wait(self.heartbeat)
                 continue
+            if self.bundles is not None and not port.device_id:
+                # The board's HELLO id is its own word: with bundles it would choose which identity it gets.
+                log.error("the board on %s is not bridged: with --bundles every port names its board, as "
+                          "--port '%s#ID'", port.url, port.url)  # fmt: skip
+                driver.close()
+                return
+            try:
+                check_id("device id", port.device_id or hello.board_id or "-")
+            except wire.WireError as exc:
+                log.error("the board on %s is not bridged: it reports %s; give one as --port '%s#ID'", port.url, exc,
+                          port.url)  # fmt: skip
+                driver.close()
+                return
             settings = member_settings(self.settings, hello, port.device_id or "")
             if port.device_id:
                 settings.device_id = port.device_id

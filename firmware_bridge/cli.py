@@ -76,6 +76,12 @@ def _bundles(args: argparse.Namespace, ports: list[PortSpec]) -> Path | None:
         )
     if not args.bundles.is_dir():
         raise ConfigError(f"--bundles {args.bundles}: no such folder")
+    unnamed = [port.url for port in ports if not port.device_id]
+    if unnamed:
+        raise ConfigError(
+            f"--port {unnamed[0]}: with --bundles every port names its board, as --port '{unnamed[0]}#ID': a "
+            "board's own id (HELLO) would choose which provisioned identity it gets"
+        )
     for port in ports:
         if port.device_id:
             try:

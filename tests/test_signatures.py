@@ -552,7 +552,7 @@ def test_the_bridge_verifies_models_for_its_board_streams_no_forged_one_and_sign
     base = MemberSettings(device_id="", federation=FEDERATION, storage=tmp_path / "bridge",
                           broker=fast(BrokerConfig(url=owned.broker.url, protocol="5")), resend_after=5.0,
                           trust=MemberTrust.insecure())  # fmt: skip
-    bridge = Bridge([PortSpec(board.path)], base, baud=921600, heartbeat=0.5,
+    bridge = Bridge([PortSpec(board.path, "mcu-a")], base, baud=921600, heartbeat=0.5,
                     bundles=installed(pki, "mcu-a").parent).start()  # fmt: skip
     cleanup.append(bridge.stop)
     wait_for(lambda: "mcu-a" in bridge.members and bridge.members["mcu-a"].transfers == 1, WAIT * 2,

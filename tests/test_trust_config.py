@@ -130,3 +130,8 @@ def test_device_run_and_bridge_run_without_keys_exit_2_naming_the_way_out(tmp_pa
     missing = run("bridge", "run", "--port", "socket://127.0.0.1:9#mcu-9", "--bundles", str(tmp_path), cwd=tmp_path)
     assert missing.returncode == ExitCode.BAD_INPUT, missing.stderr
     assert "--port socket://127.0.0.1:9#mcu-9:" in missing.stderr and "no bundle for board mcu-9" in missing.stderr
+    unnamed = run("bridge", "run", "--port", "socket://127.0.0.1:9", "--bundles", str(tmp_path), cwd=tmp_path)
+    assert unnamed.returncode == ExitCode.BAD_INPUT, unnamed.stderr
+    assert "with --bundles every port names its board, as --port 'socket://127.0.0.1:9#ID'" in unnamed.stderr
+    dots = run("bridge", "run", "--port", "socket://127.0.0.1:9#..", "--bundles", str(tmp_path), cwd=tmp_path)
+    assert dots.returncode == ExitCode.BAD_INPUT and "'..' is not 1-64 characters" in dots.stderr, dots.stderr

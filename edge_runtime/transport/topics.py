@@ -22,13 +22,14 @@ from ..wire.errors import SchemaError
 PREFIX = "tinyfed/v1"
 # The federation a device, the gateway and the bridge join when none is named: one constant, so the three agree.
 DEFAULT_FEDERATION = "default"
-_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")  # not starting with ".": ids name folders too (".", "..")
 
 
 def check_id(kind: str, value: str) -> str:
     """Federation and device ids become topic levels: no wildcards, separators or empty strings."""
     if not _ID.match(value):
-        raise SchemaError(kind, f"{value!r} is not 1-64 characters of letters, digits, '.', '_' or '-'")
+        raise SchemaError(kind, f"{value!r} is not 1-64 characters of letters, digits, '.', '_' or '-' (not starting "
+                                "with '.')")
     return value
 
 
