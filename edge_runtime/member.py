@@ -43,6 +43,7 @@ from .errors import TinyfedError
 from .failures import TaskAbandoned, TaskFailed, describe, failure_reason
 from .model_store import ModelStore
 from .storage import atomic_write
+from .task_log import AnsweredTasks
 from .transport.fetcher import ModelFetcher
 from .transport.mqtt import BrokerConfig, MqttLink, Will
 from .transport.outbox import Outbox, OutboxEntry
@@ -92,6 +93,7 @@ class FederationMember(ABC):
         self.done: deque[wire.Update] = deque(maxlen=100)  # updates stored in the outbox, newest last
         self.failed: deque[wire.TaskFailure] = deque(maxlen=100)  # failure reports stored in the outbox
         self._seen_tasks: set[bytes] = set()
+        self.answered = AnsweredTasks(storage / "answered_tasks")  # survives a restart: never answer a task twice
         # Tasks not yet begun, and everything the worker waits on (a task, a model, a refused model, a stop):
         # one condition, so a wait for a model wakes as soon as a newer task or a stop makes it pointless.
         self._pending: deque[wire.Task] = deque()
@@ -295,7 +297,7 @@ class FederationMember(ABC):
             kind = "signature" if exc.field.startswith("envelope") and not unreadable else type(exc).__name__
             self.refuse(kind, f"a task of {len(payload)} bytes: {exc}")
             return
-        if task.task_id in self._seen_tasks:
+        if task.task_id in self._seen_tasks or task.task_id in self.answered:
             log.info("task %s delivered again; already handled", task.task_id.hex()[:12])
             return
         now = time.time()
@@ -371,6 +373,7 @@ class FederationMember(ABC):
             created=time.time(),
             label=f"failure report round {task.round}",
         )
+        self.answered.add(task.task_id, float(task.deadline))
         self.sender.submit(entry)
         self.failed.append(failure)
         return failure
@@ -406,6 +409,7 @@ class FederationMember(ABC):
             created=time.time(),
             label=f"{kind} round {task.round}",
         )
+        self.answered.add(task.task_id, float(task.deadline))  # before the answer exists: never answered twice
         self.done.append(update)  # before it can reach the gateway: whoever sees it arrive finds it here
         try:
             self.sender.submit(entry)

@@ -22,6 +22,7 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import quantize_input
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.writer import write_graph
+from edge_runtime.task_log import AnsweredTasks
 from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.train.trainer import Trainer, cut_for_last_layers
 from edge_runtime.transport.broker import MosquittoProcess
@@ -30,7 +31,7 @@ from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import dumps
-from tests.helpers import INSECURE, fast_config
+from tests.helpers import INSECURE, fast_config, log_line
 
 FED = "agent-test"
 TOPICS = Topics(FED)
@@ -197,6 +198,35 @@ def test_device_trains_and_delivers_its_update_byte_exact(
     assert update.metrics["eval_accuracy"] == evaluation.metrics["eval_accuracy"]  # training reports it too
 
 
+def test_a_task_answered_before_a_restart_is_not_answered_again_when_the_broker_delivers_it_again(
+    federation: tuple[GatewayStandIn, DeviceAgent, bytes], broker: MosquittoProcess, tmp_path: Path,
+    digits: DataSplit, backend: Backend, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task stays valid until its deadline; a second update for it would be wasted work, and under local DP a
+    second noisy release of the same data that no ledger counts."""
+    gateway, agent, _ = federation
+    version = gateway.manifest.version
+    first = wire.encode(task(version, round_=1))
+    gateway.send_task("dev-1", first)
+    assert gateway.wait(lambda: len(gateway.updates) == 1)
+    assert agent.outbox.wait_empty(WAIT)
+    agent.stop(timeout=5)
+    seq = gateway.presence["dev-1"].seq
+    again = DeviceAgent(agent_config(broker, tmp_path / "dev-1"), local_data(digits), backend).start()
+    try:
+        assert gateway.wait(lambda: (p := gateway.presence["dev-1"]).online and p.seq > seq), "no new birth"
+        with caplog.at_level(logging.INFO, logger="edge_runtime.member"), log_line(
+            "edge_runtime.member", "delivered again; already handled"
+        ) as replay:
+            gateway.send_task("dev-1", first)  # the broker (or whoever replays it) delivers it again
+            assert replay.wait(WAIT), "the restarted device did not recognise the task it had answered"
+        gateway.send_task("dev-1", wire.encode(task(version, round_=2)))
+        assert gateway.wait(lambda: len(gateway.updates) == 2)
+        assert [u.round for u in gateway.updates] == [1, 2]  # round 1 answered once, across the restart
+    finally:
+        again.stop(timeout=5)
+
+
 def test_hostile_payloads_on_the_device_topics_are_refused_and_logged(
     federation: tuple[GatewayStandIn, DeviceAgent, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -337,3 +367,15 @@ def test_a_device_without_a_trainable_layers_setting_trains_the_whole_manifest_q
     finally:
         agent.stop(timeout=5)
         gateway.stop()
+
+
+def test_answered_tasks_outlive_a_restart_until_their_deadline_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "answered_tasks"
+    log = AnsweredTasks(path, now=1000.0)
+    log.add(b"\x01" * 16, 1500.0)
+    log.add(b"\x02" * 16, 2500.0)
+    with path.open("a") as torn:
+        torn.write("0303")  # a crash mid-line
+    later = AnsweredTasks(path, now=2000.0)
+    assert b"\x01" * 16 not in later and b"\x02" * 16 in later  # past its deadline: forgotten
+    assert path.read_text() == "02" * 16 + " 2500.0\n"  # rewritten without the stale and torn lines
