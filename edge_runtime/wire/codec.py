@@ -11,6 +11,7 @@ from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task, TaskFailure
 from .schema import SCHEMA_VERSION, Header, MapReader
+from .secagg import SECAGG_MESSAGES
 from .serial import (
     Error,
     Hello,
@@ -49,6 +50,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         Reset,
         Log,
         Error,
+        *SECAGG_MESSAGES,
     )
 }
 M = TypeVar("M")
