@@ -1,6 +1,6 @@
 """Secure aggregation (SecAgg+) proved against its definitions: secret sharing, the masks, the recovered sum, the
 dropouts it survives and the one it does not, and the requests a device refuses. Every message goes through the
-wire codec (tests/secagg_harness.py)."""
+wire codec (tinyfed/secagg_local.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from scipy import stats
 from edge_runtime import wire
 from edge_runtime.secagg import DeviceSession, SecAggFailed, SecAggRefused, SparseInput, field, graph, shamir
 from gateway.secagg import FieldPlan, choose_coordinates, plan
-from tests.secagg_harness import relay, run_session
+from tinyfed.secagg_local import relay, run_session
 
 # ---- Shamir ------------------------------------------------------------------------------------------------------
 
