@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from . import wire
 from .errors import TinyfedError
@@ -132,6 +132,7 @@ class FederationMember(ABC):
             open_manifest=lambda payload: self.trust.decode(payload, expect=wire.ModelManifest),
             capacity=self.model_capacity,
         )
+        self.secagg: Any = None  # a SecAggParticipant, for members that take part in secure aggregation
         self._born = False  # our last word on our presence: a birth (True) or a death
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
         self.link.subscribe(self.topics.presence(self.device_id), self._on_own_presence)
@@ -186,6 +187,8 @@ class FederationMember(ABC):
         disconnect. Nothing half-done is stored: an update enters the outbox whole or not at all."""
         self._shutdown.set()
         self._wake()
+        if self.secagg is not None:
+            self.secagg.stop()
         if self._worker is not None:
             self._worker.join(timeout)
         self.sender.stop()
@@ -288,6 +291,8 @@ class FederationMember(ABC):
     def _on_task(self, topic: str, payload: bytes) -> None:
         """Only the gateway's tasks (signed mode), with a deadline ahead but not too far; a task of a later round
         replaces those not yet begun, and one older than a task already taken is refused."""
+        if self.secagg is not None and self.secagg.offer(payload):
+            return  # a secure aggregation request (edge_runtime/secagg/participant.py)
         try:
             task = self.trust.decode(payload, TASK_LIMITS, expect=wire.Task)
         except wire.WireError as exc:

@@ -419,6 +419,27 @@ class Rounds:
             open_round, self._open = self._open, None
             return open_round
 
+    # -- secure aggregation (gateway/secagg_round.py) ---------------------------------------------------------
+    def secure_close(self, number: int, sums: dict[int, tuple[Any, Any]], count: int) -> Step:
+        """Close round ``number`` on a secure aggregation session's sum (tensor -> (indices, values) over ``count``
+        devices): its only input, weighed as ``count`` updates of one sample each."""
+        with self._lock:
+            open_round = self._open
+            if open_round is None or open_round.number != number:
+                return Step()
+            aggregate = open_round.aggregate
+            for tensor, (indices, values) in sums.items():
+                aggregate.sums[tensor][indices] += values
+            aggregate.weight += count
+            aggregate.count += count
+        return self._close()
+
+    def secure_fail(self, number: int, note: str) -> Step:
+        """Fail round ``number``: its session cannot recover the sum. Recorded; no version is made."""
+        if self._open is None or self._open.number != number:
+            return Step()
+        return Step(ended=self._fail(note))
+
     def _fail(self, note: str) -> RoundSummary | None:
         open_round = self._detach()
         if open_round is None:

@@ -277,3 +277,16 @@ def test_distributed_dp_goes_into_the_ledger_as_the_gaussian_its_noise_matches()
     accountant = Accountant("rdp", 1e-5)
     same_gaussian = ("local-dp", 1.0, 2 * result.noise_multiplier)  # local-dp's event is Gaussian(z / 2)
     assert accountant.ledger_epsilon([entry] * 5) == pytest.approx(accountant.epsilon([same_gaussian] * 5))
+
+
+def test_every_secure_aggregation_message_type_is_told_apart_without_decoding() -> None:
+    """Types 30..37 take a second byte in CBOR: the gateway still routes answers before decoding them."""
+    samples = [
+        wire.SecAggAdvertise(bytes(16), 1, bytes(32), bytes(32)),
+        wire.SecAggShares(bytes(16), 1, []),
+        wire.SecAggMasked(bytes(16), 1, b""),
+        wire.SecAggReveal(bytes(16), 1, []),
+        wire.SecAggSetup(bytes(16), 1, 1, 1, 0, 1, bytes(32), 8, 1.0, 1.0, 0.0, [], 0),
+    ]
+    for message in samples:
+        assert wire.peek_type(wire.encode(message)) == type(message).TYPE

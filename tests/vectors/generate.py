@@ -193,6 +193,12 @@ VALID: list[tuple[str, str, Any]] = [
         wire.Error(wire.ErrorCode.NO_FLASH, 17, "model 2 MB, flash 1 MB"),
     ),
     (
+        "task-secure",
+        "a task of a secure aggregation round: its input goes through the SecAgg+ session, nothing in the clear",
+        wire.Task(ID, 9, V1, epochs=1, learning_rate=0.05, density=0.1, deadline=1_700_002_000, report=False,
+                  clip=1.0, secure=True),
+    ),
+    (
         "secagg-setup",
         "secure aggregation: device 2 of 5 in a session, degree 4, threshold 3, a 21-bit field, 5 coordinates",
         wire.SecAggSetup(ID, 9, 2, 5, 4, 3, V0, 21, 0.0005, 1.0, 2.5,

@@ -1,0 +1,151 @@
+"""Secure aggregation through Mosquitto with the real gateway and real device agents (docs/secagg.md).
+
+Each round's sum is one SecAgg+ session over the federation's task and update topics: the gateway sees
+setups, keys, sealed shares, masked inputs and unmasking shares, never an update; the sum it recovers is
+exactly the sum of the devices' quantised inputs; one dropout after masking is survived, two are not, and
+the round that cannot be recovered fails, recorded, with nothing published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import wire
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.model.backends import default_backend
+from edge_runtime.secagg.participant import SecAggParticipant
+from edge_runtime.transport.broker import MosquittoProcess
+from gateway.config import GatewayConfig
+from gateway.secagg import plan
+from gateway.secagg_round import Outgoing
+from gateway.service import Gateway
+from gateway.store import GatewayStore
+
+from .federation import WAIT, gateway_config, retained_manifest, start_agents
+from .helpers import wait_for
+
+SECAGG = {"mode": "secagg", "coordinates": 0.1, "clip": 1.0, "step_deadline": 10.0}
+STEP = plan(4, 1, clip=1.0).step  # the quantisation step of [secagg] clip 1.0 at 12 input bits
+
+
+def secure_gateway(broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int) -> Gateway:
+    settings = gateway_config(broker, tmp_path / "gw", model, rounds=rounds, min_devices=4, deadline=60.0,
+                              epochs=1, learning_rate=0.05, density=0.1)  # fmt: skip
+    settings["secagg"] = SECAGG
+    return Gateway(GatewayConfig.from_mapping(settings, env={}))
+
+
+def record_inputs(agents: list[DeviceAgent]) -> dict[tuple[int, str], np.ndarray]:
+    """Each device's quantised input per round, as its participant computed it (what the sum must equal)."""
+    seen: dict[tuple[int, str], np.ndarray] = {}
+    for agent in agents:
+        participant: SecAggParticipant = agent.secagg
+        original = participant.input_ready
+
+        def ready(task: wire.Task, deltas: Any, original: Any = original, name: str = agent.device_id,
+                  participant: SecAggParticipant = participant) -> None:  # fmt: skip
+            original(task, deltas)
+            seen[(task.round, name)] = participant.inputs[task.round][0].copy()
+
+        participant.input_ready = ready  # type: ignore[method-assign]
+    return seen
+
+
+def record_results(gateway: Gateway) -> list[Outgoing]:
+    results: list[Outgoing] = []
+    original = gateway.secure.tick
+
+    def tick(now: float) -> Outgoing:
+        out = original(now)
+        if out.result is not None or out.failure is not None:
+            results.append(out)
+        return out
+
+    gateway.secure.tick = tick
+    return results
+
+
+def test_rounds_close_on_the_exact_sum_of_the_devices_inputs_and_no_update_travels(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=2)
+    results = record_results(gateway)
+    initial = gateway.version
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, default_backend(), 4, scheme="iid")
+    inputs = record_inputs(agents)
+    try:
+        assert gateway.finished.wait(WAIT * 3), "the secure federation did not finish"
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+    store = GatewayStore(tmp_path / "gw" / "gateway.db")
+    rows = [r for r in store.rounds() if r.mode == "sync"]
+    assert [r.status for r in rows] == ["closed", "closed"]
+    assert store.refusals() == []
+    assert gateway.version != initial
+    assert [out.round for out in results] == [1, 2] and all(out.result is not None for out in results)
+    for out in results:
+        assert out.result is not None
+        names = sorted(out.result.survivors)
+        assert names == [a.device_id for a in agents]
+        got = np.concatenate([values for _, (_, values) in sorted(out.result.sum.items())])
+        expected = sum(inputs[(out.round, name)] for name in names)
+        assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
+    for agent in agents:
+        assert all(not u.tensors for u in agent.done), "a device sent a training update in the clear"
+        steps = [step for _, step in agent.secagg.answered]
+        assert steps == ["advertise", "shares", "masked", "reveal"] * 2
+        assert agent.secagg.refused == []
+
+
+def silent_at_unmask(agent: DeviceAgent) -> None:
+    """The device sends its masked input, then is gone for the unmasking (its reveal never leaves)."""
+    participant: SecAggParticipant = agent.secagg
+    original = participant._handle
+
+    def handle(message: Any) -> None:
+        if not isinstance(message, wire.SecAggUnmask):
+            original(message)
+
+    participant._handle = handle  # type: ignore[method-assign]
+
+
+def test_one_dropout_after_masking_is_survived_and_two_fail_the_round_with_nothing_published(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """Four devices, a complete graph: each secret has 4 holders and threshold 3."""
+    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=2)
+    results = record_results(gateway)
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, default_backend(), 4, scheme="iid")
+    inputs = record_inputs(agents)
+    store = GatewayStore(tmp_path / "gw" / "gateway.db")
+    try:
+        silent_at_unmask(agents[0])
+        wait_for(lambda: len(results) >= 1, WAIT * 3, "round 1's secure sum")
+        first = results[0]
+        assert first.result is not None, first.failure
+        names = sorted(first.result.survivors)
+        assert names == [a.device_id for a in agents]  # the silent device's input is in the sum all the same
+        got = np.concatenate([values for _, (_, values) in sorted(first.result.sum.items())])
+        expected = sum(inputs[(1, name)] for name in names)
+        assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
+        wait_for(lambda: any(r.round == 1 and r.status == "closed" for r in store.rounds()), WAIT, "round 1 closed")
+        version = gateway.version
+        silent_at_unmask(agents[1])
+        wait_for(lambda: len(results) >= 2, WAIT * 3, "round 2's session to end")
+        assert results[1].result is None and "self mask" in (results[1].failure or "")
+        wait_for(lambda: any(r.round == 2 and r.status == "failed" for r in store.rounds()), WAIT, "round 2 failed")
+        row = next(r for r in store.rounds() if r.round == 2)
+        assert row.new_version is None and "2 shares of device d00's self mask, 3 needed" in (row.note or "")
+        assert gateway.version == version and retained_manifest(broker).version == version  # nothing published
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
