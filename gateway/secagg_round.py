@@ -31,7 +31,8 @@ from edge_runtime import wire
 from edge_runtime.secagg.errors import SecAggFailed
 
 from .config import SecAggSection
-from .secagg import SecAggResult, ServerSession, choose_coordinates, holders_of, plan, threshold_for
+from .privacy.accountant import LedgerEntry
+from .secagg import SecAggResult, ServerSession, choose_coordinates, holders_of, ledger_entry, plan, threshold_for
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class SecureRounds:
         log.info("round %d: secure aggregation over %d devices, %d coordinates, degree %d, threshold %d, %d-bit field",
                  number, n, count, degree, threshold, field_plan.bits)  # fmt: skip
         return setups
+
+    def ledger_entry(self, result: SecAggResult) -> LedgerEntry | None:
+        """Distributed DP: the round's event for the ledger (none without noise)."""
+        if not self.settings.noise_multiplier:
+            return None
+        return ledger_entry(result, self.settings.clip, len(result.survivors) + len(result.dropped))
 
     def discard(self, number: int) -> None:
         """The round ended without the session (its deadline passed): forget it."""

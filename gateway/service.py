@@ -532,7 +532,8 @@ class Gateway:
             self._wake.set()
         ended = None
         if out.result is not None:
-            ended = self.rounds.secure_close(out.round, out.result.sum, len(out.result.survivors)).ended
+            ledger = self.secure.ledger_entry(out.result)
+            ended = self.rounds.secure_close(out.round, out.result.sum, len(out.result.survivors), ledger).ended
             if ended is not None and out.result.dropped:
                 log.info("round %d: the sum of %d devices; %s dropped out", out.round, len(out.result.survivors),
                          out.result.dropped)  # fmt: skip

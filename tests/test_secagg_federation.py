@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from edge_runtime import wire
 from edge_runtime.agent import DeviceAgent
@@ -32,10 +33,10 @@ SECAGG = {"mode": "secagg", "coordinates": 0.1, "clip": 1.0, "step_deadline": 10
 STEP = plan(4, 1, clip=1.0).step  # the quantisation step of [secagg] clip 1.0 at 12 input bits
 
 
-def secure_gateway(broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int) -> Gateway:
+def secure_gateway(broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int, **secagg: object) -> Gateway:
     settings = gateway_config(broker, tmp_path / "gw", model, rounds=rounds, min_devices=4, deadline=60.0,
                               epochs=1, learning_rate=0.05, density=0.1)  # fmt: skip
-    settings["secagg"] = SECAGG
+    settings["secagg"] = SECAGG | secagg
     return Gateway(GatewayConfig.from_mapping(settings, env={}))
 
 
@@ -149,3 +150,31 @@ def test_one_dropout_after_masking_is_survived_and_two_fail_the_round_with_nothi
         for agent in agents:
             agent.stop(timeout=5)
         gateway.stop()
+
+
+def test_distributed_dp_noise_shares_are_summed_and_the_round_goes_into_the_ledger(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=1, noise_multiplier=0.5)
+    results = record_results(gateway)
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, default_backend(), 4, scheme="iid")
+    inputs = record_inputs(agents)
+    try:
+        assert gateway.finished.wait(WAIT * 3), "the secure federation did not finish"
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+    out = results[0]
+    assert out.result is not None
+    got = np.concatenate([values for _, (_, values) in sorted(out.result.sum.items())])
+    expected = sum(inputs[(1, a.device_id)] for a in agents)  # each input carries its device's Skellam share
+    assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
+    # The four noise shares add up to the noise planned for three (the threshold): stddev about 1,200 steps per
+    # coordinate, against tens for the clipped deltas themselves.
+    fp = plan(4, len(expected), clip=1.0, noise_multiplier=0.5, min_survivors=3)
+    assert 0.8 < float(np.std(expected)) / np.sqrt(2 * fp.noise * 4) < 1.25
+    (entry,) = GatewayStore(tmp_path / "gw" / "gateway.db").ledger()
+    assert entry.round == 1 and entry.mode == "distributed-dp" and entry.participants == 4
+    assert entry.noise_multiplier == pytest.approx(0.5 * np.sqrt(4 / 3))  # noise sized for 3, summed over 4
