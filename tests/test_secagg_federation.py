@@ -178,3 +178,30 @@ def test_distributed_dp_noise_shares_are_summed_and_the_round_goes_into_the_ledg
     (entry,) = GatewayStore(tmp_path / "gw" / "gateway.db").ledger()
     assert entry.round == 1 and entry.mode == "distributed-dp" and entry.participants == 4
     assert entry.noise_multiplier == pytest.approx(0.5 * np.sqrt(4 / 3))  # noise sized for 3, summed over 4
+
+
+def test_a_member_that_cannot_take_part_reports_its_task_failed_and_the_others_sum_without_it(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """A member without secure aggregation (a board behind the bridge) sends nothing in the clear: it reports
+    its task failed; the session goes on without it (it never advertised), and closes on the others' sum."""
+    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=1)
+    results = record_results(gateway)
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, default_backend(), 4, scheme="iid")
+    agents[3].secagg = None
+    inputs = record_inputs(agents[:3])
+    try:
+        wait_for(lambda: len(results) >= 1, WAIT * 3, "round 1's secure sum")
+        wait_for(lambda: len(agents[3].failed) >= 1, WAIT, "the failure report of d03")
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+    out = results[0]
+    assert out.result is not None, out.failure
+    assert sorted(out.result.survivors) == ["d00", "d01", "d02"] and out.result.dropped == ["d03"]
+    got = np.concatenate([values for _, (_, values) in sorted(out.result.sum.items())])
+    assert np.array_equal(np.rint(got / STEP).astype(np.int64), sum(inputs[(1, f"d0{i}")] for i in range(3)))
+    assert "cannot take part in secure aggregation" in agents[3].failed[0].detail
+    assert all(not u.tensors for a in agents for u in a.done)
