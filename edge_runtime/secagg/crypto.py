@@ -36,8 +36,9 @@ class KeyPair:
     public: bytes  # raw X25519 public key (32 bytes)
 
     @classmethod
-    def generate(cls) -> KeyPair:
-        return cls.from_private(X25519PrivateKey.generate().private_bytes_raw())
+    def generate(cls, private: bytes | None = None) -> KeyPair:
+        """A fresh pair; ``private``: 32 random bytes to use (X25519 clamps any 32 bytes into a valid scalar)."""
+        return cls.from_private(private or X25519PrivateKey.generate().private_bytes_raw())
 
     @classmethod
     def from_private(cls, private: bytes) -> KeyPair:

@@ -17,8 +17,6 @@ one unmask request per session; an index in both lists is refused.
 
 from __future__ import annotations
 
-import os
-
 import cbor2
 import numpy as np
 
@@ -67,8 +65,8 @@ class DeviceSession:
         if reason is not None:
             raise SecAggRefused(f"secagg setup of round {setup.round}: {reason}")
         self.c = crypto.KeyPair.generate()
-        self.s = crypto.KeyPair.generate()
-        self.b = os.urandom(32)
+        self.s = crypto.KeyPair.generate(shamir.secret_bytes())  # shared, so one field element
+        self.b = shamir.secret_bytes()
         self.peers: dict[int, tuple[bytes, bytes]] = {}  # index -> (c public, s public)
         self.own_shares: tuple[int, int] | None = None  # my shares of my own (b, s)
         self.held: dict[int, tuple[int, int]] = {}  # sender -> its (b share, s share) for me

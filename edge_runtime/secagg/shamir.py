@@ -14,9 +14,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 
-# The Mersenne prime 2^521 - 1: larger than any 32-byte secret, so a key or a seed is one field element.
-SEED_PRIME = (1 << 521) - 1
-SHARE_BYTES = 66  # a value below SEED_PRIME, big-endian
+# 2^255 - 19 (Curve25519's prime): a device draws its seed and its X25519 private key below it (``secret_bytes``),
+# so each is one field element and a share takes 32 bytes.
+SEED_PRIME = (1 << 255) - 19
+SHARE_BYTES = 32  # a value below SEED_PRIME, big-endian
 
 
 def split(
@@ -67,5 +68,13 @@ def to_bytes(value: int) -> bytes:
 def from_bytes(data: bytes) -> int:
     value = int.from_bytes(data, "big")
     if len(data) != SHARE_BYTES or value >= SEED_PRIME:
-        raise ValueError(f"a share is {SHARE_BYTES} bytes below 2^521 - 1")
+        raise ValueError(f"a share is {SHARE_BYTES} bytes below 2^255 - 19")
     return value
+
+
+def secret_bytes() -> bytes:
+    """32 random bytes whose big-endian value is below SEED_PRIME (one draw in 2^250 is drawn again)."""
+    while True:
+        candidate = bytes([secrets.randbits(7)]) + secrets.token_bytes(31)
+        if int.from_bytes(candidate, "big") < SEED_PRIME:
+            return candidate

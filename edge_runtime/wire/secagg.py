@@ -32,8 +32,8 @@ MSG_SECAGG_REVEAL = 37
 
 MAX_DEVICES = 1 << 16  # indices of one session
 MAX_NEIGHBOURS = 1024
-SHARE_BYTES = 66  # a value below 2^521 - 1
-# A ciphertext holds the nonce (12), a CBOR array of two indices and two shares (at most 149) and the tag (16).
+SHARE_BYTES = 32  # a value below 2^255 - 19
+# A ciphertext holds the nonce (12), a CBOR array of two indices and two shares (at most 81) and the tag (16).
 MAX_CIPHERTEXT = 256
 
 

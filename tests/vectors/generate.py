@@ -225,7 +225,7 @@ VALID: list[tuple[str, str, Any]] = [
     (
         "secagg-reveal",
         "self-mask shares of the survivors, the mask-key share of the dropped",
-        wire.SecAggReveal(ID, 2, [(1, bytes(66)), (2, bytes([1]) * 66)], [(4, bytes([2]) * 66)]),
+        wire.SecAggReveal(ID, 2, [(1, bytes(32)), (2, bytes([1]) * 32)], [(4, bytes([2]) * 32)]),
     ),
 ]
 
