@@ -20,13 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..errors import TinyfedError
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 LABEL_SHARES = b"tinyfed secagg shares"
 LABEL_MASK = b"tinyfed secagg mask"
 
 
-class DecryptionFailed(ValueError):
+class DecryptionFailed(TinyfedError, ValueError):
     """A ciphertext that is not what its sender encrypted for this recipient in this session."""
 
 
