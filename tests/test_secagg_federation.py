@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from edge_runtime import wire
-from edge_runtime.agent import DeviceAgent
+from edge_runtime.agent import DeviceAgent, LocalData
 from edge_runtime.data.dataset import DataSplit
+from edge_runtime.data.partition import device_share
 from edge_runtime.model.backends import default_backend
 from edge_runtime.secagg.participant import SecAggParticipant
 from edge_runtime.transport.broker import MosquittoProcess
@@ -205,3 +206,40 @@ def test_a_member_that_cannot_take_part_reports_its_task_failed_and_the_others_s
     assert np.array_equal(np.rint(got / STEP).astype(np.int64), sum(inputs[(1, f"d0{i}")] for i in range(3)))
     assert "cannot take part in secure aggregation" in agents[3].failed[0].detail
     assert all(not u.tensors for a in agents for u in a.done)
+
+
+def test_a_signed_federation_over_tls_runs_its_secure_rounds_with_every_message_signed(
+    tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """Provisioned (TLS, ACL, signatures on): the requests and answers travel on the topics the ACL already
+    grants, signed by the gateway and by each device, and the round closes on the secure sum."""
+    from tests.trust import Secured, provisioned
+
+    devices = ["dev-a", "dev-b", "dev-c"]
+    secured = Secured.start(provisioned(tmp_path / "pki", devices), tmp_path / "broker")
+    settings = secured.gateway_settings(tmp_path / "gw", initial_model, rounds=1, min_devices=3, deadline=60.0,
+                                        epochs=1, density=0.1)  # fmt: skip
+    settings["secagg"] = SECAGG
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    assert gateway.trust.signed
+    results = record_results(gateway)
+    shares = [device_share(digits.train, f"{i}/3", "iid", seed=0) for i in range(3)]
+    agents = [DeviceAgent(secured.device_config(d), LocalData(digits.train.subset(own[:-40]),
+                                                              digits.train.subset(own[-40:])), default_backend())
+              for d, own in zip(devices, shares, strict=True)]  # fmt: skip
+    try:
+        gateway.start()
+        for agent in agents:
+            assert agent.trust.signed
+            agent.start()
+        assert gateway.finished.wait(WAIT * 3), "the signed secure federation did not finish"
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+        secured.close()
+    assert results[0].result is not None and sorted(results[0].result.survivors) == devices
+    assert GatewayStore(tmp_path / "gw" / "gateway.db").refusals() == []
+    for agent in agents:
+        assert [step for _, step in agent.secagg.answered] == ["advertise", "shares", "masked", "reveal"]
+        assert not agent.refusals and agent.secagg.refused == []
