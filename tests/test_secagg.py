@@ -5,6 +5,7 @@ wire codec (tinyfed/secagg_local.py)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,20 @@ def test_a_devices_secrets_are_field_elements_and_its_key_is_rebuilt_from_its_sh
     shares = shamir.split(int.from_bytes(pair.private, "big"), 3, [1, 2, 3, 4])
     rebuilt = shamir.reconstruct({x: shares[x] for x in (2, 3, 4)}).to_bytes(32, "big")
     assert crypto.KeyPair.from_private(rebuilt).public == pair.public
+
+
+def test_settings_a_session_cannot_keep_are_refused_naming_their_keys(tmp_path: Path) -> None:
+    from edge_runtime.config import ConfigError
+    from gateway.config import GatewayConfig
+
+    base = {"gateway": {"storage": str(tmp_path), "model": "m.tflite"}, "trust": {"mode": "insecure"},
+            "secagg": {"mode": "secagg"}}  # fmt: skip
+    assert GatewayConfig.from_mapping(base, env={}).secagg.on
+    clashing = base | {"rounds": {"mode": "async", "overprovision": 0.5, "deadline": 60.0},
+                       "strategy": {"name": "fedmedian"}}  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        GatewayConfig.from_mapping(clashing, env={})
+    for key in ("[rounds] mode", "[rounds] overprovision", "[rounds] deadline", "[strategy] name"):
+        assert key in str(refused.value)
+    with pytest.raises(ConfigError, match=r"\[secagg\].*threshold"):
+        GatewayConfig.from_mapping(base | {"secagg": {"mode": "secagg", "threshold": 0.0}}, env={})
