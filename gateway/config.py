@@ -380,6 +380,9 @@ def check_secagg(config: GatewayConfig, buffered: bool, env: Mapping[str, str] |
     clashes = []
     if rounds.mode != "sync":
         clashes.append(f"{where('rounds', 'mode')} = {rounds.mode!r} (a session sums one round's devices)")
+    if rounds.min_devices < 3:
+        clashes.append(f"{where('rounds', 'min_devices')} = {rounds.min_devices} (below 3, the published sum tells "
+                       "a device the other's input)")  # fmt: skip
     if rounds.overprovision:
         clashes.append(f"{where('rounds', 'overprovision')} = {rounds.overprovision:g} (every device asked is in "
                        "the session; none replaces another)")  # fmt: skip
