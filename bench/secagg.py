@@ -4,7 +4,7 @@ accuracy, beside plain sparse updates in the same run.
 Cost, for 10, 50, 100 and 1,000 devices per round: the digits MLP's real delta (6,570 entries, one local
 epoch), 10% of its entries per device. Plain: the real compressor's top-k with int8 values and error
 feedback, the real codec, the gateway's StreamingAggregate. SecAgg+: the same count of coordinates,
-announced by the gateway; each device's input clipped, quantised to 12 bits and masked; the real device
+announced by the gateway; each device's input clipped, quantised to 8 bits and masked; the real device
 and gateway state machines, every message through the codec (tinyfed/secagg_local.py); degree
 4 log2(n) (capped at n - 1), threshold just above half the holders. Per device: uplink bytes (all four
 answers) and process CPU; the gateway's CPU; the round's compute critical path (per step, the slowest
@@ -50,7 +50,7 @@ from tinyfed.secagg_local import run_session
 from tinyfed.simulation import score
 
 DENSITY = 0.1
-INPUT_BITS = 12
+INPUT_BITS = 8
 CLIP = 1.0
 
 

@@ -200,7 +200,7 @@ class SecAggSection:
     random_share: float = 0.5  # of those, the share drawn at random (the rest: the last aggregate's largest)
     degree: int = 0  # neighbours per device in the SecAgg+ graph (0: 4 log2 of the devices, at most all)
     threshold: float = 0.5  # shares needed, as a fraction of each secret's holders (at least half plus one)
-    input_bits: int = 12  # a clipped value quantises to at most 2^(input_bits - 1) - 1 steps
+    input_bits: int = 8  # a clipped value quantises to at most 2^(input_bits - 1) - 1 steps
     clip: float = 1.0  # L2 bound of each device's input
     noise_multiplier: float = 0.0  # distributed DP: the sum's Skellam noise over the sensitivity (0: none)
     step_deadline: float = 20.0  # seconds for each exchange of keys, shares and unmasking

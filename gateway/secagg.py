@@ -76,7 +76,7 @@ class FieldPlan:
 
 
 def plan(
-    devices: int, size: int, clip: float, input_bits: int = 12, noise_multiplier: float = 0.0,
+    devices: int, size: int, clip: float, input_bits: int = 8, noise_multiplier: float = 0.0,
     min_survivors: int = 1,
 ) -> FieldPlan:  # fmt: skip
     """The field and noise of a session. A coordinate of a vector clipped to ``clip`` is at most ``clip``, so it

@@ -31,7 +31,7 @@ from .federation import WAIT, gateway_config, retained_manifest, start_agents
 from .helpers import wait_for
 
 SECAGG = {"mode": "secagg", "coordinates": 0.1, "clip": 1.0, "step_deadline": 10.0}
-STEP = plan(4, 1, clip=1.0).step  # the quantisation step of [secagg] clip 1.0 at 12 input bits
+STEP = plan(4, 1, clip=1.0).step  # the quantisation step of [secagg] clip 1.0 at its default input bits
 
 
 def secure_gateway(broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int, **secagg: object) -> Gateway:
@@ -172,8 +172,8 @@ def test_distributed_dp_noise_shares_are_summed_and_the_round_goes_into_the_ledg
     got = np.concatenate([values for _, (_, values) in sorted(out.result.sum.items())])
     expected = sum(inputs[(1, a.device_id)] for a in agents)  # each input carries its device's Skellam share
     assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
-    # The four noise shares add up to the noise planned for three (the threshold): stddev about 1,200 steps per
-    # coordinate, against tens for the clipped deltas themselves.
+    # The four noise shares add up to the noise planned for three (the threshold): a stddev of some 90 steps per
+    # coordinate, against one or two for the clipped deltas themselves.
     fp = plan(4, len(expected), clip=1.0, noise_multiplier=0.5, min_survivors=3)
     assert 0.8 < float(np.std(expected)) / np.sqrt(2 * fp.noise * 4) < 1.25
     (entry,) = GatewayStore(tmp_path / "gw" / "gateway.db").ledger()
