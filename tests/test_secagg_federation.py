@@ -27,7 +27,7 @@ from gateway.secagg_round import Outgoing
 from gateway.service import Gateway
 from gateway.store import GatewayStore
 
-from .federation import WAIT, gateway_config, retained_manifest, start_agents
+from .federation import WAIT, gateway_config, retained_manifest, small_update, start_agents
 from .helpers import wait_for
 
 SECAGG = {"mode": "secagg", "coordinates": 0.1, "clip": 1.0, "step_deadline": 10.0}
@@ -243,3 +243,47 @@ def test_a_signed_federation_over_tls_runs_its_secure_rounds_with_every_message_
     for agent in agents:
         assert [step for _, step in agent.secagg.answered] == ["advertise", "shares", "masked", "reveal"]
         assert not agent.refusals and agent.secagg.refused == []
+
+
+def test_a_training_update_in_the_clear_is_refused_in_a_secure_federation(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    """A device that ignores the session and sends a plain update (old firmware, a bug) gets a receipt refusing
+    it; nothing of it enters the round."""
+    from edge_runtime.transport.mqtt import BrokerConfig, MqttLink
+    from tests.federation import TOPICS
+    from tests.helpers import Recorder
+
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, rounds=1, min_devices=3, deadline=60.0)
+    settings["secagg"] = SECAGG
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={})).start()
+    links, tasks, receipts = [], Recorder[wire.Task](), Recorder[wire.Receipt]()
+
+    def on_task(topic: str, payload: bytes) -> None:
+        message = wire.decode(payload)
+        if isinstance(message, wire.Task):
+            tasks.append(message)
+
+    try:
+        for name in ("p0", "p1", "p2"):
+            link = MqttLink(BrokerConfig(url=broker.url, backoff_base=0.05, backoff_cap=0.5), f"plain-{name}")
+            link.subscribe(TOPICS.task(name), on_task)
+            link.subscribe(TOPICS.receipt(name), lambda _, p: receipts.append(wire.decode(p, expect=wire.Receipt)))
+            links.append(link)
+            link.start()
+            assert link.wait_ready(WAIT)
+            birth = wire.Presence(name, True, 1, 0, wire.Capabilities(ram=1 << 28, backend="plain", samples=50))
+            assert link.publish(TOPICS.presence(name), wire.encode(birth), retain=True, timeout=WAIT)
+        tasks.wait_until(lambda got: len(got) >= 3, WAIT, "three secure tasks")
+        task = tasks.items[0]
+        assert task.secure
+        update = small_update("p0", task, gateway.sizes)
+        assert links[0].publish(TOPICS.update("p0"), wire.encode(update), timeout=WAIT)
+        receipts.wait_until(lambda got: len(got) >= 1, WAIT, "the receipt of the plain update")
+        assert receipts.items[0].refused == {update.update_id: "secure aggregation: a training update in the clear "
+                                                               "is refused"}  # fmt: skip
+        assert gateway.open_round is not None and gateway.open_round.aggregate.count == 0
+    finally:
+        for link in links:
+            link.stop()
+        gateway.stop()
