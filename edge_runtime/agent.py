@@ -98,6 +98,12 @@ class DeviceAgent(FederationMember):
             )
         )
         self.compressor = Compressor(CompressionConfig(), ResidualStore(config.storage / "residual.npz"))
+        try:
+            from .secagg.participant import SecAggParticipant
+        except ModuleNotFoundError:  # cryptography (the device extra): without it a secure task is reported failed
+            log.warning("device %s: no cryptography; secure aggregation rounds cannot be joined", self.device_id)
+        else:
+            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, config.storage)
         self._layers_warned: bytes | None = None  # the model version a trainable_layers warning was given for
 
     def capabilities(self) -> wire.Capabilities:
@@ -141,8 +147,9 @@ class DeviceAgent(FederationMember):
             self.publish_birth()
         return changed
 
-    def handle(self, task: wire.Task) -> wire.Update:
-        """Run one task to a stored update; raises TaskFailed (reported to the gateway) when it cannot."""
+    def handle(self, task: wire.Task) -> wire.Update | None:
+        """Run one task to a stored update (none for a secure aggregation task: its input goes to the round's
+        session); raises TaskFailed (reported to the gateway) when it cannot."""
         model, manifest = self.model_for(task)
         with failing_as(FailureReason.NO_MODEL):
             graph = read_graph(model)
@@ -169,6 +176,14 @@ class DeviceAgent(FederationMember):
             if missing:
                 raise TaskFailed(FailureReason.OTHER, f"the manifest lists tensors {missing[:8]} that this model's "
                                  "trainable layers do not have")  # fmt: skip
+            if task.secure:  # secure aggregation: the input goes to the round's session, nothing in the clear
+                if self.secagg is None:
+                    raise TaskFailed(FailureReason.OTHER, "secure aggregation needs cryptography: pip install "
+                                     "'tinyfed[device]'")  # fmt: skip
+                self.secagg.input_ready(task, deltas)
+                log.info("device %s: round %d trained in %.2f s; its input waits for the secure aggregation",
+                         self.device_id, task.round, time.perf_counter() - started)  # fmt: skip
+                return None
             self.compressor.config = compression
             compressed = self.compressor.compress(deltas)
         last = result.epochs[-1]

@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from . import wire
 from .errors import TinyfedError
@@ -134,6 +134,7 @@ class FederationMember(ABC):
             open_manifest=lambda payload: self.trust.decode(payload, expect=wire.ModelManifest),
             capacity=self.model_capacity,
         )
+        self.secagg: Any = None  # a SecAggParticipant, for members that take part in secure aggregation
         self._born = False  # our last word on our presence: a birth (True) or a death
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
         self.link.subscribe(self.topics.presence(self.device_id), self._on_own_presence)
@@ -188,6 +189,8 @@ class FederationMember(ABC):
         disconnect. Nothing half-done is stored: an update enters the outbox whole or not at all."""
         self._shutdown.set()
         self._wake()
+        if self.secagg is not None:
+            self.secagg.stop()
         if self._worker is not None:
             self._worker.join(timeout)
         self.sender.stop()
@@ -290,6 +293,8 @@ class FederationMember(ABC):
     def _on_task(self, topic: str, payload: bytes) -> None:
         """Only the gateway's tasks (signed mode), with a deadline ahead but not too far; a task of a later round
         replaces those not yet begun, and one older than a task already taken is refused."""
+        if self.secagg is not None and self.secagg.offer(payload):
+            return  # a secure aggregation request (edge_runtime/secagg/participant.py)
         try:
             task = self.trust.decode(payload, TASK_LIMITS, expect=wire.Task)
         except wire.WireError as exc:
@@ -339,6 +344,10 @@ class FederationMember(ABC):
         while (task := self._next_task()) is not None:
             self.busy.set()
             try:
+                if task.secure and self.secagg is None:
+                    # Nothing of a secure round's task may leave in the clear: said to the gateway instead.
+                    raise TaskFailed(wire.FailureReason.OTHER, "this member cannot take part in secure aggregation "
+                                     "(a board behind the bridge, or no cryptography installed)")  # fmt: skip
                 self.handle(task)
             except TaskAbandoned as why:
                 log.info("device %s: task for round %d set aside: %s", self.device_id, task.round, why)

@@ -192,10 +192,40 @@ class PrivacySection:
 
 
 @dataclass
+class SecAggSection:
+    """``[secagg]``: secure aggregation (SecAgg+ over announced coordinates, docs/secagg.md)."""
+
+    mode: str = "off"  # off | secagg
+    coordinates: float = 0.0  # fraction of the trainable entries each round sends (0: [rounds] density)
+    random_share: float = 0.5  # of those, the share drawn at random (the rest: the last aggregate's largest)
+    degree: int = 0  # neighbours per device in the SecAgg+ graph (0: 4 log2 of the devices, at most all)
+    threshold: float = 0.5  # shares needed, as a fraction of each secret's holders (at least half plus one)
+    input_bits: int = 8  # a clipped value quantises to at most 2^(input_bits - 1) - 1 steps
+    clip: float = 1.0  # L2 bound of each device's input
+    noise_multiplier: float = 0.0  # distributed DP: the sum's Skellam noise over the sensitivity (0: none)
+    step_deadline: float = 20.0  # seconds for each exchange of keys, shares and unmasking
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "secagg"):
+            raise ValueError(f"mode {self.mode!r} is not off or secagg")
+        if not 0 <= self.coordinates <= 1 or not 0 <= self.random_share <= 1 or not 0 < self.threshold <= 1:
+            raise ValueError("coordinates and random_share must be in [0, 1] and threshold in (0, 1]")
+        if not 2 <= self.input_bits <= 24 or self.degree < 0:
+            raise ValueError(f"input_bits {self.input_bits} is not in [2, 24], or degree {self.degree} is negative")
+        if self.clip <= 0 or self.noise_multiplier < 0 or self.step_deadline <= 0:
+            raise ValueError("clip and step_deadline must be > 0 and noise_multiplier >= 0")
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     rounds: RoundsSection = field(default_factory=RoundsSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     trust: TrustSection = field(default_factory=TrustSection)
@@ -221,6 +251,7 @@ class GatewayConfig:
             "rounds": keys_of(RoundsSection),
             "strategy": keys_of(strategy_options(STRATEGIES[strategy])),
             "privacy": keys_of(PrivacySection),
+            "secagg": keys_of(SecAggSection),
             "broker": keys_of(BrokerConfig),
             "trust": keys_of(TrustSection),
         }
@@ -229,7 +260,7 @@ class GatewayConfig:
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "secagg", "broker", "trust"), source)
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -237,6 +268,7 @@ class GatewayConfig:
             rounds=section(RoundsSection, table(data, "rounds"), "rounds", source, env),
             strategy=strategy,
             privacy=section(PrivacySection, table(data, "privacy"), "privacy", source, env),
+            secagg=section(SecAggSection, table(data, "secagg"), "secagg", source, env),
             broker=broker_section(data, source, env),
             trust=section(TrustSection, table(data, "trust"), "trust", source, env),
             source=source,
@@ -250,6 +282,7 @@ class GatewayConfig:
         except ValueError as exc:
             raise ConfigError(f"{source} [strategy]: {exc}") from exc
         check_privacy(config, bool(getattr(strategy_object, "buffered", False)), env)
+        check_secagg(config, bool(getattr(strategy_object, "buffered", False)), env)
         return config
 
     def check_files(self) -> None:
@@ -332,6 +365,46 @@ def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] 
     except ModuleNotFoundError as exc:
         raise ConfigError(f"{mode} needs the accountant dp-accounting (the 'privacy' extra): "
                           "pip install 'tinyfed[privacy]'") from exc
+
+
+def check_secagg(config: GatewayConfig, buffered: bool, env: Mapping[str, str] | None = None) -> None:
+    """Refuse the settings a secure aggregation round cannot keep: one session per round, over the devices
+    asked when it opened, whose sum is the round's only input (docs/secagg.md)."""
+    secagg, rounds, source = config.secagg, config.rounds, config.source
+    if not secagg.on:
+        return
+
+    def where(table_name: str, key: str) -> str:
+        return setting(source, table_name, key, env)
+
+    clashes = []
+    if rounds.mode != "sync":
+        clashes.append(f"{where('rounds', 'mode')} = {rounds.mode!r} (a session sums one round's devices)")
+    if rounds.min_devices < 3:
+        clashes.append(f"{where('rounds', 'min_devices')} = {rounds.min_devices} (below 3, the published sum tells "
+                       "a device the other's input)")  # fmt: skip
+    if rounds.overprovision:
+        clashes.append(f"{where('rounds', 'overprovision')} = {rounds.overprovision:g} (every device asked is in "
+                       "the session; none replaces another)")  # fmt: skip
+    if config.privacy.on:
+        clashes.append(f"{where('privacy', 'mode')} = {config.privacy.mode!r} (the gateway sees no single update; "
+                       f"distributed DP is {where('secagg', 'noise_multiplier')})")  # fmt: skip
+    if rounds.clip_norm:
+        clashes.append(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g} (the clip is "
+                       f"{where('secagg', 'clip')}, applied on the devices)")  # fmt: skip
+    if buffered:
+        clashes.append(f"{where('strategy', 'name')} = {config.strategy_name!r} (it reads single updates; "
+                       "only the sum exists)")  # fmt: skip
+    if rounds.deadline <= 4 * secagg.step_deadline:
+        clashes.append(f"{where('rounds', 'deadline')} = {rounds.deadline:g} (at most 4 x "
+                       f"{where('secagg', 'step_deadline')} = {secagg.step_deadline:g} leaves no time to train)")
+    if clashes:
+        raise ConfigError(f"{where('secagg', 'mode')} = 'secagg' cannot run with: " + "; ".join(clashes))
+    try:
+        import cryptography  # noqa: F401 - X25519, HKDF, AES-GCM; imported here so a missing extra is said at start
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{where('secagg', 'mode')} = 'secagg' needs cryptography (the 'sign' extra): "
+                          "pip install 'tinyfed[gateway,sign]'") from exc
 
 
 def strategy_options(strategy: type[Strategy]) -> type:

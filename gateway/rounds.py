@@ -36,6 +36,7 @@ from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .policy import OpenRound, Plan, RoundPolicy
+from .privacy.accountant import LedgerEntry
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Registry
@@ -111,6 +112,7 @@ class Rounds:
         self._close_error = ""  # the last close failure, logged once, not at every retry
         self._waiting: str | None = None  # why no round opens, as last logged (once per change)
         self._waiting_since: float | None = None  # when the current shortage of eligible devices began
+        self._secure_ledger: LedgerEntry | None = None  # a secure round's distributed-DP event, for its close
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -413,6 +415,8 @@ class Rounds:
                                    "it opened with")  # fmt: skip
             assert self.privacy is not None
             release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
+        if ledger is None and self._secure_ledger is not None and self._secure_ledger.round == closing.number:
+            ledger = self._secure_ledger
         new = self.publisher.make_version(closing.aggregate, release)
         metrics = closing.aggregate.metrics()
         counts = self.store.round_counts(closing.number)
@@ -440,6 +444,31 @@ class Rounds:
         with self._lock:
             open_round, self._open = self._open, None
             return open_round
+
+    # -- secure aggregation (gateway/secagg_round.py) ---------------------------------------------------------
+    def secure_close(
+        self, number: int, sums: dict[int, tuple[Any, Any]], count: int, ledger: LedgerEntry | None = None
+    ) -> Step:
+        """Close round ``number`` on a secure aggregation session's sum (tensor -> (indices, values) over ``count``
+        devices): its only input, weighed as ``count`` updates of one sample each. ``ledger``: the round's
+        distributed-DP event, written in the transaction that closes it."""
+        with self._lock:
+            open_round = self._open
+            if open_round is None or open_round.number != number:
+                return Step()
+            self._secure_ledger = ledger
+            aggregate = open_round.aggregate
+            for tensor, (indices, values) in sums.items():
+                aggregate.sums[tensor][indices] += values
+            aggregate.weight += count
+            aggregate.count += count
+        return self._close()
+
+    def secure_fail(self, number: int, note: str) -> Step:
+        """Fail round ``number``: its session cannot recover the sum. Recorded; no version is made."""
+        if self._open is None or self._open.number != number:
+            return Step()
+        return Step(ended=self._fail(note))
 
     def _fail(self, note: str) -> RoundSummary | None:
         open_round = self._detach()

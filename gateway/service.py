@@ -64,6 +64,7 @@ from .store import GatewayStore
 from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
+SECAGG_ANSWERS = (wire.SecAggAdvertise.TYPE, wire.SecAggShares.TYPE, wire.SecAggMasked.TYPE, wire.SecAggReveal.TYPE)
 __all__ = ["Gateway", "RoundSummary", "SecondGateway"]
 
 
@@ -121,6 +122,11 @@ class Gateway:
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
                              rc.clip_norm or None, disk, privacy)  # fmt: skip
+        self.secure: Any = None  # SecureRounds under [secagg] (cryptography is imported only then)
+        if config.secagg.on:
+            from .secagg_round import SecureRounds
+
+            self.secure = SecureRounds(config.secagg, self.sizes, rc.density)
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.
@@ -346,10 +352,22 @@ class Gateway:
         if wire.peek_type(payload) == wire.TaskFailure.TYPE:
             self._on_failure(device, payload)
             return
+        if self.secure is not None and wire.peek_type(payload) in SECAGG_ANSWERS:
+            refused = self.secure.answer(device, payload)
+            if refused is None:
+                self._wake.set()
+            else:
+                self._refuse(None, device, f"secure aggregation: {refused}", len(whole))
+            return
         try:
             update = wire.decode(payload, expect=wire.Update, spec=self.rounds.spec)
         except wire.WireError as exc:
             self._refuse_undecodable(device, payload, exc)
+            return
+        if self.secure is not None and update.tensors:
+            why = "secure aggregation: a training update in the clear is refused"
+            self._refuse(update.update_id, device, why, len(whole))
+            self._send_receipt(device, update.update_id, why)
             return
         try:
             verdict = self.rounds.intake(update, whole, device, update_norm(update))
@@ -490,12 +508,53 @@ class Gateway:
             self.rounds.drop(device, why)
             self._wake.set()
 
+    # -- secure aggregation (gateway/secagg_round.py) -------------------------------------------------------
+    def _secure_tasks(self, step: Step) -> list[tuple[str, wire.Task]]:
+        """A new training round's setups go out before its tasks, each task marked secure. Tasks planned later
+        in a round (replacements for devices that died or failed) are not sent: no device joins a session late."""
+        opened = step.opened
+        if opened is not None and opened.mode == "eval":
+            return step.tasks
+        if opened is None:
+            if step.tasks:
+                log.info("round tasks for %s not sent: a secure aggregation session takes no one late",
+                         [d for d, _ in step.tasks])  # fmt: skip
+            return []
+        setups = self.secure.open(opened.round, [d for d, _ in step.tasks], self.clock.now(), opened.deadline)
+        seal = self.trust.seal
+        self._send_tasks([(self.topics.task(d), seal(wire.encode(m)), opened.deadline) for d, m in setups])
+        return [(d, dataclasses.replace(t, secure=True)) for d, t in step.tasks]
+
+    def _secure_step(self, step: Step) -> None:
+        """Move the open session on; close its round on the sum, or fail it. Folds what happened into ``step``."""
+        if step.ended is not None:
+            self.secure.discard(step.ended.round)  # the round ended on its own (its deadline): the session with it
+        out = self.secure.tick(self.clock.now())
+        seal = self.trust.seal
+        if out.requests:
+            self._send_tasks([(self.topics.task(d), seal(wire.encode(m)), out.deadline) for d, m in out.requests])
+            self._wake.set()
+        ended = None
+        if out.result is not None:
+            ledger = self.secure.ledger_entry(out.result)
+            ended = self.rounds.secure_close(out.round, out.result.sum, len(out.result.survivors), ledger).ended
+            if ended is not None and out.result.dropped:
+                log.info("round %d: the sum of %d devices; %s dropped out", out.round, len(out.result.survivors),
+                         out.result.dropped)  # fmt: skip
+        elif out.failure is not None:
+            ended = self.rounds.secure_fail(out.round, out.failure).ended
+        if ended is not None and step.ended is None:
+            step.ended = ended
+
     def step(self) -> Step:
         """One step of the rounds, then what it means on the broker: tasks, state, a new model."""
         step = self.rounds.step()
         deadline = self.clock.now() + step.expiry
         seal = self.trust.seal
-        self._send_tasks([(self.topics.task(d), seal(wire.encode(t)), deadline) for d, t in step.tasks])
+        tasks = self._secure_tasks(step) if self.secure is not None else step.tasks
+        self._send_tasks([(self.topics.task(d), seal(wire.encode(t)), deadline) for d, t in tasks])
+        if self.secure is not None:
+            self._secure_step(step)
         if step.opened is not None:
             self._publish_state(1)
         if step.ended is not None:

@@ -22,6 +22,16 @@ from .messages import (
     TaskFailure,
     TrainableTensor,
 )
+from .secagg import (
+    SecAggAdvertise,
+    SecAggCollect,
+    SecAggKeys,
+    SecAggMasked,
+    SecAggReveal,
+    SecAggSetup,
+    SecAggShares,
+    SecAggUnmask,
+)
 from .serial import (
     Error,
     ErrorCode,
@@ -70,6 +80,14 @@ __all__ = [
     "Receipt",
     "Reset",
     "SchemaError",
+    "SecAggAdvertise",
+    "SecAggCollect",
+    "SecAggKeys",
+    "SecAggMasked",
+    "SecAggReveal",
+    "SecAggSetup",
+    "SecAggShares",
+    "SecAggUnmask",
     "Signer",
     "Status",
     "Task",

@@ -11,6 +11,7 @@ from .errors import SchemaError
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task, TaskFailure
 from .schema import SCHEMA_VERSION, Header, MapReader
+from .secagg import SECAGG_MESSAGES
 from .serial import (
     Error,
     Hello,
@@ -49,6 +50,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         Reset,
         Log,
         Error,
+        *SECAGG_MESSAGES,
     )
 }
 M = TypeVar("M")
@@ -99,6 +101,9 @@ def peek_type(data: bytes) -> int | None:
     still checks everything. Canonical maps sort their keys, so key 0 (the
     type) comes first: a map header, 0x00, then the type as a small uint.
     """
-    if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == Header.TYPE and data[2] < 0x18:
-        return data[2]
+    if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == Header.TYPE:
+        if data[2] < 0x18:
+            return data[2]
+        if data[2] == 0x18 and len(data) >= 4:  # a type of 24..255 (secure aggregation's) takes one more byte
+            return data[3]
     return None

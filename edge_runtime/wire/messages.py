@@ -52,6 +52,9 @@ class Task:
     clip: float = 0.0
     noise: float = 0.0
     clip_bit: bool = False
+    # Secure aggregation (docs/secagg.md): the round's sum is taken through a SecAgg+ session; the device sends
+    # nothing of this task in the clear, and without the session's setup it reports the task failed instead.
+    secure: bool = False
 
     TYPE = MSG_TASK
 
@@ -71,6 +74,7 @@ class Task:
         CLIP = 14
         NOISE = 15
         CLIP_BIT = 16
+        SECURE = 17
 
     def to_cbor(self) -> dict[int, Any]:
         K = Task.Key
@@ -97,6 +101,8 @@ class Task:
             out[K.NOISE] = f32(self.noise)
         if self.clip_bit:
             out[K.CLIP_BIT] = True
+        if self.secure:
+            out[K.SECURE] = True
         return out
 
     @classmethod
@@ -118,6 +124,7 @@ class Task:
             clip=r.number(K.CLIP, default=0.0, lo=0.0, hi=1e6),
             noise=r.number(K.NOISE, default=0.0, lo=0.0, hi=1e6),
             clip_bit=r.boolean(K.CLIP_BIT, default=False),
+            secure=r.boolean(K.SECURE, default=False),
         )
 
 

@@ -33,7 +33,7 @@ class LedgerEntry:
     """A round's privacy event, written in the transaction that closes the round."""
 
     round: int
-    mode: str  # central-dp | local-dp
+    mode: str  # central-dp | local-dp | distributed-dp (secure aggregation's summed Skellam shares)
     population: int  # eligible devices when the round opened
     sampling_rate: float  # q (central-dp); 1 for local-dp, where nothing is amplified
     clip: float  # the L2 bound of the round's updates
@@ -71,6 +71,9 @@ def _event(mode: str, sampling_rate: float, noise_multiplier: float) -> Any:
 
     if mode == "local-dp":
         return dp_accounting.GaussianDpEvent(noise_multiplier / 2)
+    if mode == "distributed-dp" and sampling_rate >= 1.0:
+        # Secure aggregation's Skellam noise, accounted as the Gaussian of equal variance (docs/secagg.md).
+        return dp_accounting.GaussianDpEvent(noise_multiplier)
     return dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
 
 

@@ -192,6 +192,41 @@ VALID: list[tuple[str, str, Any]] = [
         "refused a model that does not fit flash",
         wire.Error(wire.ErrorCode.NO_FLASH, 17, "model 2 MB, flash 1 MB"),
     ),
+    (
+        "task-secure",
+        "a task of a secure aggregation round: its input goes through the SecAgg+ session, nothing in the clear",
+        wire.Task(ID, 9, V1, epochs=1, learning_rate=0.05, density=0.1, deadline=1_700_002_000, report=False,
+                  clip=1.0, secure=True),
+    ),
+    (
+        "secagg-setup",
+        "secure aggregation: device 2 of 5 in a session, degree 4, threshold 3, a 21-bit field, 5 coordinates",
+        wire.SecAggSetup(ID, 9, 2, 5, 4, 3, V0, 21, 0.0005, 1.0, 2.5,
+                         [(7, np.array([3, 9, 40])), (8, np.array([0, 5]))], 1_700_002_000),
+    ),
+    (
+        "secagg-advertise",
+        "a device's two X25519 public keys for the session",
+        wire.SecAggAdvertise(ID, 2, bytes(range(32)), bytes(range(32, 64))),
+    ),
+    (
+        "secagg-keys",
+        "the keys of the neighbours that advertised",
+        wire.SecAggKeys(ID, [(1, bytes(range(32)), bytes(range(32, 64))), (4, bytes(32), bytes([1]) * 32)]),
+    ),
+    (
+        "secagg-shares",
+        "sealed shares for two neighbours",
+        wire.SecAggShares(ID, 2, [(1, bytes(range(60))), (4, bytes(range(100, 160)))]),
+    ),
+    ("secagg-collect", "the sealed shares addressed to device 2", wire.SecAggCollect(ID, [(1, bytes(range(60)))])),
+    ("secagg-masked", "five 21-bit field elements, packed", wire.SecAggMasked(ID, 2, bytes(range(14)))),
+    ("secagg-unmask", "devices 1 and 2 sent their input, 4 did not", wire.SecAggUnmask(ID, [1, 2], [4])),
+    (
+        "secagg-reveal",
+        "self-mask shares of the survivors, the mask-key share of the dropped",
+        wire.SecAggReveal(ID, 2, [(1, bytes(32)), (2, bytes([1]) * 32)], [(4, bytes([2]) * 32)]),
+    ),
 ]
 
 

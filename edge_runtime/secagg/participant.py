@@ -1,0 +1,156 @@
+"""A device's part in secure aggregation rounds over MQTT: the gateway's requests arrive on the task topic, the
+answers leave on the update topic, one session per round, in a thread of its own.
+
+Requests are opened under the gateway's pinned key (signed mode) and handled
+in order by a worker, never on paho's thread. The input is ready when the
+round's task has trained (``input_ready``, from the agent's task thread);
+a collect request that comes first waits for it until the session's
+deadline. Answers are published once, not through the outbox: a session
+lives for one round, and an answer that is lost makes the device one of
+the round's dropouts, which the protocol is built to survive. The
+residual of what was not sent is kept on disk, committed only once the
+masked input is on its way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import wire
+from ..compress.feedback import ResidualStore
+from ..failures import FailureReason, TaskFailed
+from ..transport.mqtt import MqttLink
+from ..transport.topics import Topics
+from ..trust import MemberTrust
+from ..wire.limits import Limits
+from .device import DeviceSession
+from .errors import SecAggRefused
+from .sparse import SparseInput
+
+log = logging.getLogger(__name__)
+
+REQUESTS = (wire.SecAggSetup, wire.SecAggKeys, wire.SecAggCollect, wire.SecAggUnmask)
+REQUEST_LIMITS = Limits(max_message_bytes=1 << 20, max_items=20_000)
+
+
+class SecAggParticipant:
+    def __init__(self, device_id: str, topics: Topics, link: MqttLink, trust: MemberTrust, storage: Path) -> None:
+        self.device_id = device_id
+        self.topics = topics
+        self.link = link
+        self.trust = trust
+        self.residual_store = ResidualStore(storage / "secagg_residual.npz")
+        self.sparse = SparseInput(self.residual_store.load())
+        self.session: DeviceSession | None = None
+        self.inputs: dict[int, tuple[np.ndarray, dict[int, np.ndarray]]] = {}  # round -> (values, residual)
+        self.refused: list[str] = []  # why sessions were refused, newest last (for status and tests)
+        self.answered: list[tuple[int, str]] = []  # (round, step) of each answer sent
+        self._queue: deque[Any] = deque()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- paho's thread ----------------------------------------------------------------------------------------
+    def offer(self, payload: bytes) -> bool:
+        """Take ``payload`` if it is a secure aggregation request the gateway signed; False leaves it to others."""
+        try:
+            message = wire.decode(payload, REQUEST_LIMITS, verifier=self.trust.gateway,
+                                  require_signature=self.trust.gateway is not None)  # fmt: skip
+        except wire.WireError:
+            return False  # the task path decodes it again and says what is wrong
+        if not isinstance(message, REQUESTS):
+            return False
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"secagg-{self.device_id}", daemon=True)
+                self._thread.start()
+            self._queue.append(message)
+            self._changed.notify_all()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the task thread --------------------------------------------------------------------------------------
+    def input_ready(self, task: wire.Task, deltas: dict[int, np.ndarray]) -> None:
+        """The task's training is done: its input for the round's session. Raises TaskFailed without a session."""
+        with self._changed:
+            # The setup came before the task, on the same topic; its worker may still be making the session.
+            self._changed.wait_for(lambda: self.session is not None and self.session.setup.round == task.round,
+                                   max(0.0, min(10.0, task.deadline - time.time())))  # fmt: skip
+            session = self.session
+            if session is None or session.setup.round != task.round:
+                raise TaskFailed(FailureReason.OTHER, f"a secure aggregation task for round {task.round} and no "
+                                 "session of that round: nothing is sent in the clear")  # fmt: skip
+            try:
+                self.inputs[task.round] = self.sparse.prepare(deltas, session.setup)
+            except ValueError as exc:
+                raise TaskFailed(FailureReason.OTHER, f"secure aggregation input: {exc}") from exc
+            self._changed.notify_all()
+
+    # -- the worker ---------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._queue) or self._stop.is_set())
+                if self._stop.is_set():
+                    return
+                message = self._queue.popleft()
+            try:
+                self._handle(message)
+            except SecAggRefused as exc:
+                self.refused.append(str(exc))
+                log.warning("device %s: %s", self.device_id, exc)
+                with self._changed:
+                    self.session = None
+            except Exception:  # one bad session must not end the device's membership
+                log.exception("device %s: secure aggregation step failed", self.device_id)
+                with self._changed:
+                    self.session = None
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, wire.SecAggSetup):
+            session = DeviceSession(message)
+            with self._changed:
+                self.session = session
+                self.inputs = {r: v for r, v in self.inputs.items() if r == message.round}
+            self._send(message.round, "advertise", session.advertise())
+            return
+        current = self.session
+        if current is None or message.session != current.setup.session:
+            log.info("device %s: a %s for no session of its own; ignored", self.device_id, type(message).__name__)
+            return
+        setup = current.setup
+        if isinstance(message, wire.SecAggKeys):
+            self._send(setup.round, "shares", current.share(message))
+        elif isinstance(message, wire.SecAggCollect):
+            with self._changed:
+                ready = self._changed.wait_for(
+                    lambda: setup.round in self.inputs or self._stop.is_set(), max(0.0, setup.deadline - time.time())
+                )
+                if not ready or self._stop.is_set():
+                    raise SecAggRefused(f"secagg round {setup.round}: the input was not ready by the deadline")
+                values, residual = self.inputs.pop(setup.round)
+            masked = current.mask(message, values)
+            self._send(setup.round, "masked", masked)
+            self.sparse.commit(residual)  # only now: the input is on its way
+            self.residual_store.save(residual)
+        elif isinstance(message, wire.SecAggUnmask):
+            self._send(setup.round, "reveal", current.reveal(message))
+            with self._changed:
+                self.session = None
+
+    def _send(self, round_: int, step: str, message: Any) -> None:
+        if not self.link.publish(self.topics.update(self.device_id), self.trust.seal(wire.encode(message))):
+            log.warning("device %s: secagg %s of round %d not sent (broker unreachable)", self.device_id, step, round_)
+            return
+        self.answered.append((round_, step))
