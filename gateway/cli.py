@@ -100,10 +100,17 @@ def run(args: argparse.Namespace) -> int:
             f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
             flush=True,
         )
-        while not stop.wait(0.5):
-            if gateway.finished.is_set():
-                break
-        gateway.stop()
+        from .observe import Observers
+
+        observers = Observers(gateway)
+        try:
+            observers.start()
+            while not stop.wait(0.5):
+                if gateway.finished.is_set():
+                    break
+        finally:
+            observers.stop()
+            gateway.stop()
     if gateway.link.fatal is not None:
         raise gateway.link.fatal
     return 0

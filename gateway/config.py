@@ -32,6 +32,7 @@ buffer_size = 5            # async: updates per aggregation step
 max_staleness = 5          # async: versions an update may lag behind
 report_every = 5           # every Nth round devices also report evaluation and activation ranges
 seed = 0
+interval = 0.0             # sync: seconds from one round's opening to the next (0 = at once; 10 = one every 10 s)
 
 [strategy]
 name = "fedavg"            # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum multikrum
@@ -53,6 +54,21 @@ clip_count_stddev = 0.0    # adaptive: noise on the count of updates within the 
 
 [broker]
 url = "mqtt://127.0.0.1:1883"
+
+[metrics]                  # Prometheus text endpoint at http://HOST:PORT/metrics (docs/operations.md)
+enabled = false
+host = "127.0.0.1"
+port = 9464
+
+[dashboard]                # read-only web page (docs/operations.md)
+enabled = false
+host = "127.0.0.1"         # beyond loopback: a token, or HTTPS with client certificates (cert_file, key_file, ca_file)
+port = 8787
+token = ""
+
+[retention]                # 0 keeps everything
+models = 0                 # model versions kept (never the current one nor a rollback target)
+updates = 0                # rounds whose update payloads are kept
 
 [trust]                    # written by `tinyfed provision init` into gateway/broker.toml (docs/security.md)
 mode = "signed"            # the default; "insecure" (no keys, nothing signed or checked) must be asked for
@@ -137,6 +153,7 @@ class RoundsSection:
     max_staleness: int = 5
     report_every: int = 5  # rounds between federated evaluations (and activation-range reports)
     seed: int = 0
+    interval: float = 0.0  # sync: seconds from one round's opening to the next one's (0 = at once)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -153,6 +170,65 @@ class RoundsSection:
             raise ValueError("max_samples must be >= 1 and max_range_growth > 1")
         if self.value_coding not in (0, 1, 2, 3):
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
+        if self.interval < 0 or (self.interval and self.mode != "sync"):
+            raise ValueError(f"interval {self.interval:g} must be >= 0, and is for sync rounds only (async rounds "
+                             "open as buffers fill)")  # fmt: skip
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class MetricsSection:
+    """The Prometheus endpoint (gateway/metrics.py): off unless asked for; loopback unless told otherwise."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+
+
+@dataclass
+class DashboardSection:
+    """The read-only web page (gateway/dashboard/). Beyond loopback it needs a token, or TLS with a client CA."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8787
+    token: str = ""  # asked as ?token=... or an Authorization: Bearer header
+    cert_file: str = ""  # HTTPS: the server's certificate and key (the federation's PKI may issue them)
+    key_file: str = ""
+    ca_file: str = ""  # HTTPS: browsers must present a certificate signed by this CA
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.ca_file and not self.cert_file:
+            raise ValueError("ca_file needs cert_file and key_file (HTTPS)")
+        if self.host not in LOCAL_HOSTS and not self.token and not self.ca_file:
+            raise ValueError(f"host {self.host!r} is beyond this machine: set a token, or cert_file, key_file and "
+                             "ca_file (HTTPS with client certificates)")  # fmt: skip
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+
+@dataclass
+class RetentionSection:
+    """What the store keeps (gateway/retention.py): 0 keeps everything, as before this table existed."""
+
+    models: int = 0  # model versions kept (files and rows); the current one and a rollback target always are
+    updates: int = 0  # rounds whose updates' payloads are kept (their counts and bytes are always kept)
+
+    def __post_init__(self) -> None:
+        if self.models < 0 or self.updates < 0:
+            raise ValueError(f"models and updates must be >= 0 (0 keeps all), got {self.models} and {self.updates}")
 
 
 PRIVACY_MODES = ("off", "central-dp", "local-dp")
@@ -199,6 +275,9 @@ class GatewayConfig:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     trust: TrustSection = field(default_factory=TrustSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     source: str = "defaults"
 
     @property
@@ -223,13 +302,17 @@ class GatewayConfig:
             "privacy": keys_of(PrivacySection),
             "broker": keys_of(BrokerConfig),
             "trust": keys_of(TrustSection),
+            "metrics": keys_of(MetricsSection),
+            "dashboard": keys_of(DashboardSection),
+            "retention": keys_of(RetentionSection),
         }
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust", "metrics", "dashboard",
+                            "retention"), source)  # fmt: skip
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -239,6 +322,9 @@ class GatewayConfig:
             privacy=section(PrivacySection, table(data, "privacy"), "privacy", source, env),
             broker=broker_section(data, source, env),
             trust=section(TrustSection, table(data, "trust"), "trust", source, env),
+            metrics=section(MetricsSection, table(data, "metrics"), "metrics", source, env),
+            dashboard=section(DashboardSection, table(data, "dashboard"), "dashboard", source, env),
+            retention=section(RetentionSection, table(data, "retention"), "retention", source, env),
             source=source,
         )
         try:
