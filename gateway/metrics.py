@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .readonly import open_readonly
+from .report import device_state
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ def refusal_class(reason: str) -> str:
         if pattern.search(reason):
             return name
     return "other"
-
-
-def device_state(online: int, failure: str | None) -> str:
-    """One word per device, shared by the metrics, ``gateway status --json`` and the dashboard."""
-    if failure:
-        return "failed"
-    return "online" if online else "offline"
 
 
 @dataclass
