@@ -55,6 +55,15 @@ class Observers:
             self._threads.append(thread)
             self.metrics_url = f"http://{_host(config.metrics.host)}:{server.server_port}/metrics"
             log.info("metrics at %s", self.metrics_url)
+        if config.dashboard.enabled:
+            from .dashboard.server import start_dashboard
+
+            dashboard, thread = start_dashboard(config, self.gateway.rounds)
+            self._servers.append(dashboard)
+            self._threads.append(thread)
+            self.dashboard_url = dashboard.url
+            shown = dashboard.url + ("?token=..." if config.dashboard.token else "")
+            log.info("dashboard at %s", shown)
         return self
 
     def stop(self) -> None:
