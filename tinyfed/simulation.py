@@ -95,6 +95,7 @@ class FederationResult:
     final_evaluation: dict[str, float]
     final_model: bytes = b""  # the last version the gateway published
     storage_bytes: int = 0  # the gateway's storage folder (store, WAL, model files) when the federation ended
+    storage_files: dict[str, int] = field(default_factory=dict)  # its bytes by top-level entry (gateway.db, models)
 
 
 def device_shares(spec: FederationSpec, split: DataSplit) -> list[tuple[str, LocalData]]:
@@ -302,8 +303,12 @@ def run_federation(
                 final_model = gateway.model
                 observers.stop()
                 gateway.stop()
-                stored = sum(p.stat().st_size for p in (tmp / "gateway").rglob("*") if p.is_file())
-    return FederationResult(spec, records, len(shares), kind, final, final_model, stored)
+                files: dict[str, int] = {}
+                for path in (tmp / "gateway").rglob("*"):
+                    if path.is_file():
+                        top = path.relative_to(tmp / "gateway").parts[0]
+                        files[top] = files.get(top, 0) + path.stat().st_size
+    return FederationResult(spec, records, len(shares), kind, final, final_model, sum(files.values()), files)
 
 
 def central_baseline(spec: FederationSpec, epochs: int = 30) -> float:
