@@ -71,3 +71,29 @@ def test_refusal_reasons_fall_into_few_classes() -> None:
     assert refusal_class("replay of update id 0a1b (first refused: no round is open)") == "replay"
     assert refusal_class("base version 00ff is not the round's 11aa") == "wrong_base"
     assert refusal_class("something new") == "other"
+
+
+def test_epsilon_is_exported_when_dp_is_on(broker: MosquittoProcess, tmp_path: Path, initial_model: Path) -> None:
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, rounds=1, min_devices=2, report_every=5)
+    settings["privacy"] = {"mode": "central-dp", "sampling_rate": 1.0, "noise_multiplier": 2.0, "clip": 0.01,
+                           "epsilon": 50.0, "delta": 1e-3}  # fmt: skip
+    settings["metrics"] = {"enabled": True, "port": 0}
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={})).start()
+    observers = Observers(gateway).start()
+    devices: list[ManualDevice] = []
+    try:
+        assert observers.metrics_url is not None
+        before = scrape(observers.metrics_url)
+        assert before["tinyfed_privacy_epsilon_spent"] == 0 and before["tinyfed_privacy_epsilon_budget"] == 50
+        devices = [AnsweringDevice(broker, f"p{i}", gateway.sizes) for i in range(2)]
+        url = observers.metrics_url
+        wait_for(lambda: scrape(url).get(CLOSED, 0) == 1, WAIT, "the DP round to close")
+        after = scrape(url)
+        spent = gateway.rounds.privacy.spent()  # type: ignore[union-attr]
+    finally:
+        observers.stop()
+        for device in devices:
+            device.stop()
+        gateway.stop()
+    assert 0 < after["tinyfed_privacy_epsilon_spent"] == spent.epsilon < 50
+    assert after["tinyfed_privacy_delta"] == 1e-3
