@@ -342,6 +342,7 @@ class GatewayConfig:
         """Before the service starts: storage is a writable folder and, with no state in it yet, the initial
         model is an int8 .tflite file. Each failure names the key (or the variable that set it) and the path."""
         check_storage_dir(self.storage, setting(self.source, "gateway", "storage"))
+        check_metrics_extra(self)
         if (self.storage / "gateway.db").exists():
             return  # the store's current version is the model; [gateway] model is read only for a fresh store
         where = setting(self.source, "gateway", "model")
@@ -363,6 +364,17 @@ class GatewayConfig:
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
         return cls.from_mapping(read_toml(path), str(path), env)
+
+
+def check_metrics_extra(config: GatewayConfig) -> None:
+    """[metrics] needs prometheus-client, the `metrics` extra: said at start, naming the key and the install."""
+    if not config.metrics.enabled:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{setting(config.source, 'metrics', 'enabled')} = true needs prometheus-client (the "
+                          "'metrics' extra): pip install 'tinyfed[metrics]'") from exc  # fmt: skip
 
 
 def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] | None = None) -> None:

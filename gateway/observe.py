@@ -37,6 +37,9 @@ class Observers:
         config = self.gateway.config
         db = config.storage / "gateway.db"
         if config.metrics.enabled:
+            from .config import check_metrics_extra
+
+            check_metrics_extra(config)
             from prometheus_client import start_http_server
 
             from .metrics import LiveFigures, registry_for
