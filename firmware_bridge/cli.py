@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import socket
 from pathlib import Path
@@ -35,10 +34,9 @@ from .bridge import Bridge, PortSpec
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from edge_runtime.logformat import configure_logging
+
+    configure_logging(args.verbose, getattr(args, "log_format", "text"))
     ports = [_port(text) for text in args.port]
     check_environment("bridge", {"broker": keys_of(BrokerConfig)})
     broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from edge_runtime.logformat import configure_logging
 from edge_runtime.transport.broker import MosquittoProcess
 from gateway.master import MasterModel
 from tests.federation import FED, WAIT, ManualDevice
@@ -80,3 +84,23 @@ def test_status_json_and_json_logs_with_each_round_said_once(
     text = subprocess.run([*TINYFED, "gateway", "status", "--config", str(config)], capture_output=True, text=True,
                           timeout=WAIT)  # fmt: skip
     assert text.returncode == 0 and "gateway: not running on this storage" in text.stdout
+
+
+def test_json_log_lines_carry_their_fields_and_replace_earlier_handlers(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging(False, "text")
+        configure_logging(False, "json")  # the second call replaces the first: a line is written once
+        logging.getLogger("gateway.run").info("round 1", extra={"fields": {"event": "round", "round": 1}})
+        logging.getLogger("x").debug("not at INFO")
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["message"] == "round 1" and record["event"] == "round" and record["round"] == 1
+    assert record["logger"] == "gateway.run" and record["level"] == "info"
+    with pytest.raises(ValueError, match="log format 'xml' is not one of text, json"):
+        configure_logging(False, "xml")
