@@ -5,8 +5,9 @@ one process per variant (they may run side by side; each has its own provisioned
 
     python -m bench.store_retention --rounds 100 --interval 10 --retention off
     python -m bench.store_retention --rounds 100 --interval 10 --retention on   # models = 5, updates = 5
+    python -m bench.store_retention --rounds 100 --interval 10 --retention on --vacuum-mb 0.25
 
-Each writes bench/results/store_retention_<on|off>.json: the storage folder's bytes by entry (gateway.db with
+Each writes bench/results/store_retention_<on|off|on_vacuum>.json: the storage folder's bytes by entry (gateway.db with
 its WAL, the models/ folder) when the federation ended, the rounds, the time and the last test accuracy.
 The federation is the demo's (30 digits devices, Dirichlet(0.5), the MLP, FedAvgM, 5 local epochs, 0.6%
 density, secured Mosquitto), through tinyfed.simulation.run_federation.
@@ -31,9 +32,13 @@ def main() -> None:
     parser.add_argument("--retention", choices=("on", "off"), required=True)
     parser.add_argument("--keep-models", type=int, default=5)
     parser.add_argument("--keep-updates", type=int, default=5)
+    parser.add_argument("--vacuum-mb", type=float, default=0.0, help="[retention] vacuum_mb (0: never)")
     args = parser.parse_args()
     settings = DEFAULTS["digits"]
-    retention = {"models": args.keep_models, "updates": args.keep_updates} if args.retention == "on" else {}
+    retention: dict[str, float] = {}
+    if args.retention == "on":
+        retention = {"models": args.keep_models, "updates": args.keep_updates, "vacuum_mb": args.vacuum_mb}
+    name = f"store_retention_{args.retention}" + ("_vacuum" if args.retention == "on" and args.vacuum_mb else "")
     spec = FederationSpec(
         data="digits", rounds=args.rounds, epochs=int(settings["epochs"]),
         learning_rate=float(settings["learning_rate"]), density=float(settings["density"]),
@@ -47,7 +52,7 @@ def main() -> None:
     print(f"retention {args.retention}: {len(result.rounds)} rounds in {seconds:.0f} s, storage {mb:.2f} MB "
           f"{result.storage_files}")  # fmt: skip
     path = write_result(
-        f"store_retention_{args.retention}",
+        name,
         {"storage_mb": round(mb, 3), "rounds": float(len(result.rounds)), "seconds": round(seconds, 1),
          "last_test_accuracy": round(result.rounds[-1].score, 4) if result.rounds else 0.0},
         {"interval_s": args.interval, "retention": retention or "off (keep everything)",

@@ -69,6 +69,7 @@ token = ""
 [retention]                # 0 keeps everything
 models = 0                 # model versions kept (never the current one nor a rollback target)
 updates = 0                # rounds whose update payloads are kept
+vacuum_mb = 0.0            # VACUUM the store once this many MB of payloads were emptied (0 = never)
 
 [trust]                    # written by `tinyfed provision init` into gateway/broker.toml (docs/security.md)
 mode = "signed"            # the default; "insecure" (no keys, nothing signed or checked) must be asked for
@@ -225,10 +226,12 @@ class RetentionSection:
 
     models: int = 0  # model versions kept (files and rows); the current one and a rollback target always are
     updates: int = 0  # rounds whose updates' payloads are kept (their counts and bytes are always kept)
+    vacuum_mb: float = 0.0  # rewrite the store (VACUUM) once this many MB of payloads were emptied (0 = never)
 
     def __post_init__(self) -> None:
-        if self.models < 0 or self.updates < 0:
-            raise ValueError(f"models and updates must be >= 0 (0 keeps all), got {self.models} and {self.updates}")
+        if self.models < 0 or self.updates < 0 or self.vacuum_mb < 0:
+            raise ValueError(f"models, updates and vacuum_mb must be >= 0 (0 keeps all), got {self.models}, "
+                             f"{self.updates} and {self.vacuum_mb:g}")  # fmt: skip
 
 
 PRIVACY_MODES = ("off", "central-dp", "local-dp")

@@ -8,7 +8,9 @@ rounds older than the last ``updates`` rounds are dropped (emptied), never an op
 rebuilds its aggregate from them); their rows stay, so counts and bytes per round still add up in
 ``gateway status``, the metrics and the dashboard.
 
-SQLite reuses the pages freed for the rows that follow, so the file stops growing rather than shrinking.
+An emptied payload leaves unused space inside its pages, and new updates are appended after them (rows go in
+rowid order), so the file does not shrink by itself: ``vacuum_mb`` rewrites it (SQLite's VACUUM, the gateway's
+writers waiting meanwhile) once that many MB of payloads were emptied since the last time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .store import GatewayStore
 
 log = logging.getLogger(__name__)
 ROLLED_BACK_TO = "rolled_back_to"
+EMPTIED = "retention_emptied_bytes"  # payload bytes emptied since the last VACUUM
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Pruned:
     files_bytes: int = 0  # bytes of their files
     payloads: int = 0  # update payloads dropped
     payload_bytes: int = 0
+    vacuumed: bool = False  # the store was rewritten without its unused space
 
 
 def prune(store: GatewayStore, config: GatewayConfig) -> Pruned:
@@ -54,9 +58,17 @@ def prune(store: GatewayStore, config: GatewayConfig) -> Pruned:
                     (cutoff,),
                 )
             out.payloads, out.payload_bytes = int(n), int(size)
+        if keep.vacuum_mb and out.payload_bytes:
+            emptied = int(store.get_meta(EMPTIED) or 0) + out.payload_bytes
+            if emptied >= keep.vacuum_mb * 1e6:
+                store.vacuum()
+                out.vacuumed = True
+                emptied = 0
+            store.set_meta(EMPTIED, str(emptied))
     if out.models or out.payloads:
         log.info("retention: deleted %d model version(s) (%d bytes of files), emptied %d update payload(s) "
-                 "(%d bytes)", out.models, out.files_bytes, out.payloads, out.payload_bytes)  # fmt: skip
+                 "(%d bytes)%s", out.models, out.files_bytes, out.payloads, out.payload_bytes,
+                 "; the store was vacuumed" if out.vacuumed else "")  # fmt: skip
     return out
 
 

@@ -104,3 +104,24 @@ def test_retention_never_empties_an_open_rounds_updates(tmp_path: Path, model: b
     prune(store, config)
     assert all(u.payload for u in store.round_updates(3))  # open: kept whatever the setting
     assert all(u.payload == b"" for r in (1, 2) for u in store.round_updates(r))
+
+
+def test_vacuum_gives_the_emptied_payloads_space_back(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9))
+    for _ in range(12):
+        one_round(rounds)
+    store = rounds.store
+    db = rounds.publisher.config.storage / "gateway.db"
+
+    def pages() -> int:
+        return int(store._query("PRAGMA page_count")[0][0])
+
+    config = dataclasses.replace(rounds.publisher.config, retention=RetentionSection(updates=2))
+    before = pages()
+    assert not prune(store, config).vacuumed and pages() == before  # emptied, the file keeps its pages
+    one_round(rounds)
+    config = dataclasses.replace(config, retention=RetentionSection(updates=2, vacuum_mb=1e-6))
+    pruned = prune(store, config)
+    assert pruned.vacuumed and pages() < before
+    assert store.get_meta("retention_emptied_bytes") == "0" and db.is_file()
+    assert store.round_counts(1)["train"] == 2  # the rows are still there
