@@ -46,8 +46,9 @@ REFUSAL_CLASSES: tuple[tuple[str, str], ...] = (
     ("wrong_base", r"base version|not of the current model"),
     ("no_task", r"has no open (evaluation )?task"),
     ("fragment", r"^fragment:"),
-    ("signature", r"^(SignatureError|UnknownSigner|EnvelopeError|Untrusted|KeyError)|signature|signed"),
-    ("malformed", r"^[A-Za-z]*(Error|CBOR)\b"),
+    # gateway/trust.py opens every message: a refused envelope is a ValueRejected on envelope.* (docs/security.md)
+    ("signature", r"^ValueRejected: envelope|signature|not signed|unknown key id|revoked"),
+    ("malformed", r"^(MalformedCBOR|SchemaError|LimitExceeded|MessageTooLarge|ValueRejected|WireError)\b"),
 )
 _COMPILED = tuple((name, re.compile(pattern)) for name, pattern in REFUSAL_CLASSES)
 

@@ -70,6 +70,9 @@ def test_refusal_reasons_fall_into_few_classes() -> None:
     assert refusal_class("MalformedCBOR: truncated") == "malformed"
     assert refusal_class("replay of update id 0a1b (first refused: no round is open)") == "replay"
     assert refusal_class("base version 00ff is not the round's 11aa") == "wrong_base"
+    assert refusal_class("ValueRejected: envelope.signature: signature does not verify") == "signature"
+    assert refusal_class("ValueRejected: envelope.unprotected.kid: unknown key id 0a0b") == "signature"
+    assert refusal_class("SchemaError: update.tensors: must be a list") == "malformed"
     assert refusal_class("something new") == "other"
 
 
