@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--vacuum-mb", type=float, default=0.0, help="[retention] vacuum_mb (0: never)")
     args = parser.parse_args()
     settings = DEFAULTS["digits"]
-    retention: dict[str, float] = {}
+    retention: dict[str, object] = {}
     if args.retention == "on":
         retention = {"models": args.keep_models, "updates": args.keep_updates, "vacuum_mb": args.vacuum_mb}
     name = f"store_retention_{args.retention}" + ("_vacuum" if args.retention == "on" and args.vacuum_mb else "")
