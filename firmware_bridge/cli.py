@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import socket
 from pathlib import Path
@@ -35,10 +34,9 @@ from .bridge import Bridge, PortSpec
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from edge_runtime.logformat import configure_logging
+
+    configure_logging(args.verbose, getattr(args, "log_format", "text"))
     ports = [_port(text) for text in args.port]
     check_environment("bridge", {"broker": keys_of(BrokerConfig)})
     broker = broker_section({"broker": {"url": args.broker}} if args.broker else {}, "--broker", os.environ)
@@ -51,12 +49,22 @@ def run(args: argparse.Namespace) -> int:
             _reachable(broker, args.connect_timeout)
     settings = MemberSettings(device_id="", federation=args.federation, storage=storage, broker=broker,
                               max_task_seconds=args.max_task_seconds, trust=MemberTrust.insecure())  # fmt: skip
-    bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat, bundles=bundles).start()
+    bridge = Bridge(ports, settings, baud=args.baud, heartbeat=args.heartbeat, bundles=bundles)
+    server = None
+    if getattr(args, "metrics_port", None) is not None:
+        from .metrics import start_metrics
+
+        server, _ = start_metrics(bridge, args.metrics_host, args.metrics_port)
+        print(f"metrics at http://{args.metrics_host}:{server.server_port}/metrics", flush=True)
+    bridge.start()
     stop = stop_on_signals()
     print(f"bridging {len(ports)} port(s) to {broker.url}, federation {args.federation}", flush=True)
     while not stop.wait(0.5) and not bridge.conflicted.is_set():
         pass
     bridge.stop()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     if bridge.conflict is not None:
         raise bridge.conflict
     print("bridge stopped", flush=True)

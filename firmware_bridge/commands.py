@@ -67,6 +67,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
     b.add_argument("-v", "--verbose", action="store_true", help="log every frame and MQTT event")
+    b.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (the 'metrics' extra; default: none)")  # fmt: skip
+    b.add_argument("--metrics-host", default="127.0.0.1", help="the metrics endpoint's address (default 127.0.0.1)")
+    b.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (default) or one JSON object per line, for journald, Loki or jq")  # fmt: skip
     b.set_defaults(handler=_run)
 
 

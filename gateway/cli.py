@@ -16,7 +16,9 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -44,12 +46,15 @@ class StorageLocked(RuntimeError, TinyfedError):
 def storage_lock(storage: Path, advice: str = "") -> Iterator[None]:
     """One gateway per storage directory: two writers would each count the other's updates as replays."""
     storage.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(storage / "gateway.lock", "w")  # noqa: SIM115 - held for the whole run
+    handle: IO[str] = open(storage / "gateway.lock", "a+")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         handle.close()
         raise StorageLocked(f"{storage} is in use by a running gateway" + (f"; {advice}" if advice else "")) from exc
+    handle.truncate(0)  # our process id, for `gateway status` (gateway/report.py running_gateway)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
     try:
         yield
     finally:
@@ -57,11 +62,21 @@ def storage_lock(storage: Path, advice: str = "") -> Iterator[None]:
         handle.close()
 
 
+log = logging.getLogger("gateway.run")
+
+
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from edge_runtime.logformat import configure_logging
+
+    log_format = getattr(args, "log_format", "text")
+    configure_logging(args.verbose, log_format)
+
+    def say(text: str, fields: dict[str, object]) -> None:
+        """What the operator reads: a line on stdout, or with --log-format json a JSON record with its fields."""
+        if log_format == "json":
+            log.info(text.strip(), extra={"fields": fields})
+        else:
+            print(text, flush=True)
     config = GatewayConfig.load(args.config)
     from edge_runtime.transport.mqtt import ClientIdConflict, TransportError
 
@@ -72,14 +87,20 @@ def run(args: argparse.Namespace) -> int:
         gateway = Gateway(config)
 
         def report(summary: RoundSummary) -> None:
+            """The one line per round (the round machinery logs its own at DEBUG only)."""
             ratio = summary.dense_bytes / summary.uplink_bytes if summary.uplink_bytes else float("nan")
             acc = summary.metrics.get("eval_accuracy")
             shown = f"{acc:.4f}" if acc is not None else "-"
-            print(
+            fields = {"event": "round", "round": summary.round, "status": summary.status,
+                      "version": summary.version.hex() if summary.version else None, "updates": summary.accepted,
+                      "refused": summary.refused, "uplink_bytes": summary.uplink_bytes,
+                      "dense_bytes": summary.dense_bytes, "seconds": round(summary.seconds, 3),
+                      "metrics": summary.metrics}  # fmt: skip
+            say(
                 f"round {summary.round:>4} {summary.status:<6} updates {summary.accepted:>4} "
                 f"refused {summary.refused:>3}  base-model accuracy (federated) {shown}  "
                 f"uplink {summary.uplink_bytes} B ({ratio:.0f}x below dense float32)  {summary.seconds:.1f} s",
-                flush=True,
+                fields,
             )
 
         gateway.on_round_closed.append(report)
@@ -95,15 +116,23 @@ def run(args: argparse.Namespace) -> int:
                 f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
                 f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL)."
             ) from exc
-        print(
+        say(
             f"gateway of federation {config.gateway.federation}: model {gateway.version.hex()[:12]}, "
             f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
-            flush=True,
-        )
-        while not stop.wait(0.5):
-            if gateway.finished.is_set():
-                break
-        gateway.stop()
+            {"event": "started", "federation": config.gateway.federation, "version": gateway.version.hex(),
+             "pid": os.getpid()},
+        )  # fmt: skip
+        from .observe import Observers
+
+        observers = Observers(gateway)
+        try:
+            observers.start()
+            while not stop.wait(0.5):
+                if gateway.finished.is_set():
+                    break
+        finally:
+            observers.stop()
+            gateway.stop()
     if gateway.link.fatal is not None:
         raise gateway.link.fatal
     return 0
@@ -128,9 +157,18 @@ def status(args: argparse.Namespace) -> int:
     db = config.storage / "gateway.db"
     if not db.exists():
         raise ConfigError(f"no state at {db}: the gateway has not run with this storage")
+    if args.json:
+        return status_json(config, args)
+    from .report import running_gateway
+
+    running = running_gateway(config.storage)
     store = GatewayStore(db)
     current = store.current_version
     print(f"federation {config.gateway.federation}, model {current.hex()[:12] if current else '-'}")
+    if running["running"]:
+        print(f"gateway: running on this storage{' (process ' + str(running['pid']) + ')' if running['pid'] else ''}")
+    else:
+        print("gateway: not running on this storage")
     shortage = DiskSpace(config.storage, config.gateway.min_free_mb).shortage()
     if shortage:
         print(f"PAUSED: {shortage}")
@@ -183,6 +221,34 @@ def status(args: argparse.Namespace) -> int:
         for r in refusals:
             print(f"  round {r['round']} {r['device']}: {r['reason']}")
     store.close()
+    return 0
+
+
+def status_json(config: GatewayConfig, args: argparse.Namespace) -> int:
+    """``status --json``: the dashboard's snapshot (gateway/report.py), read-only, on stdout."""
+    from .readonly import open_readonly
+    from .report import snapshot
+
+    privacy = None
+    if config.privacy.on:
+        from .privacy.budget import PrivacyBudget
+        from .store import GatewayStore
+
+        store = GatewayStore(config.storage / "gateway.db")
+        try:
+            spent = PrivacyBudget(config.privacy, store).spent()
+        finally:
+            store.close()
+        privacy = {"mode": spent.mode, "epsilon": spent.epsilon, "target": spent.target, "delta": spent.delta,
+                   "rounds_left": spent.rounds_left}  # fmt: skip
+    connection = open_readonly(config.storage / "gateway.db")
+    try:
+        report = snapshot(connection, config.storage, rounds=args.last, privacy=privacy)
+    finally:
+        connection.close()
+    report["federation"] = config.gateway.federation
+    report["devices"] = report["devices"][: args.devices]
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -49,11 +49,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     g = actions.add_parser("run", help="run the federation described by gateway.toml")
     g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     g.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    g.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (default) or one JSON object per line, for journald, Loki or jq")  # fmt: skip
     g.set_defaults(handler=_run)
     g = actions.add_parser("status", help="rounds, updates, refusals and devices from the gateway's store")
     g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     g.add_argument("--last", type=int, default=20, help="show this many rounds, refusals and failures")
     g.add_argument("--devices", type=int, default=50, help="list at most this many devices")
+    g.add_argument("--json", action="store_true", help="one JSON document (the dashboard's), for scripts and jq")
     g.set_defaults(handler=_status)
     g = actions.add_parser("rollback", help="make an earlier model version current (gateway stopped)")
     g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)

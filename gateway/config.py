@@ -32,6 +32,7 @@ buffer_size = 5            # async: updates per aggregation step
 max_staleness = 5          # async: versions an update may lag behind
 report_every = 5           # every Nth round devices also report evaluation and activation ranges
 seed = 0
+interval = 0.0             # sync: seconds from one round's opening to the next (0 = at once; 10 = one every 10 s)
 
 [strategy]
 name = "fedavg"            # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum multikrum
@@ -53,6 +54,22 @@ clip_count_stddev = 0.0    # adaptive: noise on the count of updates within the 
 
 [broker]
 url = "mqtt://127.0.0.1:1883"
+
+[metrics]                  # Prometheus text endpoint at http://HOST:PORT/metrics (docs/operations.md)
+enabled = false
+host = "127.0.0.1"
+port = 9464
+
+[dashboard]                # read-only web page (docs/operations.md)
+enabled = false
+host = "127.0.0.1"         # beyond loopback: a token, or HTTPS with client certificates (cert_file, key_file, ca_file)
+port = 8787
+token = ""
+
+[retention]                # 0 keeps everything
+models = 0                 # model versions kept (never the current one nor a rollback target)
+updates = 0                # rounds whose update payloads are kept
+vacuum_mb = 0.0            # VACUUM the store once this many MB of payloads were emptied (0 = never)
 
 [trust]                    # written by `tinyfed provision init` into gateway/broker.toml (docs/security.md)
 mode = "signed"            # the default; "insecure" (no keys, nothing signed or checked) must be asked for
@@ -137,6 +154,7 @@ class RoundsSection:
     max_staleness: int = 5
     report_every: int = 5  # rounds between federated evaluations (and activation-range reports)
     seed: int = 0
+    interval: float = 0.0  # sync: seconds from one round's opening to the next one's (0 = at once)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -153,6 +171,67 @@ class RoundsSection:
             raise ValueError("max_samples must be >= 1 and max_range_growth > 1")
         if self.value_coding not in (0, 1, 2, 3):
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
+        if self.interval < 0 or (self.interval and self.mode != "sync"):
+            raise ValueError(f"interval {self.interval:g} must be >= 0, and is for sync rounds only (async rounds "
+                             "open as buffers fill)")  # fmt: skip
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class MetricsSection:
+    """The Prometheus endpoint (gateway/metrics.py): off unless asked for; loopback unless told otherwise."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+
+
+@dataclass
+class DashboardSection:
+    """The read-only web page (gateway/dashboard/). Beyond loopback it needs a token, or TLS with a client CA."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8787
+    token: str = ""  # asked as ?token=... or an Authorization: Bearer header
+    cert_file: str = ""  # HTTPS: the server's certificate and key (the federation's PKI may issue them)
+    key_file: str = ""
+    ca_file: str = ""  # HTTPS: browsers must present a certificate signed by this CA
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.ca_file and not self.cert_file:
+            raise ValueError("ca_file needs cert_file and key_file (HTTPS)")
+        if self.host not in LOCAL_HOSTS and not self.token and not self.ca_file:
+            raise ValueError(f"host {self.host!r} is beyond this machine: set a token, or cert_file, key_file and "
+                             "ca_file (HTTPS with client certificates)")  # fmt: skip
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+
+@dataclass
+class RetentionSection:
+    """What the store keeps (gateway/retention.py): 0 keeps everything, as before this table existed."""
+
+    models: int = 0  # model versions kept (files and rows); the current one and a rollback target always are
+    updates: int = 0  # rounds whose updates' payloads are kept (their counts and bytes are always kept)
+    vacuum_mb: float = 0.0  # rewrite the store (VACUUM) once this many MB of payloads were emptied (0 = never)
+
+    def __post_init__(self) -> None:
+        if self.models < 0 or self.updates < 0 or self.vacuum_mb < 0:
+            raise ValueError(f"models, updates and vacuum_mb must be >= 0 (0 keeps all), got {self.models}, "
+                             f"{self.updates} and {self.vacuum_mb:g}")  # fmt: skip
 
 
 PRIVACY_MODES = ("off", "central-dp", "local-dp")
@@ -229,6 +308,9 @@ class GatewayConfig:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     trust: TrustSection = field(default_factory=TrustSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     source: str = "defaults"
 
     @property
@@ -254,13 +336,17 @@ class GatewayConfig:
             "secagg": keys_of(SecAggSection),
             "broker": keys_of(BrokerConfig),
             "trust": keys_of(TrustSection),
+            "metrics": keys_of(MetricsSection),
+            "dashboard": keys_of(DashboardSection),
+            "retention": keys_of(RetentionSection),
         }
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "secagg", "broker", "trust"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "secagg", "broker", "trust", "metrics",
+                            "dashboard", "retention"), source)  # fmt: skip
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -271,6 +357,9 @@ class GatewayConfig:
             secagg=section(SecAggSection, table(data, "secagg"), "secagg", source, env),
             broker=broker_section(data, source, env),
             trust=section(TrustSection, table(data, "trust"), "trust", source, env),
+            metrics=section(MetricsSection, table(data, "metrics"), "metrics", source, env),
+            dashboard=section(DashboardSection, table(data, "dashboard"), "dashboard", source, env),
+            retention=section(RetentionSection, table(data, "retention"), "retention", source, env),
             source=source,
         )
         try:
@@ -289,6 +378,7 @@ class GatewayConfig:
         """Before the service starts: storage is a writable folder and, with no state in it yet, the initial
         model is an int8 .tflite file. Each failure names the key (or the variable that set it) and the path."""
         check_storage_dir(self.storage, setting(self.source, "gateway", "storage"))
+        check_metrics_extra(self)
         if (self.storage / "gateway.db").exists():
             return  # the store's current version is the model; [gateway] model is read only for a fresh store
         where = setting(self.source, "gateway", "model")
@@ -310,6 +400,17 @@ class GatewayConfig:
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
         return cls.from_mapping(read_toml(path), str(path), env)
+
+
+def check_metrics_extra(config: GatewayConfig) -> None:
+    """[metrics] needs prometheus-client, the `metrics` extra: said at start, naming the key and the install."""
+    if not config.metrics.enabled:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{setting(config.source, 'metrics', 'enabled')} = true needs prometheus-client (the "
+                          "'metrics' extra): pip install 'tinyfed[metrics]'") from exc  # fmt: skip
 
 
 def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] | None = None) -> None:

@@ -179,6 +179,9 @@ class RoundPolicy:
         self.new_id = new_id  # task ids must be unique: devices drop a task id they have seen
         self.privacy = privacy
         self.view: PrivacyView | None = None  # set before each plan when privacy is on (rounds.py)
+        # [rounds] interval: no sync training round opens before this (the last one's opening + interval); the
+        # service sets it from the store at start, so a restart keeps the schedule.
+        self.next_open_at = 0.0
 
     # -- the one entry point ------------------------------------------------------------------------------
     def plan(
@@ -197,7 +200,12 @@ class RoundPolicy:
                 plan = self._keep_busy(row, registry, history, version, now)
                 plan.open = row
                 return plan
-            return self._open_sync(registry, history, version, now)
+            if now < self.next_open_at:
+                return Plan()  # [rounds] interval: the next round is not due yet
+            plan = self._open_sync(registry, history, version, now)
+            if plan.open is not None and self.rules.interval:
+                self.next_open_at = plan.open.started + self.rules.interval
+            return plan
         if open_round.row.mode == "eval":
             row = open_round.row
             reports = history.round_counts(open_round.number)["eval"]

@@ -163,4 +163,5 @@ def rollback(store: GatewayStore, prefix: str) -> dict[str, Any]:
     for open_row in store.open_round_rows():
         store.end_round(open_row.round, "failed", note=f"rolled back to {model['version'][:12]}")
     store.set_meta("current_version", model["version"])
+    store.set_meta("rolled_back_to", model["version"])  # [retention] never deletes it (gateway/retention.py)
     return model

@@ -395,7 +395,7 @@ class Rounds:
                 self._close_error = str(exc)
             return Step()
         self._close_error = ""
-        log.info(
+        log.debug(  # the service's listeners say it once (gateway run's line); DEBUG keeps the detail
             "round %d closed: %d updates, model %s, %d uplink bytes (dense float32: %d)",
             summary.round, summary.accepted, self.publisher.version.hex()[:12], summary.uplink_bytes,
             summary.dense_bytes,

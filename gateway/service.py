@@ -118,6 +118,9 @@ class Gateway:
             np.random.default_rng(seed),
             privacy=privacy.rules if privacy is not None else None,
         )
+        latest = [r for r in self.store.rounds(5) if r.mode == "sync"]
+        if rc.interval and latest:  # the schedule survives a restart: the next round is due where it was
+            policy.next_open_at = latest[-1].started + rc.interval
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
@@ -146,6 +149,8 @@ class Gateway:
         self.link.subscribe(self.topics.gateway_presence, self._on_own_presence)
         self.reassembler = Reassembler()
         self.on_round_closed: list[Callable[[RoundSummary], None]] = []
+        if config.retention.models or config.retention.updates:
+            self.on_round_closed.append(self._retain)
         self.finished = threading.Event()
         self.final_metrics: dict[str, float] = {}
         self._wake = threading.Event()
@@ -167,6 +172,12 @@ class Gateway:
                 self.strategy.name,
                 8 * sum(self.sizes.values()) / 1e6,
             )
+
+    def _retain(self, summary: RoundSummary) -> None:
+        """[retention], after each round: old versions and payloads go (gateway/retention.py)."""
+        from .retention import prune
+
+        prune(self.store, self.config)
 
     # -- what callers read ----------------------------------------------------------------------------------
     @property

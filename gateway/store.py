@@ -152,6 +152,11 @@ class GatewayStore:
         with self._lock:
             self._db.close()
 
+    def vacuum(self) -> None:
+        """Rewrite the file without its unused space ([retention] vacuum_mb): the writers wait meanwhile."""
+        with self._lock:
+            self._db.execute("VACUUM")
+
     # -- meta ---------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

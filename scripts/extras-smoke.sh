@@ -121,7 +121,7 @@ ok "built $(basename "$WHEEL")"
 
 echo "== extras smoke: one clean venv per extra (in parallel)"
 EXTRAS=(device gateway bridge hil privacy)
-declare -A SPEC=([privacy]="gateway,privacy")  # a venv's extras, when not the one it is named after
+declare -A SPEC=([privacy]="gateway,privacy,metrics")  # a venv's extras, when not the one it is named after
 declare -A INSTALLING
 for extra in "${EXTRAS[@]}"; do
     rm -rf "${VENVS:?}/$extra"
@@ -201,12 +201,27 @@ url = "mqtt://127.0.0.1:$PORT"
 
 [trust]
 mode = "insecure"  # the gateway extra alone has no cryptography; signatures are 'tinyfed[gateway,sign]'
+
+[dashboard]
+enabled = true
+port = 0  # a free one; the log says which
 EOF
 "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 PIDS+=("$GATEWAY_PID")
 wait_for "gateway: tinyfed gateway run" "$TMP/gateway.log" "gateway of federation smoke" "$GATEWAY_PID"
 ok "gateway: $(grep -F 'gateway of federation smoke' "$TMP/gateway.log")"
+fetch() {  # fetch STEP VENV URL TEXT: GET URL with that venv's Python; fail unless the body contains TEXT
+    run "$1" 0 "$VENVS/$2/bin/python" -c \
+        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())" "$3"
+    contains "$1" "$TMP/out" "$4"
+}
+# The dashboard is the standard library's: the gateway extra alone serves it, its page and script from the wheel.
+wait_for "gateway: the dashboard" "$TMP/gateway.log" "dashboard at http" "$GATEWAY_PID"
+DASHBOARD_URL=$(grep -o 'dashboard at http[^ ]*' "$TMP/gateway.log" | head -1 | cut -d' ' -f3)
+fetch "gateway: the dashboard's state" gateway "${DASHBOARD_URL}api/state" '"federation": "smoke"'
+fetch "gateway: the dashboard's script" gateway "${DASHBOARD_URL}app.js" 'function render'
+ok "gateway: dashboard at $DASHBOARD_URL"
 run "gateway: tinyfed gateway status" 0 "$VENVS/gateway/bin/tinyfed" gateway status --config "$TMP/gateway.toml"
 contains "gateway: tinyfed gateway status" "$TMP/out" "federation smoke"
 ok "gateway: tinyfed gateway status: $(head -1 "$TMP/out")"
@@ -229,13 +244,21 @@ sampling_rate = 0.1
 url = "mqtt://127.0.0.1:$PORT"
 
 [trust]
-mode = "insecure"
+mode = "insecure"  # signatures on by default since issue 15; this step is about the accountant
+
+[metrics]
+enabled = true
+port = 0
 EOF
 run "gateway: DP without the privacy extra" 2 "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway-dp.toml"
 contains "gateway: DP without the privacy extra" "$TMP/out" "pip install 'tinyfed[privacy]'"
 ok "gateway: $(head -1 "$TMP/out")"
+run "gateway: [metrics] without the metrics extra" 2 env TINYFED_METRICS_ENABLED=true TINYFED_DASHBOARD_ENABLED=false \
+    "$VENVS/gateway/bin/tinyfed" gateway run --config "$TMP/gateway.toml"
+contains "gateway: [metrics] without the metrics extra" "$TMP/out" "pip install 'tinyfed[metrics]'"
+ok "gateway: $(head -1 "$TMP/out")"
 
-echo "== extras smoke: privacy (gateway,privacy)"
+echo "== extras smoke: privacy (gateway,privacy,metrics)"
 listed privacy model gateway
 "$VENVS/privacy/bin/tinyfed" gateway run --config "$TMP/gateway-dp.toml" >"$TMP/gateway-dp.log" 2>&1 &
 DP_PID=$!
@@ -244,11 +267,15 @@ wait_for "privacy: tinyfed gateway run" "$TMP/gateway-dp.log" "gateway of federa
 run "privacy: tinyfed gateway status" 0 "$VENVS/privacy/bin/tinyfed" gateway status --config "$TMP/gateway-dp.toml"
 contains "privacy: tinyfed gateway status" "$TMP/out" "privacy: central-dp, (4, 0.0001)-DP per device: epsilon 0 spent"
 ok "privacy: tinyfed gateway status: $(grep -F 'privacy: central-dp' "$TMP/out" | cut -c1-100)..."
+wait_for "privacy: the metrics" "$TMP/gateway-dp.log" "metrics at http" "$DP_PID"
+METRICS_URL=$(grep -o 'metrics at http[^ ]*' "$TMP/gateway-dp.log" | head -1 | cut -d' ' -f3)
+fetch "privacy: scrape $METRICS_URL" privacy "$METRICS_URL" 'tinyfed_privacy_epsilon_budget 4.0'
+ok "privacy: $(grep -c '^tinyfed_' "$TMP/out") samples at $METRICS_URL (prometheus-client from the metrics extra)"
 stop "privacy: SIGTERM" "$DP_PID" "$TMP/gateway-dp.log"
 ok "privacy: SIGTERM -> exit 0"
 read -r GW_MB _ < <(du -sm "$VENVS/gateway/lib")
 read -r DP_MB _ < <(du -sm "$VENVS/privacy/lib")
-ok "installed size: tinyfed[gateway] $GW_MB MB, tinyfed[gateway,privacy] $DP_MB MB"
+ok "installed size: tinyfed[gateway] $GW_MB MB, tinyfed[gateway,privacy,metrics] $DP_MB MB"
 
 echo "== extras smoke: hil"
 listed hil model hil

@@ -465,7 +465,8 @@ def test_the_import_names_of_optional_packages_are_right() -> None:
             continue  # a core requirement (numpy<2 in an extra) is every install's, not an extra's
         if not any(requirement.marker.evaluate({"extra": e}) for e in ("device", "gateway", "bridge", "hil", "demo",
                                                                        "bench", "sign", "data", "micro", "litert",
-                                                                       "privacy", "tflite-runtime")):  # fmt: skip
+                                                                       "privacy", "metrics",
+                                                                       "tflite-runtime")):  # fmt: skip
             continue  # dev's tools
         module = expected.get(name, name.replace("-", "_"))
         assert module in provides[name], f"{name} imports as {sorted(provides[name])}, not {module}"

@@ -40,6 +40,13 @@ def _configure_demo(d: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on Mosquitto too: no TLS, no ACL, no signatures (to compare; a given --broker or amqtt is always so)",
     )
+    d.add_argument("--interval", type=float, default=0.0,
+                   help="seconds from one round's opening to the next ([rounds] interval; default 0: at once)")
+    d.add_argument("--dashboard-port", type=int, default=8787,
+                   help="the dashboard's port on 127.0.0.1 (default 8787; 0 picks a free one)")
+    d.add_argument("--metrics-port", type=int, default=9464,
+                   help="the Prometheus endpoint's port on 127.0.0.1 (default 9464; 0 picks a free one)")
+    d.add_argument("--no-dashboard", action="store_true", help="serve neither the dashboard nor the metrics")
     d.add_argument(
         "--out",
         metavar="FILE",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -30,7 +31,20 @@ DEFAULTS = {
 }
 
 
+def _free_or_any(port: int) -> int:
+    """The asked port when it is free on 127.0.0.1, else 0 (any free one): a second demo on this machine still
+    starts, and prints where its pages are."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 def demo(args: argparse.Namespace) -> int:
+    from gateway.observe import Observers
+
     from .simulation import FederationSpec, RoundRecord, run_federation  # both roles at once: loaded only to run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -57,6 +71,11 @@ def demo(args: argparse.Namespace) -> int:
         metric="f1" if data == "cmapss" else "accuracy",
         strategy={"name": "fedavgm", "momentum": 0.8},
         secure=not getattr(args, "insecure", False),
+        interval=float(getattr(args, "interval", 0.0) or 0.0),
+        operator={} if getattr(args, "no_dashboard", False) else {
+            "dashboard": {"enabled": True, "port": _free_or_any(int(getattr(args, "dashboard_port", 8787)))},
+            "metrics": {"enabled": True, "port": _free_or_any(int(getattr(args, "metrics_port", 9464)))},
+        },
     )
     who = {"har": "21 HAR training subjects", "digits": "30 digits devices, Dirichlet(0.5) label skew",
            "cmapss": "100 C-MAPSS engines"}[data]  # fmt: skip
@@ -79,7 +98,11 @@ def demo(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = run_federation(spec, broker_url=args.broker, on_round=show)
+    def announce(observers: Observers) -> None:
+        if observers.dashboard_url:
+            print(f"dashboard: {observers.dashboard_url}   metrics: {observers.metrics_url}", flush=True)
+
+    result = run_federation(spec, broker_url=args.broker, on_round=show, on_start=announce)
     best = max(result.rounds, key=lambda r: r.score)
     final = result.final_evaluation.get("eval_accuracy")
     print(

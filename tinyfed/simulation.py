@@ -43,6 +43,7 @@ from edge_runtime.train.evaluate import int8_predictions
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
 from edge_runtime.transport.embedded import demo_broker
 from gateway.config import GatewayConfig
+from gateway.observe import Observers
 from gateway.service import Gateway, RoundSummary
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class FederationSpec:
     seed: int = 0
     metric: str = "accuracy"  # or "f1" (positive class 1)
     secure: bool = True  # TLS with ACLs and signatures, when Mosquitto runs here (module docstring)
+    interval: float = 0.0  # [rounds] interval: seconds from one round's opening to the next (0 = at once)
+    # The gateway's operator tables as given: [metrics], [dashboard], [retention] (docs/operations.md).
+    operator: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -90,6 +94,8 @@ class FederationResult:
     broker: str
     final_evaluation: dict[str, float]
     final_model: bytes = b""  # the last version the gateway published
+    storage_bytes: int = 0  # the gateway's storage folder (store, WAL, model files) when the federation ended
+    storage_files: dict[str, int] = field(default_factory=dict)  # its bytes by top-level entry (gateway.db, models)
 
 
 def device_shares(spec: FederationSpec, split: DataSplit) -> list[tuple[str, LocalData]]:
@@ -196,6 +202,7 @@ def run_federation(
     on_round: Callable[[RoundRecord], None] | None = None,
     workdir: Path | None = None,
     timeout: float = 3600.0,
+    on_start: Callable[[Observers], None] | None = None,
 ) -> FederationResult:
     backend = default_backend()
     split = load_source(spec.data, seed=spec.seed)
@@ -234,7 +241,9 @@ def run_federation(
                         "value_coding": spec.value_coding,
                         "report_every": spec.report_every,
                         "seed": spec.seed,
+                        "interval": spec.interval,
                     },
+                    **spec.operator,
                     "strategy": dict(spec.strategy),
                     "broker": place.broker,
                     "trust": place.trust,
@@ -263,8 +272,12 @@ def run_federation(
 
             gateway.on_round_closed.append(on_closed)
             gateway.start()
+            observers = Observers(gateway)
             agents = []
             try:
+                observers.start()
+                if on_start is not None:
+                    on_start(observers)
                 for name, data in shares:
                     device_config = DeviceConfig.from_mapping(
                         {
@@ -288,8 +301,14 @@ def run_federation(
                     agent.stop(timeout=10)
                 final = dict(gateway.final_metrics)
                 final_model = gateway.model
+                observers.stop()
                 gateway.stop()
-    return FederationResult(spec, records, len(shares), kind, final, final_model)
+                files: dict[str, int] = {}
+                for path in (tmp / "gateway").rglob("*"):
+                    if path.is_file():
+                        top = path.relative_to(tmp / "gateway").parts[0]
+                        files[top] = files.get(top, 0) + path.stat().st_size
+    return FederationResult(spec, records, len(shares), kind, final, final_model, sum(files.values()), files)
 
 
 def central_baseline(spec: FederationSpec, epochs: int = 30) -> float:

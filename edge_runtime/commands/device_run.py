@@ -45,10 +45,9 @@ def check_backend(config: DeviceConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from ..logformat import configure_logging
+
+    configure_logging(args.verbose, getattr(args, "log_format", "text"))
     config = DeviceConfig.load(args.config)
     check_storage_dir(config.storage, setting(config.source, "device", "storage"))
     check_backend(config)

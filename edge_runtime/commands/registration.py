@@ -146,6 +146,8 @@ def _configure_device(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--config", type=Path, required=True, help="device.toml (keys overridable by TINYFED_<TABLE>_<KEY>)")
     r.add_argument("--keep-trying", action="store_true", help="wait for an unreachable broker instead of exiting 3")
     r.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    r.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (default) or one JSON object per line, for journald, Loki or jq")  # fmt: skip
     r.set_defaults(handler=_device_run)
 
 

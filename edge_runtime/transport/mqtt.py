@@ -111,6 +111,9 @@ class MqttLink:
         self._unanswered = False  # this attempt's CONNACK watchdog gave up (and said so in last_error)
         self._refused: dict[int, str] = {}  # message id -> the reason of the PUBACK that refused it (MQTT 5)
         self._refused_lock = threading.Lock()  # like _subs_lock: a few instructions, never across a paho call
+        # Payload bytes handed to the broker since start (what an operator's metrics call downlink); its own lock.
+        self.published_bytes = 0
+        self._count_lock = threading.Lock()
         self._client = self._make_client()
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -414,6 +417,8 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return False
+        with self._count_lock:
+            self.published_bytes += len(payload)
         if timeout is None or qos == 0:
             return True
         try:
