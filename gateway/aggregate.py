@@ -4,7 +4,8 @@ Memory is one float64 buffer per trainable tensor, whatever the number of
 devices: an update's kept entries are added at their positions (they are
 strictly increasing, so a plain fancy-index add is exact) and its weight
 (its bounded sample count, times a staleness factor in asynchronous mode)
-is added to the total. Only a buffered strategy makes it keep each delta as well.
+is added to the total. Only a buffered strategy (or the anomaly detector) makes it
+keep each delta as well, sparse as it arrived.
 
 Under differential privacy (``uniform``) every update weighs 1, whatever
 samples it claims (one device must move the sum by at most the clip), and
@@ -81,13 +82,10 @@ class StreamingAggregate:
             self.sums[t.tensor][t.indices] += (weight * scale) * v
         self.weight += weight
         self.count += 1
-        if self.keep_updates:
-            dense = {}
-            for t, v in zip(update.tensors, values, strict=True):
-                d = np.zeros(self.sizes[t.tensor], np.float64)
-                d[t.indices] = scale * v
-                dense[t.tensor] = d
-            self.updates.append(ClientDelta(update.device, samples, dense))
+        if self.keep_updates:  # sparse, as it arrived (clipped): never densified one by one
+            pairs = zip(update.tensors, values, strict=True)
+            entries = {t.tensor: (np.asarray(t.indices), scale * v) for t, v in pairs}
+            self.updates.append(ClientDelta(update.device, samples, entries))
         if take_ranges:
             for name, (lo, hi) in update.activation_ranges.items():
                 if plausible_range(lo, hi):

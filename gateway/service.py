@@ -157,9 +157,10 @@ class Gateway:
         self.link.subscribe(self.topics.all_presence, self._on_presence)
         if self.strategy.buffered:
             log.info(
-                "strategy %s keeps every update of a round: about %.1f MB per device",
+                "strategy %s keeps every update of a round, sparse: about %.1f MB per device at density %g",
                 self.strategy.name,
-                8 * sum(self.sizes.values()) / 1e6,
+                12 * config.rounds.density * sum(self.sizes.values()) / 1e6,
+                config.rounds.density,
             )
 
     # -- what callers read ----------------------------------------------------------------------------------

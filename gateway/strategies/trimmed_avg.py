@@ -1,15 +1,19 @@
 """FedTrimmedAvg (Yin et al., 2018): per coordinate, drop the largest and smallest ``beta`` share, average the rest.
 
-Buffered (O(model x devices)), unweighted, like the published definition.
+Unweighted, like the published definition, and on sparse updates: a
+coordinate sent by k of the n updates is the mean of its k senders' values
+less floor(beta n) at each end, scaled by k / n, when k > 2 floor(beta n);
+otherwise the dense trimmed mean (absent = zero). base.robust_columns says why.
+
+Memory: the round's updates kept sparse (12 bytes per kept entry), plus one
+[n x union] matrix per tensor while it aggregates (union <= n x kept entries).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from .base import RoundInput, Strategy, Weights, stack
+from .base import RoundInput, Strategy, Weights, robust_columns, scatter, union
 
 
 class FedTrimmedAvg(Strategy):
@@ -29,6 +33,6 @@ class FedTrimmedAvg(Strategy):
         cut = math.floor(self.beta * n)
         out = {}
         for t, m in round_input.mean.items():
-            ordered = np.sort(stack(round_input.updates, t, m.size), axis=0)
-            out[t] = ordered[cut : n - cut].mean(axis=0)
+            u = union(round_input.updates, t)
+            out[t] = scatter(m.size, u.index, robust_columns(u, n, cut))
         return out
