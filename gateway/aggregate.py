@@ -53,6 +53,7 @@ class StreamingAggregate:
         self.keep_updates = keep_updates
         self.clip_norm = clip_norm
         self.updates: list[ClientDelta] = []
+        self.excluded: set[str] = set()  # devices whose updates were taken out again (exclude)
         self.activation_reports: dict[int | str, list[tuple[float, float]]] = {}  # per tensor, one per device
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
@@ -85,7 +86,7 @@ class StreamingAggregate:
         if self.keep_updates:  # sparse, as it arrived (clipped): never densified one by one
             pairs = zip(update.tensors, values, strict=True)
             entries = {t.tensor: (np.asarray(t.indices), scale * v) for t, v in pairs}
-            self.updates.append(ClientDelta(update.device, samples, entries))
+            self.updates.append(ClientDelta(update.device, samples, entries, weight))
         if take_ranges:
             for name, (lo, hi) in update.activation_ranges.items():
                 if plausible_range(lo, hi):
@@ -93,6 +94,24 @@ class StreamingAggregate:
         for name, value in bounded_metrics(update.metrics, samples).items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + samples * value
             self.metric_weight[name] = self.metric_weight.get(name, 0.0) + samples
+
+    def exclude(self, devices: set[str]) -> list[str]:
+        """Take the kept updates of ``devices`` out of the sums (the anomaly detector's verdict: recorded, not
+        counted); each one once, however often this is called. Returns the devices taken out now."""
+        out = []
+        for u in self.updates:
+            if u.device in devices and u.device not in self.excluded:
+                for t, (idx, values) in u.entries.items():
+                    self.sums[t][idx] -= u.weight * values
+                self.weight -= u.weight
+                self.excluded.add(u.device)
+                out.append(u.device)
+        self.updates = [u for u in self.updates if u.device not in self.excluded]
+        if not self.updates:
+            self.weight = 0.0
+            for s in self.sums.values():
+                s[:] = 0.0
+        return out
 
     def round_input(self) -> RoundInput:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}

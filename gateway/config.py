@@ -51,6 +51,17 @@ target_quantile = 0.5      # adaptive: the share of updates that should fall wit
 clip_learning_rate = 0.2   # adaptive: the geometric step of the clip per round
 clip_count_stddev = 0.0    # adaptive: noise on the count of updates within the clip (0: expected devices / 20)
 
+[robustness]               # docs/robustness.md: anomalous and Byzantine contributions
+detect = false             # score every training update at each close (norm, cosine with the round's median)
+exclude_flagged = true     # a flagged update is recorded and not counted in its round
+reliability_weights = false  # weigh updates by their device's reliability (needs detect)
+threshold = 3.0            # robust z-score of an update's norm past which it is flagged (with norm_ratio)
+norm_ratio = 2.0           # ... and only if its norm is also more than this times the round's median
+min_cosine = 0.0           # an update whose cosine with the round's median is below this is flagged
+decay = 0.7                # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
+quarantine_below = 0.4     # quarantine a device whose reliability falls below this (0 = never)
+min_updates = 5            # rounds with fewer updates are not scored
+
 [broker]
 url = "mqtt://127.0.0.1:1883"
 
@@ -97,6 +108,7 @@ from edge_runtime.transport.mqtt import BrokerConfig
 from edge_runtime.transport.topics import DEFAULT_FEDERATION, check_id
 from edge_runtime.wire.errors import SchemaError
 
+from .robustness.settings import RobustnessSection
 from .strategies import STRATEGIES, Strategy, make_strategy
 from .trust import TrustSection
 
@@ -199,6 +211,7 @@ class GatewayConfig:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     broker: BrokerConfig = field(default_factory=lambda: BrokerConfig(protocol="auto"))
     trust: TrustSection = field(default_factory=TrustSection)
+    robustness: RobustnessSection = field(default_factory=RobustnessSection)
     source: str = "defaults"
 
     @property
@@ -223,13 +236,14 @@ class GatewayConfig:
             "privacy": keys_of(PrivacySection),
             "broker": keys_of(BrokerConfig),
             "trust": keys_of(TrustSection),
+            "robustness": keys_of(RobustnessSection),
         }
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust"), source)
+        check_tables(data, ("gateway", "rounds", "strategy", "privacy", "broker", "trust", "robustness"), source)
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -239,6 +253,7 @@ class GatewayConfig:
             privacy=section(PrivacySection, table(data, "privacy"), "privacy", source, env),
             broker=broker_section(data, source, env),
             trust=section(TrustSection, table(data, "trust"), "trust", source, env),
+            robustness=section(RobustnessSection, table(data, "robustness"), "robustness", source, env),
             source=source,
         )
         try:

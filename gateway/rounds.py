@@ -23,6 +23,7 @@ ledger entry in the transaction that closes it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ from .policy import OpenRound, Plan, RoundPolicy
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Registry
-from .store import GatewayStore, RoundRow
+from .robustness.detector import Detector, Judgement
+from .store import Contribution, GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,10 @@ class Rounds:
         clip_norm: float | None = None,
         disk: DiskSpace | None = None,
         privacy: PrivacyBudget | None = None,
+        detector: Detector | None = None,
     ) -> None:
         self.store = store
+        self.detector = detector  # [robustness] detect: anomaly scores, reliability, quarantine
         self.registry = registry
         self.publisher = publisher
         self.policy = policy
@@ -123,7 +127,8 @@ class Rounds:
             clip = row.clip if row.privacy == "central-dp" else None
             return StreamingAggregate(self.sizes, clip_norm=clip, uniform=True)
         strategy: Any = self.publisher.strategy
-        return StreamingAggregate(self.sizes, keep_updates=strategy.buffered, clip_norm=self.clip_norm)
+        keep = strategy.buffered or self.detector is not None  # kept sparse: the detector scores each update
+        return StreamingAggregate(self.sizes, keep_updates=keep, clip_norm=self.clip_norm)
 
     @staticmethod
     def _takes_ranges(row: RoundRow, task_round: int, report_every: int) -> bool:
@@ -184,6 +189,9 @@ class Rounds:
             view = open_round.view if open_round else None
             verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing,
                             declared)  # fmt: skip
+            if self.detector is not None and verdict.accepted and open_round and open_round.row.privacy == "off":
+                reliability = self.detector.weight(device)  # stored with the update: a rebuild weighs it alike
+                verdict = dataclasses.replace(verdict, weight_factor=verdict.weight_factor * reliability)
             try:
                 if verdict.accepted:
                     assert open_round is not None
@@ -294,6 +302,8 @@ class Rounds:
         if self._closing is not None:
             return self._close()
         try:
+            if self.detector is not None:
+                self.registry.set_quarantined(self.detector.quarantined())
             if self.privacy is not None:
                 self.policy.view = self.privacy.view()  # the ledger changes only at a close: cached till then
             with self._lock:
@@ -391,9 +401,16 @@ class Rounds:
                 raise RuntimeError(f"round {closing.number} opened under {closing.row.privacy}, and [privacy] is off: "
                                    "set its mode back to close it with its noise and ledger entry")  # fmt: skip
             release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
+        judged = None
+        if self.detector is not None and closing.row.privacy == "off":
+            judged = self.detector.judge(closing.number, closing.aggregate)
         new = self.publisher.make_version(closing.aggregate, release)
+        contributions = self._contributions(judged, closing.aggregate)
         metrics = closing.aggregate.metrics()
         counts = self.store.round_counts(closing.number)
+        if judged is not None:
+            metrics.update(flagged=float(sum(c.flagged for c in judged.contributions)),
+                           excluded=float(len(judged.excluded)))  # fmt: skip
         metrics.update(
             accepted=float(closing.aggregate.count),
             uplink_bytes=float(counts["uplink_bytes"]),
@@ -402,8 +419,10 @@ class Rounds:
         )
         self.store.finish_round(
             closing.number, new.version, closing.row.base_version, new.files.model, new.files.master, len(new.model),
-            metrics, ledger,
+            metrics, ledger, contributions, judged.reliabilities if judged else None,
         )  # fmt: skip
+        if judged is not None and self.detector is not None:
+            self.detector.closed(judged)
         with self._lock:
             self.publisher.adopt(new)
             self._closing = None
@@ -413,6 +432,18 @@ class Rounds:
             closing.number, "closed", new.version, closing.aggregate.count, counts["refused"],
             counts["uplink_bytes"], counts["dense_bytes"], metrics["seconds"], metrics,
         )  # fmt: skip
+
+    def _contributions(self, judged: Judgement | None, aggregate: StreamingAggregate) -> list[Contribution] | None:
+        """The rows kept of a closing round's updates: the detector's verdict, and which ones Krum picked."""
+        chosen = getattr(self.publisher.strategy, "chosen", None)
+        if judged is None:
+            if chosen is None or not aggregate.updates:
+                return None
+            return [Contribution(u.device, chosen=u.device in chosen) for u in aggregate.updates]
+        if chosen is not None:
+            for c in judged.contributions:
+                c.chosen = c.device in chosen and c.counted
+        return judged.contributions
 
     def _detach(self) -> OpenRound | None:
         with self._lock:

@@ -59,6 +59,7 @@ from .policy import OpenRound, RoundPolicy, TaskSettings
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Eligibility, Registry
+from .robustness.detector import Detector
 from .rounds import Rounds, RoundSummary, Step
 from .store import GatewayStore
 from .trust import gateway_trust
@@ -119,8 +120,9 @@ class Gateway:
         )
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
+        detector = Detector(config.robustness, self.store) if config.robustness.detect else None
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
-                             rc.clip_norm or None, disk, privacy)  # fmt: skip
+                             rc.clip_norm or None, disk, privacy, detector)  # fmt: skip
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.

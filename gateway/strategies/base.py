@@ -31,6 +31,7 @@ class ClientDelta:
     device: str
     samples: int
     entries: dict[int, tuple[np.ndarray, np.ndarray]]
+    weight: float = 1.0  # what it weighed in the round's running sums (aggregate.py), to take it out again
 
     @classmethod
     def from_dense(cls, device: str, samples: int, delta: Weights) -> ClientDelta:
