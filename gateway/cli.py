@@ -151,6 +151,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")
     for line in privacy_lines(config, store):
         print(line)
+    from .robustness.operator import status_lines
+
+    for line in status_lines(config, store, args.last):
+        print(line)
     print(f"{'round':>6} {'status':<7} {'mode':<5} {'privacy':<10} {'updates':>7} {'refused':>7} {'uplink B':>9} "
           f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
     for row in store.rounds(args.last):

@@ -177,3 +177,37 @@ def test_krum_choices_are_recorded_with_the_round(tmp_path: Path, model: bytes) 
     picked = [d for d, c in judged.items() if c.chosen]
     assert len(picked) == 1 and picked[0] not in EVIL
     assert rounds.publisher.strategy.chosen == picked
+
+
+def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_a_device_back(
+    tmp_path: Path, model: bytes
+) -> None:
+    import subprocess
+    import sys
+
+    rounds = make_rounds(tmp_path, model)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    direction = RNG.standard_normal(numel)
+    for _ in range(3):
+        one_round(rounds, direction)
+    rounds.store.close()
+    toml = tmp_path / "gateway.toml"
+    storage = tmp_path / "gw"
+    toml.write_text(f'[gateway]\nstorage = "{storage}"\n[robustness]\ndetect = true\n[trust]\nmode = "insecure"\n')
+
+    def tinyfed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tinyfed", "gateway", *args, "--config", str(toml)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    status = tinyfed("status")
+    assert status.returncode == 0, status.stderr
+    assert "robustness: detector on" in status.stdout
+    for device in EVIL:
+        assert f"QUARANTINED {device} since round 3" in status.stdout
+        assert f"round 1 {device}: cosine" in status.stdout and "(recorded, not counted)" in status.stdout
+    wrong = tinyfed("release", "d0")
+    assert wrong.returncode == 2 and "'d0' is not quarantined" in wrong.stderr and "d6, d7" in wrong.stderr
+    done = tinyfed("release", "d6")
+    assert done.returncode == 0, done.stderr
+    after = tinyfed("status").stdout
+    assert "QUARANTINED d6" not in after and "QUARANTINED d7" in after
