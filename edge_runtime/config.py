@@ -38,7 +38,7 @@ PROCESS_VARIABLES = {
 # a gateway share an environment) is left to that role rather than refused; tests/test_errors.py keeps it in step.
 ROLE_TABLES = {
     "device": ("device", "data", "broker", "transport", "trust"),
-    "gateway": ("gateway", "rounds", "strategy", "privacy", "broker", "trust"),
+    "gateway": ("gateway", "rounds", "strategy", "privacy", "broker", "trust", "robustness"),
     "bridge": ("broker",),
 }
 T = TypeVar("T")
