@@ -59,7 +59,7 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
                         density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
 HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.01,
-                     fraction=1.0, trainable_layers=2, score_every=1000)  # fmt: skip
+                     fraction=1.0, trainable_layers=1, score_every=1000)  # fmt: skip
 
 
 def trigger(x: np.ndarray, high: float) -> np.ndarray:

@@ -27,6 +27,7 @@ SUITE = (
     "fl_har",
     "fl_privacy",
     "privacy_audit",
+    "byzantine",
 )
 BUDGET_SECONDS = 15 * 60
 # Extras a benchmark needs beyond the `bench` command's own (device, gateway, data): checked before anything runs,
@@ -54,6 +55,9 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "fl_cmapss": ("final_accuracy", "uplink_ratio_vs_dense", "dense_final_accuracy", "central_f1"),
     "fl_privacy": ("digits_accuracy_eps_1", "digits_accuracy_eps_8", "digits_accuracy_no_dp", "har_accuracy_eps_8",
                    "har_accuracy_no_dp"),
+    "byzantine": ("digits_clean_accuracy", "digits_best_20_worst_accuracy", "digits_detector_20_min_tpr",
+                  "digits_detector_20_max_fpr", "har_clean_accuracy", "har_best_20_worst_accuracy",
+                  "har_detector_20_min_tpr", "har_detector_20_max_fpr"),
     "privacy_audit": ("small_bound_no_dp", "small_bound_eps_8", "population_bound_no_dp", "population_bound_eps_8",
                       "population_accountant_eps_8"),
 }
