@@ -97,7 +97,7 @@ def score_round(
     if n == 0:
         return []
     norms = np.array([math.sqrt(sum(float(v @ v) for _, v in u.entries.values())) for u in updates])
-    ref = reference(updates, sizes, byzantine=0)
+    ref = reference(updates, sizes, byzantine=1)
     ref_norm = math.sqrt(sum(float(v @ v) for _, v in ref.values()))
     cosines = np.array([cosine_with(u, ref, ref_norm) for u in updates])
     norm_z = robust_z(np.log(np.maximum(norms, 1e-12)))
