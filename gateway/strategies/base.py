@@ -16,6 +16,7 @@ an update did not send is *absent*, not zero: see ``robust_columns``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -117,9 +118,9 @@ def union(updates: list[ClientDelta], tensor: int) -> Union:
     return Union(index, values, sent)
 
 
-def trimmed_columns(values: np.ndarray, sent: np.ndarray, cut: int) -> np.ndarray:
-    """Per column, the mean of the sent values less the ``cut`` smallest and ``cut`` largest (needs k > 2 cut);
-    cut = floor((k - 1) / 2) gives the median."""
+def trimmed_columns(values: np.ndarray, sent: np.ndarray, cut: int | np.ndarray) -> np.ndarray:
+    """Per column, the mean of the sent values less the ``cut`` smallest and ``cut`` largest (per column when
+    ``cut`` is an array; a column needs k > 2 cut)."""
     k = sent.sum(axis=0)
     ordered = np.sort(np.where(sent, values, np.inf), axis=0)  # absent last
     rank = np.arange(values.shape[0])[:, None]
@@ -130,32 +131,33 @@ def trimmed_columns(values: np.ndarray, sent: np.ndarray, cut: int) -> np.ndarra
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
-def robust_columns(u: Union, n: int, cut: int, median: bool = False) -> np.ndarray:
+def robust_columns(u: Union, n: int, least: int, beta: float | None = None) -> np.ndarray:
     """The robust statistic per union coordinate, the rule for absent coordinates made explicit.
 
     A coordinate sent by k of the n updates:
-    - k > 2 cut (enough senders that ``cut`` liars at each end are trimmed away): the statistic over the k
-      senders only (their median, or their mean less ``cut`` at each end), times k / n. The factor is how
-      FedAvg treats an absent coordinate (as zero in a mean over n), so on honest updates the step has FedAvg's
-      scale, and an update that sent a coordinate nobody else sent moves it by at most its value / n.
-    - otherwise: the dense statistic with absent as zero (as the published definitions over n updates), which
-      for a rarely sent coordinate is 0 or close to it: too few senders to tell liars apart, so no step.
-    A dense round (every update sends everything: k = n) gives exactly the published definitions.
+    - k > 2 ``least`` (enough senders that ``least`` liars among them are outvoted): the statistic over the k
+      senders only, times k / n. The median; or (``beta``) the mean less max(least, floor(beta k)) at each end,
+      the published trimming applied to the coordinate's senders. The factor is how FedAvg treats an absent
+      coordinate (as zero in a mean over n), so on honest updates the step has FedAvg's scale, and an update
+      that sent a coordinate few others sent moves it by at most its value / n.
+    - otherwise: the dense statistic with absent as zero (the published definitions over n updates), which for a
+      rarely sent coordinate is 0 or close to it: too few senders to tell a liar apart, so no step.
+    On dense updates (every update sends everything: k = n) the trimmed mean is exactly the published one when
+    floor(beta n) >= least, and the median always is.
     """
     k = u.sent.sum(axis=0)
-    if median:
+    if beta is None:
         sparse = np.nanmedian(np.where(u.sent, u.values, np.nan), axis=0) if u.index.size else np.zeros(0)
     else:
-        sparse = trimmed_columns(u.values, u.sent, cut)
+        sparse = trimmed_columns(u.values, u.sent, np.maximum(least, np.floor(beta * k)).astype(np.int64))
     sparse = sparse * k / n
-    enough = k > 2 * cut
+    enough = k > 2 * least
     if enough.all():
         return sparse
-    everyone = np.ones_like(u.sent)
-    if median:
+    if beta is None:
         dense = np.median(u.values, axis=0) if n else np.zeros(u.index.size)
     else:
-        dense = trimmed_columns(u.values, everyone, cut)
+        dense = trimmed_columns(u.values, np.ones_like(u.sent), max(least, math.floor(beta * n)))
     return np.where(enough, sparse, dense)
 
 

@@ -32,5 +32,5 @@ class FedMedian(Strategy):
         out = {}
         for t, m in round_input.mean.items():
             u = union(round_input.updates, t)
-            out[t] = scatter(m.size, u.index, robust_columns(u, n, self.byzantine, median=True))
+            out[t] = scatter(m.size, u.index, robust_columns(u, n, self.byzantine))
         return out

@@ -1,17 +1,20 @@
 """FedTrimmedAvg (Yin et al., 2018): per coordinate, drop the largest and smallest ``beta`` share, average the rest.
 
 Unweighted, like the published definition, and on sparse updates: a
-coordinate sent by k of the n updates is the mean of its k senders' values
-less floor(beta n) at each end, scaled by k / n, when k > 2 floor(beta n);
-otherwise the dense trimmed mean (absent = zero). base.robust_columns says why.
+coordinate sent by k >= 3 of the n updates is the mean of its k senders'
+values less max(1, floor(beta k)) at each end, scaled by k / n; a coordinate
+fewer sent takes the dense trimmed mean (absent = zero), about 0.
+base.robust_columns says why. Trimming beta of each coordinate's *senders*
+(not beta of n) is what lets it learn at 1% density (trimming floor(beta n)
+= 6 of 30 needs 13 senders a coordinate: digits stayed at 0.38); it assumes
+the attackers are no more than beta of the senders of any one coordinate,
+and bounds what they do beyond that by k / n, as FedAvg does.
 
 Memory: the round's updates kept sparse (12 bytes per kept entry), plus one
 [n x union] matrix per tensor while it aggregates (union <= n x kept entries).
 """
 
 from __future__ import annotations
-
-import math
 
 from .base import RoundInput, Strategy, Weights, robust_columns, scatter, union
 
@@ -30,9 +33,9 @@ class FedTrimmedAvg(Strategy):
         n = len(round_input.updates)
         if n == 0:
             return round_input.mean
-        cut = math.floor(self.beta * n)
+        least = 1 if self.beta > 0 else 0
         out = {}
         for t, m in round_input.mean.items():
             u = union(round_input.updates, t)
-            out[t] = scatter(m.size, u.index, robust_columns(u, n, cut))
+            out[t] = scatter(m.size, u.index, robust_columns(u, n, least, self.beta))
         return out
