@@ -168,6 +168,11 @@ def status(args: argparse.Namespace) -> int:
             f"{acc if acc is not None else float('nan'):>8.4f}  "
             f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
         )
+    from .groups import status_lines as group_lines
+
+    evaluations = [r for r in store.rounds(args.last) if r.mode == "eval"]
+    for line in group_lines(evaluations[-1].round, store.metrics(evaluations[-1].round)) if evaluations else []:
+        print(line)
     failures = store.failures(args.last)
     if failures:
         print("latest task failures:")

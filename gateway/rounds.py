@@ -36,6 +36,7 @@ from .aggregate import StreamingAggregate
 from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
+from .groups import group_metrics
 from .policy import OpenRound, Plan, RoundPolicy
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
@@ -469,13 +470,20 @@ class Rounds:
             return None
         sums: dict[str, float] = {}
         weight = 0.0
+        by_group: dict[str, list[tuple[int, dict[str, float]]]] = {}
         for stored in self.store.round_updates(open_round.number, "eval"):
             update = wire.decode(stored.payload, expect=wire.Update)
             weight += stored.samples
-            for k, v in bounded_metrics(update.metrics, stored.samples).items():
+            bounded = bounded_metrics(update.metrics, stored.samples)
+            for k, v in bounded.items():
                 sums[k] = sums.get(k, 0.0) + stored.samples * v
+            record = self.registry.get(stored.device)
+            group = record.capabilities.group if record is not None and record.capabilities is not None else ""
+            by_group.setdefault(group or "-", []).append((stored.samples, bounded))
         metrics = {k: v / weight for k, v in sums.items()} if weight else {}
         metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
+        if len(by_group) > 1 or "-" not in by_group:  # some device declared a group: the breakdown (groups.py)
+            metrics |= group_metrics(by_group)
         self.store.set_metrics(open_round.number, metrics)
         self.store.end_round(open_round.number, "closed", note="evaluation of the final model")
         log.info("final evaluation: %s", {k: round(v, 4) for k, v in metrics.items()})

@@ -65,7 +65,7 @@ def reference(updates: list[ClientDelta], sizes: dict[int, int], byzantine: int)
     out = {}
     for t in sizes:
         u = union(updates, t)
-        out[t] = (u.index, robust_columns(u, len(updates), byzantine, median=True))
+        out[t] = (u.index, robust_columns(u, len(updates), byzantine))
     return out
 
 
