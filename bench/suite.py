@@ -55,9 +55,10 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "fl_cmapss": ("final_accuracy", "uplink_ratio_vs_dense", "dense_final_accuracy", "central_f1"),
     "fl_privacy": ("digits_accuracy_eps_1", "digits_accuracy_eps_8", "digits_accuracy_no_dp", "har_accuracy_eps_8",
                    "har_accuracy_no_dp"),
-    "byzantine": ("digits_clean_accuracy", "digits_best_20_worst_accuracy", "digits_detector_20_min_tpr",
-                  "digits_detector_20_max_fpr", "har_clean_accuracy", "har_best_20_worst_accuracy",
-                  "har_detector_20_min_tpr", "har_detector_20_max_fpr"),
+    "byzantine": ("digits_clean_accuracy", "digits_best_20_worst_accuracy", "digits_best_20_drop_points",
+                  "digits_detector_20_min_tpr", "digits_detector_20_max_fpr", "har_clean_accuracy",
+                  "har_best_20_worst_accuracy", "har_best_20_drop_points", "har_detector_20_min_tpr",
+                  "har_detector_20_max_fpr"),
     "privacy_audit": ("small_bound_no_dp", "small_bound_eps_8", "population_bound_no_dp", "population_bound_eps_8",
                       "population_accountant_eps_8"),
 }

@@ -7,6 +7,7 @@ federation = "home"
 storage = "/var/lib/tinyfed" # models, outbox, error-feedback residual
 backend = "auto"             # litert | tflite-runtime | micro | auto
 # trainable_layers: the gateway's manifest decides; a value here that differs is ignored with a warning
+group = "site-a"             # optional: the gateway's final evaluation is broken down by this label
 
 [data]
 source = "har"               # see `tinyfed device train --help` for names

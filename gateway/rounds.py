@@ -19,6 +19,13 @@ budget hands the policy its view (the round's clip, whether another round
 fits); a DP round's aggregate weighs every update 1 and takes no activation
 ranges; its close releases the budget's noised mean and writes the round's
 ledger entry in the transaction that closes it.
+
+The anomaly detector (``detector``, robustness/, docs/robustness.md): an
+update weighs its device's reliability when asked; at a close (never of a DP
+round) the detector judges the round's kept sparse updates, the flagged and
+quarantined ones leave the sums before the strategy steps, and the verdict
+and the reliabilities it moved are written in the transaction that closes
+the round. Before each plan the registry learns who is quarantined.
 """
 
 from __future__ import annotations
