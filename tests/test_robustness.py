@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import wire
+from edge_runtime.data.dataset import DataSplit
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from gateway.admission import AdmissionRules
@@ -211,3 +212,48 @@ def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_
     assert done.returncode == 0, done.stderr
     after = tinyfed("status").stdout
     assert "QUARANTINED d6" not in after and "QUARANTINED d7" in after
+
+
+def test_the_benchmark_attacks_do_what_they_say(digits_mlp: Graph, digits: DataSplit) -> None:
+    """bench/byzantine.py's attackers, against an honest twin trained on the same data with the same seed."""
+    from bench.byzantine import TARGET, Attack, Attacker, trigger
+    from edge_runtime.model.backends import default_backend
+    from tinyfed.population import SimulatedDevice
+
+    backend = default_backend()
+    data = digits.train.subset(np.arange(60), "d")
+    spec = {t: int(np.prod(s)) for t, s in ((k.tensor, k.shape) for k in _trainable(digits_mlp))}
+    task = wire.Task(os.urandom(16), 1, bytes(32), 1, 0.05, 0.05, 2**40)
+    high = float(digits.train.x.max())
+
+    def sent(device: SimulatedDevice) -> np.ndarray:
+        update = wire.decode(device.answer(task, digits_mlp, spec, 0, backend), expect=wire.Update, spec=spec)
+        return np.concatenate([t.dense().astype(np.float64) for t in sorted(update.tensors, key=lambda t: t.tensor)])
+
+    honest = sent(SimulatedDevice("h", data, 5))
+    flipped = sent(Attacker("a", data, 5, Attack("sign_flip", 5.0, high)))
+    np.testing.assert_allclose(flipped, -honest, rtol=1e-2, atol=1e-3 * np.abs(honest).max())
+    scaled = sent(Attacker("a", data, 5, Attack("scale", 5.0, high)))
+    assert np.linalg.norm(scaled) == pytest.approx(0.95 * 5.0, rel=1e-4)
+    assert (scaled != 0).sum() == (honest != 0).sum()
+    noise = sent(Attacker("a", data, 5, Attack("noise", 5.0, high)))
+    assert np.linalg.norm(noise) == pytest.approx(0.95 * 5.0, rel=1e-4) and abs(np.corrcoef(noise, honest)[0, 1]) < 0.5
+    labels = Attacker("a", data, 5, Attack("label_flip", 5.0, high)).data
+    np.testing.assert_array_equal(labels.y, len(data.classes) - 1 - data.y)
+    poisoned = Attacker("a", data, 5, Attack("backdoor", 5.0, high)).data
+    assert len(poisoned) == 2 * len(data) and (poisoned.y[len(data) :] == TARGET).all()
+    np.testing.assert_array_equal(poisoned.x[len(data) :], trigger(data.x, high))
+    assert (trigger(data.x, high).reshape(len(data), -1)[:, 0] == high).all()
+
+
+def _trainable(graph: Graph) -> list[wire.TrainableTensor]:
+    from edge_runtime.train.tail import Tail
+    from edge_runtime.train.trainer import cut_for_last_layers
+
+    cut = cut_for_last_layers(graph, 0)
+    out = []
+    for i, layer in Tail.from_graph(graph, cut).trainable():
+        op = graph.operators[cut + i]
+        out += [wire.TrainableTensor(op.inputs[1], tuple(layer.weight.shape)),
+                wire.TrainableTensor(op.inputs[2], tuple(layer.bias.shape))]  # fmt: skip
+    return out
