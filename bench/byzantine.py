@@ -177,13 +177,13 @@ def _job(args: tuple[str, PopulationSpec, str, str, float]) -> tuple[str, str, s
     return name, strategy, attack, share, run_one(spec, strategy, attack, share)
 
 
-def grid(full: bool) -> list[tuple[str, PopulationSpec, str, str, float]]:
+def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, PopulationSpec, str, str, float]]:
     """The suite (about 3 minutes on 2 idle cores): 0% and 20% attackers, every attack; on digits fedavg, trimmed
     mean, Multi-Krum and the detector, on HAR fedavg and the detector. ``--full``: 10, 20 and 30% on both data sets,
     every strategy (about 30 minutes)."""
     jobs: list[tuple[str, PopulationSpec, str, str, float]] = []
     for name, spec in (("digits", DIGITS), ("har", HAR)):
-        strategies = list(STRATEGIES) if full else (
+        strategies = list(STRATEGIES) if full or every_strategy else (
             ["fedavg", "trimmed", "multikrum", "detector"] if name == "digits" else ["fedavg", "detector"]
         )  # fmt: skip
         shares = (0.1, 0.2, 0.3) if full else (0.2,)
@@ -193,11 +193,11 @@ def grid(full: bool) -> list[tuple[str, PopulationSpec, str, str, float]]:
     return jobs
 
 
-def main(full: bool = False, workers: int = 2) -> dict[str, float]:
+def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> dict[str, float]:
     from multiprocessing import get_context
 
     logging.basicConfig(level=logging.ERROR)
-    jobs = grid(full)
+    jobs = grid(full, every_strategy)
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with get_context("spawn").Pool(workers) as pool:
@@ -316,5 +316,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true")
-    main(parser.parse_args().full)
+    parser.add_argument("--full", action="store_true", help="10, 20 and 30%% attackers, every strategy")
+    parser.add_argument("--every-strategy", action="store_true", help="the suite's grid with every strategy")
+    args = parser.parse_args()
+    main(args.full, every_strategy=args.every_strategy)
