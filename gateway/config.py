@@ -61,6 +61,7 @@ min_cosine = 0.0           # an update whose cosine with the round's median is b
 decay = 0.7                # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
 quarantine_below = 0.4     # quarantine a device whose reliability falls below this (0 = never)
 min_updates = 5            # rounds with fewer updates are not scored
+validation = ""            # optional .npz (arrays x, y) on the hub: flag updates that raise its loss
 
 [broker]
 url = "mqtt://127.0.0.1:1883"

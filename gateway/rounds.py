@@ -411,7 +411,7 @@ class Rounds:
             release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
         judged = None
         if self.detector is not None and closing.row.privacy == "off":
-            judged = self.detector.judge(closing.number, closing.aggregate)
+            judged = self.detector.judge(closing.number, closing.aggregate, self.publisher.master.weights)
         new = self.publisher.make_version(closing.aggregate, release)
         contributions = self._contributions(judged, closing.aggregate)
         metrics = closing.aggregate.metrics()

@@ -60,6 +60,7 @@ from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .robustness.detector import Detector
+from .robustness.validation import from_config as validation_for
 from .rounds import Rounds, RoundSummary, Step
 from .store import GatewayStore
 from .trust import gateway_trust
@@ -120,7 +121,9 @@ class Gateway:
         )
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
-        detector = Detector(config.robustness, self.store) if config.robustness.detect else None
+        detector = None
+        if config.robustness.detect:
+            detector = Detector(config.robustness, self.store, validation_for(config, self.publisher.model))
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
                              rc.clip_norm or None, disk, privacy, detector)  # fmt: skip
         self._space_warned = False  # an update that could not be stored is logged once per shortage

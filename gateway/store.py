@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS dp_tasks (
 CREATE INDEX IF NOT EXISTS dp_tasks_device ON dp_tasks (device);
 CREATE TABLE IF NOT EXISTS contributions (
     round INTEGER NOT NULL, device TEXT NOT NULL, norm REAL, cosine REAL, norm_z REAL, cosine_z REAL,
-    flagged INTEGER NOT NULL, reason TEXT NOT NULL, counted INTEGER NOT NULL, chosen INTEGER,
+    flagged INTEGER NOT NULL, reason TEXT NOT NULL, counted INTEGER NOT NULL, chosen INTEGER, loss_change REAL,
     PRIMARY KEY (round, device)
 );
 CREATE TABLE IF NOT EXISTS reliability (
@@ -128,6 +128,7 @@ class Contribution:
     reason: str = ""
     counted: bool = True
     chosen: bool | None = None  # Krum and Multi-Krum: whether the strategy picked it (None: not a picking one)
+    loss_change: float | None = None  # on the hub's validation set ([robustness] validation)
 
 
 @dataclass
@@ -548,9 +549,9 @@ class GatewayStore:
         db: sqlite3.Connection, round_: int, contributions: list[Contribution], reliabilities: list[Reliability]
     ) -> None:
         db.executemany(
-            "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(round_, c.device, c.norm, c.cosine, c.norm_z, c.cosine_z, int(c.flagged), c.reason, int(c.counted),
-              None if c.chosen is None else int(c.chosen)) for c in contributions],
+              None if c.chosen is None else int(c.chosen), c.loss_change) for c in contributions],
         )  # fmt: skip
         now = time.time()
         db.executemany(
@@ -562,7 +563,7 @@ class GatewayStore:
         self, round_: int | None = None, flagged: bool = False, limit: int = 1000
     ) -> list[tuple[int, Contribution]]:
         """(round, how an update was judged), newest rounds first: of one round, or only the flagged or uncounted."""
-        sql = ("SELECT round, device, norm, cosine, norm_z, cosine_z, flagged, reason, counted, chosen "
+        sql = ("SELECT round, device, norm, cosine, norm_z, cosine_z, flagged, reason, counted, chosen, loss_change "
                "FROM contributions WHERE 1=1")  # fmt: skip
         args: list[Any] = []
         if round_ is not None:
@@ -572,7 +573,7 @@ class GatewayStore:
             sql += " AND (flagged = 1 OR counted = 0)"
         rows = self._query(sql + " ORDER BY round DESC, device LIMIT ?", (*args, limit))
         return [(int(r[0]), Contribution(r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]),
-                                         None if r[9] is None else bool(r[9]))) for r in rows]  # fmt: skip
+                                         None if r[9] is None else bool(r[9]), r[10])) for r in rows]  # fmt: skip
 
     def reliabilities(self) -> list[Reliability]:
         rows = self._query("SELECT device, score, rounds, flags, quarantined, reason, since FROM reliability "

@@ -257,3 +257,34 @@ def _trainable(graph: Graph) -> list[wire.TrainableTensor]:
         out += [wire.TrainableTensor(op.inputs[1], tuple(layer.weight.shape)),
                 wire.TrainableTensor(op.inputs[2], tuple(layer.bias.shape))]  # fmt: skip
     return out
+
+
+def test_the_validation_loss_change_flags_an_update_that_hurts_the_hubs_set(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    from gateway.robustness.validation import ValidationLoss, from_config
+
+    model = write_graph(digits_mlp)
+    scorer = ValidationLoss(model, 0, digits.test.x[:200], digits.test.y[:200], "test")
+    base = scorer.master.weights()
+    tensor = max(base, key=lambda t: base[t].size)
+    zero = ClientDelta("zero", 10, {tensor: (np.arange(5), np.zeros(5))})
+    wrecker = ClientDelta("wreck", 10, {t: (np.arange(w.size), 3.0 * RNG.standard_normal(w.size)) for t, w in
+                                        base.items()})  # fmt: skip
+    changes = scorer.changes(base, [zero, wrecker])
+    assert changes[0] == pytest.approx(0.0, abs=1e-9) and changes[1] > 0.5
+    direction = RNG.standard_normal(SIZE)
+    updates = [honest(f"h{i}", direction) for i in range(10)]
+    losses = [0.01 * RNG.standard_normal() for _ in updates[:-1]] + [0.8]
+    flagged = [s for s in score_round(updates, {0: SIZE}, loss_changes=losses) if s.flagged]
+    assert [s.device for s in flagged] == ["h9"] and "validation loss" in flagged[0].reason
+    # Configuration: a missing file and a frozen backbone are named.
+    (tmp_path / "m.tflite").write_bytes(model)
+    settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
+                "robustness": {"detect": True, "validation": str(tmp_path / "none.npz")}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\[robustness\] validation .*none.npz"):
+        from_config(GatewayConfig.from_mapping(settings, env={}), model)
+    np.savez(tmp_path / "val.npz", x=digits.test.x[:50], y=digits.test.y[:50])
+    settings["robustness"]["validation"] = str(tmp_path / "val.npz")  # type: ignore[index]
+    with pytest.raises(ConfigError, match="trainable_layers = 0"):
+        from_config(GatewayConfig.from_mapping(settings, env={}), model)

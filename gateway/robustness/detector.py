@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..aggregate import StreamingAggregate
 from ..store import Contribution, GatewayStore
+from ..strategies.base import Weights
 from .reliability import Reliability, observe, released
 from .scores import score_round
 from .settings import RobustnessSection
+from .validation import ValidationLoss
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,12 @@ class Judgement:
 
 
 class Detector:
-    def __init__(self, settings: RobustnessSection, store: GatewayStore) -> None:
+    def __init__(
+        self, settings: RobustnessSection, store: GatewayStore, validation: ValidationLoss | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.validation = validation
         self._lock = threading.Lock()
         self._reliability: dict[str, Reliability] = {r.device: r for r in store.reliabilities()}
         self._verdicts: dict[int, Judgement] = {}
@@ -59,23 +65,24 @@ class Detector:
                     self._reliability[device] = next((x for x in self.store.reliabilities() if x.device == device), r)
         return current
 
-    def judge(self, round_: int, aggregate: StreamingAggregate) -> Judgement:
+    def judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None = None) -> Judgement:
         """Score the round's updates, take the flagged (when configured) and quarantined ones out of its sums."""
         verdict = self._verdicts.get(round_)
         if verdict is None:
-            verdict = self._judge(round_, aggregate)
+            verdict = self._judge(round_, aggregate, base)
             self._verdicts[round_] = verdict
         aggregate.exclude(verdict.excluded)
         return verdict
 
-    def _judge(self, round_: int, aggregate: StreamingAggregate) -> Judgement:
+    def _judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None) -> Judgement:
         s = self.settings
         updates = aggregate.updates
         quarantined = self.store.quarantined()
         verdict = Judgement(round_)
         scores = []
         if len(updates) >= s.min_updates:
-            scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio)
+            losses = self.validation.changes(base(), updates) if self.validation and base else None
+            scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio, losses)
         by_device = {sc.device: sc for sc in scores}
         with self._lock:
             known = dict(self._reliability)
@@ -88,6 +95,7 @@ class Detector:
             verdict.contributions.append(Contribution(
                 u.device, sc.norm if sc else None, sc.cosine if sc else None, sc.norm_z if sc else None,
                 sc.cosine_z if sc else None, bool(sc and sc.flagged), reason, not out,
+                loss_change=sc.loss_change if sc else None,
             ))  # fmt: skip
             if out:
                 verdict.excluded.add(u.device)

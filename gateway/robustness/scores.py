@@ -48,6 +48,7 @@ class Score:
     cosine_z: float
     flagged: bool
     reason: str  # why it is flagged ("" when it is not)
+    loss_change: float | None = None  # on the hub's validation set, when there is one
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -91,8 +92,11 @@ def score_round(
     threshold: float = 3.0,
     min_cosine: float = 0.0,
     norm_ratio: float = 2.0,
+    loss_changes: list[float] | None = None,
 ) -> list[Score]:
-    """Every update of one round scored against the others, in the order given."""
+    """Every update of one round scored against the others, in the order given; ``loss_changes`` (one per
+    update: the loss on the hub's validation set after adding it, less before) flag an update whose change is
+    positive and more than ``threshold`` robust sd above the round's."""
     n = len(updates)
     if n == 0:
         return []
@@ -106,6 +110,8 @@ def score_round(
     cosine_z = np.zeros(n)
     if known.sum() >= 3:
         cosine_z[known] = -robust_z(cosines[known])  # positive: further below the round's usual agreement
+    loss = np.array(loss_changes, np.float64) if loss_changes is not None else None
+    loss_z = robust_z(loss) if loss is not None else None
     out = []
     for i, u in enumerate(updates):
         reasons = []
@@ -114,6 +120,8 @@ def score_round(
                            f"{norm_z[i]:.1f} robust sd above it")  # fmt: skip
         if known[i] and cosines[i] < min_cosine:
             reasons.append(f"cosine {cosines[i]:.2f} with the round's coordinate median < {min_cosine:g}")
+        if loss is not None and loss_z is not None and loss[i] > 0 and loss_z[i] > threshold:
+            reasons.append(f"raises the validation loss by {loss[i]:.3g}, {loss_z[i]:.1f} robust sd above the round's")
         out.append(Score(u.device, float(norms[i]), float(cosines[i]), float(norm_z[i]), float(cosine_z[i]),
-                         bool(reasons), "; ".join(reasons)))  # fmt: skip
+                         bool(reasons), "; ".join(reasons), float(loss[i]) if loss is not None else None))  # fmt: skip
     return out

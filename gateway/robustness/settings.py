@@ -16,6 +16,7 @@ class RobustnessSection:
     decay: float = 0.7  # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
     quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
     min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
+    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
