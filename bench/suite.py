@@ -28,6 +28,7 @@ SUITE = (
     "fl_privacy",
     "privacy_audit",
     "secagg",
+    "byzantine",
 )
 BUDGET_SECONDS = 15 * 60
 # Extras a benchmark needs beyond the `bench` command's own (device, gateway, data): checked before anything runs,
@@ -57,6 +58,11 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                    "har_accuracy_no_dp"),
     "secagg": ("uplink_bytes_per_device_100", "plain_uplink_bytes_per_device_100", "gateway_cpu_s_100",
                "round_compute_s_1000", "digits_accuracy_secagg", "digits_accuracy_plain_topk"),
+    "byzantine": ("digits_clean_accuracy", "digits_best_20_worst_accuracy", "digits_best_20_drop_points",
+                  "digits_detector_20_min_tpr", "digits_detector_20_max_fpr", "digits_detector_val_20_min_tpr",
+                  "digits_detector_val_20_max_fpr", "har_clean_accuracy",
+                  "har_best_20_worst_accuracy", "har_best_20_drop_points", "har_detector_20_min_tpr",
+                  "har_detector_20_max_fpr"),
     "privacy_audit": ("small_bound_no_dp", "small_bound_eps_8", "population_bound_no_dp", "population_bound_eps_8",
                       "population_accountant_eps_8"),
 }

@@ -115,6 +115,7 @@ class DeviceAgent(FederationMember):
             model_version=self.store.current_version,
             firmware=f"tinyfed {__version__}",
             data=self.data.digest,
+            group=self.config.device.group,
         )
 
     def model_capacity(self) -> tuple[int, str] | None:

@@ -39,7 +39,7 @@ PROCESS_VARIABLES = {
 ROLE_TABLES = {
     "device": ("device", "data", "broker", "transport", "trust"),
     "gateway": ("gateway", "rounds", "strategy", "privacy", "secagg", "broker", "trust", "metrics", "dashboard",
-                "retention"),
+                "retention", "robustness"),
     "bridge": ("broker",),
 }
 T = TypeVar("T")

@@ -7,6 +7,7 @@ federation = "home"
 storage = "/var/lib/tinyfed" # models, outbox, error-feedback residual
 backend = "auto"             # litert | tflite-runtime | micro | auto
 # trainable_layers: the gateway's manifest decides; a value here that differs is ignored with a warning
+group = "site-a"             # optional: the gateway's final evaluation is broken down by this label
 
 [data]
 source = "har"               # see `tinyfed device train --help` for names
@@ -127,10 +128,16 @@ class DeviceSection:
     connect_timeout: float = 15.0  # seconds to reach the broker at start before giving a clear error
     max_task_seconds: float = 86400.0  # a task whose deadline is further away than this is refused
     max_model_bytes: int = 0  # a larger model is refused before download; 0: half of this machine's RAM
+    group: str = ""  # a label for per-group evaluation (site, hardware class): 1-32 letters, digits, '.', '_', '-'
 
     def __post_init__(self) -> None:
         if self.max_task_seconds <= 0 or self.max_model_bytes < 0:
             raise ValueError("max_task_seconds must be > 0 and max_model_bytes >= 0")
+        if self.group:
+            from .wire.messages import GROUP_PATTERN
+
+            if not GROUP_PATTERN.fullmatch(self.group):
+                raise ValueError(f"group {self.group!r} is not 1-32 characters of letters, digits, '.', '_' or '-'")
 
 
 @dataclass

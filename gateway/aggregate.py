@@ -4,7 +4,8 @@ Memory is one float64 buffer per trainable tensor, whatever the number of
 devices: an update's kept entries are added at their positions (they are
 strictly increasing, so a plain fancy-index add is exact) and its weight
 (its bounded sample count, times a staleness factor in asynchronous mode)
-is added to the total. Only a buffered strategy makes it keep each delta as well.
+is added to the total. Only a buffered strategy (or the anomaly detector) makes it
+keep each delta as well, sparse as it arrived.
 
 Under differential privacy (``uniform``) every update weighs 1, whatever
 samples it claims (one device must move the sum by at most the clip), and
@@ -52,6 +53,7 @@ class StreamingAggregate:
         self.keep_updates = keep_updates
         self.clip_norm = clip_norm
         self.updates: list[ClientDelta] = []
+        self.excluded: set[str] = set()  # devices whose updates were taken out again (exclude)
         self.activation_reports: dict[int | str, list[tuple[float, float]]] = {}  # per tensor, one per device
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
@@ -81,13 +83,10 @@ class StreamingAggregate:
             self.sums[t.tensor][t.indices] += (weight * scale) * v
         self.weight += weight
         self.count += 1
-        if self.keep_updates:
-            dense = {}
-            for t, v in zip(update.tensors, values, strict=True):
-                d = np.zeros(self.sizes[t.tensor], np.float64)
-                d[t.indices] = scale * v
-                dense[t.tensor] = d
-            self.updates.append(ClientDelta(update.device, samples, dense))
+        if self.keep_updates:  # sparse, as it arrived (clipped): never densified one by one
+            pairs = zip(update.tensors, values, strict=True)
+            entries = {t.tensor: (np.asarray(t.indices), scale * v) for t, v in pairs}
+            self.updates.append(ClientDelta(update.device, samples, entries, weight))
         if take_ranges:
             for name, (lo, hi) in update.activation_ranges.items():
                 if plausible_range(lo, hi):
@@ -95,6 +94,24 @@ class StreamingAggregate:
         for name, value in bounded_metrics(update.metrics, samples).items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + samples * value
             self.metric_weight[name] = self.metric_weight.get(name, 0.0) + samples
+
+    def exclude(self, devices: set[str]) -> list[str]:
+        """Take the kept updates of ``devices`` out of the sums (the anomaly detector's verdict: recorded, not
+        counted); each one once, however often this is called. Returns the devices taken out now."""
+        out = []
+        for u in self.updates:
+            if u.device in devices and u.device not in self.excluded:
+                for t, (idx, values) in u.entries.items():
+                    self.sums[t][idx] -= u.weight * values
+                self.weight -= u.weight
+                self.excluded.add(u.device)
+                out.append(u.device)
+        self.updates = [u for u in self.updates if u.device not in self.excluded]
+        if not self.updates:
+            self.weight = 0.0
+            for s in self.sums.values():
+                s[:] = 0.0
+        return out
 
     def round_input(self) -> RoundInput:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}

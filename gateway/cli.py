@@ -196,6 +196,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")
     for line in privacy_lines(config, store):
         print(line)
+    from .robustness.operator import status_lines
+
+    for line in status_lines(config, store, args.last):
+        print(line)
     print(f"{'round':>6} {'status':<7} {'mode':<5} {'privacy':<10} {'updates':>7} {'refused':>7} {'uplink B':>9} "
           f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
     for row in store.rounds(args.last):
@@ -209,6 +213,11 @@ def status(args: argparse.Namespace) -> int:
             f"{acc if acc is not None else float('nan'):>8.4f}  "
             f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
         )
+    from .groups import status_lines as group_lines
+
+    evaluations = [r for r in store.rounds(args.last) if r.mode == "eval"]
+    for line in group_lines(evaluations[-1].round, store.metrics(evaluations[-1].round)) if evaluations else []:
+        print(line)
     failures = store.failures(args.last)
     if failures:
         print("latest task failures:")

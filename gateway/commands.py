@@ -1,4 +1,4 @@
-"""``tinyfed gateway run|status|rollback|export``, registered as an entry point; the service loads only when run.
+"""``tinyfed gateway run|status|rollback|release|export``, registered as entry points; the service loads when run.
 
 ``export`` is the model export the issue calls ``tinyfed model export``: it reads the gateway's store, and the
 core's ``model`` command may not import the gateway (the import contracts in pyproject.toml), so it lives here.
@@ -35,6 +35,12 @@ def _rollback(args: argparse.Namespace) -> int:
     return rollback(args)
 
 
+def _release(args: argparse.Namespace) -> int:
+    from .robustness.operator import release_command
+
+    return release_command(args)
+
+
 def _export(args: argparse.Namespace) -> int:
     from .cli import export
 
@@ -62,6 +68,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     g.add_argument("--to", required=True, help="version hex prefix, as `gateway status` prints it")
     g.set_defaults(handler=_rollback)
+    g = actions.add_parser(
+        "release",
+        help="put a device the anomaly detector quarantined back into the federation; safe while the gateway runs",
+        description="Reset a quarantined device's reliability to 1: it is selected again from the next round "
+        "(`tinyfed gateway status` lists the quarantined devices and why). docs/robustness.md.",
+    )
+    g.add_argument("device", help="the device id, as `gateway status` prints it")
+    g.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
+    g.set_defaults(handler=_release)
     g = actions.add_parser(
         "export",
         help="write the current (or a chosen) model version from the store to a file; safe while the gateway runs",

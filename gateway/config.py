@@ -52,6 +52,18 @@ target_quantile = 0.5      # adaptive: the share of updates that should fall wit
 clip_learning_rate = 0.2   # adaptive: the geometric step of the clip per round
 clip_count_stddev = 0.0    # adaptive: noise on the count of updates within the clip (0: expected devices / 20)
 
+[robustness]               # docs/robustness.md: anomalous and Byzantine contributions
+detect = false             # score every training update at each close (norm, cosine with the round's median)
+exclude_flagged = true     # a flagged update is recorded and not counted in its round
+reliability_weights = false  # weigh updates by their device's reliability (needs detect)
+threshold = 3.0            # robust z-score of an update's norm past which it is flagged (with norm_ratio)
+norm_ratio = 2.0           # ... and only if its norm is also more than this times the round's median
+min_cosine = 0.0           # an update whose cosine with the round's median is below this is flagged
+decay = 0.7                # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
+quarantine_below = 0.4     # quarantine a device whose reliability falls below this (0 = never)
+min_updates = 5            # rounds with fewer updates are not scored
+validation = ""            # optional .npz (arrays x, y) on the hub: flag updates that raise its loss
+
 [broker]
 url = "mqtt://127.0.0.1:1883"
 
@@ -114,6 +126,7 @@ from edge_runtime.transport.mqtt import BrokerConfig
 from edge_runtime.transport.topics import DEFAULT_FEDERATION, check_id
 from edge_runtime.wire.errors import SchemaError
 
+from .robustness.settings import RobustnessSection
 from .strategies import STRATEGIES, Strategy, make_strategy
 from .trust import TrustSection
 
@@ -311,6 +324,7 @@ class GatewayConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
+    robustness: RobustnessSection = field(default_factory=RobustnessSection)
     source: str = "defaults"
 
     @property
@@ -339,6 +353,7 @@ class GatewayConfig:
             "metrics": keys_of(MetricsSection),
             "dashboard": keys_of(DashboardSection),
             "retention": keys_of(RetentionSection),
+            "robustness": keys_of(RobustnessSection),
         }
 
     @classmethod
@@ -346,7 +361,7 @@ class GatewayConfig:
         cls, data: Mapping[str, object], source: str = "<config>", env: Mapping[str, str] | None = None
     ) -> GatewayConfig:
         check_tables(data, ("gateway", "rounds", "strategy", "privacy", "secagg", "broker", "trust", "metrics",
-                            "dashboard", "retention"), source)  # fmt: skip
+                            "dashboard", "retention", "robustness"), source)  # fmt: skip
         strategy = strategy_section(table(data, "strategy"), source, env)
         check_environment("gateway", cls.tables(strategy["name"]), env)
         config = cls(
@@ -360,6 +375,7 @@ class GatewayConfig:
             metrics=section(MetricsSection, table(data, "metrics"), "metrics", source, env),
             dashboard=section(DashboardSection, table(data, "dashboard"), "dashboard", source, env),
             retention=section(RetentionSection, table(data, "retention"), "retention", source, env),
+            robustness=section(RobustnessSection, table(data, "robustness"), "robustness", source, env),
             source=source,
         )
         try:

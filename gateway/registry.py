@@ -40,6 +40,7 @@ class DeviceRecord:
     capabilities: wire.Capabilities | None
     failure: str | None = None  # why its last task failed; not selected while set
     failure_key: str | None = None  # the birth it failed under: a different one clears the failure
+    quarantined: str | None = None  # why the anomaly detector quarantined it (robustness/); not selected while set
 
 
 def birth_key(seq: int, capabilities: wire.Capabilities | None) -> str:
@@ -64,6 +65,8 @@ class Eligibility:
             return "offline"
         if record.failure is not None:
             return f"failed its last task ({record.failure}); selected again once its birth message changes"
+        if record.quarantined is not None:
+            return f"quarantined ({record.quarantined}); `tinyfed gateway release` puts it back"
         if caps is None:
             return "no capabilities announced"
         if caps.samples < self.min_samples:
@@ -112,7 +115,8 @@ class Registry:
                 log.info("%s announced a new birth: it may be selected again (it had failed: %s)", presence.device,
                          failure)  # fmt: skip
                 failure = key = None
-            record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps, failure, key)
+            record = DeviceRecord(presence.device, presence.online, presence.seq, time.time(), caps, failure, key,
+                                  record.quarantined if record else None)  # fmt: skip
             self._devices[presence.device] = record
             if was_online and not presence.online:
                 self.departures += 1
@@ -150,6 +154,14 @@ class Registry:
             if record is not None:
                 self._devices[device] = dataclasses.replace(record, failure=why, failure_key=key)
             self.failures += 1
+
+    def set_quarantined(self, quarantined: dict[str, str]) -> None:
+        """Exactly these devices are quarantined (device -> why); the others are not."""
+        with self._lock:
+            for name, record in self._devices.items():
+                why = quarantined.get(name)
+                if record.quarantined != why:
+                    self._devices[name] = dataclasses.replace(record, quarantined=why)
 
     def get(self, device: str) -> DeviceRecord | None:
         with self._lock:

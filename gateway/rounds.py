@@ -19,10 +19,18 @@ budget hands the policy its view (the round's clip, whether another round
 fits); a DP round's aggregate weighs every update 1 and takes no activation
 ranges; its close releases the budget's noised mean and writes the round's
 ledger entry in the transaction that closes it.
+
+The anomaly detector (``detector``, robustness/, docs/robustness.md): an
+update weighs its device's reliability when asked; at a close (never of a DP
+round) the detector judges the round's kept sparse updates, the flagged and
+quarantined ones leave the sums before the strategy steps, and the verdict
+and the reliabilities it moved are written in the transaction that closes
+the round. Before each plan the registry learns who is quarantined.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -35,12 +43,14 @@ from .aggregate import StreamingAggregate
 from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
+from .groups import group_metrics
 from .policy import OpenRound, Plan, RoundPolicy
 from .privacy.accountant import LedgerEntry
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Registry
-from .store import GatewayStore, RoundRow
+from .robustness.detector import Detector, Judgement
+from .store import Contribution, GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
 WAITING_GRACE_S = 30.0  # how long too few eligible devices may last before the log says why no round opens
@@ -91,8 +101,10 @@ class Rounds:
         clip_norm: float | None = None,
         disk: DiskSpace | None = None,
         privacy: PrivacyBudget | None = None,
+        detector: Detector | None = None,
     ) -> None:
         self.store = store
+        self.detector = detector  # [robustness] detect: anomaly scores, reliability, quarantine
         self.registry = registry
         self.publisher = publisher
         self.policy = policy
@@ -128,7 +140,8 @@ class Rounds:
             clip = row.clip if row.privacy == "central-dp" else None
             return StreamingAggregate(self.sizes, clip_norm=clip, uniform=True)
         strategy: Any = self.publisher.strategy
-        return StreamingAggregate(self.sizes, keep_updates=strategy.buffered, clip_norm=self.clip_norm)
+        keep = strategy.buffered or self.detector is not None  # kept sparse: the detector scores each update
+        return StreamingAggregate(self.sizes, keep_updates=keep, clip_norm=self.clip_norm)
 
     @staticmethod
     def _takes_ranges(row: RoundRow, task_round: int, report_every: int) -> bool:
@@ -189,6 +202,9 @@ class Rounds:
             view = open_round.view if open_round else None
             verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing,
                             declared)  # fmt: skip
+            if self.detector is not None and verdict.accepted and open_round and open_round.row.privacy == "off":
+                reliability = self.detector.weight(device)  # stored with the update: a rebuild weighs it alike
+                verdict = dataclasses.replace(verdict, weight_factor=verdict.weight_factor * reliability)
             try:
                 if verdict.accepted:
                     assert open_round is not None
@@ -298,6 +314,8 @@ class Rounds:
         if self._closing is not None:
             return self._close()
         try:
+            if self.detector is not None:
+                self.registry.set_quarantined(self.detector.quarantined())
             if self.privacy is not None:
                 self.policy.view = self.privacy.view()  # the ledger changes only at a close: cached till then
             with self._lock:
@@ -417,9 +435,16 @@ class Rounds:
             release, ledger = self.privacy.close(closing.row, closing.aggregate, len(closing.selected))
         if ledger is None and self._secure_ledger is not None and self._secure_ledger.round == closing.number:
             ledger = self._secure_ledger
+        judged = None
+        if self.detector is not None and closing.row.privacy == "off":
+            judged = self.detector.judge(closing.number, closing.aggregate, self.publisher.master.weights)
         new = self.publisher.make_version(closing.aggregate, release)
+        contributions = self._contributions(judged, closing.aggregate)
         metrics = closing.aggregate.metrics()
         counts = self.store.round_counts(closing.number)
+        if judged is not None:
+            metrics.update(flagged=float(sum(c.flagged for c in judged.contributions)),
+                           excluded=float(len(judged.excluded)))  # fmt: skip
         metrics.update(
             accepted=float(closing.aggregate.count),
             uplink_bytes=float(counts["uplink_bytes"]),
@@ -428,8 +453,10 @@ class Rounds:
         )
         self.store.finish_round(
             closing.number, new.version, closing.row.base_version, new.files.model, new.files.master, len(new.model),
-            metrics, ledger,
+            metrics, ledger, contributions, judged.reliabilities if judged else None,
         )  # fmt: skip
+        if judged is not None and self.detector is not None:
+            self.detector.closed(judged)
         with self._lock:
             self.publisher.adopt(new)
             self._closing = None
@@ -439,6 +466,18 @@ class Rounds:
             closing.number, "closed", new.version, closing.aggregate.count, counts["refused"],
             counts["uplink_bytes"], counts["dense_bytes"], metrics["seconds"], metrics,
         )  # fmt: skip
+
+    def _contributions(self, judged: Judgement | None, aggregate: StreamingAggregate) -> list[Contribution] | None:
+        """The rows kept of a closing round's updates: the detector's verdict, and which ones Krum picked."""
+        chosen = getattr(self.publisher.strategy, "chosen", None)
+        if judged is None:
+            if chosen is None or not aggregate.updates:
+                return None
+            return [Contribution(u.device, chosen=u.device in chosen) for u in aggregate.updates]
+        if chosen is not None:
+            for c in judged.contributions:
+                c.chosen = c.device in chosen and c.counted
+        return judged.contributions
 
     def _detach(self) -> OpenRound | None:
         with self._lock:
@@ -489,13 +528,20 @@ class Rounds:
             return None
         sums: dict[str, float] = {}
         weight = 0.0
+        by_group: dict[str, list[tuple[int, dict[str, float]]]] = {}
         for stored in self.store.round_updates(open_round.number, "eval"):
             update = wire.decode(stored.payload, expect=wire.Update)
             weight += stored.samples
-            for k, v in bounded_metrics(update.metrics, stored.samples).items():
+            bounded = bounded_metrics(update.metrics, stored.samples)
+            for k, v in bounded.items():
                 sums[k] = sums.get(k, 0.0) + stored.samples * v
+            record = self.registry.get(stored.device)
+            group = record.capabilities.group if record is not None and record.capabilities is not None else ""
+            by_group.setdefault(group or "-", []).append((stored.samples, bounded))
         metrics = {k: v / weight for k, v in sums.items()} if weight else {}
         metrics["reports"] = float(self.store.round_counts(open_round.number)["eval"])
+        if len(by_group) > 1 or "-" not in by_group:  # some device declared a group: the breakdown (groups.py)
+            metrics |= group_metrics(by_group)
         self.store.set_metrics(open_round.number, metrics)
         self.store.end_round(open_round.number, "closed", note="evaluation of the final model")
         log.info("final evaluation: %s", {k: round(v, 4) for k, v in metrics.items()})

@@ -59,6 +59,8 @@ from .policy import OpenRound, RoundPolicy, TaskSettings
 from .privacy.budget import PrivacyBudget
 from .publisher import Publisher
 from .registry import Eligibility, Registry
+from .robustness.detector import Detector
+from .robustness.validation import from_config as validation_for
 from .rounds import Rounds, RoundSummary, Step
 from .store import GatewayStore
 from .trust import gateway_trust
@@ -123,8 +125,11 @@ class Gateway:
             policy.next_open_at = latest[-1].started + rc.interval
         admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
+        detector = None
+        if config.robustness.detect:
+            detector = Detector(config.robustness, self.store, validation_for(config, self.publisher.model))
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
-                             rc.clip_norm or None, disk, privacy)  # fmt: skip
+                             rc.clip_norm or None, disk, privacy, detector)  # fmt: skip
         self.secure: Any = None  # SecureRounds under [secagg] (cryptography is imported only then)
         if config.secagg.on:
             from .secagg_round import SecureRounds
@@ -168,9 +173,10 @@ class Gateway:
         self.link.subscribe(self.topics.all_presence, self._on_presence)
         if self.strategy.buffered:
             log.info(
-                "strategy %s keeps every update of a round: about %.1f MB per device",
+                "strategy %s keeps every update of a round, sparse: about %.1f MB per device at density %g",
                 self.strategy.name,
-                8 * sum(self.sizes.values()) / 1e6,
+                12 * config.rounds.density * sum(self.sizes.values()) / 1e6,
+                config.rounds.density,
             )
 
     def _retain(self, summary: RoundSummary) -> None:

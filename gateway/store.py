@@ -25,6 +25,7 @@ from typing import Any
 
 from .admission import TaskRecord
 from .privacy.accountant import LedgerEntry
+from .robustness.reliability import Reliability
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,6 +70,15 @@ CREATE TABLE IF NOT EXISTS dp_tasks (
     task_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, noise REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dp_tasks_device ON dp_tasks (device);
+CREATE TABLE IF NOT EXISTS contributions (
+    round INTEGER NOT NULL, device TEXT NOT NULL, norm REAL, cosine REAL, norm_z REAL, cosine_z REAL,
+    flagged INTEGER NOT NULL, reason TEXT NOT NULL, counted INTEGER NOT NULL, chosen INTEGER, loss_change REAL,
+    PRIMARY KEY (round, device)
+);
+CREATE TABLE IF NOT EXISTS reliability (
+    device TEXT PRIMARY KEY, score REAL NOT NULL, rounds INTEGER NOT NULL, flags INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL, reason TEXT NOT NULL, since INTEGER NOT NULL, updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     report_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, task_id BLOB NOT NULL,
     kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
@@ -104,6 +114,22 @@ class RoundRow:
     clip: float = 0.0  # DP: the L2 bound its tasks carried
     noise: float = 0.0  # DP: the noise multiplier accounted for it (local-dp: the one its tasks carried)
     sampling_rate: float = 0.0  # central-dp: the q its devices were sampled with
+
+
+@dataclass
+class Contribution:
+    """How one training update of a closed round was judged (robustness/): its scores, and whether it counted."""
+
+    device: str
+    norm: float | None = None
+    cosine: float | None = None
+    norm_z: float | None = None
+    cosine_z: float | None = None
+    flagged: bool = False
+    reason: str = ""
+    counted: bool = True
+    chosen: bool | None = None  # Krum and Multi-Krum: whether the strategy picked it (None: not a picking one)
+    loss_change: float | None = None  # on the hub's validation set ([robustness] validation)
 
 
 @dataclass
@@ -202,12 +228,16 @@ class GatewayStore:
         size: int,
         metrics: dict[str, float],
         ledger: LedgerEntry | None = None,
+        contributions: list[Contribution] | None = None,
+        reliabilities: list[Reliability] | None = None,
     ) -> None:
         """Close a round and make its model current in one transaction: a crash leaves both or neither.
 
         A DP round's privacy event goes into the ledger in the same transaction: spent budget is never lost
-        (a version published without its entry) nor counted twice (the round is its primary key)."""
+        (a version published without its entry) nor counted twice (the round is its primary key). So do the
+        anomaly detector's scores of the round's updates and the devices' reliabilities they changed."""
         with self.transaction() as db:
+            self._write_robustness(db, round_, contributions or [], reliabilities or [])
             if ledger is not None:
                 db.execute(
                     "INSERT INTO privacy_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -518,6 +548,51 @@ class GatewayStore:
         for device, z, n in rows:
             out.setdefault(str(device), Counter())[float(z)] += int(n)
         return out
+
+    # -- robustness: contributions and reliability (robustness/) ------------------------------------------
+    @staticmethod
+    def _write_robustness(
+        db: sqlite3.Connection, round_: int, contributions: list[Contribution], reliabilities: list[Reliability]
+    ) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(round_, c.device, c.norm, c.cosine, c.norm_z, c.cosine_z, int(c.flagged), c.reason, int(c.counted),
+              None if c.chosen is None else int(c.chosen), c.loss_change) for c in contributions],
+        )  # fmt: skip
+        now = time.time()
+        db.executemany(
+            "INSERT OR REPLACE INTO reliability VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.device, r.score, r.rounds, r.flags, int(r.quarantined), r.reason, r.since, now) for r in reliabilities],
+        )
+
+    def contributions(
+        self, round_: int | None = None, flagged: bool = False, limit: int = 1000
+    ) -> list[tuple[int, Contribution]]:
+        """(round, how an update was judged), newest rounds first: of one round, or only the flagged or uncounted."""
+        sql = ("SELECT round, device, norm, cosine, norm_z, cosine_z, flagged, reason, counted, chosen, loss_change "
+               "FROM contributions WHERE 1=1")  # fmt: skip
+        args: list[Any] = []
+        if round_ is not None:
+            sql += " AND round = ?"
+            args.append(round_)
+        if flagged:
+            sql += " AND (flagged = 1 OR counted = 0)"
+        rows = self._query(sql + " ORDER BY round DESC, device LIMIT ?", (*args, limit))
+        return [(int(r[0]), Contribution(r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]),
+                                         None if r[9] is None else bool(r[9]), r[10])) for r in rows]  # fmt: skip
+
+    def reliabilities(self) -> list[Reliability]:
+        rows = self._query("SELECT device, score, rounds, flags, quarantined, reason, since FROM reliability "
+                           "ORDER BY device")  # fmt: skip
+        return [Reliability(r[0], float(r[1]), int(r[2]), int(r[3]), bool(r[4]), str(r[5]), int(r[6])) for r in rows]
+
+    def quarantined(self) -> dict[str, str]:
+        """Quarantined devices and why (read at every step, so a release by command takes effect at once)."""
+        return {str(d): str(r) for d, r in self._query("SELECT device, reason FROM reliability WHERE quarantined = 1")}
+
+    def save_reliability(self, reliability: Reliability) -> None:
+        with self.transaction() as db:
+            self._write_robustness(db, 0, [], [reliability])
 
     # -- task failures ------------------------------------------------------------------------------------
     def known_failure(self, report_id: bytes) -> bool:

@@ -21,14 +21,14 @@ def weights() -> dict[int, np.ndarray]:
 
 def clients(n: int = 7) -> list[ClientDelta]:
     return [
-        ClientDelta(f"d{i}", int(RNG.integers(5, 50)), {t: RNG.standard_normal(s) for t, s in SIZES.items()})
+        ClientDelta.from_dense(f"d{i}", int(RNG.integers(5, 50)), {t: RNG.standard_normal(s) for t, s in SIZES.items()})
         for i in range(n)
     ]
 
 
 def weighted_mean(cs: list[ClientDelta]) -> dict[int, np.ndarray]:
     total = sum(c.samples for c in cs)
-    return {t: sum(c.samples * c.delta[t] for c in cs) / total for t in SIZES}
+    return {t: sum(c.samples * c.dense(t, SIZES[t]) for c in cs) / total for t in SIZES}
 
 
 def round_input(cs: list[ClientDelta]) -> RoundInput:
@@ -40,7 +40,7 @@ def test_fedavg_and_fedprox_add_the_sample_weighted_mean() -> None:
     for name in ("fedavg", "fedprox"):
         new = make_strategy(name).step(w, round_input(cs))
         for t in SIZES:
-            ref = w[t] + sum(c.samples * c.delta[t] for c in cs) / sum(c.samples for c in cs)
+            ref = w[t] + sum(c.samples * c.dense(t, SIZES[t]) for c in cs) / sum(c.samples for c in cs)
             np.testing.assert_allclose(new[t], ref, rtol=1e-12)
 
 
@@ -97,7 +97,7 @@ def test_median_and_trimmed_mean_per_coordinate() -> None:
     trimmed = make_strategy("fedtrimmedavg", beta=0.2).step(w, round_input(cs))
     for t, n in SIZES.items():
         for j in range(n):
-            column = sorted(c.delta[t][j] for c in cs)
+            column = sorted(c.dense(t, SIZES[t])[j] for c in cs)
             assert median[t][j] == pytest.approx(w[t][j] + column[4], rel=1e-12)
             assert trimmed[t][j] == pytest.approx(w[t][j] + np.mean(column[1:8]), rel=1e-12)  # floor(0.2*9)=1 each end
 
@@ -106,11 +106,13 @@ def test_krum_and_multikrum_pick_by_neighbour_distance_and_ignore_outliers() -> 
     honest = clients(6)
     for c in honest:  # honest devices agree roughly
         for t in SIZES:
-            c.delta[t] = 0.1 * c.delta[t] + 1.0
-    attackers = [ClientDelta(f"evil{i}", 10, {t: np.full(n, 50.0 + i) for t, n in SIZES.items()}) for i in range(2)]
+            c.entries[t] = (c.entries[t][0], 0.1 * c.entries[t][1] + 1.0)
+    attackers = [
+        ClientDelta.from_dense(f"evil{i}", 10, {t: np.full(n, 50.0 + i) for t, n in SIZES.items()}) for i in range(2)
+    ]
     cs = honest + attackers
     f = 2
-    flat = np.stack([np.concatenate([c.delta[t] for t in SIZES]) for c in cs])
+    flat = np.stack([np.concatenate([c.dense(t, SIZES[t]) for t in SIZES]) for c in cs])
     scores = []
     for i in range(len(cs)):
         d = sorted(float(((flat[i] - flat[j]) ** 2).sum()) for j in range(len(cs)) if j != i)
@@ -120,10 +122,10 @@ def test_krum_and_multikrum_pick_by_neighbour_distance_and_ignore_outliers() -> 
     krum = make_strategy("krum", byzantine=f)
     new = krum.step(w, round_input(cs))
     assert krum.chosen == [cs[order[0]].device] and not krum.chosen[0].startswith("evil")
-    np.testing.assert_allclose(new[3], w[3] + cs[order[0]].delta[3])
+    np.testing.assert_allclose(new[3], w[3] + cs[order[0]].dense(3, 12))
     multi = make_strategy("multikrum", byzantine=f, keep=3)
     new = multi.step(w, round_input(cs))
-    expected = np.mean([cs[i].delta[5] for i in order[:3]], axis=0)
+    expected = np.mean([cs[i].dense(5, 4) for i in order[:3]], axis=0)
     np.testing.assert_allclose(new[5], w[5] + expected)
     assert not any(d.startswith("evil") for d in multi.chosen)
 
@@ -169,5 +171,60 @@ def test_streaming_aggregate_equals_the_dense_weighted_mean_and_clips() -> None:
     clipped.add(ups[0])
     norm = update_norm(ups[0])
     assert norm > 0.5
-    got = np.concatenate([clipped.updates[0].delta[t] for t in SIZES])
+    got = np.concatenate([clipped.updates[0].dense(t, n) for t, n in SIZES.items()])
     assert np.linalg.norm(got) == pytest.approx(0.5, rel=1e-6)
+
+
+def sparse_clients(n: int, size: int, senders: int, target: np.ndarray) -> list[ClientDelta]:
+    """n devices each sending a few coordinates of a shared direction, every coordinate sent by ``senders``."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    for j in range(size):
+        for i in RNG.permutation(n)[:senders]:
+            out[i].append(j)
+    cs = []
+    for i, idx in enumerate(out):
+        index = np.array(sorted(idx), np.int64)
+        cs.append(ClientDelta(f"d{i}", 10, {0: (index, target[index] * (1 + 0.1 * RNG.standard_normal(index.size)))}))
+    return cs
+
+
+def test_sparse_median_and_trimmed_mean_learn_where_the_dense_statistics_stay_at_zero() -> None:
+    size, n = 40, 10
+    target = RNG.standard_normal(size)
+    cs = sparse_clients(n, size, 4, target)  # each coordinate sent by 4 of 10: the dense median of it is 0
+    w = {0: np.zeros(size)}
+    mean = {0: sum(c.dense(0, size) for c in cs) / n}
+    fedavg = make_strategy("fedavg").step(w, RoundInput(mean, cs))[0]
+    dense_median = np.median(np.stack([c.dense(0, size) for c in cs]), axis=0)
+    assert np.abs(dense_median).max() == 0.0  # the published median on these updates: no step at all
+    for name, params in (("fedmedian", {}), ("fedtrimmedavg", {"beta": 0.1})):
+        step = make_strategy(name, **params).step(w, RoundInput(mean, cs))[0]
+        cosine = step @ fedavg / (np.linalg.norm(step) * np.linalg.norm(fedavg))
+        assert cosine > 0.9, (name, cosine)
+        # FedAvg's scale: 4 senders of 10 move a coordinate by 0.4 x their statistic
+        np.testing.assert_allclose(np.linalg.norm(step), np.linalg.norm(fedavg), rtol=0.15)
+
+
+def test_sparse_statistics_need_enough_senders_and_ignore_a_lone_liar() -> None:
+    size, n = 20, 10
+    target = np.ones(size)
+    cs = sparse_clients(n, size, 5, target)
+    liar = ClientDelta("evil", 10, {0: (np.array([3, 25]), np.array([-1e3, 1e3]))})
+    w = {0: np.zeros(size + 10)}
+    mean = {0: np.zeros(size + 10)}
+    median = make_strategy("fedmedian", byzantine=1).step(w, RoundInput(mean, [*cs, liar]))[0]
+    assert median[25] == 0.0  # 1 sender < 2 x 1 + 1: too few to tell a liar apart, so no step (dense median)
+    assert 0 < median[3] <= 1.0  # the liar is outvoted by the honest senders of coordinate 3
+    trimmed = make_strategy("fedtrimmedavg", beta=0.1).step(w, RoundInput(mean, [*cs, liar]))[0]
+    assert trimmed[25] == 0.0 and 0 < trimmed[3] <= 1.0
+
+
+def test_sparse_statistics_equal_the_published_ones_on_dense_updates_and_keep_updates_sparse() -> None:
+    ups = [
+        sparse_update(f"d{i}", 10, {t: RNG.standard_normal(n).astype(np.float32) for t, n in SIZES.items()}, 2)
+        for i in range(4)
+    ]
+    agg = StreamingAggregate(SIZES, keep_updates=True)
+    for u in ups:
+        agg.add(u)
+    assert all(c.nnz == 2 * len(SIZES) for c in agg.updates)  # kept as sent: 2 entries per tensor, not densified

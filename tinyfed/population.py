@@ -57,8 +57,10 @@ from gateway.privacy.accountant import LedgerEntry
 from gateway.privacy.budget import PrivacyBudget
 from gateway.publisher import Publisher
 from gateway.registry import Eligibility, Registry
+from gateway.robustness.detector import Detector
+from gateway.robustness.validation import from_config as validation_for
 from gateway.rounds import Rounds
-from gateway.store import GatewayStore
+from gateway.store import Contribution, GatewayStore
 
 from .simulation import score
 
@@ -80,6 +82,7 @@ class PopulationSpec:
     data: str = "digits"  # digits | har
     devices: int = 1000
     alpha: float = 0.0  # Dirichlet label skew; 0: an IID split
+    natural: bool = False  # one device per natural group (HAR's subjects) instead; ``devices`` is then ignored
     rounds: int = 100
     epochs: int = 1
     learning_rate: float = 0.1
@@ -93,7 +96,8 @@ class PopulationSpec:
     score_every: int = 1  # score the published model every N rounds (and after the last)
     seed: int = 0
     canaries: Canaries | None = None
-
+    robustness: dict[str, Any] = field(default_factory=dict)  # a [robustness] table; empty: off
+    norm_bound: float = 1000.0  # [rounds] norm_bound: larger updates are refused
     @property
     def arch(self) -> str:
         return "cnn1d" if self.data == "har" else "mlp"
@@ -120,6 +124,8 @@ class PopulationResult:
     canary_y: np.ndarray | None = None
     canary_in: np.ndarray | None = None
     stopped_by_budget: bool = False
+    contributions: list[tuple[int, Contribution]] = field(default_factory=list)  # the detector's rows, newest first
+    quarantined: dict[str, str] = field(default_factory=dict)  # device -> why, at the end
 
 
 def make_canaries(test: Dataset, canaries: Canaries) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -163,6 +169,8 @@ class SimulatedDevice:
 
 
 def _shares(spec: PopulationSpec, train: Dataset) -> dict[int, np.ndarray]:
+    if spec.natural:
+        return partition.natural(train)
     if spec.alpha > 0:
         return partition.dirichlet(train, spec.devices, spec.alpha, seed=spec.seed, min_size=1)
     return partition.iid(train, spec.devices, seed=spec.seed)
@@ -172,6 +180,7 @@ def run_population(
     spec: PopulationSpec,
     on_round: Callable[[PopulationRound], None] | None = None,
     workdir: Path | None = None,
+    make_device: Callable[[str, Dataset, int], SimulatedDevice] = SimulatedDevice,
 ) -> PopulationResult:
     """Rounds until the configured number closed or the privacy budget stops them (the final evaluation round,
     which asks every device, is not run: each published model is scored on the test split instead)."""
@@ -180,7 +189,7 @@ def run_population(
     graph = build_model(spec.arch, split.train.x, split.train.classes, seed=spec.seed)
     initial = write_graph(graph)
     shares = _shares(spec, split.train)
-    devices = [SimulatedDevice(f"sim-{i:05d}", split.train.subset(index, f"sim-{i:05d}"), spec.seed * 7919 + i)
+    devices = [make_device(f"sim-{i:05d}", split.train.subset(index, f"sim-{i:05d}"), spec.seed * 7919 + i)
                for i, index in sorted(shares.items())]  # fmt: skip
     canary_x = canary_y = canary_in = None
     test = split.test
@@ -205,9 +214,11 @@ def run_population(
                 "rounds": {"rounds": spec.rounds, "min_devices": 1, "deadline": 3600.0, "epochs": spec.epochs,
                            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "density": spec.density,
                            "value_coding": spec.value_coding, "report_every": 1_000_000, "seed": spec.seed,
+                           "norm_bound": spec.norm_bound,
                            "fraction": 1.0 if privacy.get("mode", "off") == "central-dp" else spec.fraction},
                 "strategy": dict(spec.strategy),
                 "privacy": privacy,
+                "robustness": dict(spec.robustness),
             },
             env={},
         )  # fmt: skip
@@ -235,8 +246,10 @@ def _run(
     )  # fmt: skip
     publisher = Publisher(config, store, strategy)
     admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
+    validation = validation_for(config, initial) if config.robustness.detect else None
+    detector = Detector(config.robustness, store, validation) if config.robustness.detect else None
     rounds = Rounds(store, Registry(store), publisher, policy, admission, FakeClock(), rc.clip_norm or None,
-                    None, budget)  # fmt: skip
+                    None, budget, detector)  # fmt: skip
     by_name = {d.name: d for d in devices}
     for device in devices:
         caps = wire.Capabilities(ram=1 << 28, backend="numpy", samples=len(device.data))
@@ -279,6 +292,8 @@ def _run(
         final = publisher.model
         if records and np.isnan(records[-1].score):  # stopped by the budget between two scored rounds
             records[-1].score = score(backend, final, test, "accuracy")
+        contributions, quarantined = store.contributions(limit=1 << 30), store.quarantined()
     finally:
         store.close()
-    return PopulationResult(spec, records, ledger, epsilon, initial, final, stopped_by_budget=stopped_by_budget)
+    return PopulationResult(spec, records, ledger, epsilon, initial, final, stopped_by_budget=stopped_by_budget,
+                            contributions=contributions, quarantined=quarantined)  # fmt: skip

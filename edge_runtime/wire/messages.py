@@ -9,6 +9,7 @@ digests (32 bytes); ids are 16 random bytes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -280,6 +281,21 @@ class ModelChunk:
         return chunk
 
 
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def check_group(value: str, where: str = "capabilities.group") -> str:
+    """A group label is shown to operators and keyed in the store: short, plain, never a control character."""
+    if not GROUP_PATTERN.fullmatch(value):
+        raise SchemaError(where, f"{value!r:.60} is not 1-32 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def read_group(r: MapReader, key: int) -> str:
+    value = r.text(key, 32, default=None)
+    return "" if value is None else check_group(value)
+
+
 @dataclass
 class Capabilities:
     ram: int = 0  # bytes
@@ -292,6 +308,9 @@ class Capabilities:
     # A digest of the local data (16 bytes): a device whose data changed (fixed labels, same row count) has a
     # new birth, so a gateway that left it out after a failed task selects it again.
     data: bytes | None = None
+    # The device's group for per-group evaluation (a site, a hardware class): what it says, so bounded like any
+    # network input (GROUP_PATTERN: 1-32 letters, digits, '.', '_', '-'); "" when it declares none.
+    group: str = ""
 
     class Key(IntEnum):
         """Capabilities is a map inside a presence message: no type or version keys of its own."""
@@ -304,6 +323,7 @@ class Capabilities:
         FIRMWARE = 5
         ARENA = 6
         DATA = 7
+        GROUP = 8
 
     def to_cbor(self) -> dict[int, Any]:
         K = Capabilities.Key
@@ -321,6 +341,8 @@ class Capabilities:
             out[K.ARENA] = self.arena
         if self.data is not None:
             out[K.DATA] = self.data
+        if self.group:
+            out[K.GROUP] = check_group(self.group)
         return out
 
     @classmethod
@@ -335,6 +357,7 @@ class Capabilities:
             firmware=r.text(K.FIRMWARE, limits.max_string, default=""),
             arena=r.uint(K.ARENA, 1 << 32, default=0),
             data=r.bytestring(K.DATA, size=16, default=None),
+            group=read_group(r, K.GROUP),
         )
 
 

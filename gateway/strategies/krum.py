@@ -3,14 +3,18 @@
 Each update's score is the sum of squared distances to its n - f - 2
 nearest others, f being the number of Byzantine devices tolerated. Krum
 takes the single best-scoring update; Multi-Krum averages the ``keep`` best.
-Buffered: O(model x devices) memory plus an n x n distance matrix.
+Distances are exact on the union of the coordinates the round's updates
+sent (an absent coordinate is zero in both, so it adds nothing): memory is
+the updates kept sparse plus an [n x union] matrix and an n x n distance
+matrix, never O(model x devices) unless every update is dense. The devices
+picked are kept in ``chosen`` and recorded with the round (rounds.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import RoundInput, Strategy, Weights
+from .base import RoundInput, Strategy, Weights, scatter, union
 
 
 class Krum(Strategy):
@@ -35,18 +39,16 @@ class Krum(Strategy):
         updates = round_input.updates
         if not updates:
             return round_input.mean
-        tensors = list(round_input.mean)
-        flat = np.stack(
-            [np.concatenate([u.delta.get(t, np.zeros(round_input.mean[t].size)) for t in tensors]) for u in updates]
-        )
+        unions = {t: union(updates, t) for t in round_input.mean}
+        flat = np.concatenate([u.values for u in unions.values()], axis=1)
         if len(updates) == 1:
             best = np.array([0])
         else:
             best = np.argsort(self.scores(flat), kind="stable")[: min(self.keep, len(updates))]
         self.chosen = [updates[i].device for i in best]
-        mean = flat[best].mean(axis=0)
-        bounds = np.cumsum([0] + [round_input.mean[t].size for t in tensors])
-        return {t: mean[lo:hi] for t, lo, hi in zip(tensors, bounds[:-1], bounds[1:], strict=True)}
+        return {
+            t: scatter(round_input.mean[t].size, u.index, u.values[best].mean(axis=0)) for t, u in unions.items()
+        }
 
 
 class MultiKrum(Krum):

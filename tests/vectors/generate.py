@@ -132,7 +132,7 @@ VALID: list[tuple[str, str, Any]] = [
             1_700_000_000,
             wire.Capabilities(
                 ram=512 << 20, backend="litert", trainable_layers=2, samples=350, model_version=V1,
-                data=bytes(range(16)),
+                data=bytes(range(16)), group="site-a",
             ),
         ),
     ),

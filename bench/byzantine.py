@@ -1,0 +1,335 @@
+"""Benchmark ``byzantine``: the robust strategies and the anomaly detector against attackers.
+
+Each run is a population (tinyfed/population.py: in-process devices against the gateway's real rounds, admission,
+store, strategies and detector, on a fake clock), a share of whose devices attack:
+
+- ``sign_flip``: the device sends its honest update negated;
+- ``scale``: its honest update scaled to just under the norm bound (95% of ``[rounds] norm_bound``);
+- ``noise``: Gaussian values at its update's coordinates, at the same norm as ``scale``;
+- ``label_flip``: it trains honestly on its data with every label y turned into C - 1 - y;
+- ``backdoor``: it trains on its data plus a copy of every sample carrying a trigger (the first features set to
+  the data's maximum) labelled with the target class 0; backdoor success is the share of the test samples of
+  other classes that the final model puts in class 0 once the trigger is added.
+
+Attackers are the first devices by name (the data split is random, so they hold no particular share). The norm
+bound is 5x the median honest update norm of the first round (about 1; honest norms grow to 2.6 by round 20),
+fixed here (NORM_BOUND): a gateway must have one for the scaling attack to mean anything.
+Figures: ``{data}_{strategy}_{attack}_{pct}_accuracy``, and
+for the backdoor ``..._backdoor``; for the detector, ``..._tpr`` (the share of attackers it quarantined: what the
+gateway does about a device) and ``..._fpr`` (the share of honest devices it quarantined), and per update
+``..._update_tpr`` / ``..._update_fpr`` (attackers' / honest devices' updates flagged); the summary
+``{data}_best_20`` figures are the worst case over the attacks at 20% attackers of the best configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import print_table, results_dir, write_result
+from edge_runtime import wire
+from edge_runtime.data import partition
+from edge_runtime.data.dataset import Dataset
+from edge_runtime.data.sources import load_source
+from edge_runtime.model.backends import default_backend
+from edge_runtime.model.graph import Graph
+from tinyfed.population import PopulationResult, PopulationSpec, SimulatedDevice, run_population
+from tinyfed.simulation import score
+
+ATTACKS = ("sign_flip", "scale", "noise", "label_flip", "backdoor")
+TARGET = 0  # the backdoor's class
+TRIGGER_SHARE = 0.05  # of the features the trigger sets
+NORM_BOUND = {"digits": 5.0, "har": 5.0}  # 5x the first round's median honest norm (about 1), 2x the last's
+DETECT: dict[str, Any] = {"detect": True, "reliability_weights": True}
+STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fedavg": ({"name": "fedavg"}, {}),
+    "fedavgm": ({"name": "fedavgm", "momentum": 0.5}, {}),
+    "median": ({"name": "fedmedian"}, {}),
+    "trimmed": ({"name": "fedtrimmedavg", "beta": 0.2}, {}),
+    "krum": ({"name": "krum", "byzantine": 3}, {}),
+    "multikrum": ({"name": "multikrum", "byzantine": 3, "keep": 10}, {}),
+    "detector": ({"name": "fedavgm", "momentum": 0.5}, DETECT),
+    # and the loss-change score on 150 training samples the hub keeps (digits only: HAR trains its last layer)
+    "detector_val": ({"name": "fedavgm", "momentum": 0.5}, {**DETECT, "validation": "hub"}),
+}
+HUB_SAMPLES = 150
+DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
+                        density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
+HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.01,
+                     fraction=1.0, trainable_layers=1, score_every=1000)  # fmt: skip
+
+
+def trigger(x: np.ndarray, high: float) -> np.ndarray:
+    out = np.array(x, np.float32, copy=True)
+    flat = out.reshape(len(out), -1)
+    flat[:, : max(1, int(TRIGGER_SHARE * flat.shape[1]))] = high
+    return out
+
+
+@dataclass
+class Attack:
+    kind: str
+    bound: float
+    high: float  # the data's maximum, for the trigger
+    seed: int = 0
+
+
+class Attacker(SimulatedDevice):
+    """A device that answers its tasks with an attack: its data changed once, or each update changed as sent."""
+
+    def __init__(self, name: str, data: Dataset, seed: int, attack: Attack) -> None:
+        if attack.kind == "label_flip":
+            data = replace(data, y=(len(data.classes) - 1 - data.y).astype(data.y.dtype))
+        elif attack.kind == "backdoor":
+            x = np.concatenate([data.x, trigger(data.x, attack.high)])
+            y = np.concatenate([data.y, np.full(len(data.y), TARGET, data.y.dtype)])
+            data = replace(data, x=x, y=y, groups=None)
+        super().__init__(name, data, seed)
+        self.attack = attack
+        self.rng = np.random.default_rng(seed)
+
+    def answer(self, task: wire.Task, graph: Graph, spec: dict[int, int], layers: int, backend: Any) -> bytes:
+        raw = super().answer(task, graph, spec, layers, backend)
+        kind = self.attack.kind
+        if kind not in ("sign_flip", "scale", "noise"):
+            return raw
+        update = wire.decode(raw, expect=wire.Update, spec=spec)
+        values = [t.values.decode().astype(np.float64) for t in update.tensors]
+        if kind == "sign_flip":
+            values = [-v for v in values]
+        elif kind == "noise":
+            values = [self.rng.standard_normal(v.size) for v in values]
+        norm = math.sqrt(sum(float(v @ v) for v in values))
+        if kind != "sign_flip" and norm > 0:
+            values = [v * (0.95 * self.attack.bound / norm) for v in values]
+        tensors = [wire.TensorUpdate(t.tensor, t.numel, t.indices,
+                                     wire.CodedValues(wire.ValueCoding.FLOAT32, v.astype(np.float32), 1.0))
+                   for t, v in zip(update.tensors, values, strict=True)]  # fmt: skip
+        return wire.encode(replace(update, tensors=tensors))
+
+
+def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> dict[str, Any]:
+    params, robustness = STRATEGIES[strategy]
+    spec = replace(spec, strategy=dict(params), robustness=dict(robustness), norm_bound=NORM_BOUND[spec.data])
+    split = load_source(spec.data, seed=spec.seed)
+    high = float(split.train.x.max())
+    # The population names its devices sim-<share key>: HAR's keys are its subjects' ids, digits' 0..29.
+    keys = sorted(partition.natural(split.train)) if spec.natural else list(range(spec.devices))
+    attackers = {f"sim-{i:05d}" for i in keys[: round(share * len(keys))]} if attack != "none" else set()
+
+    def make_device(name: str, data: Dataset, seed: int) -> SimulatedDevice:
+        if name in attackers:
+            return Attacker(name, data, seed, Attack(attack, NORM_BOUND[spec.data], high, seed))
+        return SimulatedDevice(name, data, seed)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.robustness.get("validation") == "hub":
+            hub = np.random.default_rng(spec.seed).permutation(len(split.train))[:HUB_SAMPLES]
+            np.savez(Path(tmp) / "hub.npz", x=split.train.x[hub], y=split.train.y[hub])
+            spec = replace(spec, robustness={**spec.robustness, "validation": str(Path(tmp) / "hub.npz")})
+        result = run_population(spec, make_device=make_device)
+    out: dict[str, Any] = {"accuracy": result.rounds[-1].score, "seconds": time.perf_counter() - started,
+                           "attackers": sorted(attackers)}  # fmt: skip
+    if attack == "backdoor":
+        out["backdoor"] = backdoor_success(result, split.test, high)
+    out |= detection(result, attackers)
+    return out
+
+
+def backdoor_success(result: PopulationResult, test: Dataset, high: float) -> float:
+    others = test.y != TARGET
+    poisoned = Dataset(trigger(test.x[others], high), np.full(int(others.sum()), TARGET, test.y.dtype), test.classes)
+    return score(default_backend(), result.final_model, poisoned, "accuracy")
+
+
+def detection(result: PopulationResult, attackers: set[str]) -> dict[str, Any]:
+    flags: dict[str, int] = {}
+    krum: dict[str, int] = {}
+    devices: set[str] = set()
+    for _, c in result.contributions:
+        devices.add(c.device)
+        flags[c.device] = flags.get(c.device, 0) + int(c.flagged)
+        if c.chosen:
+            krum[c.device] = krum.get(c.device, 0) + 1
+    out: dict[str, Any] = {"quarantined": sorted(result.quarantined)}
+    if krum:
+        out["krum_chosen"] = krum
+        out["krum_attackers_chosen"] = sum(n for d, n in krum.items() if d in attackers) / max(1, sum(krum.values()))
+    if not any(c.norm is not None for _, c in result.contributions):
+        return out
+    caught = set(result.quarantined)
+    honest = devices - attackers
+    out["tpr"] = len(caught & attackers) / len(attackers) if attackers else float("nan")
+    out["fpr"] = len(caught & honest) / len(honest) if honest else float("nan")
+    scored = [(c.device in attackers, c.flagged) for _, c in result.contributions if c.norm is not None]
+    bad = [f for a, f in scored if a]
+    good = [f for a, f in scored if not a]
+    out["update_tpr"] = sum(bad) / len(bad) if bad else float("nan")
+    out["update_fpr"] = sum(good) / len(good) if good else float("nan")
+    out["flags"] = flags
+    return out
+
+
+def _job(args: tuple[str, PopulationSpec, str, str, float]) -> tuple[str, str, str, float, dict[str, Any]]:
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    name, spec, strategy, attack, share = args
+    return name, strategy, attack, share, run_one(spec, strategy, attack, share)
+
+
+def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, PopulationSpec, str, str, float]]:
+    """The suite (about 3 minutes on 2 idle cores): 0% and 20% attackers, every attack; on digits fedavg,
+    trimmed mean, Multi-Krum and the detector with and without the hub's validation set, on HAR fedavg and the
+    detector. ``--full``: 10, 20 and 30% on both data sets, every strategy (about 30 minutes)."""
+    jobs: list[tuple[str, PopulationSpec, str, str, float]] = []
+    for name, spec in (("digits", DIGITS), ("har", HAR)):
+        strategies = list(STRATEGIES) if full or every_strategy else (
+            ["fedavg", "trimmed", "multikrum", "detector", "detector_val"] if name == "digits" else
+            ["fedavg", "detector"]
+        )  # fmt: skip
+        if spec.trainable_layers:  # the loss-change score needs the whole model trainable (validation.py)
+            strategies = [s for s in strategies if s != "detector_val"]
+        shares = (0.1, 0.2, 0.3) if full else (0.2,)
+        for strategy in strategies:
+            jobs.append((name, spec, strategy, "none", 0.0))
+            jobs += [(name, spec, strategy, attack, share) for share in shares for attack in ATTACKS]
+    return jobs
+
+
+def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> dict[str, float]:
+    from multiprocessing import get_context
+
+    logging.basicConfig(level=logging.ERROR)
+    jobs = grid(full, every_strategy)
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with get_context("spawn").Pool(workers) as pool:
+        for name, strategy, attack, share, out in pool.imap_unordered(_job, jobs):
+            runs.append({"data": name, "strategy": strategy, "attack": attack, "share": share, **out})
+            extra = "".join(f", {k} {out[k]:.3f}" for k in ("backdoor", "tpr", "fpr") if k in out)
+            print(f"  {name:<6} {strategy:<9} {attack:<10} {share:>4.0%}: accuracy {out['accuracy']:.4f}{extra}"
+                  f" ({out['seconds']:.0f} s)", flush=True)  # fmt: skip
+    figures = summarise(runs)
+    figures["seconds"] = time.perf_counter() - started
+    picture = plot(runs, results_dir() / "byzantine.png")
+    specs = {"digits": vars(DIGITS), "har": vars(HAR)}
+    path = write_result("byzantine", figures, {"runs": runs, "specs": {k: {**v, "canaries": None} for k, v in
+                                                                          specs.items()},
+                                               "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
+                                               "plot": picture.name if picture else None})  # fmt: skip
+    print_table("byzantine", figures)
+    print(table(runs))
+    print(f"wrote {path}" + (f" and {picture}" if picture else ""))
+    return figures
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for r in runs:
+        key = f"{r['data']}_{r['strategy']}_{r['attack']}_{round(100 * r['share'])}"
+        figures[f"{key}_accuracy"] = r["accuracy"]
+        for k in ("backdoor", "tpr", "fpr", "update_tpr", "update_fpr"):
+            if k in r and not (isinstance(r[k], float) and math.isnan(r[k])):
+                figures[f"{key}_{k}"] = float(r[k])
+    for data in sorted({r["data"] for r in runs}):
+        clean = {r["strategy"]: r["accuracy"] for r in runs if r["data"] == data and r["attack"] == "none"}
+        if "fedavg" in clean:
+            figures[f"{data}_clean_accuracy"] = clean["fedavg"]
+        worst: dict[str, float] = {}  # per strategy, its lowest accuracy over the attacks at 20%
+        for r in runs:
+            if r["data"] == data and abs(r["share"] - 0.2) < 1e-9:
+                worst[r["strategy"]] = min(worst.get(r["strategy"], 1.0), r["accuracy"])
+        if worst:
+            best = max(worst, key=lambda s: worst[s])
+            figures[f"{data}_best_20_worst_accuracy"] = worst[best]
+            figures[f"{data}_best_20_is_{best}"] = 1.0
+            # within 2 points of the attack-free accuracy: of the same configuration, and of plain FedAvg
+            figures[f"{data}_best_20_drop_points"] = 100 * (clean.get(best, math.nan) - worst[best])
+            figures[f"{data}_best_20_drop_vs_fedavg_points"] = 100 * (clean.get("fedavg", math.nan) - worst[best])
+        for strategy in ("detector", "detector_val"):
+            detector = [r for r in runs if r["data"] == data and r["strategy"] == strategy and r["attack"] != "none"
+                        and abs(r["share"] - 0.2) < 1e-9]  # fmt: skip
+            if detector:
+                figures[f"{data}_{strategy}_20_min_tpr"] = min(r.get("tpr", 0.0) for r in detector)
+                figures[f"{data}_{strategy}_20_max_fpr"] = max(r.get("fpr", 0.0) for r in detector)
+    return figures
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """A markdown table: accuracy (backdoor success) per strategy and attack, and the detector's TPR/FPR."""
+    lines = []
+    for data in sorted({r["data"] for r in runs}):
+        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+            lines += [f"\n{data}, {share:.0%} attackers: final accuracy (backdoor success)",
+                      "| strategy | none | " + " | ".join(ATTACKS) + " |", "|---|" + "---|" * (len(ATTACKS) + 1)]
+            for strategy in STRATEGIES:
+                cells = []
+                for attack in ("none", *ATTACKS):
+                    found = [r for r in runs if r["data"] == data and r["strategy"] == strategy
+                             and r["attack"] == attack and (attack == "none" or r["share"] == share)]  # fmt: skip
+                    if not found:
+                        cells.append("")
+                        continue
+                    r = found[0]
+                    cell = f"{r['accuracy']:.3f}"
+                    if "backdoor" in r:
+                        cell += f" ({r['backdoor']:.2f})"
+                    if "tpr" in r and attack != "none":
+                        cell += f" TPR {r['tpr']:.2f} FPR {r['fpr']:.2f}"
+                    elif "fpr" in r:
+                        cell += f" FPR {r['fpr']:.2f}"
+                    cells.append(cell)
+                if any(cells):
+                    lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"plot skipped: matplotlib is not installed (pip install 'tinyfed[bench]'); {path} not drawn")
+        return None
+    datasets = sorted({r["data"] for r in runs})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), dpi=110, squeeze=False)
+    for ax, data in zip(axes[0], datasets, strict=True):
+        strategies = [s for s in STRATEGIES if any(r["strategy"] == s and r["data"] == data for r in runs)]
+        attacks = ("none", *ATTACKS)
+        width = 0.8 / len(strategies)
+        for i, strategy in enumerate(strategies):
+            ys = []
+            for attack in attacks:
+                found = [r["accuracy"] for r in runs if r["data"] == data and r["strategy"] == strategy
+                         and r["attack"] == attack and (attack == "none" or abs(r["share"] - 0.2) < 1e-9)]  # fmt: skip
+                ys.append(found[0] if found else 0.0)
+            ax.bar(np.arange(len(attacks)) + i * width, ys, width, label=strategy)
+        ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks, rotation=20)
+        ax.set_ylabel("final int8 test accuracy")
+        ax.set_title(f"{data}: 20% attackers")
+        ax.set_ylim(0, 1)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="10, 20 and 30%% attackers, every strategy")
+    parser.add_argument("--every-strategy", action="store_true", help="the suite's grid with every strategy")
+    args = parser.parse_args()
+    main(args.full, every_strategy=args.every_strategy)

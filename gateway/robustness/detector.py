@@ -1,0 +1,132 @@
+"""What the round lifecycle asks of robustness: weights at intake, a verdict at each close, who is quarantined.
+
+The verdict is computed once per closing round and kept until that close
+lands (a close retried after a full disk must not judge, nor take updates
+out, twice); the reliabilities it changes are written in the transaction
+that closes the round (store.finish_round) and adopted in memory only then,
+so a crash before that commit re-judges the rebuilt round from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..aggregate import StreamingAggregate
+from ..store import Contribution, GatewayStore
+from ..strategies.base import Weights
+from .reliability import Reliability, observe, released
+from .scores import score_round
+from .settings import RobustnessSection
+from .validation import ValidationLoss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Judgement:
+    """One closing round's judgement: a row per update, the reliabilities it moves, who was not counted."""
+
+    round: int
+    contributions: list[Contribution] = field(default_factory=list)
+    reliabilities: list[Reliability] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)
+
+
+class Detector:
+    def __init__(
+        self, settings: RobustnessSection, store: GatewayStore, validation: ValidationLoss | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.validation = validation
+        self._lock = threading.Lock()
+        self._reliability: dict[str, Reliability] = {r.device: r for r in store.reliabilities()}
+        self._verdicts: dict[int, Judgement] = {}
+
+    # -- intake (paho's thread) -------------------------------------------------------------------------------
+    def weight(self, device: str) -> float:
+        """The factor an update of ``device`` weighs by (times its samples): its reliability, when asked for."""
+        if not self.settings.reliability_weights:
+            return 1.0
+        with self._lock:
+            r = self._reliability.get(device)
+        return r.score if r is not None else 1.0
+
+    # -- the round thread -------------------------------------------------------------------------------------
+    def quarantined(self) -> dict[str, str]:
+        """Who is quarantined now, read from the store: a release by command (another process) counts at once."""
+        current = self.store.quarantined()
+        with self._lock:
+            for device, r in list(self._reliability.items()):
+                if r.quarantined and device not in current:  # released by `tinyfed gateway release`
+                    self._reliability[device] = next((x for x in self.store.reliabilities() if x.device == device), r)
+        return current
+
+    def judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None = None) -> Judgement:
+        """Score the round's updates, take the flagged (when configured) and quarantined ones out of its sums."""
+        verdict = self._verdicts.get(round_)
+        if verdict is None:
+            verdict = self._judge(round_, aggregate, base)
+            self._verdicts[round_] = verdict
+        aggregate.exclude(verdict.excluded)
+        return verdict
+
+    def _judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None) -> Judgement:
+        s = self.settings
+        updates = aggregate.updates
+        quarantined = self.store.quarantined()
+        verdict = Judgement(round_)
+        scores = []
+        if len(updates) >= s.min_updates:
+            losses = self.validation.changes(base(), updates) if self.validation and base else None
+            scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio, losses)
+        by_device = {sc.device: sc for sc in scores}
+        with self._lock:
+            known = dict(self._reliability)
+        for u in updates:
+            sc = by_device.get(u.device)
+            out = u.device in quarantined or (sc is not None and sc.flagged and s.exclude_flagged)
+            reason = sc.reason if sc is not None else ""
+            if u.device in quarantined:
+                reason = "; ".join(x for x in (reason, f"quarantined: {quarantined[u.device]}") if x)
+            verdict.contributions.append(Contribution(
+                u.device, sc.norm if sc else None, sc.cosine if sc else None, sc.norm_z if sc else None,
+                sc.cosine_z if sc else None, bool(sc and sc.flagged), reason, not out,
+                loss_change=sc.loss_change if sc else None,
+            ))  # fmt: skip
+            if out:
+                verdict.excluded.add(u.device)
+            if sc is not None:
+                prior = known.get(u.device, Reliability(u.device))
+                verdict.reliabilities.append(observe(prior, sc.flagged, sc.reason, round_, s.decay, s.quarantine_below))
+        return verdict
+
+    def closed(self, verdict: Judgement) -> None:
+        """The round's close landed (its rows are committed): adopt the reliabilities it moved."""
+        self._verdicts.pop(verdict.round, None)
+        with self._lock:
+            for r in verdict.reliabilities:
+                before = self._reliability.get(r.device)
+                if r.quarantined and not (before and before.quarantined):
+                    log.warning("%s quarantined in round %d: %s", r.device, verdict.round, r.reason)
+                self._reliability[r.device] = r
+        flagged = [c.device for c in verdict.contributions if c.flagged]
+        if flagged:
+            log.warning("round %d: flagged %s", verdict.round, flagged)
+
+    def forget(self, round_: int) -> None:
+        self._verdicts.pop(round_, None)
+
+
+def release(store: GatewayStore, device: str, note: str) -> Reliability:
+    """Put a quarantined device back (reliability 1): the operator's command; raises KeyError when not quarantined."""
+    current = {r.device: r for r in store.reliabilities()}
+    r = current.get(device)
+    if r is None or not r.quarantined:
+        raise KeyError(device)
+    new = released(r, r.since, note)
+    store.save_reliability(new)
+    return new

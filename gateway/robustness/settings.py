@@ -1,0 +1,35 @@
+"""``[robustness]`` in gateway.toml: the anomaly detector, reliability weights and quarantine (all off by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RobustnessSection:
+    detect: bool = False  # score every training update at each close; flags are recorded and shown by status
+    exclude_flagged: bool = True  # a flagged update is recorded and not counted in its round's aggregate
+    reliability_weights: bool = False  # weigh each update by its device's reliability (times its samples)
+    threshold: float = 3.0  # robust z-score of its norm past which an update is flagged (with norm_ratio)
+    norm_ratio: float = 2.0  # ... and only if its norm is also more than this times the round's median
+    min_cosine: float = 0.0  # an update pointing away from the round's median (cosine below this) is flagged
+    decay: float = 0.7  # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
+    quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
+    min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
+    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
+
+    def __post_init__(self) -> None:
+        if self.threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if self.norm_ratio < 1:
+            raise ValueError(f"norm_ratio must be >= 1, got {self.norm_ratio}")
+        if not -1 <= self.min_cosine <= 1:
+            raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
+        if not 0 <= self.decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        if not 0 <= self.quarantine_below < 1:
+            raise ValueError(f"quarantine_below must be in [0, 1), got {self.quarantine_below}")
+        if self.min_updates < 3:
+            raise ValueError(f"min_updates must be >= 3 (a median and its spread need them), got {self.min_updates}")
+        if self.reliability_weights and not self.detect:
+            raise ValueError("reliability_weights needs detect = true (reliability comes from the detector's flags)")

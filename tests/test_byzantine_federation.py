@@ -1,0 +1,103 @@
+"""Two malicious agents in a small federation through a real Mosquitto: flagged, quarantined, and the model holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import wire
+from edge_runtime.agent import DeviceAgent
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.model.backends import default_backend
+from edge_runtime.model.info import quantize_input
+from edge_runtime.model.reader import read_graph
+from edge_runtime.train.evaluate import int8_metrics
+from edge_runtime.transport.broker import MosquittoProcess
+from gateway.config import GatewayConfig
+from gateway.service import Gateway, RoundSummary
+from gateway.store import GatewayStore
+
+from .federation import start_agents
+
+MALICIOUS = ("d06", "d07")
+ROUNDS = 8
+
+
+class SignFlipAgent(DeviceAgent):
+    """A real agent that trains honestly and sends the negation of what it learned (when it is one of MALICIOUS)."""
+
+    def new_update(
+        self,
+        task: wire.Task,
+        samples: int,
+        tensors: list[wire.TensorUpdate],
+        metrics: dict[str, float],
+        ranges: dict[int | str, tuple[float, float]] | None = None,
+    ) -> wire.Update:
+        if self.device_id in MALICIOUS and tensors:
+            tensors = [replace(t, values=wire.CodedValues(wire.ValueCoding.FLOAT32,
+                                                          -t.values.decode().astype(np.float32), 1.0))
+                       for t in tensors]  # fmt: skip
+        return super().new_update(task, samples, tensors, metrics, ranges)
+
+
+def test_two_sign_flipping_agents_are_flagged_quarantined_and_the_accuracy_holds(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    backend = default_backend()
+    settings = {
+        "gateway": {"federation": "gw-test", "storage": str(tmp_path / "gw"), "model": str(initial_model),
+                    "connect_timeout": 20.0},
+        "rounds": {"rounds": ROUNDS, "min_devices": 4, "deadline": 120.0, "epochs": 2, "learning_rate": 0.05,
+                   "density": 0.05, "report_every": 1000},
+        "strategy": {"name": "fedavgm", "momentum": 0.5},
+        "robustness": {"detect": True, "reliability_weights": True},
+        "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
+        "trust": {"mode": "insecure"},
+    }  # fmt: skip
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    accuracy: dict[int, float] = {}
+
+    def score(summary: RoundSummary) -> None:
+        graph = read_graph(gateway.model)
+        x = quantize_input(graph, digits.test.x)
+        accuracy[summary.round] = int8_metrics(backend, gateway.model, graph, x, digits.test.y)["accuracy"]
+
+    gateway.on_round_closed.append(score)
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, backend, 8, scheme="iid", agent_class=SignFlipAgent)
+    try:
+        assert gateway.finished.wait(600), f"federation did not finish: {accuracy}"  # the six carry on
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+    store = GatewayStore(tmp_path / "gw" / "gateway.db")
+    try:
+        quarantined = store.quarantined()
+        assert set(quarantined) == set(MALICIOUS), quarantined  # both, and no honest device
+        judged = store.contributions(limit=10_000)
+        for device in MALICIOUS:
+            own = [c for _, c in judged if c.device == device]
+            assert own and all(not c.counted for c in own), own  # flagged from their first update: never counted
+            assert all("cosine" in c.reason for c in own if c.flagged)
+        honest = [c for _, c in judged if c.device not in MALICIOUS]
+        assert honest and all(c.counted for c in honest)
+        training = [r for r in store.rounds() if r.mode == "sync"]
+        last = training[-1].round
+        assert {c.device for _, c in store.contributions(last)}.isdisjoint(MALICIOUS)  # no longer selected
+    finally:
+        store.close()
+    assert accuracy[max(accuracy)] >= 0.85, accuracy  # the honest six's model, unharmed
+    toml = tmp_path / "gateway.toml"
+    storage = tmp_path / "gw"
+    toml.write_text(f'[gateway]\nstorage = "{storage}"\n[robustness]\ndetect = true\n[trust]\nmode = "insecure"\n')
+    status = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(toml)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    for device in MALICIOUS:
+        assert f"QUARANTINED {device}" in status.stdout

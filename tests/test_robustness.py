@@ -1,0 +1,290 @@
+"""The anomaly detector: scores from a round's own robust statistics, reliability across rounds, quarantine,
+release, and the round machinery that records it all (the real store, publisher and rounds, a fake clock)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.writer import write_graph
+from gateway.admission import AdmissionRules
+from gateway.aggregate import update_norm
+from gateway.clock import FakeClock
+from gateway.config import ConfigError, GatewayConfig
+from gateway.policy import RoundPolicy, TaskSettings
+from gateway.publisher import Publisher
+from gateway.registry import Eligibility, Registry
+from gateway.robustness.detector import Detector, release
+from gateway.robustness.reliability import Reliability, observe, released
+from gateway.robustness.scores import score_round
+from gateway.rounds import Rounds
+from gateway.store import GatewayStore
+from gateway.strategies import ClientDelta
+
+RNG = np.random.default_rng(3)
+SIZE = 400
+
+
+def honest(name: str, direction: np.ndarray, keep: int = 40) -> ClientDelta:
+    """A device's sparse update: its own top coordinates of a shared direction plus its own noise (non-IID)."""
+    noisy = direction + 0.6 * RNG.standard_normal(SIZE)
+    idx = np.sort(np.argsort(-np.abs(noisy))[:keep])
+    scale = RNG.uniform(0.6, 1.6)  # honest norms differ: more data, bigger steps
+    return ClientDelta(name, 10, {0: (idx, scale * noisy[idx])})
+
+
+def test_scores_flag_sign_flips_and_scaled_updates_and_leave_non_iid_honest_devices_alone() -> None:
+    direction = RNG.standard_normal(SIZE)
+    updates = [honest(f"h{i}", direction) for i in range(16)]
+    flipped = honest("flip", direction)
+    flipped.entries[0] = (flipped.entries[0][0], -flipped.entries[0][1])
+    scaled = honest("big", direction)
+    scaled.entries[0] = (scaled.entries[0][0], 8 * scaled.entries[0][1])
+    scores = {s.device: s for s in score_round([*updates, flipped, scaled], {0: SIZE})}
+    assert {d for d, s in scores.items() if s.flagged} == {"flip", "big"}
+    assert "cosine" in scores["flip"].reason and scores["flip"].cosine < 0
+    assert "norm" in scores["big"].reason and "x the round's median" in scores["big"].reason
+    assert all(s.reason == "" for d, s in scores.items() if d.startswith("h"))
+
+
+def test_reliability_quarantines_after_repeated_flags_not_after_one_and_release_restores_it() -> None:
+    r = Reliability("d")
+    r = observe(r, True, "cosine -0.4", 1, decay=0.7, below=0.4)
+    assert r.score == pytest.approx(0.7) and not r.quarantined
+    for round_ in range(2, 6):
+        r = observe(r, False, "", round_, decay=0.7, below=0.4)
+    assert r.score > 0.9 and not r.quarantined  # an honest device flagged once earns it back
+    for round_ in (6, 7, 8):
+        r = observe(r, True, "norm 9x", round_, decay=0.7, below=0.4)
+    assert r.quarantined and r.since == 8 and "after" in r.reason and "norm 9x" in r.reason
+    assert observe(r, False, "", 9, 0.7, 0.4).quarantined  # stays quarantined until released
+    back = released(r, 9, "released by the operator")
+    assert back.score == 1.0 and not back.quarantined
+    never = Reliability("e")
+    for round_ in range(10):
+        never = observe(never, True, "x", round_, 0.7, below=0.0)
+    assert never.score < 0.1 and not never.quarantined  # below = 0: never quarantined
+
+
+def test_robustness_settings_are_checked_and_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"robustness.*reliability_weights needs detect"):
+        GatewayConfig.from_mapping({"robustness": {"reliability_weights": True}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*decay"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "decay": 1.5}}, env={})
+    assert not GatewayConfig.from_mapping({}, env={}).robustness.detect  # off by default
+
+
+# -- the round machinery -------------------------------------------------------------------------------------
+DEVICES = tuple(f"d{i}" for i in range(8))
+EVIL = ("d6", "d7")
+
+
+def make_rounds(tmp_path: Path, model: bytes, strategy: str = "fedavg", **robustness: object) -> Rounds:
+    (tmp_path / "initial.tflite").write_bytes(model)
+    config = GatewayConfig.from_mapping(
+        {
+            "gateway": {"federation": "t", "storage": str(tmp_path / "gw"), "model": str(tmp_path / "initial.tflite")},
+            "rounds": {"min_devices": 2, "deadline": 60.0},
+            "strategy": {"name": strategy},
+            "robustness": {"detect": True, **robustness},
+        },
+        env={},
+    )  # fmt: skip
+    store = GatewayStore(config.storage / "gateway.db")
+    rc = config.rounds
+    policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
+    admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
+    rounds = Rounds(store, Registry(store), Publisher(config, store, config.make_strategy()), policy, admission,
+                    FakeClock(), detector=Detector(config.robustness, store))  # fmt: skip
+    for name in DEVICES:
+        caps = wire.Capabilities(ram=1 << 20, backend="x", samples=50)
+        birth = wire.Presence(name, True, 1, 0, caps)
+        rounds.registry.observe(birth, wire.encode(birth))
+    return rounds
+
+
+def send(rounds: Rounds, device: str, task: wire.Task, direction: np.ndarray) -> None:
+    tensor, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    noisy = direction + 0.3 * RNG.standard_normal(direction.size)
+    if device in EVIL:
+        noisy = -noisy  # a sign flip
+    idx = np.sort(np.argsort(-np.abs(noisy))[:60])
+    values = wire.CodedValues(wire.ValueCoding.FLOAT32, (0.01 * noisy[idx]).astype(np.float32), 1.0)
+    update = wire.Update(os.urandom(16), device, task.round, task.base_version, 40,
+                         [wire.TensorUpdate(tensor, numel, idx, values)])  # fmt: skip
+    raw = wire.encode(update)
+    decoded = wire.decode(raw, expect=wire.Update, spec=dict(rounds.sizes))
+    assert rounds.intake(decoded, raw, device, update_norm(decoded)).accepted
+
+
+def one_round(rounds: Rounds, direction: np.ndarray) -> tuple[set[str], int]:
+    step = rounds.step()
+    assert step.opened is not None
+    for device, task in step.tasks:
+        send(rounds, device, task, direction)
+    ended = rounds.step().ended
+    assert ended is not None and ended.status == "closed"
+    return {d for d, _ in step.tasks}, ended.round
+
+
+@pytest.fixture
+def model(digits_mlp: Graph) -> bytes:
+    return write_graph(digits_mlp)
+
+
+def test_sign_flippers_are_flagged_not_counted_quarantined_and_released_by_command(
+    tmp_path: Path, model: bytes
+) -> None:
+    rounds = make_rounds(tmp_path, model, reliability_weights=True)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    direction = RNG.standard_normal(numel)
+    selected: list[set[str]] = []
+    for _ in range(4):
+        chosen, number = one_round(rounds, direction)
+        selected.append(chosen)
+        judged = {c.device: c for _, c in rounds.store.contributions(number)}
+        assert set(judged) == chosen  # every update of the round is judged and recorded
+        for device in chosen & set(EVIL):
+            assert judged[device].flagged and not judged[device].counted and "cosine" in judged[device].reason
+        for device in chosen - set(EVIL):
+            assert not judged[device].flagged and judged[device].counted
+        assert rounds.store.metrics(number)["excluded"] == len(chosen & set(EVIL))
+    assert EVIL[0] in selected[0] and EVIL[0] not in selected[-1]  # quarantined: no longer selected
+    quarantined = rounds.store.quarantined()
+    assert set(quarantined) == set(EVIL) and all("reliability" in why for why in quarantined.values())
+    assert rounds.registry.get(EVIL[0]) is not None
+    assert "quarantined" in (Eligibility().why_not(rounds.registry.get(EVIL[0])) or "")  # type: ignore[arg-type]
+    honest_reliability = {r.device: r.score for r in rounds.store.reliabilities()}
+    assert all(honest_reliability[d] == 1.0 for d in DEVICES if d not in EVIL)
+    # The operator releases one (the command writes the store; the running rounds read it at their next step).
+    release(rounds.store, EVIL[0], "released by the operator")
+    with pytest.raises(KeyError):
+        release(rounds.store, "d0", "not quarantined")
+    chosen, _ = one_round(rounds, direction)
+    assert EVIL[0] in chosen and EVIL[1] not in chosen
+
+
+def test_krum_choices_are_recorded_with_the_round(tmp_path: Path, model: bytes) -> None:
+    rounds = make_rounds(tmp_path, model, strategy="krum", quarantine_below=0.0)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    _, number = one_round(rounds, RNG.standard_normal(numel))
+    judged = {c.device: c for _, c in rounds.store.contributions(number)}
+    picked = [d for d, c in judged.items() if c.chosen]
+    assert len(picked) == 1 and picked[0] not in EVIL
+    assert rounds.publisher.strategy.chosen == picked
+
+
+def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_a_device_back(
+    tmp_path: Path, model: bytes
+) -> None:
+    import subprocess
+    import sys
+
+    rounds = make_rounds(tmp_path, model)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    direction = RNG.standard_normal(numel)
+    for _ in range(3):
+        one_round(rounds, direction)
+    rounds.store.close()
+    toml = tmp_path / "gateway.toml"
+    storage = tmp_path / "gw"
+    toml.write_text(f'[gateway]\nstorage = "{storage}"\n[robustness]\ndetect = true\n[trust]\nmode = "insecure"\n')
+
+    def tinyfed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tinyfed", "gateway", *args, "--config", str(toml)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    status = tinyfed("status")
+    assert status.returncode == 0, status.stderr
+    assert "robustness: detector on" in status.stdout
+    for device in EVIL:
+        assert f"QUARANTINED {device} since round 3" in status.stdout
+        assert f"round 1 {device}: cosine" in status.stdout and "(recorded, not counted)" in status.stdout
+    wrong = tinyfed("release", "d0")
+    assert wrong.returncode == 2 and "'d0' is not quarantined" in wrong.stderr and "d6, d7" in wrong.stderr
+    done = tinyfed("release", "d6")
+    assert done.returncode == 0, done.stderr
+    after = tinyfed("status").stdout
+    assert "QUARANTINED d6" not in after and "QUARANTINED d7" in after
+
+
+def test_the_benchmark_attacks_do_what_they_say(digits_mlp: Graph, digits: DataSplit) -> None:
+    """bench/byzantine.py's attackers, against an honest twin trained on the same data with the same seed."""
+    from bench.byzantine import TARGET, Attack, Attacker, trigger
+    from edge_runtime.model.backends import default_backend
+    from tinyfed.population import SimulatedDevice
+
+    backend = default_backend()
+    data = digits.train.subset(np.arange(60), "d")
+    spec = {t: int(np.prod(s)) for t, s in ((k.tensor, k.shape) for k in _trainable(digits_mlp))}
+    task = wire.Task(os.urandom(16), 1, bytes(32), 1, 0.05, 0.05, 2**40)
+    high = float(digits.train.x.max())
+
+    def sent(device: SimulatedDevice) -> np.ndarray:
+        update = wire.decode(device.answer(task, digits_mlp, spec, 0, backend), expect=wire.Update, spec=spec)
+        return np.concatenate([t.dense().astype(np.float64) for t in sorted(update.tensors, key=lambda t: t.tensor)])
+
+    honest = sent(SimulatedDevice("h", data, 5))
+    flipped = sent(Attacker("a", data, 5, Attack("sign_flip", 5.0, high)))
+    np.testing.assert_allclose(flipped, -honest, rtol=1e-2, atol=1e-3 * np.abs(honest).max())
+    scaled = sent(Attacker("a", data, 5, Attack("scale", 5.0, high)))
+    assert np.linalg.norm(scaled) == pytest.approx(0.95 * 5.0, rel=1e-4)
+    assert (scaled != 0).sum() == (honest != 0).sum()
+    noise = sent(Attacker("a", data, 5, Attack("noise", 5.0, high)))
+    assert np.linalg.norm(noise) == pytest.approx(0.95 * 5.0, rel=1e-4) and abs(np.corrcoef(noise, honest)[0, 1]) < 0.5
+    labels = Attacker("a", data, 5, Attack("label_flip", 5.0, high)).data
+    np.testing.assert_array_equal(labels.y, len(data.classes) - 1 - data.y)
+    poisoned = Attacker("a", data, 5, Attack("backdoor", 5.0, high)).data
+    assert len(poisoned) == 2 * len(data) and (poisoned.y[len(data) :] == TARGET).all()
+    np.testing.assert_array_equal(poisoned.x[len(data) :], trigger(data.x, high))
+    assert (trigger(data.x, high).reshape(len(data), -1)[:, 0] == high).all()
+
+
+def _trainable(graph: Graph) -> list[wire.TrainableTensor]:
+    from edge_runtime.train.tail import Tail
+    from edge_runtime.train.trainer import cut_for_last_layers
+
+    cut = cut_for_last_layers(graph, 0)
+    out = []
+    for i, layer in Tail.from_graph(graph, cut).trainable():
+        op = graph.operators[cut + i]
+        out += [wire.TrainableTensor(op.inputs[1], tuple(layer.weight.shape)),
+                wire.TrainableTensor(op.inputs[2], tuple(layer.bias.shape))]  # fmt: skip
+    return out
+
+
+def test_the_validation_loss_change_flags_an_update_that_hurts_the_hubs_set(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    from gateway.robustness.validation import ValidationLoss, from_config
+
+    model = write_graph(digits_mlp)
+    scorer = ValidationLoss(model, 0, digits.test.x[:200], digits.test.y[:200], "test")
+    base = scorer.master.weights()
+    tensor = max(base, key=lambda t: base[t].size)
+    zero = ClientDelta("zero", 10, {tensor: (np.arange(5), np.zeros(5))})
+    wrecker = ClientDelta("wreck", 10, {t: (np.arange(w.size), 3.0 * RNG.standard_normal(w.size)) for t, w in
+                                        base.items()})  # fmt: skip
+    changes = scorer.changes(base, [zero, wrecker])
+    assert changes[0] == pytest.approx(0.0, abs=1e-9) and changes[1] > 0.5
+    direction = RNG.standard_normal(SIZE)
+    updates = [honest(f"h{i}", direction) for i in range(10)]
+    losses = [0.01 * RNG.standard_normal() for _ in updates[:-1]] + [0.8]
+    flagged = [s for s in score_round(updates, {0: SIZE}, loss_changes=losses) if s.flagged]
+    assert [s.device for s in flagged] == ["h9"] and "validation loss" in flagged[0].reason
+    # Configuration: a missing file and a frozen backbone are named.
+    (tmp_path / "m.tflite").write_bytes(model)
+    settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
+                "robustness": {"detect": True, "validation": str(tmp_path / "none.npz")}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\[robustness\] validation .*none.npz"):
+        from_config(GatewayConfig.from_mapping(settings, env={}), model)
+    np.savez(tmp_path / "val.npz", x=digits.test.x[:50], y=digits.test.y[:50])
+    settings["robustness"]["validation"] = str(tmp_path / "val.npz")  # type: ignore[index]
+    with pytest.raises(ConfigError, match="trainable_layers = 0"):
+        from_config(GatewayConfig.from_mapping(settings, env={}), model)
