@@ -512,6 +512,9 @@ def check_secagg(config: GatewayConfig, buffered: bool, env: Mapping[str, str] |
     if buffered:
         clashes.append(f"{where('strategy', 'name')} = {config.strategy_name!r} (it reads single updates; "
                        "only the sum exists)")  # fmt: skip
+    if config.robustness.detect:
+        clashes.append(f"{where('robustness', 'detect')} = true (the detector scores single updates; only the "
+                       "sum exists)")  # fmt: skip
     if rounds.deadline <= 4 * secagg.step_deadline:
         clashes.append(f"{where('rounds', 'deadline')} = {rounds.deadline:g} (at most 4 x "
                        f"{where('secagg', 'step_deadline')} = {secagg.step_deadline:g} leaves no time to train)")

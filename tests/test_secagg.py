@@ -312,11 +312,11 @@ def test_settings_a_session_cannot_keep_are_refused_naming_their_keys(tmp_path: 
             "rounds": {"min_devices": 3}, "secagg": {"mode": "secagg"}}  # fmt: skip
     assert GatewayConfig.from_mapping(base, env={}).secagg.on
     clashing = base | {"rounds": {"mode": "async", "overprovision": 0.5, "deadline": 60.0, "min_devices": 2},
-                       "strategy": {"name": "fedmedian"}}  # fmt: skip
+                       "strategy": {"name": "fedmedian"}, "robustness": {"detect": True}}  # fmt: skip
     with pytest.raises(ConfigError) as refused:
         GatewayConfig.from_mapping(clashing, env={})
     for key in ("[rounds] mode", "[rounds] overprovision", "[rounds] deadline", "[rounds] min_devices",
-                "[strategy] name"):
+                "[strategy] name", "[robustness] detect"):
         assert key in str(refused.value)
     with pytest.raises(ConfigError, match=r"\[secagg\].*threshold"):
         GatewayConfig.from_mapping(base | {"secagg": {"mode": "secagg", "threshold": 0.0}}, env={})
