@@ -45,34 +45,38 @@ def _rows(result: FederationResult) -> list[dict[str, Any]]:
     ]
 
 
-def variants(spec: FederationSpec, sweep: bool = True) -> dict[str, FederationSpec]:
-    """The spec as given (the headline run), dense float32, each density of the sweep, FedAvg and FedAdam.
+def variants(spec: FederationSpec, sweep: bool = True, twin: bool = True) -> dict[str, FederationSpec]:
+    """The spec as given (the headline run), dense float32, its insecure twin, each density of the sweep, FedAvg
+    and FedAdam.
 
-    ``sweep=False`` keeps the headline, dense and FedAdam runs only (a suite run within its time budget).
+    ``sweep=False`` keeps the headline and dense runs (and the twin unless ``twin=False``): what the headline
+    figures need, for a suite run within its time budget; ``--full`` runs every variant.
     """
     strategy = str(spec.strategy["name"])
     out = {
         f"{strategy} {100 * spec.density:g}% (headline)": spec,
         f"{strategy} dense float32": replace(spec, density=1.0, value_coding=0),
-        f"{strategy} {100 * spec.density:g}% insecure": replace(spec, secure=False),
     }
-    for density in DENSITIES if sweep else ():
-        if density != spec.density:
-            out[f"{strategy} {100 * density:g}%"] = replace(spec, density=density)
+    if twin or sweep:
+        out[f"{strategy} {100 * spec.density:g}% insecure"] = replace(spec, secure=False)
     if sweep:
+        for density in DENSITIES:
+            if density != spec.density:
+                out[f"{strategy} {100 * density:g}%"] = replace(spec, density=density)
         out[f"fedavg {100 * spec.density:g}%"] = replace(spec, strategy={"name": "fedavg"})
-    out[f"fedadam {100 * spec.density:g}%"] = replace(spec, strategy={"name": "fedadam"})
+        out[f"fedadam {100 * spec.density:g}%"] = replace(spec, strategy={"name": "fedadam"})
     return out
 
 
 def run_sweep(
-    name: str, spec: FederationSpec, target: float | None, extra: dict[str, float] | None = None, sweep: bool = True
+    name: str, spec: FederationSpec, target: float | None, extra: dict[str, float] | None = None, sweep: bool = True,
+    twin: bool = True,
 ) -> dict[str, float]:
     """Every variant of ``spec`` over the same devices; figures, per-round rows, and the PNG."""
     logging.basicConfig(level=logging.ERROR)
     results: dict[str, FederationResult] = {}
     seconds: dict[str, float] = {}
-    for label, variant in variants(spec, sweep).items():
+    for label, variant in variants(spec, sweep, twin).items():
         started = time.perf_counter()
 
         def show(r: RoundRecord, label: str = label) -> None:
@@ -84,7 +88,8 @@ def run_sweep(
         results[label] = run_federation(variant, on_round=show)
         seconds[label] = time.perf_counter() - started
     labels = list(results)
-    head, dense, insecure = results[labels[0]], results[labels[1]], results[labels[2]]
+    head, dense = results[labels[0]], results[labels[1]]
+    insecure = results.get(labels[2]) if len(labels) > 2 and labels[2].endswith(" insecure") else None
     scores = [r.score for r in head.rounds]
     reached = [r.round for r in head.rounds if target is not None and r.score >= target]
     dense_bytes = dense.rounds[-1].uplink_bytes
@@ -98,14 +103,16 @@ def run_sweep(
         "devices": float(head.devices),
         "rounds": float(len(head.rounds)),
         "seconds_per_round": seconds[labels[0]] / max(1, len(head.rounds)),
-        # Signatures and TLS against neither, same devices and seed: round time (the federations' own round
-        # durations, summed) and uplink bytes.
-        "secured_vs_insecure_seconds_per_round": sum(r.seconds for r in head.rounds)
-        / max(1e-9, sum(r.seconds for r in insecure.rounds)),
-        "secured_vs_insecure_uplink": head.rounds[-1].uplink_bytes / max(1, insecure.rounds[-1].uplink_bytes),
         **(extra or {}),
     }
-    for label in labels[3:]:
+    if insecure is not None:
+        # Signatures and TLS against neither, same devices and seed: round time (the federations' own round
+        # durations, summed) and uplink bytes.
+        figures["secured_vs_insecure_seconds_per_round"] = sum(r.seconds for r in head.rounds) / max(
+            1e-9, sum(r.seconds for r in insecure.rounds)
+        )
+        figures["secured_vs_insecure_uplink"] = head.rounds[-1].uplink_bytes / max(1, insecure.rounds[-1].uplink_bytes)
+    for label in labels[3 if insecure is not None else 2 :]:
         key = label.replace(" ", "_").replace("%", "pct")
         figures[f"final_accuracy_{key}"] = results[label].rounds[-1].score
         figures[f"uplink_ratio_vs_dense_{key}"] = dense_bytes / max(1, results[label].rounds[-1].uplink_bytes)
