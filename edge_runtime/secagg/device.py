@@ -17,9 +17,9 @@ one unmask request per session; an index in both lists is refused.
 
 from __future__ import annotations
 
-import cbor2
 import numpy as np
 
+from ..wire.errors import WireError
 from ..wire.secagg import (
     SecAggAdvertise,
     SecAggCollect,
@@ -29,6 +29,8 @@ from ..wire.secagg import (
     SecAggSetup,
     SecAggShares,
     SecAggUnmask,
+    decode_share,
+    encode_share,
 )
 from . import crypto, field, graph, shamir
 from .errors import SecAggRefused
@@ -103,7 +105,7 @@ class DeviceSession:
         out = []
         for j, (c_public, _) in sorted(self.peers.items()):
             key = crypto.agree(self.c.private, c_public, self.setup.session, crypto.LABEL_SHARES)
-            plain = cbor2.dumps([self.index, j, shamir.to_bytes(b_shares[j]), shamir.to_bytes(s_shares[j])])
+            plain = encode_share(self.index, j, shamir.to_bytes(b_shares[j]), shamir.to_bytes(s_shares[j]))
             out.append((j, crypto.encrypt(key, plain, associated(self.setup.session, self.index, j))))
         self.step = "shared"
         return SecAggShares(self.setup.session, self.index, out)
@@ -119,11 +121,11 @@ class DeviceSession:
                 raise SecAggRefused(f"secagg collect: a share from {j}, whose keys this device was not given")
             key = crypto.agree(self.c.private, self.peers[j][0], self.setup.session, crypto.LABEL_SHARES)
             try:
-                sender, recipient, b_share, s_share = cbor2.loads(
+                sender, recipient, b_share, s_share = decode_share(
                     crypto.decrypt(key, ciphertext, associated(self.setup.session, j, self.index))
                 )
                 self.held[j] = (shamir.from_bytes(b_share), shamir.from_bytes(s_share))
-            except (crypto.DecryptionFailed, ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+            except (crypto.DecryptionFailed, ValueError, WireError) as exc:
                 raise SecAggRefused(f"secagg collect: the share from {j} does not verify ({exc})") from exc
             if (sender, recipient) != (j, self.index):
                 raise SecAggRefused(f"secagg collect: the share from {j} names {sender} -> {recipient}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .cbor import dumps, loads
 from .errors import SchemaError, ValueRejected
 from .limits import Limits
 from .schema import MapReader, f32, field_name, header
@@ -380,3 +381,17 @@ class SecAggReveal:
 
 SECAGG_MESSAGES = (SecAggSetup, SecAggAdvertise, SecAggKeys, SecAggShares, SecAggCollect, SecAggMasked,
                    SecAggUnmask, SecAggReveal)  # fmt: skip
+
+
+def encode_share(sender: int, recipient: int, b_share: bytes, s_share: bytes) -> bytes:
+    """The plaintext a device encrypts for one neighbour: who sends it to whom, and its two Shamir shares."""
+    return dumps([sender, recipient, b_share, s_share])
+
+
+def decode_share(data: bytes) -> tuple[int, int, bytes, bytes]:
+    """The plaintext of a decrypted share, checked like any message (it comes from another device)."""
+    value = loads(data, Limits(), "secagg share")
+    if (not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, int) for v in value[:2])
+            or not all(isinstance(v, bytes) and len(v) == SHARE_BYTES for v in value[2:])):  # fmt: skip
+        raise SchemaError("secagg share", "not [sender, recipient, 32-byte share, 32-byte share]")
+    return value[0], value[1], value[2], value[3]
