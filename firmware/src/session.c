@@ -1,0 +1,722 @@
+/* Requests in, answers out: the same behaviour as hil/board.py, message by message.
+ *
+ * One message is handled at a time, to completion; its answer is built in one frame-sized buffer. What a
+ * reset must not lose (the installed model, the transfer's progress, the residual) is in flash, written
+ * data first and record last; everything else is rebuilt at boot. */
+#include "session.h"
+
+#include <math.h>
+#include "fmt.h"
+#include <string.h>
+
+#include "cbor.h"
+#include "dataset.h"
+#include "link.h"
+#include "ml.h"
+#include "modelmeta.h"
+#include "platform.h"
+#include "sha256.h"
+#include "store.h"
+#include "update.h"
+
+enum { MSG_UPDATE = 1, MSG_HELLO = 16, MSG_MODEL_BEGIN, MSG_MODEL_DATA, MSG_MODEL_COMMIT, MSG_TRAIN, MSG_INFER,
+       MSG_INFER_RESULT, MSG_STATUS, MSG_RESET, MSG_LOG, MSG_ERROR };
+enum { E_MALFORMED = 1, E_UNSUPPORTED, E_NO_MEMORY, E_NO_FLASH, E_BAD_OFFSET, E_HASH_MISMATCH, E_NO_MODEL, E_BUSY,
+       E_BAD_INPUT, E_INTERNAL };
+enum { IDLE = 0, RECEIVING = 1, TRAINING = 2, INFERRING = 3 };
+
+#define MAX_INPUT 4096 /* int8 elements of one model input the board quantises at a time */
+
+static link_message msg;
+static uint8_t out[LINK_MAX_PAYLOAD];
+static int8_t sample_in[MAX_INPUT];
+static int8_t sample_out[256];
+
+static struct {
+    bool loaded;
+    ml_info info;
+    model_meta meta;
+    store_commit active;
+    bool transfer;
+    store_progress tr;
+    uint8_t state, last_error;
+    uint32_t booted_ms;
+    char detail[160];
+} s;
+
+/* -- sending -------------------------------------------------------------------------------------------------- */
+static void head(cbor_writer *w, uint32_t entries, uint8_t type)
+{
+    cbor_w_init(w, out, link_max_payload());
+    cbor_w_head(w, CBOR_MAP, entries);
+    cbor_w_uint(w, 0);
+    cbor_w_uint(w, type);
+    cbor_w_uint(w, 1);
+    cbor_w_uint(w, 1);
+}
+
+static void send(uint8_t type, cbor_writer *w)
+{
+    if (!w->overflow)
+        link_send(type, w->buf, w->len);
+}
+
+static void send_log(uint8_t level, const char *text)
+{
+    cbor_writer w;
+    head(&w, 4, MSG_LOG);
+    cbor_w_uint(&w, 2);
+    cbor_w_uint(&w, level);
+    cbor_w_uint(&w, 3);
+    cbor_w_text(&w, text);
+    send(MSG_LOG, &w);
+}
+
+static void send_error(uint8_t code, uint8_t refused, const char *detail)
+{
+    cbor_writer w;
+    s.last_error = code;
+    head(&w, 5, MSG_ERROR);
+    cbor_w_uint(&w, 2);
+    cbor_w_uint(&w, code);
+    cbor_w_uint(&w, 3);
+    cbor_w_uint(&w, refused);
+    cbor_w_uint(&w, 4);
+    cbor_w_text(&w, detail);
+    send(MSG_ERROR, &w);
+}
+
+static uint32_t free_ram(void)
+{
+    ram_figures r;
+    plat_ram_figures(&r);
+    uint32_t used = r.data + r.bss + r.stack;
+    return r.ram > used ? r.ram - used : 0;
+}
+
+static void send_status(void)
+{
+    cbor_writer w;
+    head(&w, 6 + s.loaded, MSG_STATUS);
+    cbor_w_uint(&w, 2);
+    cbor_w_uint(&w, s.state);
+    if (s.loaded) {
+        cbor_w_uint(&w, 3);
+        cbor_w_bytes(&w, s.active.sha256, 32);
+    }
+    cbor_w_uint(&w, 4);
+    cbor_w_uint(&w, free_ram());
+    cbor_w_uint(&w, 5);
+    cbor_w_uint(&w, s.last_error);
+    cbor_w_uint(&w, 6);
+    cbor_w_uint(&w, (plat_millis() - s.booted_ms) / 1000);
+    send(MSG_STATUS, &w);
+}
+
+/* -- model ---------------------------------------------------------------------------------------------------- */
+static uint8_t ml_error_code(ml_status st)
+{
+    switch (st) {
+    case ML_BAD_MODEL:
+        return E_MALFORMED;
+    case ML_UNSUPPORTED:
+        return E_UNSUPPORTED;
+    case ML_NO_MEMORY:
+        return E_NO_MEMORY;
+    case ML_NO_MODEL:
+        return E_NO_MODEL;
+    case ML_BAD_INPUT:
+        return E_BAD_INPUT;
+    default:
+        return E_INTERNAL;
+    }
+}
+
+/* Loads a model from flash into the interpreter; 0 or the error code (detail in s.detail). */
+static uint8_t install(const uint8_t *model, uint32_t size)
+{
+    ml_status st = ml_load(model, size, &s.info);
+    if (st != ML_OK) {
+        tf_snprintf(s.detail, sizeof s.detail, "%s", ml_last_error());
+        return ml_error_code(st);
+    }
+    if (!meta_read(model, size, &s.meta)) {
+        tf_snprintf(s.detail, sizeof s.detail, "the model's tinyfed metadata is beyond this firmware's bounds");
+        ml_unload();
+        return E_UNSUPPORTED;
+    }
+    return 0;
+}
+
+static void load_installed(void)
+{
+    s.loaded = false;
+    if (!store_active(&s.active))
+        return;
+    s.loaded = install(store_slot(s.active.slot), s.active.size) == 0;
+}
+
+/* -- requests ------------------------------------------------------------------------------------------------- */
+static bool parse(cbor_item *vals, unsigned nkeys)
+{
+    uint64_t type, version;
+    const uint8_t *end = msg.payload + msg.len;
+    if (!cbor_map_index(msg.payload, end, vals, nkeys) || !cbor_get_uint(&vals[0], 255, &type) ||
+        !cbor_get_uint(&vals[1], 255, &version)) {
+        send_error(E_MALFORMED, msg.type, "the payload is not a tinyfed CBOR message");
+        return false;
+    }
+    if (type != msg.type || version != 1) {
+        tf_snprintf(s.detail, sizeof s.detail, "frame type %u carries a message of type %u, schema %u", msg.type,
+                 (unsigned)type, (unsigned)version);
+        send_error(E_MALFORMED, msg.type, s.detail);
+        return false;
+    }
+    return true;
+}
+
+static void on_hello(void)
+{
+    cbor_item v[8];
+    uint64_t host_max;
+    if (!parse(v, 8))
+        return;
+    if (!cbor_get_uint(&v[7], 1u << 20, &host_max)) {
+        send_error(E_MALFORMED, MSG_HELLO, "hello.max_frame: expected an unsigned integer");
+        return;
+    }
+    uint32_t agreed = host_max < LINK_MAX_PAYLOAD ? (uint32_t)host_max : LINK_MAX_PAYLOAD;
+    if (agreed < 64) {
+        tf_snprintf(s.detail, sizeof s.detail, "max_frame %u is below 64 bytes", (unsigned)host_max);
+        send_error(E_UNSUPPORTED, MSG_HELLO, s.detail);
+        return;
+    }
+    uint32_t dlen;
+    dataset d;
+    bool have_data = dataset_open(plat_dataset(&dlen), dlen, &d) && d.n_train > 0;
+    ram_figures r;
+    plat_ram_figures(&r);
+    cbor_writer w;
+    head(&w, 10 + s.loaded + have_data, MSG_HELLO);
+    cbor_w_uint(&w, 2);
+    cbor_w_uint(&w, r.ram);
+    cbor_w_uint(&w, 3);
+    cbor_w_uint(&w, STORE_FLASH_BYTES);
+    cbor_w_uint(&w, 4);
+    cbor_w_uint(&w, ML_ARENA_BYTES);
+    cbor_w_uint(&w, 5);
+    cbor_w_text(&w, FIRMWARE_NAME);
+    cbor_w_uint(&w, 6);
+    cbor_w_uint(&w, 1);
+    cbor_w_uint(&w, 7);
+    cbor_w_uint(&w, agreed);
+    if (s.loaded) {
+        cbor_w_uint(&w, 8);
+        cbor_w_bytes(&w, s.active.sha256, 32);
+    }
+    cbor_w_uint(&w, 9);
+    cbor_w_head(&w, CBOR_ARRAY, ml_supported_op_count);
+    for (uint32_t i = 0; i < ml_supported_op_count; i++)
+        cbor_w_uint(&w, ml_supported_ops[i]);
+    cbor_w_uint(&w, 10);
+    cbor_w_text(&w, plat_board_id());
+    if (have_data) {
+        cbor_w_uint(&w, 11);
+        cbor_w_uint(&w, d.n_train);
+    }
+    send(MSG_HELLO, &w);
+    link_set_max_payload((uint16_t)agreed);
+    tf_snprintf(s.detail, sizeof s.detail,
+             "RAM %u B: .data %u B, .bss %u B (arena %u B, update buffers %u B, frames %u B), stack %u B "
+             "(high-water %u B)",
+             (unsigned)r.ram, (unsigned)r.data, (unsigned)r.bss, (unsigned)ML_ARENA_BYTES,
+             (unsigned)upd_buffer_bytes(), (unsigned)(2 * sizeof(link_message) + LINK_MAX_ENCODED + sizeof out),
+             (unsigned)r.stack, (unsigned)r.stack_used);
+    send_log(6, s.detail);
+}
+
+static void on_model_begin(void)
+{
+    cbor_item v[4];
+    const uint8_t *version;
+    size_t vlen;
+    uint64_t size;
+    if (!parse(v, 4))
+        return;
+    if (!cbor_get_bytes(&v[2], &version, &vlen) || vlen != 32 || !cbor_get_uint(&v[3], 1u << 31, &size)) {
+        send_error(E_MALFORMED, MSG_MODEL_BEGIN, "model_begin: expected version (32 bytes) and size");
+        return;
+    }
+    if (size > STORE_SLOT_BYTES) {
+        tf_snprintf(s.detail, sizeof s.detail, "model of %u B, flash slot of %u B", (unsigned)size,
+                 (unsigned)STORE_SLOT_BYTES);
+        send_error(E_NO_FLASH, MSG_MODEL_BEGIN, s.detail);
+        return;
+    }
+    uint32_t resume = 0;
+    if (s.loaded && memcmp(version, s.active.sha256, 32) == 0) {
+        s.transfer = false;
+        resume = (uint32_t)size; /* already running it */
+    } else {
+        uint8_t slot = store_inactive_slot();
+        store_progress p;
+        if (store_progress_load(&p) && memcmp(p.version, version, 32) == 0 && p.size == size && p.slot == slot) {
+            resume = p.written;
+        } else {
+            memset(&p, 0, sizeof p);
+            memcpy(p.version, version, 32);
+            p.size = (uint32_t)size;
+            p.slot = slot;
+            store_progress_save(&p);
+        }
+        p.written = resume;
+        s.tr = p;
+        s.transfer = true;
+    }
+    cbor_writer w;
+    head(&w, 5, MSG_MODEL_BEGIN);
+    cbor_w_uint(&w, 2);
+    cbor_w_bytes(&w, version, 32);
+    cbor_w_uint(&w, 3);
+    cbor_w_uint(&w, size);
+    cbor_w_uint(&w, 4);
+    cbor_w_uint(&w, resume);
+    send(MSG_MODEL_BEGIN, &w);
+}
+
+static void on_model_data(void)
+{
+    cbor_item v[4];
+    uint64_t offset;
+    const uint8_t *data;
+    size_t len;
+    if (!parse(v, 4))
+        return;
+    if (!cbor_get_uint(&v[2], 1u << 31, &offset) || !cbor_get_bytes(&v[3], &data, &len)) {
+        send_error(E_MALFORMED, MSG_MODEL_DATA, "model_data: expected offset and data");
+        return;
+    }
+    if (!s.transfer) {
+        send_error(E_BAD_OFFSET, MSG_MODEL_DATA, "no transfer in progress: send MODEL_BEGIN first");
+        return;
+    }
+    if (offset > s.tr.written) {
+        tf_snprintf(s.detail, sizeof s.detail, "data at offset %u, expected %u", (unsigned)offset,
+                 (unsigned)s.tr.written);
+        send_error(E_BAD_OFFSET, MSG_MODEL_DATA, s.detail);
+        return;
+    }
+    uint64_t end = offset + len;
+    if (end <= s.tr.written)
+        return; /* already written: a resend */
+    uint32_t skip = s.tr.written - (uint32_t)offset;
+    if (end > s.tr.size) {
+        tf_snprintf(s.detail, sizeof s.detail, "data runs to byte %u of a %u-byte model", (unsigned)end,
+                 (unsigned)s.tr.size);
+        send_error(E_NO_FLASH, MSG_MODEL_DATA, s.detail);
+        return;
+    }
+    s.state = RECEIVING;
+    if (!store_slot_write(s.tr.slot, s.tr.written, data + skip, (uint32_t)(len - skip))) {
+        send_error(E_INTERNAL, MSG_MODEL_DATA, "flash write failed");
+        return;
+    }
+    s.tr.written = (uint32_t)end;
+    store_progress_save(&s.tr); /* data first, then the record that claims it */
+}
+
+static void on_model_commit(void)
+{
+    cbor_item v[3];
+    const uint8_t *version;
+    size_t vlen;
+    if (!parse(v, 3))
+        return;
+    if (!cbor_get_bytes(&v[2], &version, &vlen) || vlen != 32) {
+        send_error(E_MALFORMED, MSG_MODEL_COMMIT, "model_commit.version: expected 32 bytes");
+        return;
+    }
+    if (s.loaded && !s.transfer && memcmp(version, s.active.sha256, 32) == 0) {
+        send_status();
+        return;
+    }
+    if (!s.transfer || memcmp(version, s.tr.version, 32) != 0) {
+        send_error(E_BAD_OFFSET, MSG_MODEL_COMMIT, "no transfer of this version in progress");
+        return;
+    }
+    if (s.tr.written != s.tr.size) {
+        tf_snprintf(s.detail, sizeof s.detail, "only %u of %u bytes received", (unsigned)s.tr.written,
+                 (unsigned)s.tr.size);
+        send_error(E_BAD_OFFSET, MSG_MODEL_COMMIT, s.detail);
+        return;
+    }
+    s.transfer = false;
+    const uint8_t *model = store_slot(s.tr.slot);
+    uint8_t digest[32];
+    tf_sha256(model, s.tr.size, digest);
+    if (memcmp(digest, s.tr.version, 32) != 0) {
+        store_progress_clear(); /* the bytes are wrong: the next attempt starts from zero */
+        send_error(E_HASH_MISMATCH, MSG_MODEL_COMMIT, "the received bytes do not hash to the announced version");
+        return;
+    }
+    uint8_t code = install(model, s.tr.size);
+    if (code) {
+        char why[160];
+        memcpy(why, s.detail, sizeof why);
+        load_installed(); /* the old model stays */
+        send_error(code, MSG_MODEL_COMMIT, why);
+        return;
+    }
+    store_commit c;
+    c.slot = s.tr.slot;
+    c.size = s.tr.size;
+    memcpy(c.sha256, s.tr.version, 32);
+    store_set_active(&c);
+    store_progress_clear();
+    s.active = c;
+    s.loaded = true;
+    tf_snprintf(s.detail, sizeof s.detail, "model %02x%02x%02x%02x%02x%02x installed, arena %u B", c.sha256[0],
+             c.sha256[1], c.sha256[2], c.sha256[3], c.sha256[4], c.sha256[5], (unsigned)s.info.arena_bytes);
+    send_log(6, s.detail);
+    send_status();
+}
+
+/* Raw sample i (features floats) -> the model's int8 input (normalise, then quantize_input). */
+static void quantize_sample(const uint8_t *x, uint32_t features, uint32_t i, int8_t *q)
+{
+    for (uint32_t e = 0; e < features; e++) {
+        float z = dataset_value(x, i * features + e);
+        if (s.meta.n_norm) {
+            uint32_t c = e % s.meta.n_norm;
+            z = (z - s.meta.mean[c]) / s.meta.std[c];
+        }
+        float r = nearbyintf(z / s.info.input_scale) + (float)s.info.input_zero_point;
+        q[e] = (int8_t)(r > 127 ? 127 : (r < -128 ? -128 : r));
+    }
+}
+
+static void on_infer(void)
+{
+    cbor_item v[3];
+    const uint8_t *input;
+    size_t len;
+    if (!parse(v, 3))
+        return;
+    if (!cbor_get_typed(&v[2], msg.payload + msg.len, 72, &input, &len)) {
+        send_error(E_MALFORMED, MSG_INFER, "infer.input: expected an int8 typed array");
+        return;
+    }
+    if (!s.loaded) {
+        send_error(E_NO_MODEL, MSG_INFER, "no model installed");
+        return;
+    }
+    if (len != s.info.input_len || len > MAX_INPUT || s.info.output_len > sizeof sample_out) {
+        tf_snprintf(s.detail, sizeof s.detail, "input of %u values, the model takes %u", (unsigned)len,
+                 (unsigned)s.info.input_len);
+        send_error(E_BAD_INPUT, MSG_INFER, s.detail);
+        return;
+    }
+    s.state = INFERRING;
+    memcpy(sample_in, input, len);
+    uint64_t started = plat_counter();
+    uint32_t t0 = plat_millis();
+    ml_status st = ml_infer(sample_in, sample_out);
+    uint32_t micros = (plat_millis() - t0) * 1000;
+    uint64_t cost = plat_counter() - started;
+    if (st != ML_OK) {
+        send_error(ml_error_code(st), MSG_INFER, ml_last_error());
+        return;
+    }
+    (void)cost;
+    cbor_writer w;
+    head(&w, 4, MSG_INFER_RESULT);
+    cbor_w_uint(&w, 2);
+    cbor_w_head(&w, CBOR_TAG, 72);
+    cbor_w_bytes(&w, (const uint8_t *)sample_out, s.info.output_len);
+    cbor_w_uint(&w, 3);
+    cbor_w_uint(&w, micros);
+    send(MSG_INFER_RESULT, &w);
+}
+
+/* Maps data label names onto the model's class indices; false (detail set) for a name the model lacks. */
+static bool label_map(const dataset *d, uint8_t *map, uint32_t max)
+{
+    const char *p = d->names, *end = d->names + d->names_len;
+    for (uint32_t c = 0; c < d->classes && c < max; c++) {
+        const char *nl = p;
+        while (nl < end && *nl != '\n')
+            nl++;
+        map[c] = (uint8_t)c;
+        if (s.meta.n_classes) {
+            map[c] = 0xFF;
+            for (uint32_t m = 0; m < s.meta.n_classes; m++)
+                if (s.meta.class_len[m] == nl - p && memcmp(s.meta.class_name[m], p, (size_t)(nl - p)) == 0)
+                    map[c] = (uint8_t)m;
+        }
+        p = nl < end ? nl + 1 : end;
+    }
+    return true;
+}
+
+typedef struct {
+    double accuracy, loss;
+} eval_scores;
+
+static bool evaluate(const dataset *d, const uint8_t *map, eval_scores *e)
+{
+    uint32_t correct = 0;
+    double loss = 0;
+    float scale = s.info.output_scale;
+    for (uint32_t i = 0; i < d->n_eval; i++) {
+        quantize_sample(d->eval_x, d->features, i, sample_in);
+        if (ml_infer(sample_in, sample_out) != ML_OK)
+            return false;
+        uint32_t best = 0;
+        for (uint32_t c = 1; c < s.info.output_len; c++)
+            if (sample_out[c] > sample_out[best])
+                best = c;
+        uint8_t y = map[d->eval_y[i]];
+        correct += best == y;
+        float prob = ((float)sample_out[y] - (float)s.info.output_zero_point) * scale;
+        if (prob < scale / 2)
+            prob = scale / 2;
+        loss -= logf(prob);
+    }
+    e->accuracy = d->n_eval ? (double)correct / d->n_eval : 0;
+    e->loss = d->n_eval ? loss / d->n_eval : 0;
+    return true;
+}
+
+static bool residual_put(const uint8_t *data, uint32_t len) { return store_residual_append(data, len); }
+
+static void on_train(void)
+{
+    cbor_item v[3], t[18];
+    if (!parse(v, 3))
+        return;
+    const uint8_t *end = msg.payload + msg.len;
+    const uint8_t *task_id, *base;
+    size_t idlen, baselen;
+    uint64_t round, epochs, batch = 32, coding = VC_INT8;
+    double lr, density, prox = 0, clip = 0, noise = 0;
+    bool evaluate_only = false, report = true, clip_bit = false;
+    if (v[2].p == NULL || !cbor_map_index(v[2].p, end, t, 18) || !cbor_get_bytes(&t[2], &task_id, &idlen) ||
+        idlen != 16 || !cbor_get_uint(&t[3], 1ull << 32, &round) || !cbor_get_bytes(&t[4], &base, &baselen) ||
+        baselen != 32 || !cbor_get_uint(&t[5], 1000, &epochs) || !cbor_get_number(&t[6], &lr) ||
+        !cbor_get_number(&t[7], &density) || density <= 0 || density > 1 ||
+        (t[9].p && !cbor_get_uint(&t[9], 65536, &batch)) || (t[10].p && !cbor_get_number(&t[10], &prox)) ||
+        (t[11].p && !cbor_get_bool(&t[11], &evaluate_only)) || (t[12].p && !cbor_get_uint(&t[12], 4, &coding)) ||
+        (t[13].p && !cbor_get_bool(&t[13], &report)) || (t[14].p && !cbor_get_number(&t[14], &clip)) ||
+        (t[15].p && !cbor_get_number(&t[15], &noise)) || (t[16].p && !cbor_get_bool(&t[16], &clip_bit))) {
+        send_error(E_MALFORMED, MSG_TRAIN, "train.task: a field is missing or out of range");
+        return;
+    }
+    if (!s.loaded) {
+        send_error(E_NO_MODEL, MSG_TRAIN, "no model installed");
+        return;
+    }
+    if (memcmp(base, s.active.sha256, 32) != 0) {
+        tf_snprintf(s.detail, sizeof s.detail, "the task is for model %02x%02x%02x%02x%02x%02x, the board runs another",
+                 base[0], base[1], base[2], base[3], base[4], base[5]);
+        send_error(E_NO_MODEL, MSG_TRAIN, s.detail);
+        return;
+    }
+    uint32_t dlen;
+    dataset d;
+    if (!dataset_open(plat_dataset(&dlen), dlen, &d) || d.n_train == 0) {
+        send_error(E_UNSUPPORTED, MSG_TRAIN, "this board holds no training data");
+        return;
+    }
+    if (!s.info.trainable) {
+        send_error(E_UNSUPPORTED, MSG_TRAIN, "the model's last layer is not FULLY_CONNECTED");
+        return;
+    }
+    if (noise > 0) {
+        send_error(E_UNSUPPORTED, MSG_TRAIN, "local noise needs an entropy source this firmware does not have");
+        return;
+    }
+    if (coding != VC_INT8 && coding != VC_FLOAT32) {
+        tf_snprintf(s.detail, sizeof s.detail, "value coding %u: this firmware sends int8 or float32", (unsigned)coding);
+        send_error(E_UNSUPPORTED, MSG_TRAIN, s.detail);
+        return;
+    }
+    if (d.features != s.info.input_len || (s.meta.n_norm && s.info.input_len % s.meta.n_norm)) {
+        tf_snprintf(s.detail, sizeof s.detail, "local data does not fit the model: samples of %u values, the model takes %u",
+                 (unsigned)d.features, (unsigned)s.info.input_len);
+        send_error(E_BAD_INPUT, MSG_TRAIN, s.detail);
+        return;
+    }
+    uint8_t map[256];
+    label_map(&d, map, sizeof map);
+    for (uint32_t c = 0; c < d.classes && c < 256; c++)
+        if (map[c] >= s.info.output_len) {
+            send_error(E_BAD_INPUT, MSG_TRAIN, "local labels are not classes of the model");
+            return;
+        }
+    uint32_t need = ml_train_bytes(d.n_train, (uint32_t)batch);
+    uint32_t scratch_len;
+    uint8_t *scratch = plat_scratch(&scratch_len);
+    if (need > ML_ARENA_BYTES || s.info.weight_numel + s.info.bias_numel > UPD_MAX_PARAMS ||
+        (uint64_t)d.n_train * (d.features + 1) > scratch_len) {
+        tf_snprintf(s.detail, sizeof s.detail, "training needs %u B of the %u B arena (%u parameters, buffers for %u)",
+                 (unsigned)need, (unsigned)ML_ARENA_BYTES, (unsigned)(s.info.weight_numel + s.info.bias_numel),
+                 (unsigned)UPD_MAX_PARAMS);
+        send_error(E_NO_MEMORY, MSG_TRAIN, s.detail);
+        return;
+    }
+    s.state = TRAINING;
+    eval_scores ev = {0, 0};
+    bool have_eval = (report || evaluate_only) && d.n_eval > 0;
+    if (have_eval && !evaluate(&d, map, &ev)) {
+        send_error(E_INTERNAL, MSG_TRAIN, ml_last_error());
+        return;
+    }
+    static upd_state st;
+    ml_train_result result;
+    bool trained = !evaluate_only;
+    if (trained) {
+        int8_t *inputs = (int8_t *)scratch;
+        uint8_t *labels = scratch + (uint64_t)d.n_train * d.features;
+        for (uint32_t i = 0; i < d.n_train; i++) {
+            quantize_sample(d.train_x, d.features, i, inputs + (uint64_t)i * d.features);
+            labels[i] = map[d.train_y[i]];
+        }
+        ml_train_config cfg;
+        ml_train_config_default(&cfg);
+        cfg.epochs = (uint32_t)epochs;
+        cfg.batch_size = (uint32_t)batch;
+        cfg.learning_rate = lr;
+        cfg.prox_mu = (float)prox;
+        cfg.seed = (uint32_t)round;
+        uint64_t c0 = plat_counter();
+        ml_status ms = ml_train_last_layer(&cfg, inputs, labels, d.n_train, &result);
+        uint64_t cost = plat_counter() - c0;
+        (void)cost;
+        if (ms != ML_OK) {
+            send_error(ml_error_code(ms), MSG_TRAIN, ml_last_error());
+            return;
+        }
+        upd_begin(&st, (uint8_t)coding);
+        upd_add(&st, s.info.weight_tensor, s.info.weight_numel, result.delta_weight);
+        upd_add(&st, s.info.bias_tensor, s.info.bias_numel, result.delta_bias);
+        uint32_t rlen;
+        const uint8_t *residual = store_residual(&rlen);
+        upd_apply_residual(&st, residual, rlen);
+        if (!upd_compress(&st, density, clip)) {
+            send_error(E_INTERNAL, MSG_TRAIN, "the delta holds non-finite values; refusing to send it");
+            return;
+        }
+    }
+    /* the UPDATE */
+    uint8_t id_src[16 + 64], update_id[32];
+    size_t blen = strlen(plat_board_id());
+    memcpy(id_src, task_id, 16);
+    memcpy(id_src + 16, plat_board_id(), blen);
+    tf_sha256(id_src, 16 + blen, update_id);
+    uint32_t nmetrics = have_eval ? 3 : 0;
+    if (trained && report)
+        nmetrics++;
+    bool with_bit = trained && clip > 0 && clip_bit;
+    cbor_writer w;
+    head(&w, 8 + (nmetrics > 0) + with_bit, MSG_UPDATE);
+    cbor_w_uint(&w, 2);
+    cbor_w_bytes(&w, update_id, 16);
+    cbor_w_uint(&w, 3);
+    cbor_w_text(&w, plat_board_id());
+    cbor_w_uint(&w, 4);
+    cbor_w_uint(&w, round);
+    cbor_w_uint(&w, 5);
+    cbor_w_bytes(&w, s.active.sha256, 32);
+    cbor_w_uint(&w, 6);
+    cbor_w_uint(&w, evaluate_only ? d.n_eval : d.n_train);
+    cbor_w_uint(&w, 7);
+    if (trained)
+        upd_encode_tensors(&st, &w);
+    else
+        cbor_w_head(&w, CBOR_ARRAY, 0);
+    if (nmetrics) { /* canonical order: shorter keys first */
+        cbor_w_uint(&w, 8);
+        cbor_w_head(&w, CBOR_MAP, nmetrics);
+        if (have_eval) {
+            cbor_w_text(&w, "eval_loss");
+            cbor_w_float(&w, (float)ev.loss);
+        }
+        if (trained && report) {
+            cbor_w_text(&w, "train_loss");
+            cbor_w_float(&w, result.last_epoch_loss);
+        }
+        if (have_eval) {
+            cbor_w_text(&w, "eval_samples");
+            cbor_w_float(&w, (float)d.n_eval);
+            cbor_w_text(&w, "eval_accuracy");
+            cbor_w_float(&w, (float)ev.accuracy);
+        }
+    }
+    if (with_bit) {
+        cbor_w_uint(&w, 11);
+        cbor_w_bool(&w, st.below_clip == 1);
+    }
+    if (w.overflow) {
+        tf_snprintf(s.detail, sizeof s.detail, "the update exceeds one %u-byte frame (fragments not implemented)",
+                 (unsigned)link_max_payload());
+        send_error(E_INTERNAL, MSG_TRAIN, s.detail);
+        return;
+    }
+    if (!link_send(MSG_UPDATE, w.buf, w.len))
+        return; /* the host did not take it: the residual stays as it was */
+    if (trained && store_residual_begin() && upd_residual_write(&st, residual_put))
+        store_residual_seal(); /* only now: the host has every byte of the update */
+}
+
+static void dispatch(void)
+{
+    s.state = IDLE;
+    switch (msg.type) {
+    case MSG_HELLO:
+        on_hello();
+        break;
+    case MSG_STATUS: {
+        cbor_item v[2];
+        if (parse(v, 2))
+            send_status();
+        break;
+    }
+    case MSG_MODEL_BEGIN:
+        on_model_begin();
+        break;
+    case MSG_MODEL_DATA:
+        on_model_data();
+        break;
+    case MSG_MODEL_COMMIT:
+        on_model_commit();
+        break;
+    case MSG_INFER:
+        on_infer();
+        break;
+    case MSG_TRAIN:
+        on_train();
+        break;
+    case MSG_RESET:
+        plat_reset(0);
+    default:
+        tf_snprintf(s.detail, sizeof s.detail, "the board does not take message type %u", msg.type);
+        send_error(E_UNSUPPORTED, msg.type, s.detail);
+    }
+    s.state = IDLE;
+}
+
+void session_main(uint8_t reason)
+{
+    memset(&s, 0, sizeof s);
+    s.booted_ms = plat_millis();
+    link_init(115200);
+    load_installed();
+    cbor_writer w;
+    head(&w, 3, MSG_RESET);
+    cbor_w_uint(&w, 2);
+    cbor_w_uint(&w, reason);
+    send(MSG_RESET, &w); /* "I rebooted": the host greets the board again */
+    for (;;)
+        if (link_poll(&msg))
+            dispatch();
+}
