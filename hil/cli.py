@@ -62,3 +62,30 @@ def _size(option: str, text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise ConfigError(f"{option}: {exc}") from exc
+
+
+def qemu(args: argparse.Namespace) -> int:
+    """``tinyfed hil qemu``: the C firmware under QEMU, its UART on a pty (hil/qemu.py)."""
+    from .qemu import start_board
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    check_output_file(args.flash_file, "--flash-file")
+    data: LocalData | None = None
+    if args.data != "none":
+        section = DataSection(source=args.data, group=args.group, shard=None if args.group is not None else args.shard)
+        data = load_local_data(section)
+    board = start_board(args.board, args.flash_file.resolve().parent, args.board_id, data, args.flash_file)
+    stop = stop_on_signals()
+    print(f"pty: {board.path}", flush=True)
+    print(
+        f"board {args.board_id}: QEMU {args.board}, 256 KiB RAM, 1024 KiB flash ({args.flash_file}), "
+        f"{len(data.train) if data else 0} training samples",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            if board.process is not None and board.process.poll() is not None:
+                raise ConfigError(f"qemu-system-arm exited with status {board.process.returncode}")
+    finally:
+        board.stop()
+    return 0

@@ -1,4 +1,4 @@
-"""``tinyfed hil emulate``, registered as an entry point; the emulated board loads only when it runs."""
+"""``tinyfed hil emulate`` and ``tinyfed hil qemu``, registered as an entry point; the emulated board loads only when it runs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ def _emulate(args: argparse.Namespace) -> int:
     return emulate(args)
 
 
+def _qemu(args: argparse.Namespace) -> int:
+    from .cli import qemu
+
+    return qemu(args)
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
-    e = add_actions(parser).add_parser("emulate", help="run an emulated board behind a pty and print its path")
+    actions = add_actions(parser)
+    e = actions.add_parser("emulate", help="run an emulated board behind a pty and print its path")
     e.add_argument("--ram", default="256k", help="RAM budget (256k, 1m, bytes)")
     e.add_argument("--flash", default="1m", help="flash size")
     e.add_argument("--flash-file", type=Path, default=Path("tinyfed-board.flash"), help="survives restarts")
@@ -31,6 +38,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     e.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     e.set_defaults(handler=_emulate)
+    q = actions.add_parser("qemu", help="run the C firmware under QEMU behind a pty and print its path")
+    q.add_argument("--board", default="mps2-an386", help="QEMU machine: mps2-an386 (Cortex-M4F) or mps2-an385 (M3)")
+    q.add_argument("--flash-file", type=Path, default=Path("tinyfed-qemu.flash"), help="the model flash; survives restarts")
+    q.add_argument("--board-id", default="qemu-0001", help="the chip id the board reports in HELLO")
+    q.add_argument("--data", default="digits", help="the board's local data: digits, har, ... or 'none'")
+    q.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")
+    q.add_argument("--group", type=int, help="a natural group instead (HAR subject, engine)")
+    q.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    q.set_defaults(handler=_qemu)
 
 
 HIL = Command("hil", "hardware-in-the-loop: the emulated board", _configure, ("hil",))
