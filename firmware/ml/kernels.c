@@ -1,0 +1,234 @@
+/*
+ * kernels.c - int8 kernels, the integer math of TFLite's reference kernels
+ * (tensorflow/lite/kernels/internal/reference/integer_ops) and of tinyfed's
+ * numpy reference (edge_runtime/model/reference.py), which the conformance
+ * suite holds every interpreter to. Shapes were validated by ml_load.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ml_internal.h"
+
+#define T(i) (&ml_m.tensors[(i)])
+#define ACT(t) ((int8_t *)(ml_arena + (t)->arena_off))
+
+static int32_t clamp(int32_t v, int32_t lo, int32_t hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+static int32_t bias_at(const ml_tensor *b, uint32_t c) {
+    int32_t v;
+    if (b == NULL) return 0;
+    memcpy(&v, b->data + 4u * c, 4); /* little-endian target and host */
+    return v;
+}
+
+/* Per-output-channel requantisation: in_scale * w_scale[c] / out_scale, in double as TFLite does. */
+static void channel_multiplier(const ml_tensor *x, const ml_tensor *w, const ml_tensor *y, uint32_t c, int32_t *mult,
+                               int *shift) {
+    double real = (double)x->scale * (double)ml_channel_scale(w, c) / (double)y->scale;
+    ml_quantize_multiplier(real, mult, shift);
+}
+
+static void fully_connected(const ml_op *op) {
+    const ml_tensor *x = T(op->in[0]), *w = T(op->in[1]), *y = T(op->out);
+    const ml_tensor *b = (op->n_in > 2 && op->in[2] != ML_NONE) ? T(op->in[2]) : NULL;
+    const int8_t *xs = ACT(x), *ws = (const int8_t *)w->data;
+    int8_t *ys = ACT(y);
+    uint32_t out_ch = (uint32_t)w->dims[0], depth = (uint32_t)w->dims[1], rows = x->numel / depth, r, c, i;
+    int32_t in_off = -x->zero_point, lo, hi, mult;
+    int shift;
+    ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
+    for (c = 0; c < out_ch; c++) {
+        const int8_t *wr = ws + c * depth;
+        channel_multiplier(x, w, y, c, &mult, &shift);
+        for (r = 0; r < rows; r++) {
+            const int8_t *xr = xs + r * depth;
+            int32_t acc = 0;
+            for (i = 0; i < depth; i++) acc += (int32_t)wr[i] * ((int32_t)xr[i] + in_off);
+            acc += bias_at(b, c);
+            ys[r * out_ch + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+        }
+    }
+}
+
+static void conv(const ml_op *op) {
+    const ml_tensor *x = T(op->in[0]), *w = T(op->in[1]), *y = T(op->out);
+    const ml_tensor *b = (op->n_in > 2 && op->in[2] != ML_NONE) ? T(op->in[2]) : NULL;
+    const int8_t *xs = ACT(x), *ws = (const int8_t *)w->data;
+    int8_t *ys = ACT(y);
+    int32_t ih = x->dims[1], iw = x->dims[2], ic = x->dims[3], oh = y->dims[1], ow = y->dims[2], oc = y->dims[3];
+    int32_t fh = op->filt_h, fw = op->filt_w, in_off = -x->zero_point, lo, hi, mult;
+    int32_t c, oy, ox, ky, kx, k;
+    int shift;
+    ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
+    for (c = 0; c < oc; c++) {
+        const int8_t *wc = ws + (uint32_t)c * (uint32_t)(fh * fw * ic);
+        int32_t bias = bias_at(b, (uint32_t)c);
+        channel_multiplier(x, w, y, (uint32_t)c, &mult, &shift);
+        for (oy = 0; oy < oh; oy++) {
+            for (ox = 0; ox < ow; ox++) {
+                int32_t acc = 0, y0 = oy * op->stride_h - op->pad_h, x0 = ox * op->stride_w - op->pad_w;
+                for (ky = 0; ky < fh; ky++) {
+                    int32_t iy = y0 + ky * op->dil_h;
+                    if (iy < 0 || iy >= ih) continue;
+                    for (kx = 0; kx < fw; kx++) {
+                        int32_t ix = x0 + kx * op->dil_w;
+                        const int8_t *xp, *wp;
+                        if (ix < 0 || ix >= iw) continue;
+                        xp = xs + (iy * iw + ix) * ic;
+                        wp = wc + (ky * fw + kx) * ic;
+                        for (k = 0; k < ic; k++) acc += (int32_t)wp[k] * ((int32_t)xp[k] + in_off);
+                    }
+                }
+                acc += bias;
+                ys[(oy * ow + ox) * oc + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+            }
+        }
+    }
+}
+
+static void depthwise(const ml_op *op) {
+    const ml_tensor *x = T(op->in[0]), *w = T(op->in[1]), *y = T(op->out);
+    const ml_tensor *b = (op->n_in > 2 && op->in[2] != ML_NONE) ? T(op->in[2]) : NULL;
+    const int8_t *xs = ACT(x), *ws = (const int8_t *)w->data;
+    int8_t *ys = ACT(y);
+    int32_t ih = x->dims[1], iw = x->dims[2], ic = x->dims[3], oh = y->dims[1], ow = y->dims[2], oc = y->dims[3];
+    int32_t fh = op->filt_h, fw = op->filt_w, m = op->depth_mult, in_off = -x->zero_point, lo, hi, mult;
+    int32_t c, oy, ox, ky, kx;
+    int shift;
+    ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
+    for (c = 0; c < oc; c++) {
+        int32_t src = c / m, bias = bias_at(b, (uint32_t)c);
+        channel_multiplier(x, w, y, (uint32_t)c, &mult, &shift);
+        for (oy = 0; oy < oh; oy++) {
+            for (ox = 0; ox < ow; ox++) {
+                int32_t acc = 0, y0 = oy * op->stride_h - op->pad_h, x0 = ox * op->stride_w - op->pad_w;
+                for (ky = 0; ky < fh; ky++) {
+                    int32_t iy = y0 + ky * op->dil_h;
+                    if (iy < 0 || iy >= ih) continue;
+                    for (kx = 0; kx < fw; kx++) {
+                        int32_t ix = x0 + kx * op->dil_w;
+                        if (ix < 0 || ix >= iw) continue;
+                        acc += (int32_t)ws[(ky * fw + kx) * oc + c] * ((int32_t)xs[(iy * iw + ix) * ic + src] + in_off);
+                    }
+                }
+                acc += bias;
+                ys[(oy * ow + ox) * oc + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+            }
+        }
+    }
+}
+
+static void pool(const ml_op *op) {
+    const ml_tensor *x = T(op->in[0]), *y = T(op->out);
+    const int8_t *xs = ACT(x);
+    int8_t *ys = ACT(y);
+    int32_t ih = x->dims[1], iw = x->dims[2], ch = x->dims[3], oh = y->dims[1], ow = y->dims[2];
+    int32_t oy, ox, c, ky, kx, lo, hi;
+    ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
+    for (oy = 0; oy < oh; oy++) {
+        for (ox = 0; ox < ow; ox++) {
+            int32_t y0 = oy * op->stride_h - op->pad_h, x0 = ox * op->stride_w - op->pad_w;
+            int32_t ky0 = y0 < 0 ? -y0 : 0, kx0 = x0 < 0 ? -x0 : 0;
+            int32_t ky1 = ih - y0 < op->filt_h ? ih - y0 : op->filt_h;
+            int32_t kx1 = iw - x0 < op->filt_w ? iw - x0 : op->filt_w;
+            for (c = 0; c < ch; c++) {
+                int32_t acc = op->code == OP_MAX_POOL_2D ? -128 : 0, count = 0;
+                for (ky = ky0; ky < ky1; ky++) {
+                    for (kx = kx0; kx < kx1; kx++) {
+                        int32_t v = xs[((y0 + ky) * iw + (x0 + kx)) * ch + c];
+                        if (op->code == OP_MAX_POOL_2D) {
+                            if (v > acc) acc = v;
+                        } else {
+                            acc += v;
+                        }
+                        count++;
+                    }
+                }
+                if (op->code == OP_AVERAGE_POOL_2D) {
+                    if (count == 0) acc = 0; /* a window of padding only: TFLite divides by 0 here; refuse to */
+                    else acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+                }
+                ys[(oy * ow + ox) * ch + c] = (int8_t)clamp(acc, lo, hi);
+            }
+        }
+    }
+}
+
+/* numpy's pairwise summation (what np.sum runs along a contiguous axis), so the softmax divides by the same sum. */
+static double pairwise_sum(const double *a, uint32_t n) {
+    if (n < 8) {
+        double s = 0.0;
+        uint32_t i;
+        for (i = 0; i < n; i++) s += a[i];
+        return s;
+    }
+    if (n <= 128) {
+        double r[8], s;
+        uint32_t i, j;
+        for (j = 0; j < 8; j++) r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (j = 0; j < 8; j++) r[j] += a[i + j];
+        s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) s += a[i];
+        return s;
+    } else {
+        uint32_t n2 = n / 2;
+        n2 -= n2 % 8;
+        return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+    }
+}
+
+#define SOFTMAX_CHUNK 64
+
+/* As the numpy reference: dequantise, subtract the max, exp in double, divide by the sum, round half to even. */
+static void softmax(const ml_op *op) {
+    const ml_tensor *x = T(op->in[0]), *y = T(op->out);
+    const int8_t *xs = ACT(x);
+    int8_t *ys = ACT(y);
+    uint32_t depth = (uint32_t)y->dims[y->ndims - 1], rows = y->numel / depth, r, i;
+    double in_scale = (double)x->scale, beta = (double)op->beta, out_scale = (double)y->scale;
+    for (r = 0; r < rows; r++) {
+        const int8_t *xr = xs + r * depth;
+        double e[SOFTMAX_CHUNK], peak = -INFINITY, sum = 0.0;
+        /* Rows longer than the stack buffer are summed in chunks (tinyfed's outputs are classes: short). */
+        for (i = 0; i < depth; i++) {
+            double l = ((double)((int32_t)xr[i] - x->zero_point) * in_scale) * beta;
+            if (l > peak) peak = l;
+        }
+        if (depth <= SOFTMAX_CHUNK) {
+            for (i = 0; i < depth; i++) e[i] = exp(((double)((int32_t)xr[i] - x->zero_point) * in_scale) * beta - peak);
+            sum = pairwise_sum(e, depth);
+        } else {
+            for (i = 0; i < depth; i++) sum += exp(((double)((int32_t)xr[i] - x->zero_point) * in_scale) * beta - peak);
+        }
+        for (i = 0; i < depth; i++) {
+            double ei = depth <= SOFTMAX_CHUNK ? e[i]
+                                               : exp(((double)((int32_t)xr[i] - x->zero_point) * in_scale) * beta - peak);
+            double q = ml_round_half_even((ei / sum) / out_scale) + (double)y->zero_point;
+            ys[r * depth + i] = (int8_t)(q < -128.0 ? -128 : (q > 127.0 ? 127 : (int32_t)q));
+        }
+    }
+}
+
+ml_status ml_run_ops(uint32_t first, uint32_t last) {
+    uint32_t k;
+    for (k = first; k < last; k++) {
+        const ml_op *op = &ml_m.ops[k];
+        switch (op->code) {
+        case OP_FULLY_CONNECTED: fully_connected(op); break;
+        case OP_CONV_2D: conv(op); break;
+        case OP_DEPTHWISE_CONV_2D: depthwise(op); break;
+        case OP_MAX_POOL_2D:
+        case OP_AVERAGE_POOL_2D: pool(op); break;
+        case OP_SOFTMAX: softmax(op); break;
+        case OP_RESHAPE:
+        case OP_EXPAND_DIMS:
+            memmove(ACT(T(op->out)), ACT(T(op->in[0])), T(op->out)->numel);
+            break;
+        default: return ml_fail(ML_UNSUPPORTED, "operator %u: no kernel", (unsigned)k);
+        }
+    }
+    return ML_OK;
+}
