@@ -1,4 +1,4 @@
-"""``tinyfed hil emulate`` and ``tinyfed hil qemu``, registered as an entry point; the emulated board loads only when it runs."""
+"""``tinyfed hil emulate`` and ``tinyfed hil qemu``, registered as entry points; the boards load only when run."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     e.set_defaults(handler=_emulate)
     q = actions.add_parser("qemu", help="run the C firmware under QEMU behind a pty and print its path")
     q.add_argument("--board", default="mps2-an386", help="QEMU machine: mps2-an386 (Cortex-M4F) or mps2-an385 (M3)")
-    q.add_argument("--flash-file", type=Path, default=Path("tinyfed-qemu.flash"), help="the model flash; survives restarts")
+    q.add_argument(
+        "--flash-file", type=Path, default=Path("tinyfed-qemu.flash"), help="the model flash; survives restarts"
+    )
     q.add_argument("--board-id", default="qemu-0001", help="the chip id the board reports in HELLO")
     q.add_argument("--data", default="digits", help="the board's local data: digits, har, ... or 'none'")
     q.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")

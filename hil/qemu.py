@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import TinyfedError
+from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.local_training import LocalData
 
 MACHINES = {"mps2-an386": "an386", "mps2-an385": "an385"}
@@ -44,7 +44,7 @@ PTY_LINE = re.compile(rb"char device redirected to (/dev/pts/\d+) \(label serial
 class QemuError(TinyfedError):
     """The toolchain, QEMU or the firmware sources are missing, or QEMU did not start; the message says which."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 def elf_path(machine: str) -> Path:
@@ -122,7 +122,9 @@ class QemuBoard:
         command += ["-kernel", str(elf), "-device", f"loader,file={self.image},addr={IMAGE_ADDRESS:#x},force-raw=on"]
         if self.flash_file is not None:
             command += ["-semihosting-config", "enable=on,target=native"]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         assert self.process.stdout is not None
         seen = b""
         deadline = time.monotonic() + timeout

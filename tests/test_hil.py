@@ -1,8 +1,9 @@
 """HIL: the board behind a real pty, through the pytest plugin's fixtures (``dut``, ``hil_board``).
 
-Run against hardware with ``pytest tests/test_hil.py --hil-port /dev/ttyACM0``: the tests
-marked ``hil_emulated`` (fault injection, flash inspection) are then skipped, the rest run on
-the board as they run here on the emulator.
+Run against hardware with ``pytest tests/test_hil.py --hil-port /dev/ttyACM0``, or against the C
+firmware under QEMU with ``--hil-qemu mps2-an386``: the tests marked ``hil_emulated`` (fault
+injection, flash inspection; each says why) are then skipped with that reason, the rest run on the
+board as they run here on the emulator.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_a_model_transfer_installs_the_model_and_inference_equals_the_host_inter
     assert refused.value.code == ErrorCode.BAD_INPUT
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="injects a watchdog reset at a chosen byte and reads the board's reset log")
 def test_a_reset_at_a_random_byte_resumes_where_the_board_left_off(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes
 ) -> None:
@@ -94,7 +95,7 @@ def test_a_reset_at_a_random_byte_resumes_where_the_board_left_off(
     assert dut.status().model_version == sha(model_a)
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="injects a brown-out into the commit record's flash write")
 def test_a_brown_out_during_the_commit_boots_the_last_good_model(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
@@ -108,7 +109,7 @@ def test_a_brown_out_during_the_commit_boots_the_last_good_model(
     assert board.model_version == sha(model_b) and dut.status().model_version == sha(model_b)
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="injects a brown-out into a model data write")
 def test_a_brown_out_during_a_data_write_loses_nothing_acknowledged(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
@@ -121,7 +122,7 @@ def test_a_brown_out_during_a_data_write_loses_nothing_acknowledged(
     assert board.model_version == sha(model_b)
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="reads the emulator's flash file to check the old model is kept")
 def test_a_wrong_hash_is_refused_and_the_board_keeps_its_model(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
@@ -133,7 +134,7 @@ def test_a_wrong_hash_is_refused_and_the_board_keeps_its_model(
     assert emulated(hil_board).flash.model() == model_a
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="injects bit errors, dropped bytes and a slow clock on the emulated line")
 @pytest.mark.parametrize(
     "faults",
     ["ber=1e-4,seed=1", "drop=2e-4,seed=2", "slow=3"],
@@ -208,7 +209,7 @@ def test_a_board_clips_a_dp_tasks_update_through_its_residual_and_reports_the_bi
     assert free.below_clip is None  # not asked: not sent
 
 
-@pytest.mark.hil_emulated
+@pytest.mark.hil_emulated(reason="shrinks the emulated board's RAM to one byte short of the task")
 def test_the_memory_report_and_refusals_of_what_does_not_fit(
     hil_board: HilTarget, dut: BoardDriver, model_a: bytes, task_for
 ) -> None:  # type: ignore[no-untyped-def]
@@ -228,7 +229,7 @@ class TestRefusals:
     def hil_board_options(self) -> BoardOptions:
         return BoardOptions(ops=("FULLY_CONNECTED", "SOFTMAX"))  # a firmware built without convolutions
 
-    @pytest.mark.hil_emulated
+    @pytest.mark.hil_emulated(reason="builds a firmware without convolution kernels (BoardOptions.ops)")
     def test_a_model_with_kernels_the_firmware_lacks_is_refused(
         self, dut: BoardDriver, hil_board: HilTarget, model_a: bytes, sensor_windows: np.ndarray
     ) -> None:
@@ -245,7 +246,7 @@ class TestSmallRam:
     def hil_board_options(self) -> BoardOptions:
         return BoardOptions(ram=16 * 1024, max_frame=1024)
 
-    @pytest.mark.hil_emulated
+    @pytest.mark.hil_emulated(reason="runs a 16 KiB RAM board (BoardOptions.ram)")
     def test_a_model_whose_arena_does_not_fit_is_refused(self, dut: BoardDriver, sensor_windows: np.ndarray) -> None:
         cnn = write_graph(build_model("cnn1d", sensor_windows, [str(i) for i in range(6)], seed=0))
         with pytest.raises(BoardRefused) as refused:
