@@ -37,6 +37,9 @@ echo "== extras: each role's extra installs and runs alone"
 PYTHON="$PYTHON" bash scripts/extras-smoke.sh
 
 status=0
+echo "== the C board: firmware unit tests on the host, then the HIL suite against the firmware under QEMU"
+make -s -C firmware host-test || status=$?
+.venv/bin/python -m pytest -q tests/test_hil.py --hil-qemu mps2-an386 -rs || status=$?
 echo "== tests on numpy 2 (litert, micro)"
 .venv/bin/python -m pytest "$@" || status=$?
 echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"
