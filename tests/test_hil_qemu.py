@@ -1,0 +1,148 @@
+"""The C reference board (firmware/) under QEMU: what only a firmware process can show.
+
+The HIL suite itself runs against it with ``pytest tests/test_hil.py --hil-qemu mps2-an386``
+(scripts/test.sh does); these tests add a power cut (QEMU stopped mid-transfer: the flash file is all
+that survives) and a federation in which QEMU boards behind the bridge and Python devices train together
+through Mosquitto and the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.device_config import DataSection
+from edge_runtime.local_training import load_local_data
+from edge_runtime.member import MemberSettings
+from edge_runtime.model.backends import default_backend
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.info import quantize_input
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.train.evaluate import int8_metrics
+from edge_runtime.transport.broker import MosquittoProcess
+from edge_runtime.trust import MemberTrust
+
+serial = pytest.importorskip("serial")
+pytestmark = pytest.mark.skipif(
+    shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+    reason="needs qemu-system-arm and gcc-arm-none-eabi (apt; .ci/run installs them)",
+)
+
+from firmware_bridge.bridge import Bridge, PortSpec  # noqa: E402
+from firmware_bridge.driver import BoardDriver  # noqa: E402
+from firmware_bridge.errors import BoardSilent  # noqa: E402
+from firmware_bridge.link import LinkError  # noqa: E402
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.service import Gateway, RoundSummary  # noqa: E402
+from gateway.store import GatewayStore  # noqa: E402
+from hil.qemu import QemuBoard, start_board  # noqa: E402
+
+from .federation import FED, WAIT, gateway_config, start_agents  # noqa: E402
+from .helpers import fast_config  # noqa: E402
+
+MACHINE = "mps2-an386"
+BAUD = 115200
+
+
+def board(tmp_path: Path, name: str, shard: str = "0/10") -> QemuBoard:
+    data = load_local_data(DataSection(source="digits", shard=shard))
+    return start_board(MACHINE, tmp_path / name, name, data, tmp_path / f"{name}.flash")
+
+
+def test_a_power_cut_mid_transfer_keeps_what_reached_flash_and_the_model_survives_power_off(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    model = write_graph(digits_mlp)
+    first = board(tmp_path, "qemu-a")
+    acknowledged: list[int] = []
+
+    def cut_power(done: int, total: int) -> None:
+        acknowledged.append(done)
+        if len(acknowledged) == 3:
+            first.stop()  # QEMU ends: RAM is gone, only the flash file remains
+
+    try:
+        with BoardDriver(first.path, BAUD, answer_timeout=10) as driver:
+            driver.hello()
+            with pytest.raises((BoardSilent, LinkError, serial.SerialException)):  # the line went dead
+                driver.send_model(model, progress=cut_power)
+    finally:
+        first.stop()
+    assert 0 < acknowledged[2] < len(model)
+
+    again = QemuBoard(MACHINE, first.image, first.flash_file).start()
+    try:
+        with BoardDriver(again.path, BAUD, answer_timeout=10) as driver:
+            assert driver.hello().model_version is None
+            report = driver.send_model(model)
+            # Resumed from what the flash holds: at most what was acknowledged (a chunk is acknowledged on
+            # receipt, written after), and more than nothing.
+            assert 0 < report.resumed_from[0] <= acknowledged[-1]
+            assert driver.status().model_version == hashlib.sha256(model).digest()
+    finally:
+        again.stop()
+
+    powered = QemuBoard(MACHINE, first.image, first.flash_file).start()  # a cold boot from the flash file
+    try:
+        with BoardDriver(powered.path, BAUD, answer_timeout=10) as driver:
+            assert driver.hello().model_version == hashlib.sha256(model).digest()
+            x = quantize_input(digits_mlp, digits.test.x[:5])
+            host = default_backend().load(model).run_batch(x)[0]
+            for i in range(len(x)):
+                assert driver.infer(x[i]).output.tolist() == host[i].reshape(-1).tolist()
+    finally:
+        powered.stop()
+
+
+def test_qemu_boards_and_python_devices_train_together_through_the_bridge_and_the_gateway(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """Two C boards under QEMU (behind one bridge) and five Python devices, the digits MLP's last layer."""
+    backend = default_backend()
+    settings = gateway_config(
+        broker, tmp_path / "gw", initial_model, rounds=6, min_devices=7, epochs=2, learning_rate=0.05, density=0.2,
+        deadline=120.0,
+    )  # fmt: skip
+    settings["gateway"]["trainable_layers"] = 1  # type: ignore[index]
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    accuracy: dict[int, float] = {}
+
+    def score(summary: RoundSummary) -> None:
+        graph = read_graph(gateway.model)
+        x = quantize_input(graph, digits.test.x)
+        accuracy[summary.round] = int8_metrics(backend, gateway.model, graph, x, digits.test.y)["accuracy"]
+
+    start_graph = read_graph(initial_model.read_bytes())
+    initial = int8_metrics(
+        backend, initial_model.read_bytes(), start_graph, quantize_input(start_graph, digits.test.x), digits.test.y
+    )["accuracy"]
+    gateway.on_round_closed.append(score)
+    boards = [board(tmp_path, f"qemu-{i}", f"{i}/10") for i in range(2)]
+    member = MemberSettings(
+        device_id="", federation=FED, storage=tmp_path / "bridge", broker=fast_config(broker, protocol="auto"),
+        resend_after=5.0, trust=MemberTrust.insecure(),
+    )  # fmt: skip
+    bridge = Bridge([PortSpec(b.path) for b in boards], member, baud=BAUD, heartbeat=1.0).start()
+    gateway.start()
+    agents = start_agents(broker, tmp_path, digits, backend, 5)
+    try:
+        assert gateway.finished.wait(WAIT * 6), f"the federation did not finish: {accuracy}"
+        assert {m.board_version for m in bridge.members.values()} == {gateway.version}  # streamed every model
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+        bridge.stop()
+        for b in boards:
+            b.stop()
+    store = GatewayStore(tmp_path / "gw" / "gateway.db")
+    rows = [r for r in store.rounds() if r.mode == "sync"]
+    assert [r.status for r in rows] == ["closed"] * 6
+    assert all(store.round_counts(r.round)["train"] == 7 for r in rows)  # both boards and all five devices
+    assert store.refusals() == []
+    assert max(accuracy.values()) > initial, f"test accuracy {accuracy} never beat the initial {initial:.4f}"
