@@ -107,6 +107,7 @@ class QemuBoard:
     machine: str
     image: Path
     flash_file: Path | None
+    icount: bool = False  # -icount shift=0: one instruction is one nanosecond of the virtual clock
     process: subprocess.Popen[bytes] | None = None
     path: str = ""
 
@@ -122,6 +123,8 @@ class QemuBoard:
         command += ["-kernel", str(elf), "-device", f"loader,file={self.image},addr={IMAGE_ADDRESS:#x},force-raw=on"]
         if self.flash_file is not None:
             command += ["-semihosting-config", "enable=on,target=native"]
+        if self.icount:
+            command += ["-icount", "shift=0"]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -158,11 +161,16 @@ class QemuBoard:
 
 
 def start_board(
-    machine: str, workdir: Path, board_id: str, data: LocalData | None, flash_file: Path | None
+    machine: str,
+    workdir: Path,
+    board_id: str,
+    data: LocalData | None,
+    flash_file: Path | None,
+    icount: bool = False,
 ) -> QemuBoard:
-    """Build if needed, write the image into ``workdir``, start QEMU."""
+    """Build if needed, write the image into ``workdir``, start QEMU (``icount``: count instructions)."""
     build_firmware(machine)
     workdir.mkdir(parents=True, exist_ok=True)
     image = workdir / f"{board_id}.img"
     image.write_bytes(board_image(board_id, data, flash_file.resolve() if flash_file is not None else None))
-    return QemuBoard(machine, image, flash_file.resolve() if flash_file is not None else None).start()
+    return QemuBoard(machine, image, flash_file.resolve() if flash_file is not None else None, icount).start()

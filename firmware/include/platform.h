@@ -13,6 +13,7 @@ void plat_write(const uint8_t *data, size_t len);
 uint32_t plat_millis(void);
 /* Monotonic count for cost figures: instructions or cycles where the machine has a counter (see plat_counter_name). */
 uint64_t plat_counter(void);
+#define PLAT_COUNTER_MHZ 25u /* plat_counter ticks per microsecond */
 const char *plat_counter_name(void);
 /* Resets the chip; RAM is lost except what plat_reset_reason reads back. Never returns. */
 void plat_reset(uint8_t reason) __attribute__((noreturn));

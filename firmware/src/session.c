@@ -419,15 +419,12 @@ static void on_infer(void)
     s.state = INFERRING;
     memcpy(sample_in, input, len);
     uint64_t started = plat_counter();
-    uint32_t t0 = plat_millis();
     ml_status st = ml_infer(sample_in, sample_out);
-    uint32_t micros = (plat_millis() - t0) * 1000;
-    uint64_t cost = plat_counter() - started;
+    uint32_t micros = (uint32_t)((plat_counter() - started) / PLAT_COUNTER_MHZ);
     if (st != ML_OK) {
         send_error(ml_error_code(st), MSG_INFER, ml_last_error());
         return;
     }
-    (void)cost;
     cbor_writer w;
     head(&w, 4, MSG_INFER_RESULT);
     cbor_w_uint(&w, 2);
@@ -573,6 +570,7 @@ static void on_train(void)
     }
     static upd_state st;
     ml_train_result result;
+    uint32_t train_micros = 0;
     bool trained = !evaluate_only;
     if (trained) {
         int8_t *inputs = (int8_t *)scratch;
@@ -590,8 +588,7 @@ static void on_train(void)
         cfg.seed = (uint32_t)round;
         uint64_t c0 = plat_counter();
         ml_status ms = ml_train_last_layer(&cfg, inputs, labels, d.n_train, &result);
-        uint64_t cost = plat_counter() - c0;
-        (void)cost;
+        train_micros = (uint32_t)((plat_counter() - c0) / PLAT_COUNTER_MHZ);
         if (ms != ML_OK) {
             send_error(ml_error_code(ms), MSG_TRAIN, ml_last_error());
             return;
@@ -666,6 +663,15 @@ static void on_train(void)
         return; /* the host did not take it: the residual stays as it was */
     if (trained && store_residual_begin() && upd_residual_write(&st, residual_put))
         store_residual_seal(); /* only now: the host has every byte of the update */
+    if (trained) {
+        ram_figures r;
+        plat_ram_figures(&r);
+        tf_snprintf(s.detail, sizeof s.detail,
+                    "trained %u epochs x %u samples in %u us (%s), arena %u of %u B, stack high-water %u B",
+                    (unsigned)epochs, (unsigned)d.n_train, (unsigned)train_micros, plat_counter_name(),
+                    (unsigned)need, (unsigned)ML_ARENA_BYTES, (unsigned)r.stack_used);
+        send_log(6, s.detail);
+    }
 }
 
 static void dispatch(void)

@@ -50,7 +50,8 @@ def main() -> int:
     s = sections(args.elf)
     flash = s.get(".text", 0) + s.get(".ARM.exidx", 0) + s.get(".data", 0)
     ram = s.get(".data", 0) + s.get(".bss", 0) + s.get(".stack", 0)
-    print(f"program flash: {flash:,} B of {PROGRAM_FLASH:,} B (.text {s.get('.text', 0):,}, .data image {s.get('.data', 0):,})")
+    text, data = s.get(".text", 0), s.get(".data", 0)
+    print(f"program flash: {flash:,} B of {PROGRAM_FLASH:,} B (.text {text:,}, .data image {data:,})")
     print(
         f"RAM: {ram:,} B of {RAM_BUDGET:,} B ({100 * ram / RAM_BUDGET:.1f}%): .data {s.get('.data', 0):,}, "
         f".bss {s.get('.bss', 0):,}, stack reserved {s.get('.stack', 0):,}"

@@ -118,7 +118,7 @@ uint64_t plat_counter(void)
     return (uint64_t)ms * (CPU_HZ / 1000u) + (CPU_HZ / 1000u - 1u - val);
 }
 
-const char *plat_counter_name(void) { return "SysTick cycles at 25 MHz of QEMU's virtual clock"; }
+const char *plat_counter_name(void) { return "QEMU virtual clock"; }
 
 void plat_reset(uint8_t reason)
 {
