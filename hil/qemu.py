@@ -22,8 +22,10 @@ import os
 import re
 import select
 import shutil
+import socket
 import struct
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,7 @@ class QemuBoard:
     icount: bool = False  # -icount shift=0: one instruction is one nanosecond of the virtual clock
     process: subprocess.Popen[bytes] | None = None
     path: str = ""
+    monitor: str = ""  # QEMU's monitor socket: reset() presses the board's reset button through it
 
     def start(self, timeout: float = 30.0) -> QemuBoard:
         if shutil.which("qemu-system-arm") is None:
@@ -119,7 +122,9 @@ class QemuBoard:
             not self.flash_file.exists() or self.flash_file.stat().st_size != FLASH_BYTES
         ):
             self.flash_file.write_bytes(b"\xff" * FLASH_BYTES)  # erased flash
-        command = ["qemu-system-arm", "-M", self.machine, "-display", "none", "-monitor", "none", "-serial", "pty"]
+        self.monitor = os.path.join(tempfile.mkdtemp(prefix="tinyfed-qemu-"), "monitor.sock")
+        command = ["qemu-system-arm", "-M", self.machine, "-display", "none", "-serial", "pty"]
+        command += ["-monitor", f"unix:{self.monitor},server=on,wait=off"]
         command += ["-kernel", str(elf), "-device", f"loader,file={self.image},addr={IMAGE_ADDRESS:#x},force-raw=on"]
         if self.flash_file is not None:
             command += ["-semihosting-config", "enable=on,target=native"]
@@ -148,6 +153,19 @@ class QemuBoard:
         self.stop()
         raise QemuError(f"qemu-system-arm did not give its UART a pty: {seen.decode(errors='replace').strip()}")
 
+    def reset(self) -> None:
+        """The reset button (QEMU's ``system_reset``): RAM is lost, the flash and the pty stay."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(self.monitor)
+            sock.sendall(b"system_reset\n")
+            seen = b""
+            while b"system_reset" not in seen:  # QEMU echoes the command once it has read it
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                seen += chunk
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -158,6 +176,8 @@ class QemuBoard:
                 self.process.wait()
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+        if self.monitor:
+            shutil.rmtree(os.path.dirname(self.monitor), ignore_errors=True)
 
 
 def start_board(

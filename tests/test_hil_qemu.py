@@ -99,6 +99,28 @@ def test_a_power_cut_mid_transfer_keeps_what_reached_flash_and_the_model_survive
         powered.stop()
 
 
+def test_a_reset_mid_transfer_resumes_where_the_boards_flash_left_off(tmp_path: Path, digits_mlp: Graph) -> None:
+    """The reset button (QEMU's system_reset) pressed during a transfer, as the emulator's reset-at fault does."""
+    model = write_graph(digits_mlp)
+    qemu = board(tmp_path, "qemu-r")
+    pressed: list[int] = []
+
+    def press_reset(done: int, total: int) -> None:
+        if not pressed and done >= total // 2:
+            pressed.append(done)
+            qemu.reset()
+
+    try:
+        with BoardDriver(qemu.path, BAUD, answer_timeout=10) as driver:
+            driver.hello()
+            report = driver.send_model(model, progress=press_reset)
+            assert report.resets == 1 and report.resumed_from[0] == 0
+            assert 0 < report.resumed_from[1] <= pressed[0]  # what reached flash was kept and not sent again
+            assert driver.status().model_version == hashlib.sha256(model).digest()
+    finally:
+        qemu.stop()
+
+
 def test_qemu_boards_and_python_devices_train_together_through_the_bridge_and_the_gateway(
     broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
 ) -> None:
