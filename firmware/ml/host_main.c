@@ -6,6 +6,8 @@
  *   ml_host info  MODEL
  *   ml_host infer MODEL INPUTS N OUT
  *   ml_host train MODEL INPUTS LABELS N EPOCHS BATCH LR MOMENTUM WEIGHT_DECAY PROX_MU COSINE SEED ORDER|- OUT
+ *   ml_host fuzz  MODEL ITERATIONS SEED   (corrupted copies: flipped bytes, every truncation; loads and,
+ *                                          when a copy still loads, runs it: must never crash)
  *
  * INPUTS: N samples of int8 in the model's input quantisation; LABELS: N
  * bytes; ORDER: EPOCHS x N uint32 little-endian, or "-" for numpy's order
@@ -67,8 +69,61 @@ static int load(const char *path, ml_info *info) {
     return 0;
 }
 
+static uint32_t xorshift(uint32_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+static int fuzz(const char *path, uint32_t iterations, uint32_t seed) {
+    uint32_t len, i, counts[6] = {0, 0, 0, 0, 0, 0}, ran = 0, trained = 0;
+    uint8_t *model = slurp(path, &len), *copy = malloc(len + 1u);
+    int8_t *in, *out;
+    ml_info info;
+    if (ml_load(model, len, &info) != ML_OK) {
+        printf("error=%s\n", ml_last_error());
+        return 1;
+    }
+    in = calloc(info.input_len + 1u, 1);
+    out = calloc(4096, 1);
+    for (i = 0; i < iterations + len; i++) {
+        uint32_t n = len, flips, f;
+        ml_status st;
+        memcpy(copy, model, len);
+        if (i < iterations) {
+            flips = 1u + xorshift(&seed) % 4u;
+            for (f = 0; f < flips; f++) copy[xorshift(&seed) % len] ^= (uint8_t)(1u + xorshift(&seed) % 255u);
+        } else {
+            n = i - iterations; /* every truncation */
+        }
+        st = ml_load(copy, n, &info);
+        counts[st < 6 ? st : 5]++;
+        if (st == ML_OK && info.output_len <= 4096) {
+            memset(in, (int)(xorshift(&seed) & 0xff), info.input_len);
+            if (ml_infer(in, out) == ML_OK) ran++;
+            if (info.trainable && ml_train_bytes(2, 2) <= ML_ARENA_BYTES && info.input_len <= 4096) {
+                ml_train_config cfg;
+                ml_train_result res;
+                static const uint8_t labels[2] = {0, 0};
+                int8_t two[2 * 4096];
+                ml_train_config_default(&cfg);
+                cfg.epochs = 1;
+                cfg.batch_size = 2;
+                memset(two, 3, 2u * info.input_len);
+                if (ml_train_last_layer(&cfg, two, labels, 2, &res) == ML_OK) trained++;
+            }
+        }
+    }
+    printf("ok=%u\nbad_model=%u\nunsupported=%u\nno_memory=%u\nran=%u\ntrained=%u\n", (unsigned)counts[0],
+           (unsigned)counts[1], (unsigned)counts[2], (unsigned)counts[3], (unsigned)ran, (unsigned)trained);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     ml_info info;
+    if (argc == 5 && strcmp(argv[1], "fuzz") == 0)
+        return fuzz(argv[2], (uint32_t)strtoul(argv[3], NULL, 10), (uint32_t)strtoul(argv[4], NULL, 10) | 1u);
     if (argc < 3) {
         fprintf(stderr, "usage: ml_host info|infer|train MODEL ...\n");
         return 2;

@@ -46,8 +46,7 @@ static void fully_connected(const ml_op *op) {
             const int8_t *xr = xs + r * depth;
             int32_t acc = 0;
             for (i = 0; i < depth; i++) acc += (int32_t)wr[i] * ((int32_t)xr[i] + in_off);
-            acc += bias_at(b, c);
-            ys[r * out_ch + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+            ys[r * out_ch + c] = (int8_t)clamp(ml_mbqm((int64_t)acc + bias_at(b, c), mult, shift) + y->zero_point, lo, hi);
         }
     }
 }
@@ -81,8 +80,8 @@ static void conv(const ml_op *op) {
                         for (k = 0; k < ic; k++) acc += (int32_t)wp[k] * ((int32_t)xp[k] + in_off);
                     }
                 }
-                acc += bias;
-                ys[(oy * ow + ox) * oc + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+                ys[(oy * ow + ox) * oc + c] =
+                    (int8_t)clamp(ml_mbqm((int64_t)acc + bias, mult, shift) + y->zero_point, lo, hi);
             }
         }
     }
@@ -113,8 +112,8 @@ static void depthwise(const ml_op *op) {
                         acc += (int32_t)ws[(ky * fw + kx) * oc + c] * ((int32_t)xs[(iy * iw + ix) * ic + src] + in_off);
                     }
                 }
-                acc += bias;
-                ys[(oy * ow + ox) * oc + c] = (int8_t)clamp(ml_mbqm(acc, mult, shift) + y->zero_point, lo, hi);
+                ys[(oy * ow + ox) * oc + c] =
+                    (int8_t)clamp(ml_mbqm((int64_t)acc + bias, mult, shift) + y->zero_point, lo, hi);
             }
         }
     }

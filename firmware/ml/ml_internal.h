@@ -87,7 +87,7 @@ ml_status ml_run_ops(uint32_t first, uint32_t last);
 
 /* Fixed-point requantisation, exactly as TFLite's reference kernels. */
 void ml_quantize_multiplier(double real, int32_t *mult, int *shift);
-int32_t ml_mbqm(int32_t acc, int32_t mult, int shift);
+int32_t ml_mbqm(int64_t acc, int32_t mult, int shift);
 double ml_round_half_even(double x);
 void ml_activation_bounds(uint8_t act, float scale, int32_t zp, int32_t *lo, int32_t *hi);
 

@@ -136,9 +136,15 @@ static int32_t rdbpot(int32_t x, int exponent) {
     return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-int32_t ml_mbqm(int32_t acc, int32_t mult, int shift) {
-    int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-    int64_t scaled = (int64_t)acc * ((int64_t)1 << left);
+int32_t ml_mbqm(int64_t acc, int32_t mult, int shift) {
+    /* As the numpy reference: the accumulator times 2^left saturates to int32. A left shift of 31 already
+     * saturates any nonzero accumulator and so does |acc| >= 2^31, so clamping both first changes nothing
+     * (and keeps a hostile scale or bias from overflowing). */
+    int left = shift > 0 ? (shift < 31 ? shift : 31) : 0, right = shift > 0 ? 0 : -shift;
+    int64_t scaled;
+    if (acc > INT32_MAX) acc = INT32_MAX;
+    if (acc < INT32_MIN) acc = INT32_MIN;
+    scaled = acc * ((int64_t)1 << left);
     if (scaled > INT32_MAX) scaled = INT32_MAX;
     if (scaled < INT32_MIN) scaled = INT32_MIN;
     return rdbpot(srdhm((int32_t)scaled, mult), right);
@@ -329,6 +335,11 @@ static ml_status check_op(uint32_t k) {
                 if (w->per_channel && w->scales_count != out_ch) return BAD("operator %u %s: scales", (unsigned)k, nm);
             }
         }
+        /* Every product is at most 128 x 255 in magnitude: more than 65,793 per output could overflow int32. */
+        if ((op->code == OP_FULLY_CONNECTED ? (uint64_t)w->dims[1]
+                                            : (uint64_t)w->dims[1] * (uint64_t)w->dims[2] *
+                                                  (uint64_t)(op->code == OP_CONV_2D ? w->dims[3] : 1)) > 65793u)
+            return ml_fail(ML_UNSUPPORTED, "operator %u %s: more than 65793 products per output", (unsigned)k, nm);
         if (op->n_in > 2 && op->in[2] != ML_NONE) {
             bias = &ml_m.tensors[op->in[2]];
             if (!bias->is_const || bias->type != TT_INT32 || bias->numel != out_ch)
