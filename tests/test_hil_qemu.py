@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from edge_runtime import wire
 from edge_runtime.data.dataset import DataSplit
 from edge_runtime.device_config import DataSection
 from edge_runtime.local_training import load_local_data
@@ -28,6 +30,7 @@ from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.trust import MemberTrust
 from edge_runtime.wire.serial import ErrorCode
+from edge_runtime.wire.values import ValueCoding
 
 serial = pytest.importorskip("serial")
 pytestmark = pytest.mark.skipif(
@@ -125,6 +128,26 @@ def test_a_wrong_hash_is_refused_and_the_board_boots_its_old_model(
             assert driver.hello().model_version == hashlib.sha256(model_a).digest()
     finally:
         cold.stop()
+
+
+def test_an_update_larger_than_the_frame_arrives_in_fragments(tmp_path: Path, digits_mlp: Graph) -> None:
+    """A dense float32 update of the head (1.3 KB) over 256-byte frames: FRAGMENTs the driver reassembles."""
+    model = write_graph(digits_mlp)
+    qemu = board(tmp_path, "qemu-f")
+    try:
+        with BoardDriver(qemu.path, BAUD, max_frame=256, answer_timeout=60) as driver:
+            assert driver.hello().max_frame == 256
+            driver.send_model(model)
+            task = wire.Task(
+                task_id=b"fragments-task-1", round=1, base_version=hashlib.sha256(model).digest(), epochs=1,
+                learning_rate=0.05, density=1.0, deadline=int(time.time()) + 300, value_coding=int(ValueCoding.FLOAT32),
+            )  # fmt: skip
+            update, raw = driver.train(task)
+            assert len(raw) > 4 * 256 and wire.encode(wire.decode(raw, expect=wire.Update)) == raw
+            assert sum(t.nnz for t in update.tensors) == 32 * 10 + 10  # every entry of the head, as float32
+            assert all(t.values.coding == ValueCoding.FLOAT32 for t in update.tensors)
+    finally:
+        qemu.stop()
 
 
 def test_a_reset_mid_transfer_resumes_where_the_boards_flash_left_off(tmp_path: Path, digits_mlp: Graph) -> None:

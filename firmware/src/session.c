@@ -484,6 +484,42 @@ static bool evaluate(const dataset *d, const uint8_t *map, eval_scores *e)
     return true;
 }
 
+#define UPDATE_MAX_BYTES (64u * 1024u) /* the largest message a host reads from a board (SERIAL_LIMITS) */
+#define MSG_FRAGMENT 8
+#define FRAGMENT_OVERHEAD 96 /* as edge_runtime/transport/fragments.py: the fragment's map around its data */
+
+/* One UPDATE, or FRAGMENTs of it when it exceeds the agreed frame. */
+static bool send_update(const uint8_t *update, uint32_t len, const uint8_t id[16])
+{
+    uint32_t frame = link_max_payload();
+    if (len <= frame)
+        return link_send(MSG_UPDATE, update, len);
+    uint32_t piece = frame - FRAGMENT_OVERHEAD;
+    uint32_t count = (len + piece - 1) / piece;
+    uint8_t digest[32];
+    tf_sha256(update, len, digest);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t at = i * piece, n = len - at < piece ? len - at : piece;
+        cbor_writer w;
+        head(&w, 8, MSG_FRAGMENT);
+        cbor_w_uint(&w, 2);
+        cbor_w_bytes(&w, id, 16);
+        cbor_w_uint(&w, 3);
+        cbor_w_uint(&w, i);
+        cbor_w_uint(&w, 4);
+        cbor_w_uint(&w, count);
+        cbor_w_uint(&w, 5);
+        cbor_w_uint(&w, len);
+        cbor_w_uint(&w, 6);
+        cbor_w_bytes(&w, digest, 32);
+        cbor_w_uint(&w, 7);
+        cbor_w_bytes(&w, update + at, n);
+        if (w.overflow || !link_send(MSG_FRAGMENT, w.buf, w.len))
+            return false;
+    }
+    return true;
+}
+
 static bool residual_put(const uint8_t *data, uint32_t len) { return store_residual_append(data, len); }
 
 static void on_train(void)
@@ -614,8 +650,15 @@ static void on_train(void)
     if (trained && report)
         nmetrics++;
     bool with_bit = trained && clip > 0 && clip_bit;
+    /* Encoded whole into external memory (the training inputs are spent), then sent as one UPDATE or, when it
+     * exceeds the agreed frame, as FRAGMENTs of it (edge_runtime/transport/fragments.py). */
     cbor_writer w;
-    head(&w, 8 + (nmetrics > 0) + with_bit, MSG_UPDATE);
+    cbor_w_init(&w, scratch, scratch_len < UPDATE_MAX_BYTES ? scratch_len : UPDATE_MAX_BYTES);
+    cbor_w_head(&w, CBOR_MAP, 8 + (nmetrics > 0) + with_bit);
+    cbor_w_uint(&w, 0);
+    cbor_w_uint(&w, MSG_UPDATE);
+    cbor_w_uint(&w, 1);
+    cbor_w_uint(&w, 1);
     cbor_w_uint(&w, 2);
     cbor_w_bytes(&w, update_id, 16);
     cbor_w_uint(&w, 3);
@@ -654,12 +697,11 @@ static void on_train(void)
         cbor_w_bool(&w, st.below_clip == 1);
     }
     if (w.overflow) {
-        tf_snprintf(s.detail, sizeof s.detail, "the update exceeds one %u-byte frame (fragments not implemented)",
-                 (unsigned)link_max_payload());
-        send_error(E_INTERNAL, MSG_TRAIN, s.detail);
+        tf_snprintf(s.detail, sizeof s.detail, "the update exceeds %u bytes", (unsigned)w.cap);
+        send_error(E_NO_MEMORY, MSG_TRAIN, s.detail);
         return;
     }
-    if (!link_send(MSG_UPDATE, w.buf, w.len))
+    if (!send_update(w.buf, (uint32_t)w.len, update_id))
         return; /* the host did not take it: the residual stays as it was */
     if (trained && store_residual_begin() && upd_residual_write(&st, residual_put))
         store_residual_seal(); /* only now: the host has every byte of the update */
