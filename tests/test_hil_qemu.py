@@ -8,11 +8,14 @@ through Mosquitto and the gateway.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_runtime import wire
@@ -104,6 +107,41 @@ def test_a_power_cut_mid_transfer_keeps_what_reached_flash_and_the_model_survive
                 assert driver.infer(x[i]).output.tolist() == host[i].reshape(-1).tolist()
     finally:
         powered.stop()
+
+
+def test_the_c_board_refuses_what_it_cannot_do_with_the_specs_error_codes(tmp_path: Path, digits_mlp: Graph) -> None:
+    model = write_graph(digits_mlp)
+    version = hashlib.sha256(model).digest()
+    task = wire.Task(task_id=b"refusals-task-01", round=1, base_version=version, epochs=1, learning_rate=0.05,
+                     density=0.1, deadline=int(time.time()) + 300)  # fmt: skip
+    qemu = board(tmp_path, "qemu-e")
+
+    def refused(call: Callable[[], object]) -> ErrorCode:
+        with pytest.raises(BoardRefused) as caught:
+            call()
+        return caught.value.code
+
+    try:
+        with BoardDriver(qemu.path, BAUD, answer_timeout=10) as driver:
+            driver.hello()
+            assert refused(lambda: driver.infer(np.zeros(64, np.int8))) == ErrorCode.NO_MODEL
+            assert refused(lambda: driver.train(task)) == ErrorCode.NO_MODEL
+            too_big = wire.ModelBegin(version, 600 * 1024)  # a flash slot is 480 KiB
+            assert refused(lambda: driver._request(too_big, wire.ModelBegin)) == ErrorCode.NO_FLASH
+            assert refused(lambda: driver._request(wire.ModelCommit(version), wire.Status)) == ErrorCode.BAD_OFFSET
+            junk = bytes(range(256)) * 8  # hashes right, is no TFLite model
+            assert refused(lambda: driver.send_model(junk)) == ErrorCode.MALFORMED
+            result = wire.InferResult(np.zeros(1, np.int8))  # a message only a board sends
+            assert refused(lambda: driver._request(result, wire.Status)) == ErrorCode.UNSUPPORTED
+            driver.send_model(model)
+            other = dataclasses.replace(task, base_version=hashlib.sha256(b"another model").digest())
+            assert refused(lambda: driver.train(other)) == ErrorCode.NO_MODEL
+            noisy = dataclasses.replace(task, clip=1.0, noise=0.5)  # local DP needs entropy the board lacks
+            assert refused(lambda: driver.train(noisy)) == ErrorCode.UNSUPPORTED
+            assert driver.status().last_error == ErrorCode.UNSUPPORTED
+            assert driver.status().model_version == version  # none of it touched the installed model
+    finally:
+        qemu.stop()
 
 
 def test_a_wrong_hash_is_refused_and_the_board_boots_its_old_model(
