@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,51 @@ def test_the_c_board_refuses_what_it_cannot_do_with_the_specs_error_codes(tmp_pa
             assert refused(lambda: driver.train(noisy)) == ErrorCode.UNSUPPORTED
             assert driver.status().last_error == ErrorCode.UNSUPPORTED
             assert driver.status().model_version == version  # none of it touched the installed model
+    finally:
+        qemu.stop()
+
+
+class NoisyLine:
+    """A pyserial port whose line flips one bit in about every ``every``-th byte, both ways, from a seeded generator:
+    what the emulator's ``ber`` fault does to its pty, done on the host's side of the C board's."""
+
+    def __init__(self, port: Any, every: int, seed: int) -> None:
+        self._port = port
+        self._rng = np.random.default_rng(seed)
+        self._every = every
+        self.flipped = 0
+
+    def _damage(self, data: bytes) -> bytes:
+        hits = np.flatnonzero(self._rng.random(len(data)) < 1 / self._every)
+        if not hits.size:
+            return data
+        out = bytearray(data)
+        for at in hits:
+            out[at] ^= 1 << int(self._rng.integers(8))
+        self.flipped += int(hits.size)
+        return bytes(out)
+
+    def write(self, data: bytes) -> int:
+        self._port.write(self._damage(data))
+        return len(data)
+
+    def read(self, size: int = 1) -> bytes:
+        return self._damage(self._port.read(size))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+
+def test_bit_errors_both_ways_are_recovered_by_the_c_boards_link(tmp_path: Path, digits_mlp: Graph) -> None:
+    model = write_graph(digits_mlp)
+    qemu = board(tmp_path, "qemu-n")
+    line = NoisyLine(serial.serial_for_url(qemu.path, baudrate=BAUD, timeout=0.05), every=3000, seed=5)
+    try:
+        with BoardDriver(qemu.path, BAUD, port=line, answer_timeout=10) as driver:
+            driver.hello()
+            report = driver.send_model(model)
+            assert line.flipped > 0 and report.retransmissions > 0  # damaged frames were dropped and sent again
+            assert driver.status().model_version == hashlib.sha256(model).digest()  # the board hashed every byte
     finally:
         qemu.stop()
 
