@@ -153,7 +153,8 @@ def _assert_bit_exact(harness: Harness, graph: Graph, x: np.ndarray) -> None:
     got = harness.infer(graph, x)
     want = run_reference(graph, x)[0].reshape(got.shape)
     differ = int((got != want).sum())
-    assert differ == 0, f"{differ} of {got.size} outputs differ from the numpy reference (max {np.abs(got - want).max()})"
+    worst = int(np.abs(got.astype(np.int32) - want).max())
+    assert differ == 0, f"{differ} of {got.size} outputs differ from the numpy reference (by up to {worst})"
     if "micro" in available_backends():
         micro = get_backend("micro").load(write_graph(graph)).run_batch(x)[0].reshape(got.shape)
         np.testing.assert_array_equal(got, micro, err_msg="differs from TFLite Micro")
