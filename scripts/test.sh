@@ -36,12 +36,16 @@ echo "== import contracts"
 echo "== extras: each role's extra installs and runs alone"
 PYTHON="$PYTHON" bash scripts/extras-smoke.sh
 
+# Both cores: most tests wait on a broker, a pty or a child process. --dist loadfile keeps a file's tests (and its
+# module fixtures, some of which train a model) on one worker. PYTEST_WORKERS=0 runs in one process.
+workers=(-n "${PYTEST_WORKERS:-2}" --dist loadfile)
+[ "${PYTEST_WORKERS:-2}" = 0 ] && workers=()
 status=0
 echo "== the C board: firmware unit tests on the host, then the HIL suite against the firmware under QEMU"
 make -s -C firmware host-test || status=$?
 .venv/bin/python -m pytest -q tests/test_hil.py --hil-qemu mps2-an386 -rs || status=$?
 echo "== tests on numpy 2 (litert, micro)"
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest "${workers[@]}" "$@" || status=$?
 echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"
-.venv-np1/bin/python -m pytest --numpy-1-subset "$@" || status=$?
+.venv-np1/bin/python -m pytest "${workers[@]}" --numpy-1-subset "$@" || status=$?
 exit $status

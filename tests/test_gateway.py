@@ -20,6 +20,7 @@ from edge_runtime.model.info import quantize_input
 from edge_runtime.model.reader import read_graph
 from edge_runtime.train.evaluate import int8_metrics
 from edge_runtime.transport.broker import MosquittoProcess
+from gateway.admission import DUPLICATE
 from gateway.config import GatewayConfig
 from gateway.master import MasterModel
 from gateway.service import Gateway, RoundSummary
@@ -60,7 +61,9 @@ def test_federation_of_real_devices_reaches_the_accuracy_bar(
     rows = [r for r in store.rounds() if r.mode == "sync"]
     assert [r.status for r in rows] == ["closed"] * 50
     assert all(store.round_counts(r.round)["train"] == 30 for r in rows)
-    assert store.refusals() == []
+    # A device whose receipt comes late (a loaded machine) sends its update again: that copy is refused as a
+    # duplicate, which is the outbox doing its job. Anything else refused is a defect.
+    assert [r for r in store.refusals() if r["reason"] != DUPLICATE] == []
     uplink, dense = store.total_bytes()
     assert dense / uplink >= 100, f"only {dense / uplink:.0f}x fewer bytes than dense float32"
     assert max(accuracy.values()) >= 0.93, f"best int8 test accuracy {max(accuracy.values()):.4f}"
