@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
 from edge_runtime.config import ConfigError
 from edge_runtime.data.files import parse_label_column
@@ -74,7 +76,8 @@ def qemu(args: argparse.Namespace) -> int:
     if args.data != "none":
         section = DataSection(source=args.data, group=args.group, shard=None if args.group is not None else args.shard)
         data = load_local_data(section)
-    board = start_board(args.board, args.flash_file.resolve().parent, args.board_id, data, args.flash_file)
+    images = tempfile.TemporaryDirectory(prefix="tinyfed-qemu-")  # QEMU re-reads the board image at every reset
+    board = start_board(args.board, Path(images.name), args.board_id, data, args.flash_file)
     stop = stop_on_signals()
     print(f"pty: {board.path}", flush=True)
     print(
@@ -88,4 +91,5 @@ def qemu(args: argparse.Namespace) -> int:
                 raise ConfigError(f"qemu-system-arm exited with status {board.process.returncode}")
     finally:
         board.stop()
+        images.cleanup()
     return 0

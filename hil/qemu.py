@@ -49,6 +49,15 @@ class QemuError(TinyfedError):
     exit_code = ExitCode.BAD_INPUT
 
 
+def check_flash_file(path: Path) -> None:
+    """A flash file that exists must be a board's (1 MiB): anything else is refused and left as it is."""
+    if path.exists() and path.stat().st_size != FLASH_BYTES:
+        raise QemuError(
+            f"--flash-file {path}: {path.stat().st_size} bytes, the board's flash is {FLASH_BYTES}; "
+            "not a board's flash file (left as it is)"
+        )
+
+
 def elf_path(machine: str) -> Path:
     return FIRMWARE_DIR / "build" / MACHINES[machine] / "tinyfed.elf"
 
@@ -118,10 +127,10 @@ class QemuBoard:
         if shutil.which("qemu-system-arm") is None:
             raise QemuError("qemu-system-arm not found: apt-get install qemu-system-arm")
         elf = elf_path(self.machine)
-        if self.flash_file is not None and (
-            not self.flash_file.exists() or self.flash_file.stat().st_size != FLASH_BYTES
-        ):
-            self.flash_file.write_bytes(b"\xff" * FLASH_BYTES)  # erased flash
+        if self.flash_file is not None:
+            check_flash_file(self.flash_file)
+            if not self.flash_file.exists():
+                self.flash_file.write_bytes(b"\xff" * FLASH_BYTES)  # erased flash
         self.monitor = os.path.join(tempfile.mkdtemp(prefix="tinyfed-qemu-"), "monitor.sock")
         command = ["qemu-system-arm", "-M", self.machine, "-display", "none", "-serial", "pty"]
         command += ["-monitor", f"unix:{self.monitor},server=on,wait=off"]
@@ -189,6 +198,8 @@ def start_board(
     icount: bool = False,
 ) -> QemuBoard:
     """Build if needed, write the image into ``workdir``, start QEMU (``icount``: count instructions)."""
+    if flash_file is not None:
+        check_flash_file(flash_file)
     build_firmware(machine)
     workdir.mkdir(parents=True, exist_ok=True)
     image = workdir / f"{board_id}.img"

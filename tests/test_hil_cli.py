@@ -70,9 +70,12 @@ def test_hil_qemu_prints_the_c_boards_pty_that_a_host_driver_opens(tmp_path: Pat
         (["hil", "emulate", "--ram", "much"], "is not a size"),
         (["bridge", "run", "--port", "/dev/ttyACM0#not an id"], "device id"),
         (["hil", "qemu", "--board", "mps2-an999", "--data", "none"], "--board 'mps2-an999'"),
+        (["hil", "qemu", "--data", "none", "--flash-file", "small.flash"], "not a board's flash file"),
     ],
 )
 def test_bad_options_are_named_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "small.flash").write_bytes(b"precious")  # a file that is no board's flash: refused, kept
     proc = tinyfed(*args, cwd=tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and message in err, err
+    assert (tmp_path / "small.flash").read_bytes() == b"precious"
