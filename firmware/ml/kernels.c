@@ -206,7 +206,7 @@ static void softmax(const ml_op *op) {
     for (r = 0; r < rows; r++) {
         const int8_t *xr = xs + r * depth;
         double e[SOFTMAX_CHUNK], peak = -INFINITY, sum = 0.0;
-        /* Rows longer than the stack buffer are summed in chunks (tinyfed's outputs are classes: short). */
+        /* Rows longer than the stack buffer are summed in order, not pairwise (tinyfed's rows are classes: short). */
         for (i = 0; i < depth; i++) {
             double l = ((double)((int32_t)xr[i] - x->zero_point) * in_scale) * beta;
             if (l > peak) peak = l;
