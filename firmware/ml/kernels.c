@@ -36,11 +36,11 @@ static int32_t dot(const int8_t *w, const int8_t *x, int32_t n, int32_t off) {
     return acc;
 }
 
-/* Per-output-channel requantisation: in_scale * w_scale[c] / out_scale, in double as TFLite does. */
-static void channel_multiplier(const ml_tensor *x, const ml_tensor *w, const ml_tensor *y, uint32_t c, int32_t *mult,
-                               int *shift) {
-    double real = (double)x->scale * (double)ml_channel_scale(w, c) / (double)y->scale;
-    ml_quantize_multiplier(real, mult, shift);
+/* Per-output-channel requantisation, computed at load (model.c, fill_quant). */
+static void channel_multiplier(const ml_op *op, uint32_t c, int32_t *mult, int *shift) {
+    const int32_t *q = (const int32_t *)(const void *)(ml_arena + op->quant_off);
+    *mult = q[2 * c];
+    *shift = (int)q[2 * c + 1];
 }
 
 static void fully_connected(const ml_op *op) {
@@ -54,7 +54,7 @@ static void fully_connected(const ml_op *op) {
     ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
     for (c = 0; c < out_ch; c++) {
         const int8_t *wr = ws + c * depth;
-        channel_multiplier(x, w, y, c, &mult, &shift);
+        channel_multiplier(op, c, &mult, &shift);
         for (r = 0; r < rows; r++) {
             int32_t acc = dot(wr, xs + r * depth, (int32_t)depth, in_off);
             ys[r * out_ch + c] = (int8_t)clamp(ml_mbqm((int64_t)acc + bias_at(b, c), mult, shift) + y->zero_point, lo, hi);
@@ -77,7 +77,7 @@ static void conv(const ml_op *op) {
     for (c = 0; c < oc; c++) {
         const int8_t *wc = ws + (uint32_t)c * (uint32_t)(fh * fw * ic);
         int32_t bias = bias_at(b, (uint32_t)c);
-        channel_multiplier(x, w, y, (uint32_t)c, &mult, &shift);
+        channel_multiplier(op, (uint32_t)c, &mult, &shift);
         for (oy = 0; oy < oh; oy++) {
             for (ox = 0; ox < ow; ox++) {
                 int32_t acc = 0, y0 = oy * sh - ph, x0 = ox * sw - pw;
@@ -114,7 +114,7 @@ static void depthwise(const ml_op *op) {
     ml_activation_bounds(op->activation, y->scale, y->zero_point, &lo, &hi);
     for (c = 0; c < oc; c++) {
         int32_t src = c / m, bias = bias_at(b, (uint32_t)c);
-        channel_multiplier(x, w, y, (uint32_t)c, &mult, &shift);
+        channel_multiplier(op, (uint32_t)c, &mult, &shift);
         for (oy = 0; oy < oh; oy++) {
             for (ox = 0; ox < ow; ox++) {
                 int32_t acc = 0, y0 = oy * op->stride_h - op->pad_h, x0 = ox * op->stride_w - op->pad_w;

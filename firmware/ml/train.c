@@ -68,8 +68,16 @@ void ml_train_config_default(ml_train_config *cfg) {
     cfg->order = NULL;
 }
 
-static float rhe(float x) { /* np.round on float32: half to even, exact through double */
-    return (float)ml_round_half_even((double)x);
+/* np.round on float32: half to even, by truncation (x - trunc(x) is exact below 2^23; above, x is integral). */
+static float rhe(float x) {
+    int32_t t;
+    float d;
+    if (!(x < 8388608.0f && x > -8388608.0f)) return x;
+    t = (int32_t)x;
+    d = x - (float)t;
+    if (d > 0.5f || (d == 0.5f && (t & 1))) t += 1;
+    else if (d < -0.5f || (d == -0.5f && (t & 1))) t -= 1;
+    return (float)t;
 }
 
 /* numpy's pairwise sum of a float32 vector (np.sum on a contiguous axis). */
