@@ -156,6 +156,8 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
         if (labels[i] >= info->classes)
             return ml_fail(ML_BAD_INPUT, "label %u of sample %u; the model has %u classes", (unsigned)labels[i],
                            (unsigned)i, (unsigned)info->classes);
+    if ((uint64_t)cfg->epochs * samples > 0xffffffffu)
+        return ml_fail(ML_BAD_INPUT, "%u epochs of %u samples is too many", (unsigned)cfg->epochs, (unsigned)samples);
     if (cfg->order != NULL)
         for (i = 0; i < cfg->epochs * samples; i++)
             if (cfg->order[i] >= samples) return ml_fail(ML_BAD_INPUT, "order entry %u out of range", (unsigned)i);
