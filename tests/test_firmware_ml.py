@@ -302,11 +302,17 @@ def test_training_refuses_bad_labels_and_an_arena_too_small(
 # -- hostile and unsupported models -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["digits", "cnn1d"])
-def test_corrupted_models_are_refused_never_crash(asan: Harness, digits_mlp: Graph, cnn1d: Graph, which: str) -> None:
-    """Flipped bytes and every truncation, under AddressSanitizer and UBSan; what still loads must run and train."""
+@pytest.mark.parametrize(("which", "flips"), [("digits", 1500), ("cnn1d", 300)])
+def test_corrupted_models_are_refused_never_crash(
+    asan: Harness, digits_mlp: Graph, cnn1d: Graph, which: str, flips: int
+) -> None:
+    """Flipped bytes and every truncation, under AddressSanitizer and UBSan; what still loads must run and train.
+
+    A flip that lands in the weights leaves a valid model, so about half the copies load and are run (fewer on
+    the CNN: each of its inferences under ASan costs a few tens of milliseconds).
+    """
     graph = digits_mlp if which == "digits" else cnn1d
-    result = asan.run("fuzz", str(asan.model(graph)), "1500", "21")
+    result = asan.run("fuzz", str(asan.model(graph)), str(flips), "21")
     assert int(result["bad_model"]) > 0
     assert int(result["ok"]) > 0 and int(result["ran"]) == int(result["ok"])
     assert int(result["trained"]) == int(result["ok"])
@@ -351,3 +357,90 @@ def test_builds_for_cortex_m3_and_m4(tmp_path: Path) -> None:
         assert 0 < text < 64 * 1024, sizes
         assert bss >= 65536  # the arena is static, not allocated
         assert (tmp_path / core / "ml_host.elf").stat().st_size > 0
+
+
+QEMU_MACHINES = {"m3": "mps2-an385", "m4": "mps2-an386"}
+
+
+@pytest.fixture(scope="session")
+def qemu_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    missing = [tool for tool in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install gcc-arm-none-eabi qemu-system-arm)")
+    build = tmp_path_factory.mktemp("firmware-ml-arm")
+    _make(build, "qemu")
+    return build
+
+
+def _on_board(build: Path, core: str, work: Path, *args: str) -> tuple[dict[str, str], int]:
+    """Run the harness on QEMU's Cortex-M board under semihosting; returns its output and instructions executed."""
+    done = subprocess.run(
+        [
+            "qemu-system-arm",
+            *("-M", QEMU_MACHINES[core], "-nographic", "-monitor", "none", "-serial", "none"),
+            *(
+                "-semihosting-config",
+                ",".join(["enable=on", "target=native", "arg=ml_host", *(f"arg={a}" for a in args)]),
+            ),
+            *("-kernel", str(build / core / "ml_qemu.elf")),
+            *("-plugin", str(build / "insn_count.so"), "-d", "plugin"),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{core} {args[0]}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    counted = re.search(r"insns=(\d+)", done.stdout + done.stderr)
+    assert counted is not None, f"the instruction-count plugin printed nothing: {done.stderr}"
+    return _keyvalues(done.stdout), int(counted.group(1))
+
+
+@pytest.mark.parametrize("core", sorted(QEMU_MACHINES))
+def test_cortex_m_build_gives_the_same_bits_on_the_board(
+    qemu_build: Path,
+    core: str,
+    tmp_path: Path,
+    digits_mlp: Graph,
+    digits: DataSplit,
+    cnn1d: Graph,
+    sensor_windows: np.ndarray,
+) -> None:
+    """The M3 build (soft float) and the M4 build (FPU) on QEMU: bit-exact inference, the trainer's delta."""
+    for name, graph, x in (
+        ("mlp", digits_mlp, quantize_input(digits_mlp, digits.test.x[:20])),
+        ("cnn", cnn1d, quantize_input(cnn1d, sensor_windows[:3])),
+    ):
+        (tmp_path / f"{name}.tflite").write_bytes(write_graph(graph))
+        x.astype(np.int8).tofile(tmp_path / f"{name}.x")
+        _, insns = _on_board(
+            qemu_build, core, tmp_path, "infer", f"{name}.tflite", f"{name}.x", str(len(x)), f"{name}.y"
+        )
+        got = np.fromfile(tmp_path / f"{name}.y", np.int8).reshape(len(x), -1)
+        np.testing.assert_array_equal(got, run_reference(graph, x)[0].reshape(got.shape), err_msg=f"{core} {name}")
+        assert insns > 0
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, seed=2)
+    x = quantize_input(digits_mlp, digits.train.x[:48])
+    y = model_labels(digits_mlp, digits.train.y[:48], digits.train.classes)
+    x.astype(np.int8).tofile(tmp_path / "tx")
+    y.astype(np.uint8).tofile(tmp_path / "ty")
+    hyper = [cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.prox_mu]
+    result, _ = _on_board(
+        qemu_build,
+        core,
+        tmp_path,
+        "train",
+        "mlp.tflite",
+        "tx",
+        "ty",
+        str(len(y)),
+        *(repr(v) for v in hyper),
+        "1",
+        str(cfg.seed),
+        "-",
+        "delta",
+    )
+    assert result["train_status"] == "0", result
+    want, loss, _ = _python_delta(digits_mlp, x, y, cfg)
+    _assert_same_delta(np.fromfile(tmp_path / "delta", np.float32), want)
+    assert float(result["loss"]) == pytest.approx(loss, rel=1e-5)

@@ -57,7 +57,7 @@ extern "C" {
 #define ML_ARENA_BYTES (64u * 1024u)
 #endif
 
-/* Bounds of the model table (static RAM: about 56 B per tensor, 20 B per op). */
+/* Bounds of the model table (static RAM: 60 B per tensor, 40 B per op on Cortex-M; 5,224 B at the defaults). */
 #ifndef ML_MAX_TENSORS
 #define ML_MAX_TENSORS 64
 #endif
@@ -94,7 +94,9 @@ typedef struct {
     float output_scale;
     int32_t output_zero_point;
 
-    /* Inference arena bytes this model needs (activations, greedy-planned). */
+    /* Inference arena bytes this model needs: activations (greedy-planned) and, after them, each weighted
+     * operator's per-channel requantisation (multiplier, shift), 8 B per output channel, which ml_load
+     * computes and writes into the arena (as TFLite Micro's persistent buffers). Training keeps them. */
     uint32_t arena_bytes;
     uint32_t op_count;
     uint32_t tensor_count;
@@ -121,8 +123,10 @@ typedef struct {
 } ml_info;
 
 /* Parse and plan `model` (len bytes, read in place, must stay valid). On
- * success fills *info (may be NULL) and the model is ready. On failure the
- * previous model is unloaded too (no half-loaded state). Costs no arena. */
+ * success fills *info (may be NULL), writes the requantisation parameters
+ * into the arena, and the model is ready. On failure the previous model is
+ * unloaded too (no half-loaded state). Refuses, with ml_last_error() saying
+ * why, anything the kernels cannot run, before anything runs. */
 ml_status ml_load(const uint8_t *model, uint32_t len, ml_info *info);
 
 /* Forget the loaded model (e.g. before erasing its flash slot). */

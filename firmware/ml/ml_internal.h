@@ -60,6 +60,7 @@ typedef struct {
     uint16_t stride_h, stride_w, dil_h, dil_w, filt_h, filt_w;
     uint16_t depth_mult;
     int16_t pad_h, pad_w;   /* leading padding, computed at load */
+    uint32_t quant_off;     /* weighted ops: arena offset of (multiplier, shift) int32 pairs per output channel */
     float beta;
 } ml_op;
 

@@ -91,11 +91,17 @@ static const char *op_name(uint32_t code) {
 
 /* ---- fixed-point helpers shared by the kernels ------------------------------ */
 
+/* np.round / Python's round: half to even. Below 2^62 through an integer truncation (cheap without an FPU:
+ * no floor/fmod); x - trunc(x) is exact there, and from 2^52 on every double is an integer already. */
 double ml_round_half_even(double x) {
-    double f = floor(x), d = x - f;
-    if (d > 0.5) return f + 1.0;
-    if (d < 0.5) return f;
-    return fmod(f, 2.0) == 0.0 ? f : f + 1.0;
+    int64_t t;
+    double d;
+    if (!(x < 4611686018427387904.0 && x > -4611686018427387904.0)) return x; /* huge, inf or NaN */
+    t = (int64_t)x;
+    d = x - (double)t;
+    if (d > 0.5 || (d == 0.5 && (t & 1))) t += 1;
+    else if (d < -0.5 || (d == -0.5 && (t & 1))) t -= 1;
+    return (double)t;
 }
 
 /* TFLite's QuantizeMultiplier, with the rounding of tinyfed's reference (Python's round: half to even). */
@@ -582,6 +588,41 @@ static void fill_info(uint32_t arena) {
     }
 }
 
+/* Per-channel requantisation parameters, computed once (double arithmetic is costly on a Cortex-M): what
+ * TFLite Micro keeps in its persistent arena too. Placed after the activations; returns the new arena size. */
+static uint32_t plan_quant(uint32_t arena) {
+    uint32_t k;
+    for (k = 0; k < ml_m.n_ops; k++) {
+        ml_op *op = &ml_m.ops[k];
+        if (op->code == OP_FULLY_CONNECTED || op->code == OP_CONV_2D || op->code == OP_DEPTHWISE_CONV_2D) {
+            const ml_tensor *w = &ml_m.tensors[op->in[1]];
+            uint32_t channels = (uint32_t)w->dims[op->code == OP_DEPTHWISE_CONV_2D ? 3 : 0];
+            op->quant_off = (arena + 7u) & ~7u;
+            arena = op->quant_off + 8u * channels;
+        }
+    }
+    return (arena + 15u) & ~15u;
+}
+
+static void fill_quant(void) {
+    uint32_t k, c;
+    for (k = 0; k < ml_m.n_ops; k++) {
+        const ml_op *op = &ml_m.ops[k];
+        if (op->code == OP_FULLY_CONNECTED || op->code == OP_CONV_2D || op->code == OP_DEPTHWISE_CONV_2D) {
+            const ml_tensor *x = &ml_m.tensors[op->in[0]], *w = &ml_m.tensors[op->in[1]], *y = &ml_m.tensors[op->out];
+            uint32_t channels = (uint32_t)w->dims[op->code == OP_DEPTHWISE_CONV_2D ? 3 : 0];
+            int32_t *q = (int32_t *)(void *)(ml_arena + op->quant_off);
+            for (c = 0; c < channels; c++) {
+                /* in_scale * w_scale[c] / out_scale in double, as TFLite and the numpy reference compute it. */
+                double real = (double)x->scale * (double)ml_channel_scale(w, c) / (double)y->scale;
+                int shift;
+                ml_quantize_multiplier(real, &q[2 * c], &shift);
+                q[2 * c + 1] = shift;
+            }
+        }
+    }
+}
+
 ml_status ml_load(const uint8_t *model, uint32_t len, ml_info *info) {
     ml_status st;
     uint32_t arena;
@@ -592,11 +633,12 @@ ml_status ml_load(const uint8_t *model, uint32_t len, ml_info *info) {
     ml_m.buf.base = model;
     ml_m.buf.len = len;
     if ((st = read_graph(&ml_m.buf)) != ML_OK) return st;
-    arena = plan_arena();
+    arena = plan_quant(plan_arena());
     fill_info(arena);
     if (arena > ML_ARENA_BYTES)
-        return ml_fail(ML_NO_MEMORY, "activations need %u B of arena, the firmware has %u B", (unsigned)arena,
+        return ml_fail(ML_NO_MEMORY, "activations and requantisation need %u B of arena, the firmware has %u B", (unsigned)arena,
                        (unsigned)ML_ARENA_BYTES);
+    fill_quant();
     if (info) *info = ml_m.info;
     ml_loaded = 1;
     return ML_OK;

@@ -11,7 +11,7 @@
  * the sums (BLAS vs a loop) and libm's last bit differ.
  *
  * Arena layout during training (offsets 16-byte aligned):
- *   [activations of the backbone | int8 features, samples x F | w | v | g | wq
+ *   [activations of the backbone | int8 features, samples x F | dequantisation table, 256 | w | v | g | wq
  *    | z, batch x O | y, batch x O | mask, batch x O | row scales, O | exp, O | log p, batch | order]
  * w, v, g, wq hold P = O*F + O floats: weights [O][F] then bias [O].
  */
@@ -23,7 +23,7 @@
 #define ALIGN16(x) (((x) + 15u) & ~15u)
 
 typedef struct {
-    uint32_t feats, w, v, g, wq, z, y, mask, scales, ex, logs, order, total;
+    uint32_t feats, lut, w, v, g, wq, z, y, mask, scales, ex, logs, order, total;
 } layout;
 
 static int plan(uint32_t samples, uint32_t batch, int own_order, layout *l) {
@@ -33,6 +33,7 @@ static int plan(uint32_t samples, uint32_t batch, int own_order, layout *l) {
 #define PUT(field, bytes) l->field = (uint32_t)o, o = ALIGN16(o + (uint64_t)(bytes))
     if (o > 0xffffffffu) return 0;
     PUT(feats, (uint64_t)samples * in->feature_len);
+    PUT(lut, 4 * 256);
     PUT(w, 4 * p);
     PUT(v, 4 * p);
     PUT(g, 4 * p);
@@ -67,8 +68,16 @@ void ml_train_config_default(ml_train_config *cfg) {
     cfg->order = NULL;
 }
 
-static float rhe(float x) { /* np.round on float32: half to even, exact through double */
-    return (float)ml_round_half_even((double)x);
+/* np.round on float32: half to even, by truncation (x - trunc(x) is exact below 2^23; above, x is integral). */
+static float rhe(float x) {
+    int32_t t;
+    float d;
+    if (!(x < 8388608.0f && x > -8388608.0f)) return x;
+    t = (int32_t)x;
+    d = x - (float)t;
+    if (d > 0.5f || (d == 0.5f && (t & 1))) t += 1;
+    else if (d < -0.5f || (d == -0.5f && (t & 1))) t -= 1;
+    return (float)t;
 }
 
 /* numpy's pairwise sum of a float32 vector (np.sum on a contiguous axis). */
@@ -129,7 +138,7 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
     layout l;
     uint32_t O, F, P, n, e, bstart, batches, total_steps, step = 0, i, c, k;
     int8_t *feats;
-    float *w, *v, *g, *wq, *z, *yb, *scales, *ex, *logs;
+    float *lut, *w, *v, *g, *wq, *z, *yb, *scales, *ex, *logs;
     uint8_t *mask;
     uint32_t *order_buf;
     double in_scale, ema_min, ema_max, loss_sum = 0.0;
@@ -147,6 +156,8 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
         if (labels[i] >= info->classes)
             return ml_fail(ML_BAD_INPUT, "label %u of sample %u; the model has %u classes", (unsigned)labels[i],
                            (unsigned)i, (unsigned)info->classes);
+    if ((uint64_t)cfg->epochs * samples > 0xffffffffu)
+        return ml_fail(ML_BAD_INPUT, "%u epochs of %u samples is too many", (unsigned)cfg->epochs, (unsigned)samples);
     if (cfg->order != NULL)
         for (i = 0; i < cfg->epochs * samples; i++)
             if (cfg->order[i] >= samples) return ml_fail(ML_BAD_INPUT, "order entry %u out of range", (unsigned)i);
@@ -162,6 +173,7 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
     F = info->feature_len;
     P = O * F + O;
     feats = (int8_t *)(ml_arena + l.feats);
+    lut = (float *)(void *)(ml_arena + l.lut);
     w = (float *)(void *)(ml_arena + l.w);
     v = (float *)(void *)(ml_arena + l.v);
     g = (float *)(void *)(ml_arena + l.g);
@@ -189,6 +201,8 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
     feat_scale = cut->scale;
     feat_zp = cut->zero_point;
     in_scale = (double)cut->scale;
+    /* dequantize(): ((q - zp) * scale) in double, then float32; a feature takes 256 values, so tabulate them. */
+    for (i = 0; i < 256; i++) lut[i] = (float)((double)((int32_t)i - 128 - feat_zp) * (double)feat_scale);
 
     base_params(w);
     memset(v, 0, 4u * P);
@@ -244,7 +258,7 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
                 for (c = 0; c < O; c++) {
                     float acc = 0.0f, a;
                     for (k = 0; k < F; k++)
-                        acc += (float)((double)((int32_t)fq[k] - feat_zp) * (double)feat_scale) * wq[c * F + k];
+                        acc += lut[(int32_t)fq[k] + 128] * wq[c * F + k];
                     acc += wq[O * F + c];
                     z[i * O + c] = acc;
                     a = acc;
@@ -302,7 +316,7 @@ ml_status ml_train_last_layer(const ml_train_config *cfg, const int8_t *inputs, 
                     if (fc->activation == ACT_RELU6 && !(z[i * O + c] > 0.0f && z[i * O + c] < 6.0f)) dz = 0.0f;
                     if (dz == 0.0f) continue;
                     for (k = 0; k < F; k++)
-                        g[c * F + k] += dz * (float)((double)((int32_t)fq[k] - feat_zp) * (double)feat_scale);
+                        g[c * F + k] += dz * lut[(int32_t)fq[k] + 128];
                     g[O * F + c] += dz;
                 }
             }
