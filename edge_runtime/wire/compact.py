@@ -185,6 +185,7 @@ class _Bits:
 
     def __init__(self, data: bytes) -> None:
         self.bits = np.unpackbits(np.frombuffer(data, np.uint8))
+        self.number = int.from_bytes(data, "big")  # small fields read by shifting: no numpy call per field
         self.pos = 0
         self._ones: np.ndarray | None = None
         self._zeros: np.ndarray | None = None
@@ -196,9 +197,8 @@ class _Bits:
 
     def uint(self, width: int) -> int:
         self.need(width)
-        chunk = self.bits[self.pos : self.pos + width]
         self.pos += width
-        return int(chunk @ (1 << np.arange(width - 1, -1, -1, dtype=np.int64))) if width else 0
+        return (self.number >> (self.bits.size - self.pos)) & ((1 << width) - 1)
 
     def run(self, count: int) -> np.ndarray:
         self.need(count)
