@@ -46,7 +46,7 @@ STEPS = [
     ("paho_mqtt", "import paho.mqtt.client"),
     ("cbor2_and_wire", "import edge_runtime.wire"),
     ("cli_and_device_run", "import tinyfed.cli, edge_runtime.commands.device_run"),
-    ("model_backend", "from edge_runtime.model.backends import available_backends; available_backends()"),
+    ("model_backend", "from edge_runtime.model.backends import default_backend; default_backend()"),
     ("agent", "import edge_runtime.agent"),
     ("trainer", "import edge_runtime.train.trainer"),
 ]
