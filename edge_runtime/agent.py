@@ -96,6 +96,7 @@ class DeviceAgent(FederationMember):
                 ack_timeout=config.transport.ack_timeout,
                 resend_after=config.transport.resend_after,
                 max_payload=config.transport.max_payload,
+                update_format=config.transport.update_format,
                 max_task_seconds=config.device.max_task_seconds,
                 trust=member_trust(config.trust, config.source, f"device {config.device.id}"),
             )

@@ -124,6 +124,9 @@ def test_tensors_without_a_spec_or_a_wrong_expectation_are_refused_by_name() -> 
     with pytest.raises(wire.ValueRejected, match="signatures"):
         wire.decode(data, spec=spec, require_signature=True)
     assert wire.peek_type(data) == wire.MSG_UPDATE_COMPACT
+    assert wire.open_envelope(data, wire.DEFAULT_LIMITS).payload == data  # a receiver's trust layer lets it through
+    with pytest.raises(wire.ValueRejected, match="signatures"):
+        wire.open_envelope(data, wire.DEFAULT_LIMITS, require_signature=True)
 
 
 def test_a_signed_compact_update_opens_and_decodes() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from . import compact
@@ -71,7 +71,7 @@ def decode(
     verifier: Verifier | None = None,
     require_signature: bool = False,
     device: str = "",
-    versions: Collection[bytes] = (),
+    versions: Collection[bytes] | Callable[[bytes], bytes | None] = (),
 ) -> Any:
     """Decode untrusted bytes into a message, or raise a WireError naming the field.
 
@@ -81,7 +81,8 @@ def decode(
 
     A compact update (type 10, ``compact``) leaves out what the receiver
     knows: ``device`` (the topic's) becomes its device, ``versions`` (the
-    model versions the receiver knows) resolve its base version's prefix, and
+    model versions the receiver knows, or a function from a 4-byte prefix to
+    the one version it names) resolve its base version's prefix, and
     ``spec`` gives its tensors' sizes. It decodes to an ``Update``.
     """
     if isinstance(data, bytes | bytearray | memoryview) and bytes(data[:1]) == compact.TYPE_BYTE:
@@ -109,7 +110,12 @@ def decode(
 
 
 def _compact(
-    data: bytes, limits: Limits, expect: Any, spec: Mapping[int, int] | None, device: str, versions: Collection[bytes]
+    data: bytes,
+    limits: Limits,
+    expect: Any,
+    spec: Mapping[int, int] | None,
+    device: str,
+    versions: Collection[bytes] | Callable[[bytes], bytes | None],
 ) -> Update:
     if expect is not None and expect is not Update:
         raise SchemaError("message.type", f"Update where {expect.__name__} was expected")

@@ -27,7 +27,7 @@ is compared with the bits that are left before anything is allocated.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -309,18 +309,23 @@ def decode(
     limits: Limits,
     spec: Mapping[int, int] | None,
     device: str,
-    versions: Collection[bytes],
+    versions: Collection[bytes] | Callable[[bytes], bytes | None],
 ) -> Update:
     """A compact update as an ``Update``: its device is ``device`` (the topic's), its base version the one of
     ``versions`` with the sent prefix (or the bare 4-byte prefix when none has it: the gateway refuses it as
-    unknown), its tensors read against ``spec`` (required when it holds any)."""
+    unknown), its tensors read against ``spec`` (required when it holds any). ``versions`` may instead be a
+    function from the prefix to the one version it names (None: none, or more than one)."""
     if len(data) > limits.max_message_bytes:
         raise LimitExceeded("update", f"{len(data)} bytes exceed {limits.max_message_bytes}")
     if len(data) < FIXED_HEADER + 2 or data[:1] != TYPE_BYTE:
         raise SchemaError("update", "not a compact update (type byte 10, id, base prefix, round, samples)")
     update_id = bytes(data[1 : 1 + ID_BYTES]) + bytes(16 - ID_BYTES)
     prefix = bytes(data[1 + ID_BYTES : FIXED_HEADER])
-    matches = {v for v in versions if v[:BASE_PREFIX_BYTES] == prefix}
+    if callable(versions):
+        found = versions(prefix)
+        matches = {found} if found is not None and found[:BASE_PREFIX_BYTES] == prefix else set()
+    else:
+        matches = {v for v in versions if v[:BASE_PREFIX_BYTES] == prefix}
     if len(matches) > 1:
         raise ValueRejected("update.base_version", f"prefix {prefix.hex()} matches {len(matches)} known versions")
     base_version = matches.pop() if matches else prefix
