@@ -7,6 +7,8 @@ training tasks in turn, and this process samples the agent's VmRSS from
 - ``agent_rss_mib``: RSS once the last update is receipted (a running,
   idle-between-rounds agent); ``agent_peak_rss_mib``: VmHWM, the peak
   while training; ``agent_sampled_max_rss_mib``: the largest sample.
+- ``agent_rss_anon_mib`` (private: heap, arenas, stacks) and
+  ``agent_rss_file_mib`` (pages of shared libraries, shareable);
 - where it goes: a fresh interpreter importing, step by step, what the agent
   imports (the interpreter alone, numpy, paho-mqtt, cbor2, the wire, the
   interpreter backend, the trainer, the agent), each step's RSS increase;
@@ -53,15 +55,15 @@ STEPS = [
 
 _PROBE = """
 import json, sys
-def rss():
+def rss(field='VmRSS'):
     for line in open('/proc/self/status'):
-        if line.startswith('VmRSS:'):
+        if line.startswith(field + ':'):
             return int(line.split()[1]) / 1024
 out = []
 for name, code in json.loads(sys.argv[1]):
     exec(code)
     out.append([name, rss()])
-print(json.dumps({"steps": out, "modules": sorted(sys.modules)}))
+print(json.dumps({"steps": out, "anon": rss('RssAnon'), "modules": sorted(sys.modules)}))
 """
 
 
@@ -77,7 +79,8 @@ def import_steps() -> dict[str, Any]:
         steps[name] = rss - previous
         previous = rss
     heavy = sorted({m.split(".")[0] for m in result["modules"]} & HEAVY)
-    return {"increments_mib": steps, "after_imports_mib": previous, "heavy_packages_imported": heavy}
+    return {"increments_mib": steps, "after_imports_mib": previous, "after_imports_anon_mib": result["anon"],
+            "heavy_packages_imported": heavy}  # fmt: skip
 
 
 HEAVY = {"sklearn", "scipy", "pandas", "tensorflow", "torch", "cryptography", "matplotlib", "psutil", "tflite"}
@@ -141,6 +144,10 @@ def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
         sampler.join()
         return {
             "agent_rss_mib": _status_mib(proc.pid, "VmRSS"),
+            # Private (heap, stacks, arenas) against file-backed (shared libraries' pages, shareable).
+            "agent_rss_anon_mib": _status_mib(proc.pid, "RssAnon"),
+            "agent_rss_file_mib": _status_mib(proc.pid, "RssFile"),
+            "agent_threads": _status_mib(proc.pid, "Threads") * 1024,
             "agent_peak_rss_mib": _status_mib(proc.pid, "VmHWM"),
             "agent_sampled_max_rss_mib": max(samples, default=float("nan")),
             "agent_rss_model_installed_mib": installed,
@@ -165,7 +172,10 @@ def main(full: bool = False) -> dict[str, float]:
         "agent_rss_mib": running["agent_rss_mib"],
         "agent_peak_rss_mib": running["agent_peak_rss_mib"],
         "agent_sampled_max_rss_mib": running["agent_sampled_max_rss_mib"],
+        "agent_rss_anon_mib": running["agent_rss_anon_mib"],
+        "agent_rss_file_mib": running["agent_rss_file_mib"],
         "agent_rss_after_imports_mib": imports["after_imports_mib"],
+        "agent_rss_anon_after_imports_mib": imports["after_imports_anon_mib"],
         "agent_runtime_rss_mib": running["agent_rss_mib"] - imports["after_imports_mib"],
     }
     for step, mib in imports["increments_mib"].items():

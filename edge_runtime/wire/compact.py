@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TinyfedError
 from .cbor import dumps, loads
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import best_rice_k, gaps
@@ -52,7 +53,7 @@ FIXED_HEADER = 1 + ID_BYTES + BASE_PREFIX_BYTES
 VALUES_RICE, VALUES_TERNARY, VALUES_INT8 = 0, 1, 2  # a tensor's 2-bit value layout; 3 is refused
 
 
-class CompactEncodingError(ValueError):
+class CompactEncodingError(ValueError, TinyfedError):
     """This update cannot take the compact layout (float values, an id not of the compact form, a tensor off spec)."""
 
 
