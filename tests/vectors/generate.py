@@ -1,4 +1,5 @@
-"""Write tests/vectors/wire.json: golden CBOR vectors for every message and coding, valid and refused.
+"""Write tests/vectors/wire.json (golden CBOR vectors for every message and coding, valid and refused) and
+tests/vectors/compact.json (the compact update's, with the spec, device and versions to decode them with).
 
 Run from the repository root: ``python -m tests.vectors.generate``. The test
 suite checks the committed file against the codec, so a change to the wire
