@@ -226,11 +226,13 @@ class _Bits:
         at = int(np.searchsorted(self._zeros, self.pos))
         if at + count > self._zeros.size:
             raise ValueRejected(self.field, f"the unary run ends before {count} codes")
-        ends = self._zeros[at : at + count]
-        q = np.diff(ends, prepend=self.pos - 1) - 1
+        ends = self._zeros[at : at + count].astype(np.int64)
+        g = np.empty(count, np.int64)  # quotients: zeros between consecutive ends (np.diff's prepend is slow)
         if count:
+            g[0] = ends[0] - self.pos
+            np.subtract(ends[1:], ends[:-1] + 1, out=g[1:])
             self.pos = int(ends[-1]) + 1
-        g = q.astype(np.int64) << k
+        g <<= k
         if k:
             r = self.run(count * k).reshape(count, k).astype(np.int64)
             g |= r @ (1 << np.arange(k - 1, -1, -1, dtype=np.int64))
