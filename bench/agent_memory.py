@@ -9,6 +9,8 @@ training tasks in turn, and this process samples the agent's VmRSS from
   while training; ``agent_sampled_max_rss_mib``: the largest sample.
 - ``agent_rss_anon_mib`` (private: heap, arenas, stacks) and
   ``agent_rss_file_mib`` (pages of shared libraries, shareable);
+- ``agent_rss_micro_backend_mib``: the same agent with ``[device] backend =
+  "micro"`` (TFLite Micro's interpreter, the emulated board's), when installed;
 - where it goes: a fresh interpreter importing, step by step, what the agent
   imports (the interpreter alone, numpy, paho-mqtt, cbor2, the wire, the
   interpreter backend, the trainer, the agent), each step's RSS increase;
@@ -36,6 +38,7 @@ import numpy as np
 from bench.common import print_table, write_result
 from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib
 from edge_runtime import wire
+from edge_runtime.model.backends import available_backends
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.chunking import make_manifest, publish_model
 
@@ -86,12 +89,14 @@ def import_steps() -> dict[str, Any]:
 HEAVY = {"sklearn", "scipy", "pandas", "tensorflow", "torch", "cryptography", "matplotlib", "psutil", "tflite"}
 
 
-def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
+def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto") -> dict[str, Any]:
     from edge_runtime.data.sources import load_digits
     from edge_runtime.model.writer import write_graph
     from edge_runtime.train.build import build_model
     from edge_runtime.train.trainer import Trainer, cut_for_last_layers
 
+    device = f"mem-{backend}"
+    workdir.mkdir(parents=True, exist_ok=True)
     digits = load_digits(0)
     graph = build_model("mlp", digits.train.x, digits.train.classes, seed=0)
     model = write_graph(graph)
@@ -103,10 +108,10 @@ def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
     np.savez(data, x=digits.train.x[own], y=digits.train.y[own])
     config = workdir / "device.toml"
     config.write_text(
-        f'[device]\nid = "mem"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\n'
+        f'[device]\nid = "{device}"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\nbackend = "{backend}"\n'
         f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n[trust]\nmode = "insecure"\n'
     )
-    gateway = _link(broker.url, "gateway-mem")
+    gateway = _link(broker.url, f"gateway-{device}")
     receipts = Receipts(gateway)
     born = threading.Event()
 
@@ -115,7 +120,7 @@ def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
         if caps is not None and caps.model_version == manifest.version:
             born.set()
 
-    gateway.subscribe(TOPICS.presence("mem"), on_presence)
+    gateway.subscribe(TOPICS.presence(device), on_presence)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -138,7 +143,7 @@ def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
         sampler.start()
         for n in range(1, TASKS + 1):
             task = wire.Task(os.urandom(16), n, manifest.version, 5, 0.05, 0.01, int(time.time()) + 300)
-            gateway.publish(TOPICS.task("mem"), wire.encode(task), timeout=WAIT)
+            gateway.publish(TOPICS.task(device), wire.encode(task), timeout=WAIT)
             assert receipts.wait(n), f"the agent did not deliver its update for task {n}"
         stop.set()
         sampler.join()
@@ -166,7 +171,10 @@ def running_agent(broker: MosquittoProcess, workdir: Path) -> dict[str, Any]:
 def main(full: bool = False) -> dict[str, float]:
     details: dict[str, Any] = {"imports": import_steps(), "tasks": TASKS}
     with tempfile.TemporaryDirectory() as tmp, MosquittoProcess(workdir=Path(tmp) / "broker") as broker:
-        details["running"] = running_agent(broker, Path(tmp))
+        details["running"] = running_agent(broker, Path(tmp) / "auto")
+        # The same agent on TFLite Micro's interpreter (the emulated board's): a smaller library to map.
+        if "micro" in available_backends():
+            details["running_micro"] = running_agent(broker, Path(tmp) / "micro", backend="micro")
     running, imports = details["running"], details["imports"]
     figures: dict[str, float] = {
         "agent_rss_mib": running["agent_rss_mib"],
@@ -178,6 +186,8 @@ def main(full: bool = False) -> dict[str, float]:
         "agent_rss_anon_after_imports_mib": imports["after_imports_anon_mib"],
         "agent_runtime_rss_mib": running["agent_rss_mib"] - imports["after_imports_mib"],
     }
+    if "running_micro" in details:
+        figures["agent_rss_micro_backend_mib"] = details["running_micro"]["agent_rss_mib"]
     for step, mib in imports["increments_mib"].items():
         figures[f"import_{step}_mib"] = mib
     path = write_result("agent_memory", figures, details)
