@@ -88,7 +88,8 @@ def open_envelope(
     The key id comes back unchecked against the payload: the caller binds it
     (the key registered for the device the message names).
     """
-    if bytes(data[:1]) == COMPACT_TYPE_BYTE:  # a compact update (wire/compact.py) is not CBOR: plain, unsigned
+    # A compact update (wire/compact.py) is not CBOR: a plain, unsigned message.
+    if isinstance(data, bytes | bytearray | memoryview) and bytes(data[:1]) == COMPACT_TYPE_BYTE:
         if require_signature:
             raise ValueRejected("envelope", "message is not signed and this receiver requires signatures")
         return Opened(bytes(data))
