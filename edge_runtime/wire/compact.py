@@ -233,9 +233,9 @@ class _Bits:
             np.subtract(ends[1:], ends[:-1] + 1, out=g[1:])
             self.pos = int(ends[-1]) + 1
         g <<= k
-        if k:
-            r = self.run(count * k).reshape(count, k).astype(np.int64)
-            g |= r @ (1 << np.arange(k - 1, -1, -1, dtype=np.int64))
+        if k:  # k <= 30: remainders fit int32, half the memory of int64 per bit of a (bounded) message
+            r = self.run(count * k).reshape(count, k).astype(np.int32)
+            g |= r @ (1 << np.arange(k - 1, -1, -1, dtype=np.int32))
         return g
 
     def scale(self) -> float:
