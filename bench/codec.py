@@ -10,13 +10,17 @@ At densities 0.1%, 1% and 10% (per-tensor top-k, int8 values) it measures:
 - a naive CBOR list of [index, float] pairs, and dense float32 (the
   compression ratio);
 - encode and decode throughput in dense-equivalent MB/s (dense float32 bytes
-  the update stands for, per second), codec alone and with compression.
+  the update stands for, per second), codec alone and with compression;
+- each size both as the CBOR update (type 1, "before") and as the compact
+  update (type 10, "after"), and the gateway's decode time per update for
+  both (median of repeats, warm), in the same run.
+Figures are named per model (``digits_mlp_*``, ``har_cnn_*``); the HAR CNN
+needs the shared data folder (TINYFED_DATA_DIR) and is absent without it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -85,6 +89,30 @@ def _rate(fn: Any, mb: float, min_seconds: float = 0.3) -> float:
             return mb * runs / elapsed
 
 
+def _mean_us(fn: Any, min_seconds: float) -> float:
+    runs, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        runs += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / runs * 1e6
+
+
+def _paired_us(first: Any, second: Any, repeats: int = 9, min_seconds: float = 0.04) -> tuple[float, float, float]:
+    """Warm per-call times of two functions measured alternately, so both see the same machine load:
+    (median of first, median of second, median of the per-repeat ratio second / first)."""
+    first(), second()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(_mean_us(first, min_seconds))
+        b.append(_mean_us(second, min_seconds))
+    return float(np.median(a)), float(np.median(b)), float(np.median(np.array(b) / np.array(a)))
+
+
+BASE = bytes(range(32))
+
+
 def measure(arch: str) -> dict[str, Any]:
     deltas, samples = real_deltas(arch)
     dense_bytes = sum(d.size for d in deltas.values()) * 4
@@ -93,62 +121,78 @@ def measure(arch: str) -> dict[str, Any]:
     for label, density in DENSITIES.items():
         compressor = Compressor(CompressionConfig(density=density))
         result = compressor.compress(deltas)
-        update = wire.Update(os.urandom(16), "device-0001", 1, bytes(32), samples, result.tensors)
+        update = wire.Update(wire.new_update_id(), "device-0001", 1, BASE, samples, result.tensors)
         data = wire.encode(update)
+        compact = wire.encode_compact(update, spec)
         nnz = sum(t.nnz for t in result.tensors)
         bound = entropy_bits(update) / 8
         mb = dense_bytes / 1e6
+        header_only = len(wire.encode(wire.Update(update.update_id, update.device, 1, BASE, samples, [])))
         out[label] = {
             "nnz": nnz,
             "bytes": len(data),
+            "compact_bytes": len(compact),
             "bytes_per_nnz": len(data) / nnz,
+            "compact_bytes_per_nnz": len(compact) / nnz,
             "entropy_bound_bytes": bound,
             "entropy_ratio": len(data) / bound,
-            "payload_only_entropy_ratio": (
-                len(data) - len(wire.encode(wire.Update(update.update_id, update.device, 1, bytes(32), samples, [])))
-            )
-            / bound,
+            "compact_entropy_ratio": len(compact) / bound,
+            "payload_only_entropy_ratio": (len(data) - header_only) / bound,
             "naive_cbor_bytes": naive_cbor(deltas, update),
             "naive_cbor_ratio": naive_cbor(deltas, update) / len(data),
             "dense_float32_bytes": dense_bytes,
             "compression_ratio": dense_bytes / len(data),
+            "compact_compression_ratio": dense_bytes / len(compact),
             "encode_mb_per_s": _rate(lambda u=update: wire.encode(u), mb),
+            "compact_encode_mb_per_s": _rate(lambda u=update: wire.encode_compact(u, spec), mb),
             "compress_encode_mb_per_s": _rate(
                 lambda c=compressor, u=update: wire.encode(
-                    wire.Update(u.update_id, u.device, 1, bytes(32), samples, c.compress(deltas).tensors)
+                    wire.Update(u.update_id, u.device, 1, BASE, samples, c.compress(deltas).tensors)
                 ),
                 mb,
             ),
             "decode_mb_per_s": _rate(lambda d=data: decompress(wire.decode(d, spec=spec).tensors), mb),
         }
+        # What the gateway pays per update to read it (decode and check, no decompression), both layouts.
+        cbor_us, compact_us, ratio = _paired_us(
+            lambda d=data: wire.decode(d, spec=spec),
+            lambda d=compact: wire.decode(d, spec=spec, device="device-0001", versions=(BASE,)),
+        )
+        out[label] |= {"decode_us": cbor_us, "compact_decode_us": compact_us, "compact_decode_time_ratio": ratio}
     return out
+
+
+# Figure names per model, never one key for two models: the HAR CNN needs the shared data folder and is
+# simply absent without it.
+MODELS = {"digits_mlp": "mlp", "har_cnn": "cnn1d"}
 
 
 def main(full: bool = False) -> dict[str, float]:
     from edge_runtime.data.sources import shared_data_dir
 
-    archs = ["mlp"] + (["cnn1d"] if shared_data_dir() is not None else [])
-    details = {arch: measure(arch) for arch in archs}
-    head = details["cnn1d" if "cnn1d" in details else "mlp"]
-    figures: dict[str, float] = {
-        "bytes_per_nnz_1pct": head["1pct"]["bytes_per_nnz"],
-        "entropy_ratio_1pct": head["1pct"]["entropy_ratio"],
-        "compression_ratio_1pct": head["1pct"]["compression_ratio"],
-        "decode_mb_per_s": head["1pct"]["decode_mb_per_s"],
-    }
-    for arch, d in details.items():
+    names = ["digits_mlp"] + (["har_cnn"] if shared_data_dir() is not None else [])
+    details = {name: measure(MODELS[name]) for name in names}
+    figures: dict[str, float] = {}
+    for name, d in details.items():
         for label in DENSITIES:
             r = d[label]
+            # Before (CBOR update, type 1) and after (compact update, type 10), same deltas, same run.
             for key in (
                 "bytes_per_nnz",
+                "compact_bytes_per_nnz",
                 "entropy_ratio",
+                "compact_entropy_ratio",
                 "payload_only_entropy_ratio",
                 "naive_cbor_ratio",
                 "compression_ratio",
+                "compact_compression_ratio",
                 "encode_mb_per_s",
                 "decode_mb_per_s",
+                "decode_us",
+                "compact_decode_us",
+                "compact_decode_time_ratio",
             ):
-                figures[f"{arch}_{key}_{label}"] = r[key]
+                figures[f"{name}_{key}_{label}"] = r[key]
     path = write_result("codec", figures, details)
     print_table("codec", figures)
     print(f"  -> {path}")

@@ -20,6 +20,7 @@ from bench.common import print_table, write_result
 from edge_runtime import wire
 
 VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "wire.json"
+COMPACT = VECTORS.with_name("compact.json")
 
 
 def mutate(seed: bytes, rng: np.random.Generator) -> bytes:
@@ -44,14 +45,18 @@ def mutate(seed: bytes, rng: np.random.Generator) -> bytes:
     return bytes(data)
 
 
-def run_decoder(name: str, inputs: Any, count: int) -> dict[str, Any]:
+def plain_decode(data: bytes) -> Any:
+    return wire.decode(data, spec={7: 1000, 8: 6})
+
+
+def run_decoder(name: str, inputs: Any, count: int, decode: Any = plain_decode) -> dict[str, Any]:
     crashes: list[dict[str, str]] = []
     refused = accepted = 0
     t0 = time.perf_counter()
     for _ in range(count):
         data = inputs()
         try:
-            wire.decode(data, spec={7: 1000, 8: 6})
+            decode(data)
             accepted += 1
         except wire.WireError:
             refused += 1
@@ -81,6 +86,25 @@ def main(full: bool = False) -> dict[str, float]:
         run_decoder(kind, lambda s=pool: mutate(s[int(rng.integers(0, len(s)))], rng), per_decoder)
         for kind, pool in seeds.items()
     ]
+    # The compact update (type 10) is bits, not CBOR: mutated with its type byte kept, so its own decoder runs,
+    # read against its vectors' spec, device and known versions.
+    compact = json.loads(COMPACT.read_text())
+    spec = {int(k): v for k, v in compact["spec"].items()}
+    versions = [bytes.fromhex(v) for v in compact["versions"]]
+    pool = [bytes.fromhex(v["hex"]) for v in compact["valid"]]
+
+    def compact_input() -> bytes:
+        data = mutate(pool[int(rng.integers(0, len(pool)))], rng)
+        return bytes([wire.MSG_UPDATE_COMPACT]) + data[1:]
+
+    results.append(
+        run_decoder(
+            "UpdateCompact",
+            compact_input,
+            per_decoder,
+            lambda d: wire.decode(d, spec=spec, device=compact["device"], versions=versions),
+        )
+    )
     results.append(
         run_decoder(
             "random-bytes",

@@ -18,6 +18,7 @@ SUITE = (
     "signing",
     "fuzz",
     "transport",
+    "agent_memory",
     "aggregate",
     "serial_link",
     "round_scale",
@@ -43,10 +44,17 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 HEADLINES: dict[str, tuple[str, ...]] = {
     "train": ("digits_mlp_int8_accuracy_min", "train_samples_per_s", "agent_rss_mib", "torch_speed_ratio"),
-    "codec": ("bytes_per_nnz_1pct", "entropy_ratio_1pct", "compression_ratio_1pct", "decode_mb_per_s"),
+    "codec": (
+        "digits_mlp_entropy_ratio_1pct",
+        "digits_mlp_compact_entropy_ratio_1pct",
+        "har_cnn_entropy_ratio_1pct",
+        "har_cnn_compact_entropy_ratio_1pct",
+        "har_cnn_compact_decode_time_ratio_1pct",
+    ),
     "signing": ("mlp_signed_bytes_ratio", "mlp_mac_bytes_ratio", "mlp_sign_us", "mlp_verify_us"),
     "aggregate": ("sparse_vs_dense_speedup", "peak_rss_mib"),
     "transport": ("wire_bytes_per_payload_byte", "agent_rss_mib"),
+    "agent_memory": ("agent_rss_mib", "agent_peak_rss_mib", "agent_rss_after_imports_mib", "agent_runtime_rss_mib"),
     "serial_link": ("line_rate_fraction_115200", "line_rate_fraction_921600"),
     "round_scale": ("seconds_per_round_10", "seconds_per_round_100", "seconds_per_round_1000"),
     "field_faults": ("round_time_ratio", "round_seconds_with_bad", "deadline_s", "bad_device_selected_after_failing"),

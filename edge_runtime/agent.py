@@ -45,9 +45,9 @@ from .device_config import DeviceConfig
 from .failures import FailureReason, TaskFailed, failing_as
 from .local_training import LocalData, LocalDataSource, load_local_data, manifest_layers, model_arrays, task_training
 from .member import FederationMember, MemberSettings
-from .model.backends import available_backends, get_backend
+from .model.backends import default_backend, get_backend
 from .model.backends.base import Backend
-from .model.errors import ModelError
+from .model.errors import BackendUnavailableError, ModelError
 from .model.graph import Graph
 from .model.reader import read_graph
 from .train.evaluate import int8_metrics
@@ -72,10 +72,13 @@ class DeviceAgent(FederationMember):
     def __init__(self, config: DeviceConfig, data: LocalData | None = None, backend: Backend | None = None) -> None:
         self.config = config
         if backend is None:
-            names = available_backends() if config.device.backend == "auto" else [config.device.backend]
-            if not names:
-                raise ModelError("no interpreter backend installed: pip install 'tinyfed[litert]'")
-            backend = get_backend(names[0])
+            if config.device.backend != "auto":
+                backend = get_backend(config.device.backend)
+            else:
+                try:  # the first interpreter that loads, not every one: each loaded costs MiBs of RSS
+                    backend = default_backend()
+                except BackendUnavailableError as exc:
+                    raise ModelError("no interpreter backend installed: pip install 'tinyfed[litert]'") from exc
         self.backend = backend
         # Data given by the caller is fixed; data from [data] is re-read when its file changes (refresh_data).
         self.data_source: LocalDataSource | None = None
@@ -93,6 +96,7 @@ class DeviceAgent(FederationMember):
                 ack_timeout=config.transport.ack_timeout,
                 resend_after=config.transport.resend_after,
                 max_payload=config.transport.max_payload,
+                update_format=config.transport.update_format,
                 max_task_seconds=config.device.max_task_seconds,
                 trust=member_trust(config.trust, config.source, f"device {config.device.id}"),
             )

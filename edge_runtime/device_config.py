@@ -157,15 +157,23 @@ class DataSection:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
 
 
+UPDATE_FORMATS = ("cbor", "compact")
+
+
 @dataclass
 class TransportSection:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     ack_timeout: float = 10.0  # seconds to wait for the broker's PUBACK
     resend_after: float = 30.0  # seconds without a receipt before an update is sent again
+    # "cbor": the update every gateway reads (type 1); "compact": the bit-packed one (type 10, docs/protocol.md),
+    # about half the bytes at 1% density, for gateways of this version or later.
+    update_format: str = "cbor"
 
     def __post_init__(self) -> None:
         if self.max_payload < 1024:
             raise ValueError(f"max_payload {self.max_payload} is below 1024 bytes")
+        if self.update_format not in UPDATE_FORMATS:
+            raise ValueError(f"update_format {self.update_format!r} is not one of {', '.join(UPDATE_FORMATS)}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from its manifest, before a byte of it is fetched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -71,6 +72,7 @@ class MemberSettings:
     ack_timeout: float = 10.0  # seconds to wait for the broker's PUBACK
     resend_after: float = 30.0  # seconds without a receipt before an update is sent again
     max_payload: int = 65536  # larger updates travel as fragments
+    update_format: str = "cbor"  # or "compact" (wire.encode_compact): devices whose gateway reads it
     max_task_seconds: float = 86400.0  # a task whose deadline lies further ahead is refused
     # What it signs with and whose signatures it believes: no default, so a caller says which (trust.py).
     trust: MemberTrust = field(kw_only=True)
@@ -396,8 +398,9 @@ class FederationMember(ABC):
         metrics: dict[str, float],
         ranges: dict[int | str, tuple[float, float]] | None = None,
     ) -> wire.Update:
+        compact = self.settings.update_format == "compact"
         return wire.Update(
-            update_id=os.urandom(16),
+            update_id=wire.new_update_id() if compact else os.urandom(16),
             device=self.device_id,
             round=task.round,
             base_version=task.base_version,
@@ -407,13 +410,23 @@ class FederationMember(ABC):
             activation_ranges=ranges or {},
         )
 
+    def _encode_update(self, update: wire.Update) -> bytes:
+        """The compact layout when configured and possible (int8/ternary values, the base's manifest at hand),
+        else the CBOR update: a task is never lost to a layout."""
+        manifest = self.fetcher.manifest
+        usable = manifest is not None and (manifest.version == update.base_version or not update.tensors)
+        if self.settings.update_format == "compact" and manifest is not None and usable:
+            with contextlib.suppress(wire.CompactEncodingError):
+                return wire.encode_compact(update, manifest.spec())
+        return wire.encode(update)
+
     def store_update(self, update: wire.Update, task: wire.Task) -> None:
         """Into the on-disk outbox, then sent; it stays there until the gateway's receipt names it."""
         kind = "evaluation" if task.evaluate_only else "update"
         entry = OutboxEntry(
             update.update_id,
             self.topics.update(self.device_id),
-            self.trust.seal(wire.encode(update)),
+            self.trust.seal(self._encode_update(update)),
             expires=float(task.deadline),
             created=time.time(),
             label=f"{kind} round {task.round}",

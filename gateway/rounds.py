@@ -156,7 +156,7 @@ class Rounds:
         delivered = self.store.round_updates(row.round, kind)
         report_every = self.policy.rules.report_every
         for stored in delivered if kind == "train" else ():
-            update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec)
+            update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec, device=stored.device)
             aggregate.add(update, stored.weight / max(1, stored.samples), samples=stored.samples,
                           take_ranges=self._takes_ranges(row, update.round, report_every))  # fmt: skip
         tasks = self.store.round_tasks(row.round, kind)

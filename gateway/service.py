@@ -79,6 +79,8 @@ class SecondGateway(RuntimeError, TinyfedError):
 def readable_update_id(data: bytes) -> bytes | None:
     """The id (an update's, or a failure report's: both at key 2) of a message that failed validation, when
     its CBOR is sound enough to hold one: the receipt that refuses it lets the device stop resending it."""
+    if data[:1] == bytes([wire.MSG_UPDATE_COMPACT]) and len(data) > 9:  # compact: 8 id bytes after the type
+        return data[1:9] + bytes(8)
     try:
         obj = loads(data, wire.DEFAULT_LIMITS)
     except wire.WireError:
@@ -377,7 +379,9 @@ class Gateway:
                 self._refuse(None, device, f"secure aggregation: {refused}", len(whole))
             return
         try:
-            update = wire.decode(payload, expect=wire.Update, spec=self.rounds.spec)
+            update = wire.decode(
+                payload, expect=wire.Update, spec=self.rounds.spec, device=device, versions=self._base_version
+            )
         except wire.WireError as exc:
             self._refuse_undecodable(device, payload, exc)
             return
@@ -400,6 +404,16 @@ class Gateway:
         else:
             log.info("update %s of %s arrived again; not counted twice", short, device)
         self._send_receipt(device, update.update_id, verdict.receipt_reason)
+
+    def _base_version(self, prefix: bytes) -> bytes | None:
+        """The model version a compact update's 4-byte prefix names: the current one or the open round's base,
+        else the one stored model with that prefix (an async round's older base); None: unknown or ambiguous."""
+        open_round = self.rounds.open_round
+        for known in (self.rounds.publisher.version, open_round.row.base_version if open_round else None):
+            if known is not None and known.startswith(prefix):
+                return known
+        row = self.store.model(prefix.hex())
+        return bytes.fromhex(row["version"]) if row is not None else None
 
     def _on_failure(self, device: str, data: bytes) -> None:
         """A device cannot do its task: recorded, the round stops waiting for it, and it is receipted."""

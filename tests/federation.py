@@ -49,6 +49,7 @@ def start_agents(
     n: int,
     scheme: str = "dirichlet:0.5",
     agent_class: type[DeviceAgent] = DeviceAgent,
+    update_format: str = "cbor",
 ) -> list[DeviceAgent]:
     agents = []
     for i in range(n):
@@ -61,7 +62,7 @@ def start_agents(
                            "trainable_layers": 0},
                 "broker": {"url": broker.url, "backoff_base": 0.05, "backoff_cap": 0.5},
                 "trust": INSECURE,  # signatures are tests/test_signatures.py's
-                "transport": {"resend_after": 2.0},
+                "transport": {"resend_after": 2.0, "update_format": update_format},
             },
             env={},
         )  # fmt: skip

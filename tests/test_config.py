@@ -36,6 +36,7 @@ def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
         ({"broker": {"url": "http://hub"}}, {}, r"\[broker\] url: .*mqtt://"),
         ({}, {"TINYFED_DEVICE_SEED": "many"}, r"TINYFED_DEVICE_SEED='many': expected int"),
         ({"transport": {"max_payload": 10}}, {}, r"\[transport\]: max_payload 10"),
+        ({"transport": {"update_format": "tiny"}}, {}, r"\[transport\]: update_format 'tiny' is not one of cbor"),
     ],
 )
 def test_wrong_values_are_named(data: dict[str, object], env: dict[str, str], message: str) -> None:

@@ -22,7 +22,7 @@ import logging
 from ..config import setting
 from ..data.errors import DataError
 from ..device_config import DeviceConfig
-from ..model.backends import available_backends, get_backend
+from ..model.backends import default_backend, get_backend
 from ..model.errors import BackendUnavailableError
 from ..paths import check_storage_dir
 from ..shutdown import stop_on_signals
@@ -35,8 +35,11 @@ def check_backend(config: DeviceConfig) -> None:
     name = config.device.backend
     where = f"{setting(config.source, 'device', 'backend')} = {name!r}"
     if name == "auto":
-        if not available_backends():
-            raise BackendUnavailableError(f"{where}: no interpreter is installed: pip install 'tinyfed[litert]'")
+        try:  # the first that loads: loading every interpreter would only cost the agent RSS
+            default_backend()
+        except BackendUnavailableError as exc:
+            missing = f"{where}: no interpreter is installed: pip install 'tinyfed[litert]'"
+            raise BackendUnavailableError(missing) from exc
         return
     try:
         get_backend(name)

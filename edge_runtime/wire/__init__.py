@@ -4,7 +4,8 @@
 are the whole API; the schema is written once, in CDDL, in docs/protocol.md.
 """
 
-from .codec import MESSAGE_CLASSES, decode, encode, peek_type
+from .codec import MESSAGE_CLASSES, decode, encode, encode_compact, peek_type
+from .compact import MSG_UPDATE_COMPACT, CompactEncodingError, new_update_id
 from .envelope import Ed25519Signer, Ed25519Verifier, Opened, Signer, Verifier, key_id_for, open_envelope, sign
 from .errors import LimitExceeded, MalformedCBOR, MessageTooLarge, SchemaError, ValueRejected, WireError
 from .index_coding import IndexCoding
@@ -52,8 +53,10 @@ from .values import CodedValues, ValueCoding
 __all__ = [
     "DEFAULT_LIMITS",
     "MESSAGE_CLASSES",
+    "MSG_UPDATE_COMPACT",
     "Capabilities",
     "CodedValues",
+    "CompactEncodingError",
     "Ed25519Signer",
     "Ed25519Verifier",
     "Error",
@@ -102,7 +105,9 @@ __all__ = [
     "WireError",
     "decode",
     "encode",
+    "encode_compact",
     "key_id_for",
+    "new_update_id",
     "open_envelope",
     "peek_type",
     "sign",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
+from . import compact
 from .cbor import dumps, loads
 from .envelope import Verifier, open_envelope
-from .errors import SchemaError
+from .errors import SchemaError, ValueRejected
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task, TaskFailure
 from .schema import SCHEMA_VERSION, Header, MapReader
@@ -69,14 +70,28 @@ def decode(
     spec: Mapping[int, int] | None = None,
     verifier: Verifier | None = None,
     require_signature: bool = False,
+    device: str = "",
+    versions: Collection[bytes] | Callable[[bytes], bytes | None] = (),
 ) -> Any:
     """Decode untrusted bytes into a message, or raise a WireError naming the field.
 
     ``expect`` refuses any other message type; ``spec`` (tensor index ->
     element count, from the manifest) checks an update's tensors against the
     model; a signed message is verified when a ``verifier`` is given.
+
+    A compact update (type 10, ``compact``) leaves out what the receiver
+    knows: ``device`` (the topic's) becomes its device, ``versions`` (the
+    model versions the receiver knows, or a function from a 4-byte prefix to
+    the one version it names) resolve its base version's prefix, and
+    ``spec`` gives its tensors' sizes. It decodes to an ``Update``.
     """
+    if isinstance(data, bytes | bytearray | memoryview) and bytes(data[:1]) == compact.TYPE_BYTE:
+        if require_signature:
+            raise ValueRejected("envelope", "message is not signed and this receiver requires signatures")
+        return _compact(bytes(data), limits, expect, spec, device, versions)
     opened = open_envelope(data, limits, verifier, require_signature)
+    if opened.key_id is not None and opened.payload[:1] == compact.TYPE_BYTE:
+        return _compact(opened.payload, limits, expect, spec, device, versions)
     obj = loads(opened.payload, limits) if opened.key_id is not None else opened.decoded
     r = MapReader(obj, "message")
     kind = r.uint(Header.TYPE, 255)
@@ -94,6 +109,24 @@ def decode(
     return cls.from_reader(r, limits)
 
 
+def _compact(
+    data: bytes,
+    limits: Limits,
+    expect: Any,
+    spec: Mapping[int, int] | None,
+    device: str,
+    versions: Collection[bytes] | Callable[[bytes], bytes | None],
+) -> Update:
+    if expect is not None and expect is not Update:
+        raise SchemaError("message.type", f"Update where {expect.__name__} was expected")
+    return compact.decode(data, limits, spec, device, versions)
+
+
+def encode_compact(update: Update, spec: Mapping[int, int]) -> bytes:
+    """The compact layout of an update (docs/protocol.md, "Compact update"); ``spec`` as for ``decode``."""
+    return compact.encode(update, spec)
+
+
 def peek_type(data: bytes) -> int | None:
     """The message type of canonical, unsigned CBOR without decoding it; None if it cannot tell.
 
@@ -101,6 +134,8 @@ def peek_type(data: bytes) -> int | None:
     still checks everything. Canonical maps sort their keys, so key 0 (the
     type) comes first: a map header, 0x00, then the type as a small uint.
     """
+    if data[:1] == compact.TYPE_BYTE:
+        return compact.MSG_UPDATE_COMPACT
     if len(data) >= 3 and 0xA2 <= data[0] <= 0xB7 and data[1] == Header.TYPE:
         if data[2] < 0x18:
             return data[2]

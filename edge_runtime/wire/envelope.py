@@ -29,6 +29,7 @@ from .errors import LimitExceeded, SchemaError, ValueRejected
 from .limits import Limits
 from .scan import COSE_SIGN1_TAG, _head
 
+COMPACT_TYPE_BYTE = b"\x0a"  # compact.TYPE_BYTE; compact imports update, so this module cannot import it
 ALG_EDDSA = -8  # RFC 9053 "EdDSA"; with Ed25519 keys only, so it names one algorithm here
 ALG_ED25519 = -19  # RFC 9864's fully specified Ed25519: accepted, not yet written (pycose 1.1 lacks it)
 HEADER_ALG = 1
@@ -87,6 +88,11 @@ def open_envelope(
     The key id comes back unchecked against the payload: the caller binds it
     (the key registered for the device the message names).
     """
+    # A compact update (wire/compact.py) is not CBOR: a plain, unsigned message.
+    if isinstance(data, bytes | bytearray | memoryview) and bytes(data[:1]) == COMPACT_TYPE_BYTE:
+        if require_signature:
+            raise ValueRejected("envelope", "message is not signed and this receiver requires signatures")
+        return Opened(bytes(data))
     obj = loads(data, limits, "envelope")
     if not isinstance(obj, cbor2.CBORTag):
         if require_signature:

@@ -205,24 +205,7 @@ class Update:
         total = sum(t.nnz for t in tensors)
         if total > limits.max_nnz:
             raise LimitExceeded(f"{r.path}.tensors", f"{total} entries in all exceed {limits.max_nnz}")
-        ranges: dict[int | str, tuple[float, float]] = {}
-        if r.has(K.ACTIVATION_RANGES):
-            stats = r.obj[K.ACTIVATION_RANGES]
-            if not isinstance(stats, dict) or len(stats) > limits.max_tensors:
-                raise SchemaError(f"{r.path}.activation_ranges", "expected a bounded map of name -> [min, max]")
-            for name, pair in stats.items():
-                field_path = f"{r.path}.activation_ranges[{name!r:.40}]"
-                if isinstance(name, bool) or not (
-                    (isinstance(name, int) and 0 <= name < 2**31)
-                    or (isinstance(name, str) and len(name.encode()) <= limits.max_string)
-                ):
-                    raise SchemaError(field_path, "key is neither a tensor index nor short text")
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise SchemaError(field_path, "expected [min, max]")
-                lo, hi = (MapReader({"value": v}, field_path).number("value") for v in pair)
-                if lo > hi:
-                    raise ValueRejected(field_path, f"min {lo} > max {hi}")
-                ranges[name] = (lo, hi)
+        ranges = read_activation_ranges(r, limits)
         return cls(
             update_id=r.bytestring(K.UPDATE_ID, size=16),
             device=r.text(K.DEVICE, limits.max_string),
@@ -235,3 +218,27 @@ class Update:
             created=r.uint(K.CREATED, 2**40, default=0),
             below_clip=r.boolean(K.BELOW_CLIP, default=None),
         )
+
+
+def read_activation_ranges(r: MapReader, limits: Limits) -> dict[int | str, tuple[float, float]]:
+    """Key 9 of an update (CBOR or the compact layout's extras): tensor index or name -> checked [min, max]."""
+    K = Update.Key
+    ranges: dict[int | str, tuple[float, float]] = {}
+    if r.has(K.ACTIVATION_RANGES):
+        stats = r.obj[K.ACTIVATION_RANGES]
+        if not isinstance(stats, dict) or len(stats) > limits.max_tensors:
+            raise SchemaError(f"{r.path}.activation_ranges", "expected a bounded map of name -> [min, max]")
+        for name, pair in stats.items():
+            field_path = f"{r.path}.activation_ranges[{name!r:.40}]"
+            if isinstance(name, bool) or not (
+                (isinstance(name, int) and 0 <= name < 2**31)
+                or (isinstance(name, str) and len(name.encode()) <= limits.max_string)
+            ):
+                raise SchemaError(field_path, "key is neither a tensor index nor short text")
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise SchemaError(field_path, "expected [min, max]")
+            lo, hi = (MapReader({"value": v}, field_path).number("value") for v in pair)
+            if lo > hi:
+                raise ValueRejected(field_path, f"min {lo} > max {hi}")
+            ranges[name] = (lo, hi)
+    return ranges

@@ -1,4 +1,5 @@
-"""Write tests/vectors/wire.json: golden CBOR vectors for every message and coding, valid and refused.
+"""Write tests/vectors/wire.json (golden CBOR vectors for every message and coding, valid and refused) and
+tests/vectors/compact.json (the compact update's, with the spec, device and versions to decode them with).
 
 Run from the repository root: ``python -m tests.vectors.generate``. The test
 suite checks the committed file against the codec, so a change to the wire
@@ -291,7 +292,108 @@ def build() -> dict[str, Any]:
     }
 
 
+# -- compact update (type 10): read against a spec, the topic's device and the known versions ---------------
+COMPACT_SPEC = {3: 100, 7: 20000, 8: 16}
+COMPACT_DEVICE = "dev-01"
+COMPACT_VERSIONS = [V0, V1]
+CID = bytes(range(1, 9)) + bytes(8)
+
+
+def compact_update(*tensors: TensorUpdate, **extra: Any) -> wire.Update:
+    return wire.Update(CID, COMPACT_DEVICE, 3, V1, 120, list(tensors), **extra)
+
+
+def placed(t: TensorUpdate, index: int) -> TensorUpdate:
+    return TensorUpdate(index, t.numel, t.indices, t.values)
+
+
+COMPACT_VALID: list[tuple[str, str, wire.Update]] = [
+    (
+        "compact-rice-int8",
+        "40 positions of tensor 7 (slot 1, 20000 elements): Rice gaps, then int8 codes as signs and Rice magnitudes"
+        " above their base; the scale 0.25 is a bfloat16, sent in 16 bits",
+        compact_update(tensor(20000, list(range(0, 20000, 500)), ValueCoding.INT8, list(range(-20, 20)), 0.25)),
+    ),
+    (
+        "compact-bitmap-ternary",
+        "half of tensor 8's 16 elements: a 16-bit bitmap is smaller than Rice; ternary codes two bits each",
+        compact_update(placed(tensor(16, [0, 2, 4, 6, 8, 10, 12, 14], ValueCoding.TERNARY, [1, -1, 1, 1, -1, 0, 1, -1],
+                                     0.125), 8)),
+    ),
+    (
+        "compact-two-tensors-wide-scale",
+        "slots 0 and 2 (tensors 3 and 8); tensor 3's scale 0.1 is not a bfloat16, so it takes 32 bits",
+        compact_update(
+            placed(tensor(100, [5, 6, 90], ValueCoding.INT8, [127, -3, 64], float(np.float32(0.1))), 3),
+            placed(tensor(16, [15], ValueCoding.INT8, [-127], 2.0), 8),
+            below_clip=True,
+        ),
+    ),
+    (
+        "compact-evaluation-extras",
+        "no tensors: an evaluation report; metrics and created travel as the CBOR map after the bit stream",
+        compact_update(metrics={"loss": 0.5, "accuracy": 0.75}, created=1_700_000_000, below_clip=False),
+    ),
+]
+
+
+def compact_refused() -> list[tuple[str, str, str, str, str]]:
+    """(name, meaning, hex, error class, field prefix) for the compact layout."""
+    good = wire.encode_compact(COMPACT_VALID[0][2], COMPACT_SPEC)
+    two = wire.encode_compact(COMPACT_VALID[2][2], COMPACT_SPEC)
+    ternary = wire.encode_compact(COMPACT_VALID[1][2], COMPACT_SPEC)
+    ternary = next(t for t in (_set_bit(ternary, i) for i in range(len(ternary) * 8 - 1, 0, -1)) if _says(t, "0b11"))
+    big_slot = bytearray(good)
+    big_slot[15] = 0b0000_0101  # flags 000, count gamma(2) = 010, then the slot gamma starts 00...
+    cases = [
+        ("compact-truncated", "the bit stream ends inside the value magnitudes", good[:-3].hex(), "ValueRejected",
+         "update.tensors[0]"),
+        ("compact-trailing-byte", "a byte after the bit stream without the extras flag", (good + b"\0").hex(),
+         "ValueRejected", "update"),
+        ("compact-ternary-0b11", "ternary code 0b11 is not a value", bytes(ternary).hex(), "ValueRejected",
+         "update.tensors[0].values"),
+        ("compact-slot-outside-spec", "a tensor slot past the model's three tensors", bytes(big_slot).hex(),
+         "ValueRejected", "update.tensors[0].tensor"),
+        ("compact-round-too-long", "a round of six LEB128 bytes", (good[:13] + b"\xff" * 6 + good[14:]).hex(),
+         "LimitExceeded", "update.round"),
+        ("compact-padding-not-zero", "a one in the padding after the bit stream",
+         (two[:-1] + bytes([two[-1] | 1])).hex(), "ValueRejected", "update"),
+    ]
+    return [(n, m, h, e, f) for n, m, h, e, f in cases]
+
+
+def _set_bit(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] |= 0x80 >> (bit % 8)
+    return bytes(out)
+
+
+def _says(data: bytes, words: str) -> bool:
+    try:
+        wire.decode(data, spec=COMPACT_SPEC, device=COMPACT_DEVICE, versions=COMPACT_VERSIONS)
+    except wire.WireError as exc:
+        return words in exc.reason
+    return False
+
+
+def build_compact() -> dict[str, Any]:
+    return {
+        "about": "Compact updates (type 10, docs/protocol.md): decode with this spec, device and versions.",
+        "spec": {str(k): v for k, v in COMPACT_SPEC.items()},
+        "device": COMPACT_DEVICE,
+        "versions": [v.hex() for v in COMPACT_VERSIONS],
+        "valid": [
+            {"name": n, "meaning": m, "hex": wire.encode_compact(msg, COMPACT_SPEC).hex(), "decoded": to_json(msg)}
+            for n, m, msg in COMPACT_VALID
+        ],
+        "refused": [
+            {"name": n, "meaning": m, "hex": h, "error": e, "field": f} for n, m, h, e, f in compact_refused()
+        ],
+    }
+
+
 if __name__ == "__main__":
     path = Path(__file__).with_name("wire.json")
     path.write_text(json.dumps(build(), indent=1) + "\n")
+    path.with_name("compact.json").write_text(json.dumps(build_compact(), indent=1) + "\n")
     print(f"wrote {path}")

@@ -1,0 +1,201 @@
+"""Benchmark ``agent_memory``: the RSS of a running device agent that trains the digits MLP, and where it goes.
+
+A real ``tinyfed device run`` process (its own data file, insecure trust)
+joins a real Mosquitto; a stand-in gateway publishes the model and five
+training tasks in turn, and this process samples the agent's VmRSS from
+/proc every 10 ms while it trains, installs and sends. Figures:
+- ``agent_rss_mib``: RSS once the last update is receipted (a running,
+  idle-between-rounds agent); ``agent_peak_rss_mib``: VmHWM, the peak
+  while training; ``agent_sampled_max_rss_mib``: the largest sample.
+- ``agent_rss_anon_mib`` (private: heap, arenas, stacks) and
+  ``agent_rss_file_mib`` (pages of shared libraries, shareable);
+- ``agent_rss_micro_backend_mib``: the same agent with ``[device] backend =
+  "micro"`` (TFLite Micro's interpreter, the emulated board's), when installed;
+- where it goes: a fresh interpreter importing, step by step, what the agent
+  imports (the interpreter alone, numpy, paho-mqtt, cbor2, the wire, the
+  interpreter backend, the trainer, the agent), each step's RSS increase;
+  the agent's RSS minus the last step is its run-time memory (model,
+  interpreter arena, data, numpy temporaries, threads' stacks).
+The machine may be shared: RSS does not depend on load, times would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import print_table, write_result
+from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib
+from edge_runtime import wire
+from edge_runtime.model.backends import available_backends
+from edge_runtime.transport.broker import MosquittoProcess
+from edge_runtime.transport.chunking import make_manifest, publish_model
+
+TASKS = 5
+
+# Cumulative import steps, in the order the agent meets them; each prints the RSS after it.
+STEPS = [
+    ("interpreter", "pass"),
+    ("numpy", "import numpy"),
+    ("paho_mqtt", "import paho.mqtt.client"),
+    ("cbor2_and_wire", "import edge_runtime.wire"),
+    ("cli_and_device_run", "import tinyfed.cli, edge_runtime.commands.device_run"),
+    ("model_backend", "from edge_runtime.model.backends import default_backend; default_backend()"),
+    ("agent", "import edge_runtime.agent"),
+    ("trainer", "import edge_runtime.train.trainer"),
+]
+
+_PROBE = """
+import json, sys
+def rss(field='VmRSS'):
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024
+out = []
+for name, code in json.loads(sys.argv[1]):
+    exec(code)
+    out.append([name, rss()])
+print(json.dumps({"steps": out, "anon": rss('RssAnon'), "modules": sorted(sys.modules)}))
+"""
+
+
+def import_steps() -> dict[str, Any]:
+    """RSS after each cumulative import step, in a fresh interpreter (the agent's own, same flags)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(STEPS)], capture_output=True, text=True, check=True, timeout=300
+    )
+    result = json.loads(done.stdout)
+    steps: dict[str, float] = {}
+    previous = 0.0
+    for name, rss in result["steps"]:
+        steps[name] = rss - previous
+        previous = rss
+    heavy = sorted({m.split(".")[0] for m in result["modules"]} & HEAVY)
+    return {"increments_mib": steps, "after_imports_mib": previous, "after_imports_anon_mib": result["anon"],
+            "heavy_packages_imported": heavy}  # fmt: skip
+
+
+HEAVY = {"sklearn", "scipy", "pandas", "tensorflow", "torch", "cryptography", "matplotlib", "psutil", "tflite"}
+
+
+def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto") -> dict[str, Any]:
+    from edge_runtime.data.sources import load_digits
+    from edge_runtime.model.writer import write_graph
+    from edge_runtime.train.build import build_model
+    from edge_runtime.train.trainer import Trainer, cut_for_last_layers
+
+    device = f"mem-{backend}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    digits = load_digits(0)
+    graph = build_model("mlp", digits.train.x, digits.train.classes, seed=0)
+    model = write_graph(graph)
+    shapes = Trainer(graph, cut=cut_for_last_layers(graph, 1)).trainable_tensors()
+    manifest, chunks = make_manifest(model, [wire.TrainableTensor(t, s) for t, s in shapes.items()])
+    # The device's own data as a file, as on a deployed board (the digits loader would import scikit-learn).
+    own = np.random.default_rng(0).permutation(len(digits.train))[:200]
+    data = workdir / "local.npz"
+    np.savez(data, x=digits.train.x[own], y=digits.train.y[own])
+    config = workdir / "device.toml"
+    config.write_text(
+        f'[device]\nid = "{device}"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\nbackend = "{backend}"\n'
+        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n[trust]\nmode = "insecure"\n'
+    )
+    gateway = _link(broker.url, f"gateway-{device}")
+    receipts = Receipts(gateway)
+    born = threading.Event()
+
+    def on_presence(topic: str, payload: bytes) -> None:
+        caps = wire.decode(payload, expect=wire.Presence).capabilities
+        if caps is not None and caps.model_version == manifest.version:
+            born.set()
+
+    gateway.subscribe(TOPICS.presence(device), on_presence)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            with contextlib.suppress(OSError):
+                samples.append(_status_mib(proc.pid, "VmRSS"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        assert gateway.wait_ready(WAIT)
+        publish_model(gateway, TOPICS, manifest, chunks)
+        assert born.wait(WAIT), "the agent did not install the model"
+        installed = _status_mib(proc.pid, "VmRSS")
+        sampler.start()
+        for n in range(1, TASKS + 1):
+            task = wire.Task(os.urandom(16), n, manifest.version, 5, 0.05, 0.01, int(time.time()) + 300)
+            gateway.publish(TOPICS.task(device), wire.encode(task), timeout=WAIT)
+            assert receipts.wait(n), f"the agent did not deliver its update for task {n}"
+        stop.set()
+        sampler.join()
+        return {
+            "agent_rss_mib": _status_mib(proc.pid, "VmRSS"),
+            # Private (heap, stacks, arenas) against file-backed (shared libraries' pages, shareable).
+            "agent_rss_anon_mib": _status_mib(proc.pid, "RssAnon"),
+            "agent_rss_file_mib": _status_mib(proc.pid, "RssFile"),
+            "agent_threads": _status_mib(proc.pid, "Threads") * 1024,
+            "agent_peak_rss_mib": _status_mib(proc.pid, "VmHWM"),
+            "agent_sampled_max_rss_mib": max(samples, default=float("nan")),
+            "agent_rss_model_installed_mib": installed,
+            "samples": len(samples),
+        }
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+        gateway.stop()
+
+
+def main(full: bool = False) -> dict[str, float]:
+    details: dict[str, Any] = {"imports": import_steps(), "tasks": TASKS}
+    with tempfile.TemporaryDirectory() as tmp, MosquittoProcess(workdir=Path(tmp) / "broker") as broker:
+        details["running"] = running_agent(broker, Path(tmp) / "auto")
+        # The same agent on TFLite Micro's interpreter (the emulated board's): a smaller library to map.
+        if "micro" in available_backends():
+            details["running_micro"] = running_agent(broker, Path(tmp) / "micro", backend="micro")
+    running, imports = details["running"], details["imports"]
+    figures: dict[str, float] = {
+        "agent_rss_mib": running["agent_rss_mib"],
+        "agent_peak_rss_mib": running["agent_peak_rss_mib"],
+        "agent_sampled_max_rss_mib": running["agent_sampled_max_rss_mib"],
+        "agent_rss_anon_mib": running["agent_rss_anon_mib"],
+        "agent_rss_file_mib": running["agent_rss_file_mib"],
+        "agent_rss_after_imports_mib": imports["after_imports_mib"],
+        "agent_rss_anon_after_imports_mib": imports["after_imports_anon_mib"],
+        "agent_runtime_rss_mib": running["agent_rss_mib"] - imports["after_imports_mib"],
+    }
+    if "running_micro" in details:
+        figures["agent_rss_micro_backend_mib"] = details["running_micro"]["agent_rss_mib"]
+    for step, mib in imports["increments_mib"].items():
+        figures[f"import_{step}_mib"] = mib
+    path = write_result("agent_memory", figures, details)
+    print_table("agent_memory", figures)
+    print(f"  heavy packages imported on the device path: {imports['heavy_packages_imported'] or 'none'}")
+    print(f"  -> {path}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
