@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,10 +162,14 @@ class Rounds:
         self._close_error = ""  # the last close failure, logged once, not at every retry
         self._waiting: str | None = None  # why no round opens, as last logged (once per change)
         self._waiting_since: float | None = None  # when the current shortage of eligible devices began
+        self._waiting_said = 0.0  # when the shortage was last said (10,000 births change its count 10,000 times)
         self._secure_ledger: LedgerEntry | None = None  # a secure round's distributed-DP event, for its close
         self.max_batch = 1  # messages staged before intake itself settles (group commit; the service raises it)
         self.keep_receipts = False  # the service sends receipts: settling keeps them for ``released``
         self._released = Settled()  # settled, not yet taken by the service (``released``)
+        # Called (under the lock: it must only signal) when settling released receipts, so the service sends them
+        # now rather than after the step that settled (a close then makes a version for seconds).
+        self.on_settled: Callable[[], None] | None = None
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -308,6 +313,8 @@ class Rounds:
             log.debug("a batch of %d message(s) was not committed: %s", len(settled.lost), settled.error)
         if self.keep_receipts:
             self._released += settled
+            if self.on_settled is not None and (settled.receipts or settled.lost):
+                self.on_settled()
         return settled
 
     def flush(self) -> Settled:
@@ -436,7 +443,8 @@ class Rounds:
 
     def _say_why_waiting(self, plan: Plan) -> None:
         """Too few eligible devices: said once it has lasted WAITING_GRACE_S, and again only when the reason
-        changes; a federation whose devices are still joining, one by one, is not stuck and is not warned of."""
+        changes, at most once per WAITING_GRACE_S; a federation whose devices are still joining, one by one, is
+        not stuck and is not warned of."""
         if plan.waiting is None:
             if plan.open is not None:
                 if self._waiting is not None:
@@ -446,9 +454,10 @@ class Rounds:
         now = self.clock.now()
         if self._waiting_since is None:
             self._waiting_since = now
-        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S:
+        said_lately = self._waiting is not None and now - self._waiting_said < WAITING_GRACE_S
+        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S and not said_lately:
             log.warning("%s", plan.waiting)
-            self._waiting = plan.waiting
+            self._waiting, self._waiting_said = plan.waiting, now
 
     def _record(self, plan: Plan, now: float) -> Step:
         """Make a plan durable before any of its tasks is sent. Called under the lock."""

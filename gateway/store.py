@@ -107,6 +107,9 @@ MIGRATIONS = (
 )
 
 
+PRESENCE = object()  # the batch item of a staged device row: nothing waits on its commit
+
+
 @dataclass
 class RoundRow:
     round: int
@@ -169,6 +172,7 @@ class GatewayStore:
         self._committed: list[object] = []  # items whose batch committed, not yet handed back
         self._lost: list[object] = []  # items whose batch failed to commit, not yet handed back
         self.batch_error: BaseException | None = None  # why the last lost batch was lost
+        self.stage_presence = False  # save_device stages into the open batch instead of committing at once
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -717,7 +721,9 @@ class GatewayStore:
         failure: str | None = None,
         failure_key: str | None = None,
     ) -> None:
-        with self.transaction() as db:
+        # A birth is retained on the broker, so a row lost with an uncommitted batch comes back at the next start:
+        # with stage_presence (the service's) it rides in the intake's next group commit.
+        with self._write(PRESENCE if self.stage_presence else None) as db:
             db.execute(
                 "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (device, int(online), seq, time.time(), capabilities, failure, failure_key),

@@ -205,3 +205,32 @@ def test_a_gateway_killed_between_intake_and_commit_loses_no_receipted_update_an
         assert counted == ["a", "b", "c"]  # each once: c's from before the kill, a's resend, b's
     finally:
         store.close()
+
+
+def test_receipts_a_close_settled_go_out_while_the_close_is_still_making_its_version(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
+    from tests.federation import HeldStrategy, gateway_config
+
+    # No commit timer to speak of: only the round's deadline settles the batch, and then the close holds.
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, min_devices=2, min_updates=1, deadline=3.0)
+    settings["gateway"]["commit_delay"] = 60.0  # type: ignore[index]
+    strategy = HeldStrategy()
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}), strategy=strategy)
+    devices = [ManualDevice(broker, name) for name in ("a", "b")]
+    gateway.start()
+    try:
+        a = devices[0]
+        assert a.wait(lambda: len(a.tasks) == 1)
+        update = small_update("a", a.tasks[0], gateway.sizes)
+        a.send(wire.encode(update))  # b never answers: the deadline closes the round with a's staged update
+        assert strategy.entered.wait(WAIT), "the round did not close at its deadline"
+        assert a.wait(lambda: any(update.update_id in r.received for r in a.receipts)), "receipt waited for the close"
+        assert update.update_id in committed_ids(tmp_path / "gw" / "gateway.db")
+    finally:
+        strategy.release.set()
+        for device in devices:
+            device.stop()
+        gateway.stop()

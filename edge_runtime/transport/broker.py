@@ -143,7 +143,8 @@ class MosquittoProcess:
             f"persistence_location {self.workdir}/\n"
             + ("autosave_on_changes true\nautosave_interval 1\n" if autosave_interval is None
                else f"autosave_on_changes false\nautosave_interval {int(autosave_interval)}\n")
-            + "max_queued_messages 10000\n"
+            # Per client: the gateway's session queues every device's update of a round (10,000 devices: 10,000).
+            + "max_queued_messages 100000\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
