@@ -265,10 +265,70 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     }
 
 
+def intake_ms(folder: Path, model: Path, batch: int, devices: int = 1000) -> dict[str, float]:
+    """Wall and CPU time per accepted update of the gateway's intake without MQTT: decode, validate, stage,
+    commit (``batch`` updates per fsync'd commit), fold; one round of ``devices`` real encoded updates."""
+    import os
+
+    import numpy as np
+
+    from edge_runtime import wire
+    from edge_runtime.compress.compressor import CompressionConfig, Compressor
+    from gateway.admission import AdmissionRules
+    from gateway.aggregate import update_norm
+    from gateway.clock import FakeClock
+    from gateway.config import GatewayConfig
+    from gateway.policy import RoundPolicy, TaskSettings
+    from gateway.publisher import Publisher
+    from gateway.registry import Eligibility, Registry
+    from gateway.rounds import Rounds
+    from gateway.store import GatewayStore
+    from gateway.strategies.fedavg import FedAvg
+
+    config = GatewayConfig.from_mapping(
+        {"gateway": {"federation": "intake", "storage": str(folder / "gw"), "model": str(model)},
+         "rounds": {"min_devices": devices, "deadline": 600.0}, "trust": {"mode": "insecure"}},
+        env={},
+    )  # fmt: skip
+    store = GatewayStore(config.storage / "gateway.db")
+    rc = config.rounds
+    policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
+    publisher = Publisher(config, store, FedAvg())
+    rounds = Rounds(store, Registry(store), publisher, policy, AdmissionRules("sync", 1000.0, 5), FakeClock())
+    rounds.max_batch, rounds.keep_receipts = batch, True
+    for i in range(devices):
+        caps = wire.Capabilities(ram=1 << 20, backend="sim", samples=100)
+        birth = wire.Presence(f"sim-{i:05d}", True, 1, 0, caps)
+        rounds.registry.observe(birth, wire.encode(birth))
+    tasks = rounds.step().tasks
+    rng = np.random.default_rng(0)
+    deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in rounds.sizes.items()}
+    tensors = Compressor(CompressionConfig(density=0.01)).compress(deltas).tensors
+    raws = [(d, wire.encode(wire.Update(os.urandom(16), d, t.round, t.base_version, 100, tensors))) for d, t in tasks]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for device, raw in raws:
+        update = wire.decode(raw, expect=wire.Update, spec=rounds.spec)
+        rounds.intake(update, raw, device, update_norm(update))
+    rounds.flush()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert rounds.open_round is not None and rounds.open_round.aggregate.count == devices
+    store.close()
+    return {"wall_ms": 1000 * wall / devices, "cpu_ms": 1000 * cpu / devices}
+
+
 def main(full: bool = False) -> dict[str, float]:
     runs: list[dict[str, Any]] = []
     sizes, before_sizes = (FULL_SIZES, FULL_BEFORE_SIZES) if full else (SIZES, BEFORE_SIZES)
     with tempfile.TemporaryDirectory() as tmp:
+        model = _initial_model(Path(tmp))
+        intake: dict[int, list[dict[str, float]]] = {1: [], 256: []}
+        for repeat in range(3):  # alternated: a busy moment of the shared machine hits both
+            for batch in intake:
+                intake[batch].append(intake_ms(Path(tmp) / f"intake{batch}-{repeat}", model, batch))
+        print("gateway intake without MQTT, ms per update (wall / CPU): "
+              + ", ".join(f"batch {b}: {statistics.median(r['wall_ms'] for r in v):.3f} / "
+                          f"{statistics.median(r['cpu_ms'] for r in v):.3f}" for b, v in intake.items()),
+              flush=True)  # fmt: skip
         plan = [(n, "after", n >= 1000) for n in sizes] + [(n, "before", False) for n in before_sizes]
         for devices, setting, floor in plan:
             run = run_size(devices, Path(tmp) / f"{setting}{devices}", setting, floor)
@@ -314,11 +374,17 @@ def main(full: bool = False) -> dict[str, float]:
         figures[f"broker_cpu_ratio_before_vs_after_{devices}"] = round(
             run["broker_cpu_ms_per_update"] / max(after[devices]["broker_cpu_ms_per_update"], 1e-9), 3
         )
+    for batch, label in ((256, "group"), (1, "one_fsync_each")):
+        figures[f"intake_wall_ms_per_update_{label}"] = round(statistics.median(r["wall_ms"] for r in intake[batch]), 3)
+        figures[f"intake_cpu_ms_per_update_{label}"] = round(statistics.median(r["cpu_ms"] for r in intake[batch]), 3)
+    figures["intake_wall_ratio_one_fsync_each_vs_group"] = round(
+        figures["intake_wall_ms_per_update_one_fsync_each"] / figures["intake_wall_ms_per_update_group"], 3
+    )
     figures["gateway_rss_ratio_1000_vs_10"] = round(
         after[1000]["gateway_peak_rss_mib"] / after[10]["gateway_peak_rss_mib"], 3
     )
     note = "measured on a shared 2-core machine: compare the ratios of one run, not absolute times"
-    details = {"runs": runs, "processes": PROCESSES, "rounds": ROUNDS, "note": note}
+    details = {"runs": runs, "processes": PROCESSES, "rounds": ROUNDS, "note": note, "intake": intake}
     path = write_result("round_scale", figures, details)
     print_table("round_scale", figures)
     print(f"wrote {path}")

@@ -8,7 +8,8 @@ model = "/etc/tinyfed/initial.tflite"  # the first model, used when the store ha
 trainable_layers = 0                   # layers devices train and send (0 = all)
 min_free_mb = 64                       # no new round opens while storage has less free space than this
 commit_batch = 256                     # updates committed with one fsync at most (group commit; 1 = one each)
-commit_delay = 0.005                   # seconds an update waits at most for others to share its commit
+commit_delay = 0.005                   # seconds an update waits at most for others to share its commit (and the
+                                       # quiet after which one is committed at once: batches form under load only)
 
 [rounds]
 mode = "sync"              # sync | async (buffered, FedBuff-style)

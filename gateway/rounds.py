@@ -16,7 +16,9 @@ whole: nothing of it was folded or receipted, so its devices resend it.
 The open round's aggregate therefore holds exactly the committed updates:
 a round is settled before it is detached (a close counts everything staged
 for it), under the lock that intake takes. ``max_batch`` 1 (the default) settles in each intake;
-the service raises it and settles on a timer as well (its commit delay).
+the service raises it, settles on a timer as well (its commit delay), and
+sets ``idle_commit``: an update that finds the intake idle is committed at
+once, so batches form only while updates queue up.
 
 Threads and the lock: ``intake`` runs on paho's network thread, ``step`` on
 the round thread. ``_lock`` guards the open round for a few operations at a
@@ -43,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +168,10 @@ class Rounds:
         self._waiting_said = 0.0  # when the shortage was last said (10,000 births change its count 10,000 times)
         self._secure_ledger: LedgerEntry | None = None  # a secure round's distributed-DP event, for its close
         self.max_batch = 1  # messages staged before intake itself settles (group commit; the service raises it)
+        # Group commit helps only a busy intake: one that was idle this long before an update commits it at once
+        # (no one would share the fsync, and its receipt goes out with no hand-over to another thread).
+        self.idle_commit: float | None = None
+        self._intake_done: float | None = None  # when the last intake returned (None: none yet since start)
         self.keep_receipts = False  # the service sends receipts: settling keeps them for ``released``
         self._released = Settled()  # settled, not yet taken by the service (``released``)
         # Called (under the lock: it must only signal) when settling released receipts, so the service sends them
@@ -241,6 +248,8 @@ class Rounds:
         """Judge and stage one decoded update; it is folded, and its receipt released, once its batch commits
         (here when ``max_batch`` messages are staged). The verdict says what the device's receipt will say.
         Raises OutOfSpace when it could not be staged, or (``max_batch`` 1) its own commit failed for want of it."""
+        done, quiet = self._intake_done, self.idle_commit
+        idle = done is not None and quiet is not None and time.monotonic() - done >= quiet
         record = self.registry.get(device)
         declared = record.capabilities.samples if record is not None and record.capabilities is not None else None
         with self._lock:
@@ -279,7 +288,7 @@ class Rounds:
                     self._note_full()
                     raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", exc) from exc
                 raise
-            if self.store.staged >= self.max_batch:
+            if self.store.staged >= self.max_batch or idle:
                 settled = self._settle()
                 if self.max_batch == 1 and any(p is pending for p in settled.lost):
                     self._released.lost = [p for p in self._released.lost if p is not pending]  # said by raising
@@ -287,6 +296,7 @@ class Rounds:
                     if is_out_of_space(error):
                         raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", error) from error
                     raise error
+            self._intake_done = time.monotonic()
         return verdict
 
     def _settle(self) -> Settled:

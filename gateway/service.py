@@ -133,6 +133,7 @@ class Gateway:
         # Group commit: intake stages; a batch commits when full or after commit_delay, then its receipts go out.
         self._staged = threading.Event()  # set by intake: something waits for a commit (or for its receipts)
         self.rounds.max_batch = config.gateway.commit_batch
+        self.rounds.idle_commit = config.gateway.commit_delay
         self.rounds.keep_receipts = True
         self.rounds.on_settled = self._staged.set  # what a close or a deadline settled goes out by the commit thread
         self.store.stage_presence = True  # a birth's row too: 10,000 births at start are not 10,000 fsyncs

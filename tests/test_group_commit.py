@@ -80,6 +80,20 @@ def test_updates_are_counted_and_receipted_only_once_their_batch_commits(tmp_pat
     assert released.counted == 2 and released.lost == []
 
 
+def test_an_update_that_finds_the_intake_idle_is_committed_at_once(tmp_path: Path, model: bytes) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), devices=("a", "b", "c"), min_devices=3)
+    rounds.max_batch, rounds.keep_receipts, rounds.idle_commit = 100, True, 0.0  # any pause counts as idle
+    tasks = dict(rounds.step().tasks)
+    a, raw_a = encoded(rounds, "a", tasks["a"])
+    b, raw_b = encoded(rounds, "b", tasks["b"])
+    assert take(rounds, a, raw_a, "a") == "accept"
+    assert rounds.store.staged == 1  # the first since start: nothing says the intake was idle
+    assert take(rounds, b, raw_b, "b") == "accept"  # found the intake idle: committed now, with a
+    assert rounds.store.staged == 0
+    assert committed_ids(tmp_path / "gw" / "gateway.db") == [a.update_id, b.update_id]
+    assert rounds.released().receipts == [("a", a.update_id, None), ("b", b.update_id, None)]
+
+
 def test_a_round_closed_at_its_deadline_counts_what_was_staged_for_it(tmp_path: Path, model: bytes) -> None:
     rounds, clock = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), min_updates=1)
     rounds.max_batch, rounds.keep_receipts = 100, True
