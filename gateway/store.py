@@ -173,6 +173,7 @@ class GatewayStore:
         self._lost: list[object] = []  # items whose batch failed to commit, not yet handed back
         self.batch_error: BaseException | None = None  # why the last lost batch was lost
         self.stage_presence = False  # save_device stages into the open batch instead of committing at once
+        self._closed = False
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -198,6 +199,7 @@ class GatewayStore:
         with self._lock:
             self._end_batch()  # committed, never receipted: their devices resend them and they count once
             self._db.close()
+            self._closed = True
 
     def vacuum(self) -> None:
         """Rewrite the file without its unused space ([retention] vacuum_mb): the writers wait meanwhile."""
@@ -230,7 +232,7 @@ class GatewayStore:
 
     def _end_batch(self) -> None:
         """Commit the open batch (one fsync), or roll it back when the commit fails. Under the lock."""
-        if not self._db.in_transaction:
+        if self._closed or not self._db.in_transaction:  # closed: a stop after a stop has nothing to commit
             return
         items, self._staged = self._staged, []
         try:
