@@ -1,19 +1,33 @@
-"""Round time and gateway cost for 10, 100 and 1,000 devices on one machine, through Mosquitto.
+"""Round time and hub cost for 10 to 10,000 devices on one machine, through one Mosquitto, beside the MQTT floor.
 
 The gateway runs as ``tinyfed gateway run`` in its own process, against a
 Mosquitto on a free loopback port; the devices are simulated by
-``bench/sim_devices.py`` in at most four processes, each device a real MQTT
-client with its own connection, birth message, last will, task
-subscription and real encoded updates (see that module: no training, so
-what is measured is the gateway and the broker). Each fleet size runs
-three synchronous rounds in which every device is asked and answers, then
-the final evaluation round.
+``bench/sim_devices.py`` in four processes, each device a real MQTT client
+with its own connection, birth message, last will, task subscription and
+real encoded updates (see that module: no training, so what is measured is
+the gateway and the broker). Each fleet size runs three synchronous rounds
+in which every device is asked and answers, then the final evaluation.
+The suite runs 10, 100 and 1,000 devices; ``--full`` adds 10,000 (four
+simulator processes of 2,500 clients each, one network thread apiece).
 
-Figures: ``seconds_per_round_N`` (median round, opening to closing, from
-the gateway's own round summaries), the gateway process's CPU seconds per
-update and its peak RSS, and ``per_device_cost_ratio_1000_vs_10``: the
-round time per device at 1,000 over that at 10, measured in the same run
-(below 1 means the fixed costs of a round are being shared).
+Three settings, measured in the same run:
+
+- ``after``: the hub as shipped: group commit (``[gateway] commit_batch``,
+  ``commit_delay``) and a broker that saves its state every
+  ``HUB_AUTOSAVE_S`` seconds (broker.py, docs/operations.md);
+- ``before``: one fsync'd commit per update (``commit_batch = 1``) and a
+  broker that saves its whole database on every change, as this hub ran
+  before (1,000 devices, in the suite and under ``--full``);
+- ``floor``: on the ``after`` broker with the same connected fleet, once
+  the gateway has finished, a skeleton hub (one paho client, no tinyfed)
+  moves the same MQTT messages: a task to every device, a receipt for each
+  update. Its round time is what MQTT and the simulators cost alone.
+
+Figures per size N: ``seconds_per_round_N`` (median round, opening to
+closing, from the gateway's own clock), the gateway's and the broker's
+CPU per update during the training rounds and their peak RSS, the floor's
+round time and the ratio to it, and the before/after ratios. The machine
+is shared; the ratios are what carries from one run to the next.
 """
 
 from __future__ import annotations
@@ -31,6 +45,9 @@ from typing import Any
 from bench.common import print_table, write_result
 
 SIZES = (10, 100, 1000)
+FULL_SIZES = (10, 100, 1000, 10_000)
+BEFORE_SIZES = (1000,)
+FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3
 PROCESSES = 4
 ROUND_LINE = re.compile(r"round\s+(\d+) (\w+)\s+updates\s+(\d+).*?([\d.]+) s$")
@@ -47,7 +64,7 @@ def _initial_model(folder: Path) -> Path:
     return path
 
 
-def _gateway_config(folder: Path, url: str, federation: str, model: Path, devices: int) -> Path:
+def _gateway_config(folder: Path, url: str, federation: str, model: Path, devices: int, commit_batch: int) -> Path:
     path = folder / "gateway.toml"
     path.write_text(
         f"""
@@ -56,11 +73,12 @@ federation = "{federation}"
 storage = "{folder / "gw"}"
 model = "{model}"
 connect_timeout = 30.0
+commit_batch = {commit_batch}
 
 [rounds]
 rounds = {ROUNDS}
 min_devices = {devices}
-deadline = 300.0
+deadline = 600.0
 density = 0.01
 report_every = 1000
 
@@ -74,64 +92,132 @@ mode = "insecure"  # the rounds' scale is measured here, signatures by `tinyfed 
     return path
 
 
-def _watch(pid: int, peak: dict[str, float], stop: threading.Event) -> None:
-    import psutil
+class Watch:
+    """CPU seconds (user + system) and RSS of the gateway and the broker, sampled every 0.1 s with wall time."""
 
-    process = psutil.Process(pid)
-    while not stop.wait(0.1):
-        try:
-            peak["rss"] = max(peak["rss"], process.memory_info().rss)
-            peak["cpu"] = sum(process.cpu_times()[:2])
-        except psutil.Error:
-            return
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.samples: list[tuple[float, dict[str, float], dict[str, float]]] = []  # (time, cpu, rss)
+        self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.1):
+            cpu, rss = {}, {}
+            for name, process in self.processes.items():
+                try:
+                    cpu[name] = sum(process.cpu_times()[:2])
+                    rss[name] = float(process.memory_info().rss)
+                except psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak[name], rss[name])
+            self.samples.append((time.time(), cpu, rss))
+
+    def cpu_between(self, name: str, start: float, end: float) -> float:
+        """CPU seconds ``name`` spent from ``start`` to ``end`` (wall-clock times), to the 0.1 s sampling."""
+        before = [s[1][name] for s in self.samples if s[0] <= start and name in s[1]]
+        after = [s[1][name] for s in self.samples if s[0] >= end and name in s[1]]
+        first = before[-1] if before else self.samples[0][1].get(name, 0.0)
+        last = after[0] if after else self.samples[-1][1].get(name, 0.0)
+        return last - first
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def run_size(devices: int, folder: Path) -> dict[str, Any]:
-    from edge_runtime.transport.broker import MosquittoProcess
+def _fleets(host_port: str, federation: str, devices: int) -> list[subprocess.Popen[str]]:
+    per = -(-devices // min(PROCESSES, devices))
+    fleets = []
+    for first in range(0, devices, per):
+        argv = [sys.executable, "-m", "bench.sim_devices", "--broker", host_port, "--federation", federation,
+                "--first", str(first), "--count", str(min(per, devices - first))]  # fmt: skip
+        fleets.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for fleet in fleets:
+        assert fleet.stdout is not None
+        line = fleet.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"simulated devices did not connect: {line!r}")
+    return fleets
+
+
+def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) -> dict[str, Any]:
+    """The skeleton hub: the same tasks out and receipts back, by one paho client with no tinyfed in the loop."""
+    import os
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_runtime import wire
+    from edge_runtime.transport.topics import Topics
+
+    topics = Topics(federation)
+    names = [f"sim-{i:05d}" for i in range(devices)]
+    receipt = wire.encode(wire.Receipt([os.urandom(16)]))  # a receipt's size; the simulators do not read it
+    got = [0]
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        got[0] += 1
+        client.publish(topics.receipt(topics.device_of(message.topic)), receipt, qos=1)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-hub", protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.connect(host, port)
+    subscribed = [False]
+    client.on_subscribe = lambda *args: subscribed.__setitem__(0, True)
+    client.subscribe(topics.all_updates, qos=1)
+    while not subscribed[0]:
+        client.loop(0.1)
+    seconds, broker_cpu, hub_cpu = [], [], []
+    version = bytes(32)
+    for number in range(101, 101 + ROUNDS):
+        task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, int(time.time()) + 600))
+        start_wall, start, cpu = time.time(), time.perf_counter(), time.thread_time()
+        target = got[0] + devices
+        for name in names:
+            client.publish(topics.task(name), task, qos=1)
+        while got[0] < target:
+            client.loop(0.05)
+        seconds.append(time.perf_counter() - start)
+        hub_cpu.append(time.thread_time() - cpu)
+        time.sleep(0.25)  # a sample of the broker's CPU after the round's end
+        broker_cpu.append(watch.cpu_between("broker", start_wall, start_wall + seconds[-1]))
+    client.disconnect()
+    return {
+        "seconds_per_round": statistics.median(seconds),
+        "rounds_seconds": seconds,
+        "hub_cpu_ms_per_update": 1000 * statistics.median(hub_cpu) / devices,
+        "broker_cpu_ms_per_update": 1000 * statistics.median(broker_cpu) / devices,
+    }
+
+
+def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = False) -> dict[str, Any]:
+    """One fleet size under one setting ('after': group commit, hub autosave; 'before': neither)."""
+    from edge_runtime.transport.broker import HUB_AUTOSAVE_S, MosquittoProcess
 
     folder.mkdir(parents=True)
     model = _initial_model(folder)
     federation = f"scale{devices}"
-    with MosquittoProcess(workdir=folder / "broker") as broker:
+    autosave = HUB_AUTOSAVE_S if setting == "after" else None
+    commit_batch = 256 if setting == "after" else 1
+    with MosquittoProcess(workdir=folder / "broker", autosave_interval=autosave) as broker:
+        assert broker.process is not None
         host_port = f"127.0.0.1:{broker.port}"
-        per = -(-devices // min(PROCESSES, devices))
-        fleets = []
-        for first in range(0, devices, per):
-            fleets.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.sim_devices",
-                        "--broker",
-                        host_port,
-                        "--federation",
-                        federation,
-                        "--first",
-                        str(first),
-                        "--count",
-                        str(min(per, devices - first)),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        for fleet in fleets:
-            assert fleet.stdout is not None
-            line = fleet.stdout.readline()
-            if not line.startswith("ready"):
-                raise RuntimeError(f"simulated devices did not connect: {line!r}")
-        config = _gateway_config(folder, broker.url, federation, model, devices)
+        fleets = _fleets(host_port, federation, devices)
+        config = _gateway_config(folder, broker.url, federation, model, devices, commit_batch)
         started = time.perf_counter()
+        log = (folder / "gateway.log").open("w")
         gateway = subprocess.Popen(
             [sys.executable, "-m", "tinyfed", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
-        peak = {"rss": 0.0, "cpu": 0.0}
-        stop = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(gateway.pid, peak, stop), daemon=True)
-        watcher.start()
+        watch = Watch({"gateway": gateway.pid, "broker": broker.process.pid})
         rounds: list[tuple[int, str, int, float]] = []
         assert gateway.stdout is not None
         for line in gateway.stdout:
@@ -139,9 +225,10 @@ def run_size(devices: int, folder: Path) -> dict[str, Any]:
             if match:
                 rounds.append((int(match[1]), match[2], int(match[3]), float(match[4])))
         gateway.wait(timeout=600)
+        log.close()
         wall = time.perf_counter() - started
-        stop.set()
-        watcher.join()
+        floor_run = _floor("127.0.0.1", broker.port, federation, devices, watch) if floor else None
+        watch.stop()
         for fleet in fleets:
             assert fleet.stdin is not None
             fleet.stdin.close()
@@ -152,48 +239,153 @@ def run_size(devices: int, folder: Path) -> dict[str, Any]:
     rows = store.rounds()
     training = [r for r in rows if r.mode == "sync"]
     counts = [store.round_counts(r.round)["train"] for r in training]
+    store.close()
     if len(training) != ROUNDS or any(r.status != "closed" for r in training) or set(counts) != {devices}:
-        raise RuntimeError(f"{devices} devices: rounds did not complete as asked: {rounds}")
-    updates = sum(r[2] for r in rounds)
+        tail = (folder / "gateway.log").read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{devices} devices ({setting}): rounds did not complete as asked: {rounds}; the "
+                           "gateway's log ends:\n" + "\n".join(tail))  # fmt: skip
     seconds = [float(r.closed or r.started) - r.started for r in training]  # from the gateway's own clock
+    spans = [(r.started, float(r.closed or r.started)) for r in training]
+    updates = ROUNDS * devices
+    gateway_cpu = sum(watch.cpu_between("gateway", a, b) for a, b in spans)
+    broker_cpu = sum(watch.cpu_between("broker", a, b) for a, b in spans)
     return {
         "devices": devices,
+        "setting": setting,
         "rounds": [
             {"round": r.round, "mode": r.mode, "seconds": float(r.closed or r.started) - r.started} for r in rows
         ],
         "seconds_per_round": statistics.median(seconds),
-        "gateway_cpu_seconds": peak["cpu"],
-        "gateway_cpu_ms_per_update": 1000 * peak["cpu"] / max(1, updates),
-        "gateway_peak_rss_mib": peak["rss"] / 2**20,
+        "gateway_cpu_ms_per_update": 1000 * gateway_cpu / updates,
+        "broker_cpu_ms_per_update": 1000 * broker_cpu / updates,
+        "gateway_peak_rss_mib": watch.peak["gateway"] / 2**20,
+        "broker_peak_rss_mib": watch.peak["broker"] / 2**20,
         "wall_seconds": wall,
+        "floor": floor_run,
     }
 
 
+def intake_ms(folder: Path, model: Path, batch: int, devices: int = 1000) -> dict[str, float]:
+    """Wall and CPU time per accepted update of the gateway's intake without MQTT: decode, validate, stage,
+    commit (``batch`` updates per fsync'd commit), fold; one round of ``devices`` real encoded updates."""
+    import os
+
+    import numpy as np
+
+    from edge_runtime import wire
+    from edge_runtime.compress.compressor import CompressionConfig, Compressor
+    from gateway.admission import AdmissionRules
+    from gateway.aggregate import update_norm
+    from gateway.clock import FakeClock
+    from gateway.config import GatewayConfig
+    from gateway.policy import RoundPolicy, TaskSettings
+    from gateway.publisher import Publisher
+    from gateway.registry import Eligibility, Registry
+    from gateway.rounds import Rounds
+    from gateway.store import GatewayStore
+    from gateway.strategies.fedavg import FedAvg
+
+    config = GatewayConfig.from_mapping(
+        {"gateway": {"federation": "intake", "storage": str(folder / "gw"), "model": str(model)},
+         "rounds": {"min_devices": devices, "deadline": 600.0}, "trust": {"mode": "insecure"}},
+        env={},
+    )  # fmt: skip
+    store = GatewayStore(config.storage / "gateway.db")
+    rc = config.rounds
+    policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
+    publisher = Publisher(config, store, FedAvg())
+    rounds = Rounds(store, Registry(store), publisher, policy, AdmissionRules("sync", 1000.0, 5), FakeClock())
+    rounds.max_batch, rounds.keep_receipts = batch, True
+    for i in range(devices):
+        caps = wire.Capabilities(ram=1 << 20, backend="sim", samples=100)
+        birth = wire.Presence(f"sim-{i:05d}", True, 1, 0, caps)
+        rounds.registry.observe(birth, wire.encode(birth))
+    tasks = rounds.step().tasks
+    rng = np.random.default_rng(0)
+    deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in rounds.sizes.items()}
+    tensors = Compressor(CompressionConfig(density=0.01)).compress(deltas).tensors
+    raws = [(d, wire.encode(wire.Update(os.urandom(16), d, t.round, t.base_version, 100, tensors))) for d, t in tasks]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for device, raw in raws:
+        update = wire.decode(raw, expect=wire.Update, spec=rounds.spec)
+        rounds.intake(update, raw, device, update_norm(update))
+    rounds.flush()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert rounds.open_round is not None and rounds.open_round.aggregate.count == devices
+    store.close()
+    return {"wall_ms": 1000 * wall / devices, "cpu_ms": 1000 * cpu / devices}
+
+
 def main(full: bool = False) -> dict[str, float]:
-    runs = []
+    runs: list[dict[str, Any]] = []
+    sizes, before_sizes = (FULL_SIZES, FULL_BEFORE_SIZES) if full else (SIZES, BEFORE_SIZES)
     with tempfile.TemporaryDirectory() as tmp:
-        for devices in SIZES:
-            run = run_size(devices, Path(tmp) / str(devices))
+        model = _initial_model(Path(tmp))
+        intake: dict[int, list[dict[str, float]]] = {1: [], 256: []}
+        for repeat in range(3):  # alternated: a busy moment of the shared machine hits both
+            for batch in intake:
+                intake[batch].append(intake_ms(Path(tmp) / f"intake{batch}-{repeat}", model, batch))
+        print("gateway intake without MQTT, ms per update (wall / CPU): "
+              + ", ".join(f"batch {b}: {statistics.median(r['wall_ms'] for r in v):.3f} / "
+                          f"{statistics.median(r['cpu_ms'] for r in v):.3f}" for b, v in intake.items()),
+              flush=True)  # fmt: skip
+        plan = [(n, "after", n >= 1000) for n in sizes] + [(n, "before", False) for n in before_sizes]
+        for devices, setting, floor in plan:
+            run = run_size(devices, Path(tmp) / f"{setting}{devices}", setting, floor)
             runs.append(run)
+            extra = ""
+            if run["floor"] is not None:
+                extra = f"; MQTT-only floor {run['floor']['seconds_per_round']:.2f} s per round"
             print(
-                f"{devices:>5} devices: {run['seconds_per_round']:.2f} s per round, gateway "
-                f"{run['gateway_cpu_ms_per_update']:.2f} ms CPU per update, "
-                f"peak RSS {run['gateway_peak_rss_mib']:.0f} MiB",
+                f"{devices:>5} devices ({setting}): {run['seconds_per_round']:.2f} s per round, gateway "
+                f"{run['gateway_cpu_ms_per_update']:.3f} ms CPU per update, broker "
+                f"{run['broker_cpu_ms_per_update']:.3f} ms, peak RSS gateway {run['gateway_peak_rss_mib']:.0f} MiB "
+                f"broker {run['broker_peak_rss_mib']:.0f} MiB{extra}",
                 flush=True,
             )
-    by_size = {r["devices"]: r for r in runs}
+    after = {r["devices"]: r for r in runs if r["setting"] == "after"}
+    before = {r["devices"]: r for r in runs if r["setting"] == "before"}
     figures: dict[str, float] = {}
-    for devices, run in by_size.items():
+    for devices, run in after.items():
         figures[f"seconds_per_round_{devices}"] = round(run["seconds_per_round"], 3)
     figures["per_device_cost_ratio_1000_vs_10"] = round(
-        (by_size[1000]["seconds_per_round"] / 1000) / (by_size[10]["seconds_per_round"] / 10), 4
+        (after[1000]["seconds_per_round"] / 1000) / (after[10]["seconds_per_round"] / 10), 4
     )
-    figures["gateway_cpu_ms_per_update_1000"] = round(by_size[1000]["gateway_cpu_ms_per_update"], 3)
-    figures["gateway_peak_rss_mib_1000"] = round(by_size[1000]["gateway_peak_rss_mib"], 1)
+    for devices, run in after.items():
+        if devices < 1000:
+            continue
+        figures[f"gateway_cpu_ms_per_update_{devices}"] = round(run["gateway_cpu_ms_per_update"], 3)
+        figures[f"broker_cpu_ms_per_update_{devices}"] = round(run["broker_cpu_ms_per_update"], 3)
+        figures[f"gateway_peak_rss_mib_{devices}"] = round(run["gateway_peak_rss_mib"], 1)
+        figures[f"broker_peak_rss_mib_{devices}"] = round(run["broker_peak_rss_mib"], 1)
+        floor = run["floor"]
+        figures[f"floor_seconds_per_round_{devices}"] = round(floor["seconds_per_round"], 3)
+        figures[f"round_vs_floor_{devices}"] = round(run["seconds_per_round"] / floor["seconds_per_round"], 3)
+    for devices, run in before.items():
+        figures[f"before_seconds_per_round_{devices}"] = round(run["seconds_per_round"], 3)
+        figures[f"before_gateway_cpu_ms_per_update_{devices}"] = round(run["gateway_cpu_ms_per_update"], 3)
+        figures[f"before_broker_cpu_ms_per_update_{devices}"] = round(run["broker_cpu_ms_per_update"], 3)
+        figures[f"round_speedup_vs_before_{devices}"] = round(
+            run["seconds_per_round"] / after[devices]["seconds_per_round"], 3
+        )
+        figures[f"gateway_cpu_ratio_before_vs_after_{devices}"] = round(
+            run["gateway_cpu_ms_per_update"] / after[devices]["gateway_cpu_ms_per_update"], 3
+        )
+        figures[f"broker_cpu_ratio_before_vs_after_{devices}"] = round(
+            run["broker_cpu_ms_per_update"] / max(after[devices]["broker_cpu_ms_per_update"], 1e-9), 3
+        )
+    for batch, label in ((256, "group"), (1, "one_fsync_each")):
+        figures[f"intake_wall_ms_per_update_{label}"] = round(statistics.median(r["wall_ms"] for r in intake[batch]), 3)
+        figures[f"intake_cpu_ms_per_update_{label}"] = round(statistics.median(r["cpu_ms"] for r in intake[batch]), 3)
+    figures["intake_wall_ratio_one_fsync_each_vs_group"] = round(
+        figures["intake_wall_ms_per_update_one_fsync_each"] / figures["intake_wall_ms_per_update_group"], 3
+    )
     figures["gateway_rss_ratio_1000_vs_10"] = round(
-        by_size[1000]["gateway_peak_rss_mib"] / by_size[10]["gateway_peak_rss_mib"], 3
+        after[1000]["gateway_peak_rss_mib"] / after[10]["gateway_peak_rss_mib"], 3
     )
-    path = write_result("round_scale", figures, {"runs": runs, "processes": PROCESSES, "rounds": ROUNDS})
+    note = "measured on a shared 2-core machine: compare the ratios of one run, not absolute times"
+    details = {"runs": runs, "processes": PROCESSES, "rounds": ROUNDS, "note": note, "intake": intake}
+    path = write_result("round_scale", figures, details)
     print_table("round_scale", figures)
     print(f"wrote {path}")
     return figures

@@ -7,6 +7,9 @@ storage = "/var/lib/tinyfed-gateway"   # SQLite state, model versions, master we
 model = "/etc/tinyfed/initial.tflite"  # the first model, used when the store has none
 trainable_layers = 0                   # layers devices train and send (0 = all)
 min_free_mb = 64                       # no new round opens while storage has less free space than this
+commit_batch = 256                     # updates committed with one fsync at most (group commit; 1 = one each)
+commit_delay = 0.005                   # seconds an update waits at most for others to share its commit (and the
+                                       # quiet after which one is committed at once: batches form under load only)
 
 [rounds]
 mode = "sync"              # sync | async (buffered, FedBuff-style)
@@ -140,6 +143,13 @@ class GatewaySection:
     chunk_size: int = 64 * 1024
     connect_timeout: float = 15.0
     min_free_mb: float = 64.0  # below this much free space under storage, no new round opens
+    commit_batch: int = 256  # group commit: updates committed (and receipted) together with one fsync, at most
+    commit_delay: float = 0.005  # seconds a staged update waits at most for others to share its commit
+
+    def __post_init__(self) -> None:
+        if self.commit_batch < 1 or not 0 <= self.commit_delay <= 60:
+            raise ValueError(f"commit_batch {self.commit_batch} must be >= 1 and commit_delay "
+                             f"{self.commit_delay:g} within [0, 60] seconds")  # fmt: skip
 
 
 @dataclass

@@ -8,6 +8,18 @@ round policy what to do now, records that in the store, and carries it out
 returning what the service must send. With a fake clock and an in-memory or
 temporary store, a whole federation's rounds run here without a broker.
 
+Group commit (store.py): ``intake`` stages an update's row in the store's
+open batch and keeps it ``Pending``; ``settle`` commits the batch with one
+fsync and only then folds each committed update into the open round and
+releases its receipt (``released``). A failed commit loses the batch
+whole: nothing of it was folded or receipted, so its devices resend it.
+The open round's aggregate therefore holds exactly the committed updates:
+a round is settled before it is detached (a close counts everything staged
+for it), under the lock that intake takes. ``max_batch`` 1 (the default) settles in each intake;
+the service raises it, settles on a timer as well (its commit delay), and
+sets ``idle_commit``: an update that finds the intake idle is committed at
+once, so batches form only while updates queue up.
+
 Threads and the lock: ``intake`` runs on paho's network thread, ``step`` on
 the round thread. ``_lock`` guards the open round for a few operations at a
 time. Closing is the heavy step (strategy, export, hashes, fsyncs): the
@@ -33,6 +45,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +89,33 @@ class RoundSummary:
     dense_bytes: int
     seconds: float
     metrics: dict[str, float]
+
+
+@dataclass
+class Pending:
+    """A message judged and staged, waiting for its batch's commit: then folded (an accepted training update),
+    and its receipt (device, id, refusal or None) released."""
+
+    receipt: tuple[str, bytes, str | None]
+    round: int = 0
+    fold: tuple[wire.Update, float, float, int, bool] | None = None  # update, weight factor, norm, samples, ranges
+
+
+@dataclass
+class Settled:
+    """What settling the batch released: receipts to send, how many updates were counted, what was lost."""
+
+    receipts: list[tuple[str, bytes, str | None]] = field(default_factory=list)
+    counted: int = 0
+    lost: list[Pending] = field(default_factory=list)
+    error: BaseException | None = None  # why the lost were lost (a full disk)
+
+    def __iadd__(self, other: Settled) -> Settled:
+        self.receipts += other.receipts
+        self.counted += other.counted
+        self.lost += other.lost
+        self.error = other.error or self.error
+        return self
 
 
 @dataclass
@@ -124,7 +165,18 @@ class Rounds:
         self._close_error = ""  # the last close failure, logged once, not at every retry
         self._waiting: str | None = None  # why no round opens, as last logged (once per change)
         self._waiting_since: float | None = None  # when the current shortage of eligible devices began
+        self._waiting_said = 0.0  # when the shortage was last said (10,000 births change its count 10,000 times)
         self._secure_ledger: LedgerEntry | None = None  # a secure round's distributed-DP event, for its close
+        self.max_batch = 1  # messages staged before intake itself settles (group commit; the service raises it)
+        # Group commit helps only a busy intake: one that was idle this long before an update commits it at once
+        # (no one would share the fsync, and its receipt goes out with no hand-over to another thread).
+        self.idle_commit: float | None = None
+        self._intake_done: float | None = None  # when the last intake returned (None: none yet since start)
+        self.keep_receipts = False  # the service sends receipts: settling keeps them for ``released``
+        self._released = Settled()  # settled, not yet taken by the service (``released``)
+        # Called (under the lock: it must only signal) when settling released receipts, so the service sends them
+        # now rather than after the step that settled (a close then makes a version for seconds).
+        self.on_settled: Callable[[], None] | None = None
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -193,7 +245,11 @@ class Rounds:
 
     # -- intake (paho's thread) -----------------------------------------------------------------------------
     def intake(self, update: wire.Update, raw: bytes, device: str, norm: float) -> Verdict:
-        """Judge, commit and fold one decoded update; the verdict says what the device's receipt says."""
+        """Judge and stage one decoded update; it is folded, and its receipt released, once its batch commits
+        (here when ``max_batch`` messages are staged). The verdict says what the device's receipt will say.
+        Raises OutOfSpace when it could not be staged, or (``max_batch`` 1) its own commit failed for want of it."""
+        done, quiet = self._intake_done, self.idle_commit
+        idle = done is not None and quiet is not None and time.monotonic() - done >= quiet
         record = self.registry.get(device)
         declared = record.capabilities.samples if record is not None and record.capabilities is not None else None
         with self._lock:
@@ -205,30 +261,84 @@ class Rounds:
             if self.detector is not None and verdict.accepted and open_round and open_round.row.privacy == "off":
                 reliability = self.detector.weight(device)  # stored with the update: a rebuild weighs it alike
                 verdict = dataclasses.replace(verdict, weight_factor=verdict.weight_factor * reliability)
+            pending = Pending((device, update.update_id, verdict.receipt_reason))
             try:
                 if verdict.accepted:
                     assert open_round is not None
                     train = verdict.kind == "train"
+                    pending.round = open_round.number
+                    if train:
+                        take_ranges = self._takes_ranges(open_round.row, update.round, self.policy.rules.report_every)
+                        pending.fold = (update, verdict.weight_factor, norm, verdict.samples, take_ranges)
                     # Training updates are kept as received (the exact bytes rebuild the aggregate after a crash,
                     # one per task); an evaluation report only as its decoded, bounded fields.
                     stored = raw if train else wire.encode(evaluation_report(update, verdict.samples))
                     first = self.store.accept(
                         update.update_id, open_round.number, update.round, device, verdict.kind, verdict.samples,
                         verdict.samples * verdict.weight_factor, update.base_version, len(raw),
-                        self.dense_bytes if train else 0, stored,
+                        self.dense_bytes if train else 0, stored, batch=pending,
                     )  # fmt: skip
-                    if first and train:
-                        take_ranges = self._takes_ranges(open_round.row, update.round, self.policy.rules.report_every)
-                        open_round.aggregate.add(update, verdict.weight_factor, norm, verdict.samples, take_ranges)
+                    if not first:
+                        pending.fold = None
                 else:
                     # A duplicate is a resend whose receipt was lost, or a replay: recorded, counted never.
-                    self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw))
+                    self.store.refuse(update.update_id, device, update.round, verdict.reason, len(raw), batch=pending)
             except Exception as exc:
-                if is_out_of_space(exc):  # not committed: no receipt, so the device keeps it and resends
+                if is_out_of_space(exc):  # not staged: no receipt, so the device keeps it and resends
                     self._note_full()
                     raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", exc) from exc
                 raise
+            if self.store.staged >= self.max_batch or idle:
+                settled = self._settle()
+                if self.max_batch == 1 and any(p is pending for p in settled.lost):
+                    self._released.lost = [p for p in self._released.lost if p is not pending]  # said by raising
+                    error = settled.error or RuntimeError("commit failed")
+                    if is_out_of_space(error):
+                        raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", error) from error
+                    raise error
+            self._intake_done = time.monotonic()
         return verdict
+
+    def _settle(self) -> Settled:
+        """Commit the open batch, fold what it committed, keep its receipts for ``released``. Under the lock."""
+        done, lost = self.store.commit_batch()
+        error = self.store.batch_error if lost else None
+        settled = Settled(lost=[p for p in lost if isinstance(p, Pending)], error=error)
+        open_round = self._open
+        for item in done:
+            if not isinstance(item, Pending):
+                continue
+            settled.receipts.append(item.receipt)
+            if item.fold is None:
+                continue
+            if open_round is None or open_round.number != item.round:  # cannot happen: every detach settles first
+                log.error("update %s committed after its round %d was detached: counted at the next restart",
+                          item.receipt[1].hex()[:12], item.round)  # fmt: skip
+                continue
+            open_round.aggregate.add(*item.fold)
+            settled.counted += 1
+        if settled.lost:
+            if settled.error is not None and is_out_of_space(settled.error):
+                self._note_full()
+            log.debug("a batch of %d message(s) was not committed: %s", len(settled.lost), settled.error)
+        if self.keep_receipts:
+            self._released += settled
+            if self.on_settled is not None and (settled.receipts or settled.lost):
+                self.on_settled()
+        return settled
+
+    def flush(self) -> Settled:
+        """Settle the open batch now (the service's commit timer) and hand over everything released so far."""
+        with self._lock:
+            self._settle()
+            out, self._released = self._released, Settled()
+            return out
+
+    def released(self) -> Settled:
+        """What settling released since the last call (the caller sends the receipts); safe from any thread."""
+        with self._lock:
+            out, self._released = self._released, Settled()
+            return out
 
     def report_failure(self, failure: wire.TaskFailure, device: str) -> str | None:
         """Record a device's failed task; None when taken (or taken before), else why it is refused."""
@@ -320,6 +430,8 @@ class Rounds:
                 self.policy.view = self.privacy.view()  # the ledger changes only at a close: cached till then
             with self._lock:
                 now = self.clock.now()
+                if self._open is not None and self.store.staged and now >= self._open.row.deadline:
+                    self._settle()  # a deadline judges the updates in hand: the staged ones too
                 plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
                 step = self._record(plan, now)
             if self.privacy is not None and plan.tasks and not self.privacy.central:
@@ -341,7 +453,8 @@ class Rounds:
 
     def _say_why_waiting(self, plan: Plan) -> None:
         """Too few eligible devices: said once it has lasted WAITING_GRACE_S, and again only when the reason
-        changes; a federation whose devices are still joining, one by one, is not stuck and is not warned of."""
+        changes, at most once per WAITING_GRACE_S; a federation whose devices are still joining, one by one, is
+        not stuck and is not warned of."""
         if plan.waiting is None:
             if plan.open is not None:
                 if self._waiting is not None:
@@ -351,9 +464,10 @@ class Rounds:
         now = self.clock.now()
         if self._waiting_since is None:
             self._waiting_since = now
-        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S:
+        said_lately = self._waiting is not None and now - self._waiting_said < WAITING_GRACE_S
+        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S and not said_lately:
             log.warning("%s", plan.waiting)
-            self._waiting = plan.waiting
+            self._waiting, self._waiting_said = plan.waiting, now
 
     def _record(self, plan: Plan, now: float) -> Step:
         """Make a plan durable before any of its tasks is sent. Called under the lock."""
@@ -391,6 +505,7 @@ class Rounds:
             if self._closing is None:
                 if self._open is None:
                     return Step()
+                self._settle()  # the round is closed with every update committed for it, and no other
                 self._closing, self._open = self._open, None
                 if self.mode == "async":
                     # Updates keep arriving while a version is made: the next buffer must already be open.
@@ -481,6 +596,7 @@ class Rounds:
 
     def _detach(self) -> OpenRound | None:
         with self._lock:
+            self._settle()
             open_round, self._open = self._open, None
             return open_round
 

@@ -1,8 +1,16 @@
 """Run a Mosquitto broker process on a loopback port: the tests' broker and the demo's zero-setup default.
 
 Sessions, queued QoS 1 messages and retained messages persist in the
-broker's own directory, saved on every change, so a broker killed with
-SIGKILL and restarted on the same port has lost nothing it acknowledged.
+broker's own directory. By default they are saved on every change, so a
+broker killed with SIGKILL and restarted on the same port has lost nothing
+it acknowledged: what the tests of broker crashes need. That costs a
+write of the broker's whole database per message (about 1,800 a round at
+1,000 devices), so a hub's broker saves every ``HUB_AUTOSAVE_S`` seconds
+and on a clean stop instead (``autosave_interval``; the demo's broker and
+the ``round_scale`` benchmark run that way, docs/operations.md): what a
+crash loses of the broker's state in between, tinyfed recovers end to end
+(devices resend unreceipted updates, the gateway republishes its model
+and state on reconnect and replaces a device whose task was lost).
 
 Given a :class:`TlsListener` (the files ``tinyfed provision init`` writes),
 the broker is the secured one a federation runs on: TLS only, a client
@@ -29,6 +37,7 @@ from pathlib import Path
 from ..errors import TinyfedError
 
 SEARCH = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+HUB_AUTOSAVE_S = 60  # a hub's broker saves its state this often (and on a clean stop), not on every change
 
 
 class BrokerError(OSError, TinyfedError):
@@ -103,7 +112,10 @@ class MosquittoProcess:
         workdir: str | Path | None = None,
         binary: str | None = None,
         tls: TlsListener | None = None,
+        autosave_interval: int | None = None,
     ) -> None:
+        """``autosave_interval``: None saves the broker's state on every change (survives SIGKILL exactly);
+        seconds save it that often and on a clean stop (a hub's setting, ``HUB_AUTOSAVE_S``)."""
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerError("mosquitto not found: apt-get install mosquitto (Debian) or set a broker URL")
@@ -129,9 +141,10 @@ class MosquittoProcess:
             + f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
-            "autosave_on_changes true\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 10000\n"
+            + ("autosave_on_changes true\nautosave_interval 1\n" if autosave_interval is None
+               else f"autosave_on_changes false\nautosave_interval {int(autosave_interval)}\n")
+            # Per client: the gateway's session queues every device's update of a round (10,000 devices: 10,000).
+            + "max_queued_messages 100000\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .broker import BrokerError, MosquittoProcess, find_mosquitto, free_port
+from .broker import HUB_AUTOSAVE_S, BrokerError, MosquittoProcess, find_mosquitto, free_port
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class EmbeddedBroker:
 def demo_broker(workdir: str | Path, prefer: str = "auto") -> Iterator[tuple[str, str]]:
     """A loopback broker for the demo: yields (URL, "mosquitto" or "amqtt"); ``prefer="amqtt"`` skips Mosquitto."""
     if prefer in ("auto", "mosquitto") and find_mosquitto() is not None:
-        with MosquittoProcess(workdir=Path(workdir) / "mosquitto") as mosquitto:
+        # A hub's setting: state saved every HUB_AUTOSAVE_S seconds, not on every change (broker.py).
+        with MosquittoProcess(workdir=Path(workdir) / "mosquitto", autosave_interval=HUB_AUTOSAVE_S) as mosquitto:
             yield mosquitto.url, "mosquitto"
         return
     if prefer == "mosquitto":
