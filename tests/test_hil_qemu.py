@@ -91,9 +91,10 @@ def test_a_power_cut_mid_transfer_keeps_what_reached_flash_and_the_model_survive
         with BoardDriver(again.path, BAUD, answer_timeout=10) as driver:
             assert driver.hello().model_version is None
             report = driver.send_model(model)
-            # Resumed from what the flash holds: at most what was acknowledged (a chunk is acknowledged on
-            # receipt, written after), and more than nothing.
-            assert 0 < report.resumed_from[0] <= acknowledged[-1]
+            # Resumed from what the flash holds: more than nothing, at most the whole model (nothing was
+            # committed: HELLO said no model). Not bounded by the acks seen at the cut: chunks in flight when
+            # the power went were received and written while QEMU was being stopped.
+            assert 0 < report.resumed_from[0] <= len(model)
             assert driver.status().model_version == hashlib.sha256(model).digest()
     finally:
         again.stop()
@@ -290,7 +291,7 @@ def test_qemu_boards_and_python_devices_train_together_through_the_bridge_and_th
     gateway.start()
     agents = start_agents(broker, tmp_path, digits, backend, 5)
     try:
-        assert gateway.finished.wait(WAIT * 6), f"the federation did not finish: {accuracy}"
+        assert gateway.finished.wait(WAIT * 12), f"the federation did not finish: {accuracy}"
         assert {m.board_version for m in bridge.members.values()} == {gateway.version}  # streamed every model
     finally:
         for agent in agents:
