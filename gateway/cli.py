@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from edge_runtime.config import ConfigError
 from edge_runtime.errors import ExitCode, TinyfedError
@@ -238,18 +238,22 @@ def status_json(config: GatewayConfig, args: argparse.Namespace) -> int:
     from .readonly import open_readonly
     from .report import snapshot
 
-    privacy = None
+    privacy: dict[str, Any] | None = None
     if config.privacy.on:
-        from .privacy.budget import PrivacyBudget
+        from .privacy.budget import budget_of
         from .store import GatewayStore
 
         store = GatewayStore(config.storage / "gateway.db")
         try:
-            spent = PrivacyBudget(config.privacy, store).spent()
+            budget = budget_of(config, store)
+            assert budget is not None
+            spent = budget.spent()
         finally:
             store.close()
         privacy = {"mode": spent.mode, "epsilon": spent.epsilon, "target": spent.target, "delta": spent.delta,
                    "rounds_left": spent.rounds_left}  # fmt: skip
+    elif config.secagg.on and config.secagg.noise_multiplier > 0:
+        privacy = {"mode": "distributed-dp", "budget": None, "noise_multiplier": config.secagg.noise_multiplier}
     connection = open_readonly(config.storage / "gateway.db")
     try:
         report = snapshot(connection, config.storage, rounds=args.last, privacy=privacy)
@@ -265,13 +269,29 @@ def privacy_lines(config: GatewayConfig, store: GatewayStore) -> list[str]:
     """The privacy mode and its budget: epsilon spent and left, and rounds left at the current settings."""
     p = config.privacy
     ledger = store.ledger()
+    if not p.on and config.secagg.on and config.secagg.noise_multiplier > 0:
+        return [f"privacy: distributed-dp (secure aggregation's noise, [secagg] noise_multiplier "
+                f"{config.secagg.noise_multiplier:g}) WITHOUT A BUDGET: {len(ledger)} rounds in the ledger, nothing "
+                'stops rounds ([privacy] mode = "distributed-dp" sets one)']  # fmt: skip
     if not p.on:
         return [f"privacy: off ({len(ledger)} earlier DP rounds in the ledger)"] if ledger else ["privacy: off"]
-    from .privacy.budget import PrivacyBudget
+    from .privacy.budget import budget_of
 
-    spent = PrivacyBudget(p, store).spent()
+    budget = budget_of(config, store)
+    assert budget is not None
+    spent = budget.spent()
     left = max(0.0, spent.target - spent.epsilon)
-    if spent.mode == "central-dp":
+    if spent.mode == "distributed-dp":
+        lines = [
+            f"privacy: distributed-dp (secure aggregation: each device's Skellam share, summed), "
+            f"({spent.target:g}, {spent.delta:g})-DP per device: epsilon {spent.epsilon:.4g} spent ({p.accountant}), "
+            f"{left:.4g} remaining, {spent.rounds_left} rounds left at noise multiplier "
+            f"{config.secagg.noise_multiplier:g} (the threshold's devices)",
+            f"  clip {config.secagg.clip:.4g} on the devices; {spent.rounds} rounds in the ledger",
+        ]
+        if spent.rounds_left == 0:
+            lines.append("  BUDGET SPENT: no training round opens (one more would exceed it)")
+    elif spent.mode == "central-dp":
         lines = [
             f"privacy: central-dp, ({spent.target:g}, {spent.delta:g})-DP per device: epsilon {spent.epsilon:.4g} "
             f"spent ({p.accountant}), {left:.4g} remaining, {spent.rounds_left} rounds left at sampling rate "

@@ -41,6 +41,7 @@ server_lr = 1.0
 
 [privacy]                  # docs/privacy.md; needs the privacy extra (dp-accounting) unless mode = "off"
 mode = "off"               # off | central-dp (noise on the aggregate, a trusted gateway) | local-dp (noise on devices)
+                           # | distributed-dp (this budget over [secagg] noise_multiplier, docs/secagg.md)
 epsilon = 8.0              # the budget: no round opens that would take the accountant past (epsilon, delta)
 delta = 1e-5               # keep it below 1 / the number of devices
 noise_multiplier = 1.0     # Gaussian noise stddev as a multiple of the clip
@@ -247,7 +248,7 @@ class RetentionSection:
                              f"{self.updates} and {self.vacuum_mb:g}")  # fmt: skip
 
 
-PRIVACY_MODES = ("off", "central-dp", "local-dp")
+PRIVACY_MODES = ("off", "central-dp", "local-dp", "distributed-dp")
 
 
 @dataclass
@@ -448,7 +449,13 @@ def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] 
         return setting(source, table_name, key, env)
 
     mode = f"{where('privacy', 'mode')} = {privacy.mode!r}"
-    if privacy.mode == "local-dp":
+    if privacy.mode == "distributed-dp":
+        # The budget of secure aggregation's distributed DP: the noise is [secagg]'s, the budget [privacy]'s.
+        if not config.secagg.on or config.secagg.noise_multiplier <= 0:
+            raise ConfigError(f"{mode} is the budget of secure aggregation's distributed DP: it needs "
+                              f"{where('secagg', 'mode')} = 'secagg' and {where('secagg', 'noise_multiplier')} "
+                              f"> 0 (now {config.secagg.mode!r} and {config.secagg.noise_multiplier:g})")  # fmt: skip
+    elif privacy.mode == "local-dp":
         if privacy.adaptive_clip:
             raise ConfigError(f"{where('privacy', 'adaptive_clip')}: adaptive clipping needs a trusted gateway to "
                               f"noise the devices' bits; not with {mode}")  # fmt: skip
@@ -503,9 +510,10 @@ def check_secagg(config: GatewayConfig, buffered: bool, env: Mapping[str, str] |
     if rounds.overprovision:
         clashes.append(f"{where('rounds', 'overprovision')} = {rounds.overprovision:g} (every device asked is in "
                        "the session; none replaces another)")  # fmt: skip
-    if config.privacy.on:
+    if config.privacy.on and config.privacy.mode != "distributed-dp":
         clashes.append(f"{where('privacy', 'mode')} = {config.privacy.mode!r} (the gateway sees no single update; "
-                       f"distributed DP is {where('secagg', 'noise_multiplier')})")  # fmt: skip
+                       f"distributed DP is {where('secagg', 'noise_multiplier')}, its budget [privacy] mode = "
+                       "'distributed-dp')")  # fmt: skip
     if rounds.clip_norm:
         clashes.append(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g} (the clip is "
                        f"{where('secagg', 'clip')}, applied on the devices)")  # fmt: skip

@@ -56,7 +56,7 @@ from .config import GatewayConfig
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
-from .privacy.budget import PrivacyBudget
+from .privacy.budget import budget_of
 from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .robustness.detector import Detector
@@ -111,14 +111,15 @@ class Gateway:
         self.publisher = Publisher(config, self.store, self.strategy)
         # Under DP the sample must be one nobody can predict (the accountant's amplification assumes it): drawn
         # from the OS's entropy, never from [rounds] seed.
-        privacy = PrivacyBudget(config.privacy, self.store) if config.privacy.on else None
+        privacy = budget_of(config, self.store)
         seed = secrets.randbits(128) if privacy is not None else rc.seed + self.store.last_round()
         policy = RoundPolicy(
             rc,
             Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram),
             TaskSettings.from_rounds(rc, prox_mu=float(getattr(self.strategy, "mu", 0.0))),
             np.random.default_rng(seed),
-            privacy=privacy.rules if privacy is not None else None,
+            # distributed-dp: the rounds are secure aggregation's; the budget only says when they stop.
+            privacy=privacy.rules if privacy is not None and not privacy.distributed else None,
         )
         latest = [r for r in self.store.rounds(5) if r.mode == "sync"]
         if rc.interval and latest:  # the schedule survives a restart: the next round is due where it was
@@ -135,6 +136,10 @@ class Gateway:
             from .secagg_round import SecureRounds
 
             self.secure = SecureRounds(config.secagg, self.sizes, rc.density)
+            if config.secagg.noise_multiplier > 0 and privacy is None:
+                log.warning("[secagg] noise_multiplier = %g without a budget: the ledger records each round's "
+                            "distributed-DP event and nothing stops rounds; [privacy] mode = \"distributed-dp\" "
+                            "with its epsilon and delta stops them (docs/secagg.md)", config.secagg.noise_multiplier)
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.
