@@ -87,7 +87,8 @@ class BoardMember(FederationMember):
         except ModuleNotFoundError:  # no cryptography: the board's secure tasks are reported failed
             log.warning("board %s: no cryptography; secure aggregation rounds cannot be joined", self.device_id)
         else:
-            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, settings.storage)
+            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, settings.storage,
+                                            settings.ack_timeout, settings.max_payload)
         self._supervisor = threading.Thread(target=self._supervise, name=f"board-{self.device_id}", daemon=True)
 
     # -- member hooks -------------------------------------------------------------------------------------
