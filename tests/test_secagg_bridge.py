@@ -140,3 +140,61 @@ def test_a_board_behind_the_bridge_and_python_devices_are_summed_exactly_and_not
     finally:
         again.stop()
         board.stop()
+
+
+def test_a_board_in_a_signed_federation_over_tls_answers_every_step_under_its_own_key(
+    tmp_path: Path, initial_model: Path, digits: DataSplit
+) -> None:
+    """Provisioned (TLS, ACL, signatures on): the bridge answers for its board on the board's own topics, signed
+    with the board's key from its bundle, and the gateway takes every answer (no refusal)."""
+    from edge_runtime.agent import DeviceAgent, LocalData
+    from edge_runtime.data.partition import device_share
+    from tests.trust import FEDERATION, Secured, fast, installed, provisioned
+
+    python, board_id = ["dev-a", "dev-b"], "mcu-a"
+    secured = Secured.start(provisioned(tmp_path / "pki", [*python, board_id]), tmp_path / "broker")
+    settings = secured.gateway_settings(tmp_path / "gw", initial_model, rounds=1, min_devices=3, deadline=90.0,
+                                        epochs=1, density=0.1)  # fmt: skip
+    settings["gateway"]["trainable_layers"] = 1  # type: ignore[index]
+    settings["secagg"] = SECAGG | {"step_deadline": 20.0}
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    assert gateway.trust.signed
+    results = record_results(gateway)
+    data = load_local_data(DataSection(source="digits", shard="0/3"))
+    board = EmulatedBoard(tmp_path / "board.flash", BoardSpec(baud=BAUD, board_id=board_id), data=data).start()
+    base = MemberSettings(device_id="", federation=FEDERATION, storage=tmp_path / "bridge",
+                          broker=fast(BrokerConfig(url=secured.broker.url, protocol="5")), resend_after=5.0,
+                          trust=MemberTrust.insecure())  # fmt: skip
+    bridge = Bridge([PortSpec(board.path, board_id)], base, baud=BAUD, heartbeat=0.5,
+                    bundles=installed(secured.layout, board_id).parent).start()  # fmt: skip
+    shares = [device_share(digits.train, f"{i}/3", "iid", seed=0) for i in (1, 2)]
+    agents = [DeviceAgent(secured.device_config(d), LocalData(digits.train.subset(own[:-40]),
+                                                              digits.train.subset(own[-40:])), default_backend())
+              for d, own in zip(python, shares, strict=True)]  # fmt: skip
+    inputs: dict[tuple[int, str], np.ndarray] = {}
+    try:
+        wait_for(lambda: board_id in bridge.members, WAIT, "the board to join through the bridge")
+        member = bridge.members[board_id]
+        assert member.trust.signed and member.secagg is not None
+        record_input(member.secagg, board_id, inputs)
+        gateway.start()
+        for agent in agents:
+            record_input(agent.secagg, agent.device_id, inputs)
+            agent.start()
+        assert gateway.finished.wait(WAIT * 4), "the signed secure federation with a board did not finish"
+        answered = [step for _, step in member.secagg.answered]
+    finally:
+        for agent in agents:
+            agent.stop(timeout=5)
+        gateway.stop()
+        bridge.stop()
+        board.stop()
+        secured.close()
+    out = results[0]
+    assert out.result is not None, out.failure
+    assert sorted(out.result.survivors) == sorted([*python, board_id])
+    got = np.concatenate([values for _, (_, values) in sorted(out.result.sum.items())])
+    expected = sum(inputs[(1, name)] for name in out.result.survivors)
+    assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
+    assert answered == ["advertise", "shares", "masked", "reveal"] and member.secagg.refused == []
+    assert GatewayStore(tmp_path / "gw" / "gateway.db").refusals() == []
