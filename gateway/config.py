@@ -297,8 +297,11 @@ class SecAggSection:
     clip: float = 1.0  # L2 bound of each device's input
     noise_multiplier: float = 0.0  # distributed DP: the sum's Skellam noise over the sensitivity (0: none)
     step_deadline: float = 20.0  # seconds for each exchange of keys, shares and unmasking
+    value_bound: float = 0.0  # > 0: each value bounded by value_bound x clip / sqrt(coordinates) (0: by the clip)
 
     def __post_init__(self) -> None:
+        if self.value_bound < 0:
+            raise ValueError(f"value_bound {self.value_bound:g} is negative (0: each value bounded by the clip)")
         if self.mode not in ("off", "secagg"):
             raise ValueError(f"mode {self.mode!r} is not off or secagg")
         if not 0 <= self.coordinates <= 1 or not 0 <= self.random_share <= 1 or not 0 < self.threshold <= 1:

@@ -102,7 +102,7 @@ class SecureRounds:
         n = len(devices)
         degree = min(n - 1, s.degree or 4 * math.ceil(math.log2(max(2, n))))
         threshold = threshold_for(holders_of(n, degree), s.threshold) if n > 1 else 1
-        field_plan = plan(n, count, s.clip, s.input_bits, s.noise_multiplier, threshold)
+        field_plan = plan(n, count, s.clip, s.input_bits, s.noise_multiplier, threshold, s.value_bound)
         with self._lock:
             self.session = ServerSession(sorted(devices), number, coordinates, field_plan, s.clip, degree, threshold,
                                          threshold, int(round_deadline))  # fmt: skip
