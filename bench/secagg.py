@@ -52,6 +52,10 @@ from tinyfed.simulation import score
 DENSITY = 0.1
 INPUT_BITS = 8
 CLIP = 1.0
+# The bounded arm ([secagg] value_bound): each value bounded by VALUE_BOUND x clip / sqrt(coordinates), which
+# makes a step at BOUNDED_BITS as fine as the clip's at 8 and fits more coordinates in the same bytes.
+BOUNDED_BITS = 4
+VALUE_BOUND = 2.0
 
 
 def degree_for(devices: int) -> int:
@@ -155,7 +159,9 @@ class Device:
         return trainer.delta_by_tensor()
 
 
-def federation(fed: Federation, arm: str, coordinate_count: int = 0) -> dict[str, Any]:
+def federation(
+    fed: Federation, arm: str, coordinate_count: int = 0, input_bits: int = INPUT_BITS, value_bound: float = 0.0
+) -> dict[str, Any]:
     """One run: ``arm`` is "plain" (top-k at DENSITY) or "secagg" (``coordinate_count`` announced coordinates)."""
     backend = default_backend()
     split = load_source(fed.data, seed=fed.seed)
@@ -189,10 +195,10 @@ def federation(fed: Federation, arm: str, coordinate_count: int = 0) -> dict[str
             mean = aggregate.round_input().mean
         else:
             coordinates = choose_coordinates(sizes, coordinate_count, rng.bytes(32), previous, 0.5)
-            fp = plan(fed.per_round, coordinate_count, CLIP, INPUT_BITS)
+            fp = plan(fed.per_round, coordinate_count, CLIP, input_bits, value_bound=value_bound)
             degree, threshold = session_shape(fed.per_round)
             setup = wire.SecAggSetup(bytes(16), r, 1, fed.per_round, degree, threshold, bytes(32), fp.bits, fp.step,
-                                     CLIP, 0.0, coordinates, 0)  # fmt: skip
+                                     CLIP, 0.0, coordinates, 0, fp.levels)  # fmt: skip
             inputs, pending = {}, {}
             for i in chosen:
                 inputs[f"d{i:05d}"], pending[i] = devices[i].sparse.prepare(deltas[i], setup)
@@ -217,13 +223,22 @@ def federation(fed: Federation, arm: str, coordinate_count: int = 0) -> dict[str
 def compare(fed: Federation) -> dict[str, Any]:
     """Plain top-k, then secure aggregation whose masked input is as large as the plain arm's mean update."""
     plain = federation(fed, "plain")
-    bits = plan(fed.per_round, 1, CLIP, INPUT_BITS).bits
     overhead = len(wire.encode(wire.SecAggMasked(bytes(16), 1, b""))) + 2
-    count = 1
-    while packed_size(count + 1, bits) + overhead <= plain["payload_bytes"]:
-        count += 1
+
+    def fitting(input_bits: int) -> tuple[int, int]:
+        """(coordinates, field bits): as many coordinates as make a masked input of the plain update's bytes."""
+        bits = plan(fed.per_round, 1, CLIP, input_bits).bits
+        count = 1
+        while packed_size(count + 1, bits) + overhead <= plain["payload_bytes"]:
+            count += 1
+        return count, bits
+
+    count, bits = fitting(INPUT_BITS)
     secagg = federation(fed, "secagg", count)
-    return {"plain": plain, "secagg": secagg, "coordinates": count, "field_bits": bits}
+    bounded_count, bounded_bits = fitting(BOUNDED_BITS)
+    bounded = federation(fed, "secagg", bounded_count, BOUNDED_BITS, VALUE_BOUND)
+    return {"plain": plain, "secagg": secagg, "coordinates": count, "field_bits": bits,
+            "bounded": bounded, "bounded_coordinates": bounded_count, "bounded_field_bits": bounded_bits}  # fmt: skip
 
 
 def main(full: bool = False) -> dict[str, float]:
@@ -254,6 +269,8 @@ def main(full: bool = False) -> dict[str, float]:
         details[fed.data] = result | {"federation": fed.__dict__}
         figures[f"{fed.data}_accuracy_secagg"] = result["secagg"]["final_accuracy"]
         figures[f"{fed.data}_accuracy_plain_topk"] = result["plain"]["final_accuracy"]
+        figures[f"{fed.data}_accuracy_secagg_bounded"] = result["bounded"]["final_accuracy"]
+        figures[f"{fed.data}_coordinates_secagg_bounded"] = float(result["bounded_coordinates"])
         figures[f"{fed.data}_secagg_payload_bytes"] = result["secagg"]["payload_bytes"]
         figures[f"{fed.data}_plain_payload_bytes"] = result["plain"]["payload_bytes"]
         ratio = result["secagg"]["uplink_bytes"] / result["plain"]["uplink_bytes"]

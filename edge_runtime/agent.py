@@ -107,7 +107,8 @@ class DeviceAgent(FederationMember):
         except ModuleNotFoundError:  # cryptography (the device extra): without it a secure task is reported failed
             log.warning("device %s: no cryptography; secure aggregation rounds cannot be joined", self.device_id)
         else:
-            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, config.storage)
+            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, config.storage,
+                                            self.settings.ack_timeout, self.settings.max_payload)
         self._layers_warned: bytes | None = None  # the model version a trainable_layers warning was given for
 
     def capabilities(self) -> wire.Capabilities:

@@ -349,7 +349,7 @@ class FederationMember(ABC):
                 if task.secure and self.secagg is None:
                     # Nothing of a secure round's task may leave in the clear: said to the gateway instead.
                     raise TaskFailed(wire.FailureReason.OTHER, "this member cannot take part in secure aggregation "
-                                     "(a board behind the bridge, or no cryptography installed)")  # fmt: skip
+                                     "(no cryptography installed)")  # fmt: skip
                 self.handle(task)
             except TaskAbandoned as why:
                 log.info("device %s: task for round %d set aside: %s", self.device_id, task.round, why)

@@ -22,6 +22,19 @@ board cannot run. Passing trouble is not reported: a damaged frame, a
 transfer to resume, a reset, silence (announced as its death). A report
 keeps a device out until its birth changes, and a board's birth changes
 only when the bridge restarts or the board's firmware does.
+
+Secure aggregation (docs/secagg.md): the bridge is on the board's side of
+the trust boundary, so it runs the device's side of each session for its
+boards. A secure task goes down the line asking for the whole delta
+(density 1, float32 values: the board's own top-k and int8 rounding would
+only lose what the session's coordinates may want), the board's update
+comes back over serial as any other, and the bridge turns it into the
+masked input at the announced coordinates. What is not sent stays in the
+board's error-feedback residual, kept by the bridge in
+``<storage>/<device id>/secagg_residual.npz`` (it survives a bridge
+restart). The session's keys are fresh per session and live in the
+bridge's memory: a bridge that restarts mid-session makes its boards the
+session's dropouts. Nothing of a secure task leaves the bridge in the clear.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from edge_runtime.model.errors import ModelError
 from edge_runtime.model.reader import read_graph
 from edge_runtime.model.schema import OPCODE_CODES
 from edge_runtime.trust import Bundle
+from edge_runtime.wire.values import ValueCoding
 
 from .driver import BoardDriver
 from .errors import BoardProblem, BoardRefused, BoardReset
@@ -68,6 +82,13 @@ class BoardMember(FederationMember):
         self._stopping = threading.Event()
         self._sync_wanted = threading.Event()
         super().__init__(settings)
+        try:
+            from edge_runtime.secagg.participant import SecAggParticipant
+        except ModuleNotFoundError:  # no cryptography: the board's secure tasks are reported failed
+            log.warning("board %s: no cryptography; secure aggregation rounds cannot be joined", self.device_id)
+        else:
+            self.secagg = SecAggParticipant(self.device_id, self.topics, self.link, self.trust, settings.storage,
+                                            settings.ack_timeout, settings.max_payload)
         self._supervisor = threading.Thread(target=self._supervise, name=f"board-{self.device_id}", daemon=True)
 
     # -- member hooks -------------------------------------------------------------------------------------
@@ -105,14 +126,17 @@ class BoardMember(FederationMember):
     def on_model_installed(self, manifest: wire.ModelManifest) -> None:
         self._sync_wanted.set()
 
-    def handle(self, task: wire.Task) -> wire.Update:
+    def handle(self, task: wire.Task) -> wire.Update | None:
         if not self.alive:
             raise TaskAbandoned("the board does not answer (announced dead)")
         _, manifest = self.model_for(task)
+        # A secure task asks the board for its whole delta: the bridge chooses what is sent (the session's
+        # coordinates) and keeps the rest in the board's secagg residual.
+        relayed = dataclasses.replace(task, density=1.0, value_coding=int(ValueCoding.FLOAT32)) if task.secure else task
         try:
             with self._line:
                 self._bring_board_to_current_model()
-                update, _raw = self.driver.train(task)
+                update, _raw = self.driver.train(relayed)
         except BoardRefused as exc:
             if exc.code not in BOARD_CODES:  # passing trouble on the line or with a transfer: not the board's lot
                 raise TaskAbandoned(f"board {self.device_id}: {exc}") from exc
@@ -123,6 +147,9 @@ class BoardMember(FederationMember):
             raise TaskAbandoned(f"board {self.device_id}: {exc}") from exc
         spec = manifest.spec()
         kept = [t for t in update.tensors if t.tensor in spec]
+        if task.secure:
+            self._secure_input(task, kept, spec)
+            return None
         update = wire.Update(
             update_id=update.update_id,
             device=self.device_id,  # the board names itself by chip id; on MQTT it is this member
@@ -136,6 +163,18 @@ class BoardMember(FederationMember):
         )
         self.store_update(update, task)
         return update
+
+    def _secure_input(self, task: wire.Task, tensors: list[wire.TensorUpdate], spec: dict[int, int]) -> None:
+        """The board's delta becomes its input to the round's session; nothing is stored or sent in the clear."""
+        deltas = {t.tensor: t.dense() for t in tensors}
+        missing = sorted(set(spec) - set(deltas))
+        if missing:
+            raise TaskFailed(FailureReason.OTHER, f"board {self.device_id} trains none of the tensors {missing[:8]} "
+                             "the manifest lists: it cannot give the session its input")  # fmt: skip
+        assert self.secagg is not None  # the member's worker reports a secure task failed without one
+        self.secagg.input_ready(task, deltas)
+        log.info("board %s: round %d trained; its input waits for the secure aggregation", self.device_id,
+                 task.round)  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> Self:

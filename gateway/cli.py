@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from edge_runtime.config import ConfigError
 from edge_runtime.errors import ExitCode, TinyfedError
@@ -196,19 +196,24 @@ def status(args: argparse.Namespace) -> int:
         print(f"  ... and {len(devices) - args.devices} more (--devices N shows more)")
     for line in privacy_lines(config, store):
         print(line)
+    for line in secagg_lines(config, store.get_meta("secagg_session"), time.time()):
+        print(line)
     from .robustness.operator import status_lines
 
     for line in status_lines(config, store, args.last):
         print(line)
-    print(f"{'round':>6} {'status':<7} {'mode':<5} {'privacy':<10} {'updates':>7} {'refused':>7} {'uplink B':>9} "
+    print(f"{'round':>6} {'status':<7} {'mode':<5} {'privacy':<14} {'updates':>7} {'refused':>7} {'uplink B':>9} "
           f"{'x dense':>8} {'fed. acc':>8}  model")  # fmt: skip
+    ledger_modes = {e.round: e.mode for e in store.ledger()}
     for row in store.rounds(args.last):
         counts = store.round_counts(row.round)
         metrics = store.metrics(row.round)
         ratio = counts["dense_bytes"] / counts["uplink_bytes"] if counts["uplink_bytes"] else float("nan")
         acc = metrics.get("eval_accuracy")
+        updates = counts["train"] + counts.get("secagg-masked", 0)  # a secure round's: its masked inputs
+        privacy = ledger_modes.get(row.round, row.privacy)  # distributed-dp: a secure round's, in the ledger
         print(
-            f"{row.round:>6} {row.status:<7} {row.mode:<5} {row.privacy:<10} {counts['train']:>7} "
+            f"{row.round:>6} {row.status:<7} {row.mode:<5} {privacy:<14} {updates:>7} "
             f"{counts['refused']:>7} {counts['uplink_bytes']:>9} {ratio:>8.0f} "
             f"{acc if acc is not None else float('nan'):>8.4f}  "
             f"{row.new_version.hex()[:12] if row.new_version else (row.note or '')}"
@@ -238,40 +243,86 @@ def status_json(config: GatewayConfig, args: argparse.Namespace) -> int:
     from .readonly import open_readonly
     from .report import snapshot
 
-    privacy = None
+    privacy: dict[str, Any] | None = None
     if config.privacy.on:
-        from .privacy.budget import PrivacyBudget
+        from .privacy.budget import budget_of
         from .store import GatewayStore
 
         store = GatewayStore(config.storage / "gateway.db")
         try:
-            spent = PrivacyBudget(config.privacy, store).spent()
+            budget = budget_of(config, store)
+            assert budget is not None
+            spent = budget.spent()
         finally:
             store.close()
         privacy = {"mode": spent.mode, "epsilon": spent.epsilon, "target": spent.target, "delta": spent.delta,
                    "rounds_left": spent.rounds_left}  # fmt: skip
+    elif config.secagg.on and config.secagg.noise_multiplier > 0:
+        privacy = {"mode": "distributed-dp", "budget": None, "noise_multiplier": config.secagg.noise_multiplier}
     connection = open_readonly(config.storage / "gateway.db")
     try:
         report = snapshot(connection, config.storage, rounds=args.last, privacy=privacy)
+        found = connection.execute("SELECT value FROM meta WHERE key = 'secagg_session'").fetchall()
     finally:
         connection.close()
+    if config.secagg.on:
+        report["secagg"] = {"mode": config.secagg.mode, "noise_multiplier": config.secagg.noise_multiplier,
+                            "session": (json.loads(found[0][0]) or None) if found else None}  # fmt: skip
     report["federation"] = config.gateway.federation
     report["devices"] = report["devices"][: args.devices]
     print(json.dumps(report, indent=2))
     return 0
 
 
+def secagg_lines(config: GatewayConfig, recorded: str | None, now: float) -> list[str]:
+    """Secure aggregation and its open session (the gateway writes it to the store at each change)."""
+    s = config.secagg
+    if not s.on:
+        return []
+    noise = f", distributed DP at noise multiplier {s.noise_multiplier:g}" if s.noise_multiplier > 0 else ""
+    lines = [f"secure aggregation: SecAgg+ over announced coordinates (clip {s.clip:g}, {s.input_bits} input bits"
+             f"{noise}; docs/secagg.md)"]  # fmt: skip
+    state = json.loads(recorded) if recorded else {}
+    if not state:
+        lines.append("  no session open")
+        return lines
+    left = state["step_deadline"] - now
+    lines.append(
+        f"  session of round {state['round']}: step {state['step']}, {state['answered']} of {state['asked']} "
+        f"answered ({'due in ' + _ago(left).removesuffix(' ago') if left > 0 else 'due now'}); "
+        f"{state['masked']} of {state['devices']} masked inputs in, a sum needs {state['min_survivors']} survivors "
+        f"and each secret {state['threshold']} shares; {state['coordinates']} coordinates"
+    )
+    return lines
+
+
 def privacy_lines(config: GatewayConfig, store: GatewayStore) -> list[str]:
     """The privacy mode and its budget: epsilon spent and left, and rounds left at the current settings."""
     p = config.privacy
     ledger = store.ledger()
+    if not p.on and config.secagg.on and config.secagg.noise_multiplier > 0:
+        return [f"privacy: distributed-dp (secure aggregation's noise, [secagg] noise_multiplier "
+                f"{config.secagg.noise_multiplier:g}) WITHOUT A BUDGET: {len(ledger)} rounds in the ledger, nothing "
+                'stops rounds ([privacy] mode = "distributed-dp" sets one)']  # fmt: skip
     if not p.on:
         return [f"privacy: off ({len(ledger)} earlier DP rounds in the ledger)"] if ledger else ["privacy: off"]
-    from .privacy.budget import PrivacyBudget
+    from .privacy.budget import budget_of
 
-    spent = PrivacyBudget(p, store).spent()
+    budget = budget_of(config, store)
+    assert budget is not None
+    spent = budget.spent()
     left = max(0.0, spent.target - spent.epsilon)
-    if spent.mode == "central-dp":
+    if spent.mode == "distributed-dp":
+        lines = [
+            f"privacy: distributed-dp (secure aggregation: each device's Skellam share, summed), "
+            f"({spent.target:g}, {spent.delta:g})-DP per device: epsilon {spent.epsilon:.4g} spent ({p.accountant}), "
+            f"{left:.4g} remaining, {spent.rounds_left} rounds left at noise multiplier "
+            f"{config.secagg.noise_multiplier:g} (the threshold's devices)",
+            f"  clip {config.secagg.clip:.4g} on the devices; {spent.rounds} rounds in the ledger",
+        ]
+        if spent.rounds_left == 0:
+            lines.append("  BUDGET SPENT: no training round opens (one more would exceed it)")
+    elif spent.mode == "central-dp":
         lines = [
             f"privacy: central-dp, ({spent.target:g}, {spent.delta:g})-DP per device: epsilon {spent.epsilon:.4g} "
             f"spent ({p.accountant}), {left:.4g} remaining, {spent.rounds_left} rounds left at sampling rate "

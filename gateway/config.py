@@ -44,6 +44,7 @@ server_lr = 1.0
 
 [privacy]                  # docs/privacy.md; needs the privacy extra (dp-accounting) unless mode = "off"
 mode = "off"               # off | central-dp (noise on the aggregate, a trusted gateway) | local-dp (noise on devices)
+                           # | distributed-dp (this budget over [secagg] noise_multiplier, docs/secagg.md)
 epsilon = 8.0              # the budget: no round opens that would take the accountant past (epsilon, delta)
 delta = 1e-5               # keep it below 1 / the number of devices
 noise_multiplier = 1.0     # Gaussian noise stddev as a multiple of the clip
@@ -257,7 +258,7 @@ class RetentionSection:
                              f"{self.updates} and {self.vacuum_mb:g}")  # fmt: skip
 
 
-PRIVACY_MODES = ("off", "central-dp", "local-dp")
+PRIVACY_MODES = ("off", "central-dp", "local-dp", "distributed-dp")
 
 
 @dataclass
@@ -306,8 +307,11 @@ class SecAggSection:
     clip: float = 1.0  # L2 bound of each device's input
     noise_multiplier: float = 0.0  # distributed DP: the sum's Skellam noise over the sensitivity (0: none)
     step_deadline: float = 20.0  # seconds for each exchange of keys, shares and unmasking
+    value_bound: float = 0.0  # > 0: each value bounded by value_bound x clip / sqrt(coordinates) (0: by the clip)
 
     def __post_init__(self) -> None:
+        if self.value_bound < 0:
+            raise ValueError(f"value_bound {self.value_bound:g} is negative (0: each value bounded by the clip)")
         if self.mode not in ("off", "secagg"):
             raise ValueError(f"mode {self.mode!r} is not off or secagg")
         if not 0 <= self.coordinates <= 1 or not 0 <= self.random_share <= 1 or not 0 < self.threshold <= 1:
@@ -458,7 +462,13 @@ def check_privacy(config: GatewayConfig, buffered: bool, env: Mapping[str, str] 
         return setting(source, table_name, key, env)
 
     mode = f"{where('privacy', 'mode')} = {privacy.mode!r}"
-    if privacy.mode == "local-dp":
+    if privacy.mode == "distributed-dp":
+        # The budget of secure aggregation's distributed DP: the noise is [secagg]'s, the budget [privacy]'s.
+        if not config.secagg.on or config.secagg.noise_multiplier <= 0:
+            raise ConfigError(f"{mode} is the budget of secure aggregation's distributed DP: it needs "
+                              f"{where('secagg', 'mode')} = 'secagg' and {where('secagg', 'noise_multiplier')} "
+                              f"> 0 (now {config.secagg.mode!r} and {config.secagg.noise_multiplier:g})")  # fmt: skip
+    elif privacy.mode == "local-dp":
         if privacy.adaptive_clip:
             raise ConfigError(f"{where('privacy', 'adaptive_clip')}: adaptive clipping needs a trusted gateway to "
                               f"noise the devices' bits; not with {mode}")  # fmt: skip
@@ -513,9 +523,10 @@ def check_secagg(config: GatewayConfig, buffered: bool, env: Mapping[str, str] |
     if rounds.overprovision:
         clashes.append(f"{where('rounds', 'overprovision')} = {rounds.overprovision:g} (every device asked is in "
                        "the session; none replaces another)")  # fmt: skip
-    if config.privacy.on:
+    if config.privacy.on and config.privacy.mode != "distributed-dp":
         clashes.append(f"{where('privacy', 'mode')} = {config.privacy.mode!r} (the gateway sees no single update; "
-                       f"distributed DP is {where('secagg', 'noise_multiplier')})")  # fmt: skip
+                       f"distributed DP is {where('secagg', 'noise_multiplier')}, its budget [privacy] mode = "
+                       "'distributed-dp')")  # fmt: skip
     if rounds.clip_norm:
         clashes.append(f"{where('rounds', 'clip_norm')} = {rounds.clip_norm:g} (the clip is "
                        f"{where('secagg', 'clip')}, applied on the devices)")  # fmt: skip

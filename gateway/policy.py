@@ -230,10 +230,12 @@ class RoundPolicy:
     def _progress(self, history: History, version: bytes) -> str | None:
         """None while rounds remain; 'evaluate' when the final model awaits evaluation; else 'finished'.
 
-        A central-DP budget with no room for another round ends training as the last configured round does.
+        A central- or distributed-DP budget with no room for another round ends training as the last configured
+        round does.
         Under local DP nothing is evaluated: the reports would leave the devices without noise."""
         limit = self.rules.rounds
-        spent = self.privacy is not None and self.privacy.central and self.view is not None and self.view.exhausted
+        # central-dp and distributed-dp (secure aggregation, whose rules are not the policy's) set ``exhausted``.
+        spent = self.view is not None and self.view.exhausted
         if not spent and (not limit or history.closed_training_rounds() < limit):
             return None
         if self.privacy is not None and not self.privacy.central:

@@ -71,6 +71,7 @@ def snapshot(
     tasked = dict(rows("SELECT round, COUNT(*) FROM selections WHERE round >= ? GROUP BY round",
                        (last[-1][0] if last else 0,)))  # fmt: skip
     sizes = dict(rows("SELECT version, size FROM models"))
+    ledger_modes = dict(rows("SELECT round, mode FROM privacy_ledger"))
     history = []
     for r, base, status, mode, started, deadline, closed, target, new_version, note in reversed(last):
         counts = dict.fromkeys(("train", "eval"), 0)
@@ -84,13 +85,16 @@ def snapshot(
         metrics = dict(rows("SELECT name, value FROM metrics WHERE round = ?", (r,)))
         history.append({
             "round": r, "status": status, "mode": mode, "started": started, "deadline": deadline, "closed": closed,
-            "seconds": (closed - started) if closed else None, "target": target, "updates": counts["train"],
-            "reports": counts["eval"], "refused": rows("SELECT COUNT(*) FROM refusals WHERE round = ?", (r,))[0][0],
+            "seconds": (closed - started) if closed else None, "target": target,
+            # A secure round's updates are its masked inputs (gateway/service.py counts each answer's bytes).
+            "updates": counts["train"] + counts.get("secagg-masked", 0), "reports": counts["eval"],
+            "refused": rows("SELECT COUNT(*) FROM refusals WHERE round = ?", (r,))[0][0],
             "uplink_bytes": uplink, "dense_bytes": dense,
             # Each tasked device fetches the round's base model once: an estimate, the broker's fan-out is not seen.
             "downlink_bytes_estimate": sizes.get(base, 0) * tasked.get(r, 0),
             "base_version": base, "new_version": new_version, "note": note,
             "accuracy": metrics.get("eval_accuracy"), "loss": metrics.get("eval_loss"),
+            "privacy": ledger_modes.get(r),  # the ledger's mode of a DP round (distributed-dp: secure aggregation)
         })  # fmt: skip
     open_rounds = [h for h in history if h["status"] == "open"]
     phase = "idle"

@@ -73,20 +73,27 @@ class FieldPlan:
     noise: float  # each device's Skellam mu, in steps
     sensitivity: float  # the L2 bound of one device's quantised input, in values (clip + rounding)
     noise_multiplier: float  # the sum's noise stddev over the sensitivity, with min_survivors devices
+    levels: int = 0  # the devices clamp |value / step| to this (0: no clamp; the clip bounds each value)
 
 
 def plan(
     devices: int, size: int, clip: float, input_bits: int = 8, noise_multiplier: float = 0.0,
-    min_survivors: int = 1,
+    min_survivors: int = 1, value_bound: float = 0.0,
 ) -> FieldPlan:  # fmt: skip
     """The field and noise of a session. A coordinate of a vector clipped to ``clip`` is at most ``clip``, so it
     quantises to at most 2^(input_bits-1) - 1 steps; the field holds ``devices`` of those plus the noise at 12
     standard deviations without wrapping. Each device adds Skellam noise of variance 2 mu so that the sum of
-    ``min_survivors`` shares has stddev ``noise_multiplier`` x the sensitivity (fewer survivors: no sum)."""
+    ``min_survivors`` shares has stddev ``noise_multiplier`` x the sensitivity (fewer survivors: no sum).
+
+    ``value_bound`` > 0: each value is bounded by ``value_bound x clip / sqrt(size)`` instead (at most the clip),
+    the devices clamp to it (``levels`` steps) and keep the rest in their residual. A clipped vector spread over
+    ``size`` coordinates has values near clip / sqrt(size), far below the clip, so the step is that much finer
+    at the same input bits, or as fine at fewer bits (and more coordinates in the same bytes)."""
     if clip <= 0:
         raise ValueError("secure aggregation needs a clip: the field's size is bounded by it")
     levels = (1 << (input_bits - 1)) - 1
-    step = clip / levels
+    bound_value = min(clip, value_bound * clip / math.sqrt(max(1, size))) if value_bound > 0 else clip
+    step = bound_value / levels
     sensitivity = clip + step * math.sqrt(size)  # stochastic rounding moves each value by less than a step
     sigma_steps = noise_multiplier * sensitivity / step
     mu = sigma_steps**2 / (2 * max(1, min_survivors)) if noise_multiplier > 0 else 0.0
@@ -94,7 +101,7 @@ def plan(
     bits = max(gf.MIN_BITS, math.ceil(math.log2(2 * bound + 3)) + 1)
     if bits > gf.MAX_BITS:
         raise ValueError(f"{devices} devices at {input_bits} input bits need a field of {bits} bits (at most 32)")
-    return FieldPlan(bits, step, mu, sensitivity, noise_multiplier)
+    return FieldPlan(bits, step, mu, sensitivity, noise_multiplier, levels if value_bound > 0 else 0)
 
 
 @dataclass
@@ -142,7 +149,8 @@ class ServerSession:
         fp = self.field_plan
         return {
             name: SecAggSetup(self.session, self.round, i, len(self.devices), self.degree, self.threshold,
-                              self.graph_seed, fp.bits, fp.step, self.clip, fp.noise, self.coordinates, self.deadline)
+                              self.graph_seed, fp.bits, fp.step, self.clip, fp.noise, self.coordinates, self.deadline,
+                              fp.levels)
             for name, i in self.index.items()
         }  # fmt: skip
 

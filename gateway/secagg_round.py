@@ -72,10 +72,26 @@ class SecureRounds:
         self.answered: set[str] = set()
         self.phase_deadline = 0.0
         self.round_deadline = 0.0
+        self.taken = (0, "")  # (round, step) of the last answer taken: paho's thread reads it right after
 
     @property
     def round(self) -> int | None:
         return self.session.round if self.session is not None else None
+
+    def state(self) -> dict[str, Any] | None:
+        """The open session as the operator sees it (``gateway status``): its step, who answered it, how many
+        masked inputs are in so far against the threshold and the fewest survivors a sum needs."""
+        with self._lock:
+            session = self.session
+            if session is None:
+                return None
+            return {
+                "round": session.round, "step": self.phase, "devices": len(session.devices),
+                "asked": len(self.expected), "answered": len(self.answered & self.expected),
+                "masked": len(session.masked), "threshold": session.threshold,
+                "min_survivors": session.min_survivors, "coordinates": session.size,
+                "step_deadline": self.phase_deadline,
+            }  # fmt: skip
 
     def open(self, number: int, devices: list[str], now: float, round_deadline: float) -> list[tuple[str, Any]]:
         """A session for round ``number`` over ``devices``: their setups."""
@@ -86,7 +102,7 @@ class SecureRounds:
         n = len(devices)
         degree = min(n - 1, s.degree or 4 * math.ceil(math.log2(max(2, n))))
         threshold = threshold_for(holders_of(n, degree), s.threshold) if n > 1 else 1
-        field_plan = plan(n, count, s.clip, s.input_bits, s.noise_multiplier, threshold)
+        field_plan = plan(n, count, s.clip, s.input_bits, s.noise_multiplier, threshold, s.value_bound)
         with self._lock:
             self.session = ServerSession(sorted(devices), number, coordinates, field_plan, s.clip, degree, threshold,
                                          threshold, int(round_deadline))  # fmt: skip
@@ -133,6 +149,7 @@ class SecureRounds:
             except ValueError as exc:
                 return str(exc)
             self.answered.add(device)
+            self.taken = (session.round, kind)
         return None
 
     def tick(self, now: float) -> Outgoing:

@@ -30,6 +30,8 @@ round at once, as a dead one is, so the round completes without it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -56,7 +58,7 @@ from .config import GatewayConfig
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
-from .privacy.budget import PrivacyBudget
+from .privacy.budget import budget_of
 from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .robustness.detector import Detector
@@ -66,6 +68,7 @@ from .store import GatewayStore
 from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
+SESSION_KEY = "secagg_session"  # meta: the open secure aggregation session, as gateway status shows it
 SECAGG_ANSWERS = (wire.SecAggAdvertise.TYPE, wire.SecAggShares.TYPE, wire.SecAggMasked.TYPE, wire.SecAggReveal.TYPE)
 __all__ = ["Gateway", "RoundSummary", "SecondGateway"]
 
@@ -113,14 +116,15 @@ class Gateway:
         self.publisher = Publisher(config, self.store, self.strategy)
         # Under DP the sample must be one nobody can predict (the accountant's amplification assumes it): drawn
         # from the OS's entropy, never from [rounds] seed.
-        privacy = PrivacyBudget(config.privacy, self.store) if config.privacy.on else None
+        privacy = budget_of(config, self.store)
         seed = secrets.randbits(128) if privacy is not None else rc.seed + self.store.last_round()
         policy = RoundPolicy(
             rc,
             Eligibility(min_samples=rc.min_samples, min_ram=rc.min_ram),
             TaskSettings.from_rounds(rc, prox_mu=float(getattr(self.strategy, "mu", 0.0))),
             np.random.default_rng(seed),
-            privacy=privacy.rules if privacy is not None else None,
+            # distributed-dp: the rounds are secure aggregation's; the budget only says when they stop.
+            privacy=privacy.rules if privacy is not None and not privacy.distributed else None,
         )
         latest = [r for r in self.store.rounds(5) if r.mode == "sync"]
         if rc.interval and latest:  # the schedule survives a restart: the next round is due where it was
@@ -145,6 +149,11 @@ class Gateway:
             from .secagg_round import SecureRounds
 
             self.secure = SecureRounds(config.secagg, self.sizes, rc.density)
+            self._session_state = ""  # the session state last written for gateway status
+            if config.secagg.noise_multiplier > 0 and privacy is None:
+                log.warning("[secagg] noise_multiplier = %g without a budget: the ledger records each round's "
+                            "distributed-DP event and nothing stops rounds; [privacy] mode = \"distributed-dp\" "
+                            "with its epsilon and delta stops them (docs/secagg.md)", config.secagg.noise_multiplier)
         self._space_warned = False  # an update that could not be stored is logged once per shortage
         self.unstored = 0  # messages not stored (and so not receipted) for want of space, since start
         # Our presence: who we are (host and storage) in the device field, our process id as its seq.
@@ -220,6 +229,9 @@ class Gateway:
     def start(self) -> Gateway:
         self._refuse_a_second_gateway()
         self.rounds.resume()  # before the first message can arrive: updates queued for us belong to this round
+        if self.secure is not None:
+            self._fail_interrupted_session()
+            self._record_session()  # the last process's session, if any, is over
         self.link.start()
         self.link.require_connected(self.config.gateway.connect_timeout)
         self.link.wait_ready(self.config.gateway.connect_timeout)
@@ -391,6 +403,7 @@ class Gateway:
         if self.secure is not None and wire.peek_type(payload) in SECAGG_ANSWERS:
             refused = self.secure.answer(device, payload)
             if refused is None:
+                self._count_secure_answer(device, whole)
                 self._wake.set()
             else:
                 self._refuse(None, device, f"secure aggregation: {refused}", len(whole))
@@ -586,6 +599,44 @@ class Gateway:
             self._wake.set()
 
     # -- secure aggregation (gateway/secagg_round.py) -------------------------------------------------------
+    def _count_secure_answer(self, device: str, whole: bytes) -> None:
+        """A secure round's uplink is its answers: each goes into the updates table as kind ``secagg`` (a masked
+        input as ``secagg-masked``; bytes only, no payload), so the round's bytes are counted like any round's; a
+        masked input's dense size is the trainable tensors' in float32, as for a plain update."""
+        round_, kind = self.secure.taken
+        dense = self.rounds.dense_bytes if kind == "masked" else 0
+        try:
+            self.store.accept(hashlib.sha256(whole).digest()[:16], round_, round_, device,
+                              "secagg-masked" if kind == "masked" else "secagg", 0, 0.0,
+                              self.publisher.version, len(whole), dense, b"")  # fmt: skip
+        except Exception as exc:  # bookkeeping: a full disk must not cost the session its answer
+            if not is_out_of_space(exc):
+                raise
+            log.warning("the bytes of a secure aggregation answer from %s are not counted: %s", device, exc)
+
+    def _record_session(self) -> None:
+        """The open session's state, for ``gateway status`` (another process, reading the store): written when
+        it changes; ``{}`` once no session is open."""
+        state = json.dumps(self.secure.state() or {}, sort_keys=True)
+        if state == self._session_state:
+            return
+        try:
+            self.store.set_meta(SESSION_KEY, state)
+        except Exception as exc:  # the operator's view only: a full disk must not stop the round thread
+            if not is_out_of_space(exc):
+                raise
+            return
+        self._session_state = state
+
+    def _fail_interrupted_session(self) -> None:
+        """A training round a stop left open had a secure session, whose secrets and answers were only in the
+        last process's memory: nothing can recover its sum, so it fails now (recorded, nothing published), not
+        at its deadline, and the next round opens a new session."""
+        open_round = self.rounds.open_round
+        if open_round is None or open_round.row.mode != "sync":
+            return
+        self.rounds.secure_fail(open_round.number, "the gateway restarted mid-session: a secure aggregation "
+                                "session lives in the gateway's memory, and its sum cannot be recovered")  # fmt: skip
     def _secure_tasks(self, step: Step) -> list[tuple[str, wire.Task]]:
         """A new training round's setups go out before its tasks, each task marked secure. Tasks planned later
         in a round (replacements for devices that died or failed) are not sent: no device joins a session late."""
@@ -633,6 +684,7 @@ class Gateway:
         self._send_tasks([(self.topics.task(d), seal(wire.encode(t)), deadline) for d, t in tasks])
         if self.secure is not None:
             self._secure_step(step)
+            self._record_session()
         if step.opened is not None:
             self._publish_state(1)
         if step.ended is not None:

@@ -139,7 +139,9 @@ def test_one_dropout_after_masking_is_survived_and_two_fail_the_round_with_nothi
         expected = sum(inputs[(1, name)] for name in names)
         assert np.array_equal(np.rint(got / STEP).astype(np.int64), expected)
         wait_for(lambda: any(r.round == 1 and r.status == "closed" for r in store.rounds()), WAIT, "round 1 closed")
-        version = gateway.version
+        version = next(r for r in store.rounds() if r.round == 1).new_version
+        # The row is written before the gateway adopts the version: wait for the adoption, not just the row.
+        wait_for(lambda: gateway.version == version, WAIT, "round 1's version adopted")
         silent_at_unmask(agents[1])
         wait_for(lambda: len(results) >= 2, WAIT * 3, "round 2's session to end")
         assert results[1].result is None and "self mask" in (results[1].failure or "")
@@ -184,7 +186,7 @@ def test_distributed_dp_noise_shares_are_summed_and_the_round_goes_into_the_ledg
 def test_a_member_that_cannot_take_part_reports_its_task_failed_and_the_others_sum_without_it(
     broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
 ) -> None:
-    """A member without secure aggregation (a board behind the bridge) sends nothing in the clear: it reports
+    """A member without secure aggregation (no cryptography installed) sends nothing in the clear: it reports
     its task failed; the session goes on without it (it never advertised), and closes on the others' sum."""
     gateway = secure_gateway(broker, tmp_path, initial_model, rounds=1)
     results = record_results(gateway)

@@ -45,7 +45,10 @@ class SparseInput:
             values = total[tensor]
             if indices.size and int(indices[-1]) >= values.size:
                 raise ValueError(f"coordinate {int(indices[-1])} is outside tensor {tensor} of {values.size}")
-            rounded = stochastic_round(values[indices] / setup.step, rng)
+            scaled = values[indices] / setup.step
+            if setup.levels:  # the session's bound on one value: what is above it stays in the residual
+                scaled = np.clip(scaled, -setup.levels, setup.levels)
+            rounded = stochastic_round(scaled, rng)
             values[indices] -= rounded * setup.step
             parts.append(rounded)
         sent = np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -94,6 +94,9 @@ class SecAggSetup:
     noise: float  # Skellam parameter mu of this device's noise share, in steps (0: none)
     coordinates: list[tuple[int, np.ndarray]]  # [(tensor index, sorted uint32 element indices)]
     deadline: int  # unix seconds: the session's last answer is due
+    # The most steps one value may take, |x / step| clamped to it before rounding (the rest stays in the
+    # device's residual): a step finer than clip / levels allows. 0: no clamp (the L2 clip bounds each value).
+    levels: int = 0
 
     TYPE = MSG_SECAGG_SETUP
 
@@ -111,6 +114,7 @@ class SecAggSetup:
         NOISE = 12
         COORDINATES = 13
         DEADLINE = 14
+        LEVELS = 15
 
     @property
     def size(self) -> int:
@@ -124,7 +128,7 @@ class SecAggSetup:
             K.STEP: f32(self.step), K.CLIP: f32(self.clip), K.NOISE: f32(self.noise),
             K.COORDINATES: [[t, np.asarray(c, "<u4").tobytes()] for t, c in self.coordinates],
             K.DEADLINE: self.deadline,
-        }  # fmt: skip
+        } | ({K.LEVELS: self.levels} if self.levels else {})  # fmt: skip
 
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> SecAggSetup:
@@ -173,6 +177,7 @@ class SecAggSetup:
             noise=r.number(K.NOISE, lo=0.0, hi=1e12),
             coordinates=coordinates,
             deadline=r.uint(K.DEADLINE, 2**40),
+            levels=r.uint(K.LEVELS, 2**31, default=0),
         )
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..aggregate import StreamingAggregate
-from ..config import PrivacySection
+from ..config import GatewayConfig, PrivacySection
 from ..policy import PrivacyRules, PrivacyView
 from ..store import GatewayStore, RoundRow
 from ..strategies.base import RoundInput
@@ -42,7 +42,14 @@ class Spent:
 
 
 class PrivacyBudget:
-    def __init__(self, settings: PrivacySection, store: GatewayStore) -> None:
+    """``distributed_noise``: under ``distributed-dp`` (secure aggregation, docs/secagg.md), ``[secagg]
+    noise_multiplier``, the least noise a round's sum can carry (a sum of more devices than the threshold
+    carries more); the next round is accounted at it, so the budget is never exceeded by a round that opens."""
+
+    def __init__(self, settings: PrivacySection, store: GatewayStore, distributed_noise: float = 0.0) -> None:
+        if settings.mode == "distributed-dp" and distributed_noise <= 0:
+            raise ValueError("a distributed-dp budget needs [secagg] noise_multiplier > 0")
+        self.distributed_noise = distributed_noise
         self.settings = settings
         self.store = store
         self.accountant = Accountant(settings.accountant, settings.delta)
@@ -67,8 +74,19 @@ class PrivacyBudget:
     def central(self) -> bool:
         return self.settings.mode == "central-dp"
 
+    @property
+    def distributed(self) -> bool:
+        """Secure aggregation's distributed DP: one federation-wide budget, like central DP, spent by the sums."""
+        return self.settings.mode == "distributed-dp"
+
+    @property
+    def federation_wide(self) -> bool:
+        return self.central or self.distributed
+
     def next_event(self) -> tuple[str, float, float]:
         s = self.settings
+        if self.distributed:
+            return ("distributed-dp", 1.0, self.distributed_noise)
         return (s.mode, s.sampling_rate if self.central else 1.0, s.noise_multiplier)
 
     # -- before a plan ----------------------------------------------------------------------------------
@@ -92,7 +110,7 @@ class PrivacyBudget:
         s = self.settings
         ledger = self.store.ledger()
         clip = ledger[-1].next_clip if ledger and self.central else s.clip
-        if self.central:
+        if self.federation_wide:
             spent = Counter(e.key for e in ledger)
             after = self.accountant.epsilon(spent + Counter({self.next_event(): 1}))
             return PrivacyView(clip, exhausted=after > s.epsilon)
@@ -111,7 +129,7 @@ class PrivacyBudget:
 
     def epsilon(self) -> float:
         """Spent so far: central, the federation's; local, the most exposed device's."""
-        if self.central:
+        if self.federation_wide:
             return self.accountant.ledger_epsilon(self.store.ledger())
         return max((self._local_epsilon(c) for c in self.store.local_participations().values()), default=0.0)
 
@@ -119,7 +137,7 @@ class PrivacyBudget:
         s = self.settings
         ledger = self.store.ledger()
         clip = ledger[-1].next_clip if ledger and self.central else s.clip
-        if self.central:
+        if self.federation_wide:
             spent = Counter(e.key for e in ledger)
             epsilon = self.accountant.epsilon(spent)
             left = rounds_left(self.accountant, spent, self.next_event(), s.epsilon)
@@ -152,3 +170,11 @@ class PrivacyBudget:
         entry = LedgerEntry(row.round, row.privacy, row.population, row.sampling_rate, row.clip, row.noise, z_update,
                             aggregate.count, next_clip)  # fmt: skip
         return RoundInput(mean, []), entry
+
+
+def budget_of(config: GatewayConfig, store: GatewayStore) -> PrivacyBudget | None:
+    """The federation's budget, or None with ``[privacy] mode = "off"`` (under ``distributed-dp``, at the noise
+    of ``[secagg] noise_multiplier``)."""
+    if not config.privacy.on:
+        return None
+    return PrivacyBudget(config.privacy, store, config.secagg.noise_multiplier if config.secagg.on else 0.0)

@@ -206,6 +206,12 @@ VALID: list[tuple[str, str, Any]] = [
                          [(7, np.array([3, 9, 40])), (8, np.array([0, 5]))], 1_700_002_000),
     ),
     (
+        "secagg-setup-levels",
+        "the same session with a bound per value: |value / step| clamped to 7 levels ([secagg] value_bound)",
+        wire.SecAggSetup(ID, 9, 2, 5, 4, 3, V0, 21, 0.0005, 1.0, 2.5,
+                         [(7, np.array([3, 9, 40])), (8, np.array([0, 5]))], 1_700_002_000, levels=7),
+    ),
+    (
         "secagg-advertise",
         "a device's two X25519 public keys for the session",
         wire.SecAggAdvertise(ID, 2, bytes(range(32)), bytes(range(32, 64))),
