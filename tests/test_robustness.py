@@ -378,7 +378,7 @@ def test_clipping_to_the_rounds_median_norm_scales_a_large_update_once(tmp_path:
     v = RNG.standard_normal(idx.size)
     for name, factor in (("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0), ("big", 3.0)):
         values = wire.CodedValues(wire.ValueCoding.FLOAT32, (factor * v).astype(np.float32), 1.0)
-        update = wire.Update(os.urandom(16), name, 1, 0, 10, [wire.TensorUpdate(0, SIZE, idx, values)])
+        update = wire.Update(os.urandom(16), name, 1, bytes(32), 10, [wire.TensorUpdate(0, SIZE, idx, values)])
         aggregate.add(wire.decode(wire.encode(update), expect=wire.Update, spec={0: SIZE}))
     verdict = detector.judge(1, aggregate)
     assert verdict.clipped == {"big": pytest.approx(1 / 3)} and not verdict.excluded
