@@ -48,7 +48,9 @@ ATTACKS = ("sign_flip", "scale", "noise", "label_flip", "backdoor")
 TARGET = 0  # the backdoor's class
 TRIGGER_SHARE = 0.05  # of the features the trigger sets
 NORM_BOUND = {"digits": 5.0, "har": 5.0}  # 5x the first round's median honest norm (about 1), 2x the last's
-DETECT: dict[str, Any] = {"detect": True, "reliability_weights": True}
+# the per-round scores, each device's history against the federation's (on by default), reliability weights,
+# and every counted update clipped to the round's median norm
+DETECT: dict[str, Any] = {"detect": True, "reliability_weights": True, "clip_to_median": 1.0}
 STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fedavg": ({"name": "fedavg"}, {}),
     "fedavgm": ({"name": "fedavgm", "momentum": 0.5}, {}),
@@ -202,34 +204,61 @@ def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, Population
         for strategy in strategies:
             jobs.append((name, spec, strategy, "none", 0.0))
             jobs += [(name, spec, strategy, attack, share) for share in shares for attack in ATTACKS]
-    return jobs
+    if not (full or every_strategy):
+        return jobs
+    # The suite's own runs first (byzantine.json is written from them as soon as they are done), then the
+    # configurations the goal is about: a long grid stopped early still has them (partial results are written
+    # after every run).
+    suite = {(j[0], j[2], j[3], j[4]) for j in grid(False)}
+    first = ("detector", "fedavg", "detector_val", "multikrum", "fedavgm", "trimmed", "median", "krum")
+    return sorted(jobs, key=lambda j: ((j[0], j[2], j[3], j[4]) not in suite, first.index(j[2]), j[4] not in (0, 0.2)))
 
 
 def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> dict[str, float]:
+    """Run the grid; ``--full`` and ``--every-strategy`` write byzantine-full / byzantine-every-strategy (not the
+    suite's byzantine.json), each run's result as it comes (``complete`` false until the last)."""
     from multiprocessing import get_context
 
     logging.basicConfig(level=logging.ERROR)
+    name = "byzantine-full" if full else "byzantine-every-strategy" if every_strategy else "byzantine"
     jobs = grid(full, every_strategy)
+    suite = {(j[0], j[2], j[3], j[4]) for j in grid(False)} if name != "byzantine" else set()
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with get_context("spawn").Pool(workers) as pool:
-        for name, strategy, attack, share, out in pool.imap_unordered(_job, jobs):
-            runs.append({"data": name, "strategy": strategy, "attack": attack, "share": share, **out})
+        for data, strategy, attack, share, out in pool.imap_unordered(_job, jobs):
+            runs.append({"data": data, "strategy": strategy, "attack": attack, "share": share, **out})
+            if suite:
+                suite.discard((data, strategy, attack, share))
+                if not suite:  # the suite's grid is done: its byzantine.json, as `tinyfed bench byzantine` writes
+                    mine = [r for r in runs if (r["data"], r["strategy"], r["attack"], r["share"]) in
+                            {(j[0], j[2], j[3], j[4]) for j in grid(False)}]  # fmt: skip
+                    save("byzantine", mine, len(mine), time.perf_counter() - started,
+                         plot(mine, results_dir() / "byzantine.png"))  # fmt: skip
             extra = "".join(f", {k} {out[k]:.3f}" for k in ("backdoor", "tpr", "fpr") if k in out)
-            print(f"  {name:<6} {strategy:<9} {attack:<10} {share:>4.0%}: accuracy {out['accuracy']:.4f}{extra}"
+            print(f"  {data:<6} {strategy:<9} {attack:<10} {share:>4.0%}: accuracy {out['accuracy']:.4f}{extra}"
                   f" ({out['seconds']:.0f} s)", flush=True)  # fmt: skip
-    figures = summarise(runs)
-    figures["seconds"] = time.perf_counter() - started
-    picture = plot(runs, results_dir() / "byzantine.png")
-    specs = {"digits": vars(DIGITS), "har": vars(HAR)}
-    path = write_result("byzantine", figures, {"runs": runs, "specs": {k: {**v, "canaries": None} for k, v in
-                                                                          specs.items()},
-                                               "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
-                                               "plot": picture.name if picture else None})  # fmt: skip
-    print_table("byzantine", figures)
+            if len(runs) < len(jobs):
+                save(name, runs, len(jobs), time.perf_counter() - started, None)
+    picture = plot(runs, results_dir() / f"{name}.png")
+    figures, path = save(name, runs, len(jobs), time.perf_counter() - started, picture)
+    print_table(name, figures)
     print(table(runs))
     print(f"wrote {path}" + (f" and {picture}" if picture else ""))
     return figures
+
+
+def save(name: str, runs: list[dict[str, Any]], jobs: int, seconds: float, picture: Path | None
+         ) -> tuple[dict[str, float], Path]:  # fmt: skip
+    figures = summarise(runs)
+    figures["seconds"] = seconds
+    figures["runs"] = float(len(runs))
+    specs = {"digits": vars(DIGITS), "har": vars(HAR)}
+    path = write_result(name, figures, {"runs": runs, "jobs": jobs, "complete": len(runs) == jobs,
+                                        "specs": {k: {**v, "canaries": None} for k, v in specs.items()},
+                                        "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
+                                        "plot": picture.name if picture else None})  # fmt: skip
+    return figures, path
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -244,23 +273,28 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
         clean = {r["strategy"]: r["accuracy"] for r in runs if r["data"] == data and r["attack"] == "none"}
         if "fedavg" in clean:
             figures[f"{data}_clean_accuracy"] = clean["fedavg"]
-        worst: dict[str, float] = {}  # per strategy, its lowest accuracy over the attacks at 20%
-        for r in runs:
-            if r["data"] == data and abs(r["share"] - 0.2) < 1e-9:
-                worst[r["strategy"]] = min(worst.get(r["strategy"], 1.0), r["accuracy"])
-        if worst:
-            best = max(worst, key=lambda s: worst[s])
-            figures[f"{data}_best_20_worst_accuracy"] = worst[best]
-            figures[f"{data}_best_20_is_{best}"] = 1.0
-            # within 2 points of the attack-free accuracy: of the same configuration, and of plain FedAvg
-            figures[f"{data}_best_20_drop_points"] = 100 * (clean.get(best, math.nan) - worst[best])
-            figures[f"{data}_best_20_drop_vs_fedavg_points"] = 100 * (clean.get("fedavg", math.nan) - worst[best])
-        for strategy in ("detector", "detector_val"):
-            detector = [r for r in runs if r["data"] == data and r["strategy"] == strategy and r["attack"] != "none"
-                        and abs(r["share"] - 0.2) < 1e-9]  # fmt: skip
-            if detector:
-                figures[f"{data}_{strategy}_20_min_tpr"] = min(r.get("tpr", 0.0) for r in detector)
-                figures[f"{data}_{strategy}_20_max_fpr"] = max(r.get("fpr", 0.0) for r in detector)
+        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+            pct = round(100 * share)
+            worst: dict[str, float] = {}  # per strategy, its lowest accuracy over the attacks at this share
+            for r in runs:
+                if r["data"] == data and abs(r["share"] - share) < 1e-9:
+                    worst[r["strategy"]] = min(worst.get(r["strategy"], 1.0), r["accuracy"])
+            if worst:
+                best = max(worst, key=lambda s: worst[s])
+                figures[f"{data}_best_{pct}_worst_accuracy"] = worst[best]
+                figures[f"{data}_best_{pct}_is_{best}"] = 1.0
+                # within 2 points of the attack-free accuracy: of the same configuration, and of plain FedAvg
+                figures[f"{data}_best_{pct}_drop_points"] = 100 * (clean.get(best, math.nan) - worst[best])
+                fedavg = clean.get("fedavg", math.nan)
+                figures[f"{data}_best_{pct}_drop_vs_fedavg_points"] = 100 * (fedavg - worst[best])
+            for strategy in ("detector", "detector_val"):
+                detector = [r for r in runs if r["data"] == data and r["strategy"] == strategy
+                            and r["attack"] != "none" and abs(r["share"] - share) < 1e-9]  # fmt: skip
+                if detector:
+                    figures[f"{data}_{strategy}_{pct}_min_tpr"] = min(r.get("tpr", 0.0) for r in detector)
+                    figures[f"{data}_{strategy}_{pct}_max_fpr"] = max(r.get("fpr", 0.0) for r in detector)
+                    figures[f"{data}_{strategy}_{pct}_drop_points"] = 100 * (
+                        clean.get(strategy, math.nan) - min(r["accuracy"] for r in detector))
     return figures
 
 
@@ -303,24 +337,28 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
         print(f"plot skipped: matplotlib is not installed (pip install 'tinyfed[bench]'); {path} not drawn")
         return None
     datasets = sorted({r["data"] for r in runs})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), dpi=110, squeeze=False)
-    for ax, data in zip(axes[0], datasets, strict=True):
-        strategies = [s for s in STRATEGIES if any(r["strategy"] == s and r["data"] == data for r in runs)]
-        attacks = ("none", *ATTACKS)
-        width = 0.8 / len(strategies)
-        for i, strategy in enumerate(strategies):
-            ys = []
-            for attack in attacks:
-                found = [r["accuracy"] for r in runs if r["data"] == data and r["strategy"] == strategy
-                         and r["attack"] == attack and (attack == "none" or abs(r["share"] - 0.2) < 1e-9)]  # fmt: skip
-                ys.append(found[0] if found else 0.0)
-            ax.bar(np.arange(len(attacks)) + i * width, ys, width, label=strategy)
-        ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks, rotation=20)
-        ax.set_ylabel("final int8 test accuracy")
-        ax.set_title(f"{data}: 20% attackers")
-        ax.set_ylim(0, 1)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+    shares = sorted({r["share"] for r in runs if r["share"] > 0}) or [0.2]
+    fig, axes = plt.subplots(len(shares), len(datasets), figsize=(7 * len(datasets), 4.5 * len(shares)), dpi=110,
+                             squeeze=False)  # fmt: skip
+    for row, share in zip(axes, shares, strict=True):
+        for ax, data in zip(row, datasets, strict=True):
+            strategies = [s for s in STRATEGIES if any(r["strategy"] == s and r["data"] == data for r in runs)]
+            attacks = ("none", *ATTACKS)
+            width = 0.8 / max(1, len(strategies))
+            for i, strategy in enumerate(strategies):
+                ys = []
+                for attack in attacks:
+                    found = [r["accuracy"] for r in runs if r["data"] == data and r["strategy"] == strategy and
+                             r["attack"] == attack and (attack == "none" or abs(r["share"] - share) < 1e-9)
+                             ]  # fmt: skip
+                    ys.append(found[0] if found else 0.0)
+                ax.bar(np.arange(len(attacks)) + i * width, ys, width, label=strategy)
+            ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks, rotation=20)
+            ax.set_ylabel("final int8 test accuracy")
+            ax.set_title(f"{data}: {share:.0%} attackers")
+            ax.set_ylim(0, 1)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

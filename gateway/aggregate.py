@@ -54,6 +54,7 @@ class StreamingAggregate:
         self.clip_norm = clip_norm
         self.updates: list[ClientDelta] = []
         self.excluded: set[str] = set()  # devices whose updates were taken out again (exclude)
+        self.rescaled: set[str] = set()  # devices whose kept updates were scaled down (rescale)
         self.activation_reports: dict[int | str, list[tuple[float, float]]] = {}  # per tensor, one per device
         self.metric_sums: dict[str, float] = {}
         self.metric_weight: dict[str, float] = {}
@@ -112,6 +113,18 @@ class StreamingAggregate:
             for s in self.sums.values():
                 s[:] = 0.0
         return out
+
+    def rescale(self, factors: Mapping[str, float]) -> None:
+        """Scale the kept updates of some devices by a factor in (0, 1] in the sums (the anomaly detector's clipping
+        to the round's median norm); each one once, however often this is called. O(their nnz)."""
+        for u in self.updates:
+            f = factors.get(u.device)
+            if f is None or u.device in self.rescaled:
+                continue
+            for t, (idx, values) in u.entries.items():
+                self.sums[t][idx] -= (1.0 - f) * u.weight * values
+                u.entries[t] = (idx, f * values)
+            self.rescaled.add(u.device)
 
     def round_input(self) -> RoundInput:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}

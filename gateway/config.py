@@ -67,6 +67,12 @@ decay = 0.7                # reliability <- decay x reliability + (1 - decay) x 
 quarantine_below = 0.4     # quarantine a device whose reliability falls below this (0 = never)
 min_updates = 5            # rounds with fewer updates are not scored
 validation = ""            # optional .npz (arrays x, y) on the hub: flag updates that raise its loss
+clip_to_median = 0.0       # > 0: counted updates above this x the round's median norm are scaled down to it
+history = true             # flag devices whose updates across rounds point away from the federation's
+history_decay = 0.8        # a device's history: decay x history + its update's unit direction, each round
+history_min_cosine = 0.0   # flagged below this cosine with the federation's history (and threshold robust sd)
+min_history = 3            # rounds of history before a device's is judged
+history_dim = 4096         # floats kept per device (a count sketch; exact for smaller models)
 
 [broker]
 url = "mqtt://127.0.0.1:1883"

@@ -288,3 +288,105 @@ def test_the_validation_loss_change_flags_an_update_that_hurts_the_hubs_set(
     settings["robustness"]["validation"] = str(tmp_path / "val.npz")  # type: ignore[index]
     with pytest.raises(ConfigError, match="trainable_layers = 0"):
         from_config(GatewayConfig.from_mapping(settings, env={}), model)
+
+
+def test_the_history_sketch_keeps_cosines_and_a_small_model_exactly() -> None:
+    from gateway.robustness.history import History
+
+    small = History({0: 300, 1: 10}, dim=4096)
+    assert small.exact and small.dim == 310
+    a = ClientDelta("a", 1, {0: (np.array([1, 5, 9]), np.array([3.0, 0.0, 4.0])), 1: (np.array([2]), np.array([0.0]))})
+    np.testing.assert_allclose(small.sketch(a)[[1, 5, 9]], [0.6, 0.0, 0.8])  # unit norm, at its coordinates
+    big = History({0: 200_000}, dim=4096)
+    assert not big.exact and big.dim == 4096
+    for _ in range(5):  # two sparse updates sharing half their coordinates: the sketch's cosine is the true one's
+        idx = np.sort(RNG.choice(200_000, 400, replace=False))
+        x, y = RNG.standard_normal(400), RNG.standard_normal(400)
+        y[:200] = x[:200] + 0.3 * RNG.standard_normal(200)
+        u, v = ClientDelta("u", 1, {0: (idx, x)}), ClientDelta("v", 1, {0: (idx, y)})
+        true = float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+        assert float(big.sketch(u) @ big.sketch(v)) == pytest.approx(true, abs=0.1)
+
+
+def drifting_round(
+    rng: np.random.Generator, direction: np.ndarray, biases: dict[str, np.ndarray], away: set[str]
+) -> list[ClientDelta]:
+    """One round: every device its own persistent bias (non-IID) and noise, plus the shared direction, except a
+    device in ``away``, which goes its own way only: one round's update alone barely tells them apart."""
+    out = []
+    for name, bias in biases.items():
+        pull = 0.0 if name in away else 1.0
+        noisy = pull * direction + bias + 0.8 * rng.standard_normal(SIZE)
+        idx = np.sort(np.argsort(-np.abs(noisy))[:40])
+        out.append(ClientDelta(name, 10, {0: (idx, noisy[idx])}))
+    return out
+
+
+def test_the_history_flags_devices_that_keep_pointing_away_and_spares_honest_non_iid_ones() -> None:
+    from gateway.robustness.history import History
+
+    rng = np.random.default_rng(18)
+    direction = rng.standard_normal(SIZE)
+    biases = {f"h{i}": 1.2 * rng.standard_normal(SIZE) for i in range(16)} | {
+        f"x{i}": 1.2 * rng.standard_normal(SIZE) for i in range(4)}  # fmt: skip
+    away = {"x0", "x1", "x2", "x3"}
+    history = History({0: SIZE}, dim=256, decay=0.8)  # dim < SIZE: the sketch, not the exact vectors
+    missed = 0  # attackers' updates the per-round scores let through
+    for round_ in range(1, 9):
+        updates = drifting_round(rng, direction, biases, away)
+        missed += len(away - {s.device for s in score_round(updates, {0: SIZE}) if s.flagged})
+        assert history.add_round(round_, updates, {u.device for u in updates} - away)
+        scores = {h.device: h for h in history.score([u.device for u in updates], 3.0, 0.25, 3)}
+        if round_ < 3:  # min_history: nobody judged on one or two rounds
+            assert not any(h.flagged for h in scores.values())
+    assert missed >= 8, missed  # the per-round scores alone let a quarter of their updates through, or more
+    assert {d for d, h in scores.items() if h.flagged} == away
+    assert all("point away from the federation's" in scores[d].reason for d in away)
+    assert all(scores[d].cosine > scores[x].cosine for d in biases if d not in away for x in away)
+    assert not history.add_round(8, updates, set())  # a re-judged round is not folded in twice
+    history.forget("x0")  # released by the operator: a new history, not judged until min_history rounds again
+    assert "x0" not in {h.device for h in history.score(["x0"], 3.0, 0.0, 3) if h.flagged}
+
+
+def test_history_flags_quarantine_and_are_recorded_with_their_reason(tmp_path: Path, model: bytes) -> None:
+    """Through the real rounds and store: the per-round cosine turned off (min_cosine -1), so only the history
+    can catch the sign flippers, from its third round on."""
+    rounds = make_rounds(tmp_path, model, min_cosine=-1.0)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    direction = RNG.standard_normal(numel)
+    for expected in range(1, 6):
+        chosen, number = one_round(rounds, direction)
+        judged = {c.device: c for _, c in rounds.store.contributions(number)}
+        for device in chosen & set(EVIL):
+            assert judged[device].flagged == (number >= 3), (number, judged[device])
+            assert ("point away from the federation's" in judged[device].reason) == (number >= 3)
+            assert "cosine with the round's coordinate median" not in judged[device].reason
+        assert not any(judged[d].flagged for d in chosen - set(EVIL)) and number == expected
+    assert set(rounds.store.quarantined()) == set(EVIL)
+    assert all(r.score == 1.0 for r in rounds.store.reliabilities() if r.device not in EVIL)
+
+
+def test_clipping_to_the_rounds_median_norm_scales_a_large_update_once(tmp_path: Path) -> None:
+    from gateway.aggregate import StreamingAggregate
+    from gateway.robustness.settings import RobustnessSection
+
+    store = GatewayStore(tmp_path / "gateway.db")
+    settings = RobustnessSection(detect=True, clip_to_median=1.0, norm_ratio=10.0, history=False)
+    detector = Detector(settings, store)
+    aggregate = StreamingAggregate({0: SIZE}, keep_updates=True)
+    idx = np.arange(0, SIZE, 10)
+    v = RNG.standard_normal(idx.size)
+    for name, factor in (("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0), ("big", 3.0)):
+        values = wire.CodedValues(wire.ValueCoding.FLOAT32, (factor * v).astype(np.float32), 1.0)
+        update = wire.Update(os.urandom(16), name, 1, bytes(32), 10, [wire.TensorUpdate(0, SIZE, idx, values)])
+        aggregate.add(wire.decode(wire.encode(update), expect=wire.Update, spec={0: SIZE}))
+    verdict = detector.judge(1, aggregate)
+    assert verdict.clipped == {"big": pytest.approx(1 / 3)} and not verdict.excluded
+    row = {c.device: c for c in verdict.contributions}["big"]
+    assert "clipped to" in row.reason and row.counted and not row.flagged
+    detector.judge(1, aggregate)  # a retried close: not clipped twice
+    np.testing.assert_allclose(aggregate.round_input().mean[0][idx], v.astype(np.float32), rtol=1e-5)
+    assert RobustnessSection(detect=True, clip_to_median=0.0).clip_to_median == 0.0
+    with pytest.raises(ValueError, match="clip_to_median"):
+        RobustnessSection(detect=True, clip_to_median=0.5)
+    store.close()

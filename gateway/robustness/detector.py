@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from ..aggregate import StreamingAggregate
 from ..store import Contribution, GatewayStore
 from ..strategies.base import Weights
+from .history import History
 from .reliability import Reliability, observe, released
-from .scores import score_round
+from .scores import Score, score_round
 from .settings import RobustnessSection
 from .validation import ValidationLoss
 
@@ -33,6 +36,7 @@ class Judgement:
     contributions: list[Contribution] = field(default_factory=list)
     reliabilities: list[Reliability] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
+    clipped: dict[str, float] = field(default_factory=dict)  # device -> the factor its counted update was scaled by
 
 
 class Detector:
@@ -45,6 +49,7 @@ class Detector:
         self._lock = threading.Lock()
         self._reliability: dict[str, Reliability] = {r.device: r for r in store.reliabilities()}
         self._verdicts: dict[int, Judgement] = {}
+        self.history: History | None = None  # each device's directions across rounds (history.py); memory only
 
     # -- intake (paho's thread) -------------------------------------------------------------------------------
     def weight(self, device: str) -> float:
@@ -63,6 +68,8 @@ class Detector:
             for device, r in list(self._reliability.items()):
                 if r.quarantined and device not in current:  # released by `tinyfed gateway release`
                     self._reliability[device] = next((x for x in self.store.reliabilities() if x.device == device), r)
+                    if self.history is not None:
+                        self.history.forget(device)
         return current
 
     def judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None = None) -> Judgement:
@@ -72,6 +79,7 @@ class Detector:
             verdict = self._judge(round_, aggregate, base)
             self._verdicts[round_] = verdict
         aggregate.exclude(verdict.excluded)
+        aggregate.rescale(verdict.clipped)
         return verdict
 
     def _judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None) -> Judgement:
@@ -83,13 +91,20 @@ class Detector:
         if len(updates) >= s.min_updates:
             losses = self.validation.changes(base(), updates) if self.validation and base else None
             scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio, losses)
+            if s.history:
+                scores = self._with_history(round_, aggregate, scores, quarantined)
         by_device = {sc.device: sc for sc in scores}
         with self._lock:
             known = dict(self._reliability)
+        limit = s.clip_to_median * float(np.median([sc.norm for sc in scores])) if scores and s.clip_to_median else 0.0
         for u in updates:
             sc = by_device.get(u.device)
             out = u.device in quarantined or (sc is not None and sc.flagged and s.exclude_flagged)
             reason = sc.reason if sc is not None else ""
+            if sc is not None and not out and limit > 0 and sc.norm > limit:
+                verdict.clipped[u.device] = limit / sc.norm
+                clip = f"clipped to {limit:.3g} ({s.clip_to_median:g}x the round's median norm; it was {sc.norm:.3g})"
+                reason = "; ".join(x for x in (reason, clip) if x)
             if u.device in quarantined:
                 reason = "; ".join(x for x in (reason, f"quarantined: {quarantined[u.device]}") if x)
             verdict.contributions.append(Contribution(
@@ -103,6 +118,24 @@ class Detector:
                 prior = known.get(u.device, Reliability(u.device))
                 verdict.reliabilities.append(observe(prior, sc.flagged, sc.reason, round_, s.decay, s.quarantine_below))
         return verdict
+
+    def _with_history(
+        self, round_: int, aggregate: StreamingAggregate, scores: list[Score], quarantined: dict[str, str]
+    ) -> list[Score]:
+        """Fold the round into the devices' and the federation's histories and flag the devices whose history
+        points away from the federation's (history.py); the federation's takes only the updates counted so far."""
+        s = self.settings
+        if self.history is None or self.history.offsets != History(aggregate.sizes, s.history_dim).offsets:
+            self.history = History(aggregate.sizes, s.history_dim, s.history_decay)
+        out_now = {sc.device for sc in scores if sc.flagged and s.exclude_flagged} | set(quarantined)
+        counted = {sc.device for sc in scores} - out_now
+        self.history.add_round(round_, aggregate.updates, counted)
+        judged = self.history.score([sc.device for sc in scores], s.threshold, s.history_min_cosine, s.min_history)
+        out = []
+        for sc, h in zip(scores, judged, strict=True):
+            reason = "; ".join(x for x in (sc.reason, h.reason) if x)
+            out.append(replace(sc, flagged=sc.flagged or h.flagged, reason=reason, history_cosine=h.cosine))
+        return out
 
     def closed(self, verdict: Judgement) -> None:
         """The round's close landed (its rows are committed): adopt the reliabilities it moved."""

@@ -24,9 +24,12 @@ def status_lines(config: GatewayConfig, store: GatewayStore, last: int = 20) -> 
     else:
         weights = "reliability x samples" if r.reliability_weights else "samples"
         below = f"below reliability {r.quarantine_below:g}" if r.quarantine_below > 0 else "never"
+        history = (f", history cosine < {r.history_min_cosine:g} after {r.min_history} rounds" if r.history else "")
+        clip = f"; updates clipped to {r.clip_to_median:g}x the round's median norm" if r.clip_to_median else ""
         lines = [f"robustness: detector on (norm z > {r.threshold:g} and > {r.norm_ratio:g}x the round's median, "
-                 f"cosine < {r.min_cosine:g}); flagged updates {'not counted' if r.exclude_flagged else 'counted'}; "
-                 f"weights {weights}; quarantine {below}"]  # fmt: skip
+                 f"cosine < {r.min_cosine:g}{history}); flagged updates "
+                 f"{'not counted' if r.exclude_flagged else 'counted'}{clip}; weights {weights}; quarantine {below}"
+                 ]  # fmt: skip
     quarantined = [x for x in reliabilities if x.quarantined]
     for x in quarantined:
         lines.append(f"  QUARANTINED {x.device} since round {x.since} (reliability {x.score:.2f}, {x.flags} flags in "

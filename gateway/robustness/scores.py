@@ -49,6 +49,7 @@ class Score:
     flagged: bool
     reason: str  # why it is flagged ("" when it is not)
     loss_change: float | None = None  # on the hub's validation set, when there is one
+    history_cosine: float | None = None  # the device's history against the federation's (history.py)
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

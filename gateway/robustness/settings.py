@@ -17,6 +17,12 @@ class RobustnessSection:
     quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
     min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
     validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
+    clip_to_median: float = 0.0  # 0: off; else an update above this x the round's median norm is scaled down to it
+    history: bool = True  # also score each device's update directions across rounds against the federation's
+    history_decay: float = 0.8  # a device's history: decay x history + its update's unit direction, each round
+    history_min_cosine: float = 0.0  # flagged below this cosine with the federation's history (and threshold sd)
+    min_history: int = 3  # rounds of history a device needs before its history is judged
+    history_dim: int = 4096  # floats kept per device (a count sketch; exact when the model has no more parameters)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
@@ -31,5 +37,16 @@ class RobustnessSection:
             raise ValueError(f"quarantine_below must be in [0, 1), got {self.quarantine_below}")
         if self.min_updates < 3:
             raise ValueError(f"min_updates must be >= 3 (a median and its spread need them), got {self.min_updates}")
+        if self.clip_to_median != 0 and self.clip_to_median < 1:
+            raise ValueError(f"clip_to_median must be 0 (off) or >= 1 (x the round's median norm), got "
+                             f"{self.clip_to_median}")
+        if not 0 < self.history_decay <= 1:
+            raise ValueError(f"history_decay must be in (0, 1], got {self.history_decay}")
+        if not -1 <= self.history_min_cosine <= 1:
+            raise ValueError(f"history_min_cosine must be in [-1, 1], got {self.history_min_cosine}")
+        if self.min_history < 1:
+            raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if not 16 <= self.history_dim <= 1 << 20:
+            raise ValueError(f"history_dim must be in [16, 1048576] floats per device, got {self.history_dim}")
         if self.reliability_weights and not self.detect:
             raise ValueError("reliability_weights needs detect = true (reliability comes from the detector's flags)")
