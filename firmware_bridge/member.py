@@ -195,7 +195,7 @@ class BoardMember(FederationMember):
         version = self.store.current_version
         if model is None or version is None or version == self.board_version:
             return
-        report = self.driver.send_model(model)
+        report = self.driver.send_model(model, progress=self._abort_if_stopping)
         self.board_version = version
         self.transfers += 1
         log.info(
@@ -207,6 +207,15 @@ class BoardMember(FederationMember):
             report.resumed_from,
         )
         self.publish_birth()  # the gateway learns the board's model version from the birth message
+
+    def _abort_if_stopping(self, _done: int, _total: int) -> None:
+        """A transfer's progress callback: a stopping bridge closes the line, so the transfer ends between chunks.
+
+        Without it a long transfer outlived ``stop()``'s join and wrote into a closed port. The board keeps what
+        reached its flash and resumes from there next time.
+        """
+        if self._stopping.is_set():
+            raise TaskAbandoned(f"board {self.device_id}: the bridge is stopping")
 
     def _mark_dead(self, why: str) -> None:
         if self.alive:
@@ -223,6 +232,8 @@ class BoardMember(FederationMember):
                     self._check()
                 else:
                     self._greet()
+            except TaskAbandoned:
+                return  # stopping in the middle of a model transfer
             finally:
                 self._line.release()
 

@@ -34,8 +34,10 @@ SECAGG = {"mode": "secagg", "coordinates": 0.1, "clip": 1.0, "step_deadline": 10
 STEP = plan(4, 1, clip=1.0).step  # the quantisation step of [secagg] clip 1.0 at its default input bits
 
 
-def secure_gateway(broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int, **secagg: object) -> Gateway:
-    settings = gateway_config(broker, tmp_path / "gw", model, rounds=rounds, min_devices=4, deadline=60.0,
+def secure_gateway(
+    broker: MosquittoProcess, tmp_path: Path, model: Path, rounds: int, deadline: float = 60.0, **secagg: object
+) -> Gateway:
+    settings = gateway_config(broker, tmp_path / "gw", model, rounds=rounds, min_devices=4, deadline=deadline,
                               epochs=1, learning_rate=0.05, density=0.1)  # fmt: skip
     settings["secagg"] = SECAGG | secagg
     return Gateway(GatewayConfig.from_mapping(settings, env={}))

@@ -73,10 +73,13 @@ def status(toml: Path, *extra: str) -> str:
 def test_gateway_status_shows_a_secure_rounds_bytes_its_distributed_dp_and_the_open_session(
     broker: MosquittoProcess, tmp_path: Path, initial_model: Path, digits: DataSplit
 ) -> None:
-    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=2, noise_multiplier=NOISE)
+    # The session is held open while two status processes start: a step deadline of a minute keeps it open on a
+    # loaded machine (ten seconds did not: the session had timed out when status read it).
+    gateway = secure_gateway(broker, tmp_path, initial_model, rounds=2, deadline=300.0, noise_multiplier=NOISE,
+                             step_deadline=60.0)  # fmt: skip
     toml = tmp_path / "gateway.toml"
-    toml.write_text(f'[gateway]\nstorage = "{tmp_path / "gw"}"\n[rounds]\nmin_devices = 4\ndeadline = 60.0\n'
-                    f'[secagg]\nmode = "secagg"\nstep_deadline = 10.0\nnoise_multiplier = {NOISE}\n'
+    toml.write_text(f'[gateway]\nstorage = "{tmp_path / "gw"}"\n[rounds]\nmin_devices = 4\ndeadline = 300.0\n'
+                    f'[secagg]\nmode = "secagg"\nstep_deadline = 60.0\nnoise_multiplier = {NOISE}\n'
                     '[trust]\nmode = "insecure"\n')  # fmt: skip
     gateway.start()
     agents = start_agents(broker, tmp_path, digits, default_backend(), 4, scheme="iid")
