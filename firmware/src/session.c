@@ -55,10 +55,32 @@ static void head(cbor_writer *w, uint32_t entries, uint8_t type)
     cbor_w_uint(w, 1);
 }
 
+/* The text as the last item, cut (at a UTF-8 boundary) to what the frame has left: a host may agree to frames
+ * of 64 bytes, and an ERROR or LOG that did not fit would otherwise not be sent at all. */
+static void text_to_fit(cbor_writer *w, const char *text)
+{
+    size_t n = strlen(text), room = w->cap > w->len ? w->cap - w->len : 0;
+    while (n && (n < 24 ? 1u : n < 256 ? 2u : 3u) + n > room) {
+        n--;
+        while (n && ((uint8_t)text[n] & 0xC0) == 0x80)
+            n--;
+    }
+    cbor_w_text_n(w, text, n);
+}
+
+static void send_error(uint8_t code, uint8_t refused, const char *detail);
+
+/* Every request gets one answer: one that does not fit the agreed frame becomes an ERROR that does. */
 static void send(uint8_t type, cbor_writer *w)
 {
-    if (!w->overflow)
+    if (!w->overflow) {
         link_send(type, w->buf, w->len);
+    } else if (type != MSG_ERROR && type != MSG_LOG) {
+        char detail[80];
+        tf_snprintf(detail, sizeof detail, "the answer (message type %u) exceeds the agreed frame of %u B",
+                    (unsigned)type, (unsigned)link_max_payload());
+        send_error(E_INTERNAL, msg.type, detail);
+    }
 }
 
 static void send_log(uint8_t level, const char *text)
@@ -68,7 +90,7 @@ static void send_log(uint8_t level, const char *text)
     cbor_w_uint(&w, 2);
     cbor_w_uint(&w, level);
     cbor_w_uint(&w, 3);
-    cbor_w_text(&w, text);
+    text_to_fit(&w, text);
     send(MSG_LOG, &w);
 }
 
@@ -82,7 +104,7 @@ static void send_error(uint8_t code, uint8_t refused, const char *detail)
     cbor_w_uint(&w, 3);
     cbor_w_uint(&w, refused);
     cbor_w_uint(&w, 4);
-    cbor_w_text(&w, detail);
+    text_to_fit(&w, detail);
     send(MSG_ERROR, &w);
 }
 
