@@ -201,6 +201,9 @@ static void on_hello(void)
 {
     cbor_item v[8];
     uint64_t host_max;
+    /* A HELLO starts the negotiation again: its answer goes out within the default frame, as the first one did,
+     * not within what an earlier host agreed (64 bytes would not hold it). */
+    link_set_max_payload(LINK_DEFAULT_PAYLOAD);
     if (!parse(v, 8))
         return;
     if (!cbor_get_uint(&v[7], 1u << 20, &host_max)) {
