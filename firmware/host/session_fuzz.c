@@ -359,6 +359,9 @@ static void directed_small_frames(void)
     m_head(&w, buf, sizeof buf, 2, 21); /* frame type 16 carrying a type-21 message */
     expect_error("a frame whose type is not its message's, over 64-byte frames", request(MSG_HELLO + 3, buf, w.len),
                  E_MALFORMED);
+    m_head(&w, buf, sizeof buf, 2, MSG_STATUS);
+    buf[w.len++] = 0x00; /* a STATUS request with a byte after its map: the host's decoder calls that malformed */
+    expect_error("a message with trailing bytes", request(MSG_STATUS, buf, w.len), E_MALFORMED);
     /* a host greeting the board again (a bridge restarted) must get its HELLO answered, though the answer
      * (about 120 bytes) exceeds the 64 bytes agreed before */
     if (hello(4096) != 1 || error_code() != 0 || link_max_payload() != 4096) {

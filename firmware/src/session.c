@@ -183,7 +183,9 @@ static bool parse(cbor_item *vals, unsigned nkeys)
 {
     uint64_t type, version;
     const uint8_t *end = msg.payload + msg.len;
-    if (!cbor_map_index(msg.payload, end, vals, nkeys) || !cbor_get_uint(&vals[0], 255, &type) ||
+    /* one message and nothing after it, as the host's decoder requires (trailing bytes are MALFORMED there) */
+    if (cbor_skip(msg.payload, end, 1u << 16) != end || !cbor_map_index(msg.payload, end, vals, nkeys) ||
+        !cbor_get_uint(&vals[0], 255, &type) ||
         !cbor_get_uint(&vals[1], 255, &version)) {
         send_error(E_MALFORMED, msg.type, "the payload is not a tinyfed CBOR message");
         return false;
