@@ -162,6 +162,14 @@ static uint8_t install(const uint8_t *model, uint32_t size)
         tf_snprintf(s.detail, sizeof s.detail, "%s", ml_last_error());
         return ml_error_code(st);
     }
+    if (s.info.input_len > MAX_INPUT || s.info.output_len > sizeof sample_out) {
+        /* INFER and the evaluation before training copy one sample through these buffers */
+        tf_snprintf(s.detail, sizeof s.detail, "the model takes %u values and gives %u; this firmware holds %u and %u",
+                    (unsigned)s.info.input_len, (unsigned)s.info.output_len, (unsigned)MAX_INPUT,
+                    (unsigned)sizeof sample_out);
+        ml_unload();
+        return E_NO_MEMORY;
+    }
     if (!meta_read(model, size, &s.meta)) {
         tf_snprintf(s.detail, sizeof s.detail, "the model's tinyfed metadata is beyond this firmware's bounds");
         ml_unload();
