@@ -6,7 +6,8 @@
  * mutated from a well-formed one: bytes flipped, cut short, spliced, heads rewritten to huge counts, the frame
  * type swapped. The harness plays the host: it acknowledges every frame the board sends and checks that
  * every request but MODEL_DATA gets exactly one answer, and that the installed model (argv[3], if given)
- * stays in flash intact. Usage: session_fuzz ITERATIONS SEED [MODEL.tflite]; exit 0 when every check held. */
+ * stays in flash intact. Usage: session_fuzz ITERATIONS SEED [MODEL.tflite [DATA.tfds]] (the data as hil/qemu.py's
+ * dataset_blob writes it: TRAIN then trains); exit 0 when every check held. */
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,10 +107,12 @@ bool plat_flash_write(uint32_t offset, const uint8_t *data, uint32_t len)
     memcpy(flash + offset, data, len);
     return true;
 }
+static uint8_t data_blob[1 << 20];
+static uint32_t data_len;
 const uint8_t *plat_dataset(uint32_t *len)
 {
-    *len = 0;
-    return NULL;
+    *len = data_len;
+    return data_len ? data_blob : NULL;
 }
 uint8_t *plat_scratch(uint32_t *len)
 {
@@ -160,8 +163,8 @@ static unsigned request(uint8_t type, const uint8_t *payload, size_t len)
         if (link_poll(&msg))
             dispatch();
     unsigned real = 0;
-    for (unsigned i = 0; i < n_answers; i++)
-        real += answers[i] != MSG_LOG;
+    for (unsigned i = 0; i < n_answers; i++) /* an UPDATE in FRAGMENTs is one answer in pieces */
+        real += answers[i] != MSG_LOG && !(answers[i] == MSG_FRAGMENT && i && answers[i - 1] == MSG_FRAGMENT);
     return real;
 }
 
@@ -181,6 +184,7 @@ static size_t model_len;
 static uint8_t model_sha[32];
 
 static uint32_t hello_max; /* HELLO's max_frame, or 0 for a random one */
+static bool train_dense;   /* TRAIN: every entry, int8 (an update that needs fragments over small frames) */
 
 static size_t seed_message(int kind, uint8_t *buf, size_t cap, uint8_t *type, uint32_t offset)
 {
@@ -235,8 +239,8 @@ static size_t seed_message(int kind, uint8_t *buf, size_t cap, uint8_t *type, ui
         cbor_w_uint(&w, 0), cbor_w_text(&w, "fuzz-task"), cbor_w_uint(&w, 2), cbor_w_bytes(&w, task_id, 16);
         cbor_w_uint(&w, 3), cbor_w_uint(&w, 1), cbor_w_uint(&w, 4), cbor_w_bytes(&w, model_len ? model_sha : junk, 32);
         cbor_w_uint(&w, 5), cbor_w_uint(&w, 1), cbor_w_uint(&w, 6), cbor_w_float(&w, 0.05f);
-        cbor_w_uint(&w, 7), cbor_w_float(&w, 0.1f), cbor_w_uint(&w, 8), cbor_w_uint(&w, 2000000000u);
-        cbor_w_uint(&w, 12), cbor_w_uint(&w, (uint64_t)(rand() % 5));
+        cbor_w_uint(&w, 7), cbor_w_float(&w, train_dense || rand() % 2 ? 1.0f : 0.1f), cbor_w_uint(&w, 8);
+        cbor_w_uint(&w, 2000000000u), cbor_w_uint(&w, 12), cbor_w_uint(&w, train_dense ? VC_INT8 : (uint64_t)(rand() % 5));
         break;
     }
     return w.overflow ? 0 : w.len;
@@ -362,6 +366,22 @@ static void directed_small_frames(void)
     m_head(&w, buf, sizeof buf, 2, MSG_STATUS);
     buf[w.len++] = 0x00; /* a STATUS request with a byte after its map: the host's decoder calls that malformed */
     expect_error("a message with trailing bytes", request(MSG_STATUS, buf, w.len), E_MALFORMED);
+    if (data_len && model_len) { /* TRAIN over frames too small for a fragment: an ERROR, not silence */
+        static uint8_t tbuf[256];
+        uint8_t type;
+        for (uint32_t frame = 64; frame <= 96; frame += 32) {
+            hello(frame);
+            train_dense = true;
+            size_t n = seed_message(6, tbuf, sizeof tbuf, &type, 0);
+            train_dense = false;
+            unsigned got = request(MSG_TRAIN, tbuf, n);
+            if (got != 1 || error_code() != E_UNSUPPORTED) {
+                printf("FAIL TRAIN over %u-byte frames: %u answers, error %u\n", (unsigned)frame, got,
+                       (unsigned)error_code());
+                failures++;
+            }
+        }
+    }
     /* a host greeting the board again (a bridge restarted) must get its HELLO answered, though the answer
      * (about 120 bytes) exceeds the 64 bytes agreed before */
     if (hello(4096) != 1 || error_code() != 0 || link_max_payload() != 4096) {
@@ -374,7 +394,7 @@ static void directed_small_frames(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: session_fuzz ITERATIONS SEED [MODEL.tflite]\n");
+        fprintf(stderr, "usage: session_fuzz ITERATIONS SEED [MODEL.tflite [DATA.tfds]]\n");
         return 2;
     }
     long iterations = atol(argv[1]);
@@ -388,6 +408,15 @@ int main(int argc, char **argv)
         model_len = fread(model, 1, sizeof model, f);
         fclose(f);
         tf_sha256(model, model_len, model_sha);
+    }
+    if (argc > 4) { /* the board's training data, as hil/qemu.py dataset_blob writes it */
+        FILE *f = fopen(argv[4], "rb");
+        if (f == NULL) {
+            perror(argv[4]);
+            return 2;
+        }
+        data_len = (uint32_t)fread(data_blob, 1, sizeof data_blob, f);
+        fclose(f);
     }
     memset(flash, 0xFF, sizeof flash);
     boot();
@@ -413,7 +442,7 @@ int main(int argc, char **argv)
         /* MODEL_DATA is acknowledged by the link and answered only on failure; a bare acknowledgement not at all */
         bool quiet_ok = type == MSG_MODEL_DATA || type == 0;
         if (got > 1 || (got == 0 && !quiet_ok)) {
-            printf("FAIL request %ld (frame type %u, %zu B): %u answers\n", i, type, len, got);
+            printf("FAIL request %ld (frame type %u, %zu B, frame %u): %u answers\n", i, type, len, link_max_payload(), got);
             failures++;
         }
         answered += got;

@@ -529,6 +529,14 @@ static bool send_update(const uint8_t *update, uint32_t len, const uint8_t id[16
     uint32_t frame = link_max_payload();
     if (len <= frame)
         return link_send(MSG_UPDATE, update, len);
+    if (frame <= FRAGMENT_OVERHEAD) {
+        /* no fragment fits: frame - FRAGMENT_OVERHEAD wrapped (nothing was sent) or was 0 (a division by zero,
+         * 0 fragments "sent", and the residual written as if the host had the update) */
+        tf_snprintf(s.detail, sizeof s.detail, "an update of %u B needs fragments, and they need frames over %u B; %u B agreed",
+                    (unsigned)len, (unsigned)FRAGMENT_OVERHEAD, (unsigned)frame);
+        send_error(E_UNSUPPORTED, MSG_TRAIN, s.detail);
+        return false;
+    }
     uint32_t piece = frame - FRAGMENT_OVERHEAD;
     uint32_t count = (len + piece - 1) / piece;
     uint8_t digest[32];
