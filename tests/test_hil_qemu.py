@@ -45,6 +45,7 @@ pytestmark = pytest.mark.skipif(
 from firmware_bridge.bridge import Bridge, PortSpec  # noqa: E402
 from firmware_bridge.driver import BoardDriver  # noqa: E402
 from firmware_bridge.errors import BoardRefused, BoardSilent  # noqa: E402
+from firmware_bridge.framing import FLAG_START, Frame, encode_frame  # noqa: E402
 from firmware_bridge.link import LinkError  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.service import Gateway, RoundSummary  # noqa: E402
@@ -142,6 +143,53 @@ def test_the_c_board_refuses_what_it_cannot_do_with_the_specs_error_codes(tmp_pa
             assert refused(lambda: driver.train(noisy)) == ErrorCode.UNSUPPORTED
             assert driver.status().last_error == ErrorCode.UNSUPPORTED
             assert driver.status().model_version == version  # none of it touched the installed model
+    finally:
+        qemu.stop()
+
+
+def test_hostile_frames_and_small_frames_leave_the_c_board_answering_with_its_model_intact(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    """What the host-side fuzz harness (tests/test_firmware_fuzz.py) found, on the ARM build under QEMU: a frame
+    with a good CRC and a payload past the board's buffer (zeros: one line byte each, so it fits the receive
+    buffer) overran the message; a message with bytes after its map was taken; and with 64-byte frames agreed,
+    an ERROR with a long detail and the answer to a second HELLO were never sent. A model with more outputs
+    than the board's sample buffer was installed, and the evaluation before training wrote past that buffer."""
+    model = write_graph(digits_mlp)
+    version = hashlib.sha256(model).digest()
+    wide = build_model("mlp", digits.train.x, [str(i) for i in range(300)], seed=0)
+    wide_model = write_graph(dataclasses.replace(wide, metadata={}))  # no class names: labels used as they are
+    qemu = board(tmp_path, "qemu-x")
+    try:
+        with BoardDriver(qemu.path, BAUD, answer_timeout=10) as driver:
+            driver.hello()
+            driver.send_model(model)
+            oversized = Frame(type=wire.Status.TYPE, seq=0, ack=0, flags=FLAG_START, payload=bytes(4096 + 17))
+            driver.port.write(encode_frame(oversized))
+            driver.port.write(b"\x55" * 10_000 + b"\x00")  # longer than any frame: discarded to the delimiter
+            assert driver.status().model_version == version
+
+            driver.link.send(wire.Status.TYPE, wire.encode(wire.Status(state=0)) + b"\x00")
+            with pytest.raises(BoardRefused) as trailing:
+                driver._next(10)
+            assert trailing.value.code == ErrorCode.MALFORMED
+
+            driver.max_frame = 64
+            assert driver.hello().max_frame == 64
+            with pytest.raises(BoardRefused) as mismatch:  # its detail does not fit 64 bytes whole
+                driver._transfer(b"12345678", hashlib.sha256(b"other bytes").digest(), [], None)
+            assert mismatch.value.code == ErrorCode.HASH_MISMATCH
+            driver.max_frame = 4096
+            assert driver.hello().max_frame == 4096  # the answer is larger than the 64 bytes agreed before
+            assert driver.status().model_version == version
+            assert driver.infer(np.zeros(64, np.int8)).output.shape == (10,)
+
+            # 300 class scores: more than the board's one-sample output buffer (256), which the evaluation
+            # before training wrote past; refused at commit now, the old model kept
+            with pytest.raises(BoardRefused) as wide:
+                driver.send_model(wide_model)
+            assert wide.value.code == ErrorCode.NO_MEMORY and "300" in wide.value.detail
+            assert driver.status().model_version == version
     finally:
         qemu.stop()
 

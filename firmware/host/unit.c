@@ -109,6 +109,15 @@ static void test_cbor(void)
     uint8_t half[] = {0xf9, 0x3c, 0x00};
     cbor_item it;
     CHECK(cbor_head(half, half + 3, &it) && cbor_get_number(&it, &d) && d == 1.0);
+    /* Counts near 2^64 must not wrap the items still owed: a map of 2^63 entries (2 x 2^63 = 0 mod 2^64) or
+     * an array of 2^64 - 1 items inside an array of one are no empty containers. */
+    uint8_t huge_map[] = {0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0};
+    CHECK(cbor_skip(huge_map, huge_map + sizeof huge_map, 1000) == NULL);
+    uint8_t huge_array[] = {0x82, 0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    CHECK(cbor_skip(huge_array, huge_array + sizeof huge_array, 1000) == NULL);
+    /* {0: 16, 1: 1, 9: <map of 2^63 entries>}: the index must refuse it, not read it as empty */
+    uint8_t hidden[] = {0xa3, 0x00, 0x10, 0x01, 0x01, 0x09, 0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0};
+    CHECK(!cbor_map_index(hidden, hidden + sizeof hidden, v, 8));
 }
 
 static void test_frames(void)
@@ -139,6 +148,23 @@ static void test_frames(void)
     n = link_encode_frame(16, 0, 0, 0, payload, 3, frame, sizeof frame);
     host_feed(frame, n);
     CHECK(!link_poll(&m));
+    /* A frame with a good CRC whose payload exceeds LINK_MAX_PAYLOAD still fits the receive buffer when it is
+     * mostly zeros (COBS spends one byte per zero): it must be dropped, not copied over the message's end. */
+    static uint8_t big[LINK_MAX_PAYLOAD + 64], bigframe[LINK_MAX_ENCODED + 64];
+    link_init(115200);
+    size_t over = LINK_MAX_ENCODED - LINK_OVERHEAD - 1; /* all zeros: encoded = decoded + 1 */
+    CHECK(over > LINK_MAX_PAYLOAD);
+    memset(big, 0, sizeof big);
+    n = link_encode_frame(16, 0, 0, 2, big, over, bigframe, sizeof bigframe);
+    CHECK(n > 0 && n - 1 <= LINK_MAX_ENCODED); /* reaches the decoder: no longer than the receive buffer */
+    host_feed(bigframe, n);
+    CHECK(!link_poll(&m));
+    CHECK(link_get_stats()->bad_frames == 1);
+    /* the largest payload the board buffers still arrives */
+    memset(big, 0, sizeof big);
+    n = link_encode_frame(16, 0, 0, 2, big, LINK_MAX_PAYLOAD, bigframe, sizeof bigframe);
+    host_feed(bigframe, n);
+    CHECK(link_poll(&m) && m.len == LINK_MAX_PAYLOAD);
 }
 
 static void test_rice_k(void)

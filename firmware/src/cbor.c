@@ -172,6 +172,9 @@ const uint8_t *cbor_skip(const uint8_t *p, const uint8_t *end, uint32_t max_item
         if (max_items-- == 0 || !cbor_head(p, end, &it))
             return NULL;
         owed--;
+        /* checked before it is added: a count near 2^64 would wrap what is owed (2 x 2^63 entries = 0) */
+        if ((it.major == CBOR_ARRAY || it.major == CBOR_MAP) && it.value > max_items)
+            return NULL;
         if (it.major == CBOR_ARRAY)
             owed += it.value;
         else if (it.major == CBOR_MAP)

@@ -55,10 +55,32 @@ static void head(cbor_writer *w, uint32_t entries, uint8_t type)
     cbor_w_uint(w, 1);
 }
 
+/* The text as the last item, cut (at a UTF-8 boundary) to what the frame has left: a host may agree to frames
+ * of 64 bytes, and an ERROR or LOG that did not fit would otherwise not be sent at all. */
+static void text_to_fit(cbor_writer *w, const char *text)
+{
+    size_t n = strlen(text), room = w->cap > w->len ? w->cap - w->len : 0;
+    while (n && (n < 24 ? 1u : n < 256 ? 2u : 3u) + n > room) {
+        n--;
+        while (n && ((uint8_t)text[n] & 0xC0) == 0x80)
+            n--;
+    }
+    cbor_w_text_n(w, text, n);
+}
+
+static void send_error(uint8_t code, uint8_t refused, const char *detail);
+
+/* Every request gets one answer: one that does not fit the agreed frame becomes an ERROR that does. */
 static void send(uint8_t type, cbor_writer *w)
 {
-    if (!w->overflow)
+    if (!w->overflow) {
         link_send(type, w->buf, w->len);
+    } else if (type != MSG_ERROR && type != MSG_LOG) {
+        char detail[80];
+        tf_snprintf(detail, sizeof detail, "the answer (message type %u) exceeds the agreed frame of %u B",
+                    (unsigned)type, (unsigned)link_max_payload());
+        send_error(E_INTERNAL, msg.type, detail);
+    }
 }
 
 static void send_log(uint8_t level, const char *text)
@@ -68,7 +90,7 @@ static void send_log(uint8_t level, const char *text)
     cbor_w_uint(&w, 2);
     cbor_w_uint(&w, level);
     cbor_w_uint(&w, 3);
-    cbor_w_text(&w, text);
+    text_to_fit(&w, text);
     send(MSG_LOG, &w);
 }
 
@@ -82,7 +104,7 @@ static void send_error(uint8_t code, uint8_t refused, const char *detail)
     cbor_w_uint(&w, 3);
     cbor_w_uint(&w, refused);
     cbor_w_uint(&w, 4);
-    cbor_w_text(&w, detail);
+    text_to_fit(&w, detail);
     send(MSG_ERROR, &w);
 }
 
@@ -140,6 +162,14 @@ static uint8_t install(const uint8_t *model, uint32_t size)
         tf_snprintf(s.detail, sizeof s.detail, "%s", ml_last_error());
         return ml_error_code(st);
     }
+    if (s.info.input_len > MAX_INPUT || s.info.output_len > sizeof sample_out) {
+        /* INFER and the evaluation before training copy one sample through these buffers */
+        tf_snprintf(s.detail, sizeof s.detail, "the model takes %u values and gives %u; this firmware holds %u and %u",
+                    (unsigned)s.info.input_len, (unsigned)s.info.output_len, (unsigned)MAX_INPUT,
+                    (unsigned)sizeof sample_out);
+        ml_unload();
+        return E_NO_MEMORY;
+    }
     if (!meta_read(model, size, &s.meta)) {
         tf_snprintf(s.detail, sizeof s.detail, "the model's tinyfed metadata is beyond this firmware's bounds");
         ml_unload();
@@ -161,7 +191,9 @@ static bool parse(cbor_item *vals, unsigned nkeys)
 {
     uint64_t type, version;
     const uint8_t *end = msg.payload + msg.len;
-    if (!cbor_map_index(msg.payload, end, vals, nkeys) || !cbor_get_uint(&vals[0], 255, &type) ||
+    /* one message and nothing after it, as the host's decoder requires (trailing bytes are MALFORMED there) */
+    if (cbor_skip(msg.payload, end, 1u << 16) != end || !cbor_map_index(msg.payload, end, vals, nkeys) ||
+        !cbor_get_uint(&vals[0], 255, &type) ||
         !cbor_get_uint(&vals[1], 255, &version)) {
         send_error(E_MALFORMED, msg.type, "the payload is not a tinyfed CBOR message");
         return false;
@@ -179,6 +211,9 @@ static void on_hello(void)
 {
     cbor_item v[8];
     uint64_t host_max;
+    /* A HELLO starts the negotiation again: its answer goes out within the default frame, as the first one did,
+     * not within what an earlier host agreed (64 bytes would not hold it). */
+    link_set_max_payload(LINK_DEFAULT_PAYLOAD);
     if (!parse(v, 8))
         return;
     if (!cbor_get_uint(&v[7], 1u << 20, &host_max)) {
@@ -494,6 +529,14 @@ static bool send_update(const uint8_t *update, uint32_t len, const uint8_t id[16
     uint32_t frame = link_max_payload();
     if (len <= frame)
         return link_send(MSG_UPDATE, update, len);
+    if (frame <= FRAGMENT_OVERHEAD) {
+        /* no fragment fits: frame - FRAGMENT_OVERHEAD wrapped (nothing was sent) or was 0 (a division by zero,
+         * 0 fragments "sent", and the residual written as if the host had the update) */
+        tf_snprintf(s.detail, sizeof s.detail, "an update of %u B needs fragments, and they need frames over %u B; %u B agreed",
+                    (unsigned)len, (unsigned)FRAGMENT_OVERHEAD, (unsigned)frame);
+        send_error(E_UNSUPPORTED, MSG_TRAIN, s.detail);
+        return false;
+    }
     uint32_t piece = frame - FRAGMENT_OVERHEAD;
     uint32_t count = (len + piece - 1) / piece;
     uint8_t digest[32];
