@@ -140,6 +140,14 @@ class GatewaySection:
     chunk_size: int = 64 * 1024
     connect_timeout: float = 15.0
     min_free_mb: float = 64.0  # below this much free space under storage, no new round opens
+    # Downlink (gateway/downlink.py): a version goes to devices holding its parent as a patch in the manifest;
+    # ``downlink_density`` > 0 bounds the fraction of each weight tensor's int8 codes a version moves.
+    patches: bool = True
+    downlink_density: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.downlink_density <= 1:
+            raise ValueError(f"downlink_density {self.downlink_density} is not in [0, 1]")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from .messages import (
     TaskFailure,
     TrainableTensor,
 )
+from .patch import ModelPatch, apply_patch, make_patch
 from .secagg import (
     SecAggAdvertise,
     SecAggCollect,
@@ -75,6 +76,7 @@ __all__ = [
     "ModelCommit",
     "ModelData",
     "ModelManifest",
+    "ModelPatch",
     "Opened",
     "Presence",
     "Receipt",
@@ -100,9 +102,11 @@ __all__ = [
     "ValueRejected",
     "Verifier",
     "WireError",
+    "apply_patch",
     "decode",
     "encode",
     "key_id_for",
+    "make_patch",
     "open_envelope",
     "peek_type",
     "sign",
