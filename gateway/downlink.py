@@ -4,8 +4,8 @@ A device holding version N is sent N+1 as a patch (edge_runtime/wire/patch.py), 
 downlink is how many bytes of the int8 model change. Re-quantising the master from scratch each round moves
 every weight of a channel whose largest magnitude moved, since the channel's scale moves with it; here a
 channel keeps the scale of the version devices hold while its weights still fit under it and it has not
-grown more than ``1 / shrink`` times too coarse. A scale that must grow grows with ``headroom``, so the next
-few rounds fit under it too.
+grown more than ``1 / shrink`` times too coarse. A scale that must grow grows with ``headroom`` (25%), so the
+next rounds fit under it too: each move re-codes the whole channel.
 
 With ``density`` set, a version moves at most that fraction of each weight tensor's int8 codes: the ones
 whose master value is farthest from the code devices hold (rounded, those are the biggest steps), as STC's
@@ -34,7 +34,7 @@ INT8_MAX = 127
 class DownlinkPolicy:
     density: float = 0.0  # fraction of each weight tensor's codes a version may move; 0: every one that moved
     shrink: float = 0.5  # a held scale may be at most this many times too coarse before it is re-fitted
-    headroom: float = 0.1  # a scale that must grow grows this fraction beyond what the weights need
+    headroom: float = 0.25  # a scale that must grow grows this fraction beyond what the weights need
 
     def __post_init__(self) -> None:
         if not 0 <= self.density <= 1:
@@ -87,7 +87,6 @@ def publishable(previous: bytes, exported: bytes, master: MasterModel, policy: D
         if b_t.quant is None:
             continue
         needed = np.asarray(w_t.quant.scale, np.float64)
-        in_scale = np.asarray(b_t.quant.scale, np.float64) / needed  # the layer's input scale, per channel
         scales, held = held_scales(np.asarray(old.quant.scale, np.float64), needed, policy)
         shape = _channel_shape(layer.weight.ndim, layer.channel_axis)
         ideal = layer.weight.astype(np.float64) / scales.astype(np.float64).reshape(shape)
@@ -97,7 +96,7 @@ def publishable(previous: bytes, exported: bytes, master: MasterModel, policy: D
         codes = sparsify(ideal, previous_codes, movable, budget)
         w_t.set_data(codes)
         w_t.quant = Quantization(scales, np.zeros(scales.size, np.int64), layer.channel_axis)
-        bias_scale = in_scale * scales.astype(np.float64)
+        bias_scale = layer.in_q[0] * scales.astype(np.float64)  # as the export computes it: held, it is unchanged
         bias = np.clip(np.round(layer.bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
         b_t.set_data(bias)
         b_t.quant = Quantization(bias_scale.astype(np.float32), np.zeros(scales.size, np.int64), 0)
