@@ -258,3 +258,8 @@ def test_rounds_reach_devices_as_patches_with_one_birth_each(
         assert agent.fetcher.patch_failures == 0
     # At most two births each: at connect (maybe before the first model) and once the first model is in.
     assert all(births.count(GW_TOPICS.presence(a.device_id)) <= 2 for a in agents), births
+    # Restarted, the gateway offers the same patch: a device that held the parent still needs only that.
+    published = gateway.publisher.manifest
+    again = Gateway(GatewayConfig.from_mapping(settings, env={})).publisher.manifest
+    assert published.patch is not None and again.patch is not None
+    assert wire.encode(again.patch) == wire.encode(published.patch) and again.parent == published.parent
