@@ -94,7 +94,9 @@ def _rows(result: FederationResult) -> list[dict[str, Any]]:
     ]
 
 
-def variants(spec: FederationSpec, sweep: bool = True, twin: bool = True) -> dict[str, FederationSpec]:
+def variants(
+    spec: FederationSpec, sweep: bool = True, twin: bool = True, full_int8: bool = True
+) -> dict[str, FederationSpec]:
     """The spec as given (the headline run), dense float32, its insecure twin, each density of the sweep, FedAvg
     and FedAdam.
 
@@ -109,7 +111,8 @@ def variants(spec: FederationSpec, sweep: bool = True, twin: bool = True) -> dic
     }
     if twin or sweep:
         out[f"{strategy} {100 * spec.density:g}% insecure"] = replace(spec, secure=False)
-    out[f"{strategy} {100 * spec.density:g}% {FULL_INT8}"] = replace(spec, patches=False, downlink_density=0.0)
+    if full_int8 or sweep:
+        out[f"{strategy} {100 * spec.density:g}% {FULL_INT8}"] = replace(spec, patches=False, downlink_density=0.0)
     if sweep:
         for density in DENSITIES:
             if density != spec.density:
@@ -121,13 +124,13 @@ def variants(spec: FederationSpec, sweep: bool = True, twin: bool = True) -> dic
 
 def run_sweep(
     name: str, spec: FederationSpec, target: float | None, extra: dict[str, float] | None = None, sweep: bool = True,
-    twin: bool = True,
+    twin: bool = True, full_int8: bool = True,
 ) -> dict[str, float]:
     """Every variant of ``spec`` over the same devices; figures, per-round rows, and the PNG."""
     logging.basicConfig(level=logging.ERROR)
     results: dict[str, FederationResult] = {}
     seconds: dict[str, float] = {}
-    for label, variant in variants(spec, sweep, twin).items():
+    for label, variant in variants(spec, sweep, twin, full_int8).items():
         started = time.perf_counter()
 
         def show(r: RoundRecord, label: str = label) -> None:
