@@ -167,7 +167,8 @@ class BoardMember(FederationMember):
             report.retransmissions,
             report.resumed_from,
         )
-        self.publish_birth()  # the gateway learns the board's model version from the birth message
+        if not self._birth_had_model:  # a board that had no model has one; later versions cost no new birth
+            self.publish_birth()
 
     def _mark_dead(self, why: str) -> None:
         if self.alive:
