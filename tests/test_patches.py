@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_runtime import wire
 from edge_runtime.agent import DeviceAgent
@@ -263,3 +265,24 @@ def test_rounds_reach_devices_as_patches_with_one_birth_each(
     again = Gateway(GatewayConfig.from_mapping(settings, env={})).publisher.manifest
     assert published.patch is not None and again.patch is not None
     assert wire.encode(again.patch) == wire.encode(published.patch) and again.parent == published.parent
+
+
+BASE_BYTES = bytes(range(256)) * 8
+TARGET_BYTES = bytes((b + (i % 7 == 0)) % 256 for i, b in enumerate(BASE_BYTES))
+
+
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6))
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_a_mutated_patch_is_refused_or_yields_exactly_its_target(flips: list[tuple[int, int]]) -> None:
+    """Whatever a patch's bytes say, applying it raises a WireError or returns bytes that hash to its target."""
+    patch = wire.make_patch(BASE_BYTES, TARGET_BYTES)
+    assert patch is not None
+    data = bytearray(wire.encode(patch))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    try:
+        mutated = wire.decode(bytes(data), expect=wire.ModelPatch)
+        result = wire.apply_patch(BASE_BYTES, mutated)
+    except wire.WireError:
+        return
+    assert hashlib.sha256(result).digest() == mutated.target
