@@ -27,4 +27,5 @@ SPEC = FederationSpec(
 def main(full: bool = False) -> dict[str, float]:
     spec = SPEC if full else replace(SPEC, rounds=5)
     central = central_baseline(spec, epochs=10)
-    return run_sweep("fl_cmapss", spec, target=None, extra={"central_f1": central}, sweep=full, twin=full)
+    return run_sweep("fl_cmapss", spec, target=None, extra={"central_f1": central}, sweep=full, twin=full,
+                     full_int8=full)

@@ -17,6 +17,7 @@ SPEC = FederationSpec(
     density=0.006,
     strategy={"name": "fedavgm", "momentum": 0.8},
     report_every=10,
+    downlink_density=0.05,  # a version moves at most 5% of each weight tensor's int8 codes (gateway/downlink.py)
 )
 
 

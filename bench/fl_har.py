@@ -20,6 +20,7 @@ SPEC = FederationSpec(
     density=0.01,
     strategy={"name": "fedavgm", "momentum": 0.8},
     report_every=10,
+    downlink_density=0.02,  # a version moves at most 2% of each weight tensor's int8 codes (gateway/downlink.py)
 )
 
 

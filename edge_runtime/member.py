@@ -138,6 +138,7 @@ class FederationMember(ABC):
         )
         self.secagg: Any = None  # a SecAggParticipant, for members that take part in secure aggregation
         self._born = False  # our last word on our presence: a birth (True) or a death
+        self._birth_had_model = False  # whether our last birth named a model version
         self.link.subscribe(self.topics.task(self.device_id), self._on_task)
         self.link.subscribe(self.topics.presence(self.device_id), self._on_own_presence)
         self.link.on_connect_hooks.append(self.publish_birth)
@@ -206,7 +207,9 @@ class FederationMember(ABC):
 
     def publish_birth(self) -> None:
         self._born = True
-        birth = self.trust.seal(wire.encode(self._presence(True)))
+        presence = self._presence(True)
+        self._birth_had_model = presence.capabilities is not None and presence.capabilities.model_version is not None
+        birth = self.trust.seal(wire.encode(presence))
         self.link.publish(self.topics.presence(self.device_id), birth, retain=True)
 
     def publish_death(self) -> None:
@@ -237,7 +240,10 @@ class FederationMember(ABC):
     def _on_installed(self, manifest: wire.ModelManifest) -> None:
         self._wake()
         self.on_model_installed(manifest)
-        self.publish_birth()  # the gateway learns the new model version from the birth message
+        # A birth costs more uplink than an update: said again only when a member that had no model got one (the
+        # gateway shows that it is ready), not for each new version; later births (reconnects) name the current.
+        if not self._birth_had_model:
+            self.publish_birth()
 
     def check_stop(self, *progress: object) -> None:
         """Raise TaskAbandoned once the member is stopping, or a task of a later round has arrived: a training

@@ -206,7 +206,8 @@ class BoardMember(FederationMember):
             report.retransmissions,
             report.resumed_from,
         )
-        self.publish_birth()  # the gateway learns the board's model version from the birth message
+        if not self._birth_had_model:  # a board that had no model has one; later versions cost no new birth
+            self.publish_birth()
 
     def _abort_if_stopping(self, _done: int, _total: int) -> None:
         """A transfer's progress callback: a stopping bridge closes the line, so the transfer ends between chunks.

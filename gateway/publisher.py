@@ -15,7 +15,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from edge_runtime.transport.topics import Topics
 
 from .aggregate import StreamingAggregate
 from .config import GatewayConfig
+from .downlink import DownlinkPolicy, publishable
 from .master import MasterModel
 from .store import GatewayStore
 from .strategies.base import RoundInput
@@ -67,8 +68,10 @@ class Publisher:
         self.master, self.model = self._load_or_init()
         self.version = hashlib.sha256(self.model).digest()
         self.manifest, self.chunks = self._manifest(self.model, None)
+        self._patch_from_stored_parent()
         self._retained: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
         self._strategy_before: dict[str, np.ndarray] = {}  # the server state a failed close returns to
+        self.downlink = DownlinkPolicy(density=config.gateway.downlink_density)
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -122,6 +125,8 @@ class Publisher:
         self.master.set_weights(new_weights)
         self.master.set_activation_ranges(aggregate.activation_ranges(), self.config.rounds.max_range_growth)
         model = self.master.export()
+        if self.config.gateway.patches:  # hold scales still and bound what moves, so the patch stays small
+            model = publishable(self.model, model, self.master, self.downlink)
         version = hashlib.sha256(model).digest()
         files = VersionFiles.of(self.models_dir, version)
         atomic_write(files.model, model)
@@ -132,9 +137,33 @@ class Publisher:
         return NewVersion(model, version, files)
 
     def adopt(self, new: NewVersion) -> None:
-        parent = self.version
+        parent, before = self.version, self.model
         self.model, self.version = new.model, new.version
         self.manifest, self.chunks = self._manifest(new.model, parent)
+        self._add_patch(before)
+
+    def _add_patch(self, before: bytes) -> None:
+        """Put the current version in the manifest as a patch against ``before`` (its parent), when it is worth it."""
+        if not self.config.gateway.patches:
+            return
+        patch = wire.make_patch(before, self.model)
+        # A patch as large as half the model would save little and cost the device a second path to fail on.
+        if patch is None:
+            log.info("version %s: layout changed, no patch", self.version.hex()[:12])
+        elif patch.encoded_bytes < len(self.model) // 2:
+            self.manifest = replace(self.manifest, parent=patch.base, patch=patch)
+            log.info("version %s: %d bytes changed, a patch of %d bytes (the model is %d)",
+                     self.version.hex()[:12], patch.count, patch.encoded_bytes, len(self.model))  # fmt: skip
+
+    def _patch_from_stored_parent(self) -> None:
+        """A restarted gateway publishes the patch from the current version's parent again, if its file is kept:
+        devices that held the parent still need only the patch."""
+        record = self.store.model(self.version.hex())
+        parent = record.get("parent") if record else None
+        path = VersionFiles.of(self.models_dir, bytes.fromhex(parent)).model if parent else None
+        if path is not None and path.exists():
+            self.manifest = replace(self.manifest, parent=bytes.fromhex(str(parent)))
+            self._add_patch(path.read_bytes())
 
     # -- the broker -------------------------------------------------------------------------------------
     def publish(self, link: MqttLink, topics: Topics, seal: Callable[[bytes], bytes] = bytes) -> None:

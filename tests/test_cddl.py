@@ -38,6 +38,7 @@ NESTED: dict[tuple[type, int], type] = {
     (Update, Update.Key.TENSORS): TensorUpdate,
     (Presence, Presence.Key.CAPABILITIES): Capabilities,
     (Train, Train.Key.TASK): Task,
+    (wire.ModelManifest, wire.ModelManifest.Key.PATCH): wire.ModelPatch,
 }
 KEYED = [*wire.MESSAGE_CLASSES.values(), TensorUpdate, Capabilities]
 # Encoded by the real code for keys no golden vector carries.

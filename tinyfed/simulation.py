@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -45,6 +46,8 @@ from edge_runtime.transport.embedded import demo_broker
 from gateway.config import GatewayConfig
 from gateway.observe import Observers
 from gateway.service import Gateway, RoundSummary
+
+from .wiremeter import Counts, WireMeter
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,11 @@ class FederationSpec:
     interval: float = 0.0  # [rounds] interval: seconds from one round's opening to the next (0 = at once)
     # The gateway's operator tables as given: [metrics], [dashboard], [retention] (docs/operations.md).
     operator: dict[str, dict[str, object]] = field(default_factory=dict)
+    # The downlink ([gateway] patches, downlink_density; gateway/downlink.py) and whether the devices' bytes are
+    # counted on the wire (tinyfed/wiremeter.py: a TCP proxy between the devices and the broker).
+    patches: bool = True
+    downlink_density: float = 0.0
+    meter: bool = False
 
     @property
     def arch(self) -> str:
@@ -84,6 +92,7 @@ class RoundRecord:
     uplink_bytes: int  # cumulative
     dense_bytes: int  # cumulative: what dense float32 updates would have sent
     seconds: float
+    wire: Counts | None = None  # cumulative: the devices' bytes on the wire both ways, when metered
 
 
 @dataclass
@@ -96,6 +105,7 @@ class FederationResult:
     final_model: bytes = b""  # the last version the gateway published
     storage_bytes: int = 0  # the gateway's storage folder (store, WAL, model files) when the federation ended
     storage_files: dict[str, int] = field(default_factory=dict)  # its bytes by top-level entry (gateway.db, models)
+    model_bytes: int = 0  # the int8 model's size
 
 
 def device_shares(spec: FederationSpec, split: DataSplit) -> list[tuple[str, LocalData]]:
@@ -196,6 +206,25 @@ def _secured(workdir: Path, federation: str, devices: list[str]) -> Iterator[Fed
                          written["trust"], layout.devices_dir)  # fmt: skip
 
 
+@contextmanager
+def _meter(spec: FederationSpec, place: Federation) -> Iterator[WireMeter | None]:
+    """A wire meter in front of the broker for the devices' connections, when the spec asks for one."""
+    if not spec.meter:
+        yield None
+        return
+    parsed = urlsplit(place.url)
+    with WireMeter(parsed.hostname or "127.0.0.1", parsed.port or 1883, mqtt=parsed.scheme == "mqtt") as meter:
+        yield meter
+
+
+def _metered(tables: dict[str, object], meter: WireMeter | None) -> dict[str, object]:
+    if meter is None:
+        return tables
+    broker = dict(tables["broker"])  # type: ignore[call-overload]
+    broker["url"] = meter.url(urlsplit(str(broker["url"])).scheme)
+    return {**tables, "broker": broker}
+
+
 def run_federation(
     spec: FederationSpec,
     broker_url: str | None = None,
@@ -212,9 +241,10 @@ def run_federation(
         tmp = Path(tmp_text)
         initial = tmp / "initial.tflite"
         initial.write_bytes(write_graph(graph))
+        model_size = initial.stat().st_size
         federation = f"demo-{spec.data}"
         names = [name for name, _ in shares]
-        with _broker(broker_url, tmp, federation, names, spec.secure) as place:
+        with _broker(broker_url, tmp, federation, names, spec.secure) as place, _meter(spec, place) as meter:
             kind = place.kind
             if kind == "amqtt":
                 # amqtt 0.12 drops some clients right after it delivers their retained model chunks; the links
@@ -229,6 +259,8 @@ def run_federation(
                         "storage": str(tmp / "gateway"),
                         "model": str(initial),
                         "trainable_layers": spec.trainable_layers,
+                        "patches": spec.patches,
+                        "downlink_density": spec.downlink_density,
                     },
                     "rounds": {
                         "rounds": spec.rounds,
@@ -265,6 +297,7 @@ def run_federation(
                     totals[0],
                     totals[1],
                     summary.seconds,
+                    meter.snapshot() if meter is not None else None,
                 )
                 records.append(record)
                 if on_round is not None:
@@ -288,7 +321,7 @@ def run_federation(
                                 "trainable_layers": spec.trainable_layers,
                                 "seed": spec.seed,
                             },
-                            **place.device_tables(name),
+                            **_metered(place.device_tables(name), meter),
                         },
                         env={},
                     )
@@ -308,7 +341,8 @@ def run_federation(
                     if path.is_file():
                         top = path.relative_to(tmp / "gateway").parts[0]
                         files[top] = files.get(top, 0) + path.stat().st_size
-    return FederationResult(spec, records, len(shares), kind, final, final_model, sum(files.values()), files)
+    return FederationResult(spec, records, len(shares), kind, final, final_model, sum(files.values()), files,
+                            model_size)
 
 
 def central_baseline(spec: FederationSpec, epochs: int = 30) -> float:

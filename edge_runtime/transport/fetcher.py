@@ -15,6 +15,12 @@ not verify is ignored, the model in use stays, and the reason is logged
 once per distinct message (a retained manifest comes again at every
 reconnect). A manifest whose model is larger than ``capacity`` allows is
 refused before any chunk is fetched.
+
+A manifest may carry its version as a patch against its parent
+(wire/patch.py): a device holding the parent applies it, and installs
+the result only if it hashes to the version and loads, with no chunk
+topic subscribed. A device holding anything else, or whose patch fails,
+fetches the chunks as before.
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ class ModelFetcher:
         self.announced: wire.ModelManifest | None = None  # the latest manifest the gateway published
         self.failed: dict[bytes, Exception] = {}  # version -> why it was not installed
         self.refused = 0
+        self.patched = 0  # versions installed from a patch
+        self.patch_failures = 0  # patches that did not apply or verify (the whole model was fetched instead)
+        self.fetched = 0  # versions installed from chunks
         self._refetching: set[str] = set()
         self._refetches: dict[str, int] = {}  # chunk topic -> times fetched again for the current model
         self.installed = threading.Event()
@@ -112,6 +121,8 @@ class ModelFetcher:
             self.failed[manifest.version] = too_large
             if self.on_refused is not None:
                 self.on_refused(manifest, too_large)
+            return
+        if manifest.patch is not None and manifest.patch.base == self.store.current_version and self._patch(manifest):
             return
         with self._lock:
             if self.assembler is not None and self.assembler.manifest.version == manifest.version:
@@ -162,6 +173,29 @@ class ModelFetcher:
         if topic in self._refetching:
             self.link.subscribe(topic, self._on_chunk)
 
+    def _patch(self, manifest: wire.ModelManifest) -> bool:
+        """Install the manifest's version by patching the model held; False (logged) when the patch does not
+        apply, its result does not verify or load: the caller then fetches the whole model."""
+        assert manifest.patch is not None
+        try:
+            held = self.store.current()
+            if held is None:
+                raise wire.ValueRejected("model", "the model held is missing or damaged")
+            model = wire.apply_patch(held, manifest.patch)
+            self.store.install(model, manifest.version, self.validate)
+        except Exception as exc:  # whatever went wrong, the whole model is the way out
+            self.patch_failures += 1
+            log.warning("model %s: patch of %d bytes not applied (%s); fetching the whole model",
+                        manifest.version.hex()[:12], manifest.patch.encoded_bytes, exc)  # fmt: skip
+            return False
+        self.patched += 1
+        log.info("model %s installed from a patch of %d bytes (%d changed)", manifest.version.hex()[:12],
+                 manifest.patch.encoded_bytes, manifest.patch.count)  # fmt: skip
+        with self._lock:
+            self.assembler = None
+        self._installed(manifest)
+        return True
+
     def _install(self, assembler: ChunkAssembler) -> None:
         manifest = assembler.manifest
         try:
@@ -184,6 +218,10 @@ class ModelFetcher:
         self._refetches.clear()
         with self._lock:
             self.assembler = None
+        self.fetched += 1
+        self._installed(manifest)
+
+    def _installed(self, manifest: wire.ModelManifest) -> None:
         self.manifest = manifest
         self.installed.set()
         if self.on_installed is not None:

@@ -23,6 +23,7 @@ from .messages import (
     TaskFailure,
     TrainableTensor,
 )
+from .patch import ModelPatch, apply_patch, make_patch
 from .secagg import (
     SecAggAdvertise,
     SecAggCollect,
@@ -78,6 +79,7 @@ __all__ = [
     "ModelCommit",
     "ModelData",
     "ModelManifest",
+    "ModelPatch",
     "Opened",
     "Presence",
     "Receipt",
@@ -103,10 +105,12 @@ __all__ = [
     "ValueRejected",
     "Verifier",
     "WireError",
+    "apply_patch",
     "decode",
     "encode",
     "encode_compact",
     "key_id_for",
+    "make_patch",
     "new_update_id",
     "open_envelope",
     "peek_type",

@@ -11,6 +11,7 @@ from .envelope import Verifier, open_envelope
 from .errors import SchemaError, ValueRejected
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import Fragment, GatewayState, ModelChunk, ModelManifest, Presence, Receipt, Task, TaskFailure
+from .patch import ModelPatch
 from .schema import SCHEMA_VERSION, Header, MapReader
 from .secagg import SECAGG_MESSAGES
 from .serial import (
@@ -35,6 +36,7 @@ MESSAGE_CLASSES: dict[int, Any] = {
         Task,
         ModelManifest,
         ModelChunk,
+        ModelPatch,
         Presence,
         GatewayState,
         Receipt,

@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .limits import Limits
-from .schema import MapReader, f32, header
+from .patch import MSG_MODEL_PATCH, ModelPatch
+from .schema import SCHEMA_VERSION, Header, MapReader, f32, header
 
 MSG_TASK = 2
 MSG_MANIFEST = 3
@@ -160,6 +161,9 @@ class ModelManifest:
     parent: bytes | None = None
     federation: str = ""
     chunk_digests: list[bytes] = field(default_factory=list)  # sha256 of each chunk; empty: not given
+    # The version as a patch against ``parent`` (wire/patch.py): a device holding the parent applies it instead of
+    # fetching chunks. Inside the manifest, so the gateway's one signature covers it.
+    patch: ModelPatch | None = None
 
     TYPE = MSG_MANIFEST
 
@@ -177,6 +181,7 @@ class ModelManifest:
         PARENT = 8
         FEDERATION = 9
         CHUNK_DIGESTS = 10
+        PATCH = 11
 
     def to_cbor(self) -> dict[int, Any]:
         K = ModelManifest.Key
@@ -188,12 +193,16 @@ class ModelManifest:
             K.TRAINABLE: [[t.tensor, list(t.shape)] for t in self.trainable],
             K.CREATED: self.created,
         }
-        if self.parent is not None:
+        if self.parent is not None and self.patch is None:  # with a patch, its base is the parent
             out[K.PARENT] = self.parent
         if self.federation:
             out[K.FEDERATION] = self.federation
         if self.chunk_digests:
             out[K.CHUNK_DIGESTS] = list(self.chunk_digests)
+        if self.patch is not None:
+            if self.patch.base != self.parent or self.patch.target != self.version or self.patch.size != self.size:
+                raise ValueError("a manifest's patch must go from its parent to its version")
+            out[K.PATCH] = self.patch.to_cbor(embedded=True)
         return out
 
     @classmethod
@@ -226,17 +235,39 @@ class ModelManifest:
             MapReader({"digest": d}, f"{r.path}.chunk_digests[{i}]").bytestring("digest", size=32)
             for i, d in enumerate(digests)
         ]
+        version = r.bytestring(K.VERSION, size=32)
+        patch = _read_patch(r, limits, version, size)
+        parent = r.bytestring(K.PARENT, size=32, default=None)
+        if patch is not None and parent not in (None, patch.base):
+            raise ValueRejected(f"{r.path}.parent", "not the base of the manifest's patch")
         return cls(
-            version=r.bytestring(K.VERSION, size=32),
+            version=version,
             size=size,
             chunk_size=chunk_size,
             chunk_count=chunk_count,
             trainable=trainable,
             created=r.uint(K.CREATED, 2**40, default=0),
-            parent=r.bytestring(K.PARENT, size=32, default=None),
+            parent=patch.base if patch is not None else parent,
             federation=r.text(K.FEDERATION, limits.max_string, default=""),
             chunk_digests=chunk_digests,
+            patch=patch,
         )
+
+
+def _read_patch(r: MapReader, limits: Limits, version: bytes, size: int) -> ModelPatch | None:
+    """A manifest's patch: a ModelPatch map whose target is the manifest's version; its base is the parent."""
+    sub = r.submap(ModelManifest.Key.PATCH, default=None)
+    if sub is None:
+        return None
+    kind = sub.uint(Header.TYPE, 255)
+    if kind != MSG_MODEL_PATCH:
+        raise SchemaError(f"{sub.path}.type", f"message type {kind} where a model patch ({MSG_MODEL_PATCH}) belongs")
+    if sub.uint(Header.SCHEMA_VERSION, 255) != SCHEMA_VERSION:
+        raise SchemaError(f"{sub.path}.schema_version", f"this build reads {SCHEMA_VERSION}")
+    patch = ModelPatch.from_reader(sub, limits, target=version)
+    if patch.size != size:
+        raise ValueRejected(f"{sub.path}.size", f"a patch of a {patch.size}-byte model in a manifest of {size} bytes")
+    return patch
 
 
 @dataclass

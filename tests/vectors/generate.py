@@ -22,6 +22,8 @@ from tests.wire_json import to_json
 V1 = hashlib.sha256(b"model v1").digest()
 V0 = hashlib.sha256(b"model v0").digest()
 ID = bytes(range(16))
+PATCH = wire.make_patch(b"TFL3 v0 bytes", b"TFL3 v1 bytez")
+assert PATCH is not None
 
 
 def tensor(numel: int, indices: list[int], coding: ValueCoding, codes: list[float], scale: float = 1.0) -> TensorUpdate:
@@ -116,6 +118,27 @@ VALID: list[tuple[str, str, Any]] = [
             parent=V0,
             federation="har",
             chunk_digests=[hashlib.sha256(b"TFL3-bytes").digest()],
+        ),
+    ),
+    (
+        "model-patch",
+        "a 13-byte model's version v1 as a patch against v0: two bytes changed",
+        PATCH,
+    ),
+    (
+        "manifest-patched",
+        "version v1 of a 13-byte model, with the patch from its parent v0 inside (base and target implied)",
+        wire.ModelManifest(
+            PATCH.target,
+            13,
+            65536,
+            1,
+            [wire.TrainableTensor(7, (6, 64))],
+            created=1_700_000_000,
+            parent=PATCH.base,
+            federation="har",
+            chunk_digests=[PATCH.target],
+            patch=PATCH,
         ),
     ),
     (
@@ -243,6 +266,9 @@ def refused() -> list[tuple[str, str, str, str, str]]:
     manifest = next(msg for name, _, msg in VALID if name == "manifest")
     digest = b"\x58\x20" + manifest.chunk_digests[0]
     two_digests = wire.encode(manifest)[: -1 - len(digest)] + b"\x82" + digest * 2  # key 10, last: [d] -> [d, d]
+    patched = next(msg for name, _, msg in VALID if name == "manifest-patched")
+    count_tail = wire.encode(patched)[-40:]  # the embedded patch's keys come last; key 5 (count) is 2
+    assert count_tail.count(b"\x05\x02") == 1
     nan_update = update(tensor(4, [0, 1, 2, 3], ValueCoding.FLOAT32, [0.0, float("nan"), 1.0, 2.0]))
     cases = [
         ("truncated", "the last byte of a valid update is missing", base[:-1], "MalformedCBOR", "envelope"),
@@ -283,6 +309,13 @@ def refused() -> list[tuple[str, str, str, str, str]]:
             two_digests,
             "ValueRejected",
             "modelmanifest.chunk_digests",
+        ),
+        (
+            "manifest-patch-count",
+            "a manifest whose patch changes 14 bytes of a 13-byte model",
+            wire.encode(patched)[:-len(count_tail)] + count_tail.replace(b"\x05\x02", b"\x05\x0e"),
+            "ValueRejected",
+            "modelmanifest.patch.count",
         ),
     ]
     return [(n, m, b.hex(), e, f) for n, m, b, e, f in cases]
