@@ -9,7 +9,9 @@
 # uses an interpreter, the numpy code: --numpy-1-subset, tests/conftest.py), so every backend is tested. ruff, mypy,
 # the import contracts (lint-imports) and the extras smoke test (each role's
 # extra installed alone into a clean venv, scripts/extras-smoke.sh) run
-# first; any failure fails the script.
+# first; any failure fails the script. Last, tests/pi/ run inside an emulated Raspberry Pi (an arm64 userland
+# under qemu-user, scripts/pi-userland.sh; root, debootstrap and qemu-user-static, which .ci/run installs):
+# the Pi owner's install, the conformance outputs against the host's, a device in a federation on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -41,4 +43,18 @@ echo "== tests on numpy 2 (litert, micro)"
 .venv/bin/python -m pytest "$@" || status=$?
 echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"
 .venv-np1/bin/python -m pytest --numpy-1-subset "$@" || status=$?
+echo "== emulated Raspberry Pi (arm64 userland under qemu-user): tests/pi"
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null; then
+    # The userland is built once per machine (about 2-5 minutes) and cached outside the checkout.
+    if bash scripts/pi-userland.sh build; then
+        TINYFED_PI_TESTS=1 .venv/bin/python -m pytest tests/pi -q -rs -s || status=$?
+    else
+        status=1
+    fi
+elif [ -n "${TINYFED_REQUIRE_PI:-}" ]; then
+    echo "TINYFED_REQUIRE_PI is set, but the emulated Pi needs root, debootstrap and qemu-user-static" >&2
+    status=1
+else
+    echo "skipped: needs root, debootstrap and qemu-user-static (.ci/run installs them)"
+fi
 exit $status
