@@ -43,24 +43,33 @@ def where() -> dict[str, str]:
         "python": platform.python_version(),
         "qemu_cpu": os.environ.get("QEMU_CPU", ""),
         "cpuinfo_model": model,
-        "emulated": os.environ.get("TINYFED_PI_EMULATED", ""),
+        "emulated": os.environ.get("PI_USERLAND", ""),
     }
 
 
 def conformance(inputs: Path, output: Path) -> None:
     import numpy as np
 
-    from edge_runtime.model.backends.litert import LitertBackend
+    from edge_runtime.model.backends import available_backends, get_backend
+    from edge_runtime.model.backends.base import Backend
 
     data = np.load(inputs)
     names = sorted(key.split(":", 1)[1] for key in data.files if key.startswith("model:"))
+    # The device's interpreter as it uses it (litert on 64-bit, tflite-runtime on 32-bit ARM), and XNNPACK.
+    installed = available_backends()
+    device = next(name for name in ("litert", "tflite-runtime") if name in installed)
+    backends: dict[str, Backend] = {"builtin": get_backend(device)}
+    if device == "litert":
+        from edge_runtime.model.backends.litert import LitertBackend
+
+        backends["xnnpack"] = LitertBackend(xnnpack=True)
     out: dict[str, Any] = {}
     for name in names:
         model = data[f"model:{name}"].tobytes()
         x = data[f"x:{name}"]
-        for label, backend in (("builtin", LitertBackend()), ("xnnpack", LitertBackend(xnnpack=True))):
+        for label, backend in backends.items():
             out[f"{label}:{name}"] = backend.load(model).run_batch(x)[0]
-    out["where"] = np.array(json.dumps(where()))
+    out["where"] = np.array(json.dumps({**where(), "backend": device}))
     np.savez(output, **out)
 
 
@@ -70,7 +79,7 @@ def figures(data_file: Path, output: Path) -> None:
     import numpy as np
 
     from edge_runtime.agent import DeviceAgent  # noqa: F401  (what `tinyfed device run` imports and holds)
-    from edge_runtime.model.backends.litert import LitertBackend
+    from edge_runtime.model.backends import available_backends, get_backend
     from edge_runtime.model.info import quantize_input
     from edge_runtime.model.writer import write_graph
     from edge_runtime.train.build import build_model
@@ -82,7 +91,8 @@ def figures(data_file: Path, output: Path) -> None:
     classes = [str(c) for c in data["classes"]]
     graph = build_model("mlp", x, classes, seed=0)
     model = write_graph(graph)
-    session = LitertBackend().load(model)
+    backend = next(name for name in ("litert", "tflite-runtime") if name in available_backends())
+    session = get_backend(backend).load(model)
     xq = quantize_input(graph, x)
     session.set_input(xq[:1])
     for _ in range(20):
@@ -98,6 +108,7 @@ def figures(data_file: Path, output: Path) -> None:
     epoch_s = time.perf_counter() - t0
     result = {
         **where(),
+        "backend": backend,
         "invoke_us": invoke_us,
         "epoch_s": epoch_s,
         "epoch_samples": len(x),

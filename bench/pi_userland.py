@@ -58,7 +58,7 @@ class Userland:
         if cpu is not None:
             env["QEMU_CPU"] = cpu  # the script keeps a QEMU_CPU it is given: only to show what `max` does
         if host_cpuinfo:
-            env["TINYFED_PI_CPUINFO"] = "host"
+            env["PI_USERLAND_CPUINFO"] = "host"
         return env
 
     def run(

@@ -120,7 +120,8 @@ say "installed in $((SECONDS - start)) s: $("$PREFIX/bin/python" -m pip list --d
 # 4. The bundle, and the data.
 install -d -m 0700 -o tinyfed -g tinyfed "$CONF" "$STATE"
 if [ -d "$BUNDLE" ]; then
-    cp -a "$BUNDLE"/. "$CONF"/
+    # --bundle /etc/tinyfed (a re-run on an installed device) keeps the files where they are.
+    [ "$(cd "$BUNDLE" && pwd -P)" = "$(cd "$CONF" && pwd -P)" ] || cp -a "$BUNDLE"/. "$CONF"/
 else
     tar -xzf "$BUNDLE" -C "$CONF" --no-same-owner
 fi

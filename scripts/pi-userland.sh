@@ -7,7 +7,7 @@
 #   scripts/pi-userland.sh run [--pi 4|5] [--bind DIR]... [--overlay DIR] [--] CMD [ARG]...
 #   scripts/pi-userland.sh path | check | clean
 #
-# Cached in ${TINYFED_PI_USERLAND:-${XDG_CACHE_HOME:-~/.cache}/tinyfed/pi-userland/bookworm-ARCH} (outside the
+# Cached in ${PI_USERLAND_ROOT:-${XDG_CACHE_HOME:-~/.cache}/tinyfed/pi-userland/bookworm-ARCH} (outside the
 # checkout, so `git clean` keeps it); PI_ARCH=armhf builds the 32-bit one beside it. Needs root (debootstrap,
 # chroot, mounts), debootstrap and qemu-user-static (.ci/run installs them). Network: deb.debian.org only, and
 # whatever package index the host's pip uses.
@@ -43,7 +43,7 @@ case $ARCH in
     *) echo "pi-userland: PI_ARCH must be arm64 or armhf, not '$ARCH'" >&2; exit 2 ;;
 esac
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tinyfed/pi-userland
-ROOT=${TINYFED_PI_USERLAND:-$CACHE/$SUITE-$ARCH}
+ROOT=${PI_USERLAND_ROOT:-$CACHE/$SUITE-$ARCH}
 # Bumped when INCLUDE or the build changes, so a stale cache is rebuilt rather than half-used.
 STAMP_VALUE="v1 $SUITE $ARCH $INCLUDE"
 
@@ -152,18 +152,20 @@ run() {
     pip_paths=$(pip_local_paths | tr '\n' ' ')
     # Environment inside: clean, plus what pip and the emulation need.
     local envs=(HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
-        TERM="${TERM:-dumb}" QEMU_CPU="$cpu" PI_MODEL="$PI_MODEL" TINYFED_PI_EMULATED="pi$PI_MODEL-$ARCH-$cpu")
+        TERM="${TERM:-dumb}" QEMU_CPU="$cpu" PI_MODEL="$PI_MODEL" PI_USERLAND="pi$PI_MODEL-$ARCH-$cpu")
     local name
     while IFS='=' read -r name _; do
         case $name in
-            PIP_* | SSL_CERT_FILE | SSL_CERT_DIR | REQUESTS_CA_BUNDLE | CURL_CA_BUNDLE | TINYFED_* | PYTEST_* \
+            # Not TINYFED_*: a device refuses a TINYFED_ variable that is not one of its settings.
+            PIP_* | SSL_CERT_FILE | SSL_CERT_DIR | REQUESTS_CA_BUNDLE | CURL_CA_BUNDLE \
                 | PYTHONUNBUFFERED | PYTHONDONTWRITEBYTECODE) envs+=("$name=${!name}") ;;
         esac
     done < <(env)
     PIP_CACHE=$CACHE/pip-cache-$ARCH
     mkdir -p "$PIP_CACHE"
-    # TINYFED_PI_CPUINFO=host leaves the host's x86 cpuinfo in place: only to show the trap (tests/pi/).
-    [ "${TINYFED_PI_CPUINFO:-}" = host ] && info=""
+    # (The variables this script reads are not named TINYFED_*: tinyfed refuses unknown TINYFED_ variables.)
+    # PI_USERLAND_CPUINFO=host leaves the host's x86 cpuinfo in place: only to show the trap (tests/pi/).
+    [ "${PI_USERLAND_CPUINFO:-}" = host ] && info=""
     export ROOT REPO ARCH info pip_paths OVERLAY PIP_CACHE
     # Everything below happens in a private mount namespace: nothing leaks to the host's mount table.
     # exec: one process from here to the command, so a signal to this script reaches the command itself.

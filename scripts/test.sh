@@ -47,12 +47,12 @@ echo "== emulated Raspberry Pi (arm64 userland under qemu-user): tests/pi"
 if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null; then
     # The userland is built once per machine (about 2-5 minutes) and cached outside the checkout.
     if bash scripts/pi-userland.sh build; then
-        TINYFED_PI_TESTS=1 .venv/bin/python -m pytest tests/pi -q -rs -s || status=$?
+        PI_USERLAND_TESTS=1 .venv/bin/python -m pytest tests/pi -q -rs -s || status=$?
     else
         status=1
     fi
-elif [ -n "${TINYFED_REQUIRE_PI:-}" ]; then
-    echo "TINYFED_REQUIRE_PI is set, but the emulated Pi needs root, debootstrap and qemu-user-static" >&2
+elif [ -n "${REQUIRE_PI_USERLAND:-}" ]; then
+    echo "REQUIRE_PI_USERLAND is set, but the emulated Pi needs root, debootstrap and qemu-user-static" >&2
     status=1
 else
     echo "skipped: needs root, debootstrap and qemu-user-static (.ci/run installs them)"

@@ -1,6 +1,6 @@
 """The emulated Raspberry Pi: one board per session, provisioned and installed the way a Pi owner does it.
 
-These tests run only in scripts/test.sh's emulated-Pi stage (``TINYFED_PI_TESTS=1``), as root, once
+These tests run only in scripts/test.sh's emulated-Pi stage (``PI_USERLAND_TESTS=1``), as root, once
 ``scripts/pi-userland.sh build`` has made the userland; the main suite skips them, so it stays fast. The board
 is the cached Debian bookworm arm64 userland under an overlay of this session's (bench/pi_userland.py):
 ``scripts/pi-install.sh`` runs inside it as on a freshly flashed Pi, with the device's bundle from
@@ -26,12 +26,12 @@ from gateway.pki.layout import Layout
 from tests.trust import FEDERATION
 
 DEVICE = "pi-emu"
-STAGE = os.environ.get("TINYFED_PI_TESTS") == "1"
+STAGE = os.environ.get("PI_USERLAND_TESTS") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
-    why = "the emulated-Pi stage runs these (scripts/test.sh sets TINYFED_PI_TESTS=1)" if not STAGE else unavailable()
+    why = "the emulated-Pi stage runs these (scripts/test.sh sets PI_USERLAND_TESTS=1)" if not STAGE else unavailable()
     for item in items:
         if Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.pi)
@@ -51,9 +51,11 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def board(tmp_path_factory: pytest.TempPathFactory, exchange: Path) -> Iterator[Userland]:
-    overlay = tmp_path_factory.mktemp("pi-board")
+    kept = os.environ.get("PI_USERLAND_BOARD")  # a board kept between runs (debugging): pi-install.sh runs again on it
+    overlay = Path(kept) if kept else tmp_path_factory.mktemp("pi-board")
     yield Userland(overlay=overlay, pi=4, binds=[exchange])
-    shutil.rmtree(overlay, ignore_errors=True)  # a venv of some 250 MB: not kept for pytest's last three runs
+    if not kept:
+        shutil.rmtree(overlay, ignore_errors=True)  # a venv of some 250 MB: not kept for pytest's last three runs
 
 
 @pytest.fixture(scope="session")
