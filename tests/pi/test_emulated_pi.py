@@ -177,9 +177,12 @@ def write_toml(path: Path, settings: dict[str, dict[str, object]]) -> Path:
     return path
 
 
-def gateway_status(config: Path) -> dict[str, Any]:
+def gateway_status(config: Path) -> dict[str, Any] | None:
+    """`tinyfed gateway status --json`, or None before the gateway has made its store."""
     proc = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(config), "--json"],
                           capture_output=True, text=True, timeout=120)
+    if proc.returncode == 2 and "the gateway has not run with this storage" in proc.stderr:
+        return None
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -208,14 +211,20 @@ def test_the_emulated_device_joins_the_hosts_federation_trains_and_is_counted(
     try:
         def counted() -> bool:
             status = gateway_status(config)
-            return any(r.get("updates", 0) >= 1 for r in status["rounds"])
+            if status is not None and any(r.get("updates", 0) >= 1 for r in status["rounds"]):
+                return True
+            for name, proc in (("the device", device), ("the gateway", gateway)):  # a failed start: its output
+                assert proc.poll() is None, f"{name} exited {proc.returncode}: {proc.communicate()[0]}"
+            return False
 
         wait_for(counted, WAIT, "the emulated device's update counted by the host's gateway")
         status = gateway_status(config)
+        assert status is not None
         print(json.dumps({"rounds": status["rounds"], "devices": status["devices"]}, indent=1))
         (row,) = [d for d in status["devices"] if d["device"] == DEVICE]
-        assert row["samples"] > 0 and row["refusals"] == 0
-        assert status["rounds"][-1]["updates"] >= 1
+        assert row["samples"] > 0 and row["refusals"] == 0 and row["backend"] == "litert"
+        (train,) = [r for r in status["rounds"] if r["mode"] == "sync"]
+        assert train["status"] == "closed" and train["updates"] == 1 and train["refused"] == 0
         device.send_signal(signal.SIGTERM)
         out, _ = device.communicate(timeout=WAIT)
         assert device.returncode == 0, out
