@@ -73,12 +73,14 @@ build() {
     ensure_binfmt
     if built; then echo "pi-userland: $ROOT is built ($STAMP_VALUE)"; return; fi
     local tmp="$ROOT.building.$$"
-    rm -rf "$tmp"
+    # Leftovers of an interrupted build (never a mount point to cross: those died with their namespace).
+    rm -rf --one-file-system "$ROOT".building.*
     mkdir -p "$(dirname "$ROOT")"
     echo "pi-userland: debootstrap $SUITE $ARCH into $ROOT (once)"
     local start=$SECONDS
     # Built aside and renamed into place: an interrupted build never looks like a finished one.
-    if ! debootstrap --arch="$ARCH" --variant=minbase --include="$INCLUDE" "$SUITE" "$tmp" "$MIRROR" \
+    # In a mount namespace of its own: the /proc debootstrap mounts in the target goes with it, even when killed.
+    if ! unshare --mount --propagation private -- debootstrap --arch="$ARCH" --variant=minbase --include="$INCLUDE" "$SUITE" "$tmp" "$MIRROR" \
         >"$tmp.log" 2>&1; then
         tail -n 30 "$tmp.log" >&2
         die "debootstrap failed (whole log: $tmp.log)"
