@@ -98,7 +98,7 @@ def main(full: bool = False) -> dict[str, float]:
         t0 = time.monotonic()
         board.run(["bash", str(INSTALL_SCRIPT), "--bundle", str(_bundle(work)), "--from", str(wheel)], timeout=3600)
         figures["emulated_reinstall_s" if kept else "emulated_install_s"] = time.monotonic() - t0
-        details["install"] = "scripts/pi-install.sh: venv + tinyfed[device] (pip's wheel cache warm after a first run)"
+        details["install"] = "scripts/pi-install.sh: venv + tinyfed[device]"
 
         host_out = work / "host.json"
         subprocess.run([sys.executable, str(PROBE), "figures", str(data), str(host_out)], check=True)
