@@ -26,7 +26,8 @@
 # - --overlay DIR: the cached userland as the lower layer of an overlayfs whose changes go to DIR, so a test
 #   session starts from a "freshly flashed" board and the cache is never changed; runs with the same DIR see
 #   each other's changes;
-# - pip's cache kept beside the userland (pip-cache-ARCH), so wheels are downloaded once per machine.
+# - pip's cache bound from beside the userland (pip-cache-ARCH), meant to download wheels once per machine
+#   (it stayed empty in the runs so far: not yet found why).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
