@@ -9,7 +9,9 @@
 # uses an interpreter, the numpy code: --numpy-1-subset, tests/conftest.py), so every backend is tested. ruff, mypy,
 # the import contracts (lint-imports) and the extras smoke test (each role's
 # extra installed alone into a clean venv, scripts/extras-smoke.sh) run
-# first; any failure fails the script.
+# first; any failure fails the script. Last, tests/pi/ run inside an emulated Raspberry Pi (an arm64 userland
+# under qemu-user, scripts/pi-userland.sh; root, debootstrap and qemu-user-static, which .ci/run installs):
+# the Pi owner's install, the conformance outputs against the host's, a device in a federation on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -41,6 +43,15 @@ PYTHON="$PYTHON" bash scripts/extras-smoke.sh
 workers=(-n "${PYTEST_WORKERS:-2}" --dist loadfile)
 [ "${PYTEST_WORKERS:-2}" = 0 ] && workers=()
 status=0
+# The emulated Pi's userland is built once per machine (debootstrap, 2-5 minutes, mostly downloading) and cached
+# outside the checkout: the build runs beside the tests below, which it does not touch; its tests run last.
+pi_build=
+pi_log=$(mktemp)
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null; then
+    echo "== emulated Raspberry Pi: its userland builds in the background"
+    bash scripts/pi-userland.sh build >"$pi_log" 2>&1 &
+    pi_build=$!
+fi
 echo "== the C board: firmware unit tests on the host, then the HIL suite against the firmware under QEMU"
 make -s -C firmware host-test || status=$?
 .venv/bin/python -m pytest -q tests/test_hil.py --hil-qemu mps2-an386 -rs || status=$?
@@ -48,4 +59,18 @@ echo "== tests on numpy 2 (litert, micro)"
 .venv/bin/python -m pytest "${workers[@]}" "$@" || status=$?
 echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"
 .venv-np1/bin/python -m pytest "${workers[@]}" --numpy-1-subset "$@" || status=$?
+echo "== emulated Raspberry Pi (arm64 userland under qemu-user): tests/pi"
+if [ -n "$pi_build" ]; then
+    if wait "$pi_build"; then
+        PI_USERLAND_TESTS=1 .venv/bin/python -m pytest tests/pi -q -rs -s || status=$?
+    else
+        cat "$pi_log" >&2
+        status=1
+    fi
+elif [ -n "${REQUIRE_PI_USERLAND:-}" ]; then
+    echo "REQUIRE_PI_USERLAND is set, but the emulated Pi needs root, debootstrap and qemu-user-static" >&2
+    status=1
+else
+    echo "skipped: needs root, debootstrap and qemu-user-static (.ci/run installs them)"
+fi
 exit $status
