@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turn a freshly flashed Raspberry Pi OS (or any Debian-based board) into a provisioned tinyfed device, in one step:
 #
-#   git clone https://github.com/tinyfed/tinyfed && cd tinyfed
+#   (a checkout of the version the hub runs, copied to the Pi; or --from a wheel)
 #   sudo scripts/pi-install.sh --bundle ~/pi-kitchen.tar.gz --data ~/kitchen.csv
 #
 # What it does (docs/install.md, "A Raspberry Pi as a device"), each step idempotent:
