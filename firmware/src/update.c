@@ -6,6 +6,17 @@
 #include <math.h>
 #include <string.h>
 
+/* The smallest bfloat16 (a float32 whose low 16 bits are zero) >= a positive finite scale: what Python devices
+   send (edge_runtime/compress/quantize.py bfloat16_up), so the update's bytes stay identical to theirs. */
+static float bfloat16_up(float scale) {
+    uint32_t word;
+    memcpy(&word, &scale, sizeof word);
+    if (word & 0xFFFFu)
+        word = (word | 0xFFFFu) + 1u;
+    memcpy(&scale, &word, sizeof scale);
+    return scale;
+}
+
 static float acc[UPD_MAX_PARAMS];     /* delta + residual, clipped: what the selection sees */
 static float scratch[UPD_MAX_PARAMS]; /* magnitudes during selection, then the kept values' codes */
 static uint8_t keep[UPD_MAX_PARAMS / 8];
@@ -159,7 +170,7 @@ bool upd_compress(upd_state *st, double density, double clip)
         p->nnz = c - first;
         p->scale = 1.0f;
         if (st->value_coding == VC_INT8) {
-            float scale = peak > 0 ? (float)((double)peak / 127.0) : 1.0f;
+            float scale = peak > 0 ? bfloat16_up((float)((double)peak / 127.0)) : 1.0f;
             p->scale = scale;
             for (uint32_t e = first; e < c; e++) {
                 float q = nearbyintf(scratch[e] / scale);
