@@ -134,6 +134,25 @@ def test_a_wrong_hash_is_refused_and_the_board_keeps_its_model(
     assert emulated(hil_board).flash.model() == model_a
 
 
+def test_under_64_byte_frames_an_errors_detail_is_cut_to_fit_and_a_second_hello_is_answered(
+    dut: BoardDriver, model_a: bytes
+) -> None:
+    """docs/serial-protocol.md, HELLO: an ERROR's detail is cut to fit the agreed frame, and a HELLO is answered
+    within the default 1024-byte frame whatever was agreed before (its answer does not fit 64 bytes)."""
+    dut.send_model(model_a)
+    dut.max_frame = 64
+    assert dut.hello().max_frame == 64
+    with pytest.raises(BoardRefused) as refused:  # the detail names sizes and does not fit 64 bytes whole
+        dut._transfer(b"12345678", sha(b"other bytes"), [], None)
+    assert refused.value.code == ErrorCode.HASH_MISMATCH
+    error = wire.Error(ErrorCode.HASH_MISMATCH, wire.ModelCommit.TYPE, refused.value.detail)
+    assert len(wire.encode(error)) <= 64
+    dut.max_frame = 4096
+    again = dut.hello()
+    assert again.max_frame > 64 and len(wire.encode(again)) > 64
+    assert dut.status().model_version == sha(model_a)
+
+
 @pytest.mark.hil_emulated(reason="injects bit errors, dropped bytes and a slow clock on the emulated line")
 @pytest.mark.parametrize(
     "faults",
