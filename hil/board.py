@@ -187,6 +187,7 @@ class EmulatedBoard:
         self._stop = threading.Event()
         self._hung = threading.Event()
         self._reset_request: int | None = None
+        self._request_type = 0
         self._thread: threading.Thread | None = None
 
     # -- the host's view ----------------------------------------------------------------------------------
@@ -320,6 +321,7 @@ class EmulatedBoard:
 
     def _dispatch(self, frame: Any) -> None:
         assert self._link is not None
+        self._request_type = frame.type  # what an answer that does not fit the frame is refused as
         try:
             message = read_message(frame)
         except wire.WireError as exc:
@@ -358,7 +360,7 @@ class EmulatedBoard:
         else:
             self._send_error(
                 ErrorCode.INTERNAL,
-                message.TYPE,
+                self._request_type,
                 f"the answer (message type {message.TYPE}) exceeds the agreed frame of {link.max_payload} B",
             )
 
