@@ -22,7 +22,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -110,6 +110,20 @@ class _Refusal(Exception):
         self.detail = detail
 
 
+def _cut_to_fit(message: Any, field_name: str, limit: int) -> Any:
+    """``message`` with its text field shortened, whole characters at a time, until it encodes in ``limit``
+    bytes (the text may end up empty)."""
+    text: str = getattr(message, field_name)
+    low, high = 0, len(text)  # the longest prefix that fits lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(wire.encode(replace(message, **{field_name: text[:mid]}))) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return replace(message, **{field_name: text[:low]})
+
+
 class FlashResidualStore(ResidualStore):
     """The error-feedback residual in the flash scratch area (same format as a device's file)."""
 
@@ -173,6 +187,7 @@ class EmulatedBoard:
         self._stop = threading.Event()
         self._hung = threading.Event()
         self._reset_request: int | None = None
+        self._request_type = 0
         self._thread: threading.Thread | None = None
 
     # -- the host's view ----------------------------------------------------------------------------------
@@ -306,6 +321,7 @@ class EmulatedBoard:
 
     def _dispatch(self, frame: Any) -> None:
         assert self._link is not None
+        self._request_type = frame.type  # what an answer that does not fit the frame is refused as
         try:
             message = read_message(frame)
         except wire.WireError as exc:
@@ -330,8 +346,23 @@ class EmulatedBoard:
             self._ram.state = IDLE
 
     def _send(self, message: Any) -> None:
-        assert self._link is not None
-        send_message(self._link, message)
+        """Every request gets one answer within the agreed frame, as on the C board: an ERROR's or LOG's text
+        is cut (at a character, so at a UTF-8 boundary) to fit, and any other answer that does not fit
+        becomes an INTERNAL error that does."""
+        link = self._link
+        assert link is not None
+        if len(wire.encode(message)) <= link.max_payload:
+            send_message(link, message)
+        elif isinstance(message, wire.Error):
+            send_message(link, _cut_to_fit(message, "detail", link.max_payload))
+        elif isinstance(message, wire.Log):
+            send_message(link, _cut_to_fit(message, "text", link.max_payload))
+        else:
+            self._send_error(
+                ErrorCode.INTERNAL,
+                self._request_type,
+                f"the answer (message type {message.TYPE}) exceeds the agreed frame of {link.max_payload} B",
+            )
 
     def _send_error(self, code: ErrorCode, refused: int, detail: str) -> None:
         self._ram.last_error = int(code)
@@ -342,6 +373,10 @@ class EmulatedBoard:
 
     # -- requests -----------------------------------------------------------------------------------------
     def _hello(self, hello: wire.Hello) -> None:
+        assert self._link is not None
+        # A HELLO starts the negotiation again: its answer (or ERROR) goes out within the default frame, as the
+        # first one did, not within what an earlier host agreed (64 bytes would not hold it).
+        self._link.max_payload = MAX_FRAME_DEFAULT
         agreed = min(hello.max_frame, self.spec.max_frame)
         if agreed < 64:
             raise _Refusal(ErrorCode.UNSUPPORTED, f"max_frame {hello.max_frame} is below 64 bytes")
@@ -358,7 +393,6 @@ class EmulatedBoard:
                 samples=len(self.data.train) if self.data is not None else 0,
             )
         )
-        assert self._link is not None
         self._link.max_payload = agreed
 
     def _status(self, _request: wire.Status) -> None:

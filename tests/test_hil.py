@@ -8,6 +8,7 @@ board as they run here on the emulator.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import time
@@ -132,6 +133,51 @@ def test_a_wrong_hash_is_refused_and_the_board_keeps_its_model(
     assert refused.value.code == ErrorCode.HASH_MISMATCH
     assert dut.status().model_version == sha(model_a)
     assert emulated(hil_board).flash.model() == model_a
+
+
+def test_under_64_byte_frames_an_errors_detail_is_cut_to_fit_and_a_second_hello_is_answered(
+    dut: BoardDriver, model_a: bytes
+) -> None:
+    """docs/serial-protocol.md, HELLO: an ERROR's detail is cut to fit the agreed frame, and a HELLO is answered
+    within the default 1024-byte frame whatever was agreed before (its answer does not fit 64 bytes)."""
+    dut.send_model(model_a)
+    dut.max_frame = 64
+    assert dut.hello().max_frame == 64
+    with pytest.raises(BoardRefused) as refused:  # the detail names sizes and does not fit 64 bytes whole
+        dut._transfer(b"12345678", sha(b"other bytes"), [], None)
+    assert refused.value.code == ErrorCode.HASH_MISMATCH
+    error = wire.Error(ErrorCode.HASH_MISMATCH, wire.ModelCommit.TYPE, refused.value.detail)
+    assert len(wire.encode(error)) <= 64
+    dut.max_frame = 4096
+    again = dut.hello()
+    assert again.max_frame > 64 and len(wire.encode(again)) > 64
+    assert dut.status().model_version == sha(model_a)
+
+
+def test_an_answer_that_cannot_fit_the_frame_is_an_internal_error_and_data_past_the_size_is_no_flash(
+    dut: BoardDriver, digits: DataSplit
+) -> None:
+    """docs/serial-protocol.md, Session: an answer other than ERROR or LOG that cannot fit the agreed frame is
+    replaced by an INTERNAL error (100 int8 scores do not fit 64 bytes); error table: MODEL_DATA past the size
+    MODEL_BEGIN announced is NO_FLASH."""
+    # 8 inputs (the request fits 64 bytes), 100 outputs (the answer does not)
+    wide = build_model("mlp", digits.train.x[:, :8], [str(i) for i in range(100)], seed=0)
+    dut.send_model(write_graph(dataclasses.replace(wide, metadata={})))  # no class names: within C's bounds
+    dut.max_frame = 64
+    assert dut.hello().max_frame == 64
+    with pytest.raises(BoardRefused) as refused:
+        dut.infer(np.zeros(8, np.int8))
+    assert refused.value.code == ErrorCode.INTERNAL and refused.value.refused_type == wire.Infer.TYPE
+    assert refused.value.detail.startswith(f"the answer (message type {wire.InferResult.TYPE})")  # then cut to fit
+
+    dut.max_frame = 4096
+    dut.hello()
+    dut._request(wire.ModelBegin(sha(b"8 bytes!"), 8), wire.ModelBegin)
+    dut._in_data_phase = True
+    dut._send(wire.ModelData(0, b"16 bytes, not 8!"))
+    with pytest.raises(BoardRefused) as past:
+        dut._next(30)
+    assert past.value.code == ErrorCode.NO_FLASH and past.value.refused_type == wire.ModelData.TYPE
 
 
 @pytest.mark.hil_emulated(reason="injects bit errors, dropped bytes and a slow clock on the emulated line")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +53,7 @@ from firmware_bridge.link import LinkError  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.service import Gateway, RoundSummary  # noqa: E402
 from gateway.store import GatewayStore  # noqa: E402
-from hil.qemu import QemuBoard, start_board  # noqa: E402
+from hil.qemu import QemuBoard, elf_path, start_board  # noqa: E402
 
 from .federation import FED, WAIT, gateway_config, start_agents  # noqa: E402
 from .helpers import fast_config  # noqa: E402
@@ -110,6 +113,29 @@ def test_a_power_cut_mid_transfer_keeps_what_reached_flash_and_the_model_survive
                 assert driver.infer(x[i]).output.tolist() == host[i].reshape(-1).tolist()
     finally:
         powered.stop()
+
+
+def test_the_c_boards_free_ram_is_what_the_linker_leaves_of_its_ram(tmp_path: Path) -> None:
+    """STATUS's free RAM is HELLO's RAM less .data, .bss, the stack and the 256 bytes of reset reason outside
+    every section: the figure `make -C firmware ram` prints (the board counted those 256 bytes as free)."""
+    qemu = board(tmp_path, "qemu-ram")
+    try:
+        with BoardDriver(qemu.path, BAUD, answer_timeout=10) as driver:
+            hello = driver.hello()
+            free = driver.status().free_ram
+    finally:
+        qemu.stop()
+    report = subprocess.run(
+        [sys.executable, "tools/ram_report.py", str(elf_path(MACHINE))],
+        cwd=Path(__file__).parent.parent / "firmware",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    used = int(re.search(r"^RAM: ([\d,]+) B of", report, re.M).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert hello.ram == 256 * 1024
+    assert free == hello.ram - used - 256
+    assert f"free: {free:,} B" in report
 
 
 def test_the_c_board_refuses_what_it_cannot_do_with_the_specs_error_codes(tmp_path: Path, digits_mlp: Graph) -> None:

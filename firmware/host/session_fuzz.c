@@ -128,6 +128,7 @@ void plat_ram_figures(ram_figures *r)
     r->bss = 175168;
     r->stack = 16384;
     r->stack_used = 0;
+    r->reserved = 256;
 }
 
 /* -- the host's side ---------------------------------------------------------------------------------------- */

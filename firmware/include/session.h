@@ -8,9 +8,10 @@
 /* Boots from flash (loads the installed model), announces the reset, then serves requests forever. */
 void session_main(uint8_t reset_reason) __attribute__((noreturn));
 
-/* RAM figures from the linker (platform) for HELLO's LOG and STATUS. */
+/* RAM figures from the linker (platform) for HELLO's LOG and STATUS. `reserved` is RAM outside every section
+ * (the reset reason): part of `ram`, never free. */
 typedef struct {
-    uint32_t ram, data, bss, stack, stack_used;
+    uint32_t ram, data, bss, stack, stack_used, reserved;
 } ram_figures;
 void plat_ram_figures(ram_figures *out);
 

@@ -112,7 +112,7 @@ static uint32_t free_ram(void)
 {
     ram_figures r;
     plat_ram_figures(&r);
-    uint32_t used = r.data + r.bss + r.stack;
+    uint32_t used = r.data + r.bss + r.stack + r.reserved;
     return r.ram > used ? r.ram - used : 0;
 }
 

@@ -16,6 +16,7 @@ import sys
 import time
 
 RAM_BUDGET = 256 * 1024
+PERSIST_BYTES = 256  # the last bytes of RAM, outside every section: the reset reason (platform/mps2/linker.ld)
 PROGRAM_FLASH = 256 * 1024
 
 
@@ -56,6 +57,8 @@ def main() -> int:
         f"RAM: {ram:,} B of {RAM_BUDGET:,} B ({100 * ram / RAM_BUDGET:.1f}%): .data {s.get('.data', 0):,}, "
         f".bss {s.get('.bss', 0):,}, stack reserved {s.get('.stack', 0):,}"
     )
+    free = RAM_BUDGET - ram - PERSIST_BYTES
+    print(f"free: {free:,} B (STATUS's free RAM; the last {PERSIST_BYTES} B hold the reset reason)")
     print("largest buffers:")
     for name, size, section in biggest(args.elf):
         print(f"  {name:<28} {size:>8,} B  {section}")

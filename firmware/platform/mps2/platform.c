@@ -35,7 +35,7 @@
 #define PERSIST_MAGIC 0x52535431u
 
 extern uint32_t __data_load, __data_start, __data_end, __bss_start, __bss_end, __stack_limit, __stack_top;
-extern uint32_t __ram_start, __ram_end;
+extern uint32_t __ram_start, __ram_end, __persist_start;
 
 static volatile uint32_t millis;
 static uint8_t boot_reason;
@@ -176,6 +176,7 @@ void plat_ram_figures(ram_figures *r)
     r->bss = (uint32_t)((uint8_t *)&__bss_end - (uint8_t *)&__bss_start);
     r->stack = (uint32_t)((uint8_t *)&__stack_top - (uint8_t *)&__stack_limit);
     r->stack_used = r->stack - plat_stack_unused();
+    r->reserved = (uint32_t)((uint8_t *)&__ram_end - (uint8_t *)&__persist_start); /* the reset reason */
 }
 
 void plat_init(void)
