@@ -33,14 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.common import print_table, write_result
-from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib
+from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib, digits_agent_files
 from edge_runtime import wire
 from edge_runtime.model.backends import available_backends
 from edge_runtime.transport.broker import MosquittoProcess
-from edge_runtime.transport.chunking import make_manifest, publish_model
+from edge_runtime.transport.chunking import publish_model
 
 TASKS = 5
 
@@ -90,27 +88,8 @@ HEAVY = {"sklearn", "scipy", "pandas", "tensorflow", "torch", "cryptography", "m
 
 
 def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto") -> dict[str, Any]:
-    from edge_runtime.data.sources import load_digits
-    from edge_runtime.model.writer import write_graph
-    from edge_runtime.train.build import build_model
-    from edge_runtime.train.trainer import Trainer, cut_for_last_layers
-
     device = f"mem-{backend}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    digits = load_digits(0)
-    graph = build_model("mlp", digits.train.x, digits.train.classes, seed=0)
-    model = write_graph(graph)
-    shapes = Trainer(graph, cut=cut_for_last_layers(graph, 1)).trainable_tensors()
-    manifest, chunks = make_manifest(model, [wire.TrainableTensor(t, s) for t, s in shapes.items()])
-    # The device's own data as a file, as on a deployed board (the digits loader would import scikit-learn).
-    own = np.random.default_rng(0).permutation(len(digits.train))[:200]
-    data = workdir / "local.npz"
-    np.savez(data, x=digits.train.x[own], y=digits.train.y[own])
-    config = workdir / "device.toml"
-    config.write_text(
-        f'[device]\nid = "{device}"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\nbackend = "{backend}"\n'
-        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n[trust]\nmode = "insecure"\n'
-    )
+    manifest, chunks, config = digits_agent_files(broker.url, workdir, device, 200, backend)
     gateway = _link(broker.url, f"gateway-{device}")
     receipts = Receipts(gateway)
     born = threading.Event()

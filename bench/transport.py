@@ -208,26 +208,36 @@ def _status_mib(pid: int, field: str) -> float:
     return float("nan")
 
 
-def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
+def digits_agent_files(
+    broker_url: str, workdir: Path, device: str, samples: int, backend: str | None = None
+) -> tuple[wire.ModelManifest, list[wire.ModelChunk], Path]:
+    """The digits MLP's manifest and chunks, and a device.toml whose data is ``samples`` digits in an NPZ file
+    (as on a deployed board: the digits loader would import scikit-learn into the agent being measured)."""
     from edge_runtime.data.sources import load_digits
     from edge_runtime.model.writer import write_graph
     from edge_runtime.train.build import build_model
     from edge_runtime.train.trainer import Trainer, cut_for_last_layers
 
+    workdir.mkdir(parents=True, exist_ok=True)
     digits = load_digits(0)
     graph = build_model("mlp", digits.train.x, digits.train.classes, seed=0)
     model = write_graph(graph)
     shapes = Trainer(graph, cut=cut_for_last_layers(graph, 1)).trainable_tensors()
     manifest, chunks = make_manifest(model, [wire.TrainableTensor(t, s) for t, s in shapes.items()])
-    # The device's own data as a file, as on a deployed board (the digits loader would import scikit-learn).
-    own = np.random.default_rng(0).permutation(len(digits.train))[:60]
+    own = np.random.default_rng(0).permutation(len(digits.train))[:samples]
     data = workdir / "local.npz"
     np.savez(data, x=digits.train.x[own], y=digits.train.y[own])
     config = workdir / "device.toml"
+    chosen = f'backend = "{backend}"\n' if backend else ""
     config.write_text(
-        f'[device]\nid = "rss"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\n'
-        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker.url}"\n[trust]\nmode = "insecure"\n'
+        f'[device]\nid = "{device}"\nfederation = "bench"\nstorage = "{workdir / "agent"}"\n{chosen}'
+        f'[data]\nsource = "{data}"\n[broker]\nurl = "{broker_url}"\n[trust]\nmode = "insecure"\n'
     )
+    return manifest, chunks, config
+
+
+def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
+    manifest, chunks, config = digits_agent_files(broker.url, workdir, "rss", 60)
     gateway = _link(broker.url, "gateway-rss")
     receipts = Receipts(gateway)
     born = threading.Event()
