@@ -48,6 +48,9 @@ class TransferReport:
     frames: int
     retransmissions: int
     line_bytes: int  # bytes the host put on the line for this transfer, frames and resends included
+    kind: str = "model"  # "model": the whole model went; "patch": only the patch did
+    payload_bytes: int = 0  # bytes the transfer carried (the model's, or the encoded patch's)
+    fallback: str = ""  # a patch the board refused (why), after which the whole model went
 
     @property
     def bytes_per_second(self) -> float:
@@ -274,6 +277,70 @@ class BoardDriver:
     ) -> TransferReport:
         """Install ``model`` on the board: resumable, verified by sha256 on the board before it switches."""
         version = hashlib.sha256(model).digest()
+        return self._resumable(wire.ModelBegin(version, len(model)), model, version, max_resets, progress, "model")
+
+    def send_patch(
+        self,
+        patch: wire.ModelPatch,
+        max_resets: int = 5,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TransferReport:
+        """Install ``patch.target`` by sending only ``patch`` (its wire encoding, as an MQTT device gets it):
+        resumable as a model transfer is; the board applies it to the model it runs into its other slot and
+        switches only if the result hashes to the target. Raises BoardRefused (NO_PARENT, BAD_PATCH,
+        HASH_MISMATCH, ...) when the board cannot: :meth:`update_model` then sends the whole model."""
+        encoded, begin = self._patch_request(patch)
+        return self._resumable(begin, encoded, patch.target, max_resets, progress, "patch")
+
+    @staticmethod
+    def _patch_request(patch: wire.ModelPatch) -> tuple[bytes, wire.PatchBegin]:
+        encoded = wire.encode(patch)
+        return encoded, wire.PatchBegin(patch.target, patch.base, len(encoded), patch.size, resume_from=0)
+
+    def update_model(
+        self,
+        model: bytes,
+        patch: wire.ModelPatch | None = None,
+        max_resets: int = 5,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TransferReport:
+        """Bring the board to ``model``: as ``patch`` when one is given and the board declares patches in HELLO
+        (the caller picks a patch against the version the board runs); the whole model otherwise, or when the
+        board refuses the patch (it lacks the base, the patch does not decode or verify)."""
+        version = hashlib.sha256(model).digest()
+        board = self.board
+        usable = (
+            patch is not None
+            and board is not None
+            and board.patch
+            and patch.target == version
+            and patch.size == len(model)
+            # PATCH_BEGIN holds two sha256s: at the smallest frames (64 B) it does not fit, and the model goes whole
+            and len(wire.encode(self._patch_request(patch)[1])) <= self.link.max_payload
+        )
+        if not usable or patch is None:
+            return self.send_model(model, max_resets, progress)
+        try:
+            return self.send_patch(patch, max_resets, progress)
+        except BoardRefused as exc:
+            if exc.code not in PATCH_FALLBACK:
+                raise
+            log.info("%s: patch to %s refused (%s); sending the whole model", self.url, version.hex()[:12], exc)
+            if self.board is None:
+                self.hello()
+            report = self.send_model(model, max_resets, progress)
+            report.fallback = str(exc)
+            return report
+
+    def _resumable(
+        self,
+        begin: wire.ModelBegin | wire.PatchBegin,
+        payload: bytes,
+        version: bytes,
+        max_resets: int,
+        progress: Callable[[int, int], None] | None,
+        kind: str,
+    ) -> TransferReport:
         stats = self.link.stats
         frames0, resends0, bytes0 = stats.frames_sent, stats.retransmissions, stats.bytes_sent
         started = time.perf_counter()
@@ -283,27 +350,43 @@ class BoardDriver:
             try:
                 if self.board is None:
                     self.hello()
-                self._transfer(model, version, resumed, progress)
+                self._stream(begin, payload, version, resumed, progress)
                 break
             except BoardReset as exc:
                 resets += 1
-                log.info("%s: %s during the model transfer; resuming", self.url, exc)
+                log.info("%s: %s during the %s transfer; resuming", self.url, exc, kind)
                 if resets > max_resets:
                     raise
+        if self.board is not None:
+            self.board.model_version = version  # what HELLO would say now
         return TransferReport(
-            size=len(model),
+            size=len(payload),
             seconds=time.perf_counter() - started,
             resumed_from=resumed,
             resets=resets,
             frames=stats.frames_sent - frames0,
             retransmissions=stats.retransmissions - resends0,
             line_bytes=stats.bytes_sent - bytes0,
+            kind=kind,
+            payload_bytes=len(payload),
         )
 
     def _transfer(
         self, model: bytes, version: bytes, resumed: list[int], progress: Callable[[int, int], None] | None
     ) -> None:
-        begin: wire.ModelBegin = self._request(wire.ModelBegin(version, len(model)), wire.ModelBegin)
+        """One attempt at a whole-model transfer announced as ``version`` (tests announce a wrong one)."""
+        self._stream(wire.ModelBegin(version, len(model)), model, version, resumed, progress)
+
+    def _stream(
+        self,
+        request: wire.ModelBegin | wire.PatchBegin,
+        payload: bytes,
+        version: bytes,
+        resumed: list[int],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """One attempt: BEGIN (the board says where to resume), MODEL_DATA from there, MODEL_COMMIT."""
+        begin = self._request(request, type(request))
         offset = begin.resume_from
         resumed.append(offset)
         capacity = chunk_capacity(self.link.max_payload)
@@ -313,16 +396,16 @@ class BoardDriver:
             """A resend of the same chunk, half as long: long frames are what a noisy line loses."""
             nonlocal chunk
             chunk = max(MIN_CHUNK, chunk // 2)
-            return wire.encode(wire.ModelData(offset, model[offset : offset + chunk]))
+            return wire.encode(wire.ModelData(offset, payload[offset : offset + chunk]))
 
         self._in_data_phase = True
         try:
-            while offset < len(model):
+            while offset < len(payload):
                 self._check_pending()
-                self._send(wire.ModelData(offset, model[offset : offset + chunk]), on_retry=shorter)
-                offset = min(len(model), offset + chunk)  # ``chunk`` is the length of the version acknowledged
+                self._send(wire.ModelData(offset, payload[offset : offset + chunk]), on_retry=shorter)
+                offset = min(len(payload), offset + chunk)  # ``chunk`` is the length of the version acknowledged
                 if progress is not None:
-                    progress(offset, len(model))
+                    progress(offset, len(payload))
                 if self.link.last_attempts > 1:
                     clean = 0
                 else:
@@ -334,6 +417,21 @@ class BoardDriver:
         status = self._request(wire.ModelCommit(version), wire.Status)
         if status.model_version != version:
             raise ProtocolError(f"{self.url}: the board committed but reports model {status.model_version!r}")
+
+
+# A patch refused for these reasons is answered by sending the whole model: the board lacks the base or the
+# capability, the patch did not decode or verify, or the patch and its result do not fit the board.
+PATCH_FALLBACK = frozenset(
+    {
+        wire.ErrorCode.NO_PARENT,
+        wire.ErrorCode.BAD_PATCH,
+        wire.ErrorCode.HASH_MISMATCH,
+        wire.ErrorCode.UNSUPPORTED,
+        wire.ErrorCode.NO_FLASH,
+        wire.ErrorCode.NO_MEMORY,
+        wire.ErrorCode.MALFORMED,
+    }
+)
 
 
 _LEVELS = {3: logging.ERROR, 4: logging.WARNING, 6: logging.INFO, 7: logging.DEBUG}

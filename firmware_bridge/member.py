@@ -54,7 +54,7 @@ from edge_runtime.model.schema import OPCODE_CODES
 from edge_runtime.trust import Bundle
 from edge_runtime.wire.values import ValueCoding
 
-from .driver import BoardDriver
+from .driver import BoardDriver, TransferReport
 from .errors import BoardProblem, BoardRefused, BoardReset
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,10 @@ class BoardMember(FederationMember):
         self.alive = True
         self.board_version: bytes | None = self.board.model_version
         self.transfers = 0
+        self.patch_transfers = 0  # of ``transfers``: versions the board got as a patch
+        self.patch_fallbacks = 0  # patches the board refused, after which the whole model went
+        self.line_bytes = 0  # bytes the model and patch transfers put on the serial line, frames and resends included
+        self.last_transfer: TransferReport | None = None
         self._line = threading.Lock()  # one request at a time on the serial line
         self._stopping = threading.Event()
         self._sync_wanted = threading.Event()
@@ -190,24 +194,56 @@ class BoardMember(FederationMember):
 
     # -- board care -----------------------------------------------------------------------------------------
     def _bring_board_to_current_model(self) -> None:
-        """Called holding the line: stream the installed model to the board if it runs another."""
+        """Called holding the line: bring the board to the installed model if it runs another, as a patch
+        against the version it runs when it takes patches and that version is at hand, else whole."""
         model = self.store.current()
         version = self.store.current_version
         if model is None or version is None or version == self.board_version:
             return
-        report = self.driver.send_model(model, progress=self._abort_if_stopping)
+        patch = self._patch_for_board(model, version)
+        report = self.driver.update_model(model, patch, progress=self._abort_if_stopping)
         self.board_version = version
         self.transfers += 1
+        self.patch_transfers += report.kind == "patch"
+        self.patch_fallbacks += bool(report.fallback)
+        self.line_bytes += report.line_bytes
+        self.last_transfer = report
         log.info(
-            "board %s: model %s streamed in %.1f s (%d resends, resumed at %s)",
+            "board %s: model %s streamed as %s of %d B in %.1f s, %d B on the line (%d resends, resumed at %s)%s",
             self.device_id,
             version.hex()[:12],
+            report.kind,
+            report.payload_bytes,
             report.seconds,
+            report.line_bytes,
             report.retransmissions,
             report.resumed_from,
+            f"; the patch was refused: {report.fallback}" if report.fallback else "",
         )
         if not self._birth_had_model:  # a board that had no model has one; later versions cost no new birth
             self.publish_birth()
+
+    def _patch_for_board(self, model: bytes, version: bytes) -> wire.ModelPatch | None:
+        """The patch from the version the board runs to ``version``, or None (the whole model goes): the
+        manifest's own (the bytes the gateway signed) when it is against that version and, where the bridge
+        still stores that version, turns it into ``version`` here first; else one made here from the stored
+        copy with the same codec. None when the board takes no patches, runs no model, or its version is gone."""
+        base = self.board_version
+        if not self.driver.board or not self.driver.board.patch or base is None:
+            return None
+        parent = self.store.get(base)
+        manifest = self.fetcher.manifest
+        offered = manifest.patch if manifest is not None and manifest.version == version else None
+        if offered is not None and offered.base == base:
+            if parent is None:
+                return offered  # the board verifies it; a refusal sends the whole model
+            try:
+                if wire.apply_patch(parent, offered) == model:
+                    return offered
+            except wire.WireError as exc:
+                log.info("board %s: the manifest's patch does not turn %s into %s (%s); making one", self.device_id,
+                         base.hex()[:12], version.hex()[:12], exc)  # fmt: skip
+        return None if parent is None else wire.make_patch(parent, model)
 
     def _abort_if_stopping(self, _done: int, _total: int) -> None:
         """A transfer's progress callback: a stopping bridge closes the line, so the transfer ends between chunks.

@@ -33,16 +33,25 @@ def _collector(bridge: Bridge) -> Any:
                                     value=len(bridge.ports))  # fmt: skip
             transfers = CounterMetricFamily("tinyfed_bridge_model_transfers", "Models streamed to a board",
                                             labels=["board"])  # fmt: skip
+            patches = CounterMetricFamily("tinyfed_bridge_patch_transfers", "Model versions a board got as a patch "
+                                          "(of tinyfed_bridge_model_transfers)", labels=["board"])  # fmt: skip
+            serial = CounterMetricFamily("tinyfed_bridge_serial_bytes", "Bytes model and patch transfers put on "
+                                         "a board's serial line, frames and resends included",
+                                         labels=["board"])  # fmt: skip
             published = CounterMetricFamily("tinyfed_bridge_published_bytes", "Bytes a board's MQTT link handed "
                                             "to the broker (updates, births, reports)", labels=["board"])  # fmt: skip
             model = GaugeMetricFamily("tinyfed_bridge_board_model_info", "The model version a board runs (1)",
                                       labels=["board", "version"])  # fmt: skip
             for name, member in sorted(members.items()):
                 transfers.add_metric([name], member.transfers)
+                patches.add_metric([name], member.patch_transfers)
+                serial.add_metric([name], member.line_bytes)
                 published.add_metric([name], member.link.published_bytes)
                 if member.board_version is not None:
                     model.add_metric([name, member.board_version.hex()[:12]], 1)
             yield transfers
+            yield patches
+            yield serial
             yield published
             yield model
 

@@ -43,7 +43,7 @@ from edge_runtime.transport.fragments import fragment
 from edge_runtime.wire.serial import ErrorCode
 from firmware_bridge.framing import MAX_FRAME_DEFAULT
 from firmware_bridge.link import LinkError, SerialLink
-from firmware_bridge.messages import read_message, send_message
+from firmware_bridge.messages import SERIAL_LIMITS, read_message, send_message
 
 from .faults import FaultPlan
 from .flash import BrownOut, Flash, TransferProgress
@@ -93,6 +93,7 @@ class BoardSpec:
     board_id: str = "emu-0001"
     firmware: str = f"tinyfed-emu {__version__}"
     ops: tuple[str, ...] = SUPPORTED_OPS
+    patch: bool = True  # declares and applies model patches (PATCH_BEGIN); False: whole models only
 
     @property
     def op_codes(self) -> list[int]:
@@ -143,9 +144,12 @@ class FlashResidualStore(ResidualStore):
 @dataclass
 class _Transfer:
     version: bytes
-    size: int
+    size: int  # bytes this transfer carries: the model's, or the encoded patch's
     slot: int
     next_offset: int
+    base: bytes | None = None  # a patch transfer: the version the patch applies to
+    model_size: int = 0  # a patch transfer: bytes of the base and of the result
+    at: int = 0  # where in the slot byte 0 of the transfer goes (a patch sits at the slot's end)
 
 
 @dataclass
@@ -181,6 +185,9 @@ class EmulatedBoard:
         self.reset_reasons: list[int] = []
         self.duplicates_seen = 0
         self.boot_versions: list[bytes | None] = []  # the model each boot came up with, oldest first
+        # Bytes of MODEL_DATA written to flash, by transfer kind ("model", "patch"): the board's receive log.
+        self.received: dict[str, int] = {"model": 0, "patch": 0}
+        self.installs: list[tuple[str, bytes]] = []  # (kind, version) of each model committed, oldest first
         self.booted = threading.Event()  # set once the firmware serves requests (after each boot)
         self._ram = _Ram()
         self._link: SerialLink | None = None
@@ -391,6 +398,7 @@ class EmulatedBoard:
                 ops=self.spec.op_codes,
                 board_id=self.spec.board_id,
                 samples=len(self.data.train) if self.data is not None else 0,
+                patch=self.spec.patch,
             )
         )
         self._link.max_payload = agreed
@@ -418,10 +426,11 @@ class EmulatedBoard:
             return
         slot = self.flash.inactive_slot()
         progress = self.flash.load_progress()
-        if progress is not None and (progress.version, progress.size, progress.slot) == (
+        if progress is not None and (progress.version, progress.size, progress.slot, progress.patch) == (
             begin.version,
             begin.size,
             slot,
+            False,
         ):
             resume = progress.written
         else:
@@ -451,9 +460,12 @@ class EmulatedBoard:
             raise _Reset(RESET_WATCHDOG)
         if self.faults.brown_out_after is not None:
             self.flash.brown_out_at, self.faults.brown_out_after = self.faults.brown_out_after, None
-        self.flash.write_slot(transfer.slot, data.offset, data.data)
+        self.flash.write_slot(transfer.slot, transfer.at + data.offset, data.data)
         transfer.next_offset = end
-        self.flash.save_progress(TransferProgress(transfer.version, transfer.size, end, transfer.slot))
+        self.received["model" if transfer.base is None else "patch"] += len(data.data)
+        self.flash.save_progress(
+            TransferProgress(transfer.version, transfer.size, end, transfer.slot, transfer.base is not None)
+        )
 
     def _model_commit(self, commit: wire.ModelCommit) -> None:
         transfer = self._ram.transfer
@@ -464,6 +476,9 @@ class EmulatedBoard:
             raise _Refusal(ErrorCode.BAD_OFFSET, "no transfer of this version in progress")
         if transfer.next_offset != transfer.size:
             raise _Refusal(ErrorCode.BAD_OFFSET, f"only {transfer.next_offset} of {transfer.size} bytes received")
+        if transfer.base is not None:
+            self._commit_patch(transfer)
+            return
         model = self.flash.read_slot(transfer.slot, transfer.size)
         self._ram.transfer = None
         if hashlib.sha256(model).digest() != transfer.version:
@@ -474,7 +489,94 @@ class EmulatedBoard:
             self.flash.brown_out_at, self.faults.brown_out_commit = self.faults.brown_out_commit, None
         self.flash.commit(transfer.slot, transfer.size, transfer.version)  # BrownOut: the firmware reboots
         self.flash.clear_progress()
+        self.installs.append(("model", transfer.version))
         self._log(6, f"model {transfer.version.hex()[:12]} installed, arena {self._ram.arena} B")
+        self._send(self._status_now())
+
+    # -- patch transfer -----------------------------------------------------------------------------------
+    def _patch_begin(self, begin: wire.PatchBegin) -> None:
+        """Start or resume a patch transfer. The patch goes to the end of the inactive slot, the result to its
+        start, so a reset while the result is written leaves the whole patch in flash to apply again."""
+        if not self.spec.patch:
+            raise _Refusal(ErrorCode.UNSUPPORTED, "this firmware takes whole models only")
+        if begin.version == self.model_version and self._ram.model is not None:
+            self._ram.transfer = None
+            self._send(replace(begin, resume_from=begin.size))  # already running the target
+            return
+        held = self.model_version if self._ram.model is not None else None
+        if held != begin.base:
+            raise _Refusal(
+                ErrorCode.NO_PARENT,
+                f"patch_begin.base: the patch is against {begin.base.hex()[:12]}, the board runs "
+                f"{held.hex()[:12] if held else 'no model'}",
+            )
+        assert self._ram.model is not None
+        if begin.model_size != len(self._ram.model):
+            raise _Refusal(ErrorCode.BAD_PATCH, f"patch_begin.model_size: {begin.model_size} B, the model held "
+                           f"has {len(self._ram.model)} B")  # fmt: skip
+        if begin.size + begin.model_size > self.flash.slot_bytes:
+            raise _Refusal(ErrorCode.NO_FLASH, f"patch_begin.size: a {begin.size}-byte patch and its "
+                           f"{begin.model_size}-byte result exceed the {self.flash.slot_bytes}-byte slot")  # fmt: skip
+        free = self._status_now().free_ram
+        if begin.size + begin.model_size > free:  # this firmware decodes the patch and builds the result in RAM
+            raise _Refusal(ErrorCode.NO_MEMORY, f"patch_begin.size: a {begin.size}-byte patch and its "
+                           f"{begin.model_size}-byte result exceed the {free} B of free RAM")  # fmt: skip
+        slot = self.flash.inactive_slot()
+        progress = self.flash.load_progress()
+        if progress is not None and (progress.version, progress.size, progress.slot, progress.patch) == (
+            begin.version,
+            begin.size,
+            slot,
+            True,
+        ):
+            resume = progress.written
+        else:
+            resume = 0
+            self.flash.save_progress(TransferProgress(begin.version, begin.size, 0, slot, patch=True))
+        at = self.flash.slot_bytes - begin.size
+        self._ram.transfer = _Transfer(begin.version, begin.size, slot, resume, begin.base, begin.model_size, at)
+        self._send(replace(begin, resume_from=resume))
+
+    def _commit_patch(self, transfer: _Transfer) -> None:
+        """Apply the patch in flash to the model held, into the inactive slot; switch only to a result that
+        hashes to the version. Any refusal clears the progress (the next attempt starts from zero) and keeps
+        the model in use."""
+        assert transfer.base is not None
+        self._ram.transfer = None
+        try:
+            held = self._ram.model
+            if held is None or self.model_version != transfer.base:
+                raise _Refusal(ErrorCode.NO_PARENT, f"patch_begin.base: the board no longer runs "
+                               f"{transfer.base.hex()[:12]}")  # fmt: skip
+            raw = self.flash.read_slot(transfer.slot, self.flash.slot_bytes)[transfer.at : transfer.at + transfer.size]
+            try:
+                patch = wire.decode(raw, SERIAL_LIMITS, expect=wire.ModelPatch)
+            except wire.WireError as exc:  # named as the patch's, whatever layer of the decoding refused it
+                detail = str(exc) if exc.field.startswith("modelpatch") else f"modelpatch: {exc}"
+                raise _Refusal(ErrorCode.BAD_PATCH, detail) from exc
+            for name, got, want in (
+                ("modelpatch.base", patch.base, transfer.base),
+                ("modelpatch.target", patch.target, transfer.version),
+                ("modelpatch.size", patch.size, transfer.model_size),
+            ):
+                if got != want:
+                    raise _Refusal(ErrorCode.BAD_PATCH, f"{name}: not the one PATCH_BEGIN announced")
+            try:
+                model = wire.apply_patch(held, patch)
+            except wire.WireError as exc:
+                code = ErrorCode.HASH_MISMATCH if exc.field == "modelpatch" else ErrorCode.BAD_PATCH
+                raise _Refusal(code, str(exc)) from exc
+        except _Refusal:
+            self.flash.clear_progress()
+            raise
+        self._install_in_ram(model)  # refuses (NO_MEMORY, UNSUPPORTED) before anything is committed
+        self.flash.write_slot(transfer.slot, 0, model)
+        if self.faults.brown_out_commit is not None:
+            self.flash.brown_out_at, self.faults.brown_out_commit = self.faults.brown_out_commit, None
+        self.flash.commit(transfer.slot, len(model), transfer.version)  # BrownOut: the firmware reboots
+        self.flash.clear_progress()
+        self.installs.append(("patch", transfer.version))
+        self._log(6, f"model {transfer.version.hex()[:12]} installed from a {transfer.size}-byte patch")
         self._send(self._status_now())
 
     def _install_in_ram(self, model: bytes) -> None:
@@ -581,6 +683,7 @@ class EmulatedBoard:
         wire.ModelBegin: _model_begin,
         wire.ModelData: _model_data,
         wire.ModelCommit: _model_commit,
+        wire.PatchBegin: _patch_begin,
         wire.Infer: _infer,
         wire.Train: _train,
         wire.Reset: _reset_request_message,

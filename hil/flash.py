@@ -14,7 +14,10 @@ parity i), so writing one never overwrites the other. The progress record
 says how many bytes of which model version sit in the inactive slot, so a
 transfer cut by a reset resumes there; it is written after the bytes it
 counts, so it never claims more than the slot holds, and a torn one fails
-its CRC (the transfer then starts again from zero). The scratch area holds
+its CRC (the transfer then starts again from zero). A patch transfer
+(docs/serial-protocol.md, "Patch transfer") keeps its patch bytes at the
+end of the inactive slot, flagged in the progress record, and writes the
+patched model at the slot's start. The scratch area holds
 the error-feedback residual behind a length and CRC-32, with the same rule.
 
 The file stands for the chip, so a write is flushed to the OS (it survives
@@ -39,6 +42,7 @@ MAGIC = b"TFM1"
 SCRATCH_HEADER = struct.Struct("<4sII")  # magic, length, crc32
 PROGRESS = struct.Struct("<4s32sIIB")  # magic, model version, size, bytes written, slot; then CRC-32
 PROGRESS_MAGIC = b"TFP1"
+PATCH_FLAG = 0x10  # in the progress record's slot byte: the bytes counted are a patch's, not a model's
 
 
 class BrownOut(RuntimeError, TinyfedError):
@@ -55,6 +59,7 @@ class TransferProgress:
     size: int
     written: int
     slot: int
+    patch: bool = False  # a patch transfer: ``size`` and ``written`` count patch bytes, kept at the slot's end
 
 
 @dataclass
@@ -157,7 +162,8 @@ class Flash:
 
     # -- transfer progress (resume after a reset) -------------------------------------------------------
     def save_progress(self, progress: TransferProgress) -> None:
-        body = PROGRESS.pack(PROGRESS_MAGIC, progress.version, progress.size, progress.written, progress.slot)
+        slot = progress.slot | (PATCH_FLAG if progress.patch else 0)
+        body = PROGRESS.pack(PROGRESS_MAGIC, progress.version, progress.size, progress.written, slot)
         self._write(2 * RECORD_BYTES, body + struct.pack("<I", zlib.crc32(body)))
 
     def load_progress(self) -> TransferProgress | None:
@@ -165,10 +171,11 @@ class Flash:
         body, (crc,) = raw[: PROGRESS.size], struct.unpack("<I", raw[PROGRESS.size :])
         if zlib.crc32(body) != crc:
             return None
-        magic, version, size, written, slot = PROGRESS.unpack(body)
+        magic, version, size, written, flagged = PROGRESS.unpack(body)
+        slot, patch = flagged & ~PATCH_FLAG, bool(flagged & PATCH_FLAG)
         if magic != PROGRESS_MAGIC or slot not in (0, 1) or written > size or size > self.slot_bytes:
             return None
-        return TransferProgress(version, size, written, slot)
+        return TransferProgress(version, size, written, slot, patch)
 
     def clear_progress(self) -> None:
         self._write(2 * RECORD_BYTES, b"\xff" * RECORD_BYTES)

@@ -59,6 +59,8 @@ def test_the_bridge_metrics_follow_its_boards(broker: MosquittoProcess, tmp_path
         for board in ("mcu-0", "mcu-1"):
             assert after[f'tinyfed_bridge_model_transfers_total{{board="{board}"}}'] >= 1
             assert after[f'tinyfed_bridge_published_bytes_total{{board="{board}"}}'] > 0
+            assert after[f'tinyfed_bridge_serial_bytes_total{{board="{board}"}}'] > 0  # models and patches, framed
+            assert f'tinyfed_bridge_patch_transfers_total{{board="{board}"}}' in after
         boards[1].hang()
         wait_for(lambda: scrape(url)['tinyfed_bridge_boards{state="dead"}'] == 1, WAIT, "the silent board, dead")
     finally:

@@ -31,6 +31,7 @@ MSG_STATUS = 23
 MSG_RESET = 24
 MSG_LOG = 25
 MSG_ERROR = 26
+MSG_PATCH_BEGIN = 27
 
 
 class ErrorCode(IntEnum):
@@ -47,6 +48,8 @@ class ErrorCode(IntEnum):
     BUSY = 8  # a transfer or training is already running
     BAD_INPUT = 9  # INFER input has the wrong size
     INTERNAL = 10
+    NO_PARENT = 11  # PATCH_BEGIN/MODEL_COMMIT of a patch: the board does not hold (or no longer holds) its base
+    BAD_PATCH = 12  # MODEL_COMMIT of a patch: it does not decode or fit the base; the detail names the field
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Hello:
     ops: list[int] = field(default_factory=list)  # TFLite builtin operator codes the firmware runs
     board_id: str = ""  # a unique id burnt into the chip (serial number); the bridge's device id
     samples: int = 0  # local training samples the board holds (the gateway weighs and selects by it)
+    patch: bool = False  # the board applies model patches (PATCH_BEGIN); a board without it gets whole models
 
     TYPE = MSG_HELLO
 
@@ -75,6 +79,7 @@ class Hello:
         OPS = 9
         BOARD_ID = 10
         SAMPLES = 11
+        PATCH = 12
 
     def to_cbor(self) -> dict[int, Any]:
         K = Hello.Key
@@ -93,6 +98,8 @@ class Hello:
             out[K.BOARD_ID] = self.board_id
         if self.samples:
             out[K.SAMPLES] = self.samples
+        if self.patch:
+            out[K.PATCH] = True
         return out
 
     @classmethod
@@ -110,6 +117,7 @@ class Hello:
             ops=[MapReader({"op": o}, f"{r.path}.ops[{i}]").uint("op", 1024) for i, o in enumerate(ops)],
             board_id=r.text(K.BOARD_ID, 64, default=""),
             samples=r.uint(K.SAMPLES, 1 << 40, default=0),
+            patch=r.boolean(K.PATCH, default=False),
         )
 
 
@@ -135,6 +143,52 @@ class ModelBegin:
         K = cls.Key
         size = r.uint(K.SIZE, 1 << 31)
         return cls(r.bytestring(K.VERSION, size=32), size, r.uint(K.RESUME_FROM, size, default=0))
+
+
+@dataclass
+class PatchBegin:
+    """Start (or resume) a patch transfer: ``size`` bytes of an encoded :class:`~edge_runtime.wire.ModelPatch`
+    (the same message an MQTT device gets in its manifest, with its target) that turn the model ``base`` the
+    board runs into ``version``, a ``model_size``-byte model. The bytes then go as MODEL_DATA (offsets into the
+    patch) and MODEL_COMMIT(version) applies them. The board answers with ``resume_from``: the patch bytes it
+    already holds."""
+
+    version: bytes
+    base: bytes
+    size: int  # bytes of the encoded patch
+    model_size: int  # bytes of the base and of the result
+    resume_from: int = 0
+
+    TYPE = MSG_PATCH_BEGIN
+
+    class Key(IntEnum):
+        VERSION = 2
+        BASE = 3
+        SIZE = 4
+        MODEL_SIZE = 5
+        RESUME_FROM = 6
+
+    def to_cbor(self) -> dict[int, Any]:
+        K = PatchBegin.Key
+        return header(MSG_PATCH_BEGIN) | {
+            K.VERSION: self.version,
+            K.BASE: self.base,
+            K.SIZE: self.size,
+            K.MODEL_SIZE: self.model_size,
+            K.RESUME_FROM: self.resume_from,
+        }
+
+    @classmethod
+    def from_reader(cls, r: MapReader, limits: Limits) -> PatchBegin:
+        K = cls.Key
+        size = r.uint(K.SIZE, limits.max_message_bytes)
+        return cls(
+            r.bytestring(K.VERSION, size=32),
+            r.bytestring(K.BASE, size=32),
+            size,
+            r.uint(K.MODEL_SIZE, 1 << 31),
+            r.uint(K.RESUME_FROM, size, default=0),
+        )
 
 
 @dataclass

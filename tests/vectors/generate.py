@@ -198,7 +198,23 @@ VALID: list[tuple[str, str, Any]] = [
             samples=48,
         ),
     ),
+    (
+        "serial-hello-patch",
+        "a board that applies model patches (PATCH_BEGIN)",
+        wire.Hello(ram=256 * 1024, flash=1 << 20, arena=3994, firmware="tinyfed-emu 0.1", max_frame=4096,
+                   model_version=V0, ops=[9], board_id="emu-0002", samples=31, patch=True),
+    ),
     ("serial-model-begin", "start (or resume at byte 4096) a model transfer", wire.ModelBegin(V1, 40816, 4096)),
+    (
+        "serial-patch-begin",
+        "start (or resume at byte 72) a 151-byte patch from V0 to V1 of a 13,504-byte model",
+        wire.PatchBegin(V1, V0, 151, 13504, 72),
+    ),
+    (
+        "serial-error-no-parent",
+        "refused a patch against a model the board does not run",
+        wire.Error(wire.ErrorCode.NO_PARENT, 27, "patch_begin.base: the patch is against 5d5b09f6dcb2"),
+    ),
     ("serial-model-data", "model bytes at an offset", wire.ModelData(4096, b"\x01\x02\x03")),
     ("serial-model-commit", "switch to the model once its sha256 matches", wire.ModelCommit(V1)),
     ("serial-train", "a task relayed to a board", wire.Train(wire.Task(ID, 3, V1, 1, 0.01, 0.05, 1_700_000_600))),

@@ -1,0 +1,215 @@
+"""Patch transfers on the serial line (docs/serial-protocol.md, "Patch transfer"): the board behind a real pty.
+
+The patch is the MQTT devices' own (wire/patch.py); the board applies it to the model it runs into its other
+slot and switches only to a result that hashes to the target. A board without the base, a patch that does not
+verify, or one that does not declare the capability gets the whole model; a hostile patch is refused naming its
+field, and the board keeps its model. Tests marked ``hil_emulated`` read the emulator's flash and receive log
+or inject a reset; the rest also run on the C board under QEMU (which declares no patches: whole models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import wire
+from edge_runtime.data.dataset import DataSplit
+from edge_runtime.model.backends import default_backend
+from edge_runtime.model.graph import Graph
+from edge_runtime.model.info import quantize_input
+from edge_runtime.model.writer import write_graph
+from edge_runtime.wire.serial import ErrorCode
+from tests.test_patches import moved
+
+pytest.importorskip("serial")
+pytest.importorskip("cobs")
+
+from firmware_bridge.driver import BoardDriver, chunk_capacity
+from firmware_bridge.errors import BoardRefused
+from hil.pytest_plugin import BoardOptions, HilTarget
+
+
+def sha(model: bytes) -> bytes:
+    return hashlib.sha256(model).digest()
+
+
+@pytest.fixture(scope="module")
+def model_a(digits_mlp: Graph) -> bytes:
+    return write_graph(digits_mlp)
+
+
+@pytest.fixture(scope="module")
+def model_b(model_a: bytes) -> bytes:
+    """The next version as a round makes it: 40 int8 weights of the last layer moved by one step."""
+    return moved(model_a, 11)
+
+
+def patch_of(base: bytes, target: bytes) -> wire.ModelPatch:
+    patch = wire.make_patch(base, target)
+    assert patch is not None
+    return patch
+
+
+def emulated(hil_board: HilTarget):  # type: ignore[no-untyped-def]
+    assert hil_board.emulated is not None
+    return hil_board.emulated
+
+
+def test_a_board_gets_the_next_version_as_a_patch_if_it_declares_them_and_whole_if_not(
+    dut: BoardDriver, model_a: bytes, model_b: bytes, digits: DataSplit, digits_mlp: Graph
+) -> None:
+    """On every board: the emulated one declares patches, the C board does not and gets the whole model."""
+    dut.send_model(model_a)
+    report = dut.update_model(model_b, patch_of(model_a, model_b))
+    assert dut.board is not None
+    assert report.kind == ("patch" if dut.board.patch else "model") and report.fallback == ""
+    assert dut.status().model_version == sha(model_b)
+    x = quantize_input(digits_mlp, digits.test.x[:10])
+    host = default_backend().load(model_b).run_batch(x)[0]
+    for i in range(len(x)):
+        np.testing.assert_array_equal(dut.infer(x[i]).output, host[i].reshape(-1))
+
+
+@pytest.mark.hil_emulated(reason="reads the emulator's receive log and flash")
+def test_a_patch_puts_a_fraction_of_the_model_on_the_line(
+    dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
+) -> None:
+    board = emulated(hil_board)
+    whole = dut.send_model(model_a)
+    patch = patch_of(model_a, model_b)
+    report = dut.update_model(model_b, patch)
+    assert dut.board is not None and dut.board.patch
+    assert report.kind == "patch" and report.payload_bytes == len(wire.encode(patch))
+    # The board's receive log: the patch's bytes reached its flash, not the model's.
+    assert board.received == {"model": len(model_a), "patch": report.payload_bytes}
+    assert report.line_bytes * 20 < whole.line_bytes  # frames, acknowledged once each: a 20th of the model's
+    assert board.installs == [("model", sha(model_a)), ("patch", sha(model_b))]
+    assert board.flash.model() == model_b
+    assert dut.update_model(model_b, patch).resumed_from == [len(wire.encode(patch))]  # already running it
+
+
+@pytest.mark.hil_emulated(reason="injects a watchdog reset at a byte of the patch")
+def test_a_reset_mid_patch_resumes_where_the_board_left_off(
+    hil_board: HilTarget, model_a: bytes, model_b: bytes
+) -> None:
+    board = emulated(hil_board)
+    with BoardDriver(hil_board.url, baud=hil_board.baud, max_frame=96, answer_timeout=60.0) as driver:
+        driver.hello()
+        driver.send_model(model_a)
+        patch = patch_of(model_a, model_b)
+        size = len(wire.encode(patch))
+        chunk = chunk_capacity(driver.link.max_payload)
+        assert size > 2 * chunk  # the patch goes in three chunks or more at these frames
+        board.faults.reset_at_byte = chunk + 5  # in the second chunk
+        report = driver.send_patch(patch)
+        assert report.resets == 1 and board.reset_reasons == [1]
+        assert report.resumed_from == [0, chunk]  # the first chunk was kept and not sent again
+        assert board.received["patch"] == size
+        assert board.installs[-1] == ("patch", sha(model_b)) and board.flash.model() == model_b
+        assert driver.status().model_version == sha(model_b)
+
+
+@pytest.mark.hil_emulated(reason="reads the emulator's receive log and flash")
+def test_a_board_missing_the_parent_refuses_the_patch_and_gets_the_whole_model(
+    dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
+) -> None:
+    board = emulated(hil_board)
+    dut.send_model(model_a)
+    other = moved(model_a, 12)  # a version this board never had
+    patch = patch_of(other, model_b)
+    with pytest.raises(BoardRefused) as refused:
+        dut.send_patch(patch)
+    assert refused.value.code == ErrorCode.NO_PARENT and "patch_begin.base" in refused.value.detail
+    report = dut.update_model(model_b, patch)
+    assert report.kind == "model" and "NO_PARENT" in report.fallback
+    assert board.received["patch"] == 0 and board.installs[-1] == ("model", sha(model_b))
+    assert dut.status().model_version == sha(model_b)
+
+
+@pytest.mark.hil_emulated(reason="reads the emulator's flash and receive log")
+def test_a_patch_whose_result_does_not_verify_is_refused_and_the_whole_model_follows(
+    dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
+) -> None:
+    board = emulated(hil_board)
+    dut.send_model(model_a)
+    good = patch_of(model_a, model_b)
+    other = patch_of(model_a, moved(model_a, 13))
+    assert other.count == good.count
+    corrupted = dataclasses.replace(good, positions=other.positions, position_k=other.position_k)
+    with pytest.raises(BoardRefused) as refused:
+        dut.send_patch(corrupted)
+    assert refused.value.code == ErrorCode.HASH_MISMATCH and "does not hash to" in refused.value.detail
+    assert board.flash.model() == model_a and dut.status().model_version == sha(model_a)  # old model kept
+    report = dut.update_model(model_b, corrupted)
+    assert report.kind == "model" and "HASH_MISMATCH" in report.fallback
+    assert board.installs[-1] == ("model", sha(model_b)) and board.flash.model() == model_b
+
+
+def far_positions(model: bytes) -> dict[str, object]:
+    """One changed offset just past the end of ``model``."""
+    far = patch_of(b"\0" * (len(model) + 10), b"\0" * len(model) + b"\1" + b"\0" * 9)
+    return {"count": 1, "positions": far.positions, "position_k": far.position_k, "deltas": far.deltas,
+            "delta_k": far.delta_k}  # fmt: skip
+
+
+@pytest.mark.hil_emulated(reason="reads the emulator's flash to check the old model is kept")
+@pytest.mark.parametrize(
+    ("hostile", "field"),
+    [
+        ("offset past the model", "modelpatch.positions"),
+        ("count above the model's bytes", "modelpatch.count"),
+        ("truncated positions", "modelpatch.positions"),
+        ("truncated deltas", "modelpatch.deltas"),
+        ("truncated encoding", "modelpatch: envelope: truncated"),
+    ],
+)
+def test_a_hostile_patch_is_refused_naming_its_field_and_the_board_keeps_its_model(
+    dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes, hostile: str, field: str
+) -> None:
+    board = emulated(hil_board)
+    dut.send_model(model_a)
+    good = patch_of(model_a, model_b)
+    if hostile == "offset past the model":
+        patch = dataclasses.replace(good, **far_positions(model_a))  # type: ignore[arg-type]
+    elif hostile == "count above the model's bytes":
+        patch = dataclasses.replace(good, count=len(model_a) + 1)
+    elif hostile == "truncated positions":
+        patch = dataclasses.replace(good, positions=good.positions[: len(good.positions) // 2])
+    else:
+        patch = dataclasses.replace(good, deltas=good.deltas[: len(good.deltas) // 2])
+    payload = wire.encode(patch)
+    if hostile == "truncated encoding":
+        payload = payload[:-7]  # the CBOR ends inside the deltas' byte string
+    begin = wire.PatchBegin(good.target, good.base, len(payload), good.size)
+    with pytest.raises(BoardRefused) as refused:
+        dut._stream(begin, payload, good.target, [], None)
+    assert refused.value.code == ErrorCode.BAD_PATCH
+    assert field in refused.value.detail.lower(), refused.value.detail
+    assert board.flash.model() == model_a and dut.status().model_version == sha(model_a)
+    assert board.flash.load_progress() is None  # refused: the next attempt starts from zero
+    assert dut.send_patch(good).resumed_from == [0] and board.flash.model() == model_b  # and a good one installs
+
+
+class TestABoardWithoutTheCapability:
+    @pytest.fixture
+    def hil_board_options(self) -> BoardOptions:
+        return BoardOptions(extra={"patch": False})
+
+    @pytest.mark.hil_emulated(reason="makes an emulated board that declares no patches")
+    def test_it_declares_none_and_gets_whole_models(
+        self, dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes, tmp_path: Path
+    ) -> None:
+        board = emulated(hil_board)
+        assert dut.board is not None and not dut.board.patch
+        dut.send_model(model_a)
+        report = dut.update_model(model_b, patch_of(model_a, model_b))
+        assert report.kind == "model" and report.fallback == ""
+        assert board.received == {"model": len(model_a) + len(model_b), "patch": 0}
+        with pytest.raises(BoardRefused) as refused:  # asked anyway, it refuses the message
+            dut.send_patch(patch_of(model_b, model_a))
+        assert refused.value.code == ErrorCode.UNSUPPORTED
+        assert dut.status().model_version == sha(model_b)
