@@ -35,6 +35,7 @@ def emulate(args: argparse.Namespace) -> int:
         baud=args.baud,
         max_frame=args.max_frame,
         board_id=args.board_id,
+        patch=not getattr(args, "no_patch", False),
     )
     faults = FaultPlan.parse(args.faults)
     check_output_file(args.flash_file, "--flash-file")  # kept across runs: a folder or a missing one is a typo
@@ -50,6 +51,7 @@ def emulate(args: argparse.Namespace) -> int:
     print(
         f"board {spec.board_id}: {spec.ram // 1024} KiB RAM, {spec.flash // 1024} KiB flash ({args.flash_file}), "
         f"{spec.baud} baud, {len(data.train) if data else 0} training samples"
+        + ("" if spec.patch else ", whole models only (no patches)")
         + (f", faults {args.faults}" if args.faults else ""),
         flush=True,
     )

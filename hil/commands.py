@@ -29,6 +29,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--baud", type=int, default=115200, help="the emulated UART's line speed")
     e.add_argument("--max-frame", type=int, default=4096, help="largest frame payload the firmware buffers")
     e.add_argument("--board-id", default="emu-0001", help="the chip id the board reports in HELLO")
+    e.add_argument("--no-patch", action="store_true",
+                   help="declare no model patches in HELLO: the bridge sends whole models (as the C board)")
     e.add_argument("--data", default="digits", help="the board's local data: digits, har, cmapss, ... or 'none'")
     e.add_argument("--label-column", default="-1", help="a CSV's label column: header name or index (-1 is the last)")
     e.add_argument("--shard", default="0/10", help="i/n: this board's share of the training split")

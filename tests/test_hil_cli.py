@@ -28,7 +28,7 @@ def tinyfed(*args: str, **kwargs: object) -> subprocess.Popen[str]:
 def test_hil_emulate_prints_a_pty_that_a_host_driver_opens(tmp_path: Path) -> None:
     flash = tmp_path / "board.flash"
     proc = tinyfed("hil", "emulate", "--baud", "921600", "--board-id", "cli-board", "--data", "none",
-                   "--flash-file", str(flash), "--faults", "seed=3")  # fmt: skip
+                   "--flash-file", str(flash), "--faults", "seed=3", "--no-patch")  # fmt: skip
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -36,6 +36,7 @@ def test_hil_emulate_prints_a_pty_that_a_host_driver_opens(tmp_path: Path) -> No
         with BoardDriver(first.removeprefix("pty: ").strip(), baud=921600) as driver:
             hello = driver.hello()
             assert hello.board_id == "cli-board" and hello.ram == 256 * 1024 and hello.samples == 0
+            assert not hello.patch  # --no-patch: it declares whole models only
         assert flash.stat().st_size == 1 << 20
     finally:
         proc.terminate()

@@ -98,6 +98,7 @@ class PopulationSpec:
     canaries: Canaries | None = None
     robustness: dict[str, Any] = field(default_factory=dict)  # a [robustness] table; empty: off
     norm_bound: float = 1000.0  # [rounds] norm_bound: larger updates are refused
+    downlink_density: float = 0.0  # [gateway] downlink_density: the share of int8 codes a version may move (0: all)
     @property
     def arch(self) -> str:
         return "cnn1d" if self.data == "har" else "mlp"
@@ -210,7 +211,7 @@ def run_population(
             {
                 "gateway": {"federation": "population", "storage": str(tmp / "gw"),
                             "model": str(tmp / "initial.tflite"), "min_free_mb": 0.0,
-                            "trainable_layers": spec.trainable_layers},
+                            "trainable_layers": spec.trainable_layers, "downlink_density": spec.downlink_density},
                 "rounds": {"rounds": spec.rounds, "min_devices": 1, "deadline": 3600.0, "epochs": spec.epochs,
                            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "density": spec.density,
                            "value_coding": spec.value_coding, "report_every": 1_000_000, "seed": spec.seed,
