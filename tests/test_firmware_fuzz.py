@@ -66,9 +66,11 @@ def test_mutated_requests_never_corrupt_the_board_and_each_gets_one_answer(
     errors = _counts(output, "errors by code")
     # UPDATE, FRAGMENT, HELLO, MODEL_BEGIN, INFER_RESULT and STATUS: mutated requests that still made sense
     # were served, down to training and the update's fragments
-    assert all(answers.get(t, 0) > 0 for t in (1, 8, 16, 17, 22, 23)), answers
+    # and PATCH_BEGIN: patch transfers were started, and random patches refused (BAD_PATCH, NO_PARENT)
+    assert all(answers.get(t, 0) > 0 for t in (1, 8, 16, 17, 22, 23, 27)), answers
     reached = {ErrorCode.MALFORMED, ErrorCode.UNSUPPORTED, ErrorCode.NO_FLASH, ErrorCode.BAD_OFFSET,
-               ErrorCode.HASH_MISMATCH, ErrorCode.NO_MODEL, ErrorCode.BAD_INPUT}  # fmt: skip
+               ErrorCode.HASH_MISMATCH, ErrorCode.NO_MODEL, ErrorCode.BAD_INPUT, ErrorCode.NO_PARENT,
+               ErrorCode.BAD_PATCH}  # fmt: skip
     assert all(errors.get(int(code), 0) > 0 for code in reached), errors
     assert ErrorCode.INTERNAL not in errors, errors  # no request, however mangled, is an internal failure
 

@@ -3,8 +3,9 @@
 The patch is the MQTT devices' own (wire/patch.py); the board applies it to the model it runs into its other
 slot and switches only to a result that hashes to the target. A board without the base, a patch that does not
 verify, or one that does not declare the capability gets the whole model; a hostile patch is refused naming its
-field, and the board keeps its model. Tests marked ``hil_emulated`` read the emulator's flash and receive log
-or inject a reset; the rest also run on the C board under QEMU (which declares no patches: whole models).
+field, and the board keeps its model. The tests run on the C board under QEMU too (``--hil-qemu mps2-an386``),
+which applies patches the same way; what only the emulator shows (its receive log and flash, an injected reset,
+a board without the capability) is checked there alone.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def emulated(hil_board: HilTarget):  # type: ignore[no-untyped-def]
 def test_a_board_gets_the_next_version_as_a_patch_if_it_declares_them_and_whole_if_not(
     dut: BoardDriver, model_a: bytes, model_b: bytes, digits: DataSplit, digits_mlp: Graph
 ) -> None:
-    """On every board: the emulated one declares patches, the C board does not and gets the whole model."""
+    """On every board: one that declares patches gets the patch, one that does not gets the whole model."""
     dut.send_model(model_a)
     report = dut.update_model(model_b, patch_of(model_a, model_b))
     assert dut.board is not None
@@ -74,22 +75,22 @@ def test_a_board_gets_the_next_version_as_a_patch_if_it_declares_them_and_whole_
         np.testing.assert_array_equal(dut.infer(x[i]).output, host[i].reshape(-1))
 
 
-@pytest.mark.hil_emulated(reason="reads the emulator's receive log and flash")
 def test_a_patch_puts_a_fraction_of_the_model_on_the_line(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
-    board = emulated(hil_board)
     whole = dut.send_model(model_a)
     patch = patch_of(model_a, model_b)
     report = dut.update_model(model_b, patch)
-    assert dut.board is not None and dut.board.patch
+    assert dut.board is not None and dut.board.patch, "this board declares no patches"
     assert report.kind == "patch" and report.payload_bytes == len(wire.encode(patch))
-    # The board's receive log: the patch's bytes reached its flash, not the model's.
-    assert board.received == {"model": len(model_a), "patch": report.payload_bytes}
     assert report.line_bytes * 20 < whole.line_bytes  # frames, acknowledged once each: a 20th of the model's
-    assert board.installs == [("model", sha(model_a)), ("patch", sha(model_b))]
-    assert board.flash.model() == model_b
+    assert dut.status().model_version == sha(model_b)
     assert dut.update_model(model_b, patch).resumed_from == [len(wire.encode(patch))]  # already running it
+    board = hil_board.emulated
+    if board is not None:  # the emulator's receive log: the patch's bytes reached its flash, not the model's
+        assert board.received == {"model": len(model_a), "patch": report.payload_bytes}
+        assert board.installs == [("model", sha(model_a)), ("patch", sha(model_b))]
+        assert board.flash.model() == model_b
 
 
 @pytest.mark.hil_emulated(reason="injects a watchdog reset at a byte of the patch")
@@ -113,11 +114,9 @@ def test_a_reset_mid_patch_resumes_where_the_board_left_off(
         assert driver.status().model_version == sha(model_b)
 
 
-@pytest.mark.hil_emulated(reason="reads the emulator's receive log and flash")
 def test_a_board_missing_the_parent_refuses_the_patch_and_gets_the_whole_model(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
-    board = emulated(hil_board)
     dut.send_model(model_a)
     other = moved(model_a, 12)  # a version this board never had
     patch = patch_of(other, model_b)
@@ -126,15 +125,16 @@ def test_a_board_missing_the_parent_refuses_the_patch_and_gets_the_whole_model(
     assert refused.value.code == ErrorCode.NO_PARENT and "patch_begin.base" in refused.value.detail
     report = dut.update_model(model_b, patch)
     assert report.kind == "model" and "NO_PARENT" in report.fallback
-    assert board.received["patch"] == 0 and board.installs[-1] == ("model", sha(model_b))
     assert dut.status().model_version == sha(model_b)
+    board = hil_board.emulated
+    if board is not None:
+        assert board.received["patch"] == 0 and board.installs[-1] == ("model", sha(model_b))
 
 
-@pytest.mark.hil_emulated(reason="reads the emulator's flash and receive log")
 def test_a_patch_whose_result_does_not_verify_is_refused_and_the_whole_model_follows(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes
 ) -> None:
-    board = emulated(hil_board)
+    board = hil_board.emulated
     dut.send_model(model_a)
     good = patch_of(model_a, model_b)
     other = patch_of(model_a, moved(model_a, 13))
@@ -143,10 +143,14 @@ def test_a_patch_whose_result_does_not_verify_is_refused_and_the_whole_model_fol
     with pytest.raises(BoardRefused) as refused:
         dut.send_patch(corrupted)
     assert refused.value.code == ErrorCode.HASH_MISMATCH and "does not hash to" in refused.value.detail
-    assert board.flash.model() == model_a and dut.status().model_version == sha(model_a)  # old model kept
+    assert dut.status().model_version == sha(model_a)  # old model kept
+    if board is not None:
+        assert board.flash.model() == model_a
     report = dut.update_model(model_b, corrupted)
     assert report.kind == "model" and "HASH_MISMATCH" in report.fallback
-    assert board.installs[-1] == ("model", sha(model_b)) and board.flash.model() == model_b
+    assert dut.status().model_version == sha(model_b)
+    if board is not None:
+        assert board.installs[-1] == ("model", sha(model_b)) and board.flash.model() == model_b
 
 
 def far_positions(model: bytes) -> dict[str, object]:
@@ -156,7 +160,6 @@ def far_positions(model: bytes) -> dict[str, object]:
             "delta_k": far.delta_k}  # fmt: skip
 
 
-@pytest.mark.hil_emulated(reason="reads the emulator's flash to check the old model is kept")
 @pytest.mark.parametrize(
     ("hostile", "field"),
     [
@@ -164,13 +167,13 @@ def far_positions(model: bytes) -> dict[str, object]:
         ("count above the model's bytes", "modelpatch.count"),
         ("truncated positions", "modelpatch.positions"),
         ("truncated deltas", "modelpatch.deltas"),
-        ("truncated encoding", "modelpatch: envelope: truncated"),
+        ("truncated encoding", "modelpatch:"),
     ],
 )
 def test_a_hostile_patch_is_refused_naming_its_field_and_the_board_keeps_its_model(
     dut: BoardDriver, hil_board: HilTarget, model_a: bytes, model_b: bytes, hostile: str, field: str
 ) -> None:
-    board = emulated(hil_board)
+    board = hil_board.emulated
     dut.send_model(model_a)
     good = patch_of(model_a, model_b)
     if hostile == "offset past the model":
@@ -189,9 +192,11 @@ def test_a_hostile_patch_is_refused_naming_its_field_and_the_board_keeps_its_mod
         dut._stream(begin, payload, good.target, [], None)
     assert refused.value.code == ErrorCode.BAD_PATCH
     assert field in refused.value.detail.lower(), refused.value.detail
-    assert board.flash.model() == model_a and dut.status().model_version == sha(model_a)
-    assert board.flash.load_progress() is None  # refused: the next attempt starts from zero
-    assert dut.send_patch(good).resumed_from == [0] and board.flash.model() == model_b  # and a good one installs
+    assert dut.status().model_version == sha(model_a)  # the model in use is kept
+    if board is not None:
+        assert board.flash.model() == model_a and board.flash.load_progress() is None
+    # Refused, the progress was cleared: the next patch starts from zero, and a good one installs.
+    assert dut.send_patch(good).resumed_from == [0] and dut.status().model_version == sha(model_b)
 
 
 class TestABoardWithoutTheCapability:

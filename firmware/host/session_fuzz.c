@@ -233,6 +233,14 @@ static size_t seed_message(int kind, uint8_t *buf, size_t cap, uint8_t *type, ui
         cbor_w_uint(&w, 2), cbor_w_head(&w, CBOR_TAG, 72), cbor_w_bytes(&w, x, (size_t)(rand() % 2 ? 64 : rand() % 128));
         break;
     }
+    case 7:
+        *type = MSG_PATCH_BEGIN;
+        m_head(&w, buf, cap, 6, MSG_PATCH_BEGIN);
+        cbor_w_uint(&w, 2), cbor_w_bytes(&w, rand() % 4 == 0 && model_len ? model_sha : junk, 32);
+        cbor_w_uint(&w, 3), cbor_w_bytes(&w, rand() % 4 && model_len ? model_sha : junk, 32);
+        cbor_w_uint(&w, 4), cbor_w_uint(&w, rand() % 8 == 0 ? STORE_SLOT_BYTES : (uint64_t)(rand() % 2000));
+        cbor_w_uint(&w, 5), cbor_w_uint(&w, rand() % 4 == 0 ? (uint64_t)(rand() % 100000) : model_len);
+        break;
     default:
         *type = MSG_TRAIN;
         m_head(&w, buf, cap, 3, MSG_TRAIN);
@@ -308,6 +316,57 @@ static bool install_model(void)
     (void)n;
     request(MSG_MODEL_COMMIT, buf, w.len);
     return s.loaded && memcmp(s.active.sha256, model_sha, 32) == 0;
+}
+
+static uint64_t error_code(void);
+
+/* Patches of random Rice bits (in a well-formed patch message against the installed model) streamed and
+ * committed: each is refused with BAD_PATCH or HASH_MISMATCH, and the installed model stays. The decoder reads
+ * every bit within its part, so ASan sees any read past the patch. */
+static void directed_patches(unsigned rounds)
+{
+    static uint8_t patch[2048], buf[LINK_MAX_PAYLOAD];
+    uint8_t target[32], bits[600];
+    cbor_writer w;
+    for (unsigned r = 0; r < rounds && model_len; r++) {
+        for (unsigned i = 0; i < 32; i++)
+            target[i] = (uint8_t)rand();
+        size_t plen = (size_t)(rand() % 600), dlen = (size_t)(rand() % 600);
+        for (size_t i = 0; i < sizeof bits; i++)
+            bits[i] = (uint8_t)(rand() % 3 ? rand() : 0); /* zeros often: short unary codes */
+        uint32_t count = (uint32_t)(rand() % 4 ? rand() % 800 : rand());
+        cbor_w_init(&w, patch, sizeof patch);
+        cbor_w_head(&w, CBOR_MAP, 10);
+        cbor_w_uint(&w, 0), cbor_w_uint(&w, 11), cbor_w_uint(&w, 1), cbor_w_uint(&w, 1);
+        cbor_w_uint(&w, 2), cbor_w_bytes(&w, model_sha, 32), cbor_w_uint(&w, 3), cbor_w_bytes(&w, target, 32);
+        cbor_w_uint(&w, 4), cbor_w_uint(&w, rand() % 16 ? model_len : (uint64_t)rand());
+        cbor_w_uint(&w, 5), cbor_w_uint(&w, count), cbor_w_uint(&w, 6), cbor_w_uint(&w, (uint64_t)(rand() % 32));
+        cbor_w_uint(&w, 7), cbor_w_bytes(&w, bits, plen), cbor_w_uint(&w, 8), cbor_w_uint(&w, (uint64_t)(rand() % 9));
+        cbor_w_uint(&w, 9), cbor_w_bytes(&w, bits + (sizeof bits - dlen), dlen);
+        size_t n = w.len;
+        if (rand() % 8 == 0)
+            n = (size_t)rand() % n; /* truncated */
+        m_head(&w, buf, sizeof buf, 6, MSG_PATCH_BEGIN);
+        cbor_w_uint(&w, 2), cbor_w_bytes(&w, target, 32), cbor_w_uint(&w, 3), cbor_w_bytes(&w, model_sha, 32);
+        cbor_w_uint(&w, 4), cbor_w_uint(&w, n), cbor_w_uint(&w, 5), cbor_w_uint(&w, model_len);
+        request(MSG_PATCH_BEGIN, buf, w.len);
+        for (size_t at = 0; at < n; at += 900) {
+            m_head(&w, buf, sizeof buf, 4, MSG_MODEL_DATA);
+            cbor_w_uint(&w, 2), cbor_w_uint(&w, at), cbor_w_uint(&w, 3);
+            cbor_w_bytes(&w, patch + at, n - at < 900 ? n - at : 900);
+            request(MSG_MODEL_DATA, buf, w.len);
+        }
+        m_head(&w, buf, sizeof buf, 3, MSG_MODEL_COMMIT);
+        cbor_w_uint(&w, 2), cbor_w_bytes(&w, target, 32);
+        unsigned got = request(MSG_MODEL_COMMIT, buf, w.len);
+        uint64_t code = error_code();
+        if (got != 1 || (code != E_BAD_PATCH && code != E_HASH_MISMATCH) || !s.loaded ||
+            memcmp(s.active.sha256, model_sha, 32) != 0) {
+            printf("FAIL random patch %u: %u answers, error %u, model %s\n", r, got, (unsigned)code,
+                   s.loaded && memcmp(s.active.sha256, model_sha, 32) == 0 ? "kept" : "lost");
+            failures++;
+        }
+    }
 }
 
 /* The code of the ERROR that was the last answer, or 0 if it was no ERROR. */
@@ -426,11 +485,15 @@ int main(int argc, char **argv)
         return 1;
     }
     directed_small_frames();
+    if (iterations) {
+        hello(4096);
+        directed_patches((unsigned)(iterations / 4));
+    }
     static uint8_t buf[LINK_MAX_PAYLOAD + 1024];
     unsigned long answered = 0, mutated = 0;
     for (long i = 0; i < iterations; i++) {
         uint8_t type;
-        int kind = rand() % 7;
+        int kind = rand() % 8;
         size_t len = seed_message(kind, buf, LINK_MAX_PAYLOAD, &type, s.transfer ? s.tr.written : 0);
         bool intact = rand() % 8 == 0;
         if (!intact) {

@@ -27,6 +27,7 @@ typedef struct {
     uint32_t size;
     uint32_t written;
     uint8_t slot;
+    uint8_t patch; /* 1: a patch transfer (size and written count patch bytes, kept at the slot's end) */
 } store_progress;
 
 bool store_active(store_commit *out);

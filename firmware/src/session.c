@@ -20,9 +20,10 @@
 #include "update.h"
 
 enum { MSG_UPDATE = 1, MSG_HELLO = 16, MSG_MODEL_BEGIN, MSG_MODEL_DATA, MSG_MODEL_COMMIT, MSG_TRAIN, MSG_INFER,
-       MSG_INFER_RESULT, MSG_STATUS, MSG_RESET, MSG_LOG, MSG_ERROR };
+       MSG_INFER_RESULT, MSG_STATUS, MSG_RESET, MSG_LOG, MSG_ERROR, MSG_PATCH_BEGIN };
 enum { E_MALFORMED = 1, E_UNSUPPORTED, E_NO_MEMORY, E_NO_FLASH, E_BAD_OFFSET, E_HASH_MISMATCH, E_NO_MODEL, E_BUSY,
-       E_BAD_INPUT, E_INTERNAL };
+       E_BAD_INPUT, E_INTERNAL, E_NO_PARENT, E_BAD_PATCH };
+#define MSG_MODEL_PATCH 11 /* the patch's own message type (edge_runtime/wire/patch.py) */
 enum { IDLE = 0, RECEIVING = 1, TRAINING = 2, INFERRING = 3 };
 
 #define MAX_INPUT 4096 /* int8 elements of one model input the board quantises at a time */
@@ -39,6 +40,9 @@ static struct {
     store_commit active;
     bool transfer;
     store_progress tr;
+    uint32_t tr_at;         /* where in the slot byte 0 of the transfer goes (a patch sits at the slot's end) */
+    uint8_t tr_base[32];    /* a patch transfer: the model it applies to */
+    uint32_t tr_model_size; /* a patch transfer: bytes of the base and of the result */
     uint8_t state, last_error;
     uint32_t booted_ms;
     char detail[160];
@@ -232,7 +236,7 @@ static void on_hello(void)
     ram_figures r;
     plat_ram_figures(&r);
     cbor_writer w;
-    head(&w, 10 + s.loaded + have_data, MSG_HELLO);
+    head(&w, 11 + s.loaded + have_data, MSG_HELLO);
     cbor_w_uint(&w, 2);
     cbor_w_uint(&w, r.ram);
     cbor_w_uint(&w, 3);
@@ -259,6 +263,8 @@ static void on_hello(void)
         cbor_w_uint(&w, 11);
         cbor_w_uint(&w, d.n_train);
     }
+    cbor_w_uint(&w, 12); /* applies model patches (PATCH_BEGIN) */
+    cbor_w_bool(&w, true);
     send(MSG_HELLO, &w);
     link_set_max_payload((uint16_t)agreed);
     tf_snprintf(s.detail, sizeof s.detail,
@@ -295,7 +301,8 @@ static void on_model_begin(void)
     } else {
         uint8_t slot = store_inactive_slot();
         store_progress p;
-        if (store_progress_load(&p) && memcmp(p.version, version, 32) == 0 && p.size == size && p.slot == slot) {
+        if (store_progress_load(&p) && memcmp(p.version, version, 32) == 0 && p.size == size && p.slot == slot &&
+            !p.patch) {
             resume = p.written;
         } else {
             memset(&p, 0, sizeof p);
@@ -306,6 +313,7 @@ static void on_model_begin(void)
         }
         p.written = resume;
         s.tr = p;
+        s.tr_at = 0;
         s.transfer = true;
     }
     cbor_writer w;
@@ -346,18 +354,277 @@ static void on_model_data(void)
         return; /* already written: a resend */
     uint32_t skip = s.tr.written - (uint32_t)offset;
     if (end > s.tr.size) {
-        tf_snprintf(s.detail, sizeof s.detail, "data runs to byte %u of a %u-byte model", (unsigned)end,
-                 (unsigned)s.tr.size);
+        tf_snprintf(s.detail, sizeof s.detail, "data runs to byte %u of a %u-byte %s", (unsigned)end,
+                 (unsigned)s.tr.size, s.tr.patch ? "patch" : "model");
         send_error(E_NO_FLASH, MSG_MODEL_DATA, s.detail);
         return;
     }
     s.state = RECEIVING;
-    if (!store_slot_write(s.tr.slot, s.tr.written, data + skip, (uint32_t)(len - skip))) {
+    if (!store_slot_write(s.tr.slot, s.tr_at + s.tr.written, data + skip, (uint32_t)(len - skip))) {
         send_error(E_INTERNAL, MSG_MODEL_DATA, "flash write failed");
         return;
     }
     s.tr.written = (uint32_t)end;
     store_progress_save(&s.tr); /* data first, then the record that claims it */
+}
+
+/* -- patch transfer (docs/serial-protocol.md, "Patch transfer") ------------------------------------------------ */
+static void on_patch_begin(void)
+{
+    cbor_item v[7];
+    const uint8_t *version, *base;
+    size_t vlen, blen;
+    uint64_t size, model_size;
+    if (!parse(v, 7))
+        return;
+    if (!cbor_get_bytes(&v[2], &version, &vlen) || vlen != 32 || !cbor_get_bytes(&v[3], &base, &blen) ||
+        blen != 32 || !cbor_get_uint(&v[4], 1u << 31, &size) || !cbor_get_uint(&v[5], 1u << 31, &model_size)) {
+        send_error(E_MALFORMED, MSG_PATCH_BEGIN, "patch_begin: expected version, base (32 bytes each) and sizes");
+        return;
+    }
+    uint32_t resume = 0;
+    if (s.loaded && memcmp(version, s.active.sha256, 32) == 0) {
+        s.transfer = false;
+        resume = (uint32_t)size; /* already running the target */
+    } else {
+        if (!s.loaded || memcmp(base, s.active.sha256, 32) != 0) {
+            tf_snprintf(s.detail, sizeof s.detail, "patch_begin.base: the patch is against %02x%02x%02x%02x%02x%02x, "
+                        "the board runs %s", base[0], base[1], base[2], base[3], base[4], base[5],
+                        s.loaded ? "another model" : "no model");
+            send_error(E_NO_PARENT, MSG_PATCH_BEGIN, s.detail);
+            return;
+        }
+        if (model_size != s.active.size) {
+            tf_snprintf(s.detail, sizeof s.detail, "patch_begin.model_size: %u B, the model held has %u B",
+                        (unsigned)model_size, (unsigned)s.active.size);
+            send_error(E_BAD_PATCH, MSG_PATCH_BEGIN, s.detail);
+            return;
+        }
+        if (size + model_size > STORE_SLOT_BYTES) {
+            tf_snprintf(s.detail, sizeof s.detail, "patch_begin.size: a %u-byte patch and its %u-byte result exceed "
+                        "the %u-byte slot", (unsigned)size, (unsigned)model_size, (unsigned)STORE_SLOT_BYTES);
+            send_error(E_NO_FLASH, MSG_PATCH_BEGIN, s.detail);
+            return;
+        }
+        uint8_t slot = store_inactive_slot();
+        store_progress p;
+        if (store_progress_load(&p) && memcmp(p.version, version, 32) == 0 && p.size == size && p.slot == slot &&
+            p.patch) {
+            resume = p.written;
+        } else {
+            memset(&p, 0, sizeof p);
+            memcpy(p.version, version, 32);
+            p.size = (uint32_t)size;
+            p.slot = slot;
+            p.patch = 1;
+            store_progress_save(&p);
+        }
+        p.written = resume;
+        s.tr = p;
+        s.tr_at = STORE_SLOT_BYTES - (uint32_t)size;
+        memcpy(s.tr_base, base, 32);
+        s.tr_model_size = (uint32_t)model_size;
+        s.transfer = true;
+    }
+    cbor_writer w;
+    head(&w, 7, MSG_PATCH_BEGIN);
+    cbor_w_uint(&w, 2);
+    cbor_w_bytes(&w, version, 32);
+    cbor_w_uint(&w, 3);
+    cbor_w_bytes(&w, base, 32);
+    cbor_w_uint(&w, 4);
+    cbor_w_uint(&w, size);
+    cbor_w_uint(&w, 5);
+    cbor_w_uint(&w, model_size);
+    cbor_w_uint(&w, 6);
+    cbor_w_uint(&w, resume);
+    send(MSG_PATCH_BEGIN, &w);
+}
+
+/* A Golomb-Rice stream as edge_runtime/wire/index_coding.py writes it: every code's quotient in unary (ones, then
+ * a zero), most significant bit first, padded to a byte; then every code's k low bits, padded to a byte. Each read
+ * is bounded by the part's length, so a hostile stream ends the decoding, never the buffer. */
+typedef struct {
+    const uint8_t *p;
+    uint32_t bits, at;
+} bit_reader;
+
+static int bit_next(bit_reader *b)
+{
+    if (b->at >= b->bits)
+        return -1;
+    int bit = (b->p[b->at >> 3] >> (7 - (b->at & 7))) & 1;
+    b->at++;
+    return bit;
+}
+
+typedef struct {
+    bit_reader unary, rest;
+    uint32_t k;
+} rice_reader;
+
+static bool rice_open(rice_reader *r, const uint8_t *data, size_t len, uint32_t n, uint32_t k)
+{
+    uint64_t rest = ((uint64_t)n * k + 7) / 8;
+    if (rest > len)
+        return false;
+    r->unary.p = data, r->unary.bits = (uint32_t)((len - rest) * 8), r->unary.at = 0;
+    r->rest.p = data + (len - rest), r->rest.bits = (uint32_t)(rest * 8), r->rest.at = 0;
+    r->k = k;
+    return true;
+}
+
+static bool rice_next(rice_reader *r, uint64_t *value)
+{
+    uint64_t q = 0;
+    int bit;
+    while ((bit = bit_next(&r->unary)) == 1)
+        q++; /* at most the unary part's bit count: 8 x the patch size */
+    if (bit < 0)
+        return false;
+    uint64_t v = q << r->k;
+    for (uint32_t i = r->k; i; i--)
+        v |= (uint64_t)(bit_next(&r->rest) & 1) << (i - 1); /* rice_open made room for n x k bits */
+    *value = v;
+    return true;
+}
+
+/* Both parts end within their padding, which is zeros (as decode_rice requires). */
+static bool rice_closed(rice_reader *r)
+{
+    if (r->unary.bits - r->unary.at >= 8)
+        return false;
+    int bit;
+    while ((bit = bit_next(&r->unary)) >= 0)
+        if (bit)
+            return false;
+    while ((bit = bit_next(&r->rest)) >= 0)
+        if (bit)
+            return false;
+    return true;
+}
+
+typedef struct {
+    rice_reader pos, delta;
+    uint32_t left, size;
+    int64_t at; /* the last offset read */
+} patch_reader;
+
+/* The next changed offset and its change (mod 256); 0 when done, -1 (detail set) when the patch is bad. */
+static int patch_next(patch_reader *pr, uint32_t *offset, uint8_t *change)
+{
+    uint64_t gap, z;
+    if (!pr->left)
+        return 0;
+    if (!rice_next(&pr->pos, &gap)) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.positions: the unary part ends before its codes do");
+        return -1;
+    }
+    if (gap >= pr->size || pr->at + 1 + (int64_t)gap >= (int64_t)pr->size) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.positions: an offset beyond the %u-byte model",
+                    (unsigned)pr->size);
+        return -1;
+    }
+    if (!rice_next(&pr->delta, &z)) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.deltas: the unary part ends before its codes do");
+        return -1;
+    }
+    if (z > 255) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.deltas: change %u is not a zigzagged byte", (unsigned)z);
+        return -1;
+    }
+    pr->at += 1 + (int64_t)gap;
+    pr->left--;
+    *offset = (uint32_t)pr->at;
+    *change = (uint8_t)((z & 1) ? -(int)(z >> 1) - 1 : (int)(z >> 1)); /* zigzag back; mod 256 */
+    return 1;
+}
+
+/* The patch in the inactive slot's end, checked against PATCH_BEGIN; the reader set at its first change. */
+static uint8_t patch_open(patch_reader *pr)
+{
+    const uint8_t *raw = store_slot(s.tr.slot) + s.tr_at, *end = raw + s.tr.size;
+    cbor_item v[10];
+    uint64_t type, version, size, count, pk, dk;
+    const uint8_t *base, *target, *positions, *deltas;
+    size_t blen, tlen, plen, dlen;
+    if (cbor_skip(raw, end, 64) != end || !cbor_map_index(raw, end, v, 10) || !cbor_get_uint(&v[0], 255, &type) ||
+        !cbor_get_uint(&v[1], 255, &version) || type != MSG_MODEL_PATCH || version != 1) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch: not one CBOR model patch message (type 11, schema 1)");
+        return E_BAD_PATCH;
+    }
+    const char *field = NULL;
+    if (!cbor_get_bytes(&v[2], &base, &blen) || blen != 32 || memcmp(base, s.tr_base, 32) != 0)
+        field = "modelpatch.base";
+    else if (!cbor_get_bytes(&v[3], &target, &tlen) || tlen != 32 || memcmp(target, s.tr.version, 32) != 0)
+        field = "modelpatch.target";
+    else if (!cbor_get_uint(&v[4], 1u << 31, &size) || size != s.tr_model_size)
+        field = "modelpatch.size";
+    if (field) {
+        tf_snprintf(s.detail, sizeof s.detail, "%s: missing, or not the one PATCH_BEGIN announced", field);
+        return E_BAD_PATCH;
+    }
+    if (!cbor_get_uint(&v[5], 1u << 31, &count) || count > size) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.count: more changed bytes than the %u-byte model has",
+                    (unsigned)size);
+        return E_BAD_PATCH;
+    }
+    if (!cbor_get_uint(&v[6], 30, &pk) || !cbor_get_bytes(&v[7], &positions, &plen) ||
+        !rice_open(&pr->pos, positions, plen, (uint32_t)count, (uint32_t)pk)) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.positions: not %u Rice codes", (unsigned)count);
+        return E_BAD_PATCH;
+    }
+    if (!cbor_get_uint(&v[8], 7, &dk) || !cbor_get_bytes(&v[9], &deltas, &dlen) ||
+        !rice_open(&pr->delta, deltas, dlen, (uint32_t)count, (uint32_t)dk)) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.deltas: not %u Rice codes", (unsigned)count);
+        return E_BAD_PATCH;
+    }
+    pr->left = (uint32_t)count;
+    pr->size = (uint32_t)size;
+    pr->at = -1;
+    return 0;
+}
+
+/* Checks the whole patch, then writes the running model with it applied into the inactive slot's start, a
+ * buffer at a time (the answer buffer: nothing is sent meanwhile). 0, or the error code with s.detail set. */
+static uint8_t patch_apply(void)
+{
+    if (!s.loaded || memcmp(s.active.sha256, s.tr_base, 32) != 0) {
+        tf_snprintf(s.detail, sizeof s.detail, "patch_begin.base: the board no longer runs the patch's base");
+        return E_NO_PARENT;
+    }
+    patch_reader pr;
+    uint32_t offset;
+    uint8_t change;
+    int got;
+    uint8_t code = patch_open(&pr);
+    if (code)
+        return code;
+    while ((got = patch_next(&pr, &offset, &change)) > 0) {
+    }
+    if (got < 0)
+        return E_BAD_PATCH;
+    if (!rice_closed(&pr.pos) || !rice_closed(&pr.delta)) {
+        tf_snprintf(s.detail, sizeof s.detail, "modelpatch.%s: bits beyond its codes", rice_closed(&pr.pos) ?
+                    "deltas" : "positions");
+        return E_BAD_PATCH;
+    }
+    patch_open(&pr); /* checked: read it again, applying it this time */
+    const uint8_t *model = store_slot(s.active.slot);
+    got = patch_next(&pr, &offset, &change);
+    for (uint32_t at = 0; at < pr.size; at += sizeof out) {
+        uint32_t n = pr.size - at < sizeof out ? pr.size - at : (uint32_t)sizeof out;
+        memcpy(out, model + at, n);
+        while (got > 0 && offset < at + n) {
+            out[offset - at] = (uint8_t)(out[offset - at] + change);
+            got = patch_next(&pr, &offset, &change);
+        }
+        if (!store_slot_write(s.tr.slot, at, out, n)) {
+            tf_snprintf(s.detail, sizeof s.detail, "flash write failed");
+            return E_INTERNAL;
+        }
+    }
+    return 0;
 }
 
 static void on_model_commit(void)
@@ -386,15 +653,26 @@ static void on_model_commit(void)
         return;
     }
     s.transfer = false;
+    uint32_t size = s.tr.size;
+    if (s.tr.patch) {
+        uint8_t code = patch_apply();
+        if (code) {
+            store_progress_clear(); /* refused: the next attempt starts from zero; the model in use stays */
+            send_error(code, MSG_MODEL_COMMIT, s.detail);
+            return;
+        }
+        size = s.tr_model_size;
+    }
     const uint8_t *model = store_slot(s.tr.slot);
     uint8_t digest[32];
-    tf_sha256(model, s.tr.size, digest);
+    tf_sha256(model, size, digest);
     if (memcmp(digest, s.tr.version, 32) != 0) {
         store_progress_clear(); /* the bytes are wrong: the next attempt starts from zero */
-        send_error(E_HASH_MISMATCH, MSG_MODEL_COMMIT, "the received bytes do not hash to the announced version");
+        send_error(E_HASH_MISMATCH, MSG_MODEL_COMMIT, s.tr.patch ? "modelpatch: the patched model does not hash to "
+                   "the announced version" : "the received bytes do not hash to the announced version");
         return;
     }
-    uint8_t code = install(model, s.tr.size);
+    uint8_t code = install(model, size);
     if (code) {
         char why[160];
         memcpy(why, s.detail, sizeof why);
@@ -404,14 +682,15 @@ static void on_model_commit(void)
     }
     store_commit c;
     c.slot = s.tr.slot;
-    c.size = s.tr.size;
+    c.size = size;
     memcpy(c.sha256, s.tr.version, 32);
     store_set_active(&c);
     store_progress_clear();
     s.active = c;
     s.loaded = true;
-    tf_snprintf(s.detail, sizeof s.detail, "model %02x%02x%02x%02x%02x%02x installed, arena %u B", c.sha256[0],
-             c.sha256[1], c.sha256[2], c.sha256[3], c.sha256[4], c.sha256[5], (unsigned)s.info.arena_bytes);
+    tf_snprintf(s.detail, sizeof s.detail, "model %02x%02x%02x%02x%02x%02x installed%s, arena %u B", c.sha256[0],
+             c.sha256[1], c.sha256[2], c.sha256[3], c.sha256[4], c.sha256[5], s.tr.patch ? " from a patch" : "",
+             (unsigned)s.info.arena_bytes);
     send_log(6, s.detail);
     send_status();
 }
@@ -780,6 +1059,9 @@ static void dispatch(void)
         break;
     case MSG_MODEL_COMMIT:
         on_model_commit();
+        break;
+    case MSG_PATCH_BEGIN:
+        on_patch_begin();
         break;
     case MSG_INFER:
         on_infer();
