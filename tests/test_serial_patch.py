@@ -23,6 +23,7 @@ from edge_runtime.model.backends import default_backend
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.info import quantize_input
 from edge_runtime.model.writer import write_graph
+from edge_runtime.train.build import build_model
 from edge_runtime.wire.serial import ErrorCode
 from tests.test_patches import moved
 
@@ -112,6 +113,38 @@ def test_a_reset_mid_patch_resumes_where_the_board_left_off(
         assert board.received["patch"] == size
         assert board.installs[-1] == ("patch", sha(model_b)) and board.flash.model() == model_b
         assert driver.status().model_version == sha(model_b)
+
+
+def test_the_reset_button_pressed_mid_patch_resumes_where_the_boards_flash_left_off(
+    hil_board: HilTarget, model_a: bytes, digits: DataSplit
+) -> None:
+    """On the emulator and on the C board under QEMU (``system_reset``): half a patch in small frames, a reset."""
+    target = write_graph(build_model("mlp", digits.train.x, digits.train.classes, seed=1))  # most bytes differ
+    patch = patch_of(model_a, target)
+    pressed: list[int] = []
+
+    def press_reset(done: int, total: int) -> None:
+        if not pressed and done >= total // 2:
+            pressed.append(done)
+            if hil_board.emulated is not None:
+                hil_board.emulated.reset()
+            elif hil_board.qemu is not None:
+                hil_board.qemu.reset()
+            else:
+                pytest.skip("a real board's reset button is not in reach of the test")
+
+    with BoardDriver(hil_board.url, baud=hil_board.baud, max_frame=96, answer_timeout=60.0) as driver:
+        driver.hello()
+        driver.send_model(model_a)
+        assert len(wire.encode(patch)) > 8 * chunk_capacity(driver.link.max_payload)  # many chunks to keep
+        report = driver.send_patch(patch, progress=press_reset)
+        assert report.kind == "patch" and report.resets == 1 and report.resumed_from[0] == 0
+        # What reached flash was kept and not sent again. The emulator takes the button up after the request in
+        # hand (a chunk past the one acknowledged may be written first); QEMU resets at once.
+        assert 0 < report.resumed_from[1] < len(wire.encode(patch))
+        if hil_board.qemu is not None:
+            assert report.resumed_from[1] <= pressed[0]
+        assert driver.status().model_version == sha(target)
 
 
 def test_a_board_missing_the_parent_refuses_the_patch_and_gets_the_whole_model(
