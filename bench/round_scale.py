@@ -49,7 +49,7 @@ FULL_SIZES = (10, 100, 1000, 10_000)
 BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3
-PROCESSES = 4
+PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
 ROUND_LINE = re.compile(r"round\s+(\d+) (\w+)\s+updates\s+(\d+).*?([\d.]+) s$")
 
 
@@ -127,6 +127,11 @@ class Watch:
         last = after[0] if after else self.samples[-1][1].get(name, 0.0)
         return last - first
 
+    def wait_past(self, moment: float) -> None:
+        """Until a sample later than ``moment`` (wall clock) is taken."""
+        while not self.samples or self.samples[-1][0] < moment:
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
@@ -148,52 +153,33 @@ def _fleets(host_port: str, federation: str, devices: int) -> list[subprocess.Po
 
 
 def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) -> dict[str, Any]:
-    """The skeleton hub: the same tasks out and receipts back, by one paho client with no tinyfed in the loop."""
+    """The skeleton hub: the same tasks out and receipts back, on the simulators' own codec, no tinyfed."""
     import os
 
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from edge_runtime import wire
-    from edge_runtime.transport.topics import Topics
 
-    topics = Topics(federation)
-    names = [f"sim-{i:05d}" for i in range(devices)]
-    receipt = wire.encode(wire.Receipt([os.urandom(16)]))  # a receipt's size; the simulators do not read it
-    got = [0]
+    from .sim_devices import SkeletonHub, sim_name
 
-    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        got[0] += 1
-        client.publish(topics.receipt(topics.device_of(message.topic)), receipt, qos=1)
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-hub", protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.connect(host, port)
-    subscribed = [False]
-    client.on_subscribe = lambda *args: subscribed.__setitem__(0, True)
-    client.subscribe(topics.all_updates, qos=1)
-    while not subscribed[0]:
-        client.loop(0.1)
-    seconds, broker_cpu, hub_cpu = [], [], []
+    hub = SkeletonHub(host, port, federation)
+    names = [sim_name(i) for i in range(devices)]
+    seconds, broker_cpu, hub_cpu, sim_cpu = [], [], [], []
     version = bytes(32)
+    sims = [name for name in watch.processes if name.startswith("sim")]
     for number in range(101, 101 + ROUNDS):
         task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, int(time.time()) + 600))
-        start_wall, start, cpu = time.time(), time.perf_counter(), time.thread_time()
-        target = got[0] + devices
-        for name in names:
-            client.publish(topics.task(name), task, qos=1)
-        while got[0] < target:
-            client.loop(0.05)
-        seconds.append(time.perf_counter() - start)
-        hub_cpu.append(time.thread_time() - cpu)
-        time.sleep(0.25)  # a sample of the broker's CPU after the round's end
+        start_wall, cpu = time.time(), time.process_time()
+        seconds.append(hub.round(names, task))
+        hub_cpu.append(time.process_time() - cpu)
+        watch.wait_past(start_wall + seconds[-1])  # a sample of the broker's CPU after the round's end
         broker_cpu.append(watch.cpu_between("broker", start_wall, start_wall + seconds[-1]))
-    client.disconnect()
+        sim_cpu.append(sum(watch.cpu_between(s, start_wall, start_wall + seconds[-1]) for s in sims))
+    hub.close()
     return {
         "seconds_per_round": statistics.median(seconds),
         "rounds_seconds": seconds,
         "hub_cpu_ms_per_update": 1000 * statistics.median(hub_cpu) / devices,
         "broker_cpu_ms_per_update": 1000 * statistics.median(broker_cpu) / devices,
+        "simulators_cpu_ms_per_update": 1000 * statistics.median(sim_cpu) / devices,
     }
 
 
@@ -209,7 +195,9 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     with MosquittoProcess(workdir=folder / "broker", autosave_interval=autosave) as broker:
         assert broker.process is not None
         host_port = f"127.0.0.1:{broker.port}"
+        setup = time.perf_counter()
         fleets = _fleets(host_port, federation, devices)
+        setup = time.perf_counter() - setup
         config = _gateway_config(folder, broker.url, federation, model, devices, commit_batch)
         started = time.perf_counter()
         log = (folder / "gateway.log").open("w")
@@ -217,7 +205,8 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
             [sys.executable, "-m", "tinyfed", "gateway", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
-        watch = Watch({"gateway": gateway.pid, "broker": broker.process.pid})
+        pids = {"gateway": gateway.pid, "broker": broker.process.pid}
+        watch = Watch(pids | {f"sim{i}": fleet.pid for i, fleet in enumerate(fleets)})
         rounds: list[tuple[int, str, int, float]] = []
         assert gateway.stdout is not None
         for line in gateway.stdout:
@@ -228,11 +217,14 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         log.close()
         wall = time.perf_counter() - started
         floor_run = _floor("127.0.0.1", broker.port, federation, devices, watch) if floor else None
+        stats: list[str] = []
         watch.stop()
         for fleet in fleets:
             assert fleet.stdin is not None
             fleet.stdin.close()
             fleet.wait(timeout=120)
+            assert fleet.stdout is not None
+            stats.append(fleet.stdout.read().strip())
     from gateway.store import GatewayStore
 
     store = GatewayStore(folder / "gw" / "gateway.db")
@@ -249,6 +241,9 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     updates = ROUNDS * devices
     gateway_cpu = sum(watch.cpu_between("gateway", a, b) for a, b in spans)
     broker_cpu = sum(watch.cpu_between("broker", a, b) for a, b in spans)
+    sims = [name for name in watch.processes if name.startswith("sim")]
+    sim_cpu = sum(watch.cpu_between(name, a, b) for name in sims for a, b in spans)
+    busy = sum(b - a for a, b in spans)
     return {
         "devices": devices,
         "setting": setting,
@@ -260,7 +255,17 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         "broker_cpu_ms_per_update": 1000 * broker_cpu / updates,
         "gateway_peak_rss_mib": watch.peak["gateway"] / 2**20,
         "broker_peak_rss_mib": watch.peak["broker"] / 2**20,
+        "simulators_cpu_ms_per_update": 1000 * sim_cpu / updates,
+        # Of the machine's two cores during the training rounds, the share each side kept busy: what is left
+        # idle is waiting (on a deadline, a timer, a round trip), not work.
+        "cpu_share_of_round": {
+            "gateway": gateway_cpu / busy / 2,
+            "broker": broker_cpu / busy / 2,
+            "simulators": sim_cpu / busy / 2,
+        },
+        "setup_seconds": setup,
         "wall_seconds": wall,
+        "simulators": stats,
         "floor": floor_run,
     }
 
