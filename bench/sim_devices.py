@@ -202,8 +202,10 @@ class Loop:
         if not conn.outbox:
             self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
-    def poll(self, timeout: float, on_packet: Callable[[Connection, int, bytes], None]) -> None:
-        for key, events in self.selector.select(timeout):
+    def poll(self, timeout: float, on_packet: Callable[[Connection, int, bytes], None]) -> int:
+        """Serve what is ready within ``timeout``; returns how many sockets were."""
+        ready = self.selector.select(timeout)
+        for key, events in ready:
             conn = key.data
             if events & selectors.EVENT_WRITE:
                 self._flush(conn)
@@ -219,11 +221,13 @@ class Loop:
                 conn.inbox += data
                 for first, body in split_packets(conn.inbox):
                     on_packet(conn, first, body)
+        return len(ready)
 
     def close(self, conn: Connection, goodbye: bool = True) -> None:
         try:
-            if goodbye:  # a clean DISCONNECT: the broker drops the will
-                conn.sock.send(b"\xe0\x00")
+            if goodbye:  # what is still unsent first, then a clean DISCONNECT: the broker drops the will
+                conn.sock.setblocking(True)
+                conn.sock.sendall(bytes(conn.outbox) + b"\xe0\x00")
         except OSError:
             pass
         self.selector.unregister(conn.sock)
@@ -450,6 +454,8 @@ def main() -> int:
         return closed[0]
 
     fleet.serve(until)
+    while fleet.loop.poll(0.5, fleet._on_packet):  # what the broker still forwards (the last receipts): counted
+        pass
     fleet.stop()
     print(f"stats answered {fleet.answered} receipts {fleet.receipts} manifests {fleet.manifests}", flush=True)
     return 0
