@@ -2,13 +2,17 @@
 
 The gateway runs as ``tinyfed gateway run`` in its own process, against a
 Mosquitto on a free loopback port; the devices are simulated by
-``bench/sim_devices.py`` in four processes, each device a real MQTT client
-with its own connection, birth message, last will, task subscription and
-real encoded updates (see that module: no training, so what is measured is
-the gateway and the broker). Each fleet size runs three synchronous rounds
-in which every device is asked and answers, then the final evaluation.
-The suite runs 10, 100 and 1,000 devices; ``--full`` adds 10,000 (four
-simulator processes of 2,500 clients each, one network thread apiece).
+``bench/sim_devices.py`` in two processes (one per core), each device with
+its own MQTT connection, birth message, last will, task, receipt and
+manifest subscriptions and real encoded updates. The simulator writes its
+MQTT packets by hand on one non-blocking socket loop per process (see that
+module for why: with a paho client per device the simulators, not the hub,
+set the pace). No training, so what is measured is the gateway and the
+broker. Each fleet size runs three synchronous rounds in which every device
+is asked and answers, then the final evaluation. The suite runs 10, 100 and
+1,000 devices; ``--full`` adds 10,000. Connecting the fleet
+(``setup_seconds``) and the gateway's start (10,000 retained births read)
+come before the first round and are not in its time.
 
 Three settings, measured in the same run:
 
@@ -19,14 +23,20 @@ Three settings, measured in the same run:
   broker that saves its whole database on every change, as this hub ran
   before (1,000 devices, in the suite and under ``--full``);
 - ``floor``: on the ``after`` broker with the same connected fleet, once
-  the gateway has finished, a skeleton hub (one paho client, no tinyfed)
-  moves the same MQTT messages: a task to every device, a receipt for each
-  update. Its round time is what MQTT and the simulators cost alone.
+  the gateway has finished, a skeleton hub (one connection on the
+  simulators' codec, no tinyfed) moves the same MQTT messages: a task to
+  every device, a receipt for each update. Its round time is what MQTT and
+  the simulators cost alone.
 
 Figures per size N: ``seconds_per_round_N`` (median round, opening to
 closing, from the gateway's own clock), the gateway's and the broker's
-CPU per update during the training rounds and their peak RSS, the floor's
-round time and the ratio to it, and the before/after ratios. The machine
+CPU per update during the training rounds and their peak RSS, the
+simulators' CPU per update, the floor's round time and the ratio to it,
+and the before/after ratios. ``cpu_share_of_round`` says how much of the
+machine's two cores each side kept busy during the rounds: a gateway near
+half (one core: its Python threads share one interpreter lock) is the
+bottleneck; everyone far below it means waiting (figure
+``gateway_busy_of_one_core_N``: 1.0 is one core the whole round). The machine
 is shared; the ratios are what carries from one run to the next.
 """
 
@@ -49,7 +59,7 @@ FULL_SIZES = (10, 100, 1000, 10_000)
 BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3
-PROCESSES = 4
+PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
 ROUND_LINE = re.compile(r"round\s+(\d+) (\w+)\s+updates\s+(\d+).*?([\d.]+) s$")
 
 
@@ -127,6 +137,11 @@ class Watch:
         last = after[0] if after else self.samples[-1][1].get(name, 0.0)
         return last - first
 
+    def wait_past(self, moment: float) -> None:
+        """Until a sample later than ``moment`` (wall clock) is taken."""
+        while not self.samples or self.samples[-1][0] < moment:
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
@@ -148,52 +163,33 @@ def _fleets(host_port: str, federation: str, devices: int) -> list[subprocess.Po
 
 
 def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) -> dict[str, Any]:
-    """The skeleton hub: the same tasks out and receipts back, by one paho client with no tinyfed in the loop."""
+    """The skeleton hub: the same tasks out and receipts back, on the simulators' own codec, no tinyfed."""
     import os
 
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from edge_runtime import wire
-    from edge_runtime.transport.topics import Topics
 
-    topics = Topics(federation)
-    names = [f"sim-{i:05d}" for i in range(devices)]
-    receipt = wire.encode(wire.Receipt([os.urandom(16)]))  # a receipt's size; the simulators do not read it
-    got = [0]
+    from .sim_devices import SkeletonHub, sim_name
 
-    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        got[0] += 1
-        client.publish(topics.receipt(topics.device_of(message.topic)), receipt, qos=1)
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-hub", protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.connect(host, port)
-    subscribed = [False]
-    client.on_subscribe = lambda *args: subscribed.__setitem__(0, True)
-    client.subscribe(topics.all_updates, qos=1)
-    while not subscribed[0]:
-        client.loop(0.1)
-    seconds, broker_cpu, hub_cpu = [], [], []
+    hub = SkeletonHub(host, port, federation)
+    names = [sim_name(i) for i in range(devices)]
+    seconds, broker_cpu, hub_cpu, sim_cpu = [], [], [], []
     version = bytes(32)
+    sims = [name for name in watch.processes if name.startswith("sim")]
     for number in range(101, 101 + ROUNDS):
         task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, int(time.time()) + 600))
-        start_wall, start, cpu = time.time(), time.perf_counter(), time.thread_time()
-        target = got[0] + devices
-        for name in names:
-            client.publish(topics.task(name), task, qos=1)
-        while got[0] < target:
-            client.loop(0.05)
-        seconds.append(time.perf_counter() - start)
-        hub_cpu.append(time.thread_time() - cpu)
-        time.sleep(0.25)  # a sample of the broker's CPU after the round's end
+        start_wall, cpu = time.time(), time.process_time()
+        seconds.append(hub.round(names, task))
+        hub_cpu.append(time.process_time() - cpu)
+        watch.wait_past(start_wall + seconds[-1])  # a sample of the broker's CPU after the round's end
         broker_cpu.append(watch.cpu_between("broker", start_wall, start_wall + seconds[-1]))
-    client.disconnect()
+        sim_cpu.append(sum(watch.cpu_between(s, start_wall, start_wall + seconds[-1]) for s in sims))
+    hub.close()
     return {
         "seconds_per_round": statistics.median(seconds),
         "rounds_seconds": seconds,
         "hub_cpu_ms_per_update": 1000 * statistics.median(hub_cpu) / devices,
         "broker_cpu_ms_per_update": 1000 * statistics.median(broker_cpu) / devices,
+        "simulators_cpu_ms_per_update": 1000 * statistics.median(sim_cpu) / devices,
     }
 
 
@@ -209,15 +205,18 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     with MosquittoProcess(workdir=folder / "broker", autosave_interval=autosave) as broker:
         assert broker.process is not None
         host_port = f"127.0.0.1:{broker.port}"
+        setup = time.perf_counter()
         fleets = _fleets(host_port, federation, devices)
+        setup = time.perf_counter() - setup
         config = _gateway_config(folder, broker.url, federation, model, devices, commit_batch)
-        started = time.perf_counter()
+        started, spawned = time.perf_counter(), time.time()
         log = (folder / "gateway.log").open("w")
         gateway = subprocess.Popen(
             [sys.executable, "-m", "tinyfed", "gateway", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
-        watch = Watch({"gateway": gateway.pid, "broker": broker.process.pid})
+        pids = {"gateway": gateway.pid, "broker": broker.process.pid}
+        watch = Watch(pids | {f"sim{i}": fleet.pid for i, fleet in enumerate(fleets)})
         rounds: list[tuple[int, str, int, float]] = []
         assert gateway.stdout is not None
         for line in gateway.stdout:
@@ -228,11 +227,14 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         log.close()
         wall = time.perf_counter() - started
         floor_run = _floor("127.0.0.1", broker.port, federation, devices, watch) if floor else None
+        stats: list[str] = []
         watch.stop()
         for fleet in fleets:
             assert fleet.stdin is not None
             fleet.stdin.close()
             fleet.wait(timeout=120)
+            assert fleet.stdout is not None
+            stats.append(fleet.stdout.read().strip())
     from gateway.store import GatewayStore
 
     store = GatewayStore(folder / "gw" / "gateway.db")
@@ -249,6 +251,9 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     updates = ROUNDS * devices
     gateway_cpu = sum(watch.cpu_between("gateway", a, b) for a, b in spans)
     broker_cpu = sum(watch.cpu_between("broker", a, b) for a, b in spans)
+    sims = [name for name in watch.processes if name.startswith("sim")]
+    sim_cpu = sum(watch.cpu_between(name, a, b) for name in sims for a, b in spans)
+    busy = sum(b - a for a, b in spans)
     return {
         "devices": devices,
         "setting": setting,
@@ -260,7 +265,19 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         "broker_cpu_ms_per_update": 1000 * broker_cpu / updates,
         "gateway_peak_rss_mib": watch.peak["gateway"] / 2**20,
         "broker_peak_rss_mib": watch.peak["broker"] / 2**20,
+        "simulators_cpu_ms_per_update": 1000 * sim_cpu / updates,
+        # Of the machine's two cores during the training rounds, the share each side kept busy: what is left
+        # idle is waiting (on a deadline, a timer, a round trip), not work.
+        "cpu_share_of_round": {
+            "gateway": gateway_cpu / busy / 2,
+            "broker": broker_cpu / busy / 2,
+            "simulators": sim_cpu / busy / 2,
+        },
+        "setup_seconds": setup,
+        # From the gateway's spawn to its first round: start-up, the store, and reading every retained birth.
+        "start_seconds": training[0].started - spawned,
         "wall_seconds": wall,
+        "simulators": stats,
         "floor": floor_run,
     }
 
@@ -358,6 +375,9 @@ def main(full: bool = False) -> dict[str, float]:
         figures[f"broker_cpu_ms_per_update_{devices}"] = round(run["broker_cpu_ms_per_update"], 3)
         figures[f"gateway_peak_rss_mib_{devices}"] = round(run["gateway_peak_rss_mib"], 1)
         figures[f"broker_peak_rss_mib_{devices}"] = round(run["broker_peak_rss_mib"], 1)
+        figures[f"simulators_cpu_ms_per_update_{devices}"] = round(run["simulators_cpu_ms_per_update"], 3)
+        figures[f"gateway_busy_of_one_core_{devices}"] = round(2 * run["cpu_share_of_round"]["gateway"], 3)
+        figures[f"gateway_start_seconds_{devices}"] = round(run["start_seconds"], 2)
         floor = run["floor"]
         figures[f"floor_seconds_per_round_{devices}"] = round(floor["seconds_per_round"], 3)
         figures[f"round_vs_floor_{devices}"] = round(run["seconds_per_round"] / floor["seconds_per_round"], 3)

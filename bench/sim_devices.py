@@ -1,134 +1,432 @@
-"""Many simulated devices in one process, each a real MQTT client, for the ``round_scale`` benchmark.
+"""Thousands of simulated devices in one process, each with its own MQTT connection, for ``round_scale``.
 
-``python -m bench.sim_devices --broker HOST:PORT --federation F --first 0 --count 2500``
+``python -m bench.sim_devices --broker HOST:PORT --federation F --first 0 --count 5000``
 
-Each client does what a device does on the wire, and nothing else: it
-announces itself with a retained birth message and a last will, reads
-the retained manifest, and answers every task with a real encoded sparse
-update (1% of the manifest's trainable entries, int8 values, made once
-per process by the real compressor from a random delta). No training and
-no interpreter: the benchmark measures the gateway and the broker, not
-the devices. Every client's socket is served by one thread (a selector
-over paho's external-loop calls): a thread per client, as ``loop_start``
-makes, would spend the process's time switching among 2,500 threads.
-Prints ``ready N`` once every client is connected, and runs until its
-standard input closes.
+Why MQTT is encoded here by hand, not with paho: this is a load generator,
+not the system under test. With one paho client per device, a simulated
+device cost about 1 ms of Python per message (paho's packet objects,
+locks, callbacks, its per-client loop calls), so 10,000 devices in two
+processes took longer to answer a round than the gateway took to run it,
+and ``round_scale`` measured paho's per-client machinery instead of the
+hub. Here every packet a device sends is built once (CONNECT with its will,
+SUBSCRIBE, the retained birth) or from a template made once per task shape
+(the update: only the device name and the update id change), and every
+socket is served by one non-blocking ``selectors`` loop. The bytes on the
+wire are what paho would send for the same calls (MQTT 5, QoS 1).
+
+What each device does on the wire, as ``tinyfed device run`` does:
+
+- CONNECT with a last will (its death: a retained QoS 1 Presence);
+- SUBSCRIBE to its task and receipt topics and to the retained manifest
+  (QoS 1), then PUBLISH its birth (retained, QoS 1, with capabilities);
+- PUBACK every QoS 1 message it receives (tasks, manifests, receipts);
+- answer every task with an Update PUBLISH at QoS 1 (PUBACKed by the
+  broker): a real encoded sparse update, 1% of the manifest's trainable
+  entries as int8 values made once per process by the real compressor from
+  a random delta, with the task's round and base version; an evaluation
+  task is answered with an empty update carrying evaluation metrics.
+
+It does not train, verify or install models, claim its client id, or send
+keepalives (keepalive 0): the benchmark measures the gateway and the broker.
+Prints ``ready N`` once every device is connected, subscribed and its birth
+acknowledged, and runs until its standard input closes; then prints one
+``stats`` line (tasks answered, receipts, manifests seen).
+
+``SkeletonHub`` is the floor's hub on the same codec: one connection that
+sends the same tasks and a receipt per update, without tinyfed.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import selectors
+import socket
 import sys
-import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime import wire
 from edge_runtime.compress.compressor import CompressionConfig, Compressor
-from edge_runtime.transport.topics import Topics
+from edge_runtime.transport.topics import Topics, member_client_id
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
+IN_FLIGHT_CONNECTS = 64  # connections opened but not yet answered: keeps the broker's listen backlog short
+SIM_NAME_WIDTH = 5  # sim-00000: every name the same length, so one update template fits every device
+
+
+# -- MQTT 5 packets, by hand ----------------------------------------------------------------------------------
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def utf8(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + varint(len(body)) + body
+
+
+def connect_packet(client_id: str, will_topic: str, will_payload: bytes) -> bytes:
+    """Clean start, no session kept, keepalive 0, a retained QoS 1 will."""
+    flags = 0x02 | 0x04 | 0x08 | 0x20  # clean start, will, will QoS 1, will retain
+    variable = utf8("MQTT") + bytes([5, flags]) + (0).to_bytes(2, "big") + varint(0)
+    payload = utf8(client_id) + varint(0) + utf8(will_topic) + len(will_payload).to_bytes(2, "big") + will_payload
+    return packet(CONNECT << 4, variable + payload)
+
+
+def subscribe_packet(packet_id: int, topics: Iterable[str], qos: int = 1) -> bytes:
+    body = packet_id.to_bytes(2, "big") + varint(0) + b"".join(utf8(t) + bytes([qos]) for t in topics)
+    return packet((SUBSCRIBE << 4) | 0x02, body)
+
+
+def publish_packet(topic: str, payload: bytes, packet_id: int = 0, qos: int = 1, retain: bool = False) -> bytes:
+    head = utf8(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + varint(0)
+    return packet((PUBLISH << 4) | (qos << 1) | int(retain), head + payload)
+
+
+def puback_packet(packet_id: int) -> bytes:
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
+def split_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Take every whole packet off the front of ``buffer``: (first byte, body)."""
+    out: list[tuple[int, bytes]] = []
+    at, size = 0, len(buffer)
+    while at + 2 <= size:
+        length, shift, i = 0, 0, at + 1
+        while True:
+            if i >= size:
+                del buffer[:at]
+                return out
+            byte = buffer[i]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+            if shift > 21:
+                raise ValueError("malformed MQTT remaining length")
+        if i + length > size:
+            break
+        out.append((buffer[at], bytes(buffer[i : i + length])))
+        at = i + length
+    del buffer[:at]
+    return out
+
+
+def parse_publish(first: int, body: bytes) -> tuple[str, int, bytes]:
+    """A PUBLISH body (MQTT 5): topic, packet id (0 at QoS 0), payload."""
+    qos = (first >> 1) & 3
+    n = int.from_bytes(body[:2], "big")
+    topic = body[2 : 2 + n].decode()
+    at = 2 + n
+    packet_id = 0
+    if qos:
+        packet_id = int.from_bytes(body[at : at + 2], "big")
+        at += 2
+    props, shift = 0, 0
+    while True:  # property length (varint), then the properties, skipped
+        byte = body[at]
+        at += 1
+        props |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return topic, packet_id, body[at + props :]
+
+
+# -- one connection --------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Connection:
+    """A socket with its unparsed input and unsent output, served by a ``selectors`` loop."""
+
+    name: str
+    sock: socket.socket
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+    next_id: int = 1
+    connacked: bool = False
+    subacked: bool = False
+    born: bool = False
+    birth_id: int = 0
+
+    def packet_id(self) -> int:
+        value = self.next_id
+        self.next_id = value % 65535 + 1
+        return value
+
+
+class Loop:
+    """One ``selectors`` loop over many non-blocking sockets."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+
+    def open(self, host: str, port: int, name: str) -> Connection:
+        sock = socket.create_connection((host, port), timeout=30)  # loopback: done at once, or the backlog is full
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        conn = Connection(name, sock)
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        return conn
+
+    def send(self, conn: Connection, data: bytes) -> None:
+        if conn.outbox:
+            conn.outbox += data
+            return
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            conn.outbox += data[sent:]
+            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+
+    def _flush(self, conn: Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        del conn.outbox[:sent]
+        if not conn.outbox:
+            self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def poll(self, timeout: float, on_packet: Callable[[Connection, int, bytes], None]) -> int:
+        """Serve what is ready within ``timeout``; returns how many sockets were."""
+        ready = self.selector.select(timeout)
+        for key, events in ready:
+            conn = key.data
+            if events & selectors.EVENT_WRITE:
+                self._flush(conn)
+            if events & selectors.EVENT_READ:
+                try:
+                    data = conn.sock.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionError as exc:
+                    raise ConnectionError(f"{conn.name}: the broker closed the connection ({exc})") from exc
+                if not data:
+                    raise ConnectionError(f"{conn.name}: the broker closed the connection")
+                conn.inbox += data
+                for first, body in split_packets(conn.inbox):
+                    on_packet(conn, first, body)
+        return len(ready)
+
+    def close(self, conn: Connection, goodbye: bool = True) -> None:
+        try:
+            if goodbye:  # what is still unsent first, then a clean DISCONNECT: the broker drops the will
+                conn.sock.setblocking(True)
+                conn.sock.sendall(bytes(conn.outbox) + b"\xe0\x00")
+        except OSError:
+            pass
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+
+# -- the simulated fleet ----------------------------------------------------------------------------------------
+def sim_name(index: int) -> str:
+    return f"sim-{index:0{SIM_NAME_WIDTH}d}"
+
+
+class UpdateTemplate:
+    """One task shape's encoded update with a placeholder name and id, filled in per device by slicing."""
+
+    PLACEHOLDER = "sim-" + "z" * SIM_NAME_WIDTH
+
+    def __init__(self, task: wire.Task, tensors: list[wire.TensorUpdate]) -> None:
+        marker = os.urandom(16)
+        body = tensors if not task.evaluate_only else []
+        metrics = {"eval_accuracy": 0.5, "eval_samples": 20.0} if task.evaluate_only else {}
+        raw = wire.encode(wire.Update(marker, self.PLACEHOLDER, task.round, task.base_version, 100, body, metrics))
+        name = self.PLACEHOLDER.encode()
+        self.id_at, self.name_at = raw.index(marker), raw.index(name)
+        if raw.count(marker) != 1 or raw.count(name) != 1:
+            raise ValueError("the update template's placeholders are not unique")
+        self.raw = raw
+
+    def fill(self, name: str) -> bytes:
+        parts = sorted([(self.id_at, 16, os.urandom(16)), (self.name_at, len(self.PLACEHOLDER), name.encode())])
+        out, at = bytearray(), 0
+        for offset, size, value in parts:
+            out += self.raw[at:offset]
+            out += value
+            at = offset + size
+        out += self.raw[at:]
+        return bytes(out)
 
 
 class SimulatedFleet:
+    """Devices ``first`` .. ``first + count - 1`` of a federation, on one ``Loop``."""
+
     def __init__(self, host: str, port: int, federation: str, first: int, count: int) -> None:
-        self.topics = Topics(federation)
+        if first + count > 10**SIM_NAME_WIDTH:
+            raise ValueError(f"at most {10**SIM_NAME_WIDTH} simulated devices")
         self.host, self.port = host, port
-        self.names = [f"sim-{i:05d}" for i in range(first, first + count)]
-        self.clients: dict[str, mqtt.Client] = {}
-        self.connected = 0
+        self.federation = federation
+        self.topics = Topics(federation)
+        self.names = [sim_name(i) for i in range(first, first + count)]
+        self.loop = Loop()
+        self.connections: dict[str, Connection] = {}
+        self.task_topics = {self.topics.task(n): n for n in self.names}
+        self.receipt_topics = {self.topics.receipt(n) for n in self.names}
+        self.connected = self.subscribed = self.born = 0
+        self.answered = self.receipts = self.manifests = 0
         self._tensors: list[wire.TensorUpdate] | None = None
-        self.answered = 0
-        self.selector = selectors.DefaultSelector()
-        self._stop = threading.Event()
+        self._templates: dict[tuple[int, bytes, bool], UpdateTemplate] = {}
+        self._waiting: list[tuple[str, bytes, int]] = []  # tasks that came before the first manifest
 
     def _presence(self, name: str, online: bool) -> bytes:
         caps = wire.Capabilities(ram=512 << 20, backend="sim", trainable_layers=0, samples=100) if online else None
         return wire.encode(wire.Presence(name, online, 1, int(time.time()), caps))
 
-    # -- the one network thread ------------------------------------------------------------------------------
-    def _watch(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self.selector.register(sock, selectors.EVENT_READ, client)
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def _open(self, name: str) -> None:
+        conn = self.loop.open(self.host, self.port, name)
+        self.connections[name] = conn
+        will = connect_packet(member_client_id(self.federation, name), self.topics.presence(name),
+                              self._presence(name, False))  # fmt: skip
+        self.loop.send(conn, will)
 
-    def _unwatch(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(sock)
+    def connect_all(self, timeout: float = 300.0) -> None:
+        """Open every connection (a bounded number unanswered at a time), subscribe, and publish every birth."""
+        pending = iter(self.names)
+        opened = 0
+        deadline = time.monotonic() + timeout
+        while self.born < len(self.names):
+            while opened < len(self.names) and opened - self.connected < IN_FLIGHT_CONNECTS:
+                self._open(next(pending))
+                opened += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.born} of {len(self.names)} simulated devices connected and born in "
+                                   f"{timeout:.0f} s")  # fmt: skip
+            self.loop.poll(0.5, self._on_packet)
 
-    def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self.selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+    # -- packets ------------------------------------------------------------------------------------------------
+    def _on_packet(self, conn: Connection, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == PUBLISH:
+            topic, packet_id, payload = parse_publish(first, body)
+            if packet_id:
+                self.loop.send(conn, puback_packet(packet_id))
+            self._on_message(conn, topic, payload)
+        elif kind == PUBACK:
+            if not conn.born and int.from_bytes(body[:2], "big") == conn.birth_id:
+                conn.born = True
+                self.born += 1
+        elif kind == CONNACK:
+            if len(body) < 2 or body[1] != 0:
+                raise ConnectionError(f"{conn.name}: the broker refused the connection (reason {body[1:2].hex()})")
+            conn.connacked = True
+            self.connected += 1
+            name = conn.name
+            topics = (self.topics.task(name), self.topics.receipt(name), self.topics.manifest)
+            self.loop.send(conn, subscribe_packet(conn.packet_id(), topics))
+            conn.birth_id = conn.packet_id()
+            self.loop.send(conn, publish_packet(self.topics.presence(name), self._presence(name, True),
+                                                conn.birth_id, retain=True))  # fmt: skip
+        elif kind == SUBACK:
+            if any(code >= 0x80 for code in body[3:]):
+                raise ConnectionError(f"{conn.name}: the broker refused a subscription ({body[3:].hex()})")
+            conn.subacked = True
+            self.subscribed += 1
 
-    def _done_writing(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.modify(sock, selectors.EVENT_READ, client)
+    def _on_message(self, conn: Connection, topic: str, payload: bytes) -> None:
+        name = self.task_topics.get(topic)
+        if name is not None:
+            self._answer(conn, name, payload)
+        elif topic in self.receipt_topics:
+            self.receipts += 1
+        elif topic == self.topics.manifest:
+            self.manifests += 1
+            if self._tensors is None:
+                self._make_update_body(wire.decode(payload, expect=wire.ModelManifest))
 
-    def start(self) -> None:
-        for name in self.names:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tinyfed-{name}", protocol=mqtt.MQTTv5)
-            client.will_set(self.topics.presence(name), self._presence(name, False), qos=1, retain=True)
-            client.user_data_set(name)
-            client.on_connect = self._on_connect
-            client.on_message = self._on_message
-            client.on_socket_open = self._watch
-            client.on_socket_close = self._unwatch
-            client.on_socket_register_write = self._want_write
-            client.on_socket_unregister_write = self._done_writing
-            client.max_queued_messages_set(0)
-            client.connect(self.host, self.port, keepalive=600)
-            self.clients[name] = client
-
-    def serve(self, until: threading.Event | None = None) -> None:
-        """Serve every client's socket until ``until`` (or stop) is set."""
-        last_misc = time.monotonic()
-        while not self._stop.is_set() and not (until is not None and until.is_set()):
-            for key, events in self.selector.select(timeout=0.5):
-                client: mqtt.Client = key.data
-                if events & selectors.EVENT_READ:
-                    client.loop_read()
-                if events & selectors.EVENT_WRITE:
-                    client.loop_write()
-            now = time.monotonic()
-            if now - last_misc >= 1.0:  # keepalives and retries, once a second for all
-                last_misc = now
-                for client in self.clients.values():
-                    client.loop_misc()
-
-    def _on_connect(self, client: mqtt.Client, name: str, flags: object, reason: object, props: object) -> None:
-        client.subscribe([(self.topics.task(name), 1), (self.topics.manifest, 1)])
-        client.publish(self.topics.presence(name), self._presence(name, True), qos=1, retain=True)
-        self.connected += 1
-
-    def _on_message(self, client: mqtt.Client, name: str, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topics.manifest:
-            manifest = wire.decode(bytes(message.payload), expect=wire.ModelManifest)
-            self._make_update_body(manifest)
-            return
-        task = wire.decode(bytes(message.payload), expect=wire.Task)
-        tensors = [] if task.evaluate_only else (self._tensors or [])
-        metrics = {"eval_accuracy": 0.5, "eval_samples": 20.0} if task.evaluate_only else {}
-        update = wire.Update(os.urandom(16), name, task.round, task.base_version, 100, tensors, metrics)
-        client.publish(self.topics.update(name), wire.encode(update), qos=1)
+    def _answer(self, conn: Connection, name: str, payload: bytes) -> None:
+        task = wire.decode(payload, expect=wire.Task)
+        if self._tensors is None:
+            raise RuntimeError(f"{name} got a task before any manifest (the manifest is retained)")
+        shape = (task.round, task.base_version, task.evaluate_only)
+        template = self._templates.get(shape)
+        if template is None:
+            template = self._templates[shape] = UpdateTemplate(task, self._tensors)
+        update = publish_packet(self.topics.update(name), template.fill(name), conn.packet_id())
+        self.loop.send(conn, update)
         self.answered += 1
 
     def _make_update_body(self, manifest: wire.ModelManifest) -> None:
-        if self._tensors is not None:
-            return
         rng = np.random.default_rng(0)
         deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in manifest.spec().items()}
         self._tensors = Compressor(CompressionConfig(density=0.01)).compress(deltas).tensors
 
+    # -- running ------------------------------------------------------------------------------------------------
+    def serve(self, until: Callable[[], bool]) -> None:
+        while not until():
+            self.loop.poll(0.5, self._on_packet)
+
     def stop(self) -> None:
-        self._stop.set()
-        for client in self.clients.values():
-            try:
-                client.disconnect()
-                client.loop_write()
-            except OSError:
-                pass
+        for conn in self.connections.values():
+            self.loop.close(conn)
+
+
+class SkeletonHub:
+    """The floor: the same MQTT messages a gateway's round moves (a task to each device, a receipt for each
+    update), on one connection with the fleet's codec and nothing of tinyfed in between."""
+
+    def __init__(self, host: str, port: int, federation: str) -> None:
+        self.topics = Topics(federation)
+        self.loop = Loop()
+        self.conn = self.loop.open(host, port, "floor-hub")
+        self.loop.send(self.conn, connect_packet("floor-hub", self.topics.gateway_presence, b""))
+        self.updates = 0
+        self.ready = False
+        self.receipt = wire.encode(wire.Receipt([os.urandom(16)]))  # a receipt's size: devices only count them
+        self.loop.send(self.conn, subscribe_packet(self.conn.packet_id(), [self.topics.all_updates]))
+        while not self.ready:
+            self.loop.poll(0.5, self._on_packet)
+
+    def _on_packet(self, conn: Connection, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == SUBACK:
+            self.ready = True
+        elif kind == CONNACK and (len(body) < 2 or body[1] != 0):
+            raise ConnectionError(f"the broker refused the floor's hub (reason {body[1:2].hex()})")
+        elif kind == PUBLISH:
+            topic, packet_id, _ = parse_publish(first, body)
+            if packet_id:
+                self.loop.send(conn, puback_packet(packet_id))
+            self.updates += 1
+            device = self.topics.device_of(topic)
+            self.loop.send(conn, publish_packet(self.topics.receipt(device), self.receipt, conn.packet_id()))
+
+    def round(self, names: list[str], task: bytes) -> float:
+        """Send ``task`` to every device and wait for an update from each; returns the seconds it took."""
+        start = time.perf_counter()
+        target = self.updates + len(names)
+        out = bytearray()
+        for name in names:
+            out += publish_packet(self.topics.task(name), task, self.conn.packet_id())
+            if len(out) > 1 << 16:
+                self.loop.send(self.conn, bytes(out))
+                out.clear()
+                self.loop.poll(0, self._on_packet)
+        self.loop.send(self.conn, bytes(out))
+        while self.updates < target:
+            self.loop.poll(0.5, self._on_packet)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.loop.close(self.conn)
 
 
 def main() -> int:
@@ -140,20 +438,26 @@ def main() -> int:
     args = parser.parse_args()
     host, _, port = args.broker.rpartition(":")
     fleet = SimulatedFleet(host, int(port), args.federation, args.first, args.count)
-    fleet.start()
-    deadline = time.monotonic() + 300
-    server = threading.Thread(target=fleet.serve, daemon=True)
-    server.start()
-    while fleet.connected < len(fleet.names):
-        if time.monotonic() > deadline or not server.is_alive():
-            print(f"only {fleet.connected} of {len(fleet.names)} clients connected", file=sys.stderr, flush=True)
-            return 1
-        time.sleep(0.05)
+    try:
+        fleet.connect_all()
+    except (OSError, TimeoutError) as exc:
+        print(f"simulated devices did not connect: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(f"ready {len(fleet.names)}", flush=True)
-    sys.stdin.read()  # until the benchmark closes our stdin
-    fleet._stop.set()
-    server.join(timeout=10)
+    stdin = selectors.DefaultSelector()  # its own selector: checked between polls, at most 0.5 s late
+    stdin.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    closed = [False]
+
+    def until() -> bool:
+        if not closed[0] and stdin.select(0):
+            closed[0] = not os.read(sys.stdin.fileno(), 4096)
+        return closed[0]
+
+    fleet.serve(until)
+    while fleet.loop.poll(0.5, fleet._on_packet):  # what the broker still forwards (the last receipts): counted
+        pass
     fleet.stop()
+    print(f"stats answered {fleet.answered} receipts {fleet.receipts} manifests {fleet.manifests}", flush=True)
     return 0
 
 

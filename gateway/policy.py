@@ -89,7 +89,13 @@ class Plan:
     fail: str | None = None  # end the open round without a new version, for this reason
     finish_evaluation: bool = False  # the final evaluation has its reports (or its deadline passed)
     finished: bool = False  # every configured round is done and the final model is evaluated
-    waiting: str | None = None  # why no round opens now (too few eligible devices): said, not acted on
+    # Why no round opens now (too few eligible devices): said, not acted on. A function, called only when the
+    # reason is to be said: it reads every device's record, and a plan is made after every birth.
+    why_waiting: Callable[[], str] | None = None
+
+    @property
+    def waiting(self) -> str | None:
+        return self.why_waiting() if self.why_waiting is not None else None
 
     def __bool__(self) -> bool:
         return bool(
@@ -301,9 +307,11 @@ class RoundPolicy:
 
     def _open_sync(self, registry: Registry, history: History, version: bytes, now: float) -> Plan:
         rules = self.rules
+        if registry.online < rules.min_devices:  # O(1): no need to look at every record to know it is too few
+            return Plan(why_waiting=lambda: self._why_waiting(registry, len(self._eligible(registry))))
         eligible = self._eligible(registry)
         if len(eligible) < rules.min_devices:
-            return Plan(waiting=self._why_waiting(registry, len(eligible)))
+            return Plan(why_waiting=lambda: self._why_waiting(registry, len(eligible)))
         if self.privacy is not None and self.privacy.central:
             return self._open_sampled(eligible, history, version, now)
         target = max(rules.min_devices, math.ceil(rules.fraction * len(eligible)))

@@ -85,6 +85,7 @@ class Registry:
         self._lock = threading.Lock()
         self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
         self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
+        self._online = 0  # kept as births and deaths arrive: what a plan asks before it looks at every record
         for row in store.devices():
             caps = None
             if row["capabilities"]:
@@ -120,6 +121,7 @@ class Registry:
             self._devices[presence.device] = record
             if was_online and not presence.online:
                 self.departures += 1
+            self._online += int(presence.online) - int(was_online)
         self.store.save_device(
             presence.device, presence.online, presence.seq, raw if presence.online else None, failure, key
         )
@@ -138,6 +140,7 @@ class Registry:
             self._devices[device] = dataclasses.replace(record, online=False, failure=why, failure_key=EXPELLED)
             if record.online:
                 self.departures += 1
+                self._online -= 1
         self.store.expel_device(device, why, EXPELLED)
         log.warning("%s is out of the federation: %s", device, why)
         return record.online
@@ -162,6 +165,12 @@ class Registry:
                 why = quarantined.get(name)
                 if record.quarantined != why:
                     self._devices[name] = dataclasses.replace(record, quarantined=why)
+
+    @property
+    def online(self) -> int:
+        """How many devices are online now: at most this many are eligible. O(1), where ``eligible`` reads every
+        record: a fleet of 10,000 announcing itself asks before each birth whether a round may open."""
+        return self._online
 
     def get(self, device: str) -> DeviceRecord | None:
         with self._lock:

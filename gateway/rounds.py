@@ -455,7 +455,7 @@ class Rounds:
         """Too few eligible devices: said once it has lasted WAITING_GRACE_S, and again only when the reason
         changes, at most once per WAITING_GRACE_S; a federation whose devices are still joining, one by one, is
         not stuck and is not warned of."""
-        if plan.waiting is None:
+        if plan.why_waiting is None:
             if plan.open is not None:
                 if self._waiting is not None:
                     log.info("round %d opens: enough eligible devices again", plan.open.round)
@@ -465,9 +465,11 @@ class Rounds:
         if self._waiting_since is None:
             self._waiting_since = now
         said_lately = self._waiting is not None and now - self._waiting_said < WAITING_GRACE_S
-        if plan.waiting != self._waiting and now - self._waiting_since >= WAITING_GRACE_S and not said_lately:
-            log.warning("%s", plan.waiting)
-            self._waiting, self._waiting_said = plan.waiting, now
+        if now - self._waiting_since >= WAITING_GRACE_S and not said_lately:
+            waiting = plan.why_waiting()  # read every device's record: only when it may be said
+            if waiting != self._waiting:
+                log.warning("%s", waiting)
+                self._waiting, self._waiting_said = waiting, now
 
     def _record(self, plan: Plan, now: float) -> Step:
         """Make a plan durable before any of its tasks is sent. Called under the lock."""

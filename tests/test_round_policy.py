@@ -112,6 +112,34 @@ def test_no_round_opens_below_min_devices_and_one_opens_when_enough_join() -> No
     assert {s["device"] for s in fed.store.selections(1, "sent")} == {"a", "b", "c"}  # recorded before sending
 
 
+def test_the_registry_counts_who_is_online_through_births_deaths_and_expulsions() -> None:
+    fed = Federation()
+    fed.join("a", "b", "c")
+    fed.join("a")  # a re-birth of a device online: still one
+    assert fed.registry.online == 3
+    fed.die("b")
+    stale = wire.Presence("c", False, 99, 0)  # a death no birth carried: ignored
+    fed.registry.observe(stale, wire.encode(stale))
+    assert fed.registry.online == 2
+    fed.registry.expel("a", "revoked")
+    assert fed.registry.online == 1 == sum(r.online for r in fed.registry.all())
+    fed.join("b")
+    assert fed.registry.online == 2 == sum(r.online for r in fed.registry.all())
+
+
+def test_a_fleet_still_announcing_itself_is_not_read_record_by_record_until_the_reason_is_said() -> None:
+    """While fewer devices are online than min_devices, a plan (made after every birth) reads no record; the
+    operator's reason is made from the records only when asked for."""
+    fed = Federation(min_devices=5)
+    fed.join("a", "b", "c")
+    reads = []
+    real = fed.registry.all
+    fed.registry.all = lambda: reads.append(1) or real()  # type: ignore[method-assign]
+    plan = fed.plan()
+    assert not plan and plan.why_waiting is not None and not reads
+    assert plan.waiting == "no round opens: 3 eligible device(s), min_devices = 5" and reads
+
+
 def test_fraction_and_overprovision_decide_how_many_are_asked_and_how_many_close_the_round() -> None:
     fed = Federation(min_devices=2, fraction=0.5, overprovision=0.5)
     fed.join(*(f"d{i}" for i in range(10)))
