@@ -1,0 +1,83 @@
+"""What a running ``tinyfed device run`` holds in memory: only the interpreter backend it was given, no cryptography
+until a secure aggregation round needs it (docs/operations.md, "Where a device's memory goes").
+
+Read from the real process's /proc/PID/maps (the shared libraries it has loaded), not from a mock: a module
+imported at start that only a rare path needs costs every device its resident pages for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.agent_memory import packages_mapped
+from edge_runtime.model.backends import available_backends
+from edge_runtime.transport.broker import MosquittoProcess
+from edge_runtime.transport.topics import Topics
+from tests.helpers import INSECURE_TOML, watch_presence
+
+WAIT = 60.0  # start-up imports numpy and an interpreter on a shared machine: an upper bound only
+LIBRARIES = {"litert": "ai_edge_litert", "micro": "tflite_micro"}  # each backend's package, as maps names it
+INSTALLED = [name for name in available_backends() if name in LIBRARIES]
+
+
+def write_device(folder: Path, url: str, backend: str) -> Path:
+    """A device on a small NPZ file (the named digits set would load scikit-learn into the process measured)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "local.npz", x=rng.random((40, 64), dtype=np.float32), y=np.arange(40) % 10)
+    config = folder / "device.toml"
+    config.write_text(
+        f'[device]\nid = "fp-{backend}"\nfederation = "fp"\nstorage = "{folder / "storage"}"\nbackend = "{backend}"\n'
+        f'[data]\nsource = "{folder / "local.npz"}"\n[broker]\nurl = "{url}"\n{INSECURE_TOML}'
+    )
+    return config
+
+
+@pytest.mark.skipif(not INSTALLED, reason="neither LiteRT nor TFLite Micro is installed")
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_a_running_device_maps_its_own_backend_only_and_no_cryptography(
+    broker: MosquittoProcess, tmp_path: Path, backend: str
+) -> None:
+    watcher, seen = watch_presence(broker, Topics("fp").presence(f"fp-{backend}"), "watcher")
+    assert watcher.wait_ready(WAIT)
+    config = write_device(tmp_path, broker.url, backend)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinyfed", "device", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Born: the agent is made (its secure aggregation participant included) and connected.
+        seen.wait_until(lambda got: any(p.online for p in got), WAIT, "the device's birth message")
+        mapped = packages_mapped(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT)
+        watcher.stop()
+    assert proc.returncode == 0, err[-2000:]
+    assert "numpy" in mapped and LIBRARIES[backend] in mapped, mapped  # the reading reaches the process's libraries
+    others = {package for name, package in LIBRARIES.items() if name != backend}
+    assert not others & set(mapped), f"a {backend} device loaded another interpreter: {mapped}"
+    assert "cryptography" not in mapped, mapped
+
+
+def test_the_secure_aggregation_participant_loads_cryptography_only_for_a_session() -> None:
+    probe = """
+import json, sys
+from edge_runtime.secagg.participant import SecAggParticipant
+before = "cryptography" in sys.modules
+from edge_runtime.secagg import DeviceSession, check_threshold
+print(json.dumps([before, "cryptography" in sys.modules, DeviceSession.__module__, check_threshold.__name__]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=WAIT, check=True)
+    before, after, module, name = json.loads(done.stdout)
+    assert (before, after) == (False, True)
+    assert (module, name) == ("edge_runtime.secagg.device", "check_threshold")
