@@ -81,3 +81,29 @@ print(json.dumps([before, "cryptography" in sys.modules, DeviceSession.__module_
     before, after, module, name = json.loads(done.stdout)
     assert (before, after) == (False, True)
     assert (module, name) == ("edge_runtime.secagg.device", "check_threshold")
+
+
+def test_reading_and_writing_a_model_loads_only_the_schema_modules_it_names() -> None:
+    probe = """
+import json, sys
+import numpy as np
+from edge_runtime.model.reader import read_graph
+from edge_runtime.model.writer import write_graph
+from edge_runtime.train.build import build_model
+graph = build_model("mlp", np.random.default_rng(0).random((50, 64), dtype=np.float32), ["a", "b", "c"], seed=0)
+data = write_graph(graph)
+same = write_graph(read_graph(data)) == data
+import tflite
+def loaded():
+    return sum(name.startswith("tflite.") for name in sys.modules)
+lazy = loaded()
+kinds = [isinstance(tflite.Model, type), isinstance(tflite.SubGraph, type), callable(tflite.SubGraphStart)]
+version = tflite.__version__  # no module's name begins it: the real __init__ runs
+print(json.dumps([same, lazy, kinds, loaded(), isinstance(tflite.Model, type), tflite.Model.__module__, version]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=WAIT, check=True)
+    same, lazy, kinds, whole, still_a_class, module, version = json.loads(done.stdout)
+    assert same  # the round trip is byte-identical through the lazily loaded schema
+    assert 0 < lazy < whole / 4, (lazy, whole)  # a reader loads the few tables it reads, not all of them
+    assert kinds == [True, True, True]  # names bind as the package's star imports bind them: classes, functions
+    assert whole > 150 and still_a_class and module == "tflite.Model" and version
