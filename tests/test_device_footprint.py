@@ -107,3 +107,28 @@ print(json.dumps([same, lazy, kinds, loaded(), isinstance(tflite.Model, type), t
     assert 0 < lazy < whole / 4, (lazy, whole)  # a reader loads the few tables it reads, not all of them
     assert kinds == [True, True, True]  # names bind as the package's star imports bind them: classes, functions
     assert whole > 150 and still_a_class and module == "tflite.Model" and version
+
+
+def test_every_name_of_the_schema_package_resolves_lazily_to_what_the_whole_package_binds() -> None:
+    describe = """
+import json, os, sys
+{setup}
+import tflite
+def describe(v):
+    return [getattr(v, "__module__", None) or type(v).__name__, getattr(v, "__qualname__", repr(v)[:60])]
+names = {names} or [k for k in vars(tflite) if k[0] != "_"]
+modules = [f[:-3] for f in os.listdir(os.path.dirname(tflite.__file__)) if f[0].isupper() and f.endswith(".py")]
+prefixed = [k for k in names if any(k.startswith(m) for m in modules)]  # named after their module: looked up first
+out = {{k: describe(getattr(tflite, k)) for k in prefixed}}
+lazy = "__version__" not in vars(tflite)  # the real __init__ (which sets it) has not run for any of them
+out |= {{k: describe(getattr(tflite, k)) for k in names if k not in out}}  # Start, End, np...: the real __init__
+print(json.dumps([lazy, out]))
+"""
+    _, whole = json.loads(_run(describe.format(setup="", names="None")))
+    lazy, resolved = json.loads(_run(describe.format(setup="import edge_runtime.model", names=sorted(whole))))
+    assert len(whole) > 1000 and resolved == whole
+    assert lazy
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=True).stdout
