@@ -34,15 +34,20 @@ def _star(module: types.ModuleType) -> dict[str, Any]:
 class LazySchema(types.ModuleType):
     """The ``tflite`` package, its submodules imported on first use; see the module docstring."""
 
-    _loaded_whole = False
+    _loaded_whole = False  # the real __init__ has started: submodules bind as its star imports decide
+    _whole_done = False
     _modules: tuple[str, ...] = ()  # the schema modules' names, longest first
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The import system binds a newly imported submodule on its package: the real __init__'s star import
-        # then rebinds the name to the module's class of that name, and so does this.
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{NAME}.{name}" and not self._loaded_whole:
-            vars(self).update(_star(value))
-            return
+        # then rebinds the name to the module's class of that name, and so does this. While the real __init__
+        # runs (another thread asked for a name no module explains), only that class: the star imports bind the
+        # rest in the __init__'s order, which decides the unprefixed names several modules define (Start, End).
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{NAME}.{name}":
+            if not self._loaded_whole:
+                vars(self).update(_star(value))
+                return
+            value = getattr(value, name, value)
         super().__setattr__(name, value)
 
     def __getattr__(self, name: str) -> Any:
@@ -59,14 +64,15 @@ class LazySchema(types.ModuleType):
             raise AttributeError(f"module {NAME!r} has no attribute {name!r}") from None
 
     def _load_whole(self) -> None:
-        with _lock:
-            if self._loaded_whole:
+        with _lock:  # held to the end: another thread asking meanwhile waits for the whole package
+            if self._whole_done:
                 return
             types.ModuleType.__setattr__(self, "_loaded_whole", True)
             assert self.__file__ is not None
             with open(self.__file__, encoding="utf-8") as f:
                 code = compile(f.read(), self.__file__, "exec")
             exec(code, vars(self))  # the generated __init__, as `import tflite` would have run it
+            types.ModuleType.__setattr__(self, "_whole_done", True)
 
 
 def install() -> None:
