@@ -132,3 +132,27 @@ print(json.dumps([lazy, out]))
 
 def _run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=True).stdout
+
+
+def test_threads_asking_for_schema_names_at_once_get_the_classes_without_the_whole_package() -> None:
+    probe = """
+import json, threading
+import edge_runtime.model
+import tflite
+names = ["Model", "SubGraph", "Tensor", "Buffer", "Operator", "OperatorCode", "QuantizationParameters",
+         "FullyConnectedOptions", "Conv2DOptions", "SoftmaxOptions", "ReshapeOptions", "Metadata"] * 8
+got = [None] * len(names)
+start = threading.Barrier(len(names))
+def ask(i):
+    start.wait()
+    got[i] = getattr(tflite, names[i])
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(names))]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps([[g.__module__, g.__name__] for g in got] + ["__version__" in vars(tflite)]))
+"""
+    *got, whole = json.loads(_run(probe))
+    assert got == [[f"tflite.{n}", n] for n in ["Model", "SubGraph", "Tensor", "Buffer", "Operator", "OperatorCode",
+                   "QuantizationParameters", "FullyConnectedOptions", "Conv2DOptions", "SoftmaxOptions",
+                   "ReshapeOptions", "Metadata"] * 8]  # fmt: skip
+    assert whole is False

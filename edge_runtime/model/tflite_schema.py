@@ -54,7 +54,10 @@ class LazySchema(types.ModuleType):
         if not name.startswith("__"):
             module = next((m for m in self._modules if name.startswith(m)), None)
             if module is not None:
-                importlib.import_module(f"{NAME}.{module}")
+                loaded = importlib.import_module(f"{NAME}.{module}")
+                if name not in vars(self) and not self._loaded_whole and hasattr(loaded, name):
+                    # Imported by another thread that has not bound it on the package yet: bind it here.
+                    vars(self).update(_star(loaded))
                 if name in vars(self):
                     return vars(self)[name]
         self._load_whole()
