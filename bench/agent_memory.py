@@ -13,9 +13,16 @@ training tasks in turn, and this process samples the agent's VmRSS from
   "micro"`` (TFLite Micro's interpreter, the emulated board's), when installed;
 - where it goes: a fresh interpreter importing, step by step, what the agent
   imports (the interpreter alone, numpy, paho-mqtt, cbor2, the wire, the
-  interpreter backend, the trainer, the agent), each step's RSS increase;
-  the agent's RSS minus the last step is its run-time memory (model,
-  interpreter arena, data, numpy temporaries, threads' stacks).
+  interpreter backend, the trainer, the agent, numpy.random which the first
+  task loads), each step's RSS increase (``import_*_mib``) and its private
+  part (``import_*_anon_mib``); the agent's RSS minus the last step is its
+  run-time memory (model, interpreter arena, data, numpy temporaries,
+  threads' stacks);
+- ``agent_floor_mib``: the RSS of a bare ``python`` that imported numpy and
+  paho-mqtt (the first three steps): what no change to tinyfed can cut;
+- ``details.running.packages_mapped``: the packages whose shared libraries
+  the running agent has mapped (from /proc/PID/maps): cryptography is not
+  among them until a secure aggregation round, nor another backend's.
 The machine may be shared: RSS does not depend on load, times would.
 """
 
@@ -52,7 +59,9 @@ STEPS = [
     ("model_backend", "from edge_runtime.model.backends import default_backend; default_backend()"),
     ("agent", "import edge_runtime.agent"),
     ("trainer", "import edge_runtime.train.trainer"),
+    ("numpy_random", "import numpy.random"),  # a task's seeded generator; the agent's code imports it lazily
 ]
+FLOOR_STEPS = 3  # the interpreter, numpy and paho-mqtt
 
 _PROBE = """
 import json, sys
@@ -63,7 +72,7 @@ def rss(field='VmRSS'):
 out = []
 for name, code in json.loads(sys.argv[1]):
     exec(code)
-    out.append([name, rss()])
+    out.append([name, rss(), rss('RssAnon')])
 print(json.dumps({"steps": out, "anon": rss('RssAnon'), "modules": sorted(sys.modules)}))
 """
 
@@ -75,16 +84,28 @@ def import_steps() -> dict[str, Any]:
     )
     result = json.loads(done.stdout)
     steps: dict[str, float] = {}
-    previous = 0.0
-    for name, rss in result["steps"]:
-        steps[name] = rss - previous
-        previous = rss
+    anon: dict[str, float] = {}
+    previous = previous_anon = 0.0
+    for name, rss, rss_anon in result["steps"]:
+        steps[name], anon[name] = rss - previous, rss_anon - previous_anon
+        previous, previous_anon = rss, rss_anon
     heavy = sorted({m.split(".")[0] for m in result["modules"]} & HEAVY)
-    return {"increments_mib": steps, "after_imports_mib": previous, "after_imports_anon_mib": result["anon"],
+    return {"increments_mib": steps, "increments_anon_mib": anon, "after_imports_mib": previous,
+            "after_imports_anon_mib": result["anon"], "floor_mib": result["steps"][FLOOR_STEPS - 1][1],
             "heavy_packages_imported": heavy}  # fmt: skip
 
 
 HEAVY = {"sklearn", "scipy", "pandas", "tensorflow", "torch", "cryptography", "matplotlib", "psutil", "tflite"}
+
+
+def packages_mapped(pid: int) -> list[str]:
+    """The installed packages (site-packages' top-level directories) whose shared libraries ``pid`` has mapped."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and "/site-packages/" in fields[5]:
+            found.add(fields[5].split("/site-packages/", 1)[1].split("/", 1)[0])
+    return sorted(found)
 
 
 def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto") -> dict[str, Any]:
@@ -136,6 +157,7 @@ def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto"
             "agent_sampled_max_rss_mib": max(samples, default=float("nan")),
             "agent_rss_model_installed_mib": installed,
             "samples": len(samples),
+            "packages_mapped": packages_mapped(proc.pid),
         }
     finally:
         stop.set()
@@ -164,14 +186,17 @@ def main(full: bool = False) -> dict[str, float]:
         "agent_rss_after_imports_mib": imports["after_imports_mib"],
         "agent_rss_anon_after_imports_mib": imports["after_imports_anon_mib"],
         "agent_runtime_rss_mib": running["agent_rss_mib"] - imports["after_imports_mib"],
+        "agent_floor_mib": imports["floor_mib"],
     }
     if "running_micro" in details:
         figures["agent_rss_micro_backend_mib"] = details["running_micro"]["agent_rss_mib"]
     for step, mib in imports["increments_mib"].items():
         figures[f"import_{step}_mib"] = mib
+        figures[f"import_{step}_anon_mib"] = imports["increments_anon_mib"][step]
     path = write_result("agent_memory", figures, details)
     print_table("agent_memory", figures)
     print(f"  heavy packages imported on the device path: {imports['heavy_packages_imported'] or 'none'}")
+    print(f"  packages with shared libraries mapped in the running agent: {', '.join(running['packages_mapped'])}")
     print(f"  -> {path}")
     return figures
 

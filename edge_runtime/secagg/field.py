@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 MIN_BITS = 8
 MAX_BITS = 32
@@ -54,6 +53,8 @@ def prime_below(bits: int) -> int:
 def masks(seed: bytes, count: int, bits: int) -> np.ndarray:
     """``count`` field elements, uniform and independent, from a 32-byte seed: AES-256-CTR's keystream read as
     little-endian 32-bit words, cut to ``bits`` bits, the values at or above the prime rejected."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # here: see the package's docstring
+
     prime = prime_below(bits)
     cipher = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     out: list[np.ndarray] = []

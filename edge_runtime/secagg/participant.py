@@ -19,13 +19,14 @@ masked input is in the outbox.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,9 +39,14 @@ from ..transport.sender import OutboxSender
 from ..transport.topics import Topics
 from ..trust import MemberTrust
 from ..wire.limits import Limits
-from .device import DeviceSession
 from .errors import SecAggRefused
 from .sparse import SparseInput
+
+if TYPE_CHECKING:
+    from .device import DeviceSession
+
+if importlib.util.find_spec("cryptography") is None:  # as if imported: its users warn that secure rounds are off
+    raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +154,8 @@ class SecAggParticipant:
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, wire.SecAggSetup):
+            from .device import DeviceSession  # the first session loads cryptography (package docstring)
+
             session = DeviceSession(message)
             with self._changed:
                 self.session = session
