@@ -27,7 +27,7 @@ from edge_runtime.wire.update import Update, _read_tensors_batched, layout_for
 from edge_runtime.wire.values import apply_signs_many, pack_int8_rice, unpack_int8_rice
 
 
-def _decode(data: bytes, spec: dict[int, int], fast: bool) -> Update | str:
+def _decode(data: bytes, spec: dict[int, int] | None, fast: bool) -> Update | str:
     """The decoded update, or the refusal as 'Type: field: words'."""
     try:
         obj = loads(data, DEFAULT_LIMITS)
@@ -113,6 +113,7 @@ def test_mutated_updates_decode_or_refuse_as_the_careful_decoder_does(
     if cut % 7 == 0 and data:
         del data[cut % len(data) :]
     _same(_decode(bytes(data), spec, True), _decode(bytes(data), spec, False))
+    _same(_decode(bytes(data), None, True), _decode(bytes(data), None, False))  # no model to check against
 
 
 def _field_edits() -> st.SearchStrategy[tuple[int, int, object]]:

@@ -234,12 +234,12 @@ class Update:
     def from_reader(
         cls, r: MapReader, limits: Limits, spec: Mapping[int, int] | None = None, fast: bool = True
     ) -> Update:
-        """``fast`` (with a ``spec``): decode the tensors' streams all at once (``_read_tensors_batched``); it
+        """``fast``: decode the tensors' streams all at once (``_read_tensors_batched``); it
         accepts and yields exactly what the tensor-by-tensor decoder does, and falls back to it for anything
         else, so a refusal always names its field. ``fast=False`` is that decoder alone (tests, benchmarks)."""
         K = cls.Key
         tensors_raw = r.array(K.TENSORS, limits.max_tensors)
-        batched = _read_tensors_batched(tensors_raw, limits, spec) if fast and spec is not None else None
+        batched = _read_tensors_batched(tensors_raw, limits, spec) if fast else None
         if batched is None:  # refused or unusual: one tensor at a time, which names the field at fault
             tensors = [
                 TensorUpdate.from_cbor(t, f"{r.path}.tensors[{i}]", limits, spec) for i, t in enumerate(tensors_raw)
@@ -297,7 +297,7 @@ _INT8_TAG = TAG_FOR_DTYPE["int8"]
 
 
 def _read_tensors_batched(
-    raw: list[Any], limits: Limits, spec: Mapping[int, int]
+    raw: list[Any], limits: Limits, spec: Mapping[int, int] | None
 ) -> tuple[list[TensorUpdate], tuple[np.ndarray, np.ndarray]] | None:
     """Every tensor of an update decoded in one fixed set of numpy operations, with the same checks as
     ``TensorUpdate.from_cbor``; None for anything it does not take (then the caller decodes one by one).
@@ -334,7 +334,7 @@ def _read_tensors_batched(
             and type(positions) is bytes
             and type(scale) in (float, int)
             and 0 <= tensor <= 2**31
-            and spec.get(tensor) == numel
+            and (spec is None or spec.get(tensor) == numel)
             and numel <= limits.max_numel
             and 0 <= nnz <= min(limits.max_nnz, numel)
             and 0 <= k <= index_coding.MAX_RICE_K
