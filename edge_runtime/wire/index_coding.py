@@ -208,13 +208,6 @@ _U64 = np.uint64
 _CONTINUATION = bytes(range(0x80, 0x100))  # bytes.translate deletes these: what remains ends a varint
 
 
-def _starts(counts: np.ndarray) -> np.ndarray:
-    """Where each stream's values begin in the concatenation."""
-    out = np.zeros(counts.size, np.int64)
-    np.cumsum(counts[:-1], out=out[1:])
-    return out
-
-
 def decode_rice_many(payloads: list[bytes], counts: list[int], ks: list[int]) -> np.ndarray | None:
     """The gaps of several Golomb-Rice payloads (layout above), concatenated; None if any is malformed.
 
