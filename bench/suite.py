@@ -53,7 +53,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     ),
     "signing": ("mlp_signed_bytes_ratio", "mlp_mac_bytes_ratio", "mlp_sign_us", "mlp_verify_us"),
     "aggregate": ("dense_vs_sparse_cpu_ratio", "sparse_intake_us_per_update", "dense_intake_us_per_update",
-                  "decode_share"),
+                  "decode_share", "decoder_speedup", "verify_us_per_update"),
     "transport": ("wire_bytes_per_payload_byte", "agent_rss_mib"),
     "agent_memory": ("agent_rss_mib", "agent_rss_micro_backend_mib", "agent_floor_mib", "agent_rss_after_imports_mib",
                      "agent_runtime_rss_mib"),

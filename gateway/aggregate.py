@@ -1,8 +1,10 @@
 """Streaming sparse aggregation: fold each update into running sums as it arrives.
 
-Memory is one float64 buffer per trainable tensor, whatever the number of
-devices: an update's kept entries are added at their positions (they are
-strictly increasing, so a plain fancy-index add is exact) and its weight
+Memory is one float64 buffer for the whole model (``sums`` holds a view of
+it per trainable tensor), whatever the number of devices: an update's kept
+entries, all tensors at once as one sparse vector (``Update.flat``), are
+added at their positions (unique, so a plain fancy-index add is exact; one
+numpy add per update instead of one per tensor) and its weight
 (its bounded sample count, times a staleness factor in asynchronous mode)
 is added to the total. Only a buffered strategy (or the anomaly detector) makes it
 keep each delta as well, sparse as it arrived.
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_runtime import wire
+from edge_runtime.wire.update import layout_for
 
 from .claims import bounded_metrics, median_range, plausible_range
 from .strategies.base import ClientDelta, RoundInput, Weights
@@ -28,12 +31,9 @@ from .strategies.clipping import clip_factor
 
 
 def update_norm(update: wire.Update) -> float:
-    """L2 norm of the delta an update stands for, over all its tensors."""
-    total = 0.0
-    for t in update.tensors:
-        values = t.values.decode().astype(np.float64)
-        total += float(values @ values)
-    return math.sqrt(total)
+    """L2 norm of the delta an update stands for, over all its tensors (in float64, as the sums are kept)."""
+    values = update.entries()[1].astype(np.float64)
+    return math.sqrt(float(values @ values))
 
 
 class StreamingAggregate:
@@ -47,7 +47,10 @@ class StreamingAggregate:
         self.sizes = dict(sizes)
         self.uniform = uniform
         self.below = 0.0  # sum of (within clip ? 1 : 0) - 1/2 over the updates that said
-        self.sums: Weights = {t: np.zeros(n, np.float64) for t, n in sizes.items()}
+        self.layout = layout_for(self.sizes)
+        # float64: a round sums thousands of weighted updates; float32 would lose the small ones' low bits.
+        self.flat = np.zeros(self.layout.total, np.float64)
+        self.sums: Weights = {t: self.flat[self.layout.offset[t] : self.layout.offset[t] + n] for t, n in sizes.items()}
         self.weight = 0.0
         self.count = 0
         self.keep_updates = keep_updates
@@ -74,19 +77,21 @@ class StreamingAggregate:
         weight = 1.0 if self.uniform else samples * weight_factor
         if self.uniform and update.below_clip is not None:
             self.below += (1.0 if update.below_clip else 0.0) - 0.5
-        values = [t.values.decode().astype(np.float64) for t in update.tensors]  # decoded once, used below
+        positions, values32 = update.flat(self.layout)
+        values = values32.astype(np.float64)
         scale = 1.0
         if self.clip_norm:
             if norm is None:
-                norm = math.sqrt(sum(float(v @ v) for v in values))
+                norm = math.sqrt(float(values @ values))
             scale = clip_factor(norm, self.clip_norm)
-        for t, v in zip(update.tensors, values, strict=True):
-            self.sums[t.tensor][t.indices] += (weight * scale) * v
+        self.flat[positions] += (weight * scale) * values
         self.weight += weight
         self.count += 1
         if self.keep_updates:  # sparse, as it arrived (clipped): never densified one by one
-            pairs = zip(update.tensors, values, strict=True)
-            entries = {t.tensor: (np.asarray(t.indices), scale * v) for t, v in pairs}
+            entries, at = {}, 0
+            for t in update.tensors:
+                entries[t.tensor] = (np.asarray(t.indices), scale * values[at : at + t.nnz])
+                at += t.nnz
             self.updates.append(ClientDelta(update.device, samples, entries, weight))
         if take_ranges:
             for name, (lo, hi) in update.activation_ranges.items():

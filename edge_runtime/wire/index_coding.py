@@ -196,3 +196,113 @@ def decode(payload: bytes, coding: int, nnz: int, numel: int, k: int, field: str
     if idx.size and (idx[-1] >= numel or idx[0] < 0):
         raise ValueRejected(field, f"position {int(idx[-1])} outside a tensor of {numel} elements")
     return idx
+
+
+# -- many streams at once (the gateway's intake) -------------------------------------------
+# One update carries a position stream and often a magnitude stream per tensor; decoding them one by one
+# costs tens of numpy calls each, which is most of a sparse update's intake. These decode every stream of
+# an update in one fixed set of whole-array operations. They accept exactly what decode_rice / decode_varint
+# accept, stream by stream, and answer None for anything else: the caller then decodes stream by stream,
+# which names the field at fault. They never raise on hostile input.
+_U64 = np.uint64
+_CONTINUATION = bytes(range(0x80, 0x100))  # bytes.translate deletes these: what remains ends a varint
+
+
+def decode_rice_many(payloads: list[bytes], counts: list[int], ks: list[int]) -> np.ndarray | None:
+    """The gaps of several Golomb-Rice payloads (layout above), concatenated; None if any is malformed.
+
+    The per-stream checks are Python arithmetic on a handful of numbers; the codes are decoded across all
+    streams at once. In a valid stream the last unary bit is a 0 (its last code's, or zero padding), so the
+    quotient of every code is the run of 1 bits since the previous 0 bit of the concatenation, whichever
+    stream that 0 belongs to: one subtraction over all of them, then the padding 0s are dropped."""
+    unary_parts, rem_parts = [], []
+    ub = [0]  # stream s's unary bits: [ub[s], ub[s + 1]) of the concatenation
+    rem_bits = [0]  # ... and its remainder bits
+    for p, n, k in zip(payloads, counts, ks, strict=True):
+        if not 0 <= k <= MAX_RICE_K:
+            return None
+        rem = (n * k + 7) >> 3
+        cut = len(p) - rem
+        if cut < 0 or (n == 0 and cut):
+            return None
+        pad = rem * 8 - n * k
+        if pad and p[-1] & ((1 << pad) - 1):
+            return None  # remainder padding bits are not zero
+        unary_parts.append(p[:cut])
+        rem_parts.append(p[cut:])
+        ub.append(ub[-1] + 8 * cut)
+        rem_bits.append(rem_bits[-1] + 8 * rem)
+    total = sum(counts)
+    if not total:
+        return np.zeros(0, np.int64)
+    zeros = np.flatnonzero(np.unpackbits(np.frombuffer(b"".join(unary_parts), np.uint8)) == 0)
+    zf = zeros.searchsorted(ub).tolist()
+    live = [s for s, n in enumerate(counts) if n]
+    for s in live:
+        if zf[s + 1] - zf[s] < counts[s]:
+            return None  # the unary part ends before its last code
+    lasts = zeros[[zf[s] + counts[s] - 1 for s in live]].tolist()
+    for s, last in zip(live, lasts, strict=True):
+        tail = zf[s + 1] - zf[s] - counts[s]  # 0 bits after the last code: must be every bit left, fewer than 8
+        if tail >= 8 or ub[s + 1] - last - 1 != tail:
+            return None
+    runs = zeros - np.concatenate(([-1], zeros[:-1]))  # quotient + 1 of every 0 bit
+    if zf[-1] != total:  # some padding 0 bits to drop
+        runs = np.concatenate([runs[zf[s] : zf[s] + counts[s]] for s in live])
+    kk = np.repeat(np.array(ks, np.int64), counts)
+    g = (runs - 1) << kk
+    if not any(ks):
+        return g
+    # Remainders: k bits, most significant first, at bit rem_bits[s] + j * k of the concatenation, read through
+    # an 8-byte window: element i of ``at_byte`` is the 8 bytes from byte i on, big-endian (a view, no copy).
+    buf = np.frombuffer(b"".join(rem_parts) + bytes(8), np.uint8)
+    at_byte = np.ndarray((buf.size - 7,), ">u8", buf, strides=(1,))
+    first = [0]
+    for n in counts[:-1]:
+        first.append(first[-1] + n)
+    base = np.array([rem_bits[s] - first[s] * ks[s] for s in range(len(ks))], np.int64)
+    bit = (np.repeat(base, counts) + np.arange(total) * kk).astype(_U64)
+    drop = np.repeat(np.array([63 - k for k in ks], _U64), counts)
+    r = ((at_byte[bit >> _U64(3)] << (bit & _U64(7))) >> _U64(1)) >> drop
+    return g | r.astype(np.int64)
+
+
+def decode_varint_many(payloads: list[bytes], counts: list[int]) -> np.ndarray | None:
+    """The gaps of several delta-varint payloads, concatenated; None if any is malformed."""
+    for p, n in zip(payloads, counts, strict=True):
+        # Exactly n complete values, the last byte ending one: no value spans two payloads.
+        if (p[-1] & 0x80 if p else n) or len(p.translate(None, _CONTINUATION)) != n:
+            return None
+    total = sum(counts)
+    if not total:
+        return np.zeros(0, np.int64)
+    raw = np.frombuffer(b"".join(payloads), np.uint8)
+    ends = np.flatnonzero(raw < 0x80)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    sizes = ends - starts + 1
+    if sizes.max() > MAX_VARINT_BYTES:
+        return None
+    if sizes.size == raw.size:  # every value one byte
+        return raw.astype(np.int64)
+    shift = (np.arange(raw.size) - np.repeat(starts, sizes)) * 7
+    return np.add.reduceat((raw & 0x7F).astype(np.int64) << shift, starts)
+
+
+def positions_many(g: np.ndarray, counts: list[int], numels: list[int]) -> np.ndarray | None:
+    """Positions from the concatenated gaps of several tensors; None if any lands outside its tensor."""
+    c = np.cumsum(g + 1)  # within one tensor, position j is c[j] - c[the tensor's first - 1] - 1
+    first, at = [], 0
+    for n in counts:
+        first.append(at)
+        at += n
+    live = [s for s, n in enumerate(counts) if n]
+    if not live:
+        return c
+    picks = c[[first[s] - 1 for s in live if first[s]] + [first[s] + counts[s] - 1 for s in live]].tolist()
+    before = dict(zip([s for s in live if first[s]], picks, strict=False))
+    offsets = [before.get(s, 0) + 1 for s in range(len(counts))]
+    lasts = picks[len(before) :]
+    for s, end in zip(live, lasts, strict=True):
+        if end - offsets[s] >= numels[s]:
+            return None
+    return c - np.repeat(np.array(offsets, np.int64), counts)

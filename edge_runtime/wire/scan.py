@@ -40,52 +40,63 @@ def _head(data: bytes, pos: int, field: str) -> tuple[int, int, int]:
 
 
 def scan(data: bytes, limits: Limits, field: str = "message") -> None:
-    """Raise a WireError unless ``data`` is exactly one bounded, well-formed CBOR item."""
-    if len(data) > limits.max_message_bytes:
-        raise MessageTooLarge(field, f"{len(data)} bytes exceed the {limits.max_message_bytes}-byte maximum")
+    """Raise a WireError unless ``data`` is exactly one bounded, well-formed CBOR item.
+
+    It runs before every decode, once per item of every message (a gateway's hot path), so the loop keeps its
+    state in locals: the open containers' remaining children on a stack, and a map's key/value turn from the
+    parity of what remains (2m children: a key whenever an even number remain)."""
+    size = len(data)
+    if size > limits.max_message_bytes:
+        raise MessageTooLarge(field, f"{size} bytes exceed the {limits.max_message_bytes}-byte maximum")
+    max_items, max_depth = limits.max_items, limits.max_depth
     pos = 0
     items = 0
-    # Open containers, innermost last: [children still expected, is a map, children seen].
-    # A virtual root expects exactly one item. Iterative, so depth cannot exhaust Python's stack.
-    open_: list[list[int]] = [[1, 0, 0]]
-    while open_:
-        top = open_[-1]
-        if top[0] == 0:
-            open_.pop()
+    stack: list[tuple[int, bool]] = []  # enclosing containers: (children they still expect, is a map)
+    remaining, in_map = 1, False  # the innermost: a virtual root expects exactly one item
+    while True:
+        if not remaining:
+            if not stack:
+                break
+            remaining, in_map = stack.pop()
             continue
-        is_key = top[1] == 1 and top[2] % 2 == 0
-        top[0] -= 1
-        top[2] += 1
+        is_key = in_map and not remaining & 1
+        remaining -= 1
         items += 1
-        if items > limits.max_items:
-            raise LimitExceeded(field, f"more than {limits.max_items} CBOR items")
+        if items > max_items:
+            raise LimitExceeded(field, f"more than {max_items} CBOR items")
         start = pos
-        major, arg, pos = _head(data, pos, field)
-        remaining = len(data) - pos
+        if pos >= size:
+            raise MalformedCBOR(field, f"truncated at byte {pos}")
+        initial = data[pos]
+        major, arg = initial >> 5, initial & 0x1F
+        pos += 1
+        if arg >= 24:
+            major, arg, pos = _head(data, start, field)
         if is_key and major not in (0, 1, 3):
             raise MalformedCBOR(field, f"map key at byte {start} is major type {major}; only integers and text")
-        if major in (2, 3):
-            if arg > remaining:
-                raise MalformedCBOR(field, f"string at byte {start} declares {arg} bytes, {remaining} remain")
+        if major == 2 or major == 3:
+            if arg > size - pos:
+                raise MalformedCBOR(field, f"string at byte {start} declares {arg} bytes, {size - pos} remain")
             if major == 3:
                 try:
                     data[pos : pos + arg].decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise MalformedCBOR(field, f"text at byte {start} is not UTF-8") from exc
             pos += arg
-        elif major in (4, 5, 6):
+        elif major == 4 or major == 5 or major == 6:
             children = 1 if major == 6 else arg * (2 if major == 5 else 1)
             if major == 6 and arg not in ALLOWED_TAGS:
                 raise MalformedCBOR(field, f"tag {arg} at byte {start} is not one tinyfed uses")
-            if children > remaining:
+            if children > size - pos:
                 raise MalformedCBOR(
-                    field, f"item at byte {start} declares {children} children, {remaining} bytes remain"
+                    field, f"item at byte {start} declares {children} children, {size - pos} bytes remain"
                 )
             if children:
-                if len(open_) > limits.max_depth:
-                    raise LimitExceeded(field, f"nesting deeper than {limits.max_depth}")
-                open_.append([children, 1 if major == 5 else 0, 0])
-        elif major == 7 and (data[start] & 0x1F) not in (20, 21, 22, 25, 26, 27):
-            raise MalformedCBOR(field, f"simple value {data[start] & 0x1F} at byte {start} is not one tinyfed uses")
-    if pos != len(data):
-        raise MalformedCBOR(field, f"{len(data) - pos} trailing bytes after the message")
+                if len(stack) >= max_depth:
+                    raise LimitExceeded(field, f"nesting deeper than {max_depth}")
+                stack.append((remaining, in_map))
+                remaining, in_map = children, major == 5
+        elif major == 7 and (initial & 0x1F) not in (20, 21, 22, 25, 26, 27):
+            raise MalformedCBOR(field, f"simple value {initial & 0x1F} at byte {start} is not one tinyfed uses")
+    if pos != size:
+        raise MalformedCBOR(field, f"{size - pos} trailing bytes after the message")

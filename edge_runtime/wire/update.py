@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
+import cbor2
 import numpy as np
 
 from . import index_coding
-from .cbor import typed_array
+from .cbor import TAG_FOR_DTYPE, typed_array
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import IndexCoding
 from .limits import Limits
@@ -19,6 +21,7 @@ from .values import (
     BITS_PER_VALUE,
     CodedValues,
     ValueCoding,
+    apply_signs_many,
     pack_int8_rice,
     pack_ternary,
     plan_int8_rice,
@@ -159,8 +162,41 @@ class Update:
     # Adaptive clipping: whether the delta (with its residual) was within the task's clip before clipping.
     # None: the task did not ask. One bit, which the gateway only ever adds up with noise.
     below_clip: bool | None = None
-
     TYPE = MSG_UPDATE
+
+    def __post_init__(self) -> None:
+        # All kept entries, tensor after tensor: (positions within each tensor, float32 values), as the batched
+        # decoder produced them or as ``entries`` first computed them; then per layout, the flat positions. An
+        # update is not changed once decoded, so each is computed at most once. Not fields: not the message.
+        self._entries: tuple[np.ndarray, np.ndarray] | None = None
+        self._flat: tuple[TensorLayout, np.ndarray] | None = None
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions within their tensors, float32 values) of every kept entry, tensor after tensor."""
+        if self._entries is None:
+            if not self.tensors:
+                self._entries = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+            else:
+                self._entries = (
+                    np.concatenate([np.asarray(t.indices, np.int64) for t in self.tensors]),
+                    np.concatenate([t.values.decode() for t in self.tensors]),
+                )
+        return self._entries
+
+    def flat(self, layout: TensorLayout) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``layout``'s flat vector, float32 values): the whole update as one sparse vector.
+
+        An entry outside its tensor (possible only for an update built in memory, never for a decoded one) or a
+        tensor the layout does not know raises, as indexing a per-tensor buffer would."""
+        local, values = self.entries()
+        if self._flat is None or self._flat[0] is not layout:
+            offsets = [layout.offset[t.tensor] for t in self.tensors]  # KeyError: not a tensor of this model
+            nnz = [t.nnz for t in self.tensors]
+            for t in self.tensors:
+                if t.nnz and not 0 <= int(t.indices[0]) <= int(t.indices[-1]) < layout.size[t.tensor]:
+                    raise IndexError(f"tensor {t.tensor}: an entry outside its {layout.size[t.tensor]} elements")
+            self._flat = (layout, local + np.repeat(np.array(offsets, np.int64), nnz))
+        return self._flat[1], values
 
     class Key(IntEnum):
         UPDATE_ID = 2
@@ -195,10 +231,21 @@ class Update:
         return out
 
     @classmethod
-    def from_reader(cls, r: MapReader, limits: Limits, spec: Mapping[int, int] | None = None) -> Update:
+    def from_reader(
+        cls, r: MapReader, limits: Limits, spec: Mapping[int, int] | None = None, fast: bool = True
+    ) -> Update:
+        """``fast``: decode the tensors' streams all at once (``_read_tensors_batched``); it
+        accepts and yields exactly what the tensor-by-tensor decoder does, and falls back to it for anything
+        else, so a refusal always names its field. ``fast=False`` is that decoder alone (tests, benchmarks)."""
         K = cls.Key
         tensors_raw = r.array(K.TENSORS, limits.max_tensors)
-        tensors = [TensorUpdate.from_cbor(t, f"{r.path}.tensors[{i}]", limits, spec) for i, t in enumerate(tensors_raw)]
+        batched = _read_tensors_batched(tensors_raw, limits, spec) if fast else None
+        if batched is None:  # refused or unusual: one tensor at a time, which names the field at fault
+            tensors = [
+                TensorUpdate.from_cbor(t, f"{r.path}.tensors[{i}]", limits, spec) for i, t in enumerate(tensors_raw)
+            ]
+        else:
+            tensors = batched[0]
         seen = [t.tensor for t in tensors]
         if len(set(seen)) != len(seen):
             raise ValueRejected(f"{r.path}.tensors", "a tensor appears twice")
@@ -206,7 +253,7 @@ class Update:
         if total > limits.max_nnz:
             raise LimitExceeded(f"{r.path}.tensors", f"{total} entries in all exceed {limits.max_nnz}")
         ranges = read_activation_ranges(r, limits)
-        return cls(
+        update = cls(
             update_id=r.bytestring(K.UPDATE_ID, size=16),
             device=r.text(K.DEVICE, limits.max_string),
             round=r.uint(K.ROUND, 2**32),
@@ -218,6 +265,167 @@ class Update:
             created=r.uint(K.CREATED, 2**40, default=0),
             below_clip=r.boolean(K.BELOW_CLIP, default=None),
         )
+        if batched is not None:
+            update._entries = batched[1]
+        return update
+
+
+@dataclass(frozen=True, eq=False)
+class TensorLayout:
+    """Where each trainable tensor lives in one flat vector of the whole model: one per spec, cached."""
+
+    offset: dict[int, int]
+    size: dict[int, int]
+    total: int
+
+
+@lru_cache(maxsize=64)
+def _layout(items: tuple[tuple[int, int], ...]) -> TensorLayout:
+    offset, at = {}, 0
+    for tensor, numel in items:
+        offset[tensor] = at
+        at += numel
+    return TensorLayout(offset, dict(items), at)
+
+
+def layout_for(spec: Mapping[int, int]) -> TensorLayout:
+    """The flat layout of a model's trainable tensors (tensor -> element count), in the spec's order."""
+    return _layout(tuple(spec.items()))
+
+
+_INT8_TAG = TAG_FOR_DTYPE["int8"]
+
+
+def _read_tensors_batched(
+    raw: list[Any], limits: Limits, spec: Mapping[int, int] | None
+) -> tuple[list[TensorUpdate], tuple[np.ndarray, np.ndarray]] | None:
+    """Every tensor of an update decoded in one fixed set of numpy operations, with the same checks as
+    ``TensorUpdate.from_cbor``; None for anything it does not take (then the caller decodes one by one).
+
+    Takes the layouts devices send: Golomb-Rice or delta-varint positions, int8 values raw or Rice coded.
+    Returns the tensors and, tensor after tensor, (positions within each tensor, float32 values)."""
+    K = TensorUpdate.Key
+    heads: list[tuple[int, int, int, float, int]] = []  # tensor, numel, nnz, scale, index coding
+    rice: list[bytes] = []
+    rice_n: list[int] = []
+    rice_k: list[int] = []
+    varint: list[bytes] = []
+    varint_n: list[int] = []
+    mags: list[bytes] = []  # INT8_RICE: the Rice part of each payload, its sign part, count, k and base
+    signs: list[bytes] = []
+    mag_n: list[int] = []
+    mag_k: list[int] = []
+    bases: list[int] = []
+    plain: list[bytes] = []  # raw int8 codes
+    is_rice_value: list[bool] = []
+    max_bytes = limits.max_message_bytes
+    for obj in raw:
+        if type(obj) is not dict:
+            return None
+        get: Any = obj.get  # values of any type: each is checked below
+        tensor, numel, nnz = get(K.TENSOR), get(K.NUMEL), get(K.NNZ)
+        coding, k, positions = get(K.INDEX_CODING), get(K.RICE_K, 0), get(K.POSITIONS, b"")
+        value_coding, scale, values = get(K.VALUE_CODING), get(K.SCALE), get(K.VALUES)
+        if not (
+            type(tensor) is int
+            and type(numel) is int
+            and type(nnz) is int
+            and type(k) is int
+            and type(positions) is bytes
+            and type(scale) in (float, int)
+            and 0 <= tensor <= 2**31
+            and (spec is None or spec.get(tensor) == numel)
+            and numel <= limits.max_numel
+            and 0 <= nnz <= min(limits.max_nnz, numel)
+            and 0 <= k <= index_coding.MAX_RICE_K
+            and len(positions) <= max_bytes
+            and 0.0 <= scale < np.inf
+        ):
+            return None
+        if coding == IndexCoding.GOLOMB_RICE:
+            rice.append(positions)
+            rice_n.append(nnz)
+            rice_k.append(k)
+        elif coding == IndexCoding.DELTA_VARINT:
+            varint.append(positions)
+            varint_n.append(nnz)
+        else:
+            return None
+        if value_coding == ValueCoding.INT8_RICE:
+            vk, base = get(K.VALUE_K), get(K.VALUE_BASE)
+            sign_bytes = -(-nnz // 8)
+            if not (
+                type(values) is bytes
+                and type(vk) is int
+                and type(base) is int
+                and sign_bytes <= len(values) <= max_bytes
+                and 0 <= vk <= index_coding.MAX_RICE_K
+                and 0 <= base <= 127
+            ):
+                return None
+            signs.append(values[:sign_bytes])
+            mags.append(values[sign_bytes:])
+            mag_n.append(nnz)
+            mag_k.append(vk)
+            bases.append(base)
+        elif value_coding == ValueCoding.INT8:
+            if not (type(values) is cbor2.CBORTag and values.tag == _INT8_TAG and type(values.value) is bytes):
+                return None
+            if len(values.value) != nnz:
+                return None
+            plain.append(values.value)
+        else:
+            return None
+        is_rice_value.append(value_coding == ValueCoding.INT8_RICE)
+        heads.append((tensor, numel, nnz, float(scale), coding))
+    g_rice = index_coding.decode_rice_many(rice + mags, rice_n + mag_n, rice_k + mag_k)
+    g_varint = index_coding.decode_varint_many(varint, varint_n)
+    if g_rice is None or g_varint is None:
+        return None
+    counts = [h[2] for h in heads]
+    # Positions, tensor after tensor (the two codings interleave in the update's order).
+    if not varint or not rice:
+        gaps = g_rice[: len(g_rice) - sum(mag_n)] if rice else g_varint
+    else:
+        parts, at_rice, at_varint = [], 0, 0
+        for _, _, nnz, _, coding in heads:
+            if coding == IndexCoding.GOLOMB_RICE:
+                parts.append(g_rice[at_rice : at_rice + nnz])
+                at_rice += nnz
+            else:
+                parts.append(g_varint[at_varint : at_varint + nnz])
+                at_varint += nnz
+        gaps = np.concatenate(parts)
+    idx = index_coding.positions_many(gaps, counts, [h[1] for h in heads])
+    if idx is None:
+        return None
+    # Values: Rice-coded magnitudes with their signs, and raw int8 codes, again in the update's order.
+    coded: np.ndarray | None = np.zeros(0, np.int8)
+    if mags:
+        magnitudes = g_rice[len(g_rice) - sum(mag_n) :] + np.repeat(np.array(bases, np.int64), mag_n)
+        coded = apply_signs_many(signs, mag_n, magnitudes)
+    raw_codes = np.frombuffer(b"".join(plain), np.int8)
+    if coded is None or (raw_codes.size and raw_codes.min() == -128):
+        return None
+    if not plain or not mags:
+        codes = coded if mags else raw_codes
+    else:
+        parts, at_coded, at_raw = [], 0, 0
+        for (_, _, nnz, _, _), from_rice in zip(heads, is_rice_value, strict=True):
+            if from_rice:
+                parts.append(coded[at_coded : at_coded + nnz])
+                at_coded += nnz
+            else:
+                parts.append(raw_codes[at_raw : at_raw + nnz])
+                at_raw += nnz
+        codes = np.concatenate(parts)
+    values_f32 = codes.astype(np.float32) * np.repeat(np.array([h[3] for h in heads], np.float32), counts)
+    tensors, at = [], 0
+    for tensor, numel, nnz, scale, _ in heads:
+        values = CodedValues.checked(ValueCoding.INT8, codes[at : at + nnz], scale)
+        tensors.append(TensorUpdate(tensor, numel, idx[at : at + nnz], values))
+        at += nnz
+    return tensors, (idx, values_f32)
 
 
 def read_activation_ranges(r: MapReader, limits: Limits) -> dict[int | str, tuple[float, float]]:

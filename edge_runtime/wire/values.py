@@ -61,6 +61,14 @@ class CodedValues:
             if int(self.codes.min()) < lo or int(self.codes.max()) > hi:
                 raise ValueError(f"{self.coding.name} codes must lie in {lo}..{hi}")
 
+    @classmethod
+    def checked(cls, coding: ValueCoding, codes: np.ndarray, scale: float) -> CodedValues:
+        """Codes a decoder has already checked for a whole update at once (dtype and range): the per-tensor
+        checks of ``__post_init__`` would repeat that work, a few numpy calls per tensor, on the intake's path."""
+        out = cls.__new__(cls)
+        out.coding, out.codes, out.scale = coding, codes, scale
+        return out
+
     def __len__(self) -> int:
         return int(self.codes.size)
 
@@ -122,3 +130,23 @@ def unpack_int8_rice(payload: bytes, count: int, k: int, base: int, field: str) 
     if magnitude.size and magnitude.max() > 127:
         raise ValueRejected(field, f"magnitude {int(magnitude.max())} exceeds 127")
     return np.where(signs[:count] == 1, -magnitude, magnitude).astype(np.int8)
+
+
+def apply_signs_many(signs: list[bytes], counts: list[int], magnitudes: np.ndarray) -> np.ndarray | None:
+    """INT8_RICE codes of several tensors at once: each one's sign bytes and count, and all their magnitudes
+    (|code| - base already added back), concatenated; None when any is not what unpack_int8_rice accepts (the
+    caller then decodes one by one, which names the field)."""
+    for part, n in zip(signs, counts, strict=True):
+        if len(part) != (n + 7) >> 3 or (n & 7 and part[-1] >> (n & 7)):
+            return None  # padding bits after the last sign are not zero
+    if magnitudes.size and magnitudes.max() > 127:
+        return None
+    bits = np.unpackbits(np.frombuffer(b"".join(signs), np.uint8), bitorder="little")
+    if bits.size != magnitudes.size:  # some tensor's signs end inside a byte: keep the first n bits of each
+        at, keep = 0, []
+        for part, n in zip(signs, counts, strict=True):
+            keep.append(bits[at : at + n])
+            at += 8 * len(part)
+        bits = np.concatenate(keep) if keep else bits[:0]
+    codes = magnitudes.astype(np.int8)
+    return np.negative(codes, out=codes, where=bits.view(bool))
