@@ -138,8 +138,11 @@ class Watch:
         return last - first
 
     def wait_past(self, moment: float) -> None:
-        """Until a sample later than ``moment`` (wall clock) is taken."""
+        """Until a sample later than ``moment`` (wall clock) is taken; an error if the sampler stopped sampling."""
+        deadline = time.monotonic() + 30.0
         while not self.samples or self.samples[-1][0] < moment:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the process sampler took no sample for 30 s: its thread stopped")
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -284,7 +284,6 @@ class SimulatedFleet:
         self.answered = self.receipts = self.manifests = 0
         self._tensors: list[wire.TensorUpdate] | None = None
         self._templates: dict[tuple[int, bytes, bool], UpdateTemplate] = {}
-        self._waiting: list[tuple[str, bytes, int]] = []  # tasks that came before the first manifest
 
     def _presence(self, name: str, online: bool) -> bytes:
         caps = wire.Capabilities(ram=512 << 20, backend="sim", trainable_layers=0, samples=100) if online else None

@@ -54,9 +54,11 @@ class ModelStore:
     def get(self, version: bytes) -> bytes | None:
         """A stored version's bytes (the current one or one kept before it), or None when it is gone or damaged:
         the bridge patches a board from the version it runs."""
-        path = self._path(version)
-        data = path.read_bytes() if path.exists() else None
-        return data if data is not None and hashlib.sha256(data).digest() == version else None
+        try:
+            data = self._path(version).read_bytes()
+        except FileNotFoundError:  # never stored, or pruned by the fetcher's thread since
+            return None
+        return data if hashlib.sha256(data).digest() == version else None
 
     def install(self, model: bytes, expected_version: bytes, validate: Validator | None = None) -> None:
         """Make ``model`` current, or raise and leave the current model untouched."""

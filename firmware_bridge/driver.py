@@ -314,7 +314,10 @@ class BoardDriver:
             and board is not None
             and board.patch
             and patch.target == version
+            and patch.base == board.model_version
             and patch.size == len(model)
+            # a patch no smaller than the model it makes saves nothing on the line
+            and len(self._patch_request(patch)[0]) < len(model)
             # PATCH_BEGIN holds two sha256s: at the smallest frames (64 B) it does not fit, and the model goes whole
             and len(wire.encode(self._patch_request(patch)[1])) <= self.link.max_payload
         )

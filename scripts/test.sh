@@ -54,7 +54,7 @@ if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null && command -v qemu-aa
 fi
 echo "== the C board: firmware unit tests on the host, then the HIL suite against the firmware under QEMU"
 make -s -C firmware host-test || status=$?
-.venv/bin/python -m pytest -q tests/test_hil.py --hil-qemu mps2-an386 -rs || status=$?
+.venv/bin/python -m pytest -q tests/test_hil.py tests/test_serial_patch.py --hil-qemu mps2-an386 -rs || status=$?
 echo "== tests on numpy 2 (litert, micro)"
 .venv/bin/python -m pytest "${workers[@]}" "$@" || status=$?
 echo "== tests on numpy 1.26 (tflite-runtime): what numpy 1 and the tflite-runtime wheel can change"

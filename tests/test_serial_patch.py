@@ -251,3 +251,15 @@ class TestABoardWithoutTheCapability:
             dut.send_patch(patch_of(model_b, model_a))
         assert refused.value.code == ErrorCode.UNSUPPORTED
         assert dut.status().model_version == sha(model_b)
+
+
+def test_a_patch_begin_above_the_serial_message_limit_is_read_back() -> None:
+    """The C board takes a patch as large as its slot and echoes PATCH_BEGIN's size: the bridge must read that
+    echo rather than fail the board as a protocol error (a patch above 64 KiB, the serial message limit)."""
+    from firmware_bridge.messages import SERIAL_LIMITS
+
+    begin = wire.PatchBegin(b"\x01" * 32, b"\x02" * 32, 70_000, 140_000, resume_from=65_536)
+    decoded = wire.decode(wire.encode(begin), SERIAL_LIMITS)
+    assert decoded == begin
+    with pytest.raises(wire.WireError, match="resume"):
+        wire.decode(wire.encode(dataclasses.replace(begin, resume_from=70_001)), SERIAL_LIMITS)

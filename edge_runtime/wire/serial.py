@@ -181,7 +181,9 @@ class PatchBegin:
     @classmethod
     def from_reader(cls, r: MapReader, limits: Limits) -> PatchBegin:
         K = cls.Key
-        size = r.uint(K.SIZE, limits.max_message_bytes)
+        # Bounded as MODEL_BEGIN's size is, not by the serial message limit: the patch lives in flash, and a board
+        # with room for a patch above 64 KiB (the C board) echoes its size back to a bridge that must read it.
+        size = r.uint(K.SIZE, 1 << 31)
         return cls(
             r.bytestring(K.VERSION, size=32),
             r.bytestring(K.BASE, size=32),
