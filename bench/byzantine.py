@@ -59,10 +59,11 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "krum": ({"name": "krum", "byzantine": 3}, {}),
     "multikrum": ({"name": "multikrum", "byzantine": 3, "keep": 10}, {}),
     "detector": ({"name": "fedavgm", "momentum": 0.5}, DETECT),
-    # and the loss-change score on 150 training samples the hub keeps (digits only: HAR trains its last layer)
+    # and the loss-change and dormant-share scores on 300 training samples the hub keeps (digits only: HAR trains
+    # its last layer only, and the gateway runs no interpreter for the frozen backbone)
     "detector_val": ({"name": "fedavgm", "momentum": 0.5}, {**DETECT, "validation": "hub"}),
 }
-HUB_SAMPLES = 150
+HUB_SAMPLES = 300
 DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
                         density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
 HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.01,

@@ -390,3 +390,52 @@ def test_clipping_to_the_rounds_median_norm_scales_a_large_update_once(tmp_path:
     with pytest.raises(ValueError, match="clip_to_median"):
         RobustnessSection(detect=True, clip_to_median=0.5)
     store.close()
+
+
+def test_the_dormant_share_flags_a_backdoor_trigger_and_spares_honest_non_iid_devices(
+    digits_mlp: Graph, digits: DataSplit
+) -> None:
+    """Real training on digits split by Dirichlet 0.5, as the benchmark's first round: two backdoor attackers
+    (bench/byzantine.py's, trigger on the first pixels, which clean digits leave at zero) among ten honest
+    non-IID devices, five splits. The round's norm, cosine and loss-change scores do not single the attackers
+    out; the share of mass on weights the hub's 300 samples never drive does, and spares every honest device."""
+    from bench.byzantine import Attack, Attacker
+    from edge_runtime.data import partition
+    from edge_runtime.model.backends import default_backend
+    from gateway.robustness.validation import ValidationLoss, dormant_shares
+    from tinyfed.population import SimulatedDevice
+
+    backend = default_backend()
+    model = write_graph(digits_mlp)
+    hub = np.random.default_rng(0).permutation(len(digits.train))[:300]
+    scorer = ValidationLoss(model, 0, digits.train.x[hub], digits.train.y[hub], "test")
+    base = scorer.master.weights()
+    masks = scorer.dormant(base)
+    assert masks and all(m.dtype == bool for m in masks.values()) and sum(int(m.sum()) for m in masks.values()) > 0
+    spec = {t: int(np.prod(s)) for t, s in ((k.tensor, k.shape) for k in _trainable(digits_mlp))}
+    task = wire.Task(os.urandom(16), 1, bytes(32), 5, 0.05, 0.01, 2**40)
+    high = float(digits.train.x.max())
+    missed_without = 0
+    for seed in range(5):
+        shares = partition.dirichlet(digits.train, 12, 0.5, seed=seed, min_size=1)
+        devices = [
+            Attacker(f"a{i}", digits.train.subset(shares[i], "d"), seed, Attack("backdoor", 5.0, high))
+            if i < 2 else SimulatedDevice(f"h{i}", digits.train.subset(shares[i], "d"), seed)
+            for i in range(12)
+        ]  # fmt: skip
+        updates = []
+        for device in devices:
+            update = wire.decode(device.answer(task, digits_mlp, spec, 0, backend), expect=wire.Update, spec=spec)
+            updates.append(ClientDelta(device.name, update.samples, {
+                t.tensor: (t.indices.astype(np.int64), t.values.decode().astype(np.float64)) for t in update.tensors}))
+        losses = scorer.changes(base, updates)
+        without = score_round(updates, spec, loss_changes=losses)
+        missed_without += sum(1 for s in without if s.device.startswith("a") and not s.flagged)
+        dormant = dormant_shares(masks, updates)
+        scores = {s.device: s for s in score_round(updates, spec, loss_changes=losses, dormant=dormant,
+                                                   dormant_share=0.05)}  # fmt: skip
+        flagged = {d for d, s in scores.items() if s.flagged}
+        assert {"a0", "a1"} <= flagged, (seed, {d: round(s.dormant or 0, 3) for d, s in scores.items()})
+        assert not {d for d in flagged if d.startswith("h") and "never drives" in scores[d].reason}, (seed, dormant)
+        assert all("never drives" in scores[a].reason for a in ("a0", "a1"))
+    assert missed_without >= 8, missed_without  # without it, most of the attackers' updates pass
