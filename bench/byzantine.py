@@ -24,6 +24,7 @@ gateway does about a device) and ``..._fpr`` (the share of honest devices it qua
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import tempfile
@@ -64,6 +65,9 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "detector_val": ({"name": "fedavgm", "momentum": 0.5}, {**DETECT, "validation": "hub"}),
 }
 HUB_SAMPLES = 300
+# Bumped whenever the detector's code changes what it flags: a resumed ``--full`` grid re-runs every run of a
+# strategy with a [robustness] table from an older revision, and keeps the others' (their code did not change).
+DETECTOR_REVISION = 2  # 2: the dormant share, and the loss change at a tenth of the update
 DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
                         density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
 HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.01,
@@ -223,9 +227,15 @@ def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> 
     logging.basicConfig(level=logging.ERROR)
     name = "byzantine-full" if full else "byzantine-every-strategy" if every_strategy else "byzantine"
     jobs = grid(full, every_strategy)
-    suite = {(j[0], j[2], j[3], j[4]) for j in grid(False)} if name != "byzantine" else set()
+    total = len(jobs)
+    runs: list[dict[str, Any]] = reusable(results_dir() / f"{name}.json", jobs) if name != "byzantine" else []
+    done = {(r["data"], r["strategy"], r["attack"], r["share"]) for r in runs}
+    jobs = [j for j in jobs if (j[0], j[2], j[3], j[4]) not in done]
+    if runs:
+        print(f"  resuming {name}: {len(runs)} runs kept from {results_dir() / f'{name}.json'}, {len(jobs)} to run")
+    suite = {(j[0], j[2], j[3], j[4]) for j in jobs if (j[0], j[2], j[3], j[4]) in
+             {(g[0], g[2], g[3], g[4]) for g in grid(False)}} if name != "byzantine" else set()  # fmt: skip
     started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
     with get_context("spawn").Pool(workers) as pool:
         for data, strategy, attack, share, out in pool.imap_unordered(_job, jobs):
             runs.append({"data": data, "strategy": strategy, "attack": attack, "share": share, **out})
@@ -239,14 +249,48 @@ def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> 
             extra = "".join(f", {k} {out[k]:.3f}" for k in ("backdoor", "tpr", "fpr") if k in out)
             print(f"  {data:<6} {strategy:<9} {attack:<10} {share:>4.0%}: accuracy {out['accuracy']:.4f}{extra}"
                   f" ({out['seconds']:.0f} s)", flush=True)  # fmt: skip
-            if len(runs) < len(jobs):
-                save(name, runs, len(jobs), time.perf_counter() - started, None)
+            if len(runs) < total:
+                save(name, runs, total, time.perf_counter() - started, None)
     picture = plot(runs, results_dir() / f"{name}.png")
-    figures, path = save(name, runs, len(jobs), time.perf_counter() - started, picture)
+    figures, path = save(name, runs, total, time.perf_counter() - started, picture)
     print_table(name, figures)
     print(table(runs))
     print(f"wrote {path}" + (f" and {picture}" if picture else ""))
     return figures
+
+
+def _plain(value: Any) -> Any:
+    """As it reads back from the results' JSON (tuples as lists), to compare a saved configuration with ours."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def _specs() -> dict[str, Any]:
+    return {k: {**vars(v), "canaries": None} for k, v in (("digits", DIGITS), ("har", HAR))}
+
+
+def reusable(path: Path, jobs: list[tuple[str, PopulationSpec, str, str, float]]) -> list[dict[str, Any]]:
+    """The runs of an earlier, unfinished grid that still hold: same data specs and norm bound, same strategy
+    settings, and for a strategy with a [robustness] table the same DETECTOR_REVISION (the detector's code)."""
+    try:
+        payload = json.loads(path.read_text())
+        old, when = payload["details"], str(payload.get("when", "earlier"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if old.get("specs") != _plain(_specs()) or old.get("norm_bound") != _plain(NORM_BOUND):
+        return []
+    wanted = {(j[0], j[2], j[3], j[4]) for j in jobs}
+    saved = old.get("strategies", {})
+    kept = []
+    for r in old.get("runs", []):
+        strategy = r.get("strategy")
+        if strategy not in STRATEGIES or saved.get(strategy) != _plain(STRATEGIES[strategy]):
+            continue
+        if STRATEGIES[strategy][1] and (old.get("detector_revision") != DETECTOR_REVISION
+                                        or old.get("hub_samples") != HUB_SAMPLES):  # fmt: skip
+            continue
+        if (r["data"], strategy, r["attack"], r["share"]) in wanted:
+            kept.append({**r, "kept": r.get("kept") or when})  # kept from the grid saved then, not run again
+    return kept
 
 
 def save(name: str, runs: list[dict[str, Any]], jobs: int, seconds: float, picture: Path | None
@@ -254,10 +298,9 @@ def save(name: str, runs: list[dict[str, Any]], jobs: int, seconds: float, pictu
     figures = summarise(runs)
     figures["seconds"] = seconds
     figures["runs"] = float(len(runs))
-    specs = {"digits": vars(DIGITS), "har": vars(HAR)}
     path = write_result(name, figures, {"runs": runs, "jobs": jobs, "complete": len(runs) == jobs,
-                                        "specs": {k: {**v, "canaries": None} for k, v in specs.items()},
-                                        "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
+                                        "specs": _specs(), "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
+                                        "detector_revision": DETECTOR_REVISION, "hub_samples": HUB_SAMPLES,
                                         "plot": picture.name if picture else None})  # fmt: skip
     return figures, path
 
