@@ -77,6 +77,10 @@ def test_robustness_settings_are_checked_and_named(tmp_path: Path) -> None:
         GatewayConfig.from_mapping({"robustness": {"reliability_weights": True}}, env={})
     with pytest.raises(ConfigError, match=r"robustness.*decay"):
         GatewayConfig.from_mapping({"robustness": {"detect": True, "decay": 1.5}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*loss_step must be in \(0, 1\], got 0"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "loss_step": 0.0}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*dormant_share must be in \[0, 1\)"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "dormant_share": 1.0}}, env={})
     assert not GatewayConfig.from_mapping({}, env={}).robustness.detect  # off by default
 
 
@@ -439,3 +443,27 @@ def test_the_dormant_share_flags_a_backdoor_trigger_and_spares_honest_non_iid_de
         assert not {d for d in flagged if d.startswith("h") and "never drives" in scores[d].reason}, (seed, dormant)
         assert all("never drives" in scores[a].reason for a in ("a0", "a1"))
     assert missed_without >= 8, missed_without  # without it, most of the attackers' updates pass
+
+
+def test_dormant_weights_are_those_whose_input_is_zero_on_every_validation_sample() -> None:
+    """A convolution model with one channel silent on the whole validation set: exactly that channel's weights
+    of the first layer are dormant (every filter, every tap), and an update's share counts only them."""
+    from edge_runtime.train.build import build_model
+    from gateway.robustness.validation import ValidationLoss, dormant_shares
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 128, 9)).astype(np.float32)
+    x[:, :, 3] = 0.0
+    graph = build_model("cnn1d", x, [str(i) for i in range(6)], seed=0)
+    scorer = ValidationLoss(write_graph(graph), 0, x, rng.integers(0, 6, 60), "test")
+    masks = scorer.dormant(scorer.master.weights())
+    first = next(t for t, (layer, kind) in scorer.master.slots.items() if kind == "weight" and layer.weight.ndim == 4)
+    shape = scorer.master.slots[first][0].weight.shape  # [out, 1, taps, channels]
+    expected = np.zeros(shape, bool)
+    expected[..., 3] = True
+    np.testing.assert_array_equal(masks[first], expected.reshape(-1))
+    assert sum(int(m.sum()) for t, m in masks.items() if t != first) == 0  # ReLU units alive on random data
+    silent = np.flatnonzero(masks[first])[:4]
+    loud = np.flatnonzero(~masks[first])[:4]
+    update = ClientDelta("u", 1, {first: (np.sort(np.concatenate([silent, loud])), np.ones(8))})
+    assert dormant_shares(masks, [update, ClientDelta("e", 1, {})]) == [pytest.approx(0.5), 0.0]
