@@ -255,6 +255,8 @@ def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> 
     figures, path = save(name, runs, total, time.perf_counter() - started, picture)
     print_table(name, figures)
     print(table(runs))
+    print("\nThe goal (a row is met within 2 points of its attack-free run, TPR >= 0.9, FPR <= 0.05):")
+    print(goal(runs))
     print(f"wrote {path}" + (f" and {picture}" if picture else ""))
     return figures
 
@@ -371,6 +373,33 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def goal(runs: list[dict[str, Any]]) -> str:
+    """The issue's goal per data set and share, for each detector configuration: worst accuracy over the attacks
+    against its own attack-free run (met within 2 points), the lowest share of attackers quarantined (>= 90%),
+    the highest share of honest devices quarantined (<= 5%), and the backdoor's success."""
+    lines = ["| data | share | configuration | attack-free | worst (attack) | drop, points | min TPR | max FPR | "
+             "backdoor success | met |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for data in sorted({r["data"] for r in runs}):
+        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+            for strategy in ("detector", "detector_val"):
+                clean = [r for r in runs if (r["data"], r["strategy"], r["attack"]) == (data, strategy, "none")]
+                under = [r for r in runs if r["data"] == data and r["strategy"] == strategy
+                         and r["attack"] != "none" and abs(r["share"] - share) < 1e-9]  # fmt: skip
+                if not clean or not under:
+                    continue
+                worst = min(under, key=lambda r: r["accuracy"])
+                drop = 100 * (clean[0]["accuracy"] - worst["accuracy"])
+                tpr = min(r.get("tpr", 0.0) for r in under)
+                fpr = max(r.get("fpr", 0.0) for r in under)
+                backdoor = next((r["backdoor"] for r in under if "backdoor" in r), math.nan)
+                met = drop <= 2 and tpr >= 0.9 and fpr <= 0.05
+                shown = f"{len(under)} of {len(ATTACKS)} attacks" if len(under) < len(ATTACKS) else ""
+                lines.append(f"| {data} | {share:.0%} | {strategy} | {clean[0]['accuracy']:.3f} | "
+                             f"{worst['accuracy']:.3f} ({worst['attack']}) | {drop:.1f} | {tpr:.2f} | {fpr:.3f} | "
+                             f"{backdoor:.2f} | {'yes' if met else 'no'}{', ' + shown if shown else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -413,5 +442,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="10, 20 and 30%% attackers, every strategy")
     parser.add_argument("--every-strategy", action="store_true", help="the suite's grid with every strategy")
+    parser.add_argument("--show", metavar="NAME", help="print the tables of bench/results/NAME.json, run nothing")
     args = parser.parse_args()
-    main(args.full, every_strategy=args.every_strategy)
+    if args.show:
+        saved = json.loads((results_dir() / f"{args.show}.json").read_text())
+        shown = saved["details"]["runs"]
+        print(f"{args.show}: {len(shown)} of {saved['details']['jobs']} runs, saved {saved['when']}")
+        print(table(shown))
+        print("\nThe goal (a row is met within 2 points of its attack-free run, TPR >= 0.9, FPR <= 0.05):")
+        print(goal(shown))
+    else:
+        main(args.full, every_strategy=args.every_strategy)
