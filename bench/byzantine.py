@@ -214,9 +214,17 @@ def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, Population
     # The suite's own runs first (byzantine.json is written from them as soon as they are done), then the
     # configurations the goal is about: a long grid stopped early still has them (partial results are written
     # after every run).
+    # After the suite: each data set's fullest detector (detector_val where the hub's set can score, else the
+    # detector) at 30% then 10%, then the plain detector on digits, then the other strategies.
     suite = {(j[0], j[2], j[3], j[4]) for j in grid(False)}
     first = ("detector", "fedavg", "detector_val", "multikrum", "fedavgm", "trimmed", "median", "krum")
-    return sorted(jobs, key=lambda j: ((j[0], j[2], j[3], j[4]) not in suite, first.index(j[2]), j[4] not in (0, 0.2)))
+    fullest = {"digits": "detector_val", "har": "detector"}
+
+    def order(j: tuple[str, PopulationSpec, str, str, float]) -> tuple[bool, int, int, int]:
+        tier = 0 if j[2] == fullest[j[0]] else 1 if j[2] in ("detector", "detector_val") else 2
+        return (j[0], j[2], j[3], j[4]) not in suite, tier, [0.0, 0.2, 0.3, 0.1].index(j[4]), first.index(j[2])
+
+    return sorted(jobs, key=order)
 
 
 def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> dict[str, float]:
