@@ -114,15 +114,17 @@ def assert_quarantined_and_gone(store: GatewayStore) -> None:
     assert {c.device for _, c in store.contributions(training[-1].round)}.isdisjoint(MALICIOUS)
 
 
-def assert_status_shows_quarantine(tmp_path: Path) -> None:
+def assert_status_shows_quarantine(tmp_path: Path, robustness: str = "", shown: str = "") -> None:
     toml = tmp_path / "gateway.toml"
     storage = tmp_path / "gw"
-    toml.write_text(f'[gateway]\nstorage = "{storage}"\n[robustness]\ndetect = true\n[trust]\nmode = "insecure"\n')
+    toml.write_text(f'[gateway]\nstorage = "{storage}"\n[robustness]\ndetect = true\n{robustness}'
+                    '[trust]\nmode = "insecure"\n')  # fmt: skip
     status = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(toml)],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert status.returncode == 0, status.stderr
     for device in MALICIOUS:
         assert f"QUARANTINED {device}" in status.stdout
+    assert shown in status.stdout, status.stdout
 
 
 def test_two_sign_flipping_agents_are_flagged_quarantined_and_the_accuracy_holds(
@@ -177,4 +179,5 @@ def test_two_backdoor_agents_are_flagged_by_the_dormant_share_quarantined_and_th
     target = np.full(int(others.sum()), TARGET, digits.test.y.dtype)
     success = int8_metrics(default_backend(), model, graph, x, target)["accuracy"]
     assert success < 0.5, success  # the trigger does not turn other digits into the target class
-    assert_status_shows_quarantine(tmp_path)
+    hub_line = f'validation = "{tmp_path / "hub.npz"}"\n'
+    assert_status_shows_quarantine(tmp_path, hub_line, "dormant share > 0.05")
