@@ -67,6 +67,8 @@ decay = 0.7                # reliability <- decay x reliability + (1 - decay) x 
 quarantine_below = 0.4     # quarantine a device whose reliability falls below this (0 = never)
 min_updates = 5            # rounds with fewer updates are not scored
 validation = ""            # optional .npz (arrays x, y) on the hub: flag updates that raise its loss
+loss_step = 0.1            # with validation: the loss change of base + this x the update (where it points)
+dormant_share = 0.05       # with validation: flag updates with more of their mass on weights its data never drives
 clip_to_median = 0.0       # > 0: counted updates above this x the round's median norm are scaled down to it
 history = true             # flag devices whose updates across rounds point away from the federation's
 history_decay = 0.8        # a device's history: decay x history + its update's unit direction, each round

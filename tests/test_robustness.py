@@ -77,6 +77,10 @@ def test_robustness_settings_are_checked_and_named(tmp_path: Path) -> None:
         GatewayConfig.from_mapping({"robustness": {"reliability_weights": True}}, env={})
     with pytest.raises(ConfigError, match=r"robustness.*decay"):
         GatewayConfig.from_mapping({"robustness": {"detect": True, "decay": 1.5}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*loss_step must be in \(0, 1\], got 0"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "loss_step": 0.0}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*dormant_share must be in \[0, 1\)"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "dormant_share": 1.0}}, env={})
     assert not GatewayConfig.from_mapping({}, env={}).robustness.detect  # off by default
 
 
@@ -390,3 +394,76 @@ def test_clipping_to_the_rounds_median_norm_scales_a_large_update_once(tmp_path:
     with pytest.raises(ValueError, match="clip_to_median"):
         RobustnessSection(detect=True, clip_to_median=0.5)
     store.close()
+
+
+def test_the_dormant_share_flags_a_backdoor_trigger_and_spares_honest_non_iid_devices(
+    digits_mlp: Graph, digits: DataSplit
+) -> None:
+    """Real training on digits split by Dirichlet 0.5, as the benchmark's first round: two backdoor attackers
+    (bench/byzantine.py's, trigger on the first pixels, which clean digits leave at zero) among ten honest
+    non-IID devices, five splits. The round's norm, cosine and loss-change scores do not single the attackers
+    out; the share of mass on weights the hub's 300 samples never drive does, and spares every honest device."""
+    from bench.byzantine import Attack, Attacker
+    from edge_runtime.data import partition
+    from edge_runtime.model.backends import default_backend
+    from gateway.robustness.validation import ValidationLoss, dormant_shares
+    from tinyfed.population import SimulatedDevice
+
+    backend = default_backend()
+    model = write_graph(digits_mlp)
+    hub = np.random.default_rng(0).permutation(len(digits.train))[:300]
+    scorer = ValidationLoss(model, 0, digits.train.x[hub], digits.train.y[hub], "test")
+    base = scorer.master.weights()
+    masks = scorer.dormant(base)
+    assert masks and all(m.dtype == bool for m in masks.values()) and sum(int(m.sum()) for m in masks.values()) > 0
+    spec = {t: int(np.prod(s)) for t, s in ((k.tensor, k.shape) for k in _trainable(digits_mlp))}
+    task = wire.Task(os.urandom(16), 1, bytes(32), 5, 0.05, 0.01, 2**40)
+    high = float(digits.train.x.max())
+    missed_without = 0
+    for seed in range(5):
+        shares = partition.dirichlet(digits.train, 12, 0.5, seed=seed, min_size=1)
+        devices = [
+            Attacker(f"a{i}", digits.train.subset(shares[i], "d"), seed, Attack("backdoor", 5.0, high))
+            if i < 2 else SimulatedDevice(f"h{i}", digits.train.subset(shares[i], "d"), seed)
+            for i in range(12)
+        ]  # fmt: skip
+        updates = []
+        for device in devices:
+            update = wire.decode(device.answer(task, digits_mlp, spec, 0, backend), expect=wire.Update, spec=spec)
+            updates.append(ClientDelta(device.name, update.samples, {
+                t.tensor: (t.indices.astype(np.int64), t.values.decode().astype(np.float64)) for t in update.tensors}))
+        losses = scorer.changes(base, updates)
+        without = score_round(updates, spec, loss_changes=losses)
+        missed_without += sum(1 for s in without if s.device.startswith("a") and not s.flagged)
+        dormant = dormant_shares(masks, updates)
+        scores = {s.device: s for s in score_round(updates, spec, loss_changes=losses, dormant=dormant,
+                                                   dormant_share=0.05)}  # fmt: skip
+        flagged = {d for d, s in scores.items() if s.flagged}
+        assert {"a0", "a1"} <= flagged, (seed, {d: round(s.dormant or 0, 3) for d, s in scores.items()})
+        assert not {d for d in flagged if d.startswith("h") and "never drives" in scores[d].reason}, (seed, dormant)
+        assert all("never drives" in scores[a].reason for a in ("a0", "a1"))
+    assert missed_without >= 8, missed_without  # without it, most of the attackers' updates pass
+
+
+def test_dormant_weights_are_those_whose_input_is_zero_on_every_validation_sample() -> None:
+    """A convolution model with one channel silent on the whole validation set: exactly that channel's weights
+    of the first layer are dormant (every filter, every tap), and an update's share counts only them."""
+    from edge_runtime.train.build import build_model
+    from gateway.robustness.validation import ValidationLoss, dormant_shares
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 128, 9)).astype(np.float32)
+    x[:, :, 3] = 0.0
+    graph = build_model("cnn1d", x, [str(i) for i in range(6)], seed=0)
+    scorer = ValidationLoss(write_graph(graph), 0, x, rng.integers(0, 6, 60), "test")
+    masks = scorer.dormant(scorer.master.weights())
+    first = next(t for t, (layer, kind) in scorer.master.slots.items() if kind == "weight" and layer.weight.ndim == 4)
+    shape = scorer.master.slots[first][0].weight.shape  # [out, 1, taps, channels]
+    expected = np.zeros(shape, bool)
+    expected[..., 3] = True
+    np.testing.assert_array_equal(masks[first], expected.reshape(-1))
+    assert sum(int(m.sum()) for t, m in masks.items() if t != first) == 0  # ReLU units alive on random data
+    silent = np.flatnonzero(masks[first])[:4]
+    loud = np.flatnonzero(~masks[first])[:4]
+    update = ClientDelta("u", 1, {first: (np.sort(np.concatenate([silent, loud])), np.ones(8))})
+    assert dormant_shares(masks, [update, ClientDelta("e", 1, {})]) == [pytest.approx(0.5), 0.0]

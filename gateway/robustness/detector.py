@@ -23,7 +23,7 @@ from .history import History
 from .reliability import Reliability, observe, released
 from .scores import Score, score_round
 from .settings import RobustnessSection
-from .validation import ValidationLoss
+from .validation import ValidationLoss, dormant_shares
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,14 @@ class Detector:
         verdict = Judgement(round_)
         scores = []
         if len(updates) >= s.min_updates:
-            losses = self.validation.changes(base(), updates) if self.validation and base else None
-            scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio, losses)
+            losses = dormant = None
+            if self.validation is not None and base is not None:
+                weights = base()
+                losses = self.validation.changes(weights, updates, s.loss_step)
+                if s.dormant_share > 0:
+                    dormant = dormant_shares(self.validation.dormant(weights), updates)
+            scores = score_round(updates, aggregate.sizes, s.threshold, s.min_cosine, s.norm_ratio, losses,
+                                 dormant, s.dormant_share)  # fmt: skip
             if s.history:
                 scores = self._with_history(round_, aggregate, scores, quarantined)
         by_device = {sc.device: sc for sc in scores}

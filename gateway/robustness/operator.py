@@ -26,8 +26,10 @@ def status_lines(config: GatewayConfig, store: GatewayStore, last: int = 20) -> 
         below = f"below reliability {r.quarantine_below:g}" if r.quarantine_below > 0 else "never"
         history = (f", history cosine < {r.history_min_cosine:g} after {r.min_history} rounds" if r.history else "")
         clip = f"; updates clipped to {r.clip_to_median:g}x the round's median norm" if r.clip_to_median else ""
+        hub = (f", validation {r.validation}: loss change at {r.loss_step:g}x the update z > {r.threshold:g}"
+               + (f", dormant share > {r.dormant_share:g}" if r.dormant_share else "")) if r.validation else ""
         lines = [f"robustness: detector on (norm z > {r.threshold:g} and > {r.norm_ratio:g}x the round's median, "
-                 f"cosine < {r.min_cosine:g}{history}); flagged updates "
+                 f"cosine < {r.min_cosine:g}{history}{hub}); flagged updates "
                  f"{'not counted' if r.exclude_flagged else 'counted'}{clip}; weights {weights}; quarantine {below}"
                  ]  # fmt: skip
     quarantined = [x for x in reliabilities if x.quarantined]

@@ -50,6 +50,7 @@ class Score:
     reason: str  # why it is flagged ("" when it is not)
     loss_change: float | None = None  # on the hub's validation set, when there is one
     history_cosine: float | None = None  # the device's history against the federation's (history.py)
+    dormant: float | None = None  # share of its squared mass on weights the hub's data never drives (validation.py)
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -94,10 +95,15 @@ def score_round(
     min_cosine: float = 0.0,
     norm_ratio: float = 2.0,
     loss_changes: list[float] | None = None,
+    dormant: list[float] | None = None,
+    dormant_share: float = 0.0,
 ) -> list[Score]:
     """Every update of one round scored against the others, in the order given; ``loss_changes`` (one per
     update: the loss on the hub's validation set after adding it, less before) flag an update whose change is
-    positive and more than ``threshold`` robust sd above the round's."""
+    positive and more than ``threshold`` robust sd above the round's; ``dormant`` (one per update: the share
+    of its squared mass on weights the hub's data never drives) flag an update above ``dormant_share`` (> 0).
+    The dormant share is judged against a fixed bound, not the round's spread: honest updates put (nearly)
+    nothing there, so the round's median and MAD are zero and any spread would be the floor's."""
     n = len(updates)
     if n == 0:
         return []
@@ -123,6 +129,10 @@ def score_round(
             reasons.append(f"cosine {cosines[i]:.2f} with the round's coordinate median < {min_cosine:g}")
         if loss is not None and loss_z is not None and loss[i] > 0 and loss_z[i] > threshold:
             reasons.append(f"raises the validation loss by {loss[i]:.3g}, {loss_z[i]:.1f} robust sd above the round's")
+        if dormant is not None and dormant_share > 0 and dormant[i] > dormant_share:
+            reasons.append(f"{dormant[i]:.0%} of its mass on weights the validation data never drives "
+                           f"(> {dormant_share:g})")  # fmt: skip
         out.append(Score(u.device, float(norms[i]), float(cosines[i]), float(norm_z[i]), float(cosine_z[i]),
-                         bool(reasons), "; ".join(reasons), float(loss[i]) if loss is not None else None))  # fmt: skip
+                         bool(reasons), "; ".join(reasons), float(loss[i]) if loss is not None else None,
+                         dormant=float(dormant[i]) if dormant is not None else None))  # fmt: skip
     return out

@@ -17,6 +17,8 @@ class RobustnessSection:
     quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
     min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
     validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
+    loss_step: float = 0.1  # with validation: the loss change of base + this x the update (1: the whole update)
+    dormant_share: float = 0.05  # with validation: flag an update with more of its mass on weights it never drives
     clip_to_median: float = 0.0  # 0: off; else an update above this x the round's median norm is scaled down to it
     history: bool = True  # also score each device's update directions across rounds against the federation's
     history_decay: float = 0.8  # a device's history: decay x history + its update's unit direction, each round
@@ -37,6 +39,10 @@ class RobustnessSection:
             raise ValueError(f"quarantine_below must be in [0, 1), got {self.quarantine_below}")
         if self.min_updates < 3:
             raise ValueError(f"min_updates must be >= 3 (a median and its spread need them), got {self.min_updates}")
+        if not 0 < self.loss_step <= 1:
+            raise ValueError(f"loss_step must be in (0, 1], got {self.loss_step}")
+        if not 0 <= self.dormant_share < 1:
+            raise ValueError(f"dormant_share must be in [0, 1) (0: off), got {self.dormant_share}")
         if self.clip_to_median != 0 and self.clip_to_median < 1:
             raise ValueError(f"clip_to_median must be 0 (off) or >= 1 (x the round's median norm), got "
                              f"{self.clip_to_median}")
