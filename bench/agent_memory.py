@@ -112,7 +112,7 @@ def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto"
     device = f"mem-{backend}"
     manifest, chunks, config = digits_agent_files(broker.url, workdir, device, 200, backend)
     gateway = _link(broker.url, f"gateway-{device}")
-    receipts = Receipts(gateway)
+    receipts = Receipts(gateway, manifest)
     born = threading.Event()
 
     def on_presence(topic: str, payload: bytes) -> None:

@@ -95,8 +95,9 @@ class CountingRelay:
 class Receipts:
     """The gateway side: reassemble, decode, receipt, count."""
 
-    def __init__(self, link: MqttLink) -> None:
+    def __init__(self, link: MqttLink, manifest: wire.ModelManifest | None = None) -> None:
         self.link = link
+        self.manifest = manifest  # what a compact update (a real agent's default) is read against
         self.reassembler = Reassembler()
         self.count = 0
         self.changed = threading.Condition()
@@ -106,8 +107,10 @@ class Receipts:
         whole = self.reassembler.feed(TOPICS.device_of(topic), payload)
         if whole is None:
             return
-        update = wire.decode(whole, expect=wire.Update)
-        self.link.publish(TOPICS.receipt(update.device), wire.encode(wire.Receipt([update.update_id])))
+        device, m = TOPICS.device_of(topic), self.manifest
+        update = wire.decode(whole, expect=wire.Update, device=device, spec=m.spec() if m else None,
+                             versions=[m.version] if m else [])  # fmt: skip
+        self.link.publish(TOPICS.receipt(device), wire.encode(wire.Receipt([update.update_id])))
         with self.changed:
             self.count += 1
             self.changed.notify_all()
@@ -239,7 +242,7 @@ def digits_agent_files(
 def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
     manifest, chunks, config = digits_agent_files(broker.url, workdir, "rss", 60)
     gateway = _link(broker.url, "gateway-rss")
-    receipts = Receipts(gateway)
+    receipts = Receipts(gateway, manifest)
     born = threading.Event()
 
     def on_presence(topic: str, payload: bytes) -> None:

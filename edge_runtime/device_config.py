@@ -165,9 +165,9 @@ class TransportSection:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     ack_timeout: float = 10.0  # seconds to wait for the broker's PUBACK
     resend_after: float = 30.0  # seconds without a receipt before an update is sent again
-    # "cbor": the update every gateway reads (type 1); "compact": the bit-packed one (type 10, docs/protocol.md),
-    # about half the bytes at 1% density, for gateways of this version or later.
-    update_format: str = "cbor"
+    # "compact": the bit-packed update (type 10, docs/protocol.md), about half the bytes at 1% density, read by
+    # gateways of this version or later (the default); "cbor": the update every gateway reads (type 1).
+    update_format: str = "compact"
 
     def __post_init__(self) -> None:
         if self.max_payload < 1024:

@@ -5,7 +5,10 @@ downlink is how many bytes of the int8 model change. Re-quantising the master fr
 every weight of a channel whose largest magnitude moved, since the channel's scale moves with it; here a
 channel keeps the scale of the version devices hold while its weights still fit under it and it has not
 grown more than ``1 / shrink`` times too coarse. A scale that must grow grows with ``headroom`` (25%), so the
-next rounds fit under it too: each move re-codes the whole channel.
+next rounds fit under it too: each move re-codes the whole channel. Weights that outgrow their held scale by at
+most ``saturate`` (25%) do not move it: their codes stay at +-127 and the master keeps their float values (the
+error feedback below), since re-coding a whole channel for one weight that grew a little was most of a patch
+(fl_digits: 3 to 7 of the output layer's 10 channels, and 1 to 4 of the hidden layer's 32, re-fitted each round).
 
 With ``density`` set, a version moves at most that fraction of each weight tensor's int8 codes: the ones
 whose master value is farthest from the code devices hold (rounded, those are the biggest steps), as STC's
@@ -35,12 +38,14 @@ class DownlinkPolicy:
     density: float = 0.0  # fraction of each weight tensor's codes a version may move; 0: every one that moved
     shrink: float = 0.5  # a held scale may be at most this many times too coarse before it is re-fitted
     headroom: float = 0.25  # a scale that must grow grows this fraction beyond what the weights need
+    saturate: float = 0.25  # weights may outgrow a held scale by this fraction (their codes saturate) before it moves
 
     def __post_init__(self) -> None:
         if not 0 <= self.density <= 1:
             raise ValueError(f"density {self.density} is not in [0, 1]")
-        if not 0 < self.shrink <= 1 or self.headroom < 0:
-            raise ValueError(f"shrink {self.shrink} must be in (0, 1] and headroom {self.headroom} >= 0")
+        if not 0 < self.shrink <= 1 or self.headroom < 0 or self.saturate < 0:
+            raise ValueError(f"shrink {self.shrink} must be in (0, 1], headroom {self.headroom} and saturate "
+                             f"{self.saturate} >= 0")
 
 
 def _channel_shape(ndim: int, axis: int) -> list[int]:
@@ -51,7 +56,7 @@ def _channel_shape(ndim: int, axis: int) -> list[int]:
 
 def held_scales(previous: np.ndarray, needed: np.ndarray, policy: DownlinkPolicy) -> tuple[np.ndarray, np.ndarray]:
     """Per channel: the scale to publish, and whether it is the previous one (held)."""
-    held = (needed <= previous) & (needed >= policy.shrink * previous)
+    held = (needed <= previous * (1 + policy.saturate)) & (needed >= policy.shrink * previous)
     grown = np.where(needed > previous, needed * (1 + policy.headroom), needed)
     return np.where(held, previous, grown).astype(np.float32), held
 

@@ -60,8 +60,11 @@ class GatewayStandIn:
         if whole is None:
             self.fragments += 1
             return
-        update = wire.decode(whole, expect=wire.Update, spec=self.manifest.spec())
-        self.link.publish(TOPICS.receipt(update.device), wire.encode(wire.Receipt([update.update_id])))
+        # As the gateway reads it: CBOR or compact (the default; its device is the topic's, its base a prefix).
+        device = TOPICS.device_of(topic)
+        update = wire.decode(whole, expect=wire.Update, spec=self.manifest.spec(), device=device,
+                             versions=[self.manifest.version])  # fmt: skip
+        self.link.publish(TOPICS.receipt(device), wire.encode(wire.Receipt([update.update_id])))
         with self.changed:
             self.raw.append(whole)
             self.updates.append(update)
@@ -156,7 +159,8 @@ def test_device_trains_and_delivers_its_update_byte_exact(
     gateway.send_task("dev-1", wire.encode(task(version, round_=1, density=0.1)))
     assert gateway.wait(lambda: len(gateway.updates) == 1)
     sent = agent.done[-1]
-    assert gateway.raw[0] == wire.encode(sent)  # byte-exact, and only after the gateway's spec check
+    # Byte-exact in the default layout (compact), and only after the gateway's spec check.
+    assert gateway.raw[0] == wire.encode_compact(sent, gateway.manifest.spec())
     update = gateway.updates[0]
     assert (update.device, update.round, update.base_version) == ("dev-1", 1, version)
     assert update.samples == len(agent.data.train)

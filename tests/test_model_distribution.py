@@ -52,6 +52,27 @@ def test_model_arrives_in_chunks_and_installs(broker: MosquittoProcess, tmp_path
         device.stop()
 
 
+def test_a_one_chunk_model_lists_no_chunk_digest_and_still_installs(
+    broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph
+) -> None:
+    """Its one chunk's sha256 is the version: the manifest, which every device receives each round, does not carry
+    it twice; the chunk is still checked against the version before it is installed."""
+    model = write_graph(digits_mlp)
+    manifest = _publish(broker, model, chunk_size=len(model))
+    assert manifest.chunk_count == 1 and manifest.chunk_digests == []
+    assert wire.ModelManifest.Key.CHUNK_DIGESTS not in manifest.to_cbor()
+    device = start_link(broker, "dev-1")
+    store = ModelStore(tmp_path / "models")
+    fetcher = ModelFetcher(device, TOPICS, store, _validate)
+    try:
+        assert fetcher.installed.wait(WAIT)
+        assert store.current() == model and store.current_version == manifest.version
+    finally:
+        device.stop()
+    several, _ = make_manifest(model, [], chunk_size=4096)
+    assert len(several.chunk_digests) == several.chunk_count > 1
+
+
 def test_damaged_chunk_is_refused_and_fetched_again_while_the_old_model_serves(
     broker: MosquittoProcess, tmp_path: Path, digits_mlp: Graph, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -135,10 +135,20 @@ def test_a_patch_that_does_not_fit_the_model_held_is_refused_before_a_byte_is_wr
 
 # -- the publisher's side: scales held, moves bounded ----------------------------------------------------------
 def test_scales_are_held_while_weights_fit_and_grow_with_headroom_when_they_must() -> None:
-    policy = DownlinkPolicy(shrink=0.5, headroom=0.1)
+    policy = DownlinkPolicy(shrink=0.5, headroom=0.1, saturate=0.0)
     scales, held = held_scales(np.array([1.0, 1.0, 1.0]), np.array([0.9, 1.2, 0.3]), policy)
     assert held.tolist() == [True, False, False]
     assert scales.tolist() == pytest.approx([1.0, 1.32, 0.3])
+
+
+def test_a_scale_is_held_while_its_weights_outgrow_it_by_at_most_saturate() -> None:
+    policy = DownlinkPolicy(shrink=0.5, headroom=0.1, saturate=0.25)
+    scales, held = held_scales(np.array([1.0, 1.0, 1.0]), np.array([1.2, 1.25, 1.3]), policy)
+    assert held.tolist() == [True, True, False]
+    assert scales.tolist() == pytest.approx([1.0, 1.0, 1.43])
+    # A held channel's largest weights saturate at the int8 limit; the master keeps their float values.
+    codes = sparsify(np.array([130.0, -140.0, 12.4]), np.array([127.0, -120.0, 12.0]), np.ones(3, bool), budget=3)
+    assert codes.tolist() == [127, -127, 12]
 
 
 def test_a_bounded_version_moves_the_largest_steps_and_leaves_the_rest_for_later() -> None:

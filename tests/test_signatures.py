@@ -361,16 +361,20 @@ class SignedStandIn:
         self.signer = federation.gateway_signer()
         self.link = MqttLink(federation.gateway_broker(), provision.gateway_identity(FEDERATION))
         self.updates: Recorder[tuple[bytes, Any]] = Recorder()
+        self.manifest: wire.ModelManifest | None = None  # the last one published: compact updates are read by it
         self.link.subscribe(T.all_updates, self._on_update)
         started(cleanup, self.link)
 
     def _on_update(self, topic: str, payload: bytes) -> None:
-        self.updates.append((payload, wire.decode(payload)))
+        m = self.manifest  # as the gateway reads an update: CBOR, or compact (the default) against the model
+        self.updates.append((payload, wire.decode(payload, spec=m.spec() if m else None, device=T.device_of(topic),
+                                                  versions=[m.version] if m else [])))  # fmt: skip
 
     def seal(self, message: Any) -> bytes:
         return wire.sign(wire.encode(message), self.signer)
 
     def publish_model(self, manifest: wire.ModelManifest, chunks: list[wire.ModelChunk]) -> None:
+        self.manifest = manifest
         publish_model(self.link, T, manifest, chunks, seal=lambda b: wire.sign(b, self.signer))
 
     def task(self, device: str, task: wire.Task) -> None:

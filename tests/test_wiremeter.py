@@ -45,3 +45,30 @@ def test_the_meter_forwards_untouched_and_counts_each_packet_kind_both_ways(brok
     assert d.up == sum(v[0] for v in d.kinds.values()) and d.down == sum(v[1] for v in d.kinds.values())
     # Ours for the task (paho leaves out a success reason code), the broker's for the update (Mosquitto writes it).
     assert d.kinds["PUBACK"] == [4, 5]
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_the_others(broker: MosquittoProcess) -> None:
+    """One metered client whose network thread is stuck (its handler blocks) while megabytes are sent to it: the
+    meter keeps its backlog for it alone, and another metered client's messages still go both ways."""
+    stuck, release = threading.Event(), threading.Event()
+    arrived = threading.Event()
+    with WireMeter("127.0.0.1", broker.port) as meter:
+        slow = MqttLink(fast_config(broker, url=meter.url("mqtt")), "slow")
+        slow.subscribe(TASK, lambda topic, payload: (stuck.set(), release.wait()))
+        slow.start()
+        other = MqttLink(fast_config(broker, url=meter.url("mqtt")), "other")
+        other.subscribe(UPDATE, lambda topic, payload: arrived.set())
+        other.start()
+        direct = start_link(broker, "direct")
+        try:
+            assert slow.wait_ready(WAIT) and other.wait_ready(WAIT) and direct.wait_ready(WAIT)
+            assert direct.publish(TASK, b"first", timeout=WAIT)
+            assert stuck.wait(WAIT)
+            for _ in range(24):  # far more than the loopback socket buffers hold
+                assert direct.publish(TASK, b"x" * (1 << 20), timeout=WAIT)
+            assert other.publish(UPDATE, b"still moving", timeout=WAIT)
+            assert arrived.wait(WAIT)
+        finally:
+            release.set()
+            for link in (slow, other, direct):
+                link.stop()

@@ -10,6 +10,15 @@ On a plain (non-TLS) link the proxy also reads the MQTT packets as they pass
 (their fixed header and, for PUBLISH, the topic) and counts bytes per kind
 (``PUBLISH update``, ``PUBACK``, ``SUBSCRIBE``...), to say where the bytes go.
 It forwards the bytes untouched either way.
+
+Forwarding never blocks: each connection end keeps the bytes waiting for it
+and is written when its socket can take them, and an end whose peer has
+``BACKLOG`` bytes waiting is not read until they drain (backpressure on that
+connection alone). A blocking send made one device that was slow to read
+(its network thread busy installing a whole model, on a loaded machine)
+stall every other device's traffic behind it; the benchmarks' whole-int8
+variant, which sends every device the whole model each round, is where that
+showed.
 """
 
 from __future__ import annotations
@@ -95,6 +104,23 @@ class _MqttReader:
         return f"PUBLISH {topic_kind(packet[i + 2 : i + 2 + n].decode(errors='replace'))}"
 
 
+BACKLOG = 1 << 20  # bytes waiting for one end before its peer is no longer read
+
+
+@dataclass(eq=False)
+class _End:
+    """One side of a proxied connection: what was read from it goes to ``peer``; ``pending`` waits to be written
+    to it."""
+
+    sock: socket.socket
+    direction: int  # of the bytes read from this end: UP from a client, DOWN from the broker
+    reader: _MqttReader | None
+    pending: bytearray = field(default_factory=bytearray)
+    peer: _End | None = None
+    mask: int = 0  # the events it is registered for (0: not registered)
+    closed: bool = False
+
+
 class WireMeter:
     """``with WireMeter(host, port) as meter``: clients connect to ``meter.port`` instead of the broker's."""
 
@@ -105,6 +131,7 @@ class WireMeter:
         self._up = 0
         self._down = 0
         self._connections = 0
+        self._ends: list[_End] = []
         self._kinds: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
@@ -121,8 +148,9 @@ class WireMeter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+        self._listener.close()
+        for end in self._ends:
+            end.sock.close()
         self._selector.close()
 
     def url(self, scheme: str) -> str:
@@ -135,11 +163,15 @@ class WireMeter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.2):
-                if key.data is None:
+            for key, events in self._selector.select(timeout=0.2):
+                end = key.data
+                if end is None:
                     self._accept()
-                else:
-                    self._forward(key.fileobj, *key.data)  # type: ignore[arg-type]
+                    continue
+                if events & selectors.EVENT_WRITE and not end.closed:
+                    self._flush(end)
+                if events & selectors.EVENT_READ and not end.closed:
+                    self._read(end)
 
     def _accept(self) -> None:
         try:
@@ -152,38 +184,87 @@ class WireMeter:
             client.close()
             return
         for sock in (client, upstream):
-            sock.setblocking(True)
+            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        up = _MqttReader(UP, self._kinds) if self.mqtt else None
-        down = _MqttReader(DOWN, self._kinds) if self.mqtt else None
-        self._selector.register(client, selectors.EVENT_READ, (upstream, UP, up))
-        self._selector.register(upstream, selectors.EVENT_READ, (client, DOWN, down))
+        near = _End(client, UP, _MqttReader(UP, self._kinds) if self.mqtt else None)
+        far = _End(upstream, DOWN, _MqttReader(DOWN, self._kinds) if self.mqtt else None)
+        near.peer, far.peer = far, near
+        self._ends = [e for e in self._ends if not e.closed] + [near, far]
+        self._watch(near)
+        self._watch(far)
         with self._lock:
             self._connections += 1
 
-    def _forward(self, source: socket.socket, sink: socket.socket, direction: int, reader: _MqttReader | None) -> None:
+    def _watch(self, end: _End) -> None:
+        """Register ``end`` for what it can do now: read while its peer's backlog is short, write while it has
+        bytes waiting."""
+        assert end.peer is not None
+        if end.closed:
+            return
+        mask = (selectors.EVENT_READ if len(end.peer.pending) < BACKLOG else 0) | (
+            selectors.EVENT_WRITE if end.pending else 0
+        )
+        if mask == end.mask:
+            return
+        if end.mask == 0:
+            self._selector.register(end.sock, mask, end)
+        elif mask == 0:
+            self._selector.unregister(end.sock)
+        else:
+            self._selector.modify(end.sock, mask, end)
+        end.mask = mask
+
+    def _read(self, end: _End) -> None:
+        peer = end.peer
+        assert peer is not None
         try:
-            data = source.recv(65536)
+            data = end.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
             data = b""
         if not data:
-            self._close(source, sink)
-            return
-        try:
-            sink.sendall(data)
-        except OSError:
-            self._close(source, sink)
+            self._close(end)
             return
         with self._lock:
-            if direction == UP:
+            if end.direction == UP:
                 self._up += len(data)
             else:
                 self._down += len(data)
-            if reader is not None:
-                reader.feed(data)
+            if end.reader is not None:
+                end.reader.feed(data)
+        peer.pending += data
+        self._flush(peer)
+        self._watch(end)
 
-    def _close(self, *socks: socket.socket) -> None:
-        for sock in socks:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(sock)
-            sock.close()
+    def _flush(self, end: _End) -> None:
+        """Write what waits for ``end`` as far as its socket takes it."""
+        assert end.peer is not None
+        try:
+            sent = end.sock.send(end.pending) if end.pending else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(end)
+            return
+        del end.pending[:sent]
+        self._watch(end)
+        self._watch(end.peer)
+
+    def _close(self, end: _End) -> None:
+        """Close both sides; what still waits for the peer is given a last short chance to go out."""
+        peer = end.peer
+        assert peer is not None
+        if peer.pending and not peer.closed:
+            with contextlib.suppress(OSError):
+                peer.sock.settimeout(1.0)
+                peer.sock.sendall(peer.pending)
+        for side in (end, peer):
+            if side.closed:
+                continue
+            side.closed = True
+            if side.mask:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(side.sock)
+            side.mask = 0
+            side.sock.close()
