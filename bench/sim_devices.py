@@ -52,6 +52,7 @@ import numpy as np
 from edge_runtime import wire
 from edge_runtime.compress.compressor import CompressionConfig, Compressor
 from edge_runtime.transport.topics import Topics, member_client_id
+from edge_runtime.wire.compact import _leb128
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
 IN_FLIGHT_CONNECTS = 64  # connections opened but not yet answered: keeps the broker's listen backlog short
@@ -59,13 +60,8 @@ SIM_NAME_WIDTH = 5  # sim-00000: every name the same length, so one update templ
 
 
 # -- MQTT 5 packets, by hand ----------------------------------------------------------------------------------
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+# MQTT's variable byte integer is unsigned LEB128, which the compact update codec already writes.
+varint = _leb128
 
 
 def utf8(text: str) -> bytes:

@@ -417,6 +417,20 @@ class EmulatedBoard:
             uptime_s=int(time.monotonic() - ram.booted),
         )
 
+    def _resume_or_start(self, version: bytes, size: int, slot: int, *, patch: bool) -> int:
+        """Where a transfer into ``slot`` resumes: the progress flash kept for this very transfer (a model's and a
+        patch's records are told apart, so one never resumes the other), else 0 with a fresh record saved."""
+        progress = self.flash.load_progress()
+        if progress is not None and (progress.version, progress.size, progress.slot, progress.patch) == (
+            version,
+            size,
+            slot,
+            patch,
+        ):
+            return progress.written
+        self.flash.save_progress(TransferProgress(version, size, 0, slot, patch=patch))
+        return 0
+
     def _model_begin(self, begin: wire.ModelBegin) -> None:
         if begin.size > self.flash.slot_bytes:
             raise _Refusal(ErrorCode.NO_FLASH, f"model of {begin.size} B, flash slot of {self.flash.slot_bytes} B")
@@ -425,17 +439,7 @@ class EmulatedBoard:
             self._send(wire.ModelBegin(begin.version, begin.size, begin.size))  # already running it
             return
         slot = self.flash.inactive_slot()
-        progress = self.flash.load_progress()
-        if progress is not None and (progress.version, progress.size, progress.slot, progress.patch) == (
-            begin.version,
-            begin.size,
-            slot,
-            False,
-        ):
-            resume = progress.written
-        else:
-            resume = 0
-            self.flash.save_progress(TransferProgress(begin.version, begin.size, 0, slot))
+        resume = self._resume_or_start(begin.version, begin.size, slot, patch=False)
         self._ram.transfer = _Transfer(begin.version, begin.size, slot, resume)
         self._send(wire.ModelBegin(begin.version, begin.size, resume))
 
@@ -522,17 +526,7 @@ class EmulatedBoard:
             raise _Refusal(ErrorCode.NO_MEMORY, f"patch_begin.size: a {begin.size}-byte patch and its "
                            f"{begin.model_size}-byte result exceed the {free} B of free RAM")  # fmt: skip
         slot = self.flash.inactive_slot()
-        progress = self.flash.load_progress()
-        if progress is not None and (progress.version, progress.size, progress.slot, progress.patch) == (
-            begin.version,
-            begin.size,
-            slot,
-            True,
-        ):
-            resume = progress.written
-        else:
-            resume = 0
-            self.flash.save_progress(TransferProgress(begin.version, begin.size, 0, slot, patch=True))
+        resume = self._resume_or_start(begin.version, begin.size, slot, patch=True)
         at = self.flash.slot_bytes - begin.size
         self._ram.transfer = _Transfer(begin.version, begin.size, slot, resume, begin.base, begin.model_size, at)
         self._send(replace(begin, resume_from=resume))
