@@ -93,7 +93,11 @@ def summary(results: Path, names: tuple[str, ...] = SUITE) -> str:
         figures = data.get("figures", {})
         for key in HEADLINES.get(name, tuple(figures)[:4]):
             value = figures.get(key)
-            shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
-            full = " (--full)" if "--full" in data.get("argv", []) else ""  # a longer run than the suite's
+            longer = "--full" in data.get("argv", [])  # a longer run than the suite's
+            # Some headlines (the HAR privacy curve, the 1,000-device audit) come only from --full: say so
+            # rather than show a bare dash that reads like a failed measurement.
+            missing = "-" if longer else "(--full only)"
+            shown = missing if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+            full = " (--full)" if longer else ""
             lines.append(f"| {name} | `{key}` | {shown} | {data.get('when', '?')[:16]}{full} |")
     return "\n".join(lines)

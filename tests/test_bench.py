@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.plot import MARKS, accuracy_vs_uplink_text
-from bench.suite import HEADLINES
+from bench.suite import HEADLINES, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +71,11 @@ def test_the_text_chart_places_every_run_and_names_it_in_the_legend() -> None:
     assert chart[0].startswith(" 0.900") and chart[4].startswith(" 0.200")
     assert "10 B" in chart[6] and "1,000,000 B" in chart[6]
     assert f"  {dense} dense" in chart and f"  {sparse} sparse" in chart
+
+
+def test_a_headline_only_a_full_run_makes_is_named_as_such_not_shown_as_a_bare_dash(tmp_path: Path) -> None:
+    key, *_ = HEADLINES["fl_privacy"]
+    for argv, shown in ((["tinyfed", "bench", "fl_privacy"], "(--full only)"),
+                        (["tinyfed", "bench", "fl_privacy", "--full"], "-")):
+        (tmp_path / "fl_privacy.json").write_text(json.dumps({"argv": argv, "when": "2026-12-01T00:00", "figures": {}}))
+        assert f"| fl_privacy | `{key}` | {shown} |" in summary(tmp_path, ("fl_privacy",))
