@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.children import tied_to_this_process
 from edge_runtime.errors import ExitCode, TinyfedError
 from edge_runtime.local_training import LocalData
 
@@ -140,7 +141,7 @@ class QemuBoard:
         if self.icount:
             command += ["-icount", "shift=0"]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            tied_to_this_process(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         assert self.process.stdout is not None
         seen = b""

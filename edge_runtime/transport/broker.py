@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..children import tied_to_this_process
 from ..errors import TinyfedError
 
 SEARCH = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -156,7 +157,9 @@ class MosquittoProcess:
 
     def start(self, timeout: float = 10.0) -> MosquittoProcess:
         self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            tied_to_this_process([self.binary, "-c", str(self.config_path)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
