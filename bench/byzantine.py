@@ -31,7 +31,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from edge_runtime.data.dataset import Dataset
 from edge_runtime.data.sources import load_source
 from edge_runtime.model.backends import default_backend
 from edge_runtime.model.graph import Graph
-from tinyfed.population import PopulationResult, PopulationSpec, SimulatedDevice, run_population
+from tinyfed.population import PopulationResult, PopulationRound, PopulationSpec, SimulatedDevice, run_population
 from tinyfed.simulation import score
 
 ATTACKS = ("sign_flip", "scale", "noise", "label_flip", "backdoor")
@@ -135,7 +135,8 @@ class Attacker(SimulatedDevice):
         return wire.encode(replace(update, tensors=tensors))
 
 
-def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> dict[str, Any]:
+def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float,
+            on_round: Callable[[PopulationRound], None] | None = None) -> dict[str, Any]:  # fmt: skip
     params, robustness = STRATEGIES[strategy]
     spec = replace(spec, strategy=dict(params), robustness=dict(robustness), norm_bound=NORM_BOUND[spec.data])
     split = load_source(spec.data, seed=spec.seed)
@@ -155,7 +156,7 @@ def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> d
             hub = np.random.default_rng(spec.seed).permutation(len(split.train))[:HUB_SAMPLES]
             np.savez(Path(tmp) / "hub.npz", x=split.train.x[hub], y=split.train.y[hub])
             spec = replace(spec, robustness={**spec.robustness, "validation": str(Path(tmp) / "hub.npz")})
-        result = run_population(spec, make_device=make_device)
+        result = run_population(spec, on_round, make_device=make_device)
     # CPU seconds too: on a shared machine the wall time is mostly the others' load
     out: dict[str, Any] = {"accuracy": result.rounds[-1].score, "seconds": time.perf_counter() - started,
                            "cpu_seconds": time.process_time() - cpu, "attackers": sorted(attackers)}  # fmt: skip
@@ -630,6 +631,36 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def swing_row(density: float, scores: list[list[float]], flagged: int) -> str:
+    """One row of the swing table: per seed, the accuracy after every round; the final accuracy's mean and range,
+    and the median and largest standard deviation over the second half of the rounds (how far the last round's
+    figure can sit from the run's level)."""
+    finals = [s[-1] for s in scores]
+    spread = [float(np.std(s[len(s) // 2 :])) for s in scores]
+    return (f"| {density:g} | {len(scores)} | {np.mean(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
+            f"{np.median(spread):.3f} ({max(spread):.3f}) | {flagged} of {len(scores)} |")  # fmt: skip
+
+
+def swing(densities: list[float], seeds: int) -> str:
+    """HAR's best configuration attack-free, scored after every round, at each density over seeds 0..N-1: the
+    measurement that chose HAR's density (docs/robustness.md). In this process (set OPENBLAS_NUM_THREADS=1 on a
+    busy machine); about 7 s a run."""
+    lines = ["| HAR density | seeds | final accuracy, mean (min-max) | std over the last half of the rounds, median "
+             "(max) | runs with an honest subject quarantined |", "|---" * 5 + "|"]  # fmt: skip
+    for density in densities:
+        scores: list[list[float]] = []
+        flagged = 0
+        for seed in range(seeds):
+            rounds: list[float] = []
+            spec = replace(HAR, density=density, seed=seed, score_every=1)
+            out = run_one(spec, GOAL["har"], "none", 0.0, on_round=lambda r: rounds.append(r.score))  # noqa: B023
+            scores.append(rounds)
+            flagged += bool(out.get("fpr", 0.0) > 0)
+            print(f"  har density {density:g} seed {seed}: " + " ".join(f"{a:.3f}" for a in rounds), flush=True)
+        lines.append(swing_row(density, scores, flagged))
+    return "\n".join(lines)
+
+
 def show(name: str) -> None:
     saved = json.loads((results_dir() / f"{name}.json").read_text())
     shown = saved["details"]["runs"]
@@ -647,11 +678,23 @@ if __name__ == "__main__":
                         help="the goal's cells (each data set's best configuration attack-free and under every "
                              "attack at 20%%) over seeds 0..N-1, into byzantine-seeds.json")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="processes running the grid (default 2)")
+    parser.add_argument("--swing", metavar="DENSITIES",
+                        help="HAR attack-free, scored every round, at each comma-separated density over --seeds "
+                             "seeds (default 3); prints the swing table, writes nothing")  # fmt: skip
     parser.add_argument("--show", metavar="NAME", help="print the tables of bench/results/NAME.json, run nothing")
     args = parser.parse_args()
     if args.seeds < 0 or args.workers < 1:
         parser.error("--seeds must be >= 0 and --workers >= 1")
     if args.show:
         show(args.show)
+    elif args.swing:
+        try:
+            densities = [float(d) for d in args.swing.split(",")]
+        except ValueError:
+            parser.error(f"--swing: comma-separated densities in (0, 1], got {args.swing!r}")
+        if not all(0 < d <= 1 for d in densities):
+            parser.error(f"--swing: comma-separated densities in (0, 1], got {args.swing!r}")
+        logging.basicConfig(level=logging.ERROR)
+        print(swing(densities, args.seeds or 3))
     else:
         main(args.full, args.workers, args.every_strategy, args.seeds)

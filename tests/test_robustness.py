@@ -550,3 +550,12 @@ def test_the_benchmark_draws_other_attackers_per_seed_and_keeps_seed_zeros(tmp_p
     assert [r["data"] for r in byz.reusable(path, jobs)] == ["digits"]
     seeded = ("har", replace(byz.HAR, seed=3), "detector", "none", 0.0)
     assert byz.job_key(seeded) == ("har", "detector", "none", 0.0, 3)
+
+
+def test_the_swing_table_reads_the_final_round_and_the_spread_over_the_last_half() -> None:
+    from bench.byzantine import swing_row
+
+    steady = [0.5, 0.6, 0.8, 0.8, 0.8, 0.8]  # learns, then holds: no spread over rounds 4-6
+    swinging = [0.5, 0.6, 0.7, 0.9, 0.7, 0.9]  # rounds 4-6: 0.9, 0.7, 0.9 (population std 0.0943)
+    row = swing_row(0.1, [steady, swinging], 1)
+    assert row == "| 0.1 | 2 | 0.850 (0.800-0.900) | 0.047 (0.094) | 1 of 2 |"
