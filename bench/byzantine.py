@@ -31,7 +31,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from edge_runtime.data.dataset import Dataset
 from edge_runtime.data.sources import load_source
 from edge_runtime.model.backends import default_backend
 from edge_runtime.model.graph import Graph
-from tinyfed.population import PopulationResult, PopulationSpec, SimulatedDevice, run_population
+from tinyfed.population import PopulationResult, PopulationRound, PopulationSpec, SimulatedDevice, run_population
 from tinyfed.simulation import score
 
 ATTACKS = ("sign_flip", "scale", "noise", "label_flip", "backdoor")
@@ -68,12 +68,21 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "detector_val": ({"name": "fedavgm", "momentum": 0.5}, {**DETECT, "validation": "hub"}),
 }
 HUB_SAMPLES = 300
+# Each data set's best configuration: the goal's cells (``--seeds``) and the fullest detector first in ``--full``.
+GOAL = {"digits": "detector_val", "har": "detector"}
+GOAL_SHARE = 0.2
 # Bumped whenever the detector's code changes what it flags: a resumed ``--full`` grid re-runs every run of a
 # strategy with a [robustness] table from an older revision, and keeps the others' (their code did not change).
 DETECTOR_REVISION = 2  # 2: the dormant share, and the loss change at a tenth of the update
 DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
                         density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
-HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.01,
+# HAR trains its last layer only: 390 weights (64 x 6 and 6 biases) behind the frozen convolutions. At the 1%
+# density of digits' 6,570-weight MLP (66 values) that is 4 values per update, the rest held in the error-feedback
+# residual and released in bursts: attack-free, the accuracy then swings by 3-8 points (standard deviation over
+# rounds 11-20) and ends anywhere from 0.53 to 0.86 with the seed. At 10% (39 values, still sparse) the standard
+# deviation over rounds 11-20 is about 1 point and the final accuracy 0.78-0.86 (seeds 0-6, attack-free runs
+# only; docs/robustness.md).
+HAR = PopulationSpec(data="har", natural=True, rounds=20, epochs=2, learning_rate=0.05, batch_size=32, density=0.1,
                      fraction=1.0, trainable_layers=1, score_every=1000)  # fmt: skip
 
 
@@ -126,14 +135,15 @@ class Attacker(SimulatedDevice):
         return wire.encode(replace(update, tensors=tensors))
 
 
-def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> dict[str, Any]:
+def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float,
+            on_round: Callable[[PopulationRound], None] | None = None) -> dict[str, Any]:  # fmt: skip
     params, robustness = STRATEGIES[strategy]
     spec = replace(spec, strategy=dict(params), robustness=dict(robustness), norm_bound=NORM_BOUND[spec.data])
     split = load_source(spec.data, seed=spec.seed)
     high = float(split.train.x.max())
     # The population names its devices sim-<share key>: HAR's keys are its subjects' ids, digits' 0..29.
     keys = sorted(partition.natural(split.train)) if spec.natural else list(range(spec.devices))
-    attackers = {f"sim-{i:05d}" for i in keys[: round(share * len(keys))]} if attack != "none" else set()
+    attackers = {f"sim-{i:05d}" for i in attacker_keys(keys, share, spec.seed)} if attack != "none" else set()
 
     def make_device(name: str, data: Dataset, seed: int) -> SimulatedDevice:
         if name in attackers:
@@ -146,7 +156,7 @@ def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> d
             hub = np.random.default_rng(spec.seed).permutation(len(split.train))[:HUB_SAMPLES]
             np.savez(Path(tmp) / "hub.npz", x=split.train.x[hub], y=split.train.y[hub])
             spec = replace(spec, robustness={**spec.robustness, "validation": str(Path(tmp) / "hub.npz")})
-        result = run_population(spec, make_device=make_device)
+        result = run_population(spec, on_round, make_device=make_device)
     # CPU seconds too: on a shared machine the wall time is mostly the others' load
     out: dict[str, Any] = {"accuracy": result.rounds[-1].score, "seconds": time.perf_counter() - started,
                            "cpu_seconds": time.process_time() - cpu, "attackers": sorted(attackers)}  # fmt: skip
@@ -154,6 +164,13 @@ def run_one(spec: PopulationSpec, strategy: str, attack: str, share: float) -> d
         out["backdoor"] = backdoor_success(result, split.test, high)
     out |= detection(result, attackers)
     return out
+
+
+def attacker_keys(keys: list[int], share: float, seed: int) -> list[int]:
+    """Seed 0: the first devices by name (the choice every single-seed grid made, so its saved runs still hold);
+    another seed draws them at random: HAR's devices are its fixed subjects, whom the seed does not reshuffle."""
+    order = keys if seed == 0 else [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    return order[: round(share * len(keys))]
 
 
 def backdoor_success(result: PopulationResult, test: Dataset, high: float) -> float:
@@ -190,19 +207,33 @@ def detection(result: PopulationResult, attackers: set[str]) -> dict[str, Any]:
     return out
 
 
-def _job(args: tuple[str, PopulationSpec, str, str, float]) -> tuple[str, str, str, float, dict[str, Any]]:
+Job = tuple[str, PopulationSpec, str, str, float]  # data, its spec (with the seed), strategy, attack, share
+RunKey = tuple[str, str, str, float, int]  # data, strategy, attack, share, seed
+CellKey = tuple[str, str, str, float]  # data, strategy, attack, share (0 for the attack-free run)
+
+
+def job_key(job: Job) -> RunKey:
+    return job[0], job[2], job[3], job[4], job[1].seed
+
+
+def run_key(run: dict[str, Any]) -> RunKey:
+    # runs saved before seeds existed ran with seed 0
+    return run["data"], run["strategy"], run["attack"], run["share"], int(run.get("seed", 0))
+
+
+def _job(args: Job) -> tuple[str, str, str, float, dict[str, Any]]:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
     name, spec, strategy, attack, share = args
-    return name, strategy, attack, share, run_one(spec, strategy, attack, share)
+    return name, strategy, attack, share, {"seed": spec.seed, **run_one(spec, strategy, attack, share)}
 
 
-def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, PopulationSpec, str, str, float]]:
+def grid(full: bool, every_strategy: bool = False) -> list[Job]:
     """The suite (about 2 minutes on 2 idle cores): 0% and 20% attackers, every attack; on digits fedavg,
     Multi-Krum and the detector with and without the hub's validation set, on HAR the detector.
     ``--every-strategy`` adds the others at 20%; ``--full``: 10, 20 and 30% on both data sets, every strategy
-    (about 30 minutes)."""
-    jobs: list[tuple[str, PopulationSpec, str, str, float]] = []
+    (about 30 minutes). One seed (0) per run."""
+    jobs: list[Job] = []
     for name, spec in (("digits", DIGITS), ("har", HAR)):
         strategies = list(STRATEGIES) if full or every_strategy else (
             ["fedavg", "multikrum", "detector", "detector_val"] if name == "digits" else ["detector"]
@@ -220,33 +251,50 @@ def grid(full: bool, every_strategy: bool = False) -> list[tuple[str, Population
     # after every run).
     # After the suite: each data set's fullest detector (detector_val where the hub's set can score, else the
     # detector) at 30% then 10%, then the plain detector on digits, then the other strategies.
-    suite = {(j[0], j[2], j[3], j[4]) for j in grid(False)}
+    suite = {job_key(j) for j in grid(False)}
     first = ("detector", "fedavg", "detector_val", "multikrum", "fedavgm", "trimmed", "median", "krum")
-    fullest = {"digits": "detector_val", "har": "detector"}
 
-    def order(j: tuple[str, PopulationSpec, str, str, float]) -> tuple[bool, int, int, int]:
-        tier = 0 if j[2] == fullest[j[0]] else 1 if j[2] in ("detector", "detector_val") else 2
-        return (j[0], j[2], j[3], j[4]) not in suite, tier, [0.0, 0.2, 0.3, 0.1].index(j[4]), first.index(j[2])
+    def order(j: Job) -> tuple[bool, int, int, int]:
+        tier = 0 if j[2] == GOAL[j[0]] else 1 if j[2] in ("detector", "detector_val") else 2
+        return job_key(j) not in suite, tier, [0.0, 0.2, 0.3, 0.1].index(j[4]), first.index(j[2])
 
     return sorted(jobs, key=order)
 
 
-def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> dict[str, float]:
-    """Run the grid; ``--full`` and ``--every-strategy`` write byzantine-full / byzantine-every-strategy (not the
-    suite's byzantine.json), each run's result as it comes (``complete`` false until the last)."""
+def seed_grid(seeds: int) -> list[Job]:
+    """The goal's cells over seeds 0..N-1: each data set's best configuration (GOAL) attack-free and under every
+    attack at 20%. A seed changes the model's initialisation (HAR's frozen backbone with it), every device's
+    training randomness, the round's sampling, the attackers (attacker_keys) and, on digits, the train/test
+    split and the Dirichlet split. HAR first (a run takes seconds, a digits run a minute or more), then digits
+    seed by seed: a grid stopped early has whole seeds."""
+    jobs: list[Job] = []
+    for name, spec in (("har", HAR), ("digits", DIGITS)):
+        for seed in range(seeds):
+            seeded = replace(spec, seed=seed)
+            jobs.append((name, seeded, GOAL[name], "none", 0.0))
+            jobs += [(name, seeded, GOAL[name], attack, GOAL_SHARE) for attack in ATTACKS]
+    return jobs
+
+
+def main(full: bool = False, workers: int = 2, every_strategy: bool = False, seeds: int = 0) -> dict[str, float]:
+    """Run the grid; ``--full``, ``--every-strategy`` and ``--seeds N`` write byzantine-full /
+    byzantine-every-strategy / byzantine-seeds (not the suite's byzantine.json), each run's result as it comes
+    (``complete`` false until the last), and resume from that file."""
     from multiprocessing import get_context
 
     logging.basicConfig(level=logging.ERROR)
-    name = "byzantine-full" if full else "byzantine-every-strategy" if every_strategy else "byzantine"
-    jobs = grid(full, every_strategy)
+    name = ("byzantine-seeds" if seeds else "byzantine-full" if full else
+            "byzantine-every-strategy" if every_strategy else "byzantine")  # fmt: skip
+    jobs = seed_grid(seeds) if seeds else grid(full, every_strategy)
     total = len(jobs)
     runs: list[dict[str, Any]] = reusable(results_dir() / f"{name}.json", jobs) if name != "byzantine" else []
-    done = {(r["data"], r["strategy"], r["attack"], r["share"]) for r in runs}
-    jobs = [j for j in jobs if (j[0], j[2], j[3], j[4]) not in done]
+    done = {run_key(r) for r in runs}
+    jobs = [j for j in jobs if job_key(j) not in done]
     if runs:
         print(f"  resuming {name}: {len(runs)} runs kept from {results_dir() / f'{name}.json'}, {len(jobs)} to run")
-    suite = {(j[0], j[2], j[3], j[4]) for j in jobs if (j[0], j[2], j[3], j[4]) in
-             {(g[0], g[2], g[3], g[4]) for g in grid(False)}} if name != "byzantine" else set()  # fmt: skip
+    suite_keys = {job_key(g) for g in grid(False)}
+    # the suite's runs inside a --full or --every-strategy grid write byzantine.json as soon as they are done
+    suite = {job_key(j) for j in jobs if job_key(j) in suite_keys} if full or every_strategy else set()
     started = time.perf_counter()
     with single_blas_thread():
         pool = get_context("spawn").Pool(workers)  # its workers start here, and read the environment as they do
@@ -254,22 +302,21 @@ def main(full: bool = False, workers: int = 2, every_strategy: bool = False) -> 
         for data, strategy, attack, share, out in pool.imap_unordered(_job, jobs):
             runs.append({"data": data, "strategy": strategy, "attack": attack, "share": share, **out})
             if suite:
-                suite.discard((data, strategy, attack, share))
+                suite.discard((data, strategy, attack, share, out["seed"]))
                 if not suite:  # the suite's grid is done: its byzantine.json, as `tinyfed bench byzantine` writes
-                    mine = [r for r in runs if (r["data"], r["strategy"], r["attack"], r["share"]) in
-                            {(j[0], j[2], j[3], j[4]) for j in grid(False)}]  # fmt: skip
+                    mine = [r for r in runs if run_key(r) in suite_keys]
                     save("byzantine", mine, len(mine), time.perf_counter() - started,
                          plot(mine, results_dir() / "byzantine.png"))  # fmt: skip
             extra = "".join(f", {k} {out[k]:.3f}" for k in ("backdoor", "tpr", "fpr") if k in out)
-            print(f"  {data:<6} {strategy:<9} {attack:<10} {share:>4.0%}: accuracy {out['accuracy']:.4f}{extra}"
-                  f" ({out['seconds']:.0f} s)", flush=True)  # fmt: skip
+            print(f"  {data:<6} {strategy:<9} {attack:<10} {share:>4.0%} seed {out['seed']}: accuracy "
+                  f"{out['accuracy']:.4f}{extra} ({out['seconds']:.0f} s)", flush=True)  # fmt: skip
             if len(runs) < total:
                 save(name, runs, total, time.perf_counter() - started, None)
     picture = plot(runs, results_dir() / f"{name}.png")
     figures, path = save(name, runs, total, time.perf_counter() - started, picture)
     print_table(name, figures)
     print(table(runs))
-    print("\nThe goal (a row is met within 2 points of its attack-free run, TPR >= 0.9, FPR <= 0.05):")
+    print(f"\n{GOAL_LEGEND}")
     print(goal(runs))
     print(f"wrote {path}" + (f" and {picture}" if picture else ""))
     return figures
@@ -295,6 +342,8 @@ def single_blas_thread() -> Iterator[None]:
                 os.environ[n] = value
 
 
+
+
 def _plain(value: Any) -> Any:
     """As it reads back from the results' JSON (tuples as lists), to compare a saved configuration with ours."""
     return json.loads(json.dumps(value, default=float))
@@ -304,27 +353,32 @@ def _specs() -> dict[str, Any]:
     return {k: {**vars(v), "canaries": None} for k, v in (("digits", DIGITS), ("har", HAR))}
 
 
-def reusable(path: Path, jobs: list[tuple[str, PopulationSpec, str, str, float]]) -> list[dict[str, Any]]:
-    """The runs of an earlier, unfinished grid that still hold: same data specs and norm bound, same strategy
-    settings, and for a strategy with a [robustness] table the same DETECTOR_REVISION (the detector's code)."""
+def reusable(path: Path, jobs: list[Job]) -> list[dict[str, Any]]:
+    """The runs of an earlier, unfinished grid that still hold: same spec and norm bound for their data set (a
+    change to HAR's spec re-runs HAR's runs only), same strategy settings, and for a strategy with a [robustness]
+    table the same DETECTOR_REVISION (the detector's code). Code outside the detector is not versioned: after a
+    change to training or aggregation, start from a fresh file."""
     try:
         payload = json.loads(path.read_text())
         old, when = payload["details"], str(payload.get("when", "earlier"))
+        runs, specs, bounds, saved = old["runs"], old["specs"], old["norm_bound"], old.get("strategies", {})
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    if old.get("specs") != _plain(_specs()) or old.get("norm_bound") != _plain(NORM_BOUND):
+    if not (isinstance(runs, list) and isinstance(specs, dict) and isinstance(bounds, dict)):
         return []
-    wanted = {(j[0], j[2], j[3], j[4]) for j in jobs}
-    saved = old.get("strategies", {})
+    ours, our_bounds = _plain(_specs()), _plain(NORM_BOUND)
+    wanted = {job_key(j) for j in jobs}
     kept = []
-    for r in old.get("runs", []):
-        strategy = r.get("strategy")
+    for r in runs:
+        strategy, data = r.get("strategy"), r.get("data")
+        if specs.get(data) != ours.get(data) or bounds.get(data) != our_bounds.get(data):
+            continue
         if strategy not in STRATEGIES or saved.get(strategy) != _plain(STRATEGIES[strategy]):
             continue
         if STRATEGIES[strategy][1] and (old.get("detector_revision") != DETECTOR_REVISION
                                         or old.get("hub_samples") != HUB_SAMPLES):  # fmt: skip
             continue
-        if (r["data"], strategy, r["attack"], r["share"]) in wanted:
+        if run_key(r) in wanted:
             kept.append({**r, "kept": r.get("kept") or when})  # kept from the grid saved then, not run again
     return kept
 
@@ -337,28 +391,131 @@ def save(name: str, runs: list[dict[str, Any]], jobs: int, seconds: float, pictu
     path = write_result(name, figures, {"runs": runs, "jobs": jobs, "complete": len(runs) == jobs,
                                         "specs": _specs(), "strategies": STRATEGIES, "norm_bound": NORM_BOUND,
                                         "detector_revision": DETECTOR_REVISION, "hub_samples": HUB_SAMPLES,
-                                        "plot": picture.name if picture else None})  # fmt: skip
+                                        "goal": GOAL, "plot": picture.name if picture else None})  # fmt: skip
     return figures, path
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
-    figures: dict[str, float] = {}
+@dataclass
+class Cell:
+    """One cell of a grid (data, strategy, attack, share) over the seeds it ran with, one run per seed."""
+
+    runs: list[dict[str, Any]]
+
+    @property
+    def seeds(self) -> set[int]:
+        return {int(r.get("seed", 0)) for r in self.runs}
+
+    def by_seed(self, key: str = "accuracy") -> dict[int, float]:
+        return {int(r.get("seed", 0)): float(r[key]) for r in self.runs
+                if key in r and not math.isnan(float(r[key]))}  # fmt: skip
+
+    def mean(self, key: str = "accuracy") -> float:
+        values = list(self.by_seed(key).values())
+        return float(np.mean(values)) if values else math.nan
+
+    def sd(self, key: str = "accuracy") -> float:
+        """The sample standard deviation over seeds (NaN with one seed: one run says nothing of its spread)."""
+        values = list(self.by_seed(key).values())
+        return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+    def only(self, seeds: set[int]) -> Cell:
+        return Cell([r for r in self.runs if int(r.get("seed", 0)) in seeds])
+
+    def shown(self, key: str = "accuracy", digits: int = 3) -> str:
+        """``mean`` with one seed, ``mean ± sd`` with more."""
+        n = len(self.by_seed(key))
+        return f"{self.mean(key):.{digits}f}" + (f" ± {self.sd(key):.{digits}f}" if n > 1 else "")
+
+
+def cells(runs: list[dict[str, Any]]) -> dict[CellKey, Cell]:
+    """The runs grouped by cell; a seed run twice (a resumed file cannot, a hand-merged one could) counts once,
+    its later run."""
+    latest: dict[RunKey, dict[str, Any]] = {}
     for r in runs:
-        key = f"{r['data']}_{r['strategy']}_{r['attack']}_{round(100 * r['share'])}"
-        figures[f"{key}_accuracy"] = r["accuracy"]
-        for k in ("backdoor", "tpr", "fpr", "update_tpr", "update_fpr"):
-            if k in r and not (isinstance(r[k], float) and math.isnan(r[k])):
-                figures[f"{key}_{k}"] = float(r[k])
-    for data in sorted({r["data"] for r in runs}):
-        clean = {r["strategy"]: r["accuracy"] for r in runs if r["data"] == data and r["attack"] == "none"}
+        latest[run_key(r)] = r
+    out: dict[CellKey, Cell] = {}
+    for (data, strategy, attack, share, _), r in sorted(latest.items(), key=lambda kv: kv[0][4]):
+        out.setdefault(cell_key(data, strategy, attack, share), Cell([])).runs.append(r)
+    return out
+
+
+def cell_key(data: str, strategy: str, attack: str, share: float) -> CellKey:
+    return data, strategy, attack, 0.0 if attack == "none" else round(float(share), 6)
+
+
+def _or_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
+@dataclass
+class Verdict:
+    """The issue's goal for one configuration at one share, judged on the means over the seeds that its
+    attack-free run and every attack it ran have in common (a seed missing from one cell is left out of all)."""
+
+    seeds: set[int]
+    clean: Cell
+    attack: str  # the worst attack: the lowest mean accuracy
+    worst: Cell
+    tpr: float  # the lowest over the attacks of the mean over seeds of the share of attackers quarantined
+    fpr: float  # the highest over the attacks of the mean over seeds of the share of honest devices quarantined
+    backdoor: float  # mean over seeds, NaN without a backdoor run
+    attacks: int  # how many of ATTACKS ran
+
+    @property
+    def drop(self) -> float:
+        """Points from the attack-free mean to the worst attack's mean (the mean of the per-seed drops)."""
+        return 100 * (self.clean.mean() - self.worst.mean())
+
+    @property
+    def drops(self) -> list[float]:
+        """Per seed, points: the same seed's split, backbone and training randomness with and without attackers."""
+        clean, worst = self.clean.by_seed(), self.worst.by_seed()
+        return [100 * (clean[s] - worst[s]) for s in sorted(self.seeds)]
+
+    @property
+    def met(self) -> bool:
+        return self.drop <= 2 and self.tpr >= 0.9 and self.fpr <= 0.05
+
+
+def judge(grid_cells: dict[CellKey, Cell], data: str, strategy: str, share: float) -> Verdict | None:
+    clean = grid_cells.get(cell_key(data, strategy, "none", 0.0))
+    under = {a: grid_cells[k] for a in ATTACKS if (k := cell_key(data, strategy, a, share)) in grid_cells}
+    if clean is None or not under:
+        return None
+    seeds = clean.seeds.intersection(*(c.seeds for c in under.values()))
+    if not seeds:
+        return None
+    clean = clean.only(seeds)
+    under = {a: c.only(seeds) for a, c in under.items()}
+    attack = min(under, key=lambda a: under[a].mean())
+    backdoor = under["backdoor"].mean("backdoor") if "backdoor" in under else math.nan
+    return Verdict(seeds, clean, attack, under[attack], min(_or_zero(c.mean("tpr")) for c in under.values()),
+                   max(_or_zero(c.mean("fpr")) for c in under.values()), backdoor, len(under))  # fmt: skip
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each cell's means over its seeds (with ``_accuracy_sd`` and ``_seeds`` when it ran with more than one),
+    the best configuration's worst case per share, and each detector configuration's goal figures."""
+    figures: dict[str, float] = {}
+    grid_cells = cells(runs)
+    for (data, strategy, attack, share), cell in grid_cells.items():
+        key = f"{data}_{strategy}_{attack}_{round(100 * share)}"
+        for k in ("accuracy", "backdoor", "tpr", "fpr", "update_tpr", "update_fpr"):
+            if not math.isnan(value := cell.mean(k)):
+                figures[f"{key}_{k}"] = value
+        if len(cell.seeds) > 1:
+            figures[f"{key}_accuracy_sd"] = cell.sd()
+            figures[f"{key}_seeds"] = float(len(cell.seeds))
+    for data in sorted({k[0] for k in grid_cells}):
+        clean = {k[1]: c.mean() for k, c in grid_cells.items() if k[0] == data and k[2] == "none"}
         if "fedavg" in clean:
             figures[f"{data}_clean_accuracy"] = clean["fedavg"]
-        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+        for share in sorted({k[3] for k in grid_cells if k[0] == data and k[3] > 0}):
             pct = round(100 * share)
-            worst: dict[str, float] = {}  # per strategy, its lowest accuracy over the attacks at this share
-            for r in runs:
-                if r["data"] == data and abs(r["share"] - share) < 1e-9:
-                    worst[r["strategy"]] = min(worst.get(r["strategy"], 1.0), r["accuracy"])
+            worst: dict[str, float] = {}  # per strategy, its lowest mean accuracy over the attacks at this share
+            for (d, strategy, _, s), cell in grid_cells.items():
+                if d == data and s == share:
+                    worst[strategy] = min(worst.get(strategy, 1.0), cell.mean())
             if worst:
                 best = max(worst, key=lambda s: worst[s])
                 figures[f"{data}_best_{pct}_worst_accuracy"] = worst[best]
@@ -368,69 +525,73 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
                 fedavg = clean.get("fedavg", math.nan)
                 figures[f"{data}_best_{pct}_drop_vs_fedavg_points"] = 100 * (fedavg - worst[best])
             for strategy in ("detector", "detector_val"):
-                detector = [r for r in runs if r["data"] == data and r["strategy"] == strategy
-                            and r["attack"] != "none" and abs(r["share"] - share) < 1e-9]  # fmt: skip
-                if detector:
-                    figures[f"{data}_{strategy}_{pct}_min_tpr"] = min(r.get("tpr", 0.0) for r in detector)
-                    figures[f"{data}_{strategy}_{pct}_max_fpr"] = max(r.get("fpr", 0.0) for r in detector)
-                    figures[f"{data}_{strategy}_{pct}_drop_points"] = 100 * (
-                        clean.get(strategy, math.nan) - min(r["accuracy"] for r in detector))
+                verdict = judge(grid_cells, data, strategy, share)
+                if verdict is not None:
+                    figures[f"{data}_{strategy}_{pct}_min_tpr"] = verdict.tpr
+                    figures[f"{data}_{strategy}_{pct}_max_fpr"] = verdict.fpr
+                    figures[f"{data}_{strategy}_{pct}_drop_points"] = verdict.drop
+                    figures[f"{data}_{strategy}_{pct}_seeds"] = float(len(verdict.seeds))
+                    figures[f"{data}_{strategy}_{pct}_met"] = float(verdict.met)
     return figures
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """A markdown table: accuracy (backdoor success) per strategy and attack, and the detector's TPR/FPR."""
+    """A markdown table: accuracy (backdoor success) per strategy and attack, and the detector's TPR/FPR; means
+    over seeds, with the standard deviation when a cell ran with several."""
+    grid_cells = cells(runs)
     lines = []
-    for data in sorted({r["data"] for r in runs}):
-        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+    for data in sorted({k[0] for k in grid_cells}):
+        for share in sorted({k[3] for k in grid_cells if k[0] == data and k[3] > 0}):
             lines += [f"\n{data}, {share:.0%} attackers: final accuracy (backdoor success)",
                       "| strategy | none | " + " | ".join(ATTACKS) + " |", "|---|" + "---|" * (len(ATTACKS) + 1)]
             for strategy in STRATEGIES:
-                cells = []
+                row = []
                 for attack in ("none", *ATTACKS):
-                    found = [r for r in runs if r["data"] == data and r["strategy"] == strategy
-                             and r["attack"] == attack and (attack == "none" or r["share"] == share)]  # fmt: skip
-                    if not found:
-                        cells.append("")
+                    found = grid_cells.get(cell_key(data, strategy, attack, share))
+                    if found is None:
+                        row.append("")
                         continue
-                    r = found[0]
-                    cell = f"{r['accuracy']:.3f}"
-                    if "backdoor" in r:
-                        cell += f" ({r['backdoor']:.2f})"
-                    if "tpr" in r and attack != "none":
-                        cell += f" TPR {r['tpr']:.2f} FPR {r['fpr']:.2f}"
-                    elif "fpr" in r:
-                        cell += f" FPR {r['fpr']:.2f}"
-                    cells.append(cell)
-                if any(cells):
-                    lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+                    cell = found.shown()
+                    if not math.isnan(found.mean("backdoor")):
+                        cell += f" ({found.mean('backdoor'):.2f})"
+                    if attack != "none" and not math.isnan(found.mean("tpr")):
+                        cell += f" TPR {found.mean('tpr'):.2f} FPR {found.mean('fpr'):.2f}"
+                    elif not math.isnan(found.mean("fpr")):
+                        cell += f" FPR {found.mean('fpr'):.2f}"
+                    if len(found.seeds) > 1:
+                        cell += f" [{len(found.seeds)} seeds]"
+                    row.append(cell)
+                if any(row):
+                    lines.append(f"| {strategy} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
+GOAL_LEGEND = ("The goal (a row is met when the mean over seeds of its worst attack is within 2 points of the mean "
+               "of its attack-free run, and the means over seeds give TPR >= 0.9 and FPR <= 0.05 for every attack; "
+               "± is the standard deviation over seeds, the drop's range is the per-seed drops'):")  # fmt: skip
+
+
 def goal(runs: list[dict[str, Any]]) -> str:
-    """The issue's goal per data set and share, for each detector configuration: worst accuracy over the attacks
-    against its own attack-free run (met within 2 points), the lowest share of attackers quarantined (>= 90%),
-    the highest share of honest devices quarantined (<= 5%), and the backdoor's success."""
-    lines = ["| data | share | configuration | attack-free | worst (attack) | drop, points | min TPR | max FPR | "
-             "backdoor success | met |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for data in sorted({r["data"] for r in runs}):
-        for share in sorted({r["share"] for r in runs if r["data"] == data and r["share"] > 0}):
+    """The issue's goal per data set and share, for each detector configuration (judge): worst mean accuracy over
+    the attacks against its own attack-free mean (met within 2 points), the lowest mean share of attackers
+    quarantined (>= 90%), the highest mean share of honest devices quarantined (<= 5%), and the backdoor's
+    success."""
+    lines = ["| data | share | configuration | seeds | attack-free | worst (attack) | drop, points (per seed) | "
+             "min TPR | max FPR | backdoor success | met |", "|---" * 11 + "|"]  # fmt: skip
+    grid_cells = cells(runs)
+    for data in sorted({k[0] for k in grid_cells}):
+        for share in sorted({k[3] for k in grid_cells if k[0] == data and k[3] > 0}):
             for strategy in ("detector", "detector_val"):
-                clean = [r for r in runs if (r["data"], r["strategy"], r["attack"]) == (data, strategy, "none")]
-                under = [r for r in runs if r["data"] == data and r["strategy"] == strategy
-                         and r["attack"] != "none" and abs(r["share"] - share) < 1e-9]  # fmt: skip
-                if not clean or not under:
+                v = judge(grid_cells, data, strategy, share)
+                if v is None:
                     continue
-                worst = min(under, key=lambda r: r["accuracy"])
-                drop = 100 * (clean[0]["accuracy"] - worst["accuracy"])
-                tpr = min(r.get("tpr", 0.0) for r in under)
-                fpr = max(r.get("fpr", 0.0) for r in under)
-                backdoor = next((r["backdoor"] for r in under if "backdoor" in r), math.nan)
-                met = drop <= 2 and tpr >= 0.9 and fpr <= 0.05
-                shown = f"{len(under)} of {len(ATTACKS)} attacks" if len(under) < len(ATTACKS) else ""
-                lines.append(f"| {data} | {share:.0%} | {strategy} | {clean[0]['accuracy']:.3f} | "
-                             f"{worst['accuracy']:.3f} ({worst['attack']}) | {drop:.1f} | {tpr:.2f} | {fpr:.3f} | "
-                             f"{backdoor:.2f} | {'yes' if met else 'no'}{', ' + shown if shown else ''} |")  # fmt: skip
+                drops = v.drops
+                spread = f" ({min(drops):.1f} to {max(drops):.1f})" if len(drops) > 1 else ""
+                shown = f"{v.attacks} of {len(ATTACKS)} attacks" if v.attacks < len(ATTACKS) else ""
+                met = ("yes" if v.met else "no") + (f", {shown}" if shown else "")
+                lines.append(f"| {data} | {share:.0%} | {strategy} | {len(v.seeds)} | {v.clean.shown()} | "
+                             f"{v.worst.shown()} ({v.attack}) | {v.drop:.1f}{spread} | {v.tpr:.2f} | {v.fpr:.3f} | "
+                             f"{v.backdoor:.2f} | {met} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -443,25 +604,23 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     except ImportError:
         print(f"plot skipped: matplotlib is not installed (pip install 'tinyfed[bench]'); {path} not drawn")
         return None
-    datasets = sorted({r["data"] for r in runs})
-    shares = sorted({r["share"] for r in runs if r["share"] > 0}) or [0.2]
+    grid_cells = cells(runs)
+    datasets = sorted({k[0] for k in grid_cells})
+    shares = sorted({k[3] for k in grid_cells if k[3] > 0}) or [0.2]
     fig, axes = plt.subplots(len(shares), len(datasets), figsize=(7 * len(datasets), 4.5 * len(shares)), dpi=110,
                              squeeze=False)  # fmt: skip
     for row, share in zip(axes, shares, strict=True):
         for ax, data in zip(row, datasets, strict=True):
-            strategies = [s for s in STRATEGIES if any(r["strategy"] == s and r["data"] == data for r in runs)]
+            strategies = [s for s in STRATEGIES if any(k[1] == s and k[0] == data for k in grid_cells)]
             attacks = ("none", *ATTACKS)
             width = 0.8 / max(1, len(strategies))
             for i, strategy in enumerate(strategies):
-                ys = []
-                for attack in attacks:
-                    found = [r["accuracy"] for r in runs if r["data"] == data and r["strategy"] == strategy and
-                             r["attack"] == attack and (attack == "none" or abs(r["share"] - share) < 1e-9)
-                             ]  # fmt: skip
-                    ys.append(found[0] if found else 0.0)
-                ax.bar(np.arange(len(attacks)) + i * width, ys, width, label=strategy)
+                found = [grid_cells.get(cell_key(data, strategy, attack, share)) for attack in attacks]
+                ys = [c.mean() if c is not None else 0.0 for c in found]
+                errors = [_or_zero(c.sd()) if c is not None else 0.0 for c in found]  # over seeds, 0 with one
+                ax.bar(np.arange(len(attacks)) + i * width, ys, width, yerr=errors, capsize=2, label=strategy)
             ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks, rotation=20)
-            ax.set_ylabel("final int8 test accuracy")
+            ax.set_ylabel("final int8 test accuracy (mean over seeds)")
             ax.set_title(f"{data}: {share:.0%} attackers")
             ax.set_ylim(0, 1)
             ax.grid(True, axis="y", alpha=0.3)
@@ -472,18 +631,70 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def swing_row(density: float, scores: list[list[float]], flagged: int) -> str:
+    """One row of the swing table: per seed, the accuracy after every round; the final accuracy's mean and range,
+    and the median and largest standard deviation over the second half of the rounds (how far the last round's
+    figure can sit from the run's level)."""
+    finals = [s[-1] for s in scores]
+    spread = [float(np.std(s[len(s) // 2 :])) for s in scores]
+    return (f"| {density:g} | {len(scores)} | {np.mean(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
+            f"{np.median(spread):.3f} ({max(spread):.3f}) | {flagged} of {len(scores)} |")  # fmt: skip
+
+
+def swing(densities: list[float], seeds: int) -> str:
+    """HAR's best configuration attack-free, scored after every round, at each density over seeds 0..N-1: the
+    measurement that chose HAR's density (docs/robustness.md). In this process (set OPENBLAS_NUM_THREADS=1 on a
+    busy machine); about 7 s a run."""
+    lines = ["| HAR density | seeds | final accuracy, mean (min-max) | std over the last half of the rounds, median "
+             "(max) | runs with an honest subject quarantined |", "|---" * 5 + "|"]  # fmt: skip
+    for density in densities:
+        scores: list[list[float]] = []
+        flagged = 0
+        for seed in range(seeds):
+            rounds: list[float] = []
+            spec = replace(HAR, density=density, seed=seed, score_every=1)
+            out = run_one(spec, GOAL["har"], "none", 0.0, on_round=lambda r: rounds.append(r.score))  # noqa: B023
+            scores.append(rounds)
+            flagged += bool(out.get("fpr", 0.0) > 0)
+            print(f"  har density {density:g} seed {seed}: " + " ".join(f"{a:.3f}" for a in rounds), flush=True)
+        lines.append(swing_row(density, scores, flagged))
+    return "\n".join(lines)
+
+
+def show(name: str) -> None:
+    saved = json.loads((results_dir() / f"{name}.json").read_text())
+    shown = saved["details"]["runs"]
+    print(f"{name}: {len(shown)} of {saved['details']['jobs']} runs, saved {saved['when']}")
+    print(table(shown))
+    print(f"\n{GOAL_LEGEND}")
+    print(goal(shown))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="10, 20 and 30%% attackers, every strategy")
     parser.add_argument("--every-strategy", action="store_true", help="the suite's grid with every strategy")
+    parser.add_argument("--seeds", type=int, default=0, metavar="N",
+                        help="the goal's cells (each data set's best configuration attack-free and under every "
+                             "attack at 20%%) over seeds 0..N-1, into byzantine-seeds.json")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="processes running the grid (default 2)")
+    parser.add_argument("--swing", metavar="DENSITIES",
+                        help="HAR attack-free, scored every round, at each comma-separated density over --seeds "
+                             "seeds (default 3); prints the swing table, writes nothing")  # fmt: skip
     parser.add_argument("--show", metavar="NAME", help="print the tables of bench/results/NAME.json, run nothing")
     args = parser.parse_args()
+    if args.seeds < 0 or args.workers < 1:
+        parser.error("--seeds must be >= 0 and --workers >= 1")
     if args.show:
-        saved = json.loads((results_dir() / f"{args.show}.json").read_text())
-        shown = saved["details"]["runs"]
-        print(f"{args.show}: {len(shown)} of {saved['details']['jobs']} runs, saved {saved['when']}")
-        print(table(shown))
-        print("\nThe goal (a row is met within 2 points of its attack-free run, TPR >= 0.9, FPR <= 0.05):")
-        print(goal(shown))
+        show(args.show)
+    elif args.swing:
+        try:
+            densities = [float(d) for d in args.swing.split(",")]
+        except ValueError:
+            parser.error(f"--swing: comma-separated densities in (0, 1], got {args.swing!r}")
+        if not all(0 < d <= 1 for d in densities):
+            parser.error(f"--swing: comma-separated densities in (0, 1], got {args.swing!r}")
+        logging.basicConfig(level=logging.ERROR)
+        print(swing(densities, args.seeds or 3))
     else:
-        main(args.full, every_strategy=args.every_strategy)
+        main(args.full, args.workers, args.every_strategy, args.seeds)

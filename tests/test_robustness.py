@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -467,3 +468,94 @@ def test_dormant_weights_are_those_whose_input_is_zero_on_every_validation_sampl
     loud = np.flatnonzero(~masks[first])[:4]
     update = ClientDelta("u", 1, {first: (np.sort(np.concatenate([silent, loud])), np.ones(8))})
     assert dormant_shares(masks, [update, ClientDelta("e", 1, {})]) == [pytest.approx(0.5), 0.0]
+
+
+def _run(attack: str, seed: int, accuracy: float, tpr: float = 1.0, fpr: float = 0.0) -> dict[str, Any]:
+    share = 0.0 if attack == "none" else 0.2
+    run = {"data": "har", "strategy": "detector", "attack": attack, "share": share, "seed": seed,
+           "accuracy": accuracy, "tpr": float("nan") if attack == "none" else tpr, "fpr": fpr}  # fmt: skip
+    return run
+
+
+def test_the_benchmark_judges_the_goal_on_means_over_seeds_paired_by_seed() -> None:
+    """Two seeds: one whose worst attack falls 4 points (alone: not met), one that gains 1 point; the mean drop is
+    1.5 points (met), each seed's drop is shown, and a seed that a cell lacks is left out of every cell."""
+    from bench.byzantine import ATTACKS, cells, goal, judge, summarise
+
+    runs = [_run("none", 0, 0.80), _run("none", 1, 0.70), _run("none", 2, 0.10)]
+    for attack in ATTACKS:
+        low = 0.76 if attack == "scale" else 0.79
+        runs += [_run(attack, 0, low, fpr=0.0), _run(attack, 1, 0.71, fpr=0.1 if attack == "noise" else 0.0)]
+    runs[-1]["backdoor"] = 0.3  # the last attack is the backdoor, seed 1
+    runs[-2]["backdoor"] = 0.1  # seed 0
+    verdict = judge(cells(runs), "har", "detector", 0.2)
+    assert verdict is not None
+    assert verdict.seeds == {0, 1}  # seed 2 ran attack-free only
+    assert verdict.attack == "scale" and verdict.worst.mean() == pytest.approx(0.735)
+    assert verdict.drop == pytest.approx(1.5) and verdict.drops == pytest.approx([4.0, -1.0])
+    assert verdict.fpr == pytest.approx(0.05) and verdict.tpr == 1.0 and verdict.backdoor == pytest.approx(0.2)
+    assert verdict.met
+    assert not judge(cells([r for r in runs if r["seed"] == 0]), "har", "detector", 0.2).met  # type: ignore[union-attr]
+    row = goal(runs).splitlines()[-1]
+    assert "| 2 | 0.750 ± 0.071 | 0.735 ± 0.035 (scale) | 1.5 (-1.0 to 4.0) | 1.00 | 0.050 | 0.20 | yes |" in row
+    figures = summarise(runs)
+    assert figures["har_detector_none_0_accuracy"] == pytest.approx(0.5333, abs=1e-4)  # the cell: all three seeds
+    assert figures["har_detector_none_0_seeds"] == 3.0
+    assert figures["har_detector_20_drop_points"] == pytest.approx(1.5) and figures["har_detector_20_met"] == 1.0
+    # an honest device more quarantined on average breaks the goal however accurate the model stays
+    worse = [r | {"fpr": 0.12} if r["attack"] == "noise" and r["seed"] == 0 else r for r in runs]
+    assert not judge(cells(worse), "har", "detector", 0.2).met  # type: ignore[union-attr]
+
+
+def test_the_benchmark_reads_runs_saved_before_seeds_as_seed_zero_and_shows_one_seed_without_a_spread() -> None:
+    from bench.byzantine import ATTACKS, goal, run_key
+
+    runs = [_run("none", 0, 0.80)] + [_run(a, 0, 0.79) for a in ATTACKS]
+    for r in runs:
+        del r["seed"]
+    assert run_key(runs[0]) == ("har", "detector", "none", 0.0, 0)
+    row = goal(runs).splitlines()[-1]
+    assert "| 1 | 0.800 | 0.790 (sign_flip) | 1.0 |" in row and "±" not in row
+
+
+def test_the_benchmark_draws_other_attackers_per_seed_and_keeps_seed_zeros(tmp_path: Path) -> None:
+    """Seed 0 keeps the first devices by name (the saved single-seed grids' choice); other seeds draw others. The
+    seeds grid runs each data set's best configuration attack-free and under every attack per seed, and a
+    resumed file keeps a run only for its own seed and data set's spec."""
+    import json
+    from dataclasses import replace
+
+    import bench.byzantine as byz
+
+    keys = list(range(1, 22))
+    assert byz.attacker_keys(keys, 0.2, 0) == [1, 2, 3, 4]
+    drawn = [byz.attacker_keys(keys, 0.2, s) for s in (1, 2, 3)]
+    assert all(len(d) == 4 and set(d) <= set(keys) for d in drawn) and drawn[0] != drawn[1] != drawn[2]
+    assert byz.attacker_keys(keys, 0.2, 1) == drawn[0]  # the same seed, the same attackers
+    jobs = byz.seed_grid(2)
+    assert len(jobs) == 2 * 2 * (1 + len(byz.ATTACKS))
+    assert {j[2] for j in jobs if j[0] == "har"} == {byz.GOAL["har"]}
+    assert [j[1].seed for j in jobs if j[0] == "digits"][:6] == [0] * 6  # whole seeds first
+    digits = _run("none", 0, 0.9) | {"data": "digits", "strategy": "detector_val"}
+    details = {"specs": byz._specs(), "norm_bound": byz.NORM_BOUND, "strategies": byz.STRATEGIES,
+               "hub_samples": byz.HUB_SAMPLES, "detector_revision": byz.DETECTOR_REVISION,
+               "runs": [_run("none", 1, 0.8), _run("none", 7, 0.8), digits]}  # fmt: skip
+    saved = {"when": "then", "details": details}
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(saved, default=float))
+    kept = byz.reusable(path, jobs)  # seed 7 is not in a 2-seed grid
+    assert [(r["data"], r["seed"], r["kept"]) for r in kept] == [("har", 1, "then"), ("digits", 0, "then")]
+    details["specs"]["har"]["density"] = 0.5  # HAR's spec changed: its runs go, digits' stay
+    path.write_text(json.dumps(saved, default=float))
+    assert [r["data"] for r in byz.reusable(path, jobs)] == ["digits"]
+    seeded = ("har", replace(byz.HAR, seed=3), "detector", "none", 0.0)
+    assert byz.job_key(seeded) == ("har", "detector", "none", 0.0, 3)
+
+
+def test_the_swing_table_reads_the_final_round_and_the_spread_over_the_last_half() -> None:
+    from bench.byzantine import swing_row
+
+    steady = [0.5, 0.6, 0.8, 0.8, 0.8, 0.8]  # learns, then holds: no spread over rounds 4-6
+    swinging = [0.5, 0.6, 0.7, 0.9, 0.7, 0.9]  # rounds 4-6: 0.9, 0.7, 0.9 (population std 0.0943)
+    row = swing_row(0.1, [steady, swinging], 1)
+    assert row == "| 0.1 | 2 | 0.850 (0.800-0.900) | 0.047 (0.094) | 1 of 2 |"
