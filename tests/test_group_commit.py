@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from gateway.rounds import Rounds
 from gateway.store import GatewayStore
 from gateway.strategies.fedavgm import FedAvgM
 from tests.federation import FED, WAIT, ManualDevice, retained_manifest, small_update
-from tests.helpers import INSECURE
+from tests.helpers import INSECURE, wait_for
 from tests.test_rounds import make_rounds
 
 
@@ -248,3 +249,81 @@ def test_receipts_a_close_settled_go_out_while_the_close_is_still_making_its_ver
         for device in devices:
             device.stop()
         gateway.stop()
+
+
+def test_a_receipt_waits_for_its_commit_while_the_mqtt_thread_goes_on_staging(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    """The writer is held just before its COMMIT of a's update: meanwhile the gateway's MQTT thread stages b's
+    update and answers on its own presence topic (so anything it published before, a receipt for a included, has
+    reached the observer), yet no receipt for a; released, a's receipt arrives with its row already on disk."""
+    from edge_runtime.transport.broker_config import BrokerConfig
+    from edge_runtime.transport.mqtt import MqttLink
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
+    from tests.federation import TOPICS, gateway_config
+
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, min_devices=2)
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={}))
+    db = tmp_path / "gw" / "gateway.db"
+    at_commit, release = threading.Event(), threading.Event()
+    write_batch = gateway.store._write_batch
+
+    def held(batch: list[Any]) -> BaseException | None:
+        if any(rows.update_id is not None for rows in batch) and not release.is_set():
+            at_commit.set()
+            assert release.wait(WAIT), "the test never released the commit"
+        return write_batch(batch)
+
+    gateway.store._write_batch = held  # type: ignore[method-assign]
+    seen: list[tuple[str, bytes, bool]] = []  # (topic, payload, was its update on disk then), in arrival order
+    changed = threading.Condition()
+    a, b = ManualDevice(broker, "a"), ManualDevice(broker, "b")
+    observer = MqttLink(BrokerConfig(url=broker.url), "observer")
+    gateway.start()
+    try:
+        for device in (a, b):
+            assert device.wait(lambda d=device: len(d.tasks) == 1)  # type: ignore[misc]
+        update_a = small_update("a", a.tasks[0], gateway.sizes)
+
+        def on_message(topic: str, payload: bytes) -> None:
+            durable = topic == TOPICS.receipt("a") and update_a.update_id in committed_ids(db)
+            with changed:
+                seen.append((topic, payload, durable))
+                changed.notify_all()
+
+        for topic in (TOPICS.receipt("a"), TOPICS.gateway_presence):
+            observer.subscribe(topic, on_message)
+        observer.start()
+        assert observer.wait_ready(WAIT)
+
+        a.send(wire.encode(update_a))
+        assert at_commit.wait(WAIT), "a's update never reached the writer"
+        b.send(wire.encode(small_update("b", b.tasks[0], gateway.sizes)))
+        wait_for(lambda: gateway.store.staged == 1, WAIT, "the MQTT thread to stage b's update meanwhile")
+        stranger = b"not the gateway"
+        assert observer.publish(TOPICS.gateway_presence, stranger, timeout=WAIT)
+
+        def answered() -> bool:  # the gateway's presence again, after the stranger's word on its topic
+            payloads = [p for t, p, _ in seen if t == TOPICS.gateway_presence]
+            return stranger in payloads and gateway._alive in payloads[payloads.index(stranger) :]
+
+        with changed:
+            assert changed.wait_for(answered, WAIT), "the gateway did not answer on its presence topic"
+        assert not [t for t, _, _ in seen if t == TOPICS.receipt("a")], "a receipt went out before its commit"
+        assert update_a.update_id not in committed_ids(db)
+
+        release.set()
+        with changed:
+            assert changed.wait_for(lambda: any(t == TOPICS.receipt("a") for t, _, _ in seen), WAIT)
+            receipts = [(wire.decode(p, expect=wire.Receipt), on_disk) for t, p, on_disk in seen
+                        if t == TOPICS.receipt("a")]  # fmt: skip
+        assert receipts[0][0].received == [update_a.update_id]
+        assert receipts[0][1], "a's receipt arrived before its row was on disk"
+    finally:
+        release.set()
+        observer.stop()
+        for device in (a, b):
+            device.stop()
+        gateway.stop()
+
