@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -599,7 +599,10 @@ class Gateway:
         """A device whose key was revoked leaves at once, as a dead one does: its task goes to another device or
         the round closes without it. One stat of the registry per look; the first look also takes out the
         devices the store remembers that were revoked while the gateway was down."""
-        for device, why in self.trust.revoked(d.device for d in self.registry.all()).items():
+        def known() -> Iterator[str]:  # lazy: the registry is copied only when trust reads it (its first look)
+            yield from (d.device for d in self.registry.all())
+
+        for device, why in self.trust.revoked(known()).items():
             self.registry.expel(device, why)
             self.rounds.drop(device, why)
             self._wake.set()
