@@ -90,6 +90,7 @@ class MqttLink:
         # topic -> the handlers whose pattern matches it, as of ``_handlers``' last change: a gateway hears the
         # same few thousand device topics again and again, and matching every pattern was per-message work.
         self._matching: dict[str, list[Handler]] = {}
+        self._expiries: dict[int, Properties] = {}  # message expiry (s) -> its PUBLISH properties
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         # SUBACK bookkeeping. The lock is held for a few instructions only, never across a paho call:
@@ -407,6 +408,18 @@ class MqttLink:
         deadline = time.monotonic() + timeout
         return self.connected.wait(timeout) and self.subscribed.wait(max(0.0, deadline - time.monotonic()))
 
+    def _expiry_properties(self, seconds: int) -> Properties:
+        """The PUBLISH properties carrying a message expiry, made once per value: paho's Properties is costly to
+        build (a round's thousands of tasks share one deadline), and paho only reads it (packs it) once made."""
+        props = self._expiries.get(seconds)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = seconds
+            if len(self._expiries) >= 64:
+                self._expiries.clear()
+            self._expiries[seconds] = props
+        return props
+
     def publish(
         self,
         topic: str,
@@ -424,8 +437,7 @@ class MqttLink:
             return False
         props = None
         if expiry is not None and self.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.MessageExpiryInterval = max(1, int(expiry))
+            props = self._expiry_properties(max(1, int(expiry)))
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return False
