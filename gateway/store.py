@@ -658,19 +658,17 @@ class GatewayStore:
 
     def known_update(self, update_id: bytes) -> str | None:
         """'accepted', the reason of an earlier refusal, or None for a new id (staged rows included)."""
-        with self._lock:
-            staged = self._seen_ids.get(update_id, ())
+        with self._lock:  # the rows and what is staged, seen at one moment (a commit moves one to the other)
             rows = self._db.execute(
-                "SELECT 'accepted' FROM updates WHERE update_id = ?1 UNION ALL "
-                "SELECT * FROM (SELECT reason FROM refusals WHERE update_id = ?1 ORDER BY id LIMIT 1)",
+                "SELECT 1, NULL FROM updates WHERE update_id = ?1 UNION ALL "
+                "SELECT * FROM (SELECT 0, reason FROM refusals WHERE update_id = ?1 ORDER BY id LIMIT 1)",
                 (update_id,),
             ).fetchall()
-        # One row each: 'accepted' from updates first, then the first refusal's reason (never 'accepted').
-        if (rows and rows[0][0] == ACCEPTED) or any(reason == ACCEPTED for _, reason in staged):
+            staged = [reason for _, reason in self._seen_ids.get(update_id, ())]
+        if any(accepted for accepted, _ in rows) or ACCEPTED in staged:
             return ACCEPTED
-        if rows:
-            return str(rows[0][0])
-        return staged[0][1] if staged else None
+        refused = [str(reason) for _, reason in rows] + staged  # the first refusal, on disk before staged
+        return refused[0] if refused else None
 
     def refuse(
         self, update_id: bytes | None, device: str, round_: int | None, reason: str, nbytes: int, batch: object = None

@@ -327,3 +327,45 @@ def test_a_receipt_waits_for_its_commit_while_the_mqtt_thread_goes_on_staging(
             device.stop()
         gateway.stop()
 
+
+
+def test_what_is_staged_answers_the_intakes_questions_until_its_batch_commits_or_is_lost(tmp_path: Path) -> None:
+    """Staged rows live in memory until the writer commits them: known_update, task, outstanding and
+    waiting_devices see them meanwhile (a resend is a duplicate, its task delivered), a second connection does
+    not; committed, the rows answer from disk; lost with a failed commit, they answer nothing."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    store.add_selections(1, "train", [("a", b"t" * 16), ("b", b"s" * 16)], bytes(32), 1e12)
+    accepted, refused = b"u" * 16, b"r" * 16
+    assert store.accept(accepted, 1, 1, "a", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="a")
+    assert not store.accept(accepted, 1, 1, "a", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="again")
+    store.refuse(refused, "b", 1, "first reason", 5, batch="b1")
+    store.refuse(refused, "b", 1, "second reason", 5, batch="b2")
+    assert committed_ids(tmp_path / "gateway.db") == []
+    assert store.known_update(accepted) == "accepted" and store.known_update(refused) == "first reason"
+    task = store.task(1, "a", "train")
+    assert task is not None and task.status == "delivered"
+    assert store.outstanding(1, "train") == 1 and [d for _, d, _, _ in store.waiting_devices(1)] == ["b"]
+
+    done, lost = store.commit_batch()
+    assert list(done) == ["a", "b1", "b2"] and list(lost) == []
+    assert committed_ids(tmp_path / "gateway.db") == [accepted]
+    assert store.known_update(accepted) == "accepted" and store.known_update(refused) == "first reason"
+    assert store.task(1, "a", "train").status == "delivered"  # type: ignore[union-attr]  # now from disk
+
+    duplicates: list[str] = []  # an id known on disk but not to the intake: found when its batch is written
+    assert store.accept(accepted, 1, 1, "b", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="dup",
+                        on_duplicate=lambda: duplicates.append("dup"))  # fmt: skip
+    done, lost = store.commit_batch()
+    assert list(done) == ["dup"] and list(lost) == [] and duplicates == ["dup"]
+    assert store.task(1, "b", "train").status == "sent"  # type: ignore[union-attr]  # nothing of it was written
+
+    lost_id = b"l" * 16
+    assert store.accept(lost_id, 1, 1, "b", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="lost")
+    assert store.known_update(lost_id) == "accepted"
+    store._write_batch = lambda batch: sqlite3.OperationalError("database or disk is full")  # type: ignore[method-assign]
+    done, lost = store.commit_batch()
+    assert list(done) == [] and list(lost) == ["lost"] and store.batch_error is not None
+    assert store.known_update(lost_id) is None  # the device resends it, and it counts then
+    assert store.task(1, "b", "train").status == "sent"  # type: ignore[union-attr]
+    assert store.outstanding(1, "train") == 1
+    store.close()
