@@ -139,6 +139,7 @@ class Gateway:
         # Group commit: intake stages; a batch commits when full or after commit_delay, then its receipts go out.
         self._staged = threading.Event()  # set by intake: something waits for a commit (or for its receipts)
         self.rounds.max_batch = config.gateway.commit_batch
+        self.store.batch_limit = config.gateway.commit_batch  # the writer too: at most this many per fsync
         self.rounds.idle_commit = config.gateway.commit_delay
         self.rounds.keep_receipts = True
         self.rounds.on_settled = self._staged.set  # what a close or a deadline settled goes out by the commit thread

@@ -130,6 +130,7 @@ class Staged:
     unique_first: bool = False  # the first statement inserts a primary key: if it is known, nothing else is done
     on_duplicate: Callable[[], None] | None = None
     item: object = None
+    seq: int = 0  # its number in staging order (GatewayStore._stage)
 
     def apply(self, db: sqlite3.Connection) -> None:
         statements = iter(self.statements)
@@ -211,9 +212,10 @@ class GatewayStore:
             self._writer = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=60.0)
             self._writer.execute("PRAGMA synchronous=FULL")
         self._staged: list[Staged] = []  # the open batch, in the order it was staged
-        self._generation = 0  # the open batch's number; the staged rows the intake sees carry it
-        self._seen_ids: dict[bytes, list[tuple[int, str]]] = {}  # update id -> (batch, ACCEPTED or refusal reason)
-        self._delivered: dict[tuple[int, str, str], list[int]] = {}  # (round, device, kind) -> batches delivering
+        self.batch_limit: int | None = None  # messages per commit at most ([gateway] commit_batch); None: all
+        self._seq = 0  # the last staged message's number; what the intake sees of it carries it
+        self._seen_ids: dict[bytes, list[tuple[int, str]]] = {}  # update id -> (staged, ACCEPTED or refusal reason)
+        self._delivered: dict[tuple[int, str, str], list[int]] = {}  # (round, device, kind) -> staged delivering
         self._committed: list[object] = []  # items whose batch committed, not yet handed back
         self._lost: list[object] = []  # items whose batch failed to commit, not yet handed back
         self._in_flight = 0  # items being committed now
@@ -261,11 +263,13 @@ class GatewayStore:
                 self._db.execute("VACUUM")
 
     # -- group commit -------------------------------------------------------------------------------------
-    def _stage(self, item: object, rows: Staged) -> None:
+    def _stage(self, item: object, rows: Staged) -> int:
         """Add one message's writes to the open batch (under the lock); ``item`` comes back from
-        ``commit_batch`` with the batch's fate."""
-        rows.item = item
+        ``commit_batch`` with the batch's fate. Returns the number that tags what the intake sees of it."""
+        self._seq += 1
+        rows.item, rows.seq = item, self._seq
         self._staged.append(rows)
+        return self._seq
 
     def commit_pending(self) -> None:
         """Commit the open batch (one fsync) on the writer, or lose it whole when the commit fails. Staging goes
@@ -274,35 +278,37 @@ class GatewayStore:
             self._commit_staged()
 
     def _commit_staged(self) -> None:
-        """``commit_pending`` under the commit mutex."""
+        """``commit_pending`` under the commit mutex: what is staged now, ``batch_limit`` messages per commit."""
         with self._lock:
-            if self._closed or not self._staged:
-                return
-            batch, self._staged = self._staged, []
-            generation, self._generation = self._generation, self._generation + 1
-            self._in_flight = len(batch)
-        if self._writer is self._db:  # one connection (":memory:"): it is the lock's
+            left = len(self._staged)
+        while left > 0 and not self._closed:
             with self._lock:
-                error = self._write_batch(batch)
-        else:
-            error = self._write_batch(batch)
-        with self._lock:
-            for rows in batch:  # committed (the rows are on disk for every reader) or lost: no longer staged
-                if rows.update_id is not None:
-                    self._forget(self._seen_ids, rows.update_id, generation)
-                if rows.delivers is not None:
-                    self._forget(self._delivered, rows.delivers, generation)
-            items = [rows.item for rows in batch]
-            self._in_flight = 0
-            if error is None:
-                self._committed.extend(items)
+                limit = min(left, self.batch_limit or left)
+                batch, self._staged = self._staged[:limit], self._staged[limit:]
+                self._in_flight = len(batch)
+            left -= len(batch)
+            if self._writer is self._db:  # one connection (":memory:"): it is the lock's
+                with self._lock:
+                    error = self._write_batch(batch)
             else:
-                self._lost.extend(items)
-                self.batch_error = error
+                error = self._write_batch(batch)
+            with self._lock:
+                for rows in batch:  # committed (the rows are on disk for every reader) or lost: no longer staged
+                    if rows.update_id is not None:
+                        self._forget(self._seen_ids, rows.update_id, rows.seq)
+                    if rows.delivers is not None:
+                        self._forget(self._delivered, rows.delivers, rows.seq)
+                items = [rows.item for rows in batch]
+                self._in_flight = 0
+                if error is None:
+                    self._committed.extend(items)
+                else:
+                    self._lost.extend(items)
+                    self.batch_error = error
 
     @staticmethod
-    def _forget(seen: dict[Any, list[Any]], key: Any, generation: int) -> None:
-        entries = [e for e in seen.get(key, ()) if (e[0] if isinstance(e, tuple) else e) != generation]
+    def _forget(seen: dict[Any, list[Any]], key: Any, seq: int) -> None:
+        entries = [e for e in seen.get(key, ()) if (e[0] if isinstance(e, tuple) else e) != seq]
         if entries:
             seen[key] = entries
         else:
@@ -644,9 +650,9 @@ class GatewayStore:
                     return False
                 staged = Staged([(INSERT_UPDATE, row), (DELIVERED, delivered)], update_id, delivers=delivered,
                                 unique_first=True, on_duplicate=on_duplicate)  # fmt: skip
-                self._seen_ids.setdefault(update_id, []).append((self._generation, ACCEPTED))
-                self._delivered.setdefault(delivered, []).append(self._generation)
-                self._stage(batch, staged)
+                seq = self._stage(batch, staged)
+                self._seen_ids.setdefault(update_id, []).append((seq, ACCEPTED))
+                self._delivered.setdefault(delivered, []).append(seq)
             return True
         with self.transaction() as db:
             try:
@@ -677,9 +683,9 @@ class GatewayStore:
         row = (update_id, device, round_, reason, nbytes, time.time())
         if batch is not None:
             with self._lock:
+                seq = self._stage(batch, Staged([(INSERT_REFUSAL, row)], update_id))
                 if update_id is not None:
-                    self._seen_ids.setdefault(update_id, []).append((self._generation, reason))
-                self._stage(batch, Staged([(INSERT_REFUSAL, row)], update_id))
+                    self._seen_ids.setdefault(update_id, []).append((seq, reason))
             return
         with self.transaction() as db:
             db.execute(INSERT_REFUSAL, row)

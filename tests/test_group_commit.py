@@ -369,3 +369,23 @@ def test_what_is_staged_answers_the_intakes_questions_until_its_batch_commits_or
     assert store.task(1, "b", "train").status == "sent"  # type: ignore[union-attr]
     assert store.outstanding(1, "train") == 1
     store.close()
+
+
+def test_the_writer_commits_at_most_commit_batch_messages_per_fsync(tmp_path: Path) -> None:
+    """[gateway] commit_batch bounds a batch even when the writer finds more staged ("1 = one each")."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    store.batch_limit = 2
+    batches: list[int] = []
+    write_batch = store._write_batch
+
+    def counted(batch: list[Any]) -> BaseException | None:
+        batches.append(len(batch))
+        return write_batch(batch)
+
+    store._write_batch = counted  # type: ignore[method-assign]
+    for i in range(5):
+        store.refuse(bytes([i]) * 16, "a", 1, "why", 5, batch=i)
+    done, lost = store.commit_batch()
+    assert list(done) == [0, 1, 2, 3, 4] and list(lost) == [] and batches == [2, 2, 1]
+    assert [r["update_id"] for r in store.refusals()] == [bytes([i]) * 16 for i in range(5)]
+    store.close()
