@@ -53,7 +53,7 @@ from typing import Any
 
 from edge_runtime import wire
 
-from .admission import ANSWERABLE, AdmissionRules, Verdict, admit
+from .admission import ANSWERABLE, AdmissionRules, Outcome, Verdict, admit
 from .aggregate import StreamingAggregate
 from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
@@ -266,6 +266,8 @@ class Rounds:
             view = open_round.view if open_round else None
             verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing,
                             declared)  # fmt: skip
+            if verdict.outcome is Outcome.IN_FLIGHT:  # its first copy's commit answers it: nothing staged
+                return verdict
             if self.detector is not None and verdict.accepted and open_round and open_round.row.privacy == "off":
                 reliability = self.detector.weight(device)  # stored with the update: a rebuild weighs it alike
                 verdict = dataclasses.replace(verdict, weight_factor=verdict.weight_factor * reliability)

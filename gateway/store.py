@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .admission import TaskRecord
+from .admission import UNCOMMITTED, TaskRecord
 from .privacy.accountant import LedgerEntry
 from .robustness.reliability import Reliability
 
@@ -323,8 +323,11 @@ class GatewayStore:
                 rows.apply(db)
             db.execute("COMMIT")
         except Exception as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except Exception as rollback:  # a disk that failed the commit may fail this too: still lost, said
+                exc.add_note(f"and its ROLLBACK failed: {rollback}")
             return exc
         return None
 
@@ -663,7 +666,8 @@ class GatewayStore:
         return True
 
     def known_update(self, update_id: bytes) -> str | None:
-        """'accepted', the reason of an earlier refusal, or None for a new id (staged rows included)."""
+        """'accepted' (committed), ``UNCOMMITTED`` (accepted, its commit pending), the reason of an earlier refusal
+        (staged ones included), or None for a new id."""
         with self._lock:  # the rows and what is staged, seen at one moment (a commit moves one to the other)
             rows = self._db.execute(
                 "SELECT 1, NULL FROM updates WHERE update_id = ?1 UNION ALL "
@@ -671,8 +675,10 @@ class GatewayStore:
                 (update_id,),
             ).fetchall()
             staged = [reason for _, reason in self._seen_ids.get(update_id, ())]
-        if any(accepted for accepted, _ in rows) or ACCEPTED in staged:
+        if any(accepted for accepted, _ in rows):
             return ACCEPTED
+        if ACCEPTED in staged:  # not durable yet: its fate is its commit's (admission: Outcome.IN_FLIGHT)
+            return UNCOMMITTED
         refused = [str(reason) for _, reason in rows] + staged  # the first refusal, on disk before staged
         return refused[0] if refused else None
 

@@ -24,6 +24,7 @@ from edge_runtime import wire
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
+from gateway.admission import UNCOMMITTED
 from gateway.aggregate import update_norm
 from gateway.rounds import Rounds
 from gateway.store import GatewayStore
@@ -63,22 +64,27 @@ def test_updates_are_counted_and_receipted_only_once_their_batch_commits(tmp_pat
     db = tmp_path / "gw" / "gateway.db"
     a, raw_a = encoded(rounds, "a", tasks["a"])
     b, raw_b = encoded(rounds, "b", tasks["b"])
+    c, raw_c = encoded(rounds, "c", tasks["c"])
 
     assert take(rounds, a, raw_a, "a") == "accept"
-    assert take(rounds, a, raw_a, "a") == "duplicate"  # the staged row is seen: a resend is not counted twice
+    # A resend while the first copy is staged: neither counted twice nor receipted on its own (the first copy's
+    # receipt answers it, or, if that commit fails, the device's next resend is judged afresh).
+    assert take(rounds, a, raw_a, "a") == "in flight"
     open_round = rounds.open_round
     assert open_round is not None
-    assert rounds.store.staged == 2
+    assert rounds.store.staged == 1
+    assert take(rounds, b, raw_b, "b") == "accept"
     assert open_round.aggregate.count == 0 and rounds.released().receipts == []
     assert committed_ids(db) == []  # nothing on disk, so nothing counted and nothing receipted
 
-    assert take(rounds, b, raw_b, "b") == "accept"  # the third message fills the batch: one commit for all three
+    assert take(rounds, c, raw_c, "c") == "accept"  # the third message fills the batch: one commit for all three
     assert rounds.store.staged == 0
-    assert committed_ids(db) == [a.update_id, b.update_id]
-    assert open_round.aggregate.count == 2
+    assert committed_ids(db) == [a.update_id, b.update_id, c.update_id]
+    assert open_round.aggregate.count == 3
     released = rounds.released()
-    assert released.receipts == [("a", a.update_id, None), ("a", a.update_id, None), ("b", b.update_id, None)]
-    assert released.counted == 2 and released.lost == []
+    assert released.receipts == [("a", a.update_id, None), ("b", b.update_id, None), ("c", c.update_id, None)]
+    assert released.counted == 3 and released.lost == []
+    assert take(rounds, a, raw_a, "a") == "duplicate"  # now on disk: a resend is a duplicate, receipted "received"
 
 
 def test_an_update_that_finds_the_intake_idle_is_committed_at_once(tmp_path: Path, model: bytes) -> None:
@@ -177,39 +183,41 @@ def test_a_gateway_killed_between_intake_and_commit_loses_no_receipted_update_an
     broker: MosquittoProcess, tmp_path: Path, initial_model: Path, devices: dict[str, ManualDevice]
 ) -> None:
     storage = tmp_path / "gw"
-    # Batches of three, and a commit delay longer than the test: only a full batch commits before the kill.
-    staging = write_config(tmp_path / "staging.toml", broker, storage, initial_model, commit_batch=3, commit_delay=60.0)
+    # Batches of two, and a commit delay longer than the test: only a full batch commits before the kill.
+    staging = write_config(tmp_path / "staging.toml", broker, storage, initial_model, commit_batch=2, commit_delay=60.0)
     gateway = GatewayProcess(staging)
     try:
         for device in devices.values():
             assert device.wait(lambda d=device: len(d.tasks) == 1), "round 1 did not reach every device"  # type: ignore[misc]
         sizes = retained_manifest(broker).spec()
-        a, c = devices["a"], devices["c"]
+        a, b, c = devices["a"], devices["b"], devices["c"]
         update_c = small_update("c", c.tasks[0], sizes)
-        for _ in range(3):  # a resent update fills the batch: committed, then all three receipted
-            c.send(wire.encode(update_c))
-        assert c.wait(lambda: len(c.receipts) == 3)
-        assert all(r.received == [update_c.update_id] for r in c.receipts)
+        c.send(wire.encode(update_c))
+        c.send(wire.encode(update_c))  # a resend while the first is staged: no receipt of its own, not staged
+        gateway.wait_log(f"update {update_c.update_id.hex()[:12]} of c arrived again")
+        update_b = small_update("b", b.tasks[0], sizes)
+        b.send(wire.encode(update_b))  # fills the batch of two: committed, then both receipted
+        assert c.wait(lambda: len(c.receipts) == 1) and b.wait(lambda: len(b.receipts) == 1)
+        assert c.receipts[0].received == [update_c.update_id] and b.receipts[0].received == [update_b.update_id]
 
         update_a = small_update("a", a.tasks[0], sizes)
         a.send(wire.encode(update_a))
-        a.send(wire.encode(update_a))  # judged a duplicate of the first: proof the first was taken in and staged
+        a.send(wire.encode(update_a))  # judged in flight: proof the first was taken in and staged
         gateway.wait_log(f"update {update_a.update_id.hex()[:12]} of a arrived again")
         assert not a.receipts  # staged, not committed: no receipt
         gateway.kill()
     finally:
         if gateway.proc.poll() is None:
             gateway.kill()
+    assert len(c.receipts) == 1  # the resend got none of its own
     on_disk = committed_ids(storage / "gateway.db")
-    assert update_c.update_id in on_disk  # receipted, so durable
+    assert update_c.update_id in on_disk and update_b.update_id in on_disk  # receipted, so durable
     assert update_a.update_id not in on_disk  # never receipted, so the device still holds it
 
     restarted = GatewayProcess(write_config(tmp_path / "again.toml", broker, storage, initial_model))
     try:
         a.send(wire.encode(update_a))  # what a device's outbox does with an update never receipted
         assert a.wait(lambda: any(update_a.update_id in r.received for r in a.receipts))
-        b = devices["b"]
-        b.send(wire.encode(small_update("b", b.tasks[0], sizes)))
         assert restarted.proc.wait(WAIT) == 0  # rounds = 1: round 1 closed and the final evaluation ran
     finally:
         if restarted.proc.poll() is None:
@@ -341,7 +349,7 @@ def test_what_is_staged_answers_the_intakes_questions_until_its_batch_commits_or
     store.refuse(refused, "b", 1, "first reason", 5, batch="b1")
     store.refuse(refused, "b", 1, "second reason", 5, batch="b2")
     assert committed_ids(tmp_path / "gateway.db") == []
-    assert store.known_update(accepted) == "accepted" and store.known_update(refused) == "first reason"
+    assert store.known_update(accepted) == UNCOMMITTED and store.known_update(refused) == "first reason"
     task = store.task(1, "a", "train")
     assert task is not None and task.status == "delivered"
     assert store.outstanding(1, "train") == 1 and [d for _, d, _, _ in store.waiting_devices(1)] == ["b"]
@@ -361,7 +369,7 @@ def test_what_is_staged_answers_the_intakes_questions_until_its_batch_commits_or
 
     lost_id = b"l" * 16
     assert store.accept(lost_id, 1, 1, "b", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="lost")
-    assert store.known_update(lost_id) == "accepted"
+    assert store.known_update(lost_id) == UNCOMMITTED
     store._write_batch = lambda batch: sqlite3.OperationalError("database or disk is full")  # type: ignore[method-assign]
     done, lost = store.commit_batch()
     assert list(done) == [] and list(lost) == ["lost"] and store.batch_error is not None
@@ -388,4 +396,65 @@ def test_the_writer_commits_at_most_commit_batch_messages_per_fsync(tmp_path: Pa
     done, lost = store.commit_batch()
     assert list(done) == [0, 1, 2, 3, 4] and list(lost) == [] and batches == [2, 2, 1]
     assert [r["update_id"] for r in store.refusals()] == [bytes([i]) * 16 for i in range(5)]
+    store.close()
+
+
+def test_a_resend_of_an_update_whose_commit_fails_is_not_receipted_and_counts_when_resent(
+    tmp_path: Path, model: bytes
+) -> None:
+    """The resend arrives while its first copy awaits its commit, in a later chunk of the writer's batch. The
+    first chunk fails (a full disk): had the resend been recorded as a duplicate, its chunk would commit and send
+    "received" for an update that is on no disk, and the device would drop it. It gets nothing instead, and the
+    device's next resend is counted."""
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9), devices=("a", "b", "c"), min_devices=3)
+    rounds.max_batch, rounds.keep_receipts = 3, True
+    rounds.store.batch_limit = 1  # one message per commit, as [gateway] commit_batch = 1 makes the writer
+    tasks = dict(rounds.step().tasks)
+    a, raw_a = encoded(rounds, "a", tasks["a"])
+    b, raw_b = encoded(rounds, "b", tasks["b"])
+    write = rounds.store._write_batch
+    failed: list[int] = []
+
+    def first_write_fails(batch: Any) -> BaseException | None:
+        if not failed:
+            failed.append(len(batch))
+            return sqlite3.OperationalError("database or disk is full")
+        return write(batch)
+
+    rounds.store._write_batch = first_write_fails  # type: ignore[method-assign]
+    assert take(rounds, a, raw_a, "a") == "accept"
+    assert take(rounds, a, raw_a, "a") == "in flight"
+    assert take(rounds, b, raw_b, "b") == "accept"
+    released = rounds.flush()  # chunk 1 (a) fails, chunk 2 (b) commits
+    assert failed == [1] and [p.receipt for p in released.lost] == [("a", a.update_id, None)]
+    assert released.receipts == [("b", b.update_id, None)]  # nothing for a: neither its first copy nor its resend
+    assert committed_ids(tmp_path / "gw" / "gateway.db") == [b.update_id]
+
+    assert take(rounds, a, raw_a, "a") == "accept"  # the device still holds it and resends: judged afresh
+    assert rounds.flush().receipts == [("a", a.update_id, None)]
+    assert sorted(committed_ids(tmp_path / "gw" / "gateway.db")) == sorted([a.update_id, b.update_id])
+
+
+def test_a_commit_whose_rollback_also_fails_loses_its_items_visibly(tmp_path: Path) -> None:
+    """A disk that fails the COMMIT can fail the ROLLBACK too: the batch is still lost and said so, and nothing
+    of it stays in the intake's view (a resend is new, its task still open)."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    store.add_selections(1, "train", [("a", b"t" * 16)], bytes(32), 1e12)
+    update = b"u" * 16
+    assert store.accept(update, 1, 1, "a", "train", 10, 10.0, bytes(32), 5, 40, b"x", batch="a")
+
+    class FailingWriter:
+        in_transaction = True
+
+        def execute(self, sql: str, *args: object) -> None:
+            if sql != "BEGIN IMMEDIATE":
+                raise sqlite3.OperationalError(f"disk I/O error at {sql.split()[0]}")
+
+    real, store._writer = store._writer, FailingWriter()  # type: ignore[assignment]
+    done, lost = store.commit_batch()
+    store._writer = real
+    assert list(done) == [] and list(lost) == ["a"]
+    assert store.batch_error is not None and "ROLLBACK failed" in str(store.batch_error.__notes__)
+    assert store.known_update(update) is None and store.unsettled == 0
+    assert store.task(1, "a", "train").status == "sent"  # type: ignore[union-attr]
     store.close()
