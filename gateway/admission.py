@@ -37,12 +37,20 @@ from edge_runtime import wire
 from .claims import bounded_samples
 
 DUPLICATE = "duplicate of an update already counted"
+# ``Ledger.known_update``'s answer for an update accepted but not yet committed (staged, or in the writer's
+# transaction): whether it counts is not known until that commit ends.
+UNCOMMITTED = "accepted, commit pending"
 
 
 class Outcome(Enum):
     ACCEPT = "accept"
     DUPLICATE = "duplicate"
     REFUSE = "refuse"
+    # A resend of an update whose first copy is not yet committed: nothing is recorded and no receipt is sent.
+    # The first copy's receipt answers the device (same update id); if that commit fails, the device, still
+    # unreceipted, resends again and the next copy is judged afresh. A "received" receipt here would tell the
+    # device to drop an update a failed commit is about to lose.
+    IN_FLIGHT = "in flight"
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class Verdict:
 
     @property
     def receipt_reason(self) -> str | None:
-        """What the device's receipt says: None (received) for accepted and duplicate updates."""
+        """What the device's receipt says: None (received) for accepted and duplicate updates (an update in
+        flight gets no receipt of its own: see ``Outcome.IN_FLIGHT``)."""
         return self.reason if self.outcome is Outcome.REFUSE else None
 
 
@@ -137,6 +146,8 @@ def admit(
     known = ledger.known_update(update.update_id)
     if known == "accepted":
         return Verdict(Outcome.DUPLICATE, kind, DUPLICATE)
+    if known == UNCOMMITTED:
+        return Verdict(Outcome.IN_FLIGHT, kind, UNCOMMITTED)
     if known is not None:
         return refuse(f"replay of update id {update.update_id.hex()[:12]} (first refused: {known})")
     if open_round is None:

@@ -16,9 +16,10 @@ whole: nothing of it was folded or receipted, so its devices resend it.
 The open round's aggregate therefore holds exactly the committed updates:
 a round is settled before it is detached (a close counts everything staged
 for it), under the lock that intake takes. ``max_batch`` 1 (the default) settles in each intake;
-the service raises it, settles on a timer as well (its commit delay), and
-sets ``idle_commit``: an update that finds the intake idle is committed at
-once, so batches form only while updates queue up.
+the service raises it, sets ``idle_commit`` (an update that finds the intake idle is due at once, so
+batches form only while updates queue up) and ``on_commit_due``: a due batch is then committed by the
+service's committer thread (``flush``), which waits for the fsync without the lock, so paho's thread
+goes on judging and staging the next batch meanwhile.
 
 Threads and the lock: ``intake`` runs on paho's network thread, ``step`` on
 the round thread. ``_lock`` guards the open round for a few operations at a
@@ -46,13 +47,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime import wire
 
-from .admission import ANSWERABLE, AdmissionRules, Verdict, admit
+from .admission import ANSWERABLE, AdmissionRules, Outcome, Verdict, admit
 from .aggregate import StreamingAggregate
 from .claims import asks_for_report, bounded_metrics
 from .clock import Clock
@@ -99,6 +100,10 @@ class Pending:
     receipt: tuple[str, bytes, str | None]
     round: int = 0
     fold: tuple[wire.Update, float, float, int, bool] | None = None  # update, weight factor, norm, samples, ranges
+
+    def duplicate(self) -> None:
+        """Its id turned out known when its batch was written: receipted as received, folded never."""
+        self.fold = None
 
 
 @dataclass
@@ -177,6 +182,9 @@ class Rounds:
         # Called (under the lock: it must only signal) when settling released receipts, so the service sends them
         # now rather than after the step that settled (a close then makes a version for seconds).
         self.on_settled: Callable[[], None] | None = None
+        # Called (under the lock: it must only signal) when a batch is due (full, or the intake was idle): the
+        # service's committer commits it off the MQTT thread. None: the intake commits it itself.
+        self.on_commit_due: Callable[[], None] | None = None
 
     @property
     def open_round(self) -> OpenRound | None:
@@ -258,6 +266,8 @@ class Rounds:
             view = open_round.view if open_round else None
             verdict = admit(update, device, norm, view, self.publisher.version, self.store, self.admission, closing,
                             declared)  # fmt: skip
+            if verdict.outcome is Outcome.IN_FLIGHT:  # its first copy's commit answers it: nothing staged
+                return verdict
             if self.detector is not None and verdict.accepted and open_round and open_round.row.privacy == "off":
                 reliability = self.detector.weight(device)  # stored with the update: a rebuild weighs it alike
                 verdict = dataclasses.replace(verdict, weight_factor=verdict.weight_factor * reliability)
@@ -276,7 +286,7 @@ class Rounds:
                     first = self.store.accept(
                         update.update_id, open_round.number, update.round, device, verdict.kind, verdict.samples,
                         verdict.samples * verdict.weight_factor, update.base_version, len(raw),
-                        self.dense_bytes if train else 0, stored, batch=pending,
+                        self.dense_bytes if train else 0, stored, batch=pending, on_duplicate=pending.duplicate,
                     )  # fmt: skip
                     if not first:
                         pending.fold = None
@@ -288,7 +298,10 @@ class Rounds:
                     self._note_full()
                     raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", exc) from exc
                 raise
-            if self.store.staged >= self.max_batch or idle:
+            due = self.store.staged >= self.max_batch or idle
+            if due and self.on_commit_due is not None:
+                self.on_commit_due()  # the service's committer commits it, while this thread goes on
+            elif due:
                 settled = self._settle()
                 if self.max_batch == 1 and any(p is pending for p in settled.lost):
                     self._released.lost = [p for p in self._released.lost if p is not pending]  # said by raising
@@ -301,7 +314,10 @@ class Rounds:
 
     def _settle(self) -> Settled:
         """Commit the open batch, fold what it committed, keep its receipts for ``released``. Under the lock."""
-        done, lost = self.store.commit_batch()
+        return self._absorb(*self.store.commit_batch())
+
+    def _absorb(self, done: Sequence[object], lost: Sequence[object]) -> Settled:
+        """Fold what a commit made durable, keep its receipts for ``released``. Under the lock."""
         error = self.store.batch_error if lost else None
         settled = Settled(lost=[p for p in lost if isinstance(p, Pending)], error=error)
         open_round = self._open
@@ -328,9 +344,12 @@ class Rounds:
         return settled
 
     def flush(self) -> Settled:
-        """Settle the open batch now (the service's commit timer) and hand over everything released so far."""
+        """Settle the open batch now (the service's committer) and hand over everything released so far. The
+        commit's fsync is waited for without the lock: the intake stages the next batch meanwhile. Whoever holds
+        the lock next folds what it committed (a close that detaches the round first takes it with its own)."""
+        self.store.commit_pending()
         with self._lock:
-            self._settle()
+            self._absorb(*self.store.take_settled())
             out, self._released = self._released, Settled()
             return out
 
@@ -430,7 +449,7 @@ class Rounds:
                 self.policy.view = self.privacy.view()  # the ledger changes only at a close: cached till then
             with self._lock:
                 now = self.clock.now()
-                if self._open is not None and self.store.staged and now >= self._open.row.deadline:
+                if self._open is not None and self.store.unsettled and now >= self._open.row.deadline:
                     self._settle()  # a deadline judges the updates in hand: the staged ones too
                 plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
                 step = self._record(plan, now)

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -139,9 +139,12 @@ class Gateway:
         # Group commit: intake stages; a batch commits when full or after commit_delay, then its receipts go out.
         self._staged = threading.Event()  # set by intake: something waits for a commit (or for its receipts)
         self.rounds.max_batch = config.gateway.commit_batch
+        self.store.batch_limit = config.gateway.commit_batch  # the writer too: at most this many per fsync
         self.rounds.idle_commit = config.gateway.commit_delay
         self.rounds.keep_receipts = True
         self.rounds.on_settled = self._staged.set  # what a close or a deadline settled goes out by the commit thread
+        self._commit_now = threading.Event()  # set by intake when a batch is due (full, or it found intake idle)
+        self.rounds.on_commit_due = self._commit_now.set
         self.store.stage_presence = True  # a birth's row too: 10,000 births at start are not 10,000 fsyncs
         self._committer: threading.Thread | None = None
         self.secure: Any = None  # SecureRounds under [secagg] (cryptography is imported only then)
@@ -249,6 +252,7 @@ class Gateway:
         self._stop.set()
         self._wake.set()
         self._staged.set()
+        self._commit_now.set()
         for thread in (self._thread, self._committer):
             if thread is not None:
                 thread.join(timeout=30)
@@ -485,13 +489,16 @@ class Gateway:
             self._space_warned = True
 
     def _commit_loop(self) -> None:
-        """Group commit's timer: a staged update waits at most commit_delay for others to share its fsync."""
+        """Group commit's writer: a staged update waits at most commit_delay for others to share its fsync (none
+        when its batch is due), and the fsync is waited for here, not on paho's thread, which stages the next
+        batch meanwhile. Receipts go out from here once their batch is durable."""
         delay = self.config.gateway.commit_delay
         while not self._stop.is_set():
             if not self._staged.wait(0.5):
                 continue
             if delay:
-                self._stop.wait(delay)
+                self._commit_now.wait(delay)
+            self._commit_now.clear()
             self._staged.clear()
             try:
                 self._release(self.rounds.flush())
@@ -593,7 +600,10 @@ class Gateway:
         """A device whose key was revoked leaves at once, as a dead one does: its task goes to another device or
         the round closes without it. One stat of the registry per look; the first look also takes out the
         devices the store remembers that were revoked while the gateway was down."""
-        for device, why in self.trust.revoked(d.device for d in self.registry.all()).items():
+        def known() -> Iterator[str]:  # lazy: the registry is copied only when trust reads it (its first look)
+            yield from (d.device for d in self.registry.all())
+
+        for device, why in self.trust.revoked(known()).items():
             self.registry.expel(device, why)
             self.rounds.drop(device, why)
             self._wake.set()

@@ -8,16 +8,21 @@ resends it). The update id is the primary key: nothing is counted twice.
 
 Group commit: an fsync'd commit per update was most of the gateway's time
 per message, so the intake *stages* its writes (``accept``/``refuse`` with
-``batch=``) into one open transaction, and ``commit_batch`` commits them
-all with one fsync, handing back the items staged with them: committed,
-or lost when the commit failed (a full disk). Only then does the caller
-fold and receipt them. Any other ``transaction`` first commits the open
-batch on its own (the items wait in ``commit_batch``'s answer), so no
-other write ever shares, or rolls back, an intake batch. Reads on this
-connection see staged rows (a resend of a staged update is a duplicate).
-One connection, used under a lock by the gateway's threads. ``":memory:"``
-gives a store that lives only as long as the object, for tests of the
-round policy that need no disk.
+``batch=``): they are kept in memory, and ``commit_pending`` writes and
+commits them all with one fsync on a connection of its own (the writer),
+without the lock the intake takes: the MQTT thread keeps judging and
+staging while the disk syncs. ``commit_batch`` commits and hands back the
+items staged so far: committed, or lost when the commit failed (a full
+disk). Only then does the caller fold and receipt them. Any other
+``transaction`` first commits what is staged, on its own (the items wait in
+``commit_batch``'s answer), so no other write ever shares, or rolls back,
+an intake batch. The intake's own questions (``known_update``, ``task``,
+``outstanding``, ``waiting_devices``) see what is staged or being committed
+(a resend of a staged update is a duplicate; its task is delivered).
+The main connection is used under a lock by the gateway's threads; the
+writer only under the commit mutex. ``":memory:"`` gives a store that lives
+only as long as the object (one connection), for tests of the round policy
+that need no disk.
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .admission import TaskRecord
+from .admission import UNCOMMITTED, TaskRecord
 from .privacy.accountant import LedgerEntry
 from .robustness.reliability import Reliability
 
@@ -108,6 +113,37 @@ MIGRATIONS = (
 
 
 PRESENCE = object()  # the batch item of a staged device row: nothing waits on its commit
+ACCEPTED = "accepted"
+INSERT_UPDATE = "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+DELIVERED = "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?"
+INSERT_REFUSAL = "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)"
+SAVE_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+@dataclass
+class Staged:
+    """One message's writes, staged: what the writer executes, and what the intake's questions see meanwhile."""
+
+    statements: list[tuple[str, tuple[Any, ...]]]
+    update_id: bytes | None = None  # the id the staged row answers ``known_update`` for
+    delivers: tuple[int, str, str] | None = None  # the task (round, device, kind) it delivers
+    unique_first: bool = False  # the first statement inserts a primary key: if it is known, nothing else is done
+    on_duplicate: Callable[[], None] | None = None
+    item: object = None
+    seq: int = 0  # its number in staging order (GatewayStore._stage)
+
+    def apply(self, db: sqlite3.Connection) -> None:
+        statements = iter(self.statements)
+        if self.unique_first:
+            sql, args = next(statements)
+            try:
+                db.execute(sql, args)
+            except sqlite3.IntegrityError:  # the first statement changed nothing: the transaction goes on
+                if self.on_duplicate is not None:
+                    self.on_duplicate()
+                return
+        for sql, args in statements:
+            db.execute(sql, args)
 
 
 @dataclass
@@ -167,10 +203,22 @@ class GatewayStore:
         for table, column, declaration in MIGRATIONS:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        self._lock = threading.RLock()
-        self._staged: list[object] = []  # items of the open batch, in the order they were staged
+        self._lock = threading.RLock()  # the main connection and the staged state below
+        # Held while the writer commits a batch, and by every other transaction (which commits the batch first):
+        # the two connections never contend for SQLite's write lock. Taken before ``_lock``, never after it.
+        self._commit_mutex = threading.RLock()
+        self._writer = self._db
+        if str(path) != ":memory:":
+            self._writer = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=60.0)
+            self._writer.execute("PRAGMA synchronous=FULL")
+        self._staged: list[Staged] = []  # the open batch, in the order it was staged
+        self.batch_limit: int | None = None  # messages per commit at most ([gateway] commit_batch); None: all
+        self._seq = 0  # the last staged message's number; what the intake sees of it carries it
+        self._seen_ids: dict[bytes, list[tuple[int, str]]] = {}  # update id -> (staged, ACCEPTED or refusal reason)
+        self._delivered: dict[tuple[int, str, str], list[int]] = {}  # (round, device, kind) -> staged delivering
         self._committed: list[object] = []  # items whose batch committed, not yet handed back
         self._lost: list[object] = []  # items whose batch failed to commit, not yet handed back
+        self._in_flight = 0  # items being committed now
         self.batch_error: BaseException | None = None  # why the last lost batch was lost
         self.stage_presence = False  # save_device stages into the open batch instead of committing at once
         self._closed = False
@@ -179,85 +227,134 @@ class GatewayStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All or nothing. A COMMIT that fails (a full disk) leaves SQLite's transaction open, and the next
         statement would read and extend its uncommitted rows: it is rolled back like any other failure.
-        An open intake batch is committed first, on its own."""
-        with self._lock:
-            self._end_batch()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        What is staged is committed first, on its own."""
+        with self._commit_mutex:
+            self._commit_staged()
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
     def close(self) -> None:
-        with self._lock:
-            self._end_batch()  # committed, never receipted: their devices resend them and they count once
-            self._db.close()
-            self._closed = True
+        with self._commit_mutex:
+            if self._closed:  # a stop after a stop has nothing to commit
+                return
+            self._commit_staged()  # committed, never receipted: their devices resend them and they count once
+            with self._lock:
+                if self._writer is not self._db:
+                    self._writer.close()
+                self._db.close()
+                self._closed = True
 
     def vacuum(self) -> None:
         """Rewrite the file without its unused space ([retention] vacuum_mb): the writers wait meanwhile."""
-        with self._lock:
-            self._end_batch()
-            self._db.execute("VACUUM")
+        with self._commit_mutex:
+            self._commit_staged()
+            with self._lock:
+                self._db.execute("VACUUM")
 
     # -- group commit -------------------------------------------------------------------------------------
-    @contextmanager
-    def _staging(self, item: object) -> Iterator[sqlite3.Connection]:
-        """Write into the open batch (begun here when none is): all of this write or none of it (a savepoint),
-        and ``item`` comes back from ``commit_batch`` with the batch's fate."""
-        with self._lock:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("SAVEPOINT staged")
-            try:
-                yield self._db
-                self._db.execute("RELEASE staged")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK TO staged")
-                    self._db.execute("RELEASE staged")
-                else:  # SQLite rolled the whole batch back itself (a full disk can): every staged item is lost
-                    self._lost.extend(self._staged)
-                    self._staged = []
-                    self.batch_error = exc
-                raise
-            self._staged.append(item)
+    def _stage(self, item: object, rows: Staged) -> int:
+        """Add one message's writes to the open batch (under the lock); ``item`` comes back from
+        ``commit_batch`` with the batch's fate. Returns the number that tags what the intake sees of it."""
+        self._seq += 1
+        rows.item, rows.seq = item, self._seq
+        self._staged.append(rows)
+        return self._seq
 
-    def _end_batch(self) -> None:
-        """Commit the open batch (one fsync), or roll it back when the commit fails. Under the lock."""
-        if self._closed or not self._db.in_transaction:  # closed: a stop after a stop has nothing to commit
-            return
-        items, self._staged = self._staged, []
+    def commit_pending(self) -> None:
+        """Commit the open batch (one fsync) on the writer, or lose it whole when the commit fails. Staging goes
+        on meanwhile: the lock the intake takes is held only to take the batch and to record its fate."""
+        with self._commit_mutex:
+            self._commit_staged()
+
+    def _commit_staged(self) -> None:
+        """``commit_pending`` under the commit mutex: what is staged now, ``batch_limit`` messages per commit."""
+        with self._lock:
+            left = len(self._staged)
+        while left > 0 and not self._closed:
+            with self._lock:
+                limit = min(left, self.batch_limit or left)
+                batch, self._staged = self._staged[:limit], self._staged[limit:]
+                self._in_flight = len(batch)
+            left -= len(batch)
+            if self._writer is self._db:  # one connection (":memory:"): it is the lock's
+                with self._lock:
+                    error = self._write_batch(batch)
+            else:
+                error = self._write_batch(batch)
+            with self._lock:
+                for rows in batch:  # committed (the rows are on disk for every reader) or lost: no longer staged
+                    if rows.update_id is not None:
+                        self._forget(self._seen_ids, rows.update_id, rows.seq)
+                    if rows.delivers is not None:
+                        self._forget(self._delivered, rows.delivers, rows.seq)
+                items = [rows.item for rows in batch]
+                self._in_flight = 0
+                if error is None:
+                    self._committed.extend(items)
+                else:
+                    self._lost.extend(items)
+                    self.batch_error = error
+
+    @staticmethod
+    def _forget(seen: dict[Any, list[Any]], key: Any, seq: int) -> None:
+        entries = [e for e in seen.get(key, ()) if (e[0] if isinstance(e, tuple) else e) != seq]
+        if entries:
+            seen[key] = entries
+        else:
+            seen.pop(key, None)
+
+    def _write_batch(self, batch: list[Staged]) -> BaseException | None:
+        """One transaction on the writer for the whole batch; None when it committed, else why it did not."""
+        db = self._writer
         try:
-            self._db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            for rows in batch:
+                rows.apply(db)
+            db.execute("COMMIT")
         except Exception as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            self._lost.extend(items)
-            self.batch_error = exc
-            return
-        self._committed.extend(items)
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except Exception as rollback:  # a disk that failed the commit may fail this too: still lost, said
+                exc.add_note(f"and its ROLLBACK failed: {rollback}")
+            return exc
+        return None
 
     def commit_batch(self) -> tuple[Sequence[object], Sequence[object]]:
         """Commit the open batch; (committed, lost): every item staged since the last call, by its batch's fate
-        (a batch another ``transaction`` committed first is among them)."""
+        (a batch another ``transaction`` or ``commit_pending`` committed first is among them)."""
+        with self._commit_mutex:
+            self._commit_staged()
+            return self.take_settled()
+
+    def take_settled(self) -> tuple[Sequence[object], Sequence[object]]:
+        """(committed, lost) since the last call, committing nothing more."""
         with self._lock:
-            self._end_batch()
             done, lost = self._committed, self._lost
             self._committed, self._lost = [], []
             return done, lost
 
     @property
     def staged(self) -> int:
-        """Items in the open batch, not yet committed."""
+        """Items in the open batch, not yet being committed."""
         return len(self._staged)
+
+    @property
+    def unsettled(self) -> int:
+        """Items staged, being committed, or committed and not yet handed back."""
+        with self._lock:
+            return len(self._staged) + self._in_flight + len(self._committed) + len(self._lost)
 
     # -- meta ---------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -466,19 +563,28 @@ class GatewayStore:
 
     def task(self, round_: int, device: str, kind: str) -> TaskRecord | None:
         """One device's task in a round (a primary-key lookup: judging an update must not scan the round)."""
-        rows = self._query(
-            "SELECT status, base_version, task_id FROM selections WHERE round = ? AND device = ? AND kind = ?",
-            (round_, device, kind),
-        )
-        return TaskRecord(str(rows[0][0]), bytes.fromhex(rows[0][1]), bytes(rows[0][2])) if rows else None
+        with self._lock:  # the row and what is staged, seen at one moment (a commit moves one to the other)
+            rows = self._query(
+                "SELECT status, base_version, task_id FROM selections WHERE round = ? AND device = ? AND kind = ?",
+                (round_, device, kind),
+            )
+            if not rows:
+                return None
+            status = "delivered" if (round_, device, kind) in self._delivered else str(rows[0][0])
+        return TaskRecord(status, bytes.fromhex(rows[0][1]), bytes(rows[0][2]))
 
     def outstanding(self, round_: int, kind: str) -> int:
         """Tasks of a round that may still be answered: sent, or reassigned while their device looked dead."""
-        rows = self._query(
-            "SELECT COUNT(*) FROM selections WHERE round = ? AND kind = ? AND status IN ('sent', 'reassigned')",
-            (round_, kind),
-        )
-        return int(rows[0][0])
+        with self._lock:  # staged deliveries are answers already
+            if not self._delivered:
+                count = ("SELECT COUNT(*) FROM selections WHERE round = ? AND kind = ? "
+                         "AND status IN ('sent', 'reassigned')")
+                return int(self._query(count, (round_, kind))[0][0])
+            rows = self._query(
+                "SELECT device FROM selections WHERE round = ? AND kind = ? AND status IN ('sent', 'reassigned')",
+                (round_, kind),
+            )
+            return sum(1 for (device,) in rows if (round_, device, kind) not in self._delivered)
 
     def round_tasks(self, round_: int, kind: str) -> dict[str, str]:
         """Every device given a task of this kind in this round, with the task's status."""
@@ -502,7 +608,9 @@ class GatewayStore:
         if kind is not None:
             sql += " AND kind = ?"
             args.append(kind)
-        return [(int(r), str(d), str(k), float(t)) for r, d, k, t in self._query(sql, tuple(args))]
+        with self._lock:  # staged deliveries are answered
+            return [(int(r), str(d), str(k), float(t)) for r, d, k, t in self._query(sql, tuple(args))
+                    if (r, d, k) not in self._delivered]  # fmt: skip
 
     def selections(self, round_: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT round, device, kind, task_id, status, sent, base_version, deadline FROM selections WHERE 1=1"
@@ -531,43 +639,62 @@ class GatewayStore:
         dense_bytes: int,
         payload: bytes,
         batch: object = None,
+        on_duplicate: Callable[[], None] | None = None,
     ) -> bool:
         """Record an accepted update; False when its id is already known (counted before). With ``batch``
-        (any object but None) it is staged into the open batch, and ``batch`` comes back from ``commit_batch``."""
-        with self._write(batch) as db:
+        (any object but None) it is staged, and ``batch`` comes back from ``commit_batch``; an id that turns out
+        known only when its batch is written (nothing the intake asked showed it) calls ``on_duplicate`` then."""
+        row = (update_id, round_, task_round, device, kind, samples, weight, base.hex(), nbytes, dense_bytes,
+               time.time(), payload)  # fmt: skip
+        delivered = (task_round, device, kind)
+        if batch is not None:
+            with self._lock:
+                if any(reason == ACCEPTED for _, reason in self._seen_ids.get(update_id, ())):
+                    return False
+                staged = Staged([(INSERT_UPDATE, row), (DELIVERED, delivered)], update_id, delivers=delivered,
+                                unique_first=True, on_duplicate=on_duplicate)  # fmt: skip
+                seq = self._stage(batch, staged)
+                self._seen_ids.setdefault(update_id, []).append((seq, ACCEPTED))
+                self._delivered.setdefault(delivered, []).append(seq)
+            return True
+        with self.transaction() as db:
             try:
-                db.execute(
-                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (update_id, round_, task_round, device, kind, samples, weight, base.hex(), nbytes, dense_bytes,
-                     time.time(), payload),
-                )  # fmt: skip
+                db.execute(INSERT_UPDATE, row)
             except sqlite3.IntegrityError:
                 return False
-            db.execute(
-                "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?",
-                (task_round, device, kind),
-            )
+            db.execute(DELIVERED, delivered)
         return True
 
-    def _write(self, batch: object) -> AbstractContextManager[sqlite3.Connection]:
-        return self.transaction() if batch is None else self._staging(batch)
-
     def known_update(self, update_id: bytes) -> str | None:
-        """'accepted', the reason of an earlier refusal, or None for a new id."""
-        if self._query("SELECT 1 FROM updates WHERE update_id = ?", (update_id,)):
-            return "accepted"
-        rows = self._query("SELECT reason FROM refusals WHERE update_id = ? ORDER BY id LIMIT 1", (update_id,))
-        return rows[0][0] if rows else None
+        """'accepted' (committed), ``UNCOMMITTED`` (accepted, its commit pending), the reason of an earlier refusal
+        (staged ones included), or None for a new id."""
+        with self._lock:  # the rows and what is staged, seen at one moment (a commit moves one to the other)
+            rows = self._db.execute(
+                "SELECT 1, NULL FROM updates WHERE update_id = ?1 UNION ALL "
+                "SELECT * FROM (SELECT 0, reason FROM refusals WHERE update_id = ?1 ORDER BY id LIMIT 1)",
+                (update_id,),
+            ).fetchall()
+            staged = [reason for _, reason in self._seen_ids.get(update_id, ())]
+        if any(accepted for accepted, _ in rows):
+            return ACCEPTED
+        if ACCEPTED in staged:  # not durable yet: its fate is its commit's (admission: Outcome.IN_FLIGHT)
+            return UNCOMMITTED
+        refused = [str(reason) for _, reason in rows] + staged  # the first refusal, on disk before staged
+        return refused[0] if refused else None
 
     def refuse(
         self, update_id: bytes | None, device: str, round_: int | None, reason: str, nbytes: int, batch: object = None
     ) -> None:
         """Record a refused message (``batch``: staged, as in ``accept``)."""
-        with self._write(batch) as db:
-            db.execute(
-                "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)",
-                (update_id, device, round_, reason, nbytes, time.time()),
-            )
+        row = (update_id, device, round_, reason, nbytes, time.time())
+        if batch is not None:
+            with self._lock:
+                seq = self._stage(batch, Staged([(INSERT_REFUSAL, row)], update_id))
+                if update_id is not None:
+                    self._seen_ids.setdefault(update_id, []).append((seq, reason))
+            return
+        with self.transaction() as db:
+            db.execute(INSERT_REFUSAL, row)
 
     def refusals(self, round_: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT update_id, device, round, reason, bytes FROM refusals"
@@ -725,11 +852,13 @@ class GatewayStore:
     ) -> None:
         # A birth is retained on the broker, so a row lost with an uncommitted batch comes back at the next start:
         # with stage_presence (the service's) it rides in the intake's next group commit.
-        with self._write(PRESENCE if self.stage_presence else None) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device, int(online), seq, time.time(), capabilities, failure, failure_key),
-            )
+        row = (device, int(online), seq, time.time(), capabilities, failure, failure_key)
+        if self.stage_presence:
+            with self._lock:
+                self._stage(PRESENCE, Staged([(SAVE_DEVICE, row)]))
+            return
+        with self.transaction() as db:
+            db.execute(SAVE_DEVICE, row)
 
     @staticmethod
     def _private(path: Path) -> None:

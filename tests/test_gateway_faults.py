@@ -126,7 +126,8 @@ def test_a_full_disk_stops_new_rounds_with_one_message_loses_nothing_and_rounds_
         lost = wire.encode(small_update(first.name, first.tasks[0], gateway.sizes))
         with caplog.at_level(logging.WARNING, logger="gateway"):
             first.send(lost)
-            first.send(lost)  # a resend meets the same full disk
+            wait_for(lambda: gateway.unstored == 1, WAIT, "the gateway to fail to store the first send")
+            first.send(lost)  # a resend after that failure is judged afresh and meets the same full disk
             wait_for(lambda: gateway.unstored == 2, WAIT, "the gateway to judge both sends")
         assert not first.receipts  # nothing stored, nothing receipted: the device keeps it
         assert caplog.text.count("out of space (database or disk is full); not counted, the device will send it") == 1

@@ -46,6 +46,7 @@ from .broker_config import TransportError as TransportError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], None]
+MATCH_CACHE = 100_000  # topics whose matching handlers are remembered (a hub's devices' update and presence topics)
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with this client id
 
 
@@ -86,6 +87,10 @@ class MqttLink:
         self.connected = threading.Event()
         self.on_connect_hooks: list[Callable[[], None]] = []
         self._handlers: dict[str, tuple[int, Handler]] = {}
+        # topic -> the handlers whose pattern matches it, as of ``_handlers``' last change: a gateway hears the
+        # same few thousand device topics again and again, and matching every pattern was per-message work.
+        self._matching: dict[str, list[Handler]] = {}
+        self._expiries: dict[int, Properties] = {}  # message expiry (s) -> its PUBLISH properties
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         # SUBACK bookkeeping. The lock is held for a few instructions only, never across a paho call:
@@ -255,12 +260,18 @@ class MqttLink:
                 log.exception("on-fatal hook failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        for pattern, (_, handler) in list(self._handlers.items()):  # handlers may (un)subscribe
-            if paho.topic_matches_sub(pattern, message.topic):
-                try:
-                    handler(message.topic, bytes(message.payload))
-                except Exception:  # hostile payloads are refused by handlers; a bug must not kill the link
-                    log.exception("handler for %s failed on a message of %d bytes", message.topic, len(message.payload))
+        topic, cache = message.topic, self._matching  # a (un)subscribe replaces the cache after changing _handlers
+        handlers = cache.get(topic)
+        if handlers is None:  # handlers may (un)subscribe: the list is a copy
+            handlers = [h for pattern, (_, h) in list(self._handlers.items()) if paho.topic_matches_sub(pattern, topic)]
+            if len(cache) >= MATCH_CACHE:
+                cache.clear()
+            cache[topic] = handlers
+        for handler in handlers:
+            try:
+                handler(topic, bytes(message.payload))
+            except Exception:  # hostile payloads are refused by handlers; a bug must not kill the link
+                log.exception("handler for %s failed on a message of %d bytes", topic, len(message.payload))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         failed = [r for r in reasons if getattr(r, "is_failure", False)]
@@ -381,12 +392,14 @@ class MqttLink:
     # -- messaging ---------------------------------------------------------------------------------------
     def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
         self._handlers[topic] = (qos, handler)
+        self._matching = {}
         if self.connected.is_set():
             self._track_subscription(self._client.subscribe(topic, qos)[1])
 
     def unsubscribe(self, topic: str) -> None:
         """Drop the handler of exactly ``topic`` (a filter given to subscribe) and tell the broker."""
         self._handlers.pop(topic, None)
+        self._matching = {}
         if self.connected.is_set():
             self._client.unsubscribe(topic)
 
@@ -394,6 +407,18 @@ class MqttLink:
         """Connected and every subscription acknowledged: messages for us will now be kept for us."""
         deadline = time.monotonic() + timeout
         return self.connected.wait(timeout) and self.subscribed.wait(max(0.0, deadline - time.monotonic()))
+
+    def _expiry_properties(self, seconds: int) -> Properties:
+        """The PUBLISH properties carrying a message expiry, made once per value: paho's Properties is costly to
+        build (a round's thousands of tasks share one deadline), and paho only reads it (packs it) once made."""
+        props = self._expiries.get(seconds)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = seconds
+            if len(self._expiries) >= 64:
+                self._expiries.clear()
+            self._expiries[seconds] = props
+        return props
 
     def publish(
         self,
@@ -412,8 +437,7 @@ class MqttLink:
             return False
         props = None
         if expiry is not None and self.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.MessageExpiryInterval = max(1, int(expiry))
+            props = self._expiry_properties(max(1, int(expiry)))
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return False
