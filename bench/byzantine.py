@@ -73,7 +73,7 @@ GOAL = {"digits": "detector_val", "har": "detector"}
 GOAL_SHARE = 0.2
 # Bumped whenever the detector's code changes what it flags: a resumed ``--full`` grid re-runs every run of a
 # strategy with a [robustness] table from an older revision, and keeps the others' (their code did not change).
-DETECTOR_REVISION = 2  # 2: the dormant share, and the loss change at a tenth of the update
+DETECTOR_REVISION = 3  # 2: the dormant share, and the loss change at a tenth of the update; 3: persistence.py
 DIGITS = PopulationSpec(data="digits", devices=30, alpha=0.5, rounds=20, epochs=5, learning_rate=0.05, batch_size=32,
                         density=0.01, fraction=1.0, score_every=1000)  # fmt: skip
 # HAR trains its last layer only: 390 weights (64 x 6 and 6 biases) behind the frozen convolutions. At the 1%
