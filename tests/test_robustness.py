@@ -293,16 +293,47 @@ def test_the_validation_loss_change_flags_an_update_that_hurts_the_hubs_set(
     losses = [0.01 * RNG.standard_normal() for _ in updates[:-1]] + [0.8]
     flagged = [s for s in score_round(updates, {0: SIZE}, loss_changes=losses) if s.flagged]
     assert [s.device for s in flagged] == ["h9"] and "validation loss" in flagged[0].reason
-    # Configuration: a missing file and a frozen backbone are named.
+    # Configuration: a missing file is named.
     (tmp_path / "m.tflite").write_bytes(model)
     settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
                 "robustness": {"detect": True, "validation": str(tmp_path / "none.npz")}}  # fmt: skip
     with pytest.raises(ConfigError, match=r"\[robustness\] validation .*none.npz"):
         from_config(GatewayConfig.from_mapping(settings, env={}), model)
-    np.savez(tmp_path / "val.npz", x=digits.test.x[:50], y=digits.test.y[:50])
-    settings["robustness"]["validation"] = str(tmp_path / "val.npz")  # type: ignore[index]
-    with pytest.raises(ConfigError, match="trainable_layers = 0"):
-        from_config(GatewayConfig.from_mapping(settings, env={}), model)
+
+
+def test_the_validation_set_is_scored_behind_a_frozen_backbone_run_by_the_int8_executor(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    """trainable_layers = 1: the hub's samples go through the frozen backbone once, in the gateway's numpy int8
+    executor; the tail's inputs are what a device's interpreter gives its trainer (within 1 LSB), and so is the
+    loss on the set."""
+    from edge_runtime.model.backends import default_backend
+    from edge_runtime.model.info import quantize_input
+    from edge_runtime.train.trainer import Trainer
+    from gateway.robustness.validation import from_config
+
+    model = write_graph(digits_mlp)
+    (tmp_path / "m.tflite").write_bytes(model)
+    np.savez(tmp_path / "val.npz", x=digits.test.x[:120], y=digits.test.y[:120])
+    settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
+                "robustness": {"detect": True, "validation": str(tmp_path / "val.npz")}}  # fmt: skip
+    scorer = from_config(GatewayConfig.from_mapping(settings, env={}), model)
+    assert scorer is not None and scorer.master.cut > 0
+    device = Trainer(digits_mlp, scorer.master.cut, default_backend())
+    expected = device.features(quantize_input(digits_mlp, digits.test.x[:120]))
+    q = device.cut_tensor.require_int8()
+    assert scorer.features.shape == expected.shape and expected.any()
+    assert np.abs(scorer.features - expected).max() <= float(q.scale[0]) * 1.01  # within 1 LSB
+    base = scorer.master.weights()
+    assert set(base) == set(scorer.master.sizes) and len(base) == 2  # the last layer's weight and bias only
+    wrecker = ClientDelta("wreck", 10, {t: (np.arange(w.size), 3.0 * RNG.standard_normal(w.size)) for t, w in
+                                        base.items()})  # fmt: skip
+    zero = ClientDelta("zero", 10, {t: (np.arange(3), np.zeros(3)) for t in base})
+    changes = scorer.changes(base, [zero, wrecker])
+    assert changes[0] == pytest.approx(0.0, abs=1e-9) and changes[1] > 0.5
+    probs = device.tail.forward(expected, training=False)  # the device's own view of the set's loss
+    own = float(-np.log(np.maximum(probs[np.arange(120), digits.test.y[:120]], 1e-7)).mean())
+    assert scorer.loss(base) == pytest.approx(own, rel=0.02)
 
 
 def test_the_history_sketch_keeps_cosines_and_a_small_model_exactly() -> None:

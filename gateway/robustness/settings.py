@@ -16,7 +16,7 @@ class RobustnessSection:
     decay: float = 0.7  # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
     quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
     min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
-    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
+    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it
     loss_step: float = 0.1  # with validation: the loss change of base + this x the update (1: the whole update)
     dormant_share: float = 0.05  # with validation: flag an update with more of its mass on weights it never drives
     clip_to_median: float = 0.0  # 0: off; else an update above this x the round's median norm is scaled down to it
