@@ -578,9 +578,10 @@ def test_the_benchmark_draws_other_attackers_per_seed_and_keeps_seed_zeros(tmp_p
     assert {j[2] for j in jobs if j[0] == "har"} == {byz.GOAL["har"]}
     assert [j[1].seed for j in jobs if j[0] == "digits"][:6] == [0] * 6  # whole seeds first
     digits = _run("none", 0, 0.9) | {"data": "digits", "strategy": "detector_val"}
+    har = {"strategy": byz.GOAL["har"]}
     details = {"specs": byz._specs(), "norm_bound": byz.NORM_BOUND, "strategies": byz.STRATEGIES,
                "hub_samples": byz.HUB_SAMPLES, "detector_revision": byz.DETECTOR_REVISION,
-               "runs": [_run("none", 1, 0.8), _run("none", 7, 0.8), digits]}  # fmt: skip
+               "runs": [_run("none", 1, 0.8) | har, _run("none", 7, 0.8) | har, digits]}  # fmt: skip
     saved = {"when": "then", "details": details}
     path = tmp_path / "seeds.json"
     path.write_text(json.dumps(saved, default=float))
