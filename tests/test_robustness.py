@@ -218,6 +218,7 @@ def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_
     status = tinyfed("status")
     assert status.returncode == 0, status.stderr
     assert "robustness: detector on" in status.stdout
+    assert "last 3 updates >= 0.9x the norm bound" in status.stdout
     for device in EVIL:
         assert f"QUARANTINED {device} since round 3" in status.stdout
         assert f"round 1 {device}: cosine" in status.stdout and "(recorded, not counted)" in status.stdout
