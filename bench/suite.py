@@ -75,7 +75,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                   "digits_detector_20_min_tpr", "digits_detector_20_max_fpr", "digits_detector_val_20_min_tpr",
                   "digits_detector_val_20_max_fpr", "har_clean_accuracy",
                   "har_best_20_worst_accuracy", "har_best_20_drop_points", "har_detector_20_min_tpr",
-                  "har_detector_20_max_fpr"),
+                  "har_detector_20_max_fpr", "har_detector_val_20_min_tpr", "har_detector_val_20_max_fpr"),
     "privacy_audit": ("small_bound_no_dp", "small_bound_eps_8", "small_accountant_eps_8", "population_bound_no_dp",
                       "population_bound_eps_8"),
 }

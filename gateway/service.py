@@ -133,7 +133,8 @@ class Gateway:
         disk = DiskSpace(config.storage, config.gateway.min_free_mb)
         detector = None
         if config.robustness.detect:
-            detector = Detector(config.robustness, self.store, validation_for(config, self.publisher.model))
+            detector = Detector(config.robustness, self.store, validation_for(config, self.publisher.model),
+                                rc.norm_bound)
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
                              rc.clip_norm or None, disk, privacy, detector)  # fmt: skip
         # Group commit: intake stages; a batch commits when full or after commit_delay, then its receipts go out.

@@ -4,6 +4,7 @@ release, and the round machinery that records it all (the real store, publisher 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def test_robustness_settings_are_checked_and_named(tmp_path: Path) -> None:
         GatewayConfig.from_mapping({"robustness": {"detect": True, "loss_step": 0.0}}, env={})
     with pytest.raises(ConfigError, match=r"robustness.*dormant_share must be in \[0, 1\)"):
         GatewayConfig.from_mapping({"robustness": {"detect": True, "dormant_share": 1.0}}, env={})
+    with pytest.raises(ConfigError, match=r"robustness.*bound_share must be in \[0, 1\].*got 1.5"):
+        GatewayConfig.from_mapping({"robustness": {"detect": True, "bound_share": 1.5}}, env={})
     assert not GatewayConfig.from_mapping({}, env={}).robustness.detect  # off by default
 
 
@@ -90,12 +93,14 @@ DEVICES = tuple(f"d{i}" for i in range(8))
 EVIL = ("d6", "d7")
 
 
-def make_rounds(tmp_path: Path, model: bytes, strategy: str = "fedavg", **robustness: object) -> Rounds:
+def make_rounds(
+    tmp_path: Path, model: bytes, strategy: str = "fedavg", norm_bound: float = 1000.0, **robustness: object
+) -> Rounds:
     (tmp_path / "initial.tflite").write_bytes(model)
     config = GatewayConfig.from_mapping(
         {
             "gateway": {"federation": "t", "storage": str(tmp_path / "gw"), "model": str(tmp_path / "initial.tflite")},
-            "rounds": {"min_devices": 2, "deadline": 60.0},
+            "rounds": {"min_devices": 2, "deadline": 60.0, "norm_bound": norm_bound},
             "strategy": {"name": strategy},
             "robustness": {"detect": True, **robustness},
         },
@@ -106,7 +111,7 @@ def make_rounds(tmp_path: Path, model: bytes, strategy: str = "fedavg", **robust
     policy = RoundPolicy(rc, Eligibility(), TaskSettings.from_rounds(rc, 0.0), np.random.default_rng(0))
     admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
     rounds = Rounds(store, Registry(store), Publisher(config, store, config.make_strategy()), policy, admission,
-                    FakeClock(), detector=Detector(config.robustness, store))  # fmt: skip
+                    FakeClock(), detector=Detector(config.robustness, store, norm_bound=rc.norm_bound))  # fmt: skip
     for name in DEVICES:
         caps = wire.Capabilities(ram=1 << 20, backend="x", samples=50)
         birth = wire.Presence(name, True, 1, 0, caps)
@@ -114,13 +119,18 @@ def make_rounds(tmp_path: Path, model: bytes, strategy: str = "fedavg", **robust
     return rounds
 
 
-def send(rounds: Rounds, device: str, task: wire.Task, direction: np.ndarray) -> None:
+def send(rounds: Rounds, device: str, task: wire.Task, direction: np.ndarray, evil_norm: float = 0.0) -> None:
+    """An honest device's update (the shared direction plus noise), or an attacker's: sign-flipped, or (with
+    ``evil_norm``) the honest one scaled to that norm."""
     tensor, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
     noisy = direction + 0.3 * RNG.standard_normal(direction.size)
-    if device in EVIL:
+    if device in EVIL and not evil_norm:
         noisy = -noisy  # a sign flip
     idx = np.sort(np.argsort(-np.abs(noisy))[:60])
-    values = wire.CodedValues(wire.ValueCoding.FLOAT32, (0.01 * noisy[idx]).astype(np.float32), 1.0)
+    kept = 0.01 * noisy[idx]
+    if device in EVIL and evil_norm:
+        kept *= evil_norm / float(np.linalg.norm(kept))
+    values = wire.CodedValues(wire.ValueCoding.FLOAT32, kept.astype(np.float32), 1.0)
     update = wire.Update(os.urandom(16), device, task.round, task.base_version, 40,
                          [wire.TensorUpdate(tensor, numel, idx, values)])  # fmt: skip
     raw = wire.encode(update)
@@ -128,11 +138,11 @@ def send(rounds: Rounds, device: str, task: wire.Task, direction: np.ndarray) ->
     assert rounds.intake(decoded, raw, device, update_norm(decoded)).accepted
 
 
-def one_round(rounds: Rounds, direction: np.ndarray) -> tuple[set[str], int]:
+def one_round(rounds: Rounds, direction: np.ndarray, evil_norm: float = 0.0) -> tuple[set[str], int]:
     step = rounds.step()
     assert step.opened is not None
     for device, task in step.tasks:
-        send(rounds, device, task, direction)
+        send(rounds, device, task, direction, evil_norm)
     ended = rounds.step().ended
     assert ended is not None and ended.status == "closed"
     return {d for d, _ in step.tasks}, ended.round
@@ -208,6 +218,7 @@ def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_
     status = tinyfed("status")
     assert status.returncode == 0, status.stderr
     assert "robustness: detector on" in status.stdout
+    assert "last 3 updates >= 0.9x the norm bound" in status.stdout
     for device in EVIL:
         assert f"QUARANTINED {device} since round 3" in status.stdout
         assert f"round 1 {device}: cosine" in status.stdout and "(recorded, not counted)" in status.stdout
@@ -283,16 +294,47 @@ def test_the_validation_loss_change_flags_an_update_that_hurts_the_hubs_set(
     losses = [0.01 * RNG.standard_normal() for _ in updates[:-1]] + [0.8]
     flagged = [s for s in score_round(updates, {0: SIZE}, loss_changes=losses) if s.flagged]
     assert [s.device for s in flagged] == ["h9"] and "validation loss" in flagged[0].reason
-    # Configuration: a missing file and a frozen backbone are named.
+    # Configuration: a missing file is named.
     (tmp_path / "m.tflite").write_bytes(model)
     settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
                 "robustness": {"detect": True, "validation": str(tmp_path / "none.npz")}}  # fmt: skip
     with pytest.raises(ConfigError, match=r"\[robustness\] validation .*none.npz"):
         from_config(GatewayConfig.from_mapping(settings, env={}), model)
-    np.savez(tmp_path / "val.npz", x=digits.test.x[:50], y=digits.test.y[:50])
-    settings["robustness"]["validation"] = str(tmp_path / "val.npz")  # type: ignore[index]
-    with pytest.raises(ConfigError, match="trainable_layers = 0"):
-        from_config(GatewayConfig.from_mapping(settings, env={}), model)
+
+
+def test_the_validation_set_is_scored_behind_a_frozen_backbone_run_by_the_int8_executor(
+    tmp_path: Path, digits_mlp: Graph, digits: DataSplit
+) -> None:
+    """trainable_layers = 1: the hub's samples go through the frozen backbone once, in the gateway's numpy int8
+    executor; the tail's inputs are what a device's interpreter gives its trainer (within 1 LSB), and so is the
+    loss on the set."""
+    from edge_runtime.model.backends import default_backend
+    from edge_runtime.model.info import quantize_input
+    from edge_runtime.train.trainer import Trainer
+    from gateway.robustness.validation import from_config
+
+    model = write_graph(digits_mlp)
+    (tmp_path / "m.tflite").write_bytes(model)
+    np.savez(tmp_path / "val.npz", x=digits.test.x[:120], y=digits.test.y[:120])
+    settings = {"gateway": {"model": str(tmp_path / "m.tflite"), "trainable_layers": 1},
+                "robustness": {"detect": True, "validation": str(tmp_path / "val.npz")}}  # fmt: skip
+    scorer = from_config(GatewayConfig.from_mapping(settings, env={}), model)
+    assert scorer is not None and scorer.master.cut > 0
+    device = Trainer(digits_mlp, scorer.master.cut, default_backend())
+    expected = device.features(quantize_input(digits_mlp, digits.test.x[:120]))
+    q = device.cut_tensor.require_int8()
+    assert scorer.features.shape == expected.shape and expected.any()
+    assert np.abs(scorer.features - expected).max() <= float(q.scale[0]) * 1.01  # within 1 LSB
+    base = scorer.master.weights()
+    assert set(base) == set(scorer.master.sizes) and len(base) == 2  # the last layer's weight and bias only
+    wrecker = ClientDelta("wreck", 10, {t: (np.arange(w.size), 3.0 * RNG.standard_normal(w.size)) for t, w in
+                                        base.items()})  # fmt: skip
+    zero = ClientDelta("zero", 10, {t: (np.arange(3), np.zeros(3)) for t in base})
+    changes = scorer.changes(base, [zero, wrecker])
+    assert changes[0] == pytest.approx(0.0, abs=1e-9) and changes[1] > 0.5
+    probs = device.tail.forward(expected, training=False)  # the device's own view of the set's loss
+    own = float(-np.log(np.maximum(probs[np.arange(120), digits.test.y[:120]], 1e-7)).mean())
+    assert scorer.loss(base) == pytest.approx(own, rel=0.02)
 
 
 def test_the_history_sketch_keeps_cosines_and_a_small_model_exactly() -> None:
@@ -537,9 +579,10 @@ def test_the_benchmark_draws_other_attackers_per_seed_and_keeps_seed_zeros(tmp_p
     assert {j[2] for j in jobs if j[0] == "har"} == {byz.GOAL["har"]}
     assert [j[1].seed for j in jobs if j[0] == "digits"][:6] == [0] * 6  # whole seeds first
     digits = _run("none", 0, 0.9) | {"data": "digits", "strategy": "detector_val"}
+    har = {"strategy": byz.GOAL["har"]}
     details = {"specs": byz._specs(), "norm_bound": byz.NORM_BOUND, "strategies": byz.STRATEGIES,
                "hub_samples": byz.HUB_SAMPLES, "detector_revision": byz.DETECTOR_REVISION,
-               "runs": [_run("none", 1, 0.8), _run("none", 7, 0.8), digits]}  # fmt: skip
+               "runs": [_run("none", 1, 0.8) | har, _run("none", 7, 0.8) | har, digits]}  # fmt: skip
     saved = {"when": "then", "details": details}
     path = tmp_path / "seeds.json"
     path.write_text(json.dumps(saved, default=float))
@@ -559,3 +602,64 @@ def test_the_swing_table_reads_the_final_round_and_the_spread_over_the_last_half
     swinging = [0.5, 0.6, 0.7, 0.9, 0.7, 0.9]  # rounds 4-6: 0.9, 0.7, 0.9 (population std 0.0943)
     row = swing_row(0.1, [steady, swinging], 1)
     assert row == "| 0.1 | 2 | 0.850 (0.800-0.900) | 0.047 (0.094) | 1 of 2 |"
+
+
+def at_norm(update: ClientDelta, norm: float) -> ClientDelta:
+    idx, values = update.entries[0]
+    return ClientDelta(update.device, update.samples, {0: (idx, values * (norm / float(np.linalg.norm(values))))})
+
+
+def test_persistence_flags_a_run_of_updates_at_the_norm_bound_and_dormant_mass_that_adds_up() -> None:
+    """Round after round the scalers sit at 0.95 of the bound in a round whose honest norms spread widely on the
+    low side: the round's norm score lets them through (z under 3); their run at the bound does not. An honest
+    device that reaches the bound once, and one that writes a dormant share now and then, are not flagged."""
+    from gateway.robustness.persistence import Persistence
+
+    rng = np.random.default_rng(7)
+    direction = rng.standard_normal(SIZE)
+    memory = Persistence(bound=5.0, bound_share=0.9, rounds=3, decay=0.8, dormant_share=0.05)
+    dormant_shares = {"bd": [0.01, 0.03, 0.02, 0.02, 0.01], "rare": [0.0, 0.04, 0.0, 0.0, 0.0]}
+    for round_ in range(1, 6):
+        # honest norms from 0.05 to 1.6: a wide spread of log-norms; an honest device at the bound in round 2 only
+        updates = [at_norm(honest(f"h{i}", direction), 0.05 * 32 ** (i / 23)) for i in range(24)]
+        updates += [at_norm(honest(name, direction), 4.75) for name in ("s0", "s1", "s2")]
+        updates.append(at_norm(honest("once", direction), 4.8 if round_ == 2 else 1.0))
+        updates += [at_norm(honest(name, direction), 0.3) for name in dormant_shares]
+        scores = score_round(updates, {0: SIZE})
+        assert not any(s.flagged for s in scores if s.device.startswith("s")), "the round's norm score alone"
+        scores = [replace(s, dormant=dormant_shares.get(s.device, [0.0] * 5)[round_ - 1]) for s in scores]
+        assert memory.add_round(round_, scores)
+        judged = {p.device: p for p in memory.judge(scores)}
+        flagged = {d for d, p in judged.items() if p.flagged}
+        scalers = {"s0", "s1", "s2"} if round_ >= 3 else set()
+        dormant = {"bd"} if round_ >= 3 else set()  # 0.01, then 0.038, then 0.0504 > 0.05, ...
+        assert flagged == scalers | dormant, (round_, flagged)
+        for name in scalers:
+            assert f"its last {round_} updates were all at 0.9x the norm bound (5)" in judged[name].reason
+        if dormant:
+            assert "its dormant shares add up to" in judged["bd"].reason
+    assert not memory.add_round(5, scores)  # a re-judged round is not added twice
+    memory.forget("s0")  # released: a new run
+    assert memory.at_bound.get("s0") is None and memory.at_bound["s1"] == 5
+    off = Persistence(bound=5.0, bound_share=0.0, rounds=1, decay=0.8, dormant_share=0.0)
+    off.add_round(1, scores)
+    assert not any(p.flagged for p in off.judge(scores))
+
+
+def test_updates_kept_at_the_norm_bound_are_flagged_from_the_third_round_and_quarantined(
+    tmp_path: Path, model: bytes
+) -> None:
+    """Through the real rounds and store: two devices send updates at 0.95 of [rounds] norm_bound, with the
+    round's norm score loosened (norm_ratio 100) so only their run at the bound can give them away."""
+    rounds = make_rounds(tmp_path, model, norm_bound=5.0, norm_ratio=100.0)
+    _, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    direction = RNG.standard_normal(numel)
+    for expected in range(1, 6):
+        chosen, number = one_round(rounds, direction, evil_norm=4.75)
+        judged = {c.device: c for _, c in rounds.store.contributions(number)}
+        for device in chosen & set(EVIL):
+            assert judged[device].flagged == (number >= 3), (number, judged[device])
+            assert ("x the norm bound (5)" in judged[device].reason) == (number >= 3)
+        assert not any(judged[d].flagged for d in chosen - set(EVIL)) and number == expected
+    quarantined = rounds.store.quarantined()
+    assert set(quarantined) == set(EVIL) and all("norm bound" in why for why in quarantined.values())

@@ -248,7 +248,7 @@ def _run(
     publisher = Publisher(config, store, strategy)
     admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
     validation = validation_for(config, initial) if config.robustness.detect else None
-    detector = Detector(config.robustness, store, validation) if config.robustness.detect else None
+    detector = Detector(config.robustness, store, validation, rc.norm_bound) if config.robustness.detect else None
     rounds = Rounds(store, Registry(store), publisher, policy, admission, FakeClock(), rc.clip_norm or None,
                     None, budget, detector)  # fmt: skip
     by_name = {d.name: d for d in devices}

@@ -10,6 +10,7 @@ so a crash before that commit re-judges the rebuilt round from scratch.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from ..aggregate import StreamingAggregate
 from ..store import Contribution, GatewayStore
 from ..strategies.base import Weights
 from .history import History
+from .persistence import Persistence
 from .reliability import Reliability, observe, released
 from .scores import Score, score_round
 from .settings import RobustnessSection
@@ -41,15 +43,20 @@ class Judgement:
 
 class Detector:
     def __init__(
-        self, settings: RobustnessSection, store: GatewayStore, validation: ValidationLoss | None = None
+        self, settings: RobustnessSection, store: GatewayStore, validation: ValidationLoss | None = None,
+        norm_bound: float = math.inf,
     ) -> None:
         self.settings = settings
+        self.norm_bound = norm_bound  # [rounds] norm_bound: admission refuses larger updates (persistence.py)
         self.store = store
         self.validation = validation
         self._lock = threading.Lock()
         self._reliability: dict[str, Reliability] = {r.device: r for r in store.reliabilities()}
         self._verdicts: dict[int, Judgement] = {}
         self.history: History | None = None  # each device's directions across rounds (history.py); memory only
+        # each device's run of updates at the norm bound and its dormant mass over rounds (persistence.py); memory only
+        self.persistence = Persistence(norm_bound, settings.bound_share, settings.min_history, settings.history_decay,
+                                       settings.dormant_share)  # fmt: skip
 
     # -- intake (paho's thread) -------------------------------------------------------------------------------
     def weight(self, device: str) -> float:
@@ -70,6 +77,7 @@ class Detector:
                     self._reliability[device] = next((x for x in self.store.reliabilities() if x.device == device), r)
                     if self.history is not None:
                         self.history.forget(device)
+                    self.persistence.forget(device)
         return current
 
     def judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None = None) -> Judgement:
@@ -99,6 +107,7 @@ class Detector:
                                  dormant, s.dormant_share)  # fmt: skip
             if s.history:
                 scores = self._with_history(round_, aggregate, scores, quarantined)
+                scores = self._with_persistence(round_, scores)
         by_device = {sc.device: sc for sc in scores}
         with self._lock:
             known = dict(self._reliability)
@@ -141,6 +150,15 @@ class Detector:
         for sc, h in zip(scores, judged, strict=True):
             reason = "; ".join(x for x in (sc.reason, h.reason) if x)
             out.append(replace(sc, flagged=sc.flagged or h.flagged, reason=reason, history_cosine=h.cosine))
+        return out
+
+    def _with_persistence(self, round_: int, scores: list[Score]) -> list[Score]:
+        """Flag the devices whose updates sat at the norm bound, or whose dormant mass added up, across rounds."""
+        self.persistence.add_round(round_, scores)
+        out = []
+        for sc, p in zip(scores, self.persistence.judge(scores), strict=True):
+            reason = "; ".join(x for x in (sc.reason, p.reason) if x)
+            out.append(replace(sc, flagged=sc.flagged or p.flagged, reason=reason))
         return out
 
     def closed(self, verdict: Judgement) -> None:

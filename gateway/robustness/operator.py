@@ -25,6 +25,8 @@ def status_lines(config: GatewayConfig, store: GatewayStore, last: int = 20) -> 
         weights = "reliability x samples" if r.reliability_weights else "samples"
         below = f"below reliability {r.quarantine_below:g}" if r.quarantine_below > 0 else "never"
         history = (f", history cosine < {r.history_min_cosine:g} after {r.min_history} rounds" if r.history else "")
+        if r.history and r.bound_share:
+            history += f", last {r.min_history} updates >= {r.bound_share:g}x the norm bound"
         clip = f"; updates clipped to {r.clip_to_median:g}x the round's median norm" if r.clip_to_median else ""
         hub = (f", validation {r.validation}: loss change at {r.loss_step:g}x the update z > {r.threshold:g}"
                + (f", dormant share > {r.dormant_share:g}" if r.dormant_share else "")) if r.validation else ""

@@ -16,7 +16,7 @@ class RobustnessSection:
     decay: float = 0.7  # reliability <- decay x reliability + (1 - decay) x (0 if flagged else 1)
     quarantine_below: float = 0.4  # a device whose reliability falls below this is quarantined (0: never)
     min_updates: int = 5  # fewer updates in a round: too few for robust statistics, nothing is scored
-    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it (trainable_layers = 0)
+    validation: str = ""  # an .npz (x, y) on the hub: score each update's loss change on it
     loss_step: float = 0.1  # with validation: the loss change of base + this x the update (1: the whole update)
     dormant_share: float = 0.05  # with validation: flag an update with more of its mass on weights it never drives
     clip_to_median: float = 0.0  # 0: off; else an update above this x the round's median norm is scaled down to it
@@ -25,6 +25,7 @@ class RobustnessSection:
     history_min_cosine: float = 0.0  # flagged below this cosine with the federation's history (and threshold sd)
     min_history: int = 3  # rounds of history a device needs before its history is judged
     history_dim: int = 4096  # floats kept per device (a count sketch; exact when the model has no more parameters)
+    bound_share: float = 0.9  # flag a device whose last min_history updates all had >= this x norm_bound (0: off)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
@@ -52,6 +53,8 @@ class RobustnessSection:
             raise ValueError(f"history_min_cosine must be in [-1, 1], got {self.history_min_cosine}")
         if self.min_history < 1:
             raise ValueError(f"min_history must be >= 1, got {self.min_history}")
+        if not 0 <= self.bound_share <= 1:
+            raise ValueError(f"bound_share must be in [0, 1] (0: off; x [rounds] norm_bound), got {self.bound_share}")
         if not 16 <= self.history_dim <= 1 << 20:
             raise ValueError(f"history_dim must be in [16, 1048576] floats per device, got {self.history_dim}")
         if self.reliability_weights and not self.detect:

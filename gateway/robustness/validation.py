@@ -7,10 +7,13 @@ only where a device's data activates what the hub's never does; a backdoor trigg
 clean data leaves at zero (an unused pixel, a silent channel) moves it first: the attacker's update puts 9-13%
 of its mass there in the first round, honest non-IID devices at most 3% (digits, docs/robustness.md).
 
-The gateway runs no interpreter (DESIGN.md section 1), so this works only where the master model's trainable
-tail is the whole model (``[gateway] trainable_layers = 0``, the default): the tail's float layers run in numpy
-on the dequantised int8 inputs, as on a device. Cost: one forward pass over the validation set per update at
-each close (O(n x validation x model)), and the set itself in memory: keep it small (a few hundred samples).
+The tail's float layers run in numpy on the dequantised int8 inputs of the tail, as on a device. With a frozen
+backbone (``[gateway] trainable_layers`` > 0, HAR's case) those inputs are the backbone's output at the cut: the
+gateway runs no interpreter (DESIGN.md section 1), but its numpy int8 executor (edge_runtime/model/reference.py,
+the conformance suite's yardstick, within 1 LSB of every interpreter) runs the backbone over the set once, at
+start (it is frozen: its output on the set never changes). Cost of that: one int8 pass over the set, and the
+features kept (set x cut width floats; 300 x 64 for HAR). Cost per close: one forward pass of the tail over
+the set per update (O(n x validation x tail)), and the set itself in memory: keep it small (a few hundred).
 The dormant share costs one more forward pass per close (the base model's, which marks the dormant weights: a
 boolean per trainable weight, kept until the next close) and O(nnz) per update.
 """
@@ -22,9 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.config import ConfigError, setting
+from edge_runtime.model.errors import ModelError
 from edge_runtime.model.info import quantize_input
 from edge_runtime.model.quant import dequantize
+from edge_runtime.model.reference import run_reference
 from edge_runtime.train.layers import Conv2D, FullyConnected
+from edge_runtime.train.split import backbone_graph
 
 from ..config import GatewayConfig
 from ..master import MasterModel
@@ -60,12 +66,15 @@ def from_config(config: GatewayConfig, model: bytes) -> ValidationLoss | None:
 class ValidationLoss:
     def __init__(self, model: bytes, trainable_layers: int, x: np.ndarray, y: np.ndarray, where: str) -> None:
         self.master = MasterModel(model, trainable_layers)
-        if self.master.cut != 0:
-            raise ConfigError(f"{where}: the loss-change score needs [gateway] trainable_layers = 0 (the gateway "
-                              "runs no interpreter for a frozen backbone)")  # fmt: skip
-        graph = self.master.graph
-        q = graph.tensor(graph.inputs[0]).require_int8()
-        self.features = dequantize(quantize_input(graph, x, where), float(q.scale[0]), int(q.zero_point[0]))
+        graph, cut = self.master.graph, self.master.cut
+        x_int8 = quantize_input(graph, x, where)
+        if cut > 0:  # the frozen backbone, once: its output at the cut is the tail's input for every round
+            try:
+                x_int8 = run_reference(backbone_graph(graph, cut), x_int8)[0]
+            except ModelError as exc:
+                raise ConfigError(f"{where}: the gateway's int8 executor cannot run the backbone ({exc})") from exc
+        q = graph.tensor(graph.operators[cut].inputs[0]).require_int8()
+        self.features = dequantize(x_int8, float(q.scale[0]), int(q.zero_point[0]))
         self.y = y
 
     def loss(self, weights: Weights) -> float:
