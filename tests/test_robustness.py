@@ -644,6 +644,11 @@ def test_persistence_flags_a_run_of_updates_at_the_norm_bound_and_dormant_mass_t
     off = Persistence(bound=5.0, bound_share=0.0, rounds=1, decay=0.8, dormant_share=0.0)
     off.add_round(1, scores)
     assert not any(p.flagged for p in off.judge(scores))
+    # A bound that binds most devices (an operator who set it at the devices' DP clip): nobody's run grows.
+    clipped = Persistence(bound=5.0, bound_share=0.9, rounds=1, decay=0.8, dormant_share=0.0)
+    everyone = [replace(s, norm=4.9 if i % 4 else 1.0) for i, s in enumerate(scores)]
+    clipped.add_round(1, everyone)
+    assert not any(p.flagged for p in clipped.judge(everyone)) and not any(clipped.at_bound.values())
 
 
 def test_updates_kept_at_the_norm_bound_are_flagged_from_the_third_round_and_quarantined(

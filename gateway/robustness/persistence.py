@@ -11,7 +11,8 @@ mass written on dormant weights a little at a time.
   last ``rounds`` updates were all at least ``bound_share`` (0.9) of the bound is flagged; one honest update
   that reaches it is not, and an update over the bound is refused at admission, so an honest device whose
   norms grow past the bound breaks its own run. A scaler that stays further under the bound is left to the
-  norm score (docs/robustness.md).
+  norm score (docs/robustness.md). A round in which most updates sit at the bound adds to nobody's run: then
+  the bound binds honest devices too (set at their DP clip, say).
 - Dormant mass, accumulated: the dormant share (validation.py) is judged per round against a fixed bound
   (``dormant_share``). A backdoor attacker whose top-k picks put 0-5% of each update there passes every round
   while its trigger is learnt (digits, seed 5: backdoor success 0.98); honest updates put exactly 0 there
@@ -58,8 +59,14 @@ class Persistence:
         if round_ <= self._round:
             return False
         self._round = round_
+        at = {sc.device for sc in scores
+              if self.bound_share > 0 and math.isfinite(self.bound) and sc.norm >= self.bound_share * self.bound}
+        # Most of a round at the bound says the bound binds everyone (an operator who set it at the devices' DP
+        # clip, say), not that most devices attack: such a round adds to nobody's run, lest every device be
+        # quarantined. Attackers are a minority by assumption (the median and trimmed mean assume it too).
+        binding = 2 * len(at) > len(scores)
         for sc in scores:
-            near = self.bound_share > 0 and math.isfinite(self.bound) and sc.norm >= self.bound_share * self.bound
+            near = sc.device in at and not binding
             self.at_bound[sc.device] = self.at_bound.get(sc.device, 0) + 1 if near else 0
             if sc.dormant is not None:
                 fade = self.decay ** (round_ - self._seen.get(sc.device, round_ - 1))
