@@ -62,6 +62,7 @@ from .privacy.budget import budget_of
 from .publisher import Publisher
 from .registry import Eligibility, Registry
 from .robustness.detector import Detector
+from .robustness.persistence import at_bound_reference
 from .robustness.validation import from_config as validation_for
 from .rounds import Rounds, RoundSummary, Settled, Step
 from .store import GatewayStore
@@ -134,7 +135,7 @@ class Gateway:
         detector = None
         if config.robustness.detect:
             detector = Detector(config.robustness, self.store, validation_for(config, self.publisher.model),
-                                rc.norm_bound)
+                                at_bound_reference(rc.norm_bound, rc.clip_norm))
         self.rounds = Rounds(self.store, self.registry, self.publisher, policy, admission, self.clock,
                              rc.clip_norm or None, disk, privacy, detector)  # fmt: skip
         # Group commit: intake stages; a batch commits when full or after commit_delay, then its receipts go out.

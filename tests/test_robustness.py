@@ -218,7 +218,13 @@ def test_status_shows_each_flag_and_quarantine_with_its_reason_and_release_puts_
     status = tinyfed("status")
     assert status.returncode == 0, status.stderr
     assert "robustness: detector on" in status.stdout
-    assert "last 3 updates >= 0.9x the norm bound" in status.stdout
+    assert "last 3 updates >= 0.9x the norm bound (1000)" in status.stdout
+    clipped = tmp_path / "clipped.toml"  # updates scaled to clip_norm before scoring cannot show the bound
+    clipped.write_text(toml.read_text() + "[rounds]\nclip_norm = 5.0\n")
+    shown = subprocess.run([sys.executable, "-m", "tinyfed", "gateway", "status", "--config", str(clipped)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "updates at the norm bound: not judged ([rounds] clip_norm scales updates first)" in shown.stdout
     for device in EVIL:
         assert f"QUARANTINED {device} since round 3" in status.stdout
         assert f"round 1 {device}: cosine" in status.stdout and "(recorded, not counted)" in status.stdout

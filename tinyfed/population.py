@@ -58,6 +58,7 @@ from gateway.privacy.budget import PrivacyBudget
 from gateway.publisher import Publisher
 from gateway.registry import Eligibility, Registry
 from gateway.robustness.detector import Detector
+from gateway.robustness.persistence import at_bound_reference
 from gateway.robustness.validation import from_config as validation_for
 from gateway.rounds import Rounds
 from gateway.store import Contribution, GatewayStore
@@ -248,7 +249,8 @@ def _run(
     publisher = Publisher(config, store, strategy)
     admission = AdmissionRules(rc.mode, rc.norm_bound, rc.max_staleness, rc.max_samples)
     validation = validation_for(config, initial) if config.robustness.detect else None
-    detector = Detector(config.robustness, store, validation, rc.norm_bound) if config.robustness.detect else None
+    bound = at_bound_reference(rc.norm_bound, rc.clip_norm)
+    detector = Detector(config.robustness, store, validation, bound) if config.robustness.detect else None
     rounds = Rounds(store, Registry(store), publisher, policy, admission, FakeClock(), rc.clip_norm or None,
                     None, budget, detector)  # fmt: skip
     by_name = {d.name: d for d in devices}

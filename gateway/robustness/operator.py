@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from edge_runtime.config import ConfigError
@@ -10,6 +11,7 @@ from edge_runtime.config import ConfigError
 from ..config import GatewayConfig
 from ..store import GatewayStore
 from .detector import release
+from .persistence import at_bound_reference
 
 
 def status_lines(config: GatewayConfig, store: GatewayStore, last: int = 20) -> list[str]:
@@ -26,7 +28,13 @@ def status_lines(config: GatewayConfig, store: GatewayStore, last: int = 20) -> 
         below = f"below reliability {r.quarantine_below:g}" if r.quarantine_below > 0 else "never"
         history = (f", history cosine < {r.history_min_cosine:g} after {r.min_history} rounds" if r.history else "")
         if r.history and r.bound_share:
-            history += f", last {r.min_history} updates >= {r.bound_share:g}x the norm bound"
+            bound = at_bound_reference(config.rounds.norm_bound, config.rounds.clip_norm)
+            history += (f", last {r.min_history} updates >= {r.bound_share:g}x the norm bound ({bound:g})"
+                        if math.isfinite(bound) else ", updates at the norm bound: not judged ([rounds] clip_norm "
+                        "scales updates first)")  # fmt: skip
+        if r.history and r.validation and r.dormant_share:
+            history += (f", dormant shares summed over rounds (x {r.history_decay:g} a round) > "
+                        f"{r.dormant_share:g}")  # fmt: skip
         clip = f"; updates clipped to {r.clip_to_median:g}x the round's median norm" if r.clip_to_median else ""
         hub = (f", validation {r.validation}: loss change at {r.loss_step:g}x the update z > {r.threshold:g}"
                + (f", dormant share > {r.dormant_share:g}" if r.dormant_share else "")) if r.validation else ""

@@ -42,6 +42,14 @@ class PersistenceScore:
     dormant_sum: float | None  # its decayed sum of dormant shares (None without a validation set)
 
 
+def at_bound_reference(norm_bound: float, clip_norm: float) -> float:
+    """The bound the at-bound run is judged against, or inf (the signal off). The detector scores updates as
+    they are folded, after ``[rounds] clip_norm`` scaled them down: under a clip below the bound no update can
+    show the bound, and one just under it would make every honest update above the clip look "at the bound".
+    With a clip, a scaler's extra weight is clipped away anyway."""
+    return math.inf if clip_norm > 0 else norm_bound
+
+
 class Persistence:
     def __init__(self, bound: float, bound_share: float, rounds: int, decay: float, dormant_share: float) -> None:
         self.bound = bound
@@ -66,8 +74,9 @@ class Persistence:
         # quarantined. Attackers are a minority by assumption (the median and trimmed mean assume it too).
         binding = 2 * len(at) > len(scores)
         for sc in scores:
-            near = sc.device in at and not binding
-            self.at_bound[sc.device] = self.at_bound.get(sc.device, 0) + 1 if near else 0
+            if binding:  # neither adds to a run nor breaks one
+                continue
+            self.at_bound[sc.device] = self.at_bound.get(sc.device, 0) + 1 if sc.device in at else 0
             if sc.dormant is not None:
                 fade = self.decay ** (round_ - self._seen.get(sc.device, round_ - 1))
                 self.dormant[sc.device] = fade * self.dormant.get(sc.device, 0.0) + sc.dormant
