@@ -651,10 +651,15 @@ def test_persistence_flags_a_run_of_updates_at_the_norm_bound_and_dormant_mass_t
     off.add_round(1, scores)
     assert not any(p.flagged for p in off.judge(scores))
     # A bound that binds most devices (an operator who set it at the devices' DP clip): nobody's run grows.
-    clipped = Persistence(bound=5.0, bound_share=0.9, rounds=1, decay=0.8, dormant_share=0.0)
-    everyone = [replace(s, norm=4.9 if i % 4 else 1.0) for i, s in enumerate(scores)]
+    clipped = Persistence(bound=5.0, bound_share=0.9, rounds=1, decay=0.8, dormant_share=0.05)
+    everyone = [replace(s, norm=4.9 if i % 4 else 1.0, dormant=0.0) for i, s in enumerate(scores)]
     clipped.add_round(1, everyone)
     assert not any(p.flagged for p in clipped.judge(everyone)) and not any(clipped.at_bound.values())
+    # ... while the dormant sums still add up in such a round: only the at-bound run pauses
+    writer = everyone[0].device
+    again = [replace(s, dormant=0.06 if s.device == writer else 0.0) for s in everyone]
+    clipped.add_round(2, again)
+    assert clipped.dormant[writer] == pytest.approx(0.06) and not any(clipped.at_bound.values())
 
 
 def test_updates_kept_at_the_norm_bound_are_flagged_from_the_third_round_and_quarantined(

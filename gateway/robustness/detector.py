@@ -47,7 +47,6 @@ class Detector:
         norm_bound: float = math.inf,
     ) -> None:
         self.settings = settings
-        self.norm_bound = norm_bound  # [rounds] norm_bound: admission refuses larger updates (persistence.py)
         self.store = store
         self.validation = validation
         self._lock = threading.Lock()

@@ -74,9 +74,8 @@ class Persistence:
         # quarantined. Attackers are a minority by assumption (the median and trimmed mean assume it too).
         binding = 2 * len(at) > len(scores)
         for sc in scores:
-            if binding:  # neither adds to a run nor breaks one
-                continue
-            self.at_bound[sc.device] = self.at_bound.get(sc.device, 0) + 1 if sc.device in at else 0
+            if not binding:  # a binding round neither adds to a run nor breaks one
+                self.at_bound[sc.device] = self.at_bound.get(sc.device, 0) + 1 if sc.device in at else 0
             if sc.dormant is not None:
                 fade = self.decay ** (round_ - self._seen.get(sc.device, round_ - 1))
                 self.dormant[sc.device] = fade * self.dormant.get(sc.device, 0.0) + sc.dormant
