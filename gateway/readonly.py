@@ -19,7 +19,13 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     try:
         connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         connection.execute("PRAGMA query_only = ON")
-        connection.execute("SELECT 1 FROM models LIMIT 1")
+        created = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'").fetchall()
+        if created:
+            connection.execute("SELECT 1 FROM models LIMIT 1")
     except sqlite3.Error as exc:
         raise ConfigError(f"{db}: cannot read the gateway's store: {exc}") from exc
+    if not created:
+        # The gateway has made the file and not yet committed its tables (GatewayStore creates them at once).
+        connection.close()
+        raise ConfigError(f"no tables yet at {db}: the gateway has not run with this storage (it may be starting)")
     return connection

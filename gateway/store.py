@@ -199,10 +199,7 @@ class GatewayStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        for table, column, declaration in MIGRATIONS:
-            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._create_schema()
         self._lock = threading.RLock()  # the main connection and the staged state below
         # Held while the writer commits a batch, and by every other transaction (which commits the batch first):
         # the two connections never contend for SQLite's write lock. Taken before ``_lock``, never after it.
@@ -222,6 +219,23 @@ class GatewayStore:
         self.batch_error: BaseException | None = None  # why the last lost batch was lost
         self.stage_presence = False  # save_device stages into the open batch instead of committing at once
         self._closed = False
+
+    def _create_schema(self) -> None:
+        """The tables and later columns in one transaction: a reader beside a gateway that is creating its store
+        (``gateway status``, the dashboard) sees either no tables or all of them, never a store in between."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            for table, column, declaration in MIGRATIONS:
+                if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
