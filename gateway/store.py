@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, update_id BLOB, device TEXT NOT NULL, round INTEGER,
     reason TEXT NOT NULL, bytes INTEGER NOT NULL, received REAL NOT NULL
 );
+-- Every update's admission asks whether its id was refused before, and every round's count asks for its
+-- refusals: without these, both scan every refusal ever stored, so a sender of refused messages would make
+-- the intake of every honest update slower for as long as the refusals are kept (0.7 ms an update at 10,000).
+CREATE INDEX IF NOT EXISTS refusals_update ON refusals (update_id) WHERE update_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS refusals_round ON refusals (round);
 CREATE TABLE IF NOT EXISTS metrics (
     round INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (round, name)
 );

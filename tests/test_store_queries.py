@@ -1,5 +1,6 @@
-"""A reader beside a gateway that is creating its store (``gateway status``, the dashboard, the metrics page).
+"""The gateway's store as its readers and its intake see it.
 
+A reader beside a gateway that is creating its store (``gateway status``, the dashboard, the metrics page):
 CI once caught ``gateway status --json`` between two of the store's CREATE TABLE statements: the file and
 ``models`` were there, ``privacy_ledger`` was not, and status died with "no such table". The test below reads
 the store through the readers' own code at every statement the gateway runs while creating it.
@@ -7,7 +8,10 @@ the store through the readers' own code at every statement the gateway runs whil
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 from edge_runtime.config import ConfigError
 from gateway.readonly import open_readonly
 from gateway.report import snapshot
-from gateway.store import GatewayStore
+from gateway.store import INSERT_REFUSAL, GatewayStore
 
 
 def test_a_reader_sees_no_store_or_the_whole_store_at_every_step_of_its_creation(
@@ -59,5 +63,53 @@ def test_a_reader_sees_no_store_or_the_whole_store_at_every_step_of_its_creation
         assert seen[0] == "not yet" and seen[-1] == "whole", seen
         assert set(seen) == {"not yet", "whole"}, [s for s in seen if s not in ("not yet", "whole")]
         assert seen == sorted(seen, key=("not yet", "whole").index), seen
+    finally:
+        store.close()
+
+
+def _vm_steps(store: GatewayStore, question: Callable[[], object]) -> int:
+    """How much work SQLite did for ``question``: its virtual machine's instructions, in hundreds (SQLite's
+    progress handler), a count that does not depend on the machine's speed or load."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    connection = store._db  # the connection the intake's questions run on
+    connection.set_progress_handler(tick, 100)
+    try:
+        question()
+    finally:
+        connection.set_progress_handler(None, 100)
+    return steps
+
+
+def test_the_intakes_questions_cost_the_same_however_many_refusals_are_stored(tmp_path: Path) -> None:
+    """Every update's admission asks whether its id was refused before. Without an index that question read
+    every refusal ever stored, so a sender of refused messages made every honest update's intake slower for as
+    long as they were kept (0.7 ms an update at 10,000 refusals, 7 ms at 100,000)."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    try:
+        fresh, refused = os.urandom(16), os.urandom(16)
+
+        def questions() -> list[int]:
+            return [
+                _vm_steps(store, lambda: store.known_update(fresh)),
+                _vm_steps(store, lambda: store.known_update(refused)),
+                _vm_steps(store, lambda: store.round_counts(3)),
+            ]
+
+        store.refuse(refused, "d0", 3, "bad signature", 100)
+        few = questions()
+        with store.transaction() as db:  # a flood of refused messages in the rounds after round 3
+            db.executemany(INSERT_REFUSAL, ((os.urandom(16), f"d{i % 50}", 4 + i // 500, "malformed", 100, time.time())
+                                            for i in range(20_000)))  # fmt: skip
+        many = questions()
+        assert store.known_update(refused) == "bad signature" and store.known_update(fresh) is None
+        assert many[0] <= few[0] + 1 and many[1] <= few[1] + 1, (few, many)  # a scan would be thousands
+        assert many[2] <= few[2] + 1, (few, many)  # round 3's one refusal, found through the index
+        assert store.round_counts(3)["refused"] == 1 and store.round_counts(4)["refused"] == 500
     finally:
         store.close()
