@@ -28,6 +28,7 @@ that need no disk.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -104,6 +105,7 @@ CREATE TABLE IF NOT EXISTS failures (
     kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
 );
 """
+SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
 # Columns added after a store could first be created: (table, column, declaration).
 MIGRATIONS = (
     ("devices", "failure", "TEXT"),
@@ -225,9 +227,22 @@ class GatewayStore:
         self.stage_presence = False  # save_device stages into the open batch instead of committing at once
         self._closed = False
 
+    def _schema_complete(self) -> bool:
+        """Every table, index and later column there already: the usual case, read without SQLite's write lock
+        (a store opened beside a running gateway, by ``gateway status`` or a test, must not wait for its commits)."""
+        names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        if not SCHEMA_NAMES.issubset(names):
+            return False
+        return all(
+            column in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for table, column, _ in MIGRATIONS
+        )
+
     def _create_schema(self) -> None:
         """The tables and later columns in one transaction: a reader beside a gateway that is creating its store
         (``gateway status``, the dashboard) sees either no tables or all of them, never a store in between."""
+        if self._schema_complete():
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for statement in SCHEMA.split(";"):

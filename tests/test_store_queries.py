@@ -113,3 +113,19 @@ def test_the_intakes_questions_cost_the_same_however_many_refusals_are_stored(tm
         assert store.round_counts(3)["refused"] == 1 and store.round_counts(4)["refused"] == 500
     finally:
         store.close()
+
+
+def test_a_store_opened_beside_a_gateway_in_the_middle_of_a_commit_does_not_wait_for_its_lock(tmp_path: Path) -> None:
+    """``gateway status`` and the tests open the store beside a running gateway: a complete store's schema is
+    read, not written, so the gateway's write lock does not hold them up (an open that took it would wait for
+    SQLite's timeout and fail with "database is locked" while the gateway commits)."""
+    GatewayStore(tmp_path / "gateway.db").close()
+    gateway = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    gateway.execute("BEGIN IMMEDIATE")  # the running gateway, mid-commit
+    try:
+        beside = GatewayStore(tmp_path / "gateway.db")
+        assert beside.round_counts(1)["train"] == 0
+        beside.close()
+    finally:
+        gateway.execute("ROLLBACK")
+        gateway.close()
