@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, write_result
-from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib, digits_agent_files
+from bench.transport import TOPICS, WAIT, Receipts, _link, _status_mib, digits_agent_files, status_snapshot
 from edge_runtime import wire
 from edge_runtime.model.backends import available_backends
 from edge_runtime.transport.broker import MosquittoProcess
@@ -147,13 +147,14 @@ def running_agent(broker: MosquittoProcess, workdir: Path, backend: str = "auto"
             assert receipts.wait(n), f"the agent did not deliver its update for task {n}"
         stop.set()
         sampler.join()
+        status = status_snapshot(proc.pid)  # one read: the peak, the RSS and its parts at one moment
         return {
-            "agent_rss_mib": _status_mib(proc.pid, "VmRSS"),
+            "agent_rss_mib": status["VmRSS"],
             # Private (heap, stacks, arenas) against file-backed (shared libraries' pages, shareable).
-            "agent_rss_anon_mib": _status_mib(proc.pid, "RssAnon"),
-            "agent_rss_file_mib": _status_mib(proc.pid, "RssFile"),
-            "agent_threads": _status_mib(proc.pid, "Threads") * 1024,
-            "agent_peak_rss_mib": _status_mib(proc.pid, "VmHWM"),
+            "agent_rss_anon_mib": status["RssAnon"],
+            "agent_rss_file_mib": status["RssFile"],
+            "agent_threads": status["Threads"],
+            "agent_peak_rss_mib": status["VmHWM"],
             "agent_sampled_max_rss_mib": max(samples, default=float("nan")),
             "agent_rss_model_installed_mib": installed,
             "samples": len(samples),

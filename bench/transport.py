@@ -204,11 +204,21 @@ def throughput(broker: MosquittoProcess, payload: bytes, count: int, workdir: Pa
         gateway.stop()
 
 
-def _status_mib(pid: int, field: str) -> float:
+def status_snapshot(pid: int) -> dict[str, float]:
+    """Every numeric field of /proc/PID/status, sizes in MiB, from one read: the kernel computes them together,
+    so VmHWM >= VmRSS = RssAnon + RssFile + RssShmem holds within one snapshot, not across two reads (RSS counters
+    are per-thread caches that lag by a few pages)."""
+    fields: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        name, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            fields[name] = int(parts[0]) / 1024 if parts[1:] == ["kB"] else float(parts[0])
+    return fields
+
+
+def _status_mib(pid: int, field: str) -> float:
+    return status_snapshot(pid).get(field, float("nan"))
 
 
 def digits_agent_files(
@@ -267,9 +277,10 @@ def agent_memory(broker: MosquittoProcess, workdir: Path) -> dict[str, float]:
         gateway.publish(TOPICS.task("rss"), wire.encode(task), timeout=WAIT)
         assert receipts.wait(1), "the agent did not deliver its update"
         time.sleep(0.5)
+        status = status_snapshot(proc.pid)
         return {
-            "agent_rss_mib": _status_mib(proc.pid, "VmRSS"),
-            "agent_peak_rss_mib": _status_mib(proc.pid, "VmHWM"),
+            "agent_rss_mib": status["VmRSS"],
+            "agent_peak_rss_mib": status["VmHWM"],
             "bare_python_numpy_paho_rss_mib": _status_mib(bare.pid, "VmRSS"),
         }
     finally:
