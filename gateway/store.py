@@ -405,10 +405,11 @@ class GatewayStore:
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (version.hex(),))
 
+    _MODEL_KEYS = ("version", "parent", "round", "created", "path", "master", "size", "seq")
+
     def models(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT version, parent, round, created, path, master, size, seq FROM models ORDER BY seq")
-        keys = ("version", "parent", "round", "created", "path", "master", "size", "seq")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        rows = self._query(f"SELECT {', '.join(self._MODEL_KEYS)} FROM models ORDER BY seq")
+        return [dict(zip(self._MODEL_KEYS, r, strict=True)) for r in rows]
 
     def finish_round(
         self,
@@ -452,8 +453,17 @@ class GatewayStore:
             )
 
     def model(self, version_prefix: str) -> dict[str, Any] | None:
-        matches = [m for m in self.models() if m["version"].startswith(version_prefix.lower())]
-        return matches[0] if len(matches) == 1 else None
+        """The one version that starts with ``version_prefix``; None when none or several do. A range of the
+        primary key, two rows at most: a compact update names its base by a 4-byte prefix, so this is asked for
+        every update whose base is neither the current version nor the open round's, and reading every version
+        made a sender of such updates cost the intake more with every round the federation had run."""
+        prefix = version_prefix.lower()
+        rows = self._query(
+            f"SELECT {', '.join(self._MODEL_KEYS)} FROM models WHERE version >= ? AND version < ? ORDER BY version "
+            "LIMIT 2",
+            (prefix, prefix + "\U0010ffff"),  # above every character a version (hex) can continue the prefix with
+        )
+        return dict(zip(self._MODEL_KEYS, rows[0], strict=True)) if len(rows) == 1 else None
 
     def model_seq(self, version: bytes) -> int | None:
         rows = self._query("SELECT seq FROM models WHERE version = ?", (version.hex(),))

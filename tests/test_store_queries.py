@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,5 +112,39 @@ def test_the_intakes_questions_cost_the_same_however_many_refusals_are_stored(tm
         assert many[0] <= few[0] + 1 and many[1] <= few[1] + 1, (few, many)  # a scan would be thousands
         assert many[2] <= few[2] + 1, (few, many)  # round 3's one refusal, found through the index
         assert store.round_counts(3)["refused"] == 1 and store.round_counts(4)["refused"] == 500
+    finally:
+        store.close()
+
+
+def test_naming_a_base_by_its_prefix_costs_the_same_however_many_versions_are_stored(tmp_path: Path) -> None:
+    """A compact update names its base by a 4-byte prefix; when that is neither the current version nor the open
+    round's, the intake asks the store for the one stored version with that prefix. That read every version
+    ever made, so a sender of compact updates with made-up prefixes cost the intake more with every round."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    try:
+        def add(versions: list[str], first: int = 0) -> None:
+            with store.transaction() as db:
+                db.executemany("INSERT INTO models VALUES (?, NULL, ?, 0, 'm', 'w', 1, ?)",
+                               ((v, first + i, first + i) for i, v in enumerate(versions)))  # fmt: skip
+
+        versions = [os.urandom(32).hex() for _ in range(5003)]
+        add(versions[:3])
+        known = versions[1]
+        prefixes = (os.urandom(4).hex() for _ in range(100))
+        absent = next(p for p in prefixes if not any(v.startswith(p) for v in versions))
+
+        def questions() -> list[int]:
+            return [_vm_steps(store, lambda: store.model(known[:8])), _vm_steps(store, lambda: store.model(absent))]
+
+        few = questions()
+        add(versions[3:], first=3)
+        many = questions()
+        assert many[0] <= few[0] + 1 and many[1] <= few[1] + 1, (few, many)  # a scan would be hundreds
+        # What it answers is unchanged: the one version with the prefix, none for an unknown or ambiguous one.
+        found = store.model(known[:8].upper())
+        assert found is not None and found["version"] == known and found["round"] == 1
+        assert store.model(absent) is None and store.model("") is None
+        ambiguous = Counter(m["version"][:1] for m in store.models()).most_common(1)[0][0]
+        assert store.model(ambiguous) is None
     finally:
         store.close()
