@@ -64,7 +64,12 @@ CREATE TABLE IF NOT EXISTS updates (
     bytes INTEGER NOT NULL, dense_bytes INTEGER NOT NULL, received REAL NOT NULL, payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS updates_round ON updates (round, kind);
-CREATE INDEX IF NOT EXISTS selections_waiting ON selections (status, kind);
+-- A task nobody answered stays 'sent' after its round closed (over-provisioning leaves some in every round, and
+-- a device that never answers one leaves one in every round it is asked in). The round's waiting tasks, asked
+-- at each death or failure report in the round, were found through (status, kind) alone, reading every such
+-- task of every round before (3.3 ms at 20,000): with the round in the index, only the round's own.
+DROP INDEX IF EXISTS selections_waiting;
+CREATE INDEX IF NOT EXISTS selections_waiting_round ON selections (status, kind, round);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, update_id BLOB, device TEXT NOT NULL, round INTEGER,
     reason TEXT NOT NULL, bytes INTEGER NOT NULL, received REAL NOT NULL
