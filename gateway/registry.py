@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from edge_runtime import wire
 
+from .lograte import RateLimitedLog
 from .store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Registry:
         self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
         self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
         self._online = 0  # kept as births and deaths arrive: what a plan asks before it looks at every record
+        self.said = RateLimitedLog(log, "ignored births and deaths")  # a sender's to repeat: at a bounded rate
         for row in store.devices():
             caps = None
             if row["capabilities"]:
@@ -100,14 +102,15 @@ class Registry:
         with self._lock:
             record = self._devices.get(presence.device)
             if presence.online and record is not None and presence.seq < record.seq:
-                log.info("ignored a stale birth of %s (seq %d < %d)", presence.device, presence.seq, record.seq)
+                self.said.info("ignored a stale birth of %s (seq %d < %d)", presence.device, presence.seq,
+                               record.seq)  # fmt: skip
                 return record, False
             if not presence.online and (record is None or presence.seq != record.seq):
                 # Sparkplug's rule: a death is the will of the connection whose birth carried the same counter.
                 # An older one is a late will of an earlier connection; a larger one was never born, so it
                 # cannot evict the device (nor create a record for one that never announced itself).
-                log.info("ignored a death of %s with seq %d (its birth has %s)", presence.device, presence.seq,
-                         record.seq if record else "none")  # fmt: skip
+                self.said.info("ignored a death of %s with seq %d (its birth has %s)", presence.device,
+                               presence.seq, record.seq if record else "none")  # fmt: skip
                 return record or DeviceRecord(presence.device, False, presence.seq, time.time(), None), False
             was_online = record is not None and record.online
             caps = presence.capabilities if presence.online else (record.capabilities if record else None)

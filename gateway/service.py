@@ -56,6 +56,7 @@ from .aggregate import update_norm
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
+from .lograte import RateLimitedLog
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
 from .privacy.budget import budget_of
@@ -109,6 +110,8 @@ class Gateway:
         rc = config.rounds
         self.trust = gateway_trust(config.trust, config.source)  # before anything is opened: no keys, no start
         self.refused_presence: Counter[str] = Counter()  # device -> presence messages refused (signatures)
+        # What senders' messages make it say (refusals, replays): at a bounded rate (gateway/lograte.py).
+        self.said = RateLimitedLog(log, "refused or repeated messages")
         self.clock = clock or SystemClock()
         self.topics = Topics(config.gateway.federation)
         self.store = GatewayStore(config.storage / "gateway.db")
@@ -355,17 +358,17 @@ class Gateway:
         try:
             device = self.topics.device_of(topic)
         except wire.WireError as exc:
-            log.warning("refused a presence message on %s: %s", topic, exc)
+            self.said.warning("refused a presence message on %s: %s", topic, exc)
             return
         try:
             opened = self.trust.open(device, payload)
             presence = wire.decode(opened.payload, expect=wire.Presence)
         except wire.WireError as exc:
             self.refused_presence[device] += 1
-            log.warning("refused a presence message on %s: %s", topic, exc)
+            self.said.warning("refused a presence message on %s: %s", topic, exc)
             return
         if presence.device != device:
-            log.warning("refused a presence for %r on the topic of %r", presence.device, device)
+            self.said.warning("refused a presence for %r on the topic of %r", presence.device, device)
             return
         try:
             _, died = self.registry.observe(presence, payload)
@@ -386,7 +389,7 @@ class Gateway:
         try:
             device = self.topics.device_of(topic)
         except wire.WireError as exc:
-            log.warning("ignored a message on %s: %s", topic, exc)
+            self.said.warning("ignored a message on %s: %s", topic, exc)
             return
         try:
             whole = self.reassembler.feed(device, payload)
@@ -433,9 +436,9 @@ class Gateway:
             return
         short = update.update_id.hex()[:12]
         if verdict.receipt_reason is not None:
-            log.warning("refused update %s of %s: %s", short, device, verdict.reason)
+            self.said.warning("refused update %s of %s: %s", short, device, verdict.reason)
         elif not verdict.accepted:
-            log.info("update %s of %s arrived again; not counted twice", short, device)
+            self.said.info("update %s of %s arrived again; not counted twice", short, device)
         self._staged.set()  # its receipt goes out after the commit that holds it (the timer's, or a full batch's)
         self._release(self.rounds.released())
 
@@ -464,7 +467,7 @@ class Gateway:
         if refused is None:
             self._wake.set()
         else:
-            log.warning("refused a task failure report of %s: %s", device, refused)
+            self.said.warning("refused a task failure report of %s: %s", device, refused)
         self._send_receipt(device, failure.report_id, refused)
 
     def _refuse_undecodable(self, device: str, data: bytes, exc: wire.WireError) -> None:
@@ -475,7 +478,7 @@ class Gateway:
             self._send_receipt(device, message_id, why)
 
     def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
-        log.warning("refused a message from %s: %s", device, reason)
+        self.said.warning("refused a message from %s: %s", device, reason)
         try:
             self.store.refuse(update_id, device, None, reason, nbytes)
         except Exception as exc:
