@@ -74,7 +74,7 @@ class DeviceKeys:
         if other is not None and not other.active:
             return f"key {kid.hex()} of {self.device} was revoked ({other.revoked}, {other.reason or 'no reason'})"
         if entry is None:
-            revoked = any(k.device == self.device for k in self.registry.keys)
+            revoked = self.registry.enrolled(self.device)  # not active, so every key it had is revoked
             return f"{self.device} has no valid key ({'revoked' if revoked else 'not enrolled'})"
         return f"unknown key {kid.hex()[:16]}; {self.device}'s is {entry.key_id.hex()}"
 
