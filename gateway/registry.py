@@ -88,6 +88,7 @@ class Registry:
         self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
         self._online = 0  # kept as births and deaths arrive: what a plan asks before it looks at every record
         self.said = RateLimitedLog(log, "ignored births and deaths")  # a sender's to repeat: at a bounded rate
+        self._quarantined: set[str] = set()  # the names set_quarantined was last given: no other record has one
         for row in store.devices():
             caps = None
             if row["capabilities"]:
@@ -162,12 +163,15 @@ class Registry:
             self.failures += 1
 
     def set_quarantined(self, quarantined: dict[str, str]) -> None:
-        """Exactly these devices are quarantined (device -> why); the others are not."""
+        """Exactly these devices are quarantined (device -> why); the others are not. Asked at every step: only
+        the devices quarantined now or at the last call are looked at, not every device ever seen."""
         with self._lock:
-            for name, record in self._devices.items():
+            for name in self._quarantined | quarantined.keys():
+                record = self._devices.get(name)
                 why = quarantined.get(name)
-                if record.quarantined != why:
+                if record is not None and record.quarantined != why:
                     self._devices[name] = dataclasses.replace(record, quarantined=why)
+            self._quarantined = set(quarantined)  # one not yet seen gets its reason once it is
 
     @property
     def online(self) -> int:
