@@ -90,6 +90,7 @@ class GatewayTrust:
             key = signer.public_key()
             self._own = wire.Ed25519Verifier({key_id(public_raw(key)): key})
         self._valid: set[str] | None = None  # devices with a valid key at the last look (revoked())
+        self._looked_at: Any = None  # the registry (one read of the file) that look was at
 
     @property
     def signed(self) -> bool:
@@ -120,6 +121,9 @@ class GatewayTrust:
         if self.watcher is None:
             return {}
         registry = self.watcher.current()
+        if registry is self._looked_at:  # the same read of the file: nobody's key changed since the last look
+            return {}  # (the round thread looks at every step: a set of every enrolled device each time was O(fleet))
+        self._looked_at = registry
         valid = set(registry.devices())
         gone = (self._valid if self._valid is not None else set(known)) - valid
         self._valid = valid
