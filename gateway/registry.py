@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 
 from edge_runtime import wire
+from edge_runtime.lograte import RateLimitedLog
 
-from .lograte import RateLimitedLog
 from .store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class Registry:
         self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
         self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
         self._online = 0  # kept as births and deaths arrive: what a plan asks before it looks at every record
-        self.said = RateLimitedLog(log, "ignored births and deaths")  # a sender's to repeat: at a bounded rate
+        # A sender's to repeat as often as it likes: said at a bounded rate.
+        self.said = RateLimitedLog(log, "ignored births and deaths")
         self._quarantined: set[str] = set()  # the names set_quarantined was last given: no other record has one
         for row in store.devices():
             caps = None

@@ -46,6 +46,7 @@ import numpy as np
 
 from edge_runtime import wire
 from edge_runtime.errors import ExitCode, TinyfedError
+from edge_runtime.lograte import RateLimitedLog
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink, Will
 from edge_runtime.transport.topics import Topics, gateway_client_id
@@ -56,7 +57,6 @@ from .aggregate import update_norm
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
-from .lograte import RateLimitedLog
 from .master import MasterModel
 from .policy import OpenRound, RoundPolicy, TaskSettings
 from .privacy.budget import budget_of
@@ -66,7 +66,7 @@ from .robustness.detector import Detector
 from .robustness.persistence import at_bound_reference
 from .robustness.validation import from_config as validation_for
 from .rounds import Rounds, RoundSummary, Settled, Step
-from .store import GatewayStore
+from .store import STORE_KEEPS, GatewayStore
 from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ class Gateway:
         rc = config.rounds
         self.trust = gateway_trust(config.trust, config.source)  # before anything is opened: no keys, no start
         self.refused_presence: Counter[str] = Counter()  # device -> presence messages refused (signatures)
-        # What senders' messages make it say (refusals, replays): at a bounded rate (gateway/lograte.py).
-        self.said = RateLimitedLog(log, "refused or repeated messages")
+        # What senders' messages make it say (refusals, replays): at a bounded rate (edge_runtime/lograte.py).
+        self.said = RateLimitedLog(log, "refused or repeated messages", STORE_KEEPS)
         self.clock = clock or SystemClock()
         self.topics = Topics(config.gateway.federation)
         self.store = GatewayStore(config.storage / "gateway.db")

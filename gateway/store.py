@@ -130,6 +130,7 @@ INSERT_UPDATE = "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 DELIVERED = "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?"
 INSERT_REFUSAL = "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)"
 SAVE_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)"
+STORE_KEEPS = "the store records each: tinyfed gateway status"  # where a line not logged one by one is kept
 
 
 @dataclass

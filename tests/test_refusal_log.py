@@ -3,7 +3,7 @@
 Each refused message is recorded in the store, and was also said in a log line of its own: journald limits a
 service's lines as a whole, so a sender of refused messages could push the gateway's other lines out of the
 journal, and replace its history with the flood's. Now a bounded number of lines per window is said one by one
-(gateway/lograte.py), and the rest in one line; the store still records every message.
+(edge_runtime/lograte.py), and the rest in one line; the store still records every message.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.lograte import RateLimitedLog
 from edge_runtime.transport.broker import MosquittoProcess
 from gateway.config import GatewayConfig
-from gateway.lograte import RateLimitedLog
 from gateway.service import Gateway
 
 from .federation import WAIT, ManualDevice, gateway_config
@@ -48,7 +48,8 @@ def test_a_flood_of_refused_messages_is_recorded_whole_and_logged_at_a_bounded_r
 def test_lines_past_the_burst_are_said_as_one_when_the_next_window_begins(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     logger = logging.getLogger("tests.lograte")
-    said = RateLimitedLog(logger, "refused messages", burst=3, window=60.0, clock=lambda: now[0])
+    said = RateLimitedLog(logger, "refused messages", "the store records each: tinyfed gateway status", burst=3,
+                          window=60.0, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="tests.lograte"):
         for i in range(10):
             said.warning("refused message %d", i)

@@ -1,10 +1,10 @@
 """Log lines that senders' messages cause, at a bounded rate.
 
-Every message the gateway refuses is recorded in its store (``gateway status`` shows each, with its reason) and
-was also said in a log line of its own: a flood of refused messages was a flood of lines. journald limits a
-service's lines as a whole (10,000 in 30 s by default), so past that it dropped the gateway's other lines with
-the flood's, and what it kept took the place of the journal's older history. Here the first ``burst`` lines of
-each ``window`` are said one by one; the rest are counted, and said as one line when the next window begins.
+A gateway refuses what a sender gets wrong, and a bridge says what its boards log: one line per message made a
+flood of messages a flood of lines. journald limits a service's lines as a whole (10,000 in 30 s by default),
+so past that it dropped the service's other lines with the flood's, and what it kept took the place of the
+journal's older history. Here the first ``burst`` lines of each ``window`` are said one by one; the rest are
+counted, and said as one line when the next window begins (``where`` tells where each is kept, if anywhere).
 The state is three numbers, whatever the senders choose to send.
 """
 
@@ -21,12 +21,14 @@ class RateLimitedLog:
         self,
         logger: logging.Logger,
         what: str,
+        where: str = "",
         burst: int = 20,
         window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
         self.what = what  # what the lines are about, plural: "refused messages"
+        self.where = where  # where each is kept besides: "the store records each: tinyfed gateway status"
         self.burst = burst
         self.window = window
         self.clock = clock
@@ -53,9 +55,9 @@ class RateLimitedLog:
                 self._held += 1
             first_held = self._held == 1
         if summary is not None:
-            self.logger.warning("%d more %s were not logged one by one in the %.0f s after the first %d (the store "
-                                "records each: tinyfed gateway status)", summary, self.what, self.window,
-                                self.burst)  # fmt: skip
+            where = f" ({self.where})" if self.where else ""
+            self.logger.warning("%d more %s were not logged one by one in the %.0f s after the first %d%s", summary,
+                                self.what, self.window, self.burst, where)  # fmt: skip
         if say:
             self.logger.log(level, msg, *args)
         elif first_held:
