@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import __version__, wire
+from edge_runtime.lograte import RateLimitedLog
 from edge_runtime.transport.fragments import Reassembler
 
 from .errors import BoardGarbage, BoardRefused, BoardReset, BoardSilent, ProtocolError
@@ -88,6 +89,9 @@ class BoardDriver:
         self.link = SerialLink(port, baud, max_payload=MAX_FRAME_DEFAULT, retries=retries).start()
         self.board: wire.Hello | None = None
         self.logs: deque[wire.Log] = deque(maxlen=200)
+        # A board's own lines, at a bounded rate: one that logs in a loop through a long request (TRAIN) put
+        # hundreds of lines a second into the bridge's journal, crowding out the bridge's own.
+        self._board_said = RateLimitedLog(log, f"lines of board {url}", "the driver keeps the last 200: logs")
         self.resets_seen = 0
         self._in_data_phase = False
         self._greeting = False
@@ -142,7 +146,7 @@ class BoardDriver:
                 raise ProtocolError(f"{self.url}: the board sent a message that does not decode: {exc}") from exc
             if isinstance(message, wire.Log):
                 self.logs.append(message)
-                log.log(_LEVELS.get(message.level, logging.INFO), "board %s: %s", self.url, message.text)
+                self._board_said.log(_LEVELS.get(message.level, logging.INFO), "board %s: %s", self.url, message.text)
                 continue
             if isinstance(message, wire.Reset):
                 self.resets_seen += 1

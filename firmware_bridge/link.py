@@ -42,6 +42,12 @@ from .framing import (
 
 log = logging.getLogger(__name__)
 MAX_NUDGES = 64  # resends prompted by the peer's repeated acknowledgement, per frame, before giving up
+# Frames delivered and not yet taken, at most. A request's answer is taken as it arrives, so more wait only
+# while the other side talks unasked (LOG frames) and this side does not read: a bridge between tasks, for
+# as long as it waits for one. Unbounded, a board logging in a loop grew the bridge's memory at line rate.
+# Past it a frame finds no free buffer (docs/serial-protocol.md): neither delivered nor acknowledged, so the
+# other side resends it, and gives up on it as it would on a lost one.
+MAX_HELD = 256
 
 
 class Port(Protocol):
@@ -85,6 +91,7 @@ class LinkStats:
     duplicates: int = 0
     bytes_sent: int = 0
     naks_sent: int = 0  # repeated acknowledgements sent on a damaged frame
+    dropped: int = 0  # frames that found no free buffer (MAX_HELD others unread): not acknowledged, so resent
 
 
 class SerialLink:
@@ -95,6 +102,7 @@ class SerialLink:
         max_payload: int = MAX_FRAME_DEFAULT,
         retries: int = 8,
         processing_allowance: float = 0.05,
+        max_held: int = MAX_HELD,
     ) -> None:
         self.port = port
         self.baud = baud
@@ -112,7 +120,7 @@ class SerialLink:
         self.last_attempts = 0  # attempts the last send needed (1 = no retransmission): a line-quality signal
         self._acked = threading.Condition()
         self._acked_seq: int | None = None
-        self._inbox: queue.Queue[Frame] = queue.Queue()
+        self._inbox: queue.Queue[Frame] = queue.Queue(max_held)
         self._write_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -291,14 +299,24 @@ class SerialLink:
         if self._expect_seq is None or frame.seq == self._expect_seq:
             # None: this side just (re)started and takes the first frame it hears as in order. At worst that
             # is a resend of a message delivered before the reset, which the session layer answers as stale.
+            if self._inbox.full():
+                self._no_room()
+                return  # not acknowledged: the other side resends it, as if it was lost
             self._last_delivered = frame.seq
             self._last_was_start = frame.starts_session
             self._expect_seq = (frame.seq + 1) & 0xFF
-            self._inbox.put(frame)
+            self._inbox.put_nowait(frame)  # only this thread puts: there is room
         else:
             self.stats.duplicates += 1  # a resend whose acknowledgement was lost: acknowledge it again
         ack, flags = self._ack_field()
         self._write(Frame(TYPE_ACK, 0, ack, flags))
+
+
+    def _no_room(self) -> None:
+        self.stats.dropped += 1
+        if self.stats.dropped == 1 or self.stats.dropped % 10_000 == 0:  # a board that talks on is said rarely
+            log.warning("%d frame(s) not taken: %d others wait unread (the other side talks unasked)",
+                        self.stats.dropped, self._inbox.maxsize)  # fmt: skip
 
 
 def payload_capacity(max_payload: int) -> int:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from edge_runtime import wire
+from edge_runtime.lograte import RateLimitedLog
 
 from .store import GatewayStore
 
@@ -86,6 +87,9 @@ class Registry:
         self.departures = 0  # devices seen going offline since start: tells rounds when to look for the dead
         self.failures = 0  # task failures reported since start: tells rounds when to look for replacements
         self._online = 0  # kept as births and deaths arrive: what a plan asks before it looks at every record
+        # A sender's to repeat as often as it likes: said at a bounded rate.
+        self.said = RateLimitedLog(log, "ignored births and deaths")
+        self._quarantined: set[str] = set()  # the names set_quarantined was last given: no other record has one
         for row in store.devices():
             caps = None
             if row["capabilities"]:
@@ -100,14 +104,15 @@ class Registry:
         with self._lock:
             record = self._devices.get(presence.device)
             if presence.online and record is not None and presence.seq < record.seq:
-                log.info("ignored a stale birth of %s (seq %d < %d)", presence.device, presence.seq, record.seq)
+                self.said.info("ignored a stale birth of %s (seq %d < %d)", presence.device, presence.seq,
+                               record.seq)  # fmt: skip
                 return record, False
             if not presence.online and (record is None or presence.seq != record.seq):
                 # Sparkplug's rule: a death is the will of the connection whose birth carried the same counter.
                 # An older one is a late will of an earlier connection; a larger one was never born, so it
                 # cannot evict the device (nor create a record for one that never announced itself).
-                log.info("ignored a death of %s with seq %d (its birth has %s)", presence.device, presence.seq,
-                         record.seq if record else "none")  # fmt: skip
+                self.said.info("ignored a death of %s with seq %d (its birth has %s)", presence.device,
+                               presence.seq, record.seq if record else "none")  # fmt: skip
                 return record or DeviceRecord(presence.device, False, presence.seq, time.time(), None), False
             was_online = record is not None and record.online
             caps = presence.capabilities if presence.online else (record.capabilities if record else None)
@@ -159,12 +164,15 @@ class Registry:
             self.failures += 1
 
     def set_quarantined(self, quarantined: dict[str, str]) -> None:
-        """Exactly these devices are quarantined (device -> why); the others are not."""
+        """Exactly these devices are quarantined (device -> why); the others are not. Asked at every step: only
+        the devices quarantined now or at the last call are looked at, not every device ever seen."""
         with self._lock:
-            for name, record in self._devices.items():
+            for name in self._quarantined | quarantined.keys():
+                record = self._devices.get(name)
                 why = quarantined.get(name)
-                if record.quarantined != why:
+                if record is not None and record.quarantined != why:
                     self._devices[name] = dataclasses.replace(record, quarantined=why)
+            self._quarantined = set(quarantined)  # one not yet seen gets its reason once it is
 
     @property
     def online(self) -> int:

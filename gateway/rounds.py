@@ -453,8 +453,6 @@ class Rounds:
                     self._settle()  # a deadline judges the updates in hand: the staged ones too
                 plan = self.policy.plan(self._open, self.registry, self.store, self.publisher.version, now)
                 step = self._record(plan, now)
-            if self.privacy is not None and plan.tasks and not self.privacy.central:
-                self.privacy.invalidate()  # local DP: every task given spends its device's budget
         except Exception as exc:  # the plan was not recorded, so none of its tasks goes out
             if not is_out_of_space(exc):
                 raise
@@ -506,6 +504,8 @@ class Rounds:
         version = self.publisher.version
         local = current.noise if current.privacy == "local-dp" else 0.0
         self.store.record_plan(plan.open, current.round, plan.kind, ids, version, plan.deadline, ended, local)
+        if local and plan.kind == "train" and self.privacy is not None:  # as recorded: each task spends budget
+            self.privacy.gave([device for device, _ in ids], local)
         if plan.open is not None:
             self._open = OpenRound(plan.open, self._new_aggregate(plan.open))
             if plan.open.mode == "sync":

@@ -46,6 +46,7 @@ import numpy as np
 
 from edge_runtime import wire
 from edge_runtime.errors import ExitCode, TinyfedError
+from edge_runtime.lograte import RateLimitedLog
 from edge_runtime.transport.fragments import Reassembler
 from edge_runtime.transport.mqtt import MqttLink, Will
 from edge_runtime.transport.topics import Topics, gateway_client_id
@@ -65,7 +66,7 @@ from .robustness.detector import Detector
 from .robustness.persistence import at_bound_reference
 from .robustness.validation import from_config as validation_for
 from .rounds import Rounds, RoundSummary, Settled, Step
-from .store import GatewayStore
+from .store import STORE_KEEPS, GatewayStore
 from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Gateway:
         rc = config.rounds
         self.trust = gateway_trust(config.trust, config.source)  # before anything is opened: no keys, no start
         self.refused_presence: Counter[str] = Counter()  # device -> presence messages refused (signatures)
+        # What senders' messages make it say (refusals, replays): at a bounded rate (edge_runtime/lograte.py).
+        self.said = RateLimitedLog(log, "refused or repeated messages", STORE_KEEPS)
         self.clock = clock or SystemClock()
         self.topics = Topics(config.gateway.federation)
         self.store = GatewayStore(config.storage / "gateway.db")
@@ -355,17 +358,17 @@ class Gateway:
         try:
             device = self.topics.device_of(topic)
         except wire.WireError as exc:
-            log.warning("refused a presence message on %s: %s", topic, exc)
+            self.said.warning("refused a presence message on %s: %s", topic, exc)
             return
         try:
             opened = self.trust.open(device, payload)
             presence = wire.decode(opened.payload, expect=wire.Presence)
         except wire.WireError as exc:
             self.refused_presence[device] += 1
-            log.warning("refused a presence message on %s: %s", topic, exc)
+            self.said.warning("refused a presence message on %s: %s", topic, exc)
             return
         if presence.device != device:
-            log.warning("refused a presence for %r on the topic of %r", presence.device, device)
+            self.said.warning("refused a presence for %r on the topic of %r", presence.device, device)
             return
         try:
             _, died = self.registry.observe(presence, payload)
@@ -386,7 +389,7 @@ class Gateway:
         try:
             device = self.topics.device_of(topic)
         except wire.WireError as exc:
-            log.warning("ignored a message on %s: %s", topic, exc)
+            self.said.warning("ignored a message on %s: %s", topic, exc)
             return
         try:
             whole = self.reassembler.feed(device, payload)
@@ -433,9 +436,9 @@ class Gateway:
             return
         short = update.update_id.hex()[:12]
         if verdict.receipt_reason is not None:
-            log.warning("refused update %s of %s: %s", short, device, verdict.reason)
+            self.said.warning("refused update %s of %s: %s", short, device, verdict.reason)
         elif not verdict.accepted:
-            log.info("update %s of %s arrived again; not counted twice", short, device)
+            self.said.info("update %s of %s arrived again; not counted twice", short, device)
         self._staged.set()  # its receipt goes out after the commit that holds it (the timer's, or a full batch's)
         self._release(self.rounds.released())
 
@@ -464,7 +467,7 @@ class Gateway:
         if refused is None:
             self._wake.set()
         else:
-            log.warning("refused a task failure report of %s: %s", device, refused)
+            self.said.warning("refused a task failure report of %s: %s", device, refused)
         self._send_receipt(device, failure.report_id, refused)
 
     def _refuse_undecodable(self, device: str, data: bytes, exc: wire.WireError) -> None:
@@ -475,7 +478,7 @@ class Gateway:
             self._send_receipt(device, message_id, why)
 
     def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
-        log.warning("refused a message from %s: %s", device, reason)
+        self.said.warning("refused a message from %s: %s", device, reason)
         try:
             self.store.refuse(update_id, device, None, reason, nbytes)
         except Exception as exc:

@@ -65,7 +65,12 @@ CREATE TABLE IF NOT EXISTS updates (
     bytes INTEGER NOT NULL, dense_bytes INTEGER NOT NULL, received REAL NOT NULL, payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS updates_round ON updates (round, kind);
-CREATE INDEX IF NOT EXISTS selections_waiting ON selections (status, kind);
+-- A task nobody answered stays 'sent' after its round closed (over-provisioning leaves some in every round, and
+-- a device that never answers one leaves one in every round it is asked in). The round's waiting tasks, asked
+-- at each death or failure report in the round, were found through (status, kind) alone, reading every such
+-- task of every round before (3.3 ms at 20,000): with the round in the index, only the round's own.
+DROP INDEX IF EXISTS selections_waiting;
+CREATE INDEX IF NOT EXISTS selections_waiting_round ON selections (status, kind, round);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, update_id BLOB, device TEXT NOT NULL, round INTEGER,
     reason TEXT NOT NULL, bytes INTEGER NOT NULL, received REAL NOT NULL
@@ -100,6 +105,8 @@ CREATE TABLE IF NOT EXISTS reliability (
     device TEXT PRIMARY KEY, score REAL NOT NULL, rounds INTEGER NOT NULL, flags INTEGER NOT NULL,
     quarantined INTEGER NOT NULL, reason TEXT NOT NULL, since INTEGER NOT NULL, updated REAL NOT NULL
 );
+-- Who is quarantined is asked at every step of the round thread: through this, without reading every device's row.
+CREATE INDEX IF NOT EXISTS reliability_quarantined ON reliability (device) WHERE quarantined = 1;
 CREATE TABLE IF NOT EXISTS failures (
     report_id BLOB PRIMARY KEY, device TEXT NOT NULL, round INTEGER NOT NULL, task_id BLOB NOT NULL,
     kind TEXT NOT NULL, reason INTEGER NOT NULL, detail TEXT NOT NULL, received REAL NOT NULL
@@ -125,6 +132,7 @@ INSERT_UPDATE = "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 DELIVERED = "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?"
 INSERT_REFUSAL = "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)"
 SAVE_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)"
+STORE_KEEPS = "the store records each: tinyfed gateway status"  # where a line not logged one by one is kept
 
 
 @dataclass
@@ -420,10 +428,11 @@ class GatewayStore:
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (version.hex(),))
 
+    _MODEL_KEYS = ("version", "parent", "round", "created", "path", "master", "size", "seq")
+
     def models(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT version, parent, round, created, path, master, size, seq FROM models ORDER BY seq")
-        keys = ("version", "parent", "round", "created", "path", "master", "size", "seq")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        rows = self._query(f"SELECT {', '.join(self._MODEL_KEYS)} FROM models ORDER BY seq")
+        return [dict(zip(self._MODEL_KEYS, r, strict=True)) for r in rows]
 
     def finish_round(
         self,
@@ -467,8 +476,17 @@ class GatewayStore:
             )
 
     def model(self, version_prefix: str) -> dict[str, Any] | None:
-        matches = [m for m in self.models() if m["version"].startswith(version_prefix.lower())]
-        return matches[0] if len(matches) == 1 else None
+        """The one version that starts with ``version_prefix``; None when none or several do. A range of the
+        primary key, two rows at most: a compact update names its base by a 4-byte prefix, so this is asked for
+        every update whose base is neither the current version nor the open round's, and reading every version
+        made a sender of such updates cost the intake more with every round the federation had run."""
+        prefix = version_prefix.lower()
+        rows = self._query(
+            f"SELECT {', '.join(self._MODEL_KEYS)} FROM models WHERE version >= ? AND version < ? ORDER BY version "
+            "LIMIT 2",
+            (prefix, prefix + "\U0010ffff"),  # above every character a version (hex) can continue the prefix with
+        )
+        return dict(zip(self._MODEL_KEYS, rows[0], strict=True)) if len(rows) == 1 else None
 
     def model_seq(self, version: bytes) -> int | None:
         rows = self._query("SELECT seq FROM models WHERE version = ?", (version.hex(),))

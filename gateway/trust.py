@@ -74,7 +74,7 @@ class DeviceKeys:
         if other is not None and not other.active:
             return f"key {kid.hex()} of {self.device} was revoked ({other.revoked}, {other.reason or 'no reason'})"
         if entry is None:
-            revoked = any(k.device == self.device for k in self.registry.keys)
+            revoked = self.registry.enrolled(self.device)  # not active, so every key it had is revoked
             return f"{self.device} has no valid key ({'revoked' if revoked else 'not enrolled'})"
         return f"unknown key {kid.hex()[:16]}; {self.device}'s is {entry.key_id.hex()}"
 
@@ -90,6 +90,7 @@ class GatewayTrust:
             key = signer.public_key()
             self._own = wire.Ed25519Verifier({key_id(public_raw(key)): key})
         self._valid: set[str] | None = None  # devices with a valid key at the last look (revoked())
+        self._looked_at: Any = None  # the registry (one read of the file) that look was at
 
     @property
     def signed(self) -> bool:
@@ -120,6 +121,9 @@ class GatewayTrust:
         if self.watcher is None:
             return {}
         registry = self.watcher.current()
+        if registry is self._looked_at:  # the same read of the file: nobody's key changed since the last look
+            return {}  # (the round thread looks at every step: a set of every enrolled device each time was O(fleet))
+        self._looked_at = registry
         valid = set(registry.devices())
         gone = (self._valid if self._valid is not None else set(known)) - valid
         self._valid = valid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from edge_runtime.model.writer import write_graph
 from edge_runtime.transport.broker import MosquittoProcess
 from edge_runtime.transport.topics import Topics
 from edge_runtime.trust import MemberTrust
-from edge_runtime.wire.serial import MSG_MODEL_DATA
+from edge_runtime.wire.serial import MSG_HELLO, MSG_MODEL_DATA
 from tests.helpers import INSECURE, fast_config, watch_presence
 
 pytest.importorskip("serial")
@@ -188,3 +189,35 @@ def test_a_board_that_refuses_its_task_is_reported_and_the_round_closes_without_
         bridge.stop()
         for board in boards:
             board.stop()
+
+
+class Chatty(EmulatedBoard):
+    """A board that logs a burst of lines before it answers each HELLO: firmware with a log call in a loop."""
+
+    lines = 300
+
+    def _dispatch(self, frame: Any) -> None:
+        if frame.type == MSG_HELLO:
+            for i in range(self.lines):
+                self._log(6, f"tick {i}")
+        super()._dispatch(frame)
+
+
+def test_a_board_that_logs_in_a_loop_is_heard_at_a_bounded_rate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver said every LOG line a board sent, at the board's level: a board logging in a loop through a
+    long request put hundreds of lines a second into the bridge's journal, crowding out the bridge's own."""
+    board = Chatty(tmp_path / "chatty.flash", BoardSpec(baud=BAUD, board_id="chatty")).start()
+    try:
+        caplog.set_level(logging.INFO, logger="firmware_bridge.driver")
+        with BoardDriver(board.path, baud=BAUD) as driver:
+            driver.hello()
+            assert [m.text for m in driver.logs][-1] == f"tick {Chatty.lines - 1}"  # every line was read
+            assert len(driver.logs) == 200  # the last 200 kept
+    finally:
+        board.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "firmware_bridge.driver"]
+    said = [line for line in said if board.path in line]
+    assert len(said) < Chatty.lines // 10, len(said)  # it was one line per board line
+    assert said[:2] == [f"board {board.path}: tick 0", f"board {board.path}: tick 1"] and "tick" not in said[-1]

@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from gateway.pki import registry as registry_module
 from gateway.pki.files import ProvisionError
 from gateway.pki.layout import Layout
 from gateway.pki.registry import RegistryError, RegistryWatcher, read_registry
+from gateway.trust import GatewayTrust
 from tests.trust import FEDERATION, install, installed, provisioned
 from tinyfed.cli import main
 
@@ -350,3 +352,75 @@ def test_several_devices_enrol_at_once_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="device c already has a bundle"):
         provision.add_devices(root, ["d", "c"])
     assert tree(root) == before  # "d" was not enrolled half-way
+
+
+class _CountedKeys(tuple):  # type: ignore[type-arg]
+    """A registry's keys, counting how many entries are read."""
+
+    read = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for key in super().__iter__():
+            type(self).read += 1
+            yield key
+
+
+def test_opening_a_message_reads_no_key_but_its_devices_however_many_are_enrolled(tmp_path: Path) -> None:
+    """Every message the gateway opens asks the registry for its device's key, and a refused one for the key its
+    envelope names (the sender's choice): both walked every key ever enrolled, 0.3 ms a message at 10,000 keys
+    and 7.7 ms for each made-up key id; a reload of the file compared every device with every other."""
+    made = wire.Ed25519Signer.generate()
+    signer = wire.Ed25519Signer(made.private_key, key_id(public_raw(made.public_key())))  # as provisioning names it
+    fleet = [registry_module.DeviceKey(f"dev-{i:05d}", os.urandom(32), i, "2026-11-30T00:00:00Z") for i in range(5000)]
+    fleet.append(registry_module.DeviceKey("dev-last", public_raw(signer.public_key()), 5000, "2026-11-30T00:00:00Z"))
+    path = tmp_path / "devices.json"
+    registry_module.write_registry(path, registry_module.Registry(FEDERATION, tuple(fleet)))
+    watcher = RegistryWatcher(path)
+    read = watcher.current()
+    watcher._registry = registry_module.Registry(read.federation, _CountedKeys(read.keys))  # what the gateway reads
+    trust = GatewayTrust(wire.Ed25519Signer.generate(), watcher)
+    presence = wire.encode(wire.Presence("dev-last", True, 1, 0))
+    stranger = wire.Ed25519Signer.generate()
+    trust.open("dev-last", wire.sign(presence, signer))  # the first look at this registry
+    with pytest.raises(wire.ValueRejected, match="unknown key"):
+        trust.open("dev-last", wire.sign(presence, stranger))
+    with pytest.raises(wire.ValueRejected, match="not enrolled"):
+        trust.open("dev-nobody", wire.sign(presence, stranger))
+    _CountedKeys.read = 0
+    for _ in range(50):
+        assert wire.decode(trust.open("dev-last", wire.sign(presence, signer)).payload).device == "dev-last"
+        with pytest.raises(wire.ValueRejected, match="unknown key"):
+            trust.open("dev-last", wire.sign(presence, stranger))
+        with pytest.raises(wire.ValueRejected, match="not enrolled"):
+            trust.open("dev-nobody", wire.sign(presence, stranger))
+    assert _CountedKeys.read == 0, _CountedKeys.read  # a walk would be 5,001 a message
+    assert trust.out("dev-last") is None and trust.revoked() == {}
+
+
+def test_the_round_threads_look_for_revoked_keys_reads_the_devices_only_when_the_registry_changed(
+    tmp_path: Path,
+) -> None:
+    """The round thread asks at every step which devices lost their key: it built a set of every enrolled device
+    each time (0.8 ms a step at 10,000), though the registry changes only when devices.json is rewritten."""
+    calls = [0]
+
+    class Counted(registry_module.Registry):
+        def devices(self) -> list[str]:
+            calls[0] += 1
+            return super().devices()
+
+    fleet = tuple(registry_module.DeviceKey(f"dev-{i:04d}", os.urandom(32), i, "2026-11-30T00:00:00Z")
+                  for i in range(1000))  # fmt: skip
+    path = tmp_path / "devices.json"
+    registry_module.write_registry(path, registry_module.Registry(FEDERATION, fleet))
+    watcher = RegistryWatcher(path)
+    watcher._registry = Counted(FEDERATION, watcher.current().keys)
+    trust = GatewayTrust(wire.Ed25519Signer.generate(), watcher)
+    gone = {"dev-gone": "it has no key in the device registry (not enrolled)"}
+    assert trust.revoked(["dev-0001", "dev-gone"]) == gone  # the first look: who was revoked while it was down
+    calls[0] = 0
+    assert all(trust.revoked() == {} for _ in range(100)) and calls[0] == 0, calls[0]
+    revoked, _ = watcher.current().revoke("dev-0007", "2026-12-01T00:00:00Z", "lost")
+    registry_module.write_registry(path, revoked)  # a new file: the next look reads it, and says who is out
+    assert trust.revoked() == {"dev-0007": "its key was revoked (2026-12-01T00:00:00Z, lost)"}
+    assert trust.revoked() == {}

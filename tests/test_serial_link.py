@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from edge_runtime import wire
+
 serial = pytest.importorskip("serial")
 
 from firmware_bridge.framing import (  # noqa: E402
@@ -19,7 +21,7 @@ from firmware_bridge.framing import (  # noqa: E402
     decode_frame,
     encode_frame,
 )
-from firmware_bridge.link import LinkTimeout, SerialLink  # noqa: E402
+from firmware_bridge.link import MAX_HELD, LinkTimeout, SerialLink  # noqa: E402
 from hil.pty_port import LineFaults, PtyPort  # noqa: E402
 
 BAUD = 921600
@@ -156,3 +158,26 @@ def test_line_faults_fall_on_the_same_bytes_however_the_stream_is_split() -> Non
     assert 1_300 < flips < 1_900 and 8 < dropped < 35  # 1.6M bits at 1e-3, 200k bytes at 1e-4
     assert len(data) == len(stream) - dropped
     assert through([len(stream)], "to_host")[0] != data  # each direction has its own faults
+
+
+def test_frames_nobody_reads_are_held_up_to_a_bound(pty_pair: tuple[PtyPort, object]) -> None:
+    """A board that talks unasked (LOG frames in a loop) while the bridge waits for a task: every frame was kept
+    until the next request, so the bridge's memory grew at line rate for as long as it waited. Past the bound a
+    frame finds no free buffer: not acknowledged, so the board resends it and gives up, as on a lost frame."""
+    board, host = pty_pair
+    host_link = SerialLink(host, BAUD).start()  # type: ignore[arg-type]
+    board_link = SerialLink(board, BAUD, retries=1).start()
+    try:
+        for i in range(MAX_HELD):
+            board_link.send(wire.Log.TYPE, wire.encode(wire.Log(7, f"line {i}")))  # each acknowledged
+        with pytest.raises(LinkTimeout):
+            board_link.send(wire.Log.TYPE, wire.encode(wire.Log(7, "one too many")))
+        assert host_link.stats.dropped >= 1  # seen (and resent) at least once, never taken
+        held = host_link.pending()
+        assert [wire.decode(f.payload, expect=wire.Log).text for f in held] == [f"line {i}" for i in range(MAX_HELD)]
+        # Once read, there is room again: the same frame, sent again, is taken.
+        board_link.send(wire.Log.TYPE, wire.encode(wire.Log(7, "after")))
+        assert wire.decode(host_link.receive(timeout=30).payload, expect=wire.Log).text == "after"
+    finally:
+        host_link.close()
+        board_link.close()

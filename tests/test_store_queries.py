@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,69 @@ def test_a_store_opened_beside_a_gateway_in_the_middle_of_a_commit_does_not_wait
     finally:
         gateway.execute("ROLLBACK")
         gateway.close()
+
+
+def test_naming_a_base_by_its_prefix_costs_the_same_however_many_versions_are_stored(tmp_path: Path) -> None:
+    """A compact update names its base by a 4-byte prefix; when that is neither the current version nor the open
+    round's, the intake asks the store for the one stored version with that prefix. That read every version
+    ever made, so a sender of compact updates with made-up prefixes cost the intake more with every round."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    try:
+        def add(versions: list[str], first: int = 0) -> None:
+            with store.transaction() as db:
+                db.executemany("INSERT INTO models VALUES (?, NULL, ?, 0, 'm', 'w', 1, ?)",
+                               ((v, first + i, first + i) for i, v in enumerate(versions)))  # fmt: skip
+
+        versions = [os.urandom(32).hex() for _ in range(5003)]
+        add(versions[:3])
+        known = versions[1]
+        prefixes = (os.urandom(4).hex() for _ in range(100))
+        absent = next(p for p in prefixes if not any(v.startswith(p) for v in versions))
+
+        def questions() -> list[int]:
+            return [_vm_steps(store, lambda: store.model(known[:8])), _vm_steps(store, lambda: store.model(absent))]
+
+        few = questions()
+        add(versions[3:], first=3)
+        many = questions()
+        assert many[0] <= few[0] + 1 and many[1] <= few[1] + 1, (few, many)  # a scan would be hundreds
+        # What it answers is unchanged: the one version with the prefix, none for an unknown or ambiguous one.
+        found = store.model(known[:8].upper())
+        assert found is not None and found["version"] == known and found["round"] == 1
+        assert store.model(absent) is None and store.model("") is None
+        ambiguous = Counter(m["version"][:1] for m in store.models()).most_common(1)[0][0]
+        assert store.model(ambiguous) is None
+    finally:
+        store.close()
+
+
+def test_a_rounds_waiting_tasks_cost_the_same_however_many_tasks_earlier_rounds_left_unanswered(
+    tmp_path: Path,
+) -> None:
+    """A task nobody answers stays 'sent' after its round closes: over-provisioning leaves some in every round,
+    and a device that never answers leaves one in every round it is asked in. The open round's waiting tasks,
+    asked at every death and failure report in it, were found by status and kind alone, reading every task any
+    earlier round left unanswered (3.3 ms at 20,000)."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    try:
+        def tasks(round_: int, n: int) -> None:
+            store.add_selections(round_, "train", [(f"d{i}", os.urandom(16)) for i in range(n)], b"\0" * 32, 0.0)
+
+        tasks(1, 20)
+        store.set_selection_status(1, "d0", "train", "delivered")
+
+        def questions() -> list[int]:
+            return [_vm_steps(store, lambda: store.waiting_devices(1, "train")),
+                    _vm_steps(store, lambda: store.outstanding(1, "train"))]  # fmt: skip
+
+        few = questions()
+        for round_ in range(2, 402):  # 400 rounds later, each with 50 tasks never answered...
+            tasks(round_, 50)
+        store.add_selections(1, "train", [("d20", os.urandom(16))], b"\0" * 32, 0.0)  # ...and round 1 as it was
+        store.set_selection_status(1, "d20", "train", "reassigned")
+        many = questions()
+        assert many[0] <= few[0] + 1 and many[1] <= few[1] + 1, (few, many)  # a scan would be hundreds
+        assert sorted(d for _, d, _, _ in store.waiting_devices(1, "train")) == sorted(f"d{i}" for i in range(1, 20))
+        assert store.outstanding(1, "train") == 20 and len(store.waiting_devices(kind="train")) == 19 + 400 * 50
+    finally:
+        store.close()

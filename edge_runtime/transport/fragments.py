@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import wire
@@ -20,6 +21,11 @@ from ..wire.limits import DEFAULT_LIMITS, Limits
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD = 64 * 1024
 FRAGMENT_OVERHEAD = 96  # CBOR framing of a Fragment besides its data: 16-byte id, 32-byte digest, counts
+# What a partial message costs the budget besides its bytes: its bookkeeping (the first fragment, its id and
+# digest, the dict entries) is several hundred bytes of memory whatever total size the fragment claims. Charged
+# only by its claimed size, a message of 2 bytes in 2 fragments cost 2 bytes: one sender's first fragments of
+# tiny messages fitted 33 million partials into the 64 MiB budget, gigabytes of memory.
+PARTIAL_OVERHEAD = 1024
 
 
 def fragment(message_id: bytes, payload: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
@@ -40,9 +46,14 @@ def fragment(message_id: bytes, payload: bytes, max_payload: int = DEFAULT_MAX_P
 @dataclass
 class _Partial:
     first: wire.Fragment
+    started: float
     pieces: dict[int, bytes] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
     size: int = 0
+
+    @property
+    def charge(self) -> int:
+        """What it holds of the byte budget: its claimed size and its bookkeeping."""
+        return self.first.total_size + PARTIAL_OVERHEAD
 
 
 class Reassembler:
@@ -52,10 +63,18 @@ class Reassembler:
     the others of its message (the partial message is then dropped).
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, budget_bytes: int = 64 << 20, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        limits: Limits = DEFAULT_LIMITS,
+        budget_bytes: int = 64 << 20,
+        timeout: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
         self.budget_bytes = budget_bytes
         self.timeout = timeout
+        self.clock = clock
+        # In the order they started (a dict keeps insertion order): the oldest, the first to expire, come first.
         self._partials: dict[tuple[str, bytes], _Partial] = {}
         self._buffered = 0
         self._lock = threading.Lock()
@@ -70,13 +89,15 @@ class Reassembler:
             self._expire()
             partial = self._partials.get(key)
             if partial is None:
-                if self._buffered + piece.total_size > self.budget_bytes:
+                partial = _Partial(piece, self.clock())
+                if self._buffered + partial.charge > self.budget_bytes:
                     raise wire.LimitExceeded(
                         "fragment",
-                        f"{self._buffered} bytes already buffered; {piece.total_size} more exceed the budget",
+                        f"{self._buffered} bytes already buffered; {partial.charge} more (the message's "
+                        f"{piece.total_size} bytes and {PARTIAL_OVERHEAD} of bookkeeping) exceed the budget",
                     )
-                partial = self._partials[key] = _Partial(piece)
-                self._buffered += piece.total_size
+                self._partials[key] = partial
+                self._buffered += partial.charge
             first = partial.first
             if (piece.count, piece.total_size, piece.digest) != (first.count, first.total_size, first.digest):
                 self._drop(key)
@@ -95,21 +116,35 @@ class Reassembler:
     def _drop(self, key: tuple[str, bytes]) -> None:
         partial = self._partials.pop(key, None)
         if partial is not None:
-            self._buffered -= partial.first.total_size
+            self._buffered -= partial.charge
 
     def _expire(self) -> None:
-        now = time.monotonic()
-        for key, partial in list(self._partials.items()):
-            if now - partial.started > self.timeout:
-                log.warning(
-                    "dropped message %s from %s: %d of %d fragments after %.0f s",
-                    key[1].hex()[:12],
-                    key[0],
-                    len(partial.pieces),
-                    partial.first.count,
-                    self.timeout,
-                )
-                self._drop(key)
+        """Drop the partial messages older than the timeout. They are the first in ``_partials`` (started order),
+        so the look stops at the first one still in time: every fragment used to read every partial message,
+        which made a flood of first fragments cost each later fragment, an honest device's too, milliseconds
+        (2.8 ms at 10,000 partials). One line says what was dropped, not one per message: a flood's expiry
+        would be thousands of lines."""
+        now = self.clock()
+        expired = []
+        for key, partial in self._partials.items():
+            if now - partial.started <= self.timeout:
+                break
+            expired.append((key, partial))
+        if not expired:
+            return
+        for key, _ in expired:
+            self._drop(key)
+        (sender, message_id), partial = expired[0]
+        more = f" and {len(expired) - 1} other incomplete message(s)" if len(expired) > 1 else ""
+        log.warning(
+            "dropped message %s from %s%s: %d of %d fragments after %.0f s",
+            message_id.hex()[:12],
+            sender,
+            more,
+            len(partial.pieces),
+            partial.first.count,
+            self.timeout,
+        )
 
     @property
     def pending(self) -> int:

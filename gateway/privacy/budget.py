@@ -7,6 +7,11 @@ noised aggregate and its ledger entry, which the store writes in the
 transaction that closes the round. The view is computed once per close, not
 per plan: the ledger only changes then (and, under local DP, when tasks are
 given, which the policy itself excludes by the view it was handed).
+
+Under local DP each device's tasks are counted from the store once, then
+kept up as tasks are given (``gave``, from the plan's own record): reading
+every task ever given at each plan that gave one made each step of an
+asynchronous federation cost more with its history (66 ms at 100,000 tasks).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from ..aggregate import StreamingAggregate
 from ..config import GatewayConfig, PrivacySection
@@ -55,6 +61,7 @@ class PrivacyBudget:
         self.accountant = Accountant(settings.accountant, settings.delta)
         self._view: PrivacyView | None = None
         self._said: bool = False
+        self._participations: dict[str, Counter[float]] | None = None  # local-dp: the store's, kept up (gave)
 
     @property
     def secret(self) -> bytes:
@@ -115,14 +122,41 @@ class PrivacyBudget:
             after = self.accountant.epsilon(spent + Counter({self.next_event(): 1}))
             return PrivacyView(clip, exhausted=after > s.epsilon)
         spent_devices = frozenset(
-            device for device, counts in self.store.local_participations().items()
-            if self._local_epsilon(counts + Counter({s.noise_multiplier: 1})) > s.epsilon
+            device for device, counts in self._local_participations().items() if self._no_room(counts)
         )  # fmt: skip
+        self._say_spent(spent_devices)
+        return PrivacyView(clip, spent_devices=spent_devices)
+
+    def _local_participations(self) -> dict[str, Counter[float]]:
+        if self._participations is None:
+            self._participations = self.store.local_participations()
+        return self._participations
+
+    def _no_room(self, counts: Counter[float]) -> bool:
+        """Whether one more update at the configured noise would take a device past its budget."""
+        s = self.settings
+        return self._local_epsilon(counts + Counter({s.noise_multiplier: 1})) > s.epsilon
+
+    def _say_spent(self, spent_devices: frozenset[str]) -> None:
         if spent_devices and not self._said:
             log.warning("privacy budget: %d device(s) have no room for another update (epsilon %g); they are not "
-                        "asked again", len(spent_devices), s.epsilon)  # fmt: skip
+                        "asked again", len(spent_devices), self.settings.epsilon)  # fmt: skip
             self._said = True
-        return PrivacyView(clip, spent_devices=spent_devices)
+
+    def gave(self, devices: Iterable[str], noise: float) -> None:
+        """Local DP: training tasks at ``noise`` were just recorded (``dp_tasks``) for ``devices``: they count
+        against those devices' budgets at the next plan, as a read of every task ever given would count them."""
+        counts = self._local_participations()
+        given = list(devices)
+        for device in given:
+            counts.setdefault(device, Counter())[noise] += 1
+        view = self._view
+        if view is None:
+            return
+        newly = {d for d in given if d not in view.spent_devices and self._no_room(counts[d])}
+        if newly:  # only the devices just given a task can have run out (epsilon grows with every task)
+            self._view = replace(view, spent_devices=view.spent_devices | newly)
+            self._say_spent(self._view.spent_devices)
 
     def _local_epsilon(self, counts: Counter[float]) -> float:
         return self.accountant.epsilon(Counter({("local-dp", 1.0, z): n for z, n in counts.items()}))

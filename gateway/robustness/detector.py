@@ -51,6 +51,9 @@ class Detector:
         self.validation = validation
         self._lock = threading.Lock()
         self._reliability: dict[str, Reliability] = {r.device: r for r in store.reliabilities()}
+        # The quarantined among them: each step asks whether one was released, and a look at every device's
+        # reliability per step cost the round thread more with every device the federation ever scored.
+        self._held: set[str] = {d for d, r in self._reliability.items() if r.quarantined}
         self._verdicts: dict[int, Judgement] = {}
         self.history: History | None = None  # each device's directions across rounds (history.py); memory only
         # each device's run of updates at the norm bound and its dormant mass over rounds (persistence.py); memory only
@@ -71,13 +74,21 @@ class Detector:
         """Who is quarantined now, read from the store: a release by command (another process) counts at once."""
         current = self.store.quarantined()
         with self._lock:
-            for device, r in list(self._reliability.items()):
-                if r.quarantined and device not in current:  # released by `tinyfed gateway release`
-                    self._reliability[device] = next((x for x in self.store.reliabilities() if x.device == device), r)
-                    if self.history is not None:
-                        self.history.forget(device)
-                    self.persistence.forget(device)
+            for device in [d for d in self._held if d not in current]:  # released by `tinyfed gateway release`
+                r = self._reliability[device]
+                self._adopt(next((x for x in self.store.reliabilities() if x.device == device), r))
+                if self.history is not None:
+                    self.history.forget(device)
+                self.persistence.forget(device)
         return current
+
+    def _adopt(self, r: Reliability) -> None:
+        """Under the lock."""
+        self._reliability[r.device] = r
+        if r.quarantined:
+            self._held.add(r.device)
+        else:
+            self._held.discard(r.device)
 
     def judge(self, round_: int, aggregate: StreamingAggregate, base: Callable[[], Weights] | None = None) -> Judgement:
         """Score the round's updates, take the flagged (when configured) and quarantined ones out of its sums."""
@@ -168,7 +179,7 @@ class Detector:
                 before = self._reliability.get(r.device)
                 if r.quarantined and not (before and before.quarantined):
                     log.warning("%s quarantined in round %d: %s", r.device, verdict.round, r.reason)
-                self._reliability[r.device] = r
+                self._adopt(r)
         flagged = [c.device for c in verdict.contributions if c.flagged]
         if flagged:
             log.warning("round %d: flagged %s", verdict.round, flagged)

@@ -1,0 +1,65 @@
+"""What a flood of refused messages costs the gateway's log.
+
+Each refused message is recorded in the store, and was also said in a log line of its own: journald limits a
+service's lines as a whole, so a sender of refused messages could push the gateway's other lines out of the
+journal, and replace its history with the flood's. Now a bounded number of lines per window is said one by one
+(edge_runtime/lograte.py), and the rest in one line; the store still records every message.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.lograte import RateLimitedLog
+from edge_runtime.transport.broker import MosquittoProcess
+from gateway.config import GatewayConfig
+from gateway.service import Gateway
+
+from .federation import WAIT, ManualDevice, gateway_config
+from .helpers import wait_for
+
+
+def test_a_flood_of_refused_messages_is_recorded_whole_and_logged_at_a_bounded_rate(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    config = GatewayConfig.from_mapping(gateway_config(broker, tmp_path / "gw", initial_model), env={})
+    gateway = Gateway(config).start()
+    device = ManualDevice(broker, "m1")
+    flood = 300
+    try:
+        for i in range(flood):
+            device.send(b"\xa3garbage" + i.to_bytes(2, "big"))  # not CBOR a gateway can read: refused, no receipt
+        wait_for(lambda: len(gateway.store.refusals()) >= flood, WAIT, f"the gateway to record {flood} refusals")
+    finally:
+        device.stop()
+        gateway.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.service" and "refused" in r.getMessage()]
+    # The first burst one by one, then one line that the rest are counted (their summary comes with the next
+    # window, after this test): not one line per message.
+    assert len(said) < flood // 10, len(said)  # it was one line per message
+    assert len(said) == gateway.said.burst + 1, (len(said), said[-3:])
+    assert "the rest are counted" in said[-1]
+
+
+def test_lines_past_the_burst_are_said_as_one_when_the_next_window_begins(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    logger = logging.getLogger("tests.lograte")
+    said = RateLimitedLog(logger, "refused messages", "the store records each: tinyfed gateway status", burst=3,
+                          window=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="tests.lograte"):
+        for i in range(10):
+            said.warning("refused message %d", i)
+        now[0] = 61.0
+        said.info("refused message %d", 10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tests.lograte"]
+    assert lines == [
+        "refused message 0", "refused message 1", "refused message 2",
+        "more refused messages than 3 in 60 s: the rest are counted and said in one line",
+        "7 more refused messages were not logged one by one in the 60 s after the first 3 (the store records each: "
+        "tinyfed gateway status)",
+        "refused message 10",
+    ], lines  # fmt: skip
