@@ -94,6 +94,7 @@ token = ""
 models = 0                 # model versions kept (never the current one nor a rollback target)
 updates = 0                # rounds whose update payloads are kept
 vacuum_mb = 0.0            # VACUUM the store once this many MB of payloads were emptied (0 = never)
+refusals = 100000          # refused messages kept, the latest (0 = all): a flood of them must not fill the disk
 
 [trust]                    # written by `tinyfed provision init` into gateway/broker.toml (docs/security.md)
 mode = "signed"            # the default; "insecure" (no keys, nothing signed or checked) must be asked for
@@ -260,16 +261,18 @@ class DashboardSection:
 
 @dataclass
 class RetentionSection:
-    """What the store keeps (gateway/retention.py): 0 keeps everything, as before this table existed."""
+    """What the store keeps (gateway/retention.py): 0 keeps everything, as before this table existed, except
+    refused messages, which hostile senders make: the latest ``refusals`` are kept unless it is set to 0."""
 
     models: int = 0  # model versions kept (files and rows); the current one and a rollback target always are
     updates: int = 0  # rounds whose updates' payloads are kept (their counts and bytes are always kept)
     vacuum_mb: float = 0.0  # rewrite the store (VACUUM) once this many MB of payloads were emptied (0 = never)
+    refusals: int = 100_000  # refused messages kept, the latest (0 = all); about 100 bytes of store each
 
     def __post_init__(self) -> None:
-        if self.models < 0 or self.updates < 0 or self.vacuum_mb < 0:
-            raise ValueError(f"models, updates and vacuum_mb must be >= 0 (0 keeps all), got {self.models}, "
-                             f"{self.updates} and {self.vacuum_mb:g}")  # fmt: skip
+        if self.models < 0 or self.updates < 0 or self.vacuum_mb < 0 or self.refusals < 0:
+            raise ValueError(f"models, updates, vacuum_mb and refusals must be >= 0 (0 keeps all), got {self.models}, "
+                             f"{self.updates}, {self.vacuum_mb:g} and {self.refusals}")  # fmt: skip
 
 
 PRIVACY_MODES = ("off", "central-dp", "local-dp", "distributed-dp")

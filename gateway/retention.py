@@ -11,6 +11,10 @@ rebuilds its aggregate from them); their rows stay, so counts and bytes per roun
 An emptied payload leaves unused space inside its pages, and new updates are appended after them (rows go in
 rowid order), so the file does not shrink by itself: ``vacuum_mb`` rewrites it (SQLite's VACUUM, the gateway's
 writers waiting meanwhile) once that many MB of payloads were emptied since the last time.
+
+Refused messages: the latest ``refusals`` (100,000 by default, unlike the rest) are kept. Hostile senders make
+them, each a row, so unbounded they were a way to fill the hub's disk. A resend of a refused message whose
+record went is judged again, as on its first arrival: admission depends on the message and the round it names.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Pruned:
     payloads: int = 0  # update payloads dropped
     payload_bytes: int = 0
     vacuumed: bool = False  # the store was rewritten without its unused space
+    refusals: int = 0  # refused messages' rows deleted
 
 
 def prune(store: GatewayStore, config: GatewayConfig) -> Pruned:
@@ -65,11 +70,22 @@ def prune(store: GatewayStore, config: GatewayConfig) -> Pruned:
                 out.vacuumed = True
                 emptied = 0
             store.set_meta(EMPTIED, str(emptied))
+    out.refusals = prune_refusals(store, config)
     if out.models or out.payloads:
         log.info("retention: deleted %d model version(s) (%d bytes of files), emptied %d update payload(s) "
                  "(%d bytes)%s", out.models, out.files_bytes, out.payloads, out.payload_bytes,
                  "; the store was vacuumed" if out.vacuumed else "")  # fmt: skip
     return out
+
+
+def prune_refusals(store: GatewayStore, config: GatewayConfig) -> int:
+    """``[retention] refusals``: run after each round and by the round thread between rounds, since a flood of
+    refused messages does not wait for a round to close. Nearly free while there is nothing to delete."""
+    deleted = store.prune_refusals(config.retention.refusals)
+    if deleted:
+        log.info("retention: deleted the %d oldest refused messages' records (the latest %d are kept)", deleted,
+                 config.retention.refusals)  # fmt: skip
+    return deleted
 
 
 def _prune_models(store: GatewayStore, config: GatewayConfig, out: Pruned) -> Pruned:

@@ -195,6 +195,7 @@ class Gateway:
         self._offline_since: float | None = None
         self._republish = False
         self._unsent: list[tuple[str, bytes, float]] = []  # tasks the broker never took: topic, payload, deadline
+        self._prune_failed = False  # the last [retention] refusals pass failed (said once)
         self.link.on_connect_hooks.append(self._on_connected)
         self.link.subscribe(self.topics.all_updates, self._on_update)
         self.link.subscribe(self.topics.all_presence, self._on_presence)
@@ -600,6 +601,20 @@ class Gateway:
                     self.step()
             except Exception:  # the federation outlives a bad round; the log says what happened
                 log.exception("round step failed")
+            self._prune_refusals()
+
+    def _prune_refusals(self) -> None:
+        """[retention] refusals between rounds too: a flood of refused messages does not wait for a round to
+        close. A failure (a full disk) is said once until pruning works again; rounds go on meanwhile."""
+        from .retention import prune_refusals
+
+        try:
+            prune_refusals(self.store, self.config)
+            self._prune_failed = False
+        except Exception as exc:
+            if not self._prune_failed:
+                log.warning("could not delete old refused messages' records ([retention] refusals): %s", exc)
+            self._prune_failed = True
 
     def _expel_revoked(self) -> None:
         """A device whose key was revoked leaves at once, as a dead one does: its task goes to another device or

@@ -748,6 +748,17 @@ class GatewayStore:
         with self.transaction() as db:
             db.execute(INSERT_REFUSAL, row)
 
+    def prune_refusals(self, keep: int) -> int:
+        """Delete all but the latest ``keep`` refusals ([retention] refusals); how many went. Refusal ids only
+        grow (AUTOINCREMENT), so the latest are the ``keep`` highest: a read of the lowest and highest id, both
+        through the primary key, says whether there is anything to do, and nothing is written (nor the group
+        commit's open batch hurried) until a tenth more than ``keep`` may be stored."""
+        low, high = self._query("SELECT MIN(id), MAX(id) FROM refusals")[0]
+        if not keep or high is None or high - low + 1 <= keep + max(1, keep // 10):
+            return 0
+        with self.transaction() as db:
+            return int(db.execute("DELETE FROM refusals WHERE id <= ?", (high - keep,)).rowcount)
+
     def refusals(self, round_: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT update_id, device, round, reason, bytes FROM refusals"
         args: tuple[Any, ...] = ()

@@ -1,9 +1,10 @@
-"""What a flood of refused messages costs the gateway's log.
+"""What a flood of refused messages costs the gateway: its log, and its disk.
 
 Each refused message is recorded in the store, and was also said in a log line of its own: journald limits a
 service's lines as a whole, so a sender of refused messages could push the gateway's other lines out of the
 journal, and replace its history with the flood's. Now a bounded number of lines per window is said one by one
-(edge_runtime/lograte.py), and the rest in one line; the store still records every message.
+(edge_runtime/lograte.py), and the rest in one line; the store still records every message, up to the latest
+``[retention] refusals`` (100,000 by default): each is a row, and unbounded a flood of them filled the disk.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime import wire
 from edge_runtime.lograte import RateLimitedLog
 from edge_runtime.transport.broker import MosquittoProcess
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
 
-from .federation import WAIT, ManualDevice, gateway_config
+from .federation import WAIT, ManualDevice, gateway_config, small_update
 from .helpers import wait_for
 
 
@@ -63,3 +65,30 @@ def test_lines_past_the_burst_are_said_as_one_when_the_next_window_begins(caplog
         "tinyfed gateway status)",
         "refused message 10",
     ], lines  # fmt: skip
+
+
+def test_a_flood_of_refused_messages_keeps_only_the_latest_records_while_no_round_closes(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    """The round stays open throughout (its deadline is far off): the round thread prunes between rounds."""
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, deadline=600.0)
+    settings["retention"] = {"refusals": 20}
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={})).start()
+    device = ManualDevice(broker, "m1")
+    try:
+        assert device.wait(lambda: len(device.tasks) >= 1), "round 1 did not open"
+        for i in range(100):
+            device.send(b"\xa3garbage" + i.to_bytes(2, "big"))  # refused, recorded without an id
+        # Then one refused update with an id, on the same topic: its receipt says the garbage was judged first.
+        probe = small_update("m1", device.tasks[0], gateway.sizes)
+        probe.round = 98
+        device.send(wire.encode(probe))
+        assert device.wait(lambda: any(probe.update_id in r.refused for r in device.receipts))
+        wait_for(lambda: len(gateway.store.refusals()) <= 20 + 2, WAIT, "the round thread to prune the refusals")
+        kept = gateway.store.refusals()
+        assert kept[-1]["update_id"] == probe.update_id and "round 98" in kept[-1]["reason"]  # the latest stay
+        assert gateway.open_round is not None and gateway.open_round.number == 1  # no round closed meanwhile
+        assert gateway.store.known_update(probe.update_id) == kept[-1]["reason"]  # a resend is answered as before
+    finally:
+        device.stop()
+        gateway.stop()

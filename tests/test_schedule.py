@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from gateway.config import GatewayConfig, RetentionSection
 from gateway.publisher import VersionFiles, rollback
-from gateway.retention import prune
+from gateway.retention import prune, prune_refusals
 from gateway.rounds import Rounds
 from gateway.strategies.fedavgm import FedAvgM
 from tests.test_rounds import answer, make_rounds
@@ -125,3 +126,28 @@ def test_vacuum_gives_the_emptied_payloads_space_back(tmp_path: Path, model: byt
     assert pruned.vacuumed and pages() < before
     assert store.get_meta("retention_emptied_bytes") == "0" and db.is_file()
     assert store.round_counts(1)["train"] == 2  # the rows are still there
+
+
+def test_retention_keeps_the_latest_refusals_and_writes_nothing_until_a_tenth_more_are_stored(
+    tmp_path: Path, model: bytes
+) -> None:
+    rounds, _ = make_rounds(tmp_path, model, FedAvgM(momentum=0.9))
+    store = rounds.store
+    ids = [i.to_bytes(16, "big") for i in range(1, 1151)]
+    with store.transaction() as db:
+        db.executemany("INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES "
+                       "(?, 'd', 1, ?, 10, 0)", [(u, f"refused {i}") for i, u in enumerate(ids)])  # fmt: skip
+    config = dataclasses.replace(rounds.publisher.config, retention=RetentionSection(refusals=1000))
+    assert RetentionSection().refusals == 100_000  # on unless set to 0, unlike the rest of [retention]
+    assert prune_refusals(store, dataclasses.replace(config, retention=RetentionSection(refusals=0))) == 0
+    assert prune(store, config).refusals == 150  # 1,150 > 1,000 + a tenth: down to the latest 1,000
+    kept = store.refusals()
+    assert [r["update_id"] for r in kept] == ids[150:]
+    assert store.known_update(ids[149]) is None and store.known_update(ids[150]) == "refused 150"
+    with store.transaction() as db:
+        db.executemany("INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES "
+                       "(?, 'd', 1, 'later', 10, 0)", [(os.urandom(16),) for _ in range(100)])  # fmt: skip
+    assert prune_refusals(store, config) == 0  # 1,100 stored: within a tenth of the limit, nothing written
+    assert len(store.refusals()) == 1100
+    with pytest.raises(ValueError, match="refusals"):
+        RetentionSection(refusals=-1)
