@@ -267,7 +267,7 @@ class RetentionSection:
     models: int = 0  # model versions kept (files and rows); the current one and a rollback target always are
     updates: int = 0  # rounds whose updates' payloads are kept (their counts and bytes are always kept)
     vacuum_mb: float = 0.0  # rewrite the store (VACUUM) once this many MB of payloads were emptied (0 = never)
-    refusals: int = 100_000  # refused messages kept, the latest (0 = all); about 100 bytes of store each
+    refusals: int = 100_000  # refused messages kept, the latest (0 = all); about 150 bytes of store each
 
     def __post_init__(self) -> None:
         if self.models < 0 or self.updates < 0 or self.vacuum_mb < 0 or self.refusals < 0:
