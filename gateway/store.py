@@ -253,7 +253,7 @@ class GatewayStore:
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in SCHEMA.split(";"):
+            for statement in re.sub(r"--[^\n]*", "", SCHEMA).split(";"):  # comments may hold a semicolon
                 if statement.strip():
                     self._db.execute(statement)
             for table, column, declaration in MIGRATIONS:
