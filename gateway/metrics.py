@@ -13,7 +13,6 @@ reduced to a class (``refusal_class``), and the text stays in the store and in `
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,41 +24,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .readonly import open_readonly
+from .refusal_classes import refusal_class
 from .report import device_state
 
 log = logging.getLogger(__name__)
 
 # Round durations (open to close) range from a second (a loopback test) to an hour (a deadline-bound field round).
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-
-# First match wins: (class, pattern over the refusal's text). Anything else is "other".
-REFUSAL_CLASSES: tuple[tuple[str, str], ...] = (
-    ("replay", r"^replay of update id"),
-    ("device_mismatch", r"does not match its topic"),
-    ("no_open_round", r"^no round is open"),
-    ("round_closing", r"is closing"),
-    ("no_evaluation_open", r"no evaluation is open|while the final model is evaluated"),
-    ("zero_samples", r"^zero samples"),
-    ("norm_bound", r"exceeds the bound"),
-    ("wrong_round", r"is not the open round"),
-    ("stale", r"versions stale"),
-    ("wrong_base", r"base version|not of the current model"),
-    ("no_task", r"has no open (evaluation )?task"),
-    ("fragment", r"^fragment:"),
-    # gateway/trust.py opens every message: a refused envelope is a ValueRejected on envelope.* (docs/security.md)
-    ("signature", r"^ValueRejected: envelope|signature|not signed|unknown key id|revoked"),
-    ("malformed", r"^(MalformedCBOR|SchemaError|LimitExceeded|MessageTooLarge|ValueRejected|WireError)\b"),
-)
-_COMPILED = tuple((name, re.compile(pattern)) for name, pattern in REFUSAL_CLASSES)
-
-
-def refusal_class(reason: str) -> str:
-    """A refusal's reason reduced to one of a few label values (the text itself names rounds and ids)."""
-    for name, pattern in _COMPILED:
-        if pattern.search(reason):
-            return name
-    return "other"
-
 
 @dataclass
 class LiveFigures:
@@ -120,6 +91,9 @@ class StoreCollector(Collector):
         for reason, n, nbytes in rows("SELECT reason, COUNT(*), COALESCE(SUM(bytes), 0) FROM refusals "
                                       "GROUP BY reason"):  # fmt: skip
             name = refusal_class(reason)
+            by_class[name] = by_class.get(name, 0) + n
+            refused_bytes += nbytes
+        for name, n, nbytes in rows("SELECT class, count, bytes FROM refusals_pruned"):  # [retention] deleted them
             by_class[name] = by_class.get(name, 0) + n
             refused_bytes += nbytes
         for name, n in sorted(by_class.items()):

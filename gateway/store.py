@@ -41,6 +41,7 @@ from typing import Any
 
 from .admission import UNCOMMITTED, TaskRecord
 from .privacy.accountant import LedgerEntry
+from .refusal_classes import refusal_class
 from .robustness.reliability import Reliability
 
 SCHEMA = """
@@ -80,6 +81,11 @@ CREATE TABLE IF NOT EXISTS refusals (
 -- the intake of every honest update slower for as long as the refusals are kept (0.7 ms an update at 10,000).
 CREATE INDEX IF NOT EXISTS refusals_update ON refusals (update_id) WHERE update_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS refusals_round ON refusals (round);
+-- What [retention] refusals deleted, by class of reason (refusal_classes.py): the metrics' counters of refused
+-- messages and bytes add these, so they never go down (Prometheus reads a decrease as a restart).
+CREATE TABLE IF NOT EXISTS refusals_pruned (
+    class TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS metrics (
     round INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (round, name)
 );
@@ -757,6 +763,19 @@ class GatewayStore:
         if not keep or high is None or high - low + 1 <= keep + max(1, keep // 10):
             return 0
         with self.transaction() as db:
+            totals: dict[str, list[int]] = {}
+            for reason, n, nbytes in db.execute(
+                "SELECT reason, COUNT(*), COALESCE(SUM(bytes), 0) FROM refusals WHERE id <= ? GROUP BY reason",
+                (high - keep,),
+            ):
+                total = totals.setdefault(refusal_class(str(reason)), [0, 0])
+                total[0] += int(n)
+                total[1] += int(nbytes)
+            db.executemany(
+                "INSERT INTO refusals_pruned VALUES (?, ?, ?) ON CONFLICT (class) DO UPDATE SET "
+                "count = count + excluded.count, bytes = bytes + excluded.bytes",
+                [(name, n, nbytes) for name, (n, nbytes) in totals.items()],
+            )
             return int(db.execute("DELETE FROM refusals WHERE id <= ?", (high - keep,)).rowcount)
 
     def refusals(self, round_: int | None = None) -> list[dict[str, Any]]:

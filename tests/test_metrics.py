@@ -6,10 +6,11 @@ from pathlib import Path
 
 from edge_runtime.transport.broker import MosquittoProcess
 from gateway.config import GatewayConfig
-from gateway.metrics import refusal_class
+from gateway.metrics import StoreCollector
 from gateway.observe import Observers
+from gateway.refusal_classes import refusal_class
 from gateway.service import Gateway
-from gateway.store import GatewayStore
+from gateway.store import INSERT_REFUSAL, GatewayStore
 
 from .federation import WAIT, ManualDevice, gateway_config
 from .helpers import wait_for
@@ -100,3 +101,29 @@ def test_epsilon_is_exported_when_dp_is_on(broker: MosquittoProcess, tmp_path: P
         gateway.stop()
     assert 0 < after["tinyfed_privacy_epsilon_spent"] == spent.epsilon < 50
     assert after["tinyfed_privacy_delta"] == 1e-3
+
+
+def test_refused_counters_do_not_go_down_when_retention_deletes_refusals(tmp_path: Path) -> None:
+    """Prometheus reads a counter that went down as a restart: the totals of what [retention] refusals deleted
+    are kept by class, and the counters add them."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    reasons = ["round 9 is not the open round 3", "MalformedCBOR: truncated", "something new"]
+    with store.transaction() as db:
+        db.executemany(INSERT_REFUSAL, [(None, "d", 1, reasons[i % 3], 10 + i % 3, 0.0) for i in range(300)])
+
+    def refused() -> dict[str, float]:
+        found = {}
+        for family in StoreCollector(tmp_path / "gateway.db").collect():
+            for sample in family.samples:
+                if sample.name == "tinyfed_updates_refused_total":
+                    found[sample.labels["reason"]] = sample.value
+                elif sample.name == "tinyfed_uplink_bytes_total" and sample.labels["outcome"] == "refused":
+                    found["bytes"] = sample.value
+        return found
+
+    before = refused()
+    assert before == {"wrong_round": 100, "malformed": 100, "other": 100, "bytes": 3300}
+    assert store.prune_refusals(30) == 270
+    assert len(store.refusals()) == 30
+    assert refused() == before
+    store.close()
