@@ -138,7 +138,8 @@ INSERT_UPDATE = "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 DELIVERED = "UPDATE selections SET status = 'delivered' WHERE round = ? AND device = ? AND kind = ?"
 INSERT_REFUSAL = "INSERT INTO refusals (update_id, device, round, reason, bytes, received) VALUES (?, ?, ?, ?, ?, ?)"
 SAVE_DEVICE = "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)"
-STORE_KEEPS = "the store records each: tinyfed gateway status"  # where a line not logged one by one is kept
+# Where a refusal's line not logged one by one is kept (edge_runtime/lograte.py's summary line says it).
+STORE_KEEPS = "the store records each, up to [retention] refusals: tinyfed gateway status"
 
 
 @dataclass
