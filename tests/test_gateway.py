@@ -172,7 +172,9 @@ def test_gateway_killed_mid_round_resumes_and_counts_exactly(
         assert manual.wait(lambda: len(manual.tasks) >= 1), "the gateway did not start round 1"
         task = manual.tasks[0]
         # Both real devices' updates are receipted, so committed (a receipt follows the commit); m3's is outstanding.
-        wait_for(lambda: all(a.done and len(a.outbox) == 0 for a in agents), WAIT, "both real devices' receipts")
+        # (Not "done and the outbox empty": a device lists its update as done just before it stores it.)
+        wait_for(lambda: all(a.done and a.sender.receipted(a.done[-1].update_id) for a in agents), WAIT,
+                 "both real devices' receipts")  # fmt: skip
         assert GatewayStore(storage / "gateway.db").round_counts(1)["train"] == 2
         locked = subprocess.run([*command, "rollback", "--config", str(toml), "--to", "0"], capture_output=True,
                                 text=True, timeout=WAIT)  # fmt: skip

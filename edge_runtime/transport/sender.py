@@ -83,6 +83,11 @@ class OutboxSender:
                 with self._state:
                     self._sent_at.pop(message_id, None)
 
+    def receipted(self, message_id: bytes) -> bool:
+        """Whether a receipt named this message lately (the last few thousand): the gateway has it for good."""
+        with self._state:
+            return message_id in self._receipted
+
     def submit(self, entry: OutboxEntry) -> None:
         """Store first (durable), then try to send: nothing is lost if the link or the process dies now."""
         self.outbox.put(entry)
