@@ -97,13 +97,21 @@ class Pending:
     """A message judged and staged, waiting for its batch's commit: then folded (an accepted training update),
     and its receipt (device, id, refusal or None) released."""
 
-    receipt: tuple[str, bytes, str | None]
+    receipt: tuple[str, bytes, str | None] | None  # None: a refused message whose id was not readable gets none
     round: int = 0
     fold: tuple[wire.Update, float, float, int, bool] | None = None  # update, weight factor, norm, samples, ranges
+    refused: str = ""  # a message refused before it was judged (``Rounds.refuse``): the device it came from
 
     def duplicate(self) -> None:
         """Its id turned out known when its batch was written: receipted as received, folded never."""
         self.fold = None
+
+    def describe(self) -> str:
+        """How a log line names it when its batch is lost."""
+        if self.receipt is None:
+            return f"the refusal of a message of {self.refused}"
+        device, message_id, _ = self.receipt
+        return f"{'the refusal of message' if self.refused else 'update'} {message_id.hex()[:12]} of {device}"
 
 
 @dataclass
@@ -298,19 +306,43 @@ class Rounds:
                     self._note_full()
                     raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", exc) from exc
                 raise
-            due = self.store.staged >= self.max_batch or idle
-            if due and self.on_commit_due is not None:
-                self.on_commit_due()  # the service's committer commits it, while this thread goes on
-            elif due:
-                settled = self._settle()
-                if self.max_batch == 1 and any(p is pending for p in settled.lost):
-                    self._released.lost = [p for p in self._released.lost if p is not pending]  # said by raising
-                    error = settled.error or RuntimeError("commit failed")
-                    if is_out_of_space(error):
-                        raise OutOfSpace(f"update {update.update_id.hex()[:12]} of {device}", error) from error
-                    raise error
+            self._commit_if_due(pending, idle)
             self._intake_done = time.monotonic()
         return verdict
+
+    def refuse(self, message_id: bytes | None, device: str, reason: str, nbytes: int, receipt: bool) -> None:
+        """Record a message refused before it could be judged (unreadable, not the device's signature, off the
+        protocol) in the group commit's open batch, and, when ``receipt`` and its id is readable, release its
+        receipt after that commit. Such messages are what a hostile sender makes at will: each used to be a
+        transaction of its own on the MQTT thread, which first committed the open batch early (an fsync a
+        message, two while updates were staged), so a flood of them set the pace of every honest device's intake. Raises OutOfSpace when it
+        could not be recorded (or, ``max_batch`` 1, its commit failed for want of space)."""
+        answer = (device, message_id, reason) if receipt and message_id is not None else None
+        pending = Pending(answer, refused=device)
+        with self._lock:
+            try:
+                self.store.refuse(message_id, device, None, reason, nbytes, batch=pending)
+            except Exception as exc:
+                if is_out_of_space(exc):  # not recorded, nor receipted: a device that resends it is judged again
+                    self._note_full()
+                    raise OutOfSpace(pending.describe(), exc) from exc
+                raise
+            self._commit_if_due(pending, idle=False)  # never at once: it waits for the batch an update would
+
+    def _commit_if_due(self, pending: Pending, idle: bool) -> None:
+        """After staging ``pending``: commit when the batch is full or the intake was idle, by the service's
+        committer when there is one, else here (``max_batch`` 1: then a commit that lost it raises). Under the lock."""
+        due = self.store.staged >= self.max_batch or idle
+        if due and self.on_commit_due is not None:
+            self.on_commit_due()  # the service's committer commits it, while this thread goes on
+        elif due:
+            settled = self._settle()
+            if self.max_batch == 1 and any(p is pending for p in settled.lost):
+                self._released.lost = [p for p in self._released.lost if p is not pending]  # said by raising
+                error = settled.error or RuntimeError("commit failed")
+                if is_out_of_space(error):
+                    raise OutOfSpace(pending.describe(), error) from error
+                raise error
 
     def _settle(self) -> Settled:
         """Commit the open batch, fold what it committed, keep its receipts for ``released``. Under the lock."""
@@ -324,12 +356,13 @@ class Rounds:
         for item in done:
             if not isinstance(item, Pending):
                 continue
-            settled.receipts.append(item.receipt)
+            if item.receipt is not None:
+                settled.receipts.append(item.receipt)
             if item.fold is None:
                 continue
             if open_round is None or open_round.number != item.round:  # cannot happen: every detach settles first
-                log.error("update %s committed after its round %d was detached: counted at the next restart",
-                          item.receipt[1].hex()[:12], item.round)  # fmt: skip
+                log.error("%s committed after its round %d was detached: counted at the next restart",
+                          item.describe(), item.round)  # fmt: skip
                 continue
             open_round.aggregate.add(*item.fold)
             settled.counted += 1

@@ -427,8 +427,7 @@ class Gateway:
             return
         if self.secure is not None and update.tensors:
             why = "secure aggregation: a training update in the clear is refused"
-            self._refuse(update.update_id, device, why, len(whole))
-            self._send_receipt(device, update.update_id, why)
+            self._refuse(update.update_id, device, why, len(whole), receipt=True)
             return
         try:
             verdict = self.rounds.intake(update, whole, device, update_norm(update))
@@ -474,18 +473,19 @@ class Gateway:
     def _refuse_undecodable(self, device: str, data: bytes, exc: wire.WireError) -> None:
         """Record why; when the message's id is readable, tell the device, so it stops resending it."""
         message_id, why = readable_update_id(data), f"{type(exc).__name__}: {exc}"
-        self._refuse(message_id, device, why, len(data))
-        if message_id is not None:
-            self._send_receipt(device, message_id, why)
+        self._refuse(message_id, device, why, len(data), receipt=True)
 
-    def _refuse(self, update_id: bytes | None, device: str, reason: str, nbytes: int) -> None:
+    def _refuse(self, message_id: bytes | None, device: str, reason: str, nbytes: int, receipt: bool = False) -> None:
+        """Recorded in the group commit's batch (Rounds.refuse); with ``receipt`` and a readable id, the device is
+        told after that commit, so it stops resending it."""
         self.said.warning("refused a message from %s: %s", device, reason)
         try:
-            self.store.refuse(update_id, device, None, reason, nbytes)
-        except Exception as exc:
-            if not is_out_of_space(exc):
-                raise
-            self._out_of_space(OutOfSpace(f"the refusal of a message from {device}", exc))
+            self.rounds.refuse(message_id, device, reason, nbytes, receipt)
+        except OutOfSpace as exc:
+            self._out_of_space(exc)
+            return
+        self._staged.set()
+        self._release(self.rounds.released())
 
     def _out_of_space(self, exc: OutOfSpace) -> None:
         """No receipt goes out for what was not stored: the device keeps its update and sends it again."""
@@ -521,7 +521,7 @@ class Gateway:
             self._wake.set()
         error = settled.error
         for pending in settled.lost:
-            what = f"update {pending.receipt[1].hex()[:12]} of {pending.receipt[0]}"
+            what = pending.describe()
             if error is not None and is_out_of_space(error):
                 self._out_of_space(OutOfSpace(what, error))
             else:

@@ -240,6 +240,7 @@ class GatewayStore:
         self._in_flight = 0  # items being committed now
         self.batch_error: BaseException | None = None  # why the last lost batch was lost
         self.stage_presence = False  # save_device stages into the open batch instead of committing at once
+        self.commits = 0  # transactions committed (each one fsync): what a flood of messages costs the disk
         self._closed = False
 
     def _schema_complete(self) -> bool:
@@ -284,6 +285,7 @@ class GatewayStore:
                 try:
                     yield self._db
                     self._db.execute("COMMIT")
+                    self.commits += 1
                 except BaseException:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
@@ -371,6 +373,7 @@ class GatewayStore:
             for rows in batch:
                 rows.apply(db)
             db.execute("COMMIT")
+            self.commits += 1
         except Exception as exc:
             try:
                 if db.in_transaction:

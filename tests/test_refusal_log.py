@@ -92,3 +92,34 @@ def test_a_flood_of_refused_messages_keeps_only_the_latest_records_while_no_roun
     finally:
         device.stop()
         gateway.stop()
+
+
+def test_a_flood_of_refused_messages_shares_the_group_commits_fsyncs_instead_of_two_each(
+    broker: MosquittoProcess, tmp_path: Path, initial_model: Path
+) -> None:
+    """Each message refused before it could be judged was a transaction of its own on the MQTT thread, which
+    first committed the open batch early: one or two fsyncs a message, so a sender of garbage set the pace of
+    every honest device's intake. Now it waits in the group commit's batch like an update. The commit delay is long
+    here so that the flood, however slowly it arrives, shares a few commits; the count does not depend on speed
+    as long as the flood arrives within a few of them."""
+    settings = gateway_config(broker, tmp_path / "gw", initial_model, deadline=600.0)
+    settings["gateway"] = {**settings["gateway"], "commit_delay": 2.0}  # type: ignore[dict-item]
+    gateway = Gateway(GatewayConfig.from_mapping(settings, env={})).start()
+    device = ManualDevice(broker, "m1")
+    flood = 100
+    try:
+        assert device.wait(lambda: len(device.tasks) >= 1), "round 1 did not open"
+        before = gateway.store.commits
+        for i in range(flood):
+            device.send(b"\xa3garbage" + i.to_bytes(2, "big"))  # unreadable: recorded without an id, no receipt
+        probe = small_update("m1", device.tasks[0], gateway.sizes)
+        probe.round = 98  # a refused update with a readable id: its receipt goes out once its batch commits
+        device.send(wire.encode(probe))
+        assert device.wait(lambda: any(probe.update_id in r.refused for r in device.receipts))
+        assert gateway.store.known_update(probe.update_id) is not None
+        wait_for(lambda: len(gateway.store.refusals()) >= flood + 1, WAIT, f"the gateway to record {flood + 1}")
+        commits = gateway.store.commits - before
+    finally:
+        device.stop()
+        gateway.stop()
+    assert commits < flood // 4, commits  # it was one a message, two while updates were staged
