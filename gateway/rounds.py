@@ -315,8 +315,9 @@ class Rounds:
         protocol) in the group commit's open batch, and, when ``receipt`` and its id is readable, release its
         receipt after that commit. Such messages are what a hostile sender makes at will: each used to be a
         transaction of its own on the MQTT thread, which first committed the open batch early (an fsync a
-        message, two while updates were staged), so a flood of them set the pace of every honest device's intake. Raises OutOfSpace when it
-        could not be recorded (or, ``max_batch`` 1, its commit failed for want of space)."""
+        message, two while updates were staged), so a flood of them set the pace of every honest device's
+        intake. Raises OutOfSpace when it could not be recorded (or, ``max_batch`` 1, its commit failed for want
+        of space)."""
         answer = (device, message_id, reason) if receipt and message_id is not None else None
         pending = Pending(answer, refused=device)
         with self._lock:
