@@ -287,13 +287,14 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
 
 def intake_ms(folder: Path, model: Path, batch: int, devices: int = 1000) -> dict[str, float]:
     """Wall and CPU time per accepted update of the gateway's intake without MQTT: decode, validate, stage,
-    commit (``batch`` updates per fsync'd commit), fold; one round of ``devices`` real encoded updates."""
-    import os
+    commit (``batch`` updates per fsync'd commit), fold; one round of ``devices`` real updates in the compact
+    layout devices send by default."""
 
     import numpy as np
 
     from edge_runtime import wire
     from edge_runtime.compress.compressor import CompressionConfig, Compressor
+    from edge_runtime.wire.compact import new_update_id
     from gateway.admission import AdmissionRules
     from gateway.aggregate import update_norm
     from gateway.clock import FakeClock
@@ -324,10 +325,13 @@ def intake_ms(folder: Path, model: Path, batch: int, devices: int = 1000) -> dic
     rng = np.random.default_rng(0)
     deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in rounds.sizes.items()}
     tensors = Compressor(CompressionConfig(density=0.01)).compress(deltas).tensors
-    raws = [(d, wire.encode(wire.Update(os.urandom(16), d, t.round, t.base_version, 100, tensors))) for d, t in tasks]
+    spec = dict(rounds.spec)
+    raws = [(d, wire.encode_compact(wire.Update(new_update_id(), d, t.round, t.base_version, 100, tensors), spec))
+            for d, t in tasks]  # fmt: skip
+    versions = [t.base_version for _, t in tasks[:1]]
     wall, cpu = time.perf_counter(), time.process_time()
     for device, raw in raws:
-        update = wire.decode(raw, expect=wire.Update, spec=rounds.spec)
+        update = wire.decode(raw, expect=wire.Update, spec=spec, device=device, versions=versions)
         rounds.intake(update, raw, device, update_norm(update))
     rounds.flush()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -21,7 +21,8 @@ What each device does on the wire, as ``tinyfed device run`` does:
   (QoS 1), then PUBLISH its birth (retained, QoS 1, with capabilities);
 - PUBACK every QoS 1 message it receives (tasks, manifests, receipts);
 - answer every task with an Update PUBLISH at QoS 1 (PUBACKed by the
-  broker): a real encoded sparse update, 1% of the manifest's trainable
+  broker): a real sparse update in the compact layout devices send by
+  default (``[transport] update_format``), 1% of the manifest's trainable
   entries as int8 values made once per process by the real compressor from
   a random delta, with the task's round and base version; an evaluation
   task is answered with an empty update carrying evaluation metrics.
@@ -52,11 +53,11 @@ import numpy as np
 from edge_runtime import wire
 from edge_runtime.compress.compressor import CompressionConfig, Compressor
 from edge_runtime.transport.topics import Topics, member_client_id
-from edge_runtime.wire.compact import _leb128
+from edge_runtime.wire.compact import ID_BYTES, _leb128, new_update_id
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
 IN_FLIGHT_CONNECTS = 64  # connections opened but not yet answered: keeps the broker's listen backlog short
-SIM_NAME_WIDTH = 5  # sim-00000: every name the same length, so one update template fits every device
+SIM_NAME_WIDTH = 5  # sim-00000: every name the same length
 
 
 # -- MQTT 5 packets, by hand ----------------------------------------------------------------------------------
@@ -236,30 +237,17 @@ def sim_name(index: int) -> str:
 
 
 class UpdateTemplate:
-    """One task shape's encoded update with a placeholder name and id, filled in per device by slicing."""
+    """One task shape's update in the compact layout (devices' default, ``[transport] update_format``), encoded
+    once; each device's copy differs only in its 8 random id bytes (the device is its topic's)."""
 
-    PLACEHOLDER = "sim-" + "z" * SIM_NAME_WIDTH
-
-    def __init__(self, task: wire.Task, tensors: list[wire.TensorUpdate]) -> None:
-        marker = os.urandom(16)
+    def __init__(self, task: wire.Task, tensors: list[wire.TensorUpdate], spec: dict[int, int]) -> None:
         body = tensors if not task.evaluate_only else []
         metrics = {"eval_accuracy": 0.5, "eval_samples": 20.0} if task.evaluate_only else {}
-        raw = wire.encode(wire.Update(marker, self.PLACEHOLDER, task.round, task.base_version, 100, body, metrics))
-        name = self.PLACEHOLDER.encode()
-        self.id_at, self.name_at = raw.index(marker), raw.index(name)
-        if raw.count(marker) != 1 or raw.count(name) != 1:
-            raise ValueError("the update template's placeholders are not unique")
-        self.raw = raw
+        update = wire.Update(new_update_id(), "sim", task.round, task.base_version, 100, body, metrics)
+        self.raw = wire.encode_compact(update, spec)
 
-    def fill(self, name: str) -> bytes:
-        parts = sorted([(self.id_at, 16, os.urandom(16)), (self.name_at, len(self.PLACEHOLDER), name.encode())])
-        out, at = bytearray(), 0
-        for offset, size, value in parts:
-            out += self.raw[at:offset]
-            out += value
-            at = offset + size
-        out += self.raw[at:]
-        return bytes(out)
+    def fill(self) -> bytes:
+        return self.raw[:1] + os.urandom(ID_BYTES) + self.raw[1 + ID_BYTES :]
 
 
 class SimulatedFleet:
@@ -279,6 +267,7 @@ class SimulatedFleet:
         self.connected = self.subscribed = self.born = 0
         self.answered = self.receipts = self.manifests = 0
         self._tensors: list[wire.TensorUpdate] | None = None
+        self._spec: dict[int, int] = {}
         self._templates: dict[tuple[int, bytes, bool], UpdateTemplate] = {}
 
     def _presence(self, name: str, online: bool) -> bytes:
@@ -354,14 +343,15 @@ class SimulatedFleet:
         shape = (task.round, task.base_version, task.evaluate_only)
         template = self._templates.get(shape)
         if template is None:
-            template = self._templates[shape] = UpdateTemplate(task, self._tensors)
-        update = publish_packet(self.topics.update(name), template.fill(name), conn.packet_id())
+            template = self._templates[shape] = UpdateTemplate(task, self._tensors, self._spec)
+        update = publish_packet(self.topics.update(name), template.fill(), conn.packet_id())
         self.loop.send(conn, update)
         self.answered += 1
 
     def _make_update_body(self, manifest: wire.ModelManifest) -> None:
         rng = np.random.default_rng(0)
-        deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in manifest.spec().items()}
+        self._spec = dict(manifest.spec())
+        deltas = {t: rng.normal(0, 0.01, n).astype(np.float32) for t, n in self._spec.items()}
         self._tensors = Compressor(CompressionConfig(density=0.01)).compress(deltas).tensors
 
     # -- running ------------------------------------------------------------------------------------------------
