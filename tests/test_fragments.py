@@ -47,8 +47,8 @@ def test_contradicting_fragments_and_a_wrong_digest_are_refused() -> None:
 def test_the_byte_budget_bounds_what_partial_messages_can_hold() -> None:
     r = Reassembler(budget_bytes=8000)
     r.feed("dev", fragment(os.urandom(16), os.urandom(5000), 1024)[0])
-    with pytest.raises(wire.LimitExceeded, match="budget"):
-        r.feed("dev", fragment(os.urandom(16), os.urandom(5000), 1024)[0])
+    with pytest.raises(wire.LimitExceeded, match="exceed the budget"):
+        r.feed("other", fragment(os.urandom(16), os.urandom(5000), 1024)[0])
     # Fragments of different senders with the same id are different messages.
     payload = os.urandom(3000)
     same_id = os.urandom(16)
@@ -112,3 +112,45 @@ def test_a_fragment_reads_only_the_partial_messages_that_expire(caplog: pytest.L
     assert r.pending == 1 and partials.examined == 3000, (r.pending, partials.examined)  # the expired only
     dropped = [rec.getMessage() for rec in caplog.records if "dropped" in rec.getMessage()]
     assert len(dropped) == 1 and "2999 other" in dropped[0], dropped
+
+
+def test_one_sender_holds_at_most_its_share_and_the_others_fragmented_messages_still_arrive() -> None:
+    """One sender's first fragments could fill the whole budget, and every other device's fragmented message
+    was then refused until they expired (10 minutes by default)."""
+    r = Reassembler(budget_bytes=64_000, sender_bytes=16_000)
+    refused = 0
+    for _ in range(40):  # the ghost would fill the budget: 40 x (5,000 claimed + 1,024) is 241,000 bytes
+        try:
+            r.feed("ghost", fragment(os.urandom(16), os.urandom(5000), 1024)[0])
+        except wire.LimitExceeded as exc:
+            assert "ghost's incomplete messages" in str(exc) and "share of 16000" in str(exc)
+            refused += 1
+    assert r.pending == 2 and refused == 38, (r.pending, refused)  # 16,000 // 6,024
+    for device in ("a", "b", "c"):  # each its own share, the budget still free for them
+        payload = os.urandom(9000)
+        results = [r.feed(device, part) for part in fragment(os.urandom(16), payload, 1024)]
+        assert results[-1] == payload
+    # A completed message gives its share back: the ghost may start another.
+    payload = os.urandom(5000)
+    parts = fragment(os.urandom(16), payload, 1024)
+    r2 = Reassembler(budget_bytes=64_000, sender_bytes=7_000)
+    assert [r2.feed("ghost", part) for part in parts][-1] == payload
+    assert [r2.feed("ghost", part) for part in fragment(os.urandom(16), payload, 1024)][-1] == payload
+
+
+def test_the_default_share_is_two_of_the_largest_messages_or_the_whole_budget() -> None:
+    limits = wire.DEFAULT_LIMITS
+    largest = limits.max_message_bytes
+
+    def claim_largest() -> bytes:  # the first fragment of a message as large as the limits allow
+        return wire.encode(wire.Fragment(os.urandom(16), 0, 70, largest, os.urandom(32), b"x"))
+
+    r = Reassembler()  # the gateway's: 64 MiB
+    for _ in range(16):  # sixteen claims would take the whole budget
+        try:
+            r.feed("ghost", claim_largest())
+        except wire.LimitExceeded as exc:
+            assert "ghost's incomplete messages" in str(exc)
+    assert r.pending == 2  # two of the largest messages
+    assert r.feed("honest", claim_largest()) is None and r.pending == 3  # the budget is still the others'
+    assert Reassembler(budget_bytes=1 << 20).sender_bytes == 1 << 20

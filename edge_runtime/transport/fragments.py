@@ -3,7 +3,8 @@
 The sender side is a pure function; the receiving side buffers partial
 messages under a byte budget and a time limit, so a peer that sends the
 first fragment of a thousand messages and never the rest cannot exhaust
-the gateway's memory.
+the gateway's memory; and under a share of that budget per sender, so it
+cannot take the whole budget from the others either.
 """
 
 from __future__ import annotations
@@ -69,14 +70,22 @@ class Reassembler:
         budget_bytes: int = 64 << 20,
         timeout: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        sender_bytes: int | None = None,
     ) -> None:
+        """``sender_bytes``: what one sender's partial messages may hold of the budget together; by default two
+        messages of the largest size the limits allow (a message and its resend under a new id), or the whole
+        budget if that is less. Without it, one sender's first fragments could fill the budget while the
+        others' fragmented messages were refused, for as long as its partials lived (``timeout``)."""
         self.limits = limits
         self.budget_bytes = budget_bytes
+        default_share = 2 * (limits.max_message_bytes + PARTIAL_OVERHEAD)
+        self.sender_bytes = min(budget_bytes, default_share if sender_bytes is None else sender_bytes)
         self.timeout = timeout
         self.clock = clock
         # In the order they started (a dict keeps insertion order): the oldest, the first to expire, come first.
         self._partials: dict[tuple[str, bytes], _Partial] = {}
         self._buffered = 0
+        self._by_sender: dict[str, int] = {}  # what each sender's partial messages hold of the budget
         self._lock = threading.Lock()
 
     def feed(self, sender: str, payload: bytes) -> bytes | None:
@@ -90,6 +99,14 @@ class Reassembler:
             partial = self._partials.get(key)
             if partial is None:
                 partial = _Partial(piece, self.clock())
+                held = self._by_sender.get(sender, 0)
+                if held + partial.charge > self.sender_bytes:
+                    raise wire.LimitExceeded(
+                        "fragment",
+                        f"{sender}'s incomplete messages already hold {held} bytes; {partial.charge} more (the "
+                        f"message's {piece.total_size} bytes and {PARTIAL_OVERHEAD} of bookkeeping) exceed one "
+                        f"sender's share of {self.sender_bytes}",
+                    )
                 if self._buffered + partial.charge > self.budget_bytes:
                     raise wire.LimitExceeded(
                         "fragment",
@@ -98,6 +115,7 @@ class Reassembler:
                     )
                 self._partials[key] = partial
                 self._buffered += partial.charge
+                self._by_sender[sender] = held + partial.charge
             first = partial.first
             if (piece.count, piece.total_size, piece.digest) != (first.count, first.total_size, first.digest):
                 self._drop(key)
@@ -117,6 +135,11 @@ class Reassembler:
         partial = self._partials.pop(key, None)
         if partial is not None:
             self._buffered -= partial.charge
+            left = self._by_sender[key[0]] - partial.charge
+            if left:
+                self._by_sender[key[0]] = left
+            else:
+                del self._by_sender[key[0]]
 
     def _expire(self) -> None:
         """Drop the partial messages older than the timeout. They are the first in ``_partials`` (started order),
