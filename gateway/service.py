@@ -71,6 +71,10 @@ from .trust import gateway_trust
 
 log = logging.getLogger(__name__)
 SESSION_KEY = "secagg_session"  # meta: the open secure aggregation session, as gateway status shows it
+# Refused presence messages are counted by the name on their topic, which is the sender's word: past this many
+# names, the rest are counted under OTHER_NAMES, or a sender of made-up names would grow the counter without end.
+REFUSED_PRESENCE_NAMES = 1024
+OTHER_NAMES = "(other names)"
 SECAGG_ANSWERS = (wire.SecAggAdvertise.TYPE, wire.SecAggShares.TYPE, wire.SecAggMasked.TYPE, wire.SecAggReveal.TYPE)
 __all__ = ["Gateway", "RoundSummary", "SecondGateway"]
 
@@ -365,7 +369,8 @@ class Gateway:
             opened = self.trust.open(device, payload)
             presence = wire.decode(opened.payload, expect=wire.Presence)
         except wire.WireError as exc:
-            self.refused_presence[device] += 1
+            known = device in self.refused_presence or len(self.refused_presence) < REFUSED_PRESENCE_NAMES
+            self.refused_presence[device if known else OTHER_NAMES] += 1
             self.said.warning("refused a presence message on %s: %s", topic, exc)
             return
         if presence.device != device:

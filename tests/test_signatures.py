@@ -250,6 +250,26 @@ def test_a_replayed_update_is_refused_and_counted_once(
     assert gateway.store.round_updates(2) == []
 
 
+def test_refused_presence_messages_under_made_up_names_are_counted_without_growing_the_counter(
+    owned: Secured, tmp_path: Path, initial_model: Path, cleanup: list[Callable[[], object]]
+) -> None:
+    """The name a refused presence is counted under is its topic's, the sender's word: one who owns the broker
+    could make the counter grow by one entry per made-up name, without end."""
+    from gateway.service import OTHER_NAMES, REFUSED_PRESENCE_NAMES
+
+    gateway = signed_gateway(owned, tmp_path, initial_model, min_devices=5)  # no round: presence only
+    gateway.start()
+    cleanup.append(gateway.stop)
+    mallory = started(cleanup, owned.device_link("mallory"))
+    sent = REFUSED_PRESENCE_NAMES + 200
+    for i in range(sent):
+        ghost = wire.Presence(f"ghost-{i}", True, 1, int(time.time()), wire.Capabilities(ram=1 << 20, samples=1))
+        mallory.publish(T.presence(f"ghost-{i}"), wire.sign(wire.encode(ghost), owned.signer("mallory")))
+    wait_for(lambda: sum(gateway.refused_presence.values()) == sent, WAIT, f"the gateway to refuse {sent} presences")
+    assert len(gateway.refused_presence) == REFUSED_PRESENCE_NAMES + 1  # it was one entry per name
+    assert gateway.refused_presence[OTHER_NAMES] == 200 and gateway.refused_presence["ghost-0"] == 1
+
+
 def test_a_forged_death_cannot_evict_a_device_nor_a_forged_birth_enrol_a_ghost(
     owned: Secured, tmp_path: Path, initial_model: Path, cleanup: list[Callable[[], object]]
 ) -> None:
