@@ -95,7 +95,8 @@ class BoardDriver:
         self.resets_seen = 0
         self._in_data_phase = False
         self._greeting = False
-        self._reassembler = Reassembler(SERIAL_LIMITS, budget_bytes=1 << 20, timeout=120.0)
+        # One board's line, one sender: its share of the budget is the whole of it.
+        self._reassembler = Reassembler(SERIAL_LIMITS, budget_bytes=1 << 20, timeout=120.0, sender_bytes=1 << 20)
 
     def close(self) -> None:
         self.link.close()

@@ -531,7 +531,8 @@ class Gateway:
                 self._out_of_space(OutOfSpace(what, error))
             else:
                 self.unstored += 1
-                log.error("%s was not committed (%s); the device will send it again", what, error)
+                then = "a resend is judged again" if pending.refused else "the device will send it again"
+                log.error("%s was not committed (%s); %s", what, error, then)
 
     def _send_receipt(self, device: str, update_id: bytes, reason: str | None) -> None:
         receipt = wire.Receipt([update_id]) if reason is None else wire.Receipt([], {update_id: reason[:256]})
