@@ -195,10 +195,18 @@ class BoardMember(FederationMember):
     # -- board care -----------------------------------------------------------------------------------------
     def _bring_board_to_current_model(self) -> None:
         """Called holding the line: bring the board to the installed model if it runs another, as a patch
-        against the version it runs when it takes patches and that version is at hand, else whole."""
-        model = self.store.current()
+        against the version it runs when it takes patches and that version is at hand, else whole.
+
+        The version is read once and the bytes are those of that version: the fetcher installs on its own
+        thread, and reading the current model and then the current version apart could pair the old bytes
+        with the new version, so the board got (or kept) the old model while the bridge recorded the new one
+        as on the board; the task for the new version then went to the board untransferred and was refused.
+        """
         version = self.store.current_version
-        if model is None or version is None or version == self.board_version:
+        if version is None or version == self.board_version:
+            return
+        model = self.store.get(version)  # None: pruned by a newer install since; the next heartbeat takes that
+        if model is None:
             return
         patch = self._patch_for_board(model, version)
         report = self.driver.update_model(model, patch, progress=self._abort_if_stopping)

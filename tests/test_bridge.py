@@ -16,7 +16,10 @@ from edge_runtime.failures import FailureReason
 from edge_runtime.member import MemberSettings
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
+from edge_runtime.model_store import ModelStore
+from edge_runtime.train.build import build_model
 from edge_runtime.transport.broker import MosquittoProcess
+from edge_runtime.transport.mqtt import BrokerConfig
 from edge_runtime.transport.topics import Topics
 from edge_runtime.trust import MemberTrust
 from edge_runtime.wire.serial import MSG_HELLO, MSG_MODEL_DATA
@@ -28,6 +31,7 @@ pytest.importorskip("tflite_micro")
 from firmware_bridge.bridge import Bridge, PortSpec
 from firmware_bridge.driver import BoardDriver
 from firmware_bridge.framing import decode_frame
+from firmware_bridge.member import BoardMember
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from gateway.store import GatewayStore
@@ -146,6 +150,68 @@ def test_boards_train_a_round_through_the_gateway_and_a_silent_board_is_reported
         watcher.stop()
         for board in boards:
             board.stop()
+
+
+class InstallsWhileRead(ModelStore):
+    """A model store into which the fetcher's thread installs ``newer`` just after the bridge's first read of it."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.newer: bytes | None = None
+
+    def _install_once(self) -> None:
+        newer, self.newer = self.newer, None
+        if newer is not None:
+            self.install(newer, hashlib.sha256(newer).digest())
+
+    @property
+    def current_version(self) -> bytes | None:
+        version = super().current_version
+        self._install_once()
+        return version
+
+    def current(self) -> bytes | None:
+        model = super().current()
+        self._install_once()
+        return model
+
+    def get(self, version: bytes) -> bytes | None:
+        model = super().get(version)
+        self._install_once()
+        return model
+
+
+def test_a_model_installed_while_the_bridge_reads_it_is_not_recorded_as_on_the_board(
+    tmp_path: Path, digits_mlp: Graph
+) -> None:
+    """The bridge reads the installed model while the fetcher's thread may install the next one. Reading the
+    model and then its version apart paired the old bytes with the new version: the board kept the old model, the
+    bridge recorded the new one as on the board, and the next task for it was refused (NO_MODEL) and set aside
+    without a transfer, so its round waited for its deadline."""
+    old = write_graph(digits_mlp)
+    digits = load_local_data(DataSection(source="digits", shard="0/10"))
+    new = write_graph(build_model("mlp", digits.train.x, digits.train.classes, seed=1))
+    assert new != old
+    board = make_board(tmp_path, "mcu-0", "0/10")
+    settings = MemberSettings(device_id="mcu-0", federation=FED, storage=tmp_path / "bridge",
+                              broker=BrokerConfig(url="mqtt://127.0.0.1:1"), trust=MemberTrust.insecure())  # fmt: skip
+    driver = BoardDriver(board.path, baud=BAUD)
+    try:
+        driver.hello()
+        member = BoardMember(driver, settings)  # never started: nothing of it goes to a broker
+        store = InstallsWhileRead(settings.storage / "models")
+        store.install(old, hashlib.sha256(old).digest())
+        store.newer = new
+        member.store = store
+        with member._line:
+            member._bring_board_to_current_model()
+        assert member.board_version == board.model_version  # what the bridge records is what the board holds
+        with member._line:
+            member._bring_board_to_current_model()  # the next heartbeat brings it to the version installed since
+        assert member.board_version == board.model_version == hashlib.sha256(new).digest()
+    finally:
+        driver.close()
+        board.stop()
 
 
 def test_a_board_that_refuses_its_task_is_reported_and_the_round_closes_without_it(
