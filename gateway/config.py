@@ -156,9 +156,11 @@ class GatewaySection:
     commit_batch: int = 256  # group commit: updates committed (and receipted) together with one fsync, at most
     commit_delay: float = 0.005  # seconds a staged update waits at most for others to share its commit
     # Downlink (gateway/downlink.py): a version goes to devices holding its parent as a patch in the manifest;
-    # ``downlink_density`` > 0 bounds the fraction of each weight tensor's int8 codes a version moves.
+    # ``downlink_density`` > 0 bounds the fraction of each weight tensor's int8 codes a version moves;
+    # ``downlink_saturate`` is how far weights may outgrow a held scale before it moves (DownlinkPolicy.saturate).
     patches: bool = True
     downlink_density: float = 0.0
+    downlink_saturate: float = 0.25
 
     def __post_init__(self) -> None:
         if self.commit_batch < 1 or not 0 <= self.commit_delay <= 60:
@@ -166,6 +168,8 @@ class GatewaySection:
                              f"{self.commit_delay:g} within [0, 60] seconds")  # fmt: skip
         if not 0 <= self.downlink_density <= 1:
             raise ValueError(f"downlink_density {self.downlink_density} is not in [0, 1]")
+        if not 0 <= self.downlink_saturate <= 1:
+            raise ValueError(f"downlink_saturate {self.downlink_saturate} is not in [0, 1]")
 
 
 @dataclass

@@ -71,7 +71,8 @@ class Publisher:
         self._patch_from_stored_parent()
         self._retained: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
         self._strategy_before: dict[str, np.ndarray] = {}  # the server state a failed close returns to
-        self.downlink = DownlinkPolicy(density=config.gateway.downlink_density)
+        self.downlink = DownlinkPolicy(density=config.gateway.downlink_density,
+                                       saturate=config.gateway.downlink_saturate)
 
     @property
     def sizes(self) -> dict[int, int]:

@@ -30,8 +30,11 @@ from edge_runtime.transport.mqtt import MqttLink
 from edge_runtime.transport.topics import Topics
 from edge_runtime.wire.cbor import dumps
 from gateway.config import GatewayConfig
-from gateway.downlink import DownlinkPolicy, held_scales, sparsify
+from gateway.downlink import DownlinkPolicy, held_scales, publishable, sparsify
+from gateway.publisher import Publisher
 from gateway.service import Gateway
+from gateway.store import GatewayStore
+from gateway.strategies.fedavgm import FedAvgM
 from tests.federation import FED as GW_FED
 from tests.federation import gateway_config, start_agents
 from tests.helpers import fast_config, log_line, wait_for
@@ -149,6 +152,41 @@ def test_a_scale_is_held_while_its_weights_outgrow_it_by_at_most_saturate() -> N
     # A held channel's largest weights saturate at the int8 limit; the master keeps their float values.
     codes = sparsify(np.array([130.0, -140.0, 12.4]), np.array([127.0, -120.0, 12.0]), np.ones(3, bool), budget=3)
     assert codes.tolist() == [127, -127, 12]
+
+
+@pytest.mark.parametrize(("saturate", "held"), [(0.25, True), (0.0, False)])
+def test_the_gateways_downlink_saturate_setting_decides_whether_a_grown_channel_keeps_its_scale(
+    tmp_path: Path, digits_mlp: Graph, saturate: float, held: bool
+) -> None:
+    """``[gateway] downlink_saturate`` reaches the publisher: a channel whose weights grew 10% past its scale keeps
+    the scale (codes saturate) under 0.25 and is re-fitted under 0."""
+    (tmp_path / "initial.tflite").write_bytes(write_graph(digits_mlp))
+    config = GatewayConfig.from_mapping({"gateway": {
+        "federation": "t", "storage": str(tmp_path / "gw"), "model": str(tmp_path / "initial.tflite"),
+        "downlink_saturate": saturate}}, env={})  # fmt: skip
+    publisher = Publisher(config, GatewayStore(config.storage / "gateway.db"), FedAvgM(momentum=0.9))
+    tensor, (layer, _) = next((t, slot) for t, slot in publisher.master.slots.items() if slot[1] == "weight")
+    before = read_graph(publisher.model).tensor(tensor).quant
+    assert before is not None
+    weights = publisher.master.weights()
+    grown = layer.weight.copy()
+    first: list[slice | int] = [slice(None)] * grown.ndim
+    first[layer.channel_axis] = 0
+    grown[tuple(first)] *= 1.1  # the first output channel outgrows its scale by 10%
+    weights[tensor] = grown.astype(np.float64).reshape(-1)
+    publisher.master.set_weights(weights)
+    after = read_graph(publishable(publisher.model, publisher.master.export(), publisher.master,
+                                   publisher.downlink)).tensor(tensor).quant  # fmt: skip
+    assert after is not None
+    kept = np.isclose(after.scale, before.scale)
+    assert bool(kept[0]) is held
+    assert kept[1:].all()  # the channels that did not grow keep their scales either way
+
+
+def test_a_downlink_saturate_outside_zero_to_one_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"downlink_saturate 1\.5 is not in \[0, 1\]"):
+        GatewayConfig.from_mapping({"gateway": {"federation": "t", "storage": str(tmp_path),
+                                                "downlink_saturate": 1.5}}, env={})  # fmt: skip
 
 
 def test_a_bounded_version_moves_the_largest_steps_and_leaves_the_rest_for_later() -> None:

@@ -73,10 +73,11 @@ class FederationSpec:
     interval: float = 0.0  # [rounds] interval: seconds from one round's opening to the next (0 = at once)
     # The gateway's operator tables as given: [metrics], [dashboard], [retention] (docs/operations.md).
     operator: dict[str, dict[str, object]] = field(default_factory=dict)
-    # The downlink ([gateway] patches, downlink_density; gateway/downlink.py) and whether the devices' bytes are
-    # counted on the wire (tinyfed/wiremeter.py: a TCP proxy between the devices and the broker).
+    # The downlink ([gateway] patches, downlink_density, downlink_saturate; gateway/downlink.py) and whether the
+    # devices' bytes are counted on the wire (tinyfed/wiremeter.py: a TCP proxy between the devices and the broker).
     patches: bool = True
     downlink_density: float = 0.0
+    downlink_saturate: float = 0.25
     meter: bool = False
 
     @property
@@ -261,6 +262,7 @@ def run_federation(
                         "trainable_layers": spec.trainable_layers,
                         "patches": spec.patches,
                         "downlink_density": spec.downlink_density,
+                        "downlink_saturate": spec.downlink_saturate,
                     },
                     "rounds": {
                         "rounds": spec.rounds,
