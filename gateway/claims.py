@@ -10,7 +10,8 @@ model by at most the share an honest device of its declared size could:
 - its metrics: only names the gateway knows, each clipped to its range;
 - the activation ranges it reports for re-quantisation: only in rounds whose
   tasks asked for them, combined by the median across devices (one liar
-  cannot move it), and moved per version by at most ``max_range_growth``.
+  cannot move it), and moved by at most ``max_range_growth`` per round since
+  the last report (gateway/publisher.py ``range_growth``).
 """
 
 from __future__ import annotations

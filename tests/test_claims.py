@@ -95,17 +95,22 @@ def test_absurd_activation_ranges_are_dropped(tmp_path: Path, model: bytes) -> N
     assert ranges_of(rounds)[name] == pytest.approx((min(lo, 0.0), max(hi, 0.0)), rel=1e-6)
 
 
-def test_even_when_every_device_lies_a_range_moves_at_most_max_range_growth_per_version(
-    tmp_path: Path, model: bytes
+@pytest.mark.parametrize("report_every", [1, 3])
+def test_even_when_every_device_lies_a_range_moves_at_most_max_range_growth_per_round_since_the_last_report(
+    tmp_path: Path, model: bytes, report_every: int
 ) -> None:
-    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_range_growth=2.0)
+    """The bound compounds over the rounds between reports (activations grow in each of them, reported or
+    not), and holds at that: with reports every 3 rounds a range may grow 8x, not 1000x."""
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_range_growth=2.0, report_every=report_every)
     name, (lo, hi) = next(iter(ranges_of(rounds).items()))
     tasks = dict(rounds.step().tasks)
     for device in ("a", "b"):
         assert send(rounds, device, tasks[device], activation_ranges={name: (lo * 1000, hi * 1000)})
     assert rounds.step().ended is not None
     new_lo, new_hi = ranges_of(rounds)[name]
-    assert new_hi <= 2.0 * max(hi, 0.0) + 1e-9 and new_lo >= 2.0 * min(lo, 0.0) - 1e-9
+    bound = 2.0**report_every
+    assert new_hi == pytest.approx(bound * max(hi, 0.0)) if hi > 0 else new_hi <= bound * (hi - lo)
+    assert new_lo == pytest.approx(bound * min(lo, 0.0)) if lo < 0 else new_lo >= -bound * (hi - lo)
 
 
 def test_ranges_count_only_in_rounds_whose_tasks_asked_for_them(tmp_path: Path, model: bytes) -> None:
