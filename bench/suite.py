@@ -31,6 +31,8 @@ SUITE = (
     "secagg",
     "byzantine",
 )
+# Run only when named: measurements too long for the suite's budget even shortened.
+ON_DEMAND = ("downlink",)
 BUDGET_SECONDS = 15 * 60
 # Extras a benchmark needs beyond the `bench` command's own (device, gateway, data): checked before anything runs,
 # so a missing one is a pip install line, not a traceback ten minutes in. (Plots need matplotlib, from `bench`,

@@ -29,6 +29,7 @@ def test_an_unknown_or_helper_name_is_refused_with_the_known_names() -> None:
     assert run.returncode == 2
     assert "no benchmark no_such_bench, plot" in run.stderr
     assert "fl_digits" in run.stderr and "serial_link" in run.stderr
+    assert "downlink" in run.stderr  # on demand: not in the suite, but named
 
 
 def test_a_results_folder_that_cannot_be_made_is_refused_before_anything_runs(tmp_path: Path) -> None:

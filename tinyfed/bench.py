@@ -45,10 +45,12 @@ def bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(root))
     suite = importlib.import_module("bench.suite")
     names = args.names or list(suite.SUITE)
-    # The suite names the benchmarks; bench/ also holds their helpers (plot, sim_devices, ...), which are not.
-    unknown = [n for n in names if n not in suite.SUITE]
+    # The suite (and its on-demand list) names the benchmarks; bench/ also holds their helpers (plot, sim_devices,
+    # ...), which are not.
+    known = (*suite.SUITE, *suite.ON_DEMAND)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(suite.SUITE)}")
+        raise ConfigError(f"no benchmark {', '.join(unknown)}; known: {', '.join(known)}")
     _check_extras(names, suite.EXTRAS, getattr(args, "installed_extras", None) or InstalledExtras.from_metadata())
     # Checked before minutes of measuring, not after: a result that cannot be written is a run lost.
     if args.results is not None:

@@ -43,7 +43,7 @@ from edge_runtime.train.build import build_model
 from edge_runtime.train.evaluate import int8_predictions
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
 from edge_runtime.transport.embedded import demo_broker
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, GatewaySection
 from gateway.observe import Observers
 from gateway.service import Gateway, RoundSummary
 
@@ -77,7 +77,7 @@ class FederationSpec:
     # devices' bytes are counted on the wire (tinyfed/wiremeter.py: a TCP proxy between the devices and the broker).
     patches: bool = True
     downlink_density: float = 0.0
-    downlink_saturate: float = 0.25
+    downlink_saturate: float = GatewaySection.downlink_saturate  # the gateway's default
     meter: bool = False
 
     @property
