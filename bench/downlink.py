@@ -31,7 +31,7 @@ from bench.fl_common import per_device_round
 from tinyfed.simulation import FederationSpec, RoundRecord, run_federation
 
 NAME = "downlink"
-SATURATES = {"digits": (0.25, 0.1, 0.0), "har": (0.25, 0.0)}  # 0.1: the default since 2026-12-01, 0.25 before
+SATURATES = {"digits": (0.25, 0.1, 0.0), "har": (0.25, 0.0)}  # 0: the default since 2026-12-01, 0.25 before
 SEEDS = {"digits": (0, 1, 2), "har": (0,)}
 # Bumped when the gateway changes what these runs measure, so a stored block from before is not kept:
 # 2: activation ranges move by max_range_growth per round between reports, not per report.

@@ -160,7 +160,7 @@ class GatewaySection:
     # ``downlink_saturate`` is how far weights may outgrow a held scale before it moves (DownlinkPolicy.saturate).
     patches: bool = True
     downlink_density: float = 0.0
-    downlink_saturate: float = 0.1
+    downlink_saturate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.commit_batch < 1 or not 0 <= self.commit_delay <= 60:
