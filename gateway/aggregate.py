@@ -135,6 +135,10 @@ class StreamingAggregate:
         mean = {t: (s / self.weight if self.weight > 0 else s.copy()) for t, s in self.sums.items()}
         return RoundInput(mean, list(self.updates))
 
+    def range_reporters(self) -> int:
+        """How many devices' reports the least-reported tensor's median is taken over (0: no ranges)."""
+        return min((len(reports) for reports in self.activation_reports.values()), default=0)
+
     def activation_ranges(self) -> dict[int | str, tuple[float, float]]:
         """The median of the devices' activation ranges, per tensor: one device's report cannot move it."""
         return {name: median_range(reports) for name, reports in self.activation_reports.items()}

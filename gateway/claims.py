@@ -10,8 +10,9 @@ model by at most the share an honest device of its declared size could:
 - its metrics: only names the gateway knows, each clipped to its range;
 - the activation ranges it reports for re-quantisation: only in rounds whose
   tasks asked for them, combined by the median across devices (one liar
-  cannot move it), and moved by at most ``max_range_growth`` per round since
-  the last report (gateway/publisher.py ``range_growth``).
+  cannot move it), and moved by at most ``max_range_growth`` per version
+  published since ranges were last taken, at most ``report_every`` of them
+  (gateway/publisher.py ``range_growth``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _median(values: tuple[float, ...]) -> float:
 
 
 def limited_range(new: tuple[float, float], current: tuple[float, float], growth: float) -> tuple[float, float]:
-    """Move a range toward ``new`` by at most a factor ``growth`` per side per version (ranges contain 0).
+    """Move a range toward ``new`` by at most a factor ``growth`` per side (ranges contain 0).
 
     A side at 0 (a ReLU's minimum) may open by at most ``growth - 1`` times the other side's width.
     """

@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -210,7 +211,7 @@ class RoundsSection:
             raise ValueError("min_devices, min_updates, buffer_size, concurrency and report_every must be >= 1")
         if self.overprovision < 0 or self.deadline <= 0:
             raise ValueError("overprovision must be >= 0 and deadline > 0")
-        if self.max_samples < 1 or self.max_range_growth <= 1:
+        if self.max_samples < 1 or not (math.isfinite(self.max_range_growth) and self.max_range_growth > 1):
             raise ValueError("max_samples must be >= 1 and max_range_growth > 1")
         if self.value_coding not in (0, 1, 2, 3):
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")

@@ -36,6 +36,7 @@ from .store import GatewayStore
 from .strategies.base import RoundInput
 
 log = logging.getLogger(__name__)
+COMPOUND_REPORTERS = 3  # devices whose range reports a version needs before its bound compounds
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,22 @@ class Publisher:
         self._patch_from_stored_parent()
         self._retained: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
         self._strategy_before: dict[str, np.ndarray] = {}  # the server state a failed close returns to
+        self._versions_since_ranges = 0  # versions made since activation ranges were last taken (range_growth)
         self.downlink = DownlinkPolicy(density=config.gateway.downlink_density,
                                        saturate=config.gateway.downlink_saturate)
 
-    @property
-    def range_growth(self) -> float:
-        """How far one report's activation ranges may move the model's: ``max_range_growth`` per round,
-        compounded over the ``report_every`` rounds since the last report. A model's activations grow in
-        every round, reported or not: with the bound per report, HAR's logits (which grow about eightfold
-        between its first two reports, ten rounds apart) stayed clipped to a quarter of their range to the
-        end of a 25-round run and cost it 5 to 10 points."""
+    def range_growth(self, reporters: int) -> float:
+        """How far this version's activation ranges may move the model's: ``max_range_growth`` for each
+        version published since ranges were last taken, at most ``report_every`` of them, and only one when
+        fewer than ``COMPOUND_REPORTERS`` devices reported (a median of one or two is theirs alone).
+
+        Activations grow in every round, reported or not: bounded per report, HAR's logits (reported every
+        ten rounds) needed (-40, 17) at round 11 and got (-9.5, 4.1), clipped for the rest of the run.
+        Counted in versions, not round numbers, so late reports landing in later async buffers get one
+        version's growth each, and the first report after a start (the count is not kept) gets one."""
         rounds = self.config.rounds
-        return math.exp(min(700.0, rounds.report_every * math.log(rounds.max_range_growth)))  # no overflow
+        span = min(self._versions_since_ranges, rounds.report_every) if reporters >= COMPOUND_REPORTERS else 1
+        return math.exp(min(700.0, max(1, span) * math.log(rounds.max_range_growth)))  # no overflow
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -135,7 +140,11 @@ class Publisher:
         self._strategy_before = {k: np.array(v, copy=True) for k, v in self.strategy.state().items()}
         new_weights = self.strategy.step(self.master.weights(), round_input or aggregate.round_input())
         self.master.set_weights(new_weights)
-        self.master.set_activation_ranges(aggregate.activation_ranges(), self.range_growth)
+        self._versions_since_ranges += 1
+        ranges = aggregate.activation_ranges()
+        self.master.set_activation_ranges(ranges, self.range_growth(aggregate.range_reporters()))
+        if ranges:
+            self._versions_since_ranges = 0
         model = self.master.export()
         if self.config.gateway.patches:  # hold scales still and bound what moves, so the patch stays small
             model = publishable(self.model, model, self.master, self.downlink)

@@ -95,22 +95,46 @@ def test_absurd_activation_ranges_are_dropped(tmp_path: Path, model: bytes) -> N
     assert ranges_of(rounds)[name] == pytest.approx((min(lo, 0.0), max(hi, 0.0)), rel=1e-6)
 
 
+def lie_in_round(rounds: Rounds, devices: tuple[str, ...], name: str, factor: float, lying: bool) -> None:
+    """One round: every device in ``devices`` reports ``name``'s current range times ``factor`` if ``lying``."""
+    lo, hi = ranges_of(rounds)[name]
+    tasks = dict(rounds.step().tasks)
+    for device in devices:
+        extra = {"activation_ranges": {name: (lo * factor, hi * factor)}} if lying else {}
+        assert send(rounds, device, tasks[device], **extra)
+    assert rounds.step().ended is not None
+
+
 @pytest.mark.parametrize("report_every", [1, 3])
-def test_even_when_every_device_lies_a_range_moves_at_most_max_range_growth_per_round_since_the_last_report(
+def test_even_when_every_device_lies_a_range_moves_at_most_max_range_growth_per_version_since_the_last_report(
     tmp_path: Path, model: bytes, report_every: int
 ) -> None:
-    """The bound compounds over the rounds between reports (activations grow in each of them, reported or
-    not), and holds at that: with reports every 3 rounds a range may grow 8x, not 1000x."""
-    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_range_growth=2.0, report_every=report_every)
-    name, (lo, hi) = next(iter(ranges_of(rounds).items()))
-    tasks = dict(rounds.step().tasks)
-    for device in ("a", "b"):
-        assert send(rounds, device, tasks[device], activation_ranges={name: (lo * 1000, hi * 1000)})
-    assert rounds.step().ended is not None
-    new_lo, new_hi = ranges_of(rounds)[name]
-    bound = 2.0**report_every
-    assert new_hi == pytest.approx(bound * max(hi, 0.0)) if hi > 0 else new_hi <= bound * (hi - lo)
-    assert new_lo == pytest.approx(bound * min(lo, 0.0)) if lo < 0 else new_lo >= -bound * (hi - lo)
+    """The bound compounds over the versions since ranges were last taken (activations grow in each of them,
+    reported or not), at most ``report_every``: the first report gets one version's 2x, the next (3 versions
+    on) 8x, not 1000x."""
+    devices = ("a", "b", "c")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, max_range_growth=2.0,
+                            report_every=report_every)  # fmt: skip
+    name, (_, hi) = next((n, r) for n, r in ranges_of(rounds).items() if r[1] > 0)
+    lie_in_round(rounds, devices, name, 1000.0, lying=True)  # round 1 asks for a report
+    assert ranges_of(rounds)[name][1] == pytest.approx(2.0 * hi)
+    for _ in range(report_every - 1):
+        lie_in_round(rounds, devices, name, 1000.0, lying=False)  # rounds that do not ask
+    before = ranges_of(rounds)[name][1]
+    lie_in_round(rounds, devices, name, 1000.0, lying=True)  # the next report
+    assert ranges_of(rounds)[name][1] == pytest.approx(2.0**report_every * before)
+
+
+def test_one_or_two_reporters_move_a_range_by_one_versions_growth_however_long_since_the_last(
+    tmp_path: Path, model: bytes
+) -> None:
+    """A median of two is theirs: a report round closed with few updates (or a late report alone in an async
+    buffer) does not get the compounded bound."""
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), max_range_growth=2.0, report_every=3)
+    name, (_, hi) = next((n, r) for n, r in ranges_of(rounds).items() if r[1] > 0)
+    for number in range(4):  # rounds 1 and 4 ask for reports
+        lie_in_round(rounds, ("a", "b"), name, 1000.0, lying=number in (0, 3))
+    assert ranges_of(rounds)[name][1] == pytest.approx(4.0 * hi)
 
 
 def test_ranges_count_only_in_rounds_whose_tasks_asked_for_them(tmp_path: Path, model: bytes) -> None:
