@@ -27,7 +27,7 @@ value_coding = 2           # 0 float32, 1 float16, 2 int8, 3 ternary
 norm_bound = 1000.0        # refuse an update whose L2 norm exceeds this
 clip_norm = 0.0            # scale larger updates down to this norm (0 = off)
 max_samples = 100000       # an update weighs at most this many samples, and at most what its device declared
-max_range_growth = 2.0     # reported activation ranges move the model's by at most this factor a round between reports
+max_range_growth = 2.0     # reported ranges move the model's by at most this factor per version since the last report
 min_samples = 1
 min_ram = 0                # bytes of RAM a device must announce
 concurrency = 10           # async: devices kept busy at once
@@ -190,7 +190,7 @@ class RoundsSection:
     norm_bound: float = 1000.0
     clip_norm: float = 0.0
     max_samples: int = 100_000  # an update weighs at most this many samples (and at most its birth declared)
-    max_range_growth: float = 2.0  # activation ranges move by at most this factor per round between reports
+    max_range_growth: float = 2.0  # per version since ranges were last taken, at most report_every (publisher.py)
     min_samples: int = 1
     min_ram: int = 0  # bytes a device must announce to be given work
     concurrency: int = 10
