@@ -111,22 +111,15 @@ def _stored(data: str, spec: FederationSpec) -> dict[str, Any] | None:
 
 def main(full: bool = False) -> dict[str, float]:
     logging.basicConfig(level=logging.ERROR)
-    plan = {"digits": fl_digits.SPEC, "har": replace(fl_har.SPEC, rounds=25)}
-    blocks: dict[str, dict[str, Any]] = {}
-    kept = None if full else _stored("har", plan["har"])  # read before this run's first write replaces the file
+    har = replace(fl_har.SPEC, rounds=25)
+    plan = {"digits": fl_digits.SPEC} | ({"har": har} if full else {})
+    kept = None if full else _stored("har", har)  # read before this run's first write replaces the file
+    blocks: dict[str, dict[str, Any]] = {} if kept is None else {"har": kept}
     if kept is not None:
         print(f"  har: kept from {kept['when']} (--full measures it again)")
     for data, spec in plan.items():
-        if data == "har" and not full:
-            if kept is not None:
-                blocks[data] = kept
-            continue
         blocks[data] = measure(data, spec)
-        if kept is not None:
-            blocks.setdefault("har", kept)
-        # After each data set: a later failure keeps what was measured.
-        write_result(NAME, {k: v for d, b in blocks.items() for k, v in figures_of(d, b).items()}, blocks)
-    figures = {k: v for d, b in blocks.items() for k, v in figures_of(d, b).items()}
-    write_result(NAME, figures, blocks)
+        figures = {k: v for d, b in blocks.items() for k, v in figures_of(d, b).items()}
+        write_result(NAME, figures, blocks)  # after each data set: a later failure keeps what was measured
     print_table(NAME, figures)
     return figures

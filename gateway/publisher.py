@@ -88,7 +88,7 @@ class Publisher:
         version's growth each, and the first report after a start (the count is not kept) gets one."""
         rounds = self.config.rounds
         span = min(self._versions_since_ranges, rounds.report_every) if reporters >= COMPOUND_REPORTERS else 1
-        return math.exp(min(700.0, max(1, span) * math.log(rounds.max_range_growth)))  # no overflow
+        return math.exp(min(700.0, span * math.log(rounds.max_range_growth)))  # no overflow
 
     @property
     def sizes(self) -> dict[int, int]:
