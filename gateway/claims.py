@@ -9,8 +9,9 @@ model by at most the share an honest device of its declared size could:
   declared, and at most ``[rounds] max_samples``;
 - its metrics: only names the gateway knows, each clipped to its range;
 - the activation ranges it reports for re-quantisation: only in rounds whose
-  tasks asked for them, combined by the median across devices (one liar
-  cannot move it), and moved by at most ``max_range_growth`` per version
+  tasks asked for them (as each round's row recorded: the schedule, or
+  ``range_settle`` while ranges move), combined by the median across
+  devices (one liar cannot move it), and moved by at most ``max_range_growth`` per version
   published since ranges were last taken, at most ``report_every`` of them
   (gateway/publisher.py ``range_growth``).
 """
@@ -19,6 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import RoundRow
 
 # name -> (lowest, highest) a device may report; any other name is dropped.
 METRIC_BOUNDS: dict[str, tuple[float, float]] = {
@@ -39,6 +44,12 @@ def bounded_samples(claimed: int, declared: int | None, cap: int) -> int:
 def asks_for_report(round_: int, report_every: int) -> bool:
     """Whether the tasks of a round ask for evaluation metrics and activation ranges (always the first)."""
     return (round_ - 1) % report_every == 0
+
+
+def row_asks_for_report(row: RoundRow, report_every: int) -> bool:
+    """Whether a round's training tasks asked for reports, as its row recorded (the schedule for a row from a
+    store that did not record it)."""
+    return row.report if row.report is not None else asks_for_report(row.round, report_every)
 
 
 def bounded_metrics(metrics: Mapping[str, float], samples: int) -> dict[str, float]:

@@ -34,6 +34,8 @@ concurrency = 10           # async: devices kept busy at once
 buffer_size = 5            # async: updates per aggregation step
 max_staleness = 5          # async: versions an update may lag behind
 report_every = 5           # every Nth round devices also report evaluation and activation ranges
+range_settle = 1.25        # a report that moved some layer's activation range more than this factor asks for
+                           # another in the next round (0 = the report_every schedule only)
 seed = 0
 interval = 0.0             # sync: seconds from one round's opening to the next (0 = at once; 10 = one every 10 s)
 
@@ -197,6 +199,7 @@ class RoundsSection:
     buffer_size: int = 5
     max_staleness: int = 5
     report_every: int = 5  # rounds between federated evaluations (and activation-range reports)
+    range_settle: float = 1.25  # ranges that moved more than this factor are asked for again next round (0: off)
     seed: int = 0
     interval: float = 0.0  # sync: seconds from one round's opening to the next one's (0 = at once)
 
@@ -213,6 +216,8 @@ class RoundsSection:
             raise ValueError("overprovision must be >= 0 and deadline > 0")
         if self.max_samples < 1 or not (math.isfinite(self.max_range_growth) and self.max_range_growth > 1):
             raise ValueError("max_samples must be >= 1 and max_range_growth > 1")
+        if not (self.range_settle == 0 or (math.isfinite(self.range_settle) and self.range_settle > 1)):
+            raise ValueError(f"range_settle {self.range_settle} must be 0 (off) or a factor above 1")
         if self.value_coding not in (0, 1, 2, 3):
             raise ValueError(f"value_coding {self.value_coding} is not 0, 1, 2 or 3")
         if self.interval < 0 or (self.interval and self.mode != "sync"):

@@ -12,6 +12,7 @@ is numpy: the gateway never needs an interpreter.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class MasterModel:
             self.slots[op.inputs[2]] = (layer, "bias")
             self.output_names[self.graph.tensor(op.outputs[0]).name] = layer
             self.output_tensors[op.outputs[0]] = layer
+        # The largest factor by which the last adopted reports moved a layer's range (its width, either way):
+        # ranges still moving far are asked for again in the next round (publisher.py ``ranges_due``).
+        self.ranges_moved = 1.0
 
     @property
     def trainable(self) -> list[wire.TrainableTensor]:
@@ -72,16 +76,23 @@ class MasterModel:
     ) -> int:
         """Adopt the devices' ranges (by output tensor index or name), each side moved by at most a factor
         ``max_growth`` from the current one (None: as given, for ranges this gateway saved itself); returns how
-        many layers took one."""
-        taken = 0
+        many layers took one. Records in ``ranges_moved`` how far the widest move went."""
+        taken, moved = 0, 1.0
         for key, (lo, hi) in ranges.items():
             layer = self.output_tensors.get(key) if isinstance(key, int) else self.output_names.get(key)
             if layer is None or not np.isfinite([lo, hi]).all() or hi <= lo:
                 continue
-            if max_growth is not None and layer.stats is not None:
-                lo, hi = limited_range((lo, hi), (layer.stats.ema_min, layer.stats.ema_max), max_growth)
+            before = layer.stats
+            if max_growth is not None and before is not None:
+                lo, hi = limited_range((lo, hi), (before.ema_min, before.ema_max), max_growth)
             layer.stats = RangeStats(ema_min=min(lo, 0.0), ema_max=max(hi, 0.0))
             taken += 1
+            if before is None:
+                moved = math.inf
+            else:
+                old, new = max(before.ema_max - before.ema_min, 1e-12), layer.stats.ema_max - layer.stats.ema_min
+                moved = max(moved, new / old, old / new)
+        self.ranges_moved = moved
         return taken
 
     def export(self) -> bytes:
@@ -98,6 +109,7 @@ class MasterModel:
             if layer.stats is not None
         }
         arrays: dict[str, Any] = {f"w.{t}": w for t, w in self.weights().items()} | ranges
+        arrays["ranges_moved"] = np.array(self.ranges_moved)
         np.savez(buf, **arrays)
         from edge_runtime.storage import atomic_write
 
@@ -109,6 +121,7 @@ class MasterModel:
             self.set_activation_ranges(
                 {k[6:]: (float(data[k][0]), float(data[k][1])) for k in data.files if k.startswith("range.")}
             )
+            self.ranges_moved = float(data["ranges_moved"]) if "ranges_moved" in data.files else 1.0
 
     @classmethod
     def from_file(cls, path: Path, trainable_layers: int) -> MasterModel:

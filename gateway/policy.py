@@ -42,7 +42,7 @@ from edge_runtime import wire
 
 from .admission import RoundView
 from .aggregate import StreamingAggregate
-from .claims import asks_for_report
+from .claims import asks_for_report, row_asks_for_report
 from .config import RoundsSection
 from .registry import Eligibility, Registry
 from .store import RoundRow
@@ -184,6 +184,10 @@ class RoundPolicy:
         self.rng = rng  # under DP, seeded from the OS's entropy: a sample nobody can predict (service.py)
         self.new_id = new_id  # task ids must be unique: devices drop a task id they have seen
         self.privacy = privacy
+        # The publisher's word that the current version's activation ranges are still moving (rounds.py wires
+        # it): the next training round asks for reports whatever the report_every schedule says, recorded in its
+        # row, since rounds.py takes ranges only from a round that asked.
+        self.ranges_due: Callable[[], bool] = lambda: False
         self.view: PrivacyView | None = None  # set before each plan when privacy is on (rounds.py)
         # [rounds] interval: no sync training round opens before this (the last one's opening + interval); the
         # service sets it from the store at start, so a restart keeps the schedule.
@@ -230,7 +234,7 @@ class RoundPolicy:
             return None
         number = max(history.last_round(), closing) + 1
         row = RoundRow(number, version, "open", "async", now, now + self.rules.deadline, self.rules.buffer_size)
-        return self._private_row(row, 0)
+        return self._private_row(self._reporting(row), 0)
 
     # -- steps ----------------------------------------------------------------------------------------------
     def _progress(self, history: History, version: bytes) -> str | None:
@@ -272,7 +276,8 @@ class RoundPolicy:
         account at the round's."""
         s = self.task_settings
         p = self.privacy
-        report = asks_for_report(number, s.report_every)
+        every = s.report_every
+        report = row_asks_for_report(row, every) if row is not None else asks_for_report(number, every)
         if p is not None and not evaluate and row is not None and row.privacy != "off":
             central = row.privacy == "central-dp"
             # Local DP: nothing leaves a device without noise, so no reports; central: the gateway is trusted
@@ -293,6 +298,11 @@ class RoundPolicy:
         row: RoundRow | None = None,
     ) -> list[tuple[str, wire.Task]]:
         return [(device, self._task(number, version, deadline, evaluate, row)) for device in devices]
+
+    def _reporting(self, row: RoundRow) -> RoundRow:
+        """A training round's row with whether its tasks ask for reports: on the schedule, or while ranges move."""
+        row.report = asks_for_report(row.round, self.task_settings.report_every) or self.ranges_due()
+        return row
 
     def _private_row(self, row: RoundRow, population: int) -> RoundRow:
         """A training round's row with the privacy it opens under (mode, population, clip, accounted noise)."""
@@ -318,7 +328,7 @@ class RoundPolicy:
         ask = min(len(eligible), math.ceil(target * (1 + rules.overprovision)))
         chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + rules.deadline, target)
-        row = self._private_row(row, len(eligible))
+        row = self._private_row(self._reporting(row), len(eligible))
         return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 
@@ -329,7 +339,7 @@ class RoundPolicy:
         draws = self.rng.random(len(eligible))
         chosen = [d for d, u in zip(eligible, draws, strict=True) if u < self.privacy.sampling_rate]
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + self.rules.deadline, len(chosen))
-        row = self._private_row(row, len(eligible))
+        row = self._private_row(self._reporting(row), len(eligible))
         return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 

@@ -55,7 +55,7 @@ from edge_runtime import wire
 
 from .admission import ANSWERABLE, AdmissionRules, Outcome, Verdict, admit
 from .aggregate import StreamingAggregate
-from .claims import asks_for_report, bounded_metrics
+from .claims import bounded_metrics, row_asks_for_report
 from .clock import Clock
 from .disk import DiskSpace, OutOfSpace, is_out_of_space
 from .groups import group_metrics
@@ -68,6 +68,7 @@ from .robustness.detector import Detector, Judgement
 from .store import Contribution, GatewayStore, RoundRow
 
 log = logging.getLogger(__name__)
+ASKED_REMEMBERED = 64  # earlier rounds whose asking for reports async intake keeps at hand (more are re-read)
 WAITING_GRACE_S = 30.0  # how long too few eligible devices may last before the log says why no round opens
 
 
@@ -162,6 +163,7 @@ class Rounds:
         self.registry = registry
         self.publisher = publisher
         self.policy = policy
+        policy.ranges_due = lambda: publisher.ranges_due
         self.admission = admission
         self.clock = clock
         self.clip_norm = clip_norm
@@ -180,6 +182,7 @@ class Rounds:
         self._waiting_since: float | None = None  # when the current shortage of eligible devices began
         self._waiting_said = 0.0  # when the shortage was last said (10,000 births change its count 10,000 times)
         self._secure_ledger: LedgerEntry | None = None  # a secure round's distributed-DP event, for its close
+        self._asked: dict[int, bool] = {}  # earlier rounds: whether their tasks asked for reports (_takes_ranges)
         self.max_batch = 1  # messages staged before intake itself settles (group commit; the service raises it)
         # Group commit helps only a busy intake: one that was idle this long before an update commits it at once
         # (no one would share the fsync, and its receipt goes out with no hand-over to another thread).
@@ -211,10 +214,26 @@ class Rounds:
         keep = strategy.buffered or self.detector is not None  # kept sparse: the detector scores each update
         return StreamingAggregate(self.sizes, keep_updates=keep, clip_norm=self.clip_norm)
 
-    @staticmethod
-    def _takes_ranges(row: RoundRow, task_round: int, report_every: int) -> bool:
-        """Activation ranges go into the published model: never from a DP round, where they would bypass noise."""
-        return row.privacy == "off" and asks_for_report(task_round, report_every)
+    def _takes_ranges(self, row: RoundRow, task_round: int) -> bool:
+        """Whether an update's activation ranges count: only if its task asked for them (a liar's unasked report
+        would be the median of a round where the honest devices report none), and never in a DP round, where
+        they would go into the published model around the noise."""
+        return row.privacy == "off" and self._asked_for_report(row, task_round)
+
+    def _asked_for_report(self, row: RoundRow, task_round: int) -> bool:
+        """As the task's round recorded when it opened: the open round's row, or (an async update from an
+        earlier buffer's task) that round's stored row, remembered for the updates after it."""
+        report_every = self.policy.rules.report_every
+        if task_round == row.round:
+            return row_asks_for_report(row, report_every)
+        asked = self._asked.get(task_round)
+        if asked is None:
+            earlier = self.store.round_row(task_round)
+            asked = earlier is not None and row_asks_for_report(earlier, report_every)
+            if len(self._asked) >= ASKED_REMEMBERED:
+                del self._asked[min(self._asked)]
+            self._asked[task_round] = asked
+        return asked
 
     # -- start ----------------------------------------------------------------------------------------------
     def _rebuild(self, row: RoundRow) -> OpenRound:
@@ -222,11 +241,10 @@ class Rounds:
         aggregate = self._new_aggregate(row)
         kind = "eval" if row.mode == "eval" else "train"
         delivered = self.store.round_updates(row.round, kind)
-        report_every = self.policy.rules.report_every
         for stored in delivered if kind == "train" else ():
             update = wire.decode(stored.payload, expect=wire.Update, spec=self.spec, device=stored.device)
             aggregate.add(update, stored.weight / max(1, stored.samples), samples=stored.samples,
-                          take_ranges=self._takes_ranges(row, update.round, report_every))  # fmt: skip
+                          take_ranges=self._takes_ranges(row, update.round))  # fmt: skip
         tasks = self.store.round_tasks(row.round, kind)
         failed = {d for d, status in tasks.items() if status == "failed"}
         return OpenRound(row, aggregate, set(tasks), failed=failed)
@@ -286,7 +304,7 @@ class Rounds:
                     train = verdict.kind == "train"
                     pending.round = open_round.number
                     if train:
-                        take_ranges = self._takes_ranges(open_round.row, update.round, self.policy.rules.report_every)
+                        take_ranges = self._takes_ranges(open_round.row, update.round)
                         pending.fold = (update, verdict.weight_factor, norm, verdict.samples, take_ranges)
                     # Training updates are kept as received (the exact bytes rebuild the aggregate after a crash,
                     # one per task); an evaluation report only as its decoded, bounded fields.

@@ -129,6 +129,8 @@ MIGRATIONS = (
     ("rounds", "clip", "REAL NOT NULL DEFAULT 0"),
     ("rounds", "noise", "REAL NOT NULL DEFAULT 0"),
     ("rounds", "sampling_rate", "REAL NOT NULL DEFAULT 0"),
+    # Whether the round's training tasks asked for reports (NULL in older stores: the report_every schedule did).
+    ("rounds", "report", "INTEGER"),
 )
 
 
@@ -185,6 +187,7 @@ class RoundRow:
     clip: float = 0.0  # DP: the L2 bound its tasks carried
     noise: float = 0.0  # DP: the noise multiplier accounted for it (local-dp: the one its tasks carried)
     sampling_rate: float = 0.0  # central-dp: the q its devices were sampled with
+    report: bool | None = None  # its training tasks ask for reports (None: a row from before this was kept)
 
 
 @dataclass
@@ -508,29 +511,24 @@ class GatewayStore:
         return bytes.fromhex(value) if value else None
 
     # -- rounds -------------------------------------------------------------------------------------------
-    def open_round(self, row: RoundRow) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target, privacy, "
-                "population, clip, noise, sampling_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.round, row.base_version.hex(), "open", row.mode, row.started, row.deadline, row.target,
-                 row.privacy, row.population, row.clip, row.noise, row.sampling_rate),
-            )  # fmt: skip
-
     def _round(self, r: tuple[Any, ...]) -> RoundRow:
         return RoundRow(
             r[0], bytes.fromhex(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8]) if r[8] else None, r[9],
-            r[10], r[11], r[12], r[13], r[14],
+            r[10], r[11], r[12], r[13], r[14], None if r[15] is None else bool(r[15]),
         )  # fmt: skip
 
     _ROUND_COLUMNS = (
         "round, base_version, status, mode, started, deadline, target, closed, new_version, note, privacy, "
-        "population, clip, noise, sampling_rate"
+        "population, clip, noise, sampling_rate, report"
     )
 
     def rounds(self, limit: int = 1000) -> list[RoundRow]:
         rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds ORDER BY round DESC LIMIT ?", (limit,))
         return [self._round(r) for r in reversed(rows)]
+
+    def round_row(self, round_: int) -> RoundRow | None:
+        rows = self._query(f"SELECT {self._ROUND_COLUMNS} FROM rounds WHERE round = ?", (round_,))
+        return self._round(rows[0]) if rows else None
 
     def open_round_row(self) -> RoundRow | None:
         rows = self.open_round_rows()
@@ -590,10 +588,11 @@ class GatewayStore:
             if opening is not None:
                 db.execute(
                     "INSERT INTO rounds (round, base_version, status, mode, started, deadline, target, privacy, "
-                    "population, clip, noise, sampling_rate) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "population, clip, noise, sampling_rate, report) "
+                    "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (opening.round, opening.base_version.hex(), opening.mode, opening.started, opening.deadline,
                      opening.target, opening.privacy, opening.population, opening.clip, opening.noise,
-                     opening.sampling_rate),
+                     opening.sampling_rate, None if opening.report is None else int(opening.report)),
                 )  # fmt: skip
             db.executemany(
                 "UPDATE selections SET status = ? WHERE round = ? AND device = ? AND kind = ?",

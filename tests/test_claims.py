@@ -150,6 +150,71 @@ def test_ranges_count_only_in_rounds_whose_tasks_asked_for_them(tmp_path: Path, 
     assert ranges_of(rounds)[name] == after_first  # round 2's unasked ranges changed nothing
 
 
+def test_ranges_that_moved_far_are_asked_for_again_next_round_and_the_schedule_resumes_once_they_settle(
+    tmp_path: Path, model: bytes
+) -> None:
+    """HAR's ranges went stale between reports every ten rounds: a report that moved a range more than
+    ``range_settle`` makes the next round ask, off the schedule, and that round's ranges count."""
+    devices = ("a", "b", "c")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, max_range_growth=2.0, report_every=5)
+    name, (_, hi) = next((n, r) for n, r in ranges_of(rounds).items() if r[1] > 0)
+    lie_in_round(rounds, devices, name, 10.0, lying=True)  # round 1, on the schedule: moved 2x (bounded)
+    assert rounds.publisher.ranges_due
+    assert [t.report for _, t in rounds.step().tasks] == [True] * 3  # round 2 asks, off the schedule
+    assert rounds.store.round_row(2).report is True  # type: ignore[union-attr]
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, max_range_growth=2.0, report_every=5)
+    assert rounds.resume() is None and rounds.open_round is not None  # a restart keeps what round 2 asked
+    assert rounds.publisher.ranges_due  # and what the current version's ranges did (its master file)
+    assert set(rounds.store.round_tasks(2, "train")) == set(devices)
+    lo2, hi2 = ranges_of(rounds)[name]
+    assert hi2 == pytest.approx(2.0 * hi)
+    held = wire.Task(os.urandom(16), 2, rounds.publisher.version, 1, 0.05, 0.01, 0)  # what each device holds
+    for device in devices:  # the rebuilt round takes ranges: its tasks asked for them
+        assert send(rounds, device, held, activation_ranges={name: (lo2, hi2 * 1.1)})
+    assert rounds.step().ended is not None
+    assert ranges_of(rounds)[name][1] == pytest.approx(1.1 * hi2)  # taken; moved 1.1x: settled
+    assert not rounds.publisher.ranges_due
+    tasks = dict(rounds.step().tasks)  # round 3: back on the schedule, which does not ask
+    assert not any(t.report for t in tasks.values())
+    for device in devices:
+        assert send(rounds, device, tasks[device], activation_ranges={name: (lo2, hi2 * 2)})
+    assert rounds.step().ended is not None
+    assert ranges_of(rounds)[name][1] == pytest.approx(1.1 * hi2)  # unasked: not taken
+
+
+def test_a_late_async_update_is_judged_by_what_its_own_tasks_round_asked(tmp_path: Path, model: bytes) -> None:
+    """Buffer 1's tasks asked for reports, buffer 2's did not: a device answering its buffer-1 task after
+    buffer 1 closed has its ranges taken in buffer 2 (from the stored row of round 1), the others not."""
+    devices = ("a", "b", "c", "d")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, mode="async", buffer_size=3,
+                            concurrency=4, report_every=5, max_range_growth=2.0)  # fmt: skip
+    name, (lo, hi) = next((n, r) for n, r in ranges_of(rounds).items() if r[1] > 0)
+    first = dict(rounds.step().tasks)
+    assert set(first) == set(devices) and all(t.report and t.round == 1 for t in first.values())
+    for device in ("a", "b", "c"):  # the honest reports keep the ranges where they are
+        assert send(rounds, device, first[device], activation_ranges={name: (lo, hi)})
+    assert rounds.step().ended is not None  # buffer 1 closed; buffer 2 open
+    assert rounds.open_round is not None and rounds.open_round.number == 2
+    assert ranges_of(rounds)[name][1] == pytest.approx(hi)
+    second = dict(rounds.step().tasks)
+    assert second and not any(t.report for t in second.values())
+    late = wire.Task(first["d"].task_id, 1, first["d"].base_version, 1, 0.05, 0.01, 0)
+    assert send(rounds, "d", late, activation_ranges={name: (lo, 10 * hi)})  # its own task asked
+    for device in ("a", "b"):  # unasked: a liar's report here would be the median of one
+        assert send(rounds, device, second[device], activation_ranges={name: (lo, 100 * hi)})
+    assert rounds.step().ended is not None
+    assert ranges_of(rounds)[name][1] == pytest.approx(2.0 * hi)  # d's, moved one version's 2x
+
+
+def test_with_range_settle_off_only_the_schedule_asks_for_reports(tmp_path: Path, model: bytes) -> None:
+    devices = ("a", "b", "c")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, report_every=5, range_settle=0)
+    name = next(iter(ranges_of(rounds)))
+    lie_in_round(rounds, devices, name, 10.0, lying=True)
+    assert not rounds.publisher.ranges_due
+    assert not any(t.report for _, t in rounds.step().tasks)
+
+
 def test_an_evaluation_report_is_kept_as_its_bounded_fields_only(tmp_path: Path, model: bytes) -> None:
     rounds, _ = make_rounds(tmp_path, model, FedAvg(), rounds=1)
     tasks = dict(rounds.step().tasks)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from edge_runtime import wire
 from gateway.admission import DUPLICATE, AdmissionRules, Outcome, RoundView, admit
 from gateway.aggregate import StreamingAggregate, update_norm
+from gateway.claims import row_asks_for_report
 from gateway.clock import FakeClock
 from gateway.config import RoundsSection
 from gateway.policy import OpenRound, Plan, RoundPolicy, TaskSettings
@@ -396,5 +399,23 @@ def test_round_rows_written_by_a_plan_are_what_the_store_reads_back() -> None:
     plan = fed.plan()
     assert plan.open is not None
     back = fed.store.open_round_row()
-    assert back == RoundRow(1, V0, "open", "sync", plan.open.started, plan.open.deadline, 1)
+    assert back == RoundRow(1, V0, "open", "sync", plan.open.started, plan.open.deadline, 1, report=True)
     assert RoundView(1, "sync", V0) == fed.open.view  # type: ignore[union-attr]
+
+
+def test_a_store_from_before_rounds_recorded_their_reports_gains_the_column_and_its_rows_follow_the_schedule(
+    tmp_path: Path,
+) -> None:
+    """Rows an older gateway wrote say nothing of reports: they asked on the report_every schedule."""
+    path = tmp_path / "gateway.db"
+    GatewayStore(path).close()
+    with sqlite3.connect(path) as db:  # the store as a gateway before the column wrote it
+        db.execute("ALTER TABLE rounds DROP COLUMN report")
+        for number in (1, 2):
+            db.execute("INSERT INTO rounds (round, base_version, status, mode, started, deadline, target) "
+                       "VALUES (?, ?, 'closed', 'sync', 0, 1, 2)", (number, V0.hex()))  # fmt: skip
+    db.close()
+    store = GatewayStore(path)
+    rows = store.rounds()
+    assert [row.report for row in rows] == [None, None]
+    assert [row_asks_for_report(row, report_every=5) for row in rows] == [True, False]

@@ -43,7 +43,7 @@ from edge_runtime.train.build import build_model
 from edge_runtime.train.evaluate import int8_predictions
 from edge_runtime.transport.broker import MosquittoProcess, find_mosquitto, free_port
 from edge_runtime.transport.embedded import demo_broker
-from gateway.config import GatewayConfig, GatewaySection
+from gateway.config import GatewayConfig, GatewaySection, RoundsSection
 from gateway.observe import Observers
 from gateway.service import Gateway, RoundSummary
 
@@ -67,6 +67,7 @@ class FederationSpec:
     trainable_layers: int = 0
     holdout: float = 0.2
     report_every: int = 5
+    range_settle: float = RoundsSection.range_settle  # reports off the schedule while ranges move (the default)
     seed: int = 0
     metric: str = "accuracy"  # or "f1" (positive class 1)
     secure: bool = True  # TLS with ACLs and signatures, when Mosquitto runs here (module docstring)
@@ -274,6 +275,7 @@ def run_federation(
                         "density": spec.density,
                         "value_coding": spec.value_coding,
                         "report_every": spec.report_every,
+                        "range_settle": spec.range_settle,
                         "seed": spec.seed,
                         "interval": spec.interval,
                     },
