@@ -34,8 +34,8 @@ concurrency = 10           # async: devices kept busy at once
 buffer_size = 5            # async: updates per aggregation step
 max_staleness = 5          # async: versions an update may lag behind
 report_every = 5           # every Nth round devices also report evaluation and activation ranges
-range_settle = 1.25        # a report that moved some layer's activation range more than this factor asks for
-                           # another in the next round (0 = the report_every schedule only)
+range_settle = 1.25        # the next round asks for reports too when the last moved some layer's activation
+                           # range, or the weights grew since, more than this factor (0 = report_every only)
 seed = 0
 interval = 0.0             # sync: seconds from one round's opening to the next (0 = at once; 10 = one every 10 s)
 
@@ -199,7 +199,7 @@ class RoundsSection:
     buffer_size: int = 5
     max_staleness: int = 5
     report_every: int = 5  # rounds between federated evaluations (and activation-range reports)
-    range_settle: float = 1.25  # ranges that moved more than this factor are asked for again next round (0: off)
+    range_settle: float = 1.25  # ranges or weights that moved more than this factor: the next round asks (0: off)
     seed: int = 0
     interval: float = 0.0  # sync: seconds from one round's opening to the next one's (0 = at once)
 

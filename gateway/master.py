@@ -51,6 +51,8 @@ class MasterModel:
         # The largest factor by which the last adopted reports moved a layer's range (its width, either way):
         # ranges still moving far are asked for again in the next round (publisher.py ``ranges_due``).
         self.ranges_moved = 1.0
+        # Each layer's weight norm when ranges were last taken (``range_drift``); none yet: the model's own.
+        self.norms_at_ranges = self._norms()
 
     @property
     def trainable(self) -> list[wire.TrainableTensor]:
@@ -93,7 +95,26 @@ class MasterModel:
                 old, new = max(before.ema_max - before.ema_min, 1e-12), layer.stats.ema_max - layer.stats.ema_min
                 moved = max(moved, new / old, old / new)
         self.ranges_moved = moved
+        if taken and max_growth is not None:
+            self.norms_at_ranges = self._norms()
         return taken
+
+    def _norms(self) -> dict[str, float]:
+        return {name: float(np.linalg.norm(layer.weight)) for name, layer in self.output_names.items()}
+
+    def range_drift(self) -> float:
+        """How far the weights alone may have moved the layers' output ranges since ranges were last taken:
+        the largest, over layers in order, of the product of weight-norm ratios up to it (an output scales
+        with every weight before it), either way. The gateway sees weights every round but activations
+        only in reports: HAR's ranges settled by round 3, then its weights grew, the ranges went stale, and
+        accuracy fell from 0.78 to 0.46 until the next report (round 11) brought it to 0.82."""
+        growth, drift = 1.0, 1.0
+        for name, norm in self._norms().items():
+            then = self.norms_at_ranges.get(name, 0.0)
+            if then > 0 and norm > 0:
+                growth *= norm / then
+                drift = max(drift, growth, 1 / growth)
+        return drift
 
     def export(self) -> bytes:
         graph = self.graph.copy()
@@ -110,6 +131,7 @@ class MasterModel:
         }
         arrays: dict[str, Any] = {f"w.{t}": w for t, w in self.weights().items()} | ranges
         arrays["ranges_moved"] = np.array(self.ranges_moved)
+        arrays |= {f"norm_at_ranges.{name}": np.array(norm) for name, norm in self.norms_at_ranges.items()}
         np.savez(buf, **arrays)
         from edge_runtime.storage import atomic_write
 
@@ -122,6 +144,8 @@ class MasterModel:
                 {k[6:]: (float(data[k][0]), float(data[k][1])) for k in data.files if k.startswith("range.")}
             )
             self.ranges_moved = float(data["ranges_moved"]) if "ranges_moved" in data.files else 1.0
+            kept = {k[15:]: float(data[k]) for k in data.files if k.startswith("norm_at_ranges.")}
+            self.norms_at_ranges = kept or self._norms()
 
     @classmethod
     def from_file(cls, path: Path, trainable_layers: int) -> MasterModel:

@@ -234,7 +234,7 @@ class RoundPolicy:
             return None
         number = max(history.last_round(), closing) + 1
         row = RoundRow(number, version, "open", "async", now, now + self.rules.deadline, self.rules.buffer_size)
-        return self._private_row(self._reporting(row), 0)
+        return self._reporting(self._private_row(row, 0))
 
     # -- steps ----------------------------------------------------------------------------------------------
     def _progress(self, history: History, version: bytes) -> str | None:
@@ -300,8 +300,10 @@ class RoundPolicy:
         return [(device, self._task(number, version, deadline, evaluate, row)) for device in devices]
 
     def _reporting(self, row: RoundRow) -> RoundRow:
-        """A training round's row with whether its tasks ask for reports: on the schedule, or while ranges move."""
-        row.report = asks_for_report(row.round, self.task_settings.report_every) or self.ranges_due()
+        """A training round's row with whether its tasks ask for reports: on the schedule, or while ranges move
+        (not in a DP round, which takes no ranges)."""
+        due = row.privacy == "off" and self.ranges_due()
+        row.report = asks_for_report(row.round, self.task_settings.report_every) or due
         return row
 
     def _private_row(self, row: RoundRow, population: int) -> RoundRow:
@@ -328,7 +330,7 @@ class RoundPolicy:
         ask = min(len(eligible), math.ceil(target * (1 + rules.overprovision)))
         chosen = sorted(self.rng.choice(eligible, size=ask, replace=False).tolist())
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + rules.deadline, target)
-        row = self._private_row(self._reporting(row), len(eligible))
+        row = self._reporting(self._private_row(row, len(eligible)))
         return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 
@@ -339,7 +341,7 @@ class RoundPolicy:
         draws = self.rng.random(len(eligible))
         chosen = [d for d, u in zip(eligible, draws, strict=True) if u < self.privacy.sampling_rate]
         row = RoundRow(history.last_round() + 1, version, "open", "sync", now, now + self.rules.deadline, len(chosen))
-        row = self._private_row(self._reporting(row), len(eligible))
+        row = self._reporting(self._private_row(row, len(eligible)))
         return Plan(open=row, tasks=self._tasks(chosen, row.round, version, row.deadline, row=row),
                     deadline=row.deadline)  # fmt: skip
 

@@ -93,14 +93,15 @@ class Publisher:
     @property
     def ranges_due(self) -> bool:
         """Whether the next training round should ask for reports off the ``report_every`` schedule: the
-        ranges the current version took moved some layer's by more than ``range_settle``.
+        ranges the current version took moved some layer's by more than ``range_settle``, or its weights
+        have grown (or shrunk) that much since ranges were last taken (``MasterModel.range_drift``).
 
-        Activations grow fastest early in training; on a fixed schedule HAR's ranges went stale between
-        reports and its accuracy fell from 0.78 to 0.44 before the next. Reports while ranges still move far
-        let them follow, at one ``max_range_growth`` per version. Read from the version's master file after
-        a restart. A device that lies can only make a round ask for reports (the median moves the ranges)."""
+        On a fixed schedule HAR's ranges went stale between reports and its accuracy fell from 0.78 to 0.46
+        before the next. Reports while ranges move let them follow, at one ``max_range_growth`` per version.
+        Read from the version's master file after a restart. A device that lies can only make a round ask
+        for reports (the median moves the ranges)."""
         settle = self.config.rounds.range_settle
-        return settle > 0 and self.master.ranges_moved > settle
+        return settle > 0 and max(self.master.ranges_moved, self.master.range_drift()) > settle
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -157,6 +158,11 @@ class Publisher:
         self.master.set_activation_ranges(ranges, self.range_growth(aggregate.range_reporters()))
         if ranges:
             self._versions_since_ranges = 0
+        if ranges or self.ranges_due:
+            again = ": the next round asks for reports" if self.ranges_due else ""
+            log.info("activation ranges from %d device(s) moved a layer's up to %.2fx, the weights up to %.2fx "
+                     "since%s", aggregate.range_reporters(), self.master.ranges_moved, self.master.range_drift(),
+                     again)  # fmt: skip
         model = self.master.export()
         if self.config.gateway.patches:  # hold scales still and bound what moves, so the patch stays small
             model = publishable(self.model, model, self.master, self.downlink)

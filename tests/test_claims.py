@@ -17,6 +17,7 @@ from edge_runtime import wire
 from edge_runtime.model.graph import Graph
 from edge_runtime.model.writer import write_graph
 from gateway.aggregate import update_norm
+from gateway.config import GatewayConfig
 from gateway.registry import Registry
 from gateway.rounds import Rounds
 from gateway.strategies.fedavg import FedAvg
@@ -182,6 +183,29 @@ def test_ranges_that_moved_far_are_asked_for_again_next_round_and_the_schedule_r
     assert ranges_of(rounds)[name][1] == pytest.approx(1.1 * hi2)  # unasked: not taken
 
 
+def test_weights_that_grew_since_ranges_were_taken_make_the_next_round_ask_for_reports(
+    tmp_path: Path, model: bytes
+) -> None:
+    """No one reports activations between reports, but the gateway sees the weights: HAR's settled by round 3,
+    its weights grew, and the ranges went stale until round 11. Weights grown past ``range_settle`` ask."""
+    devices = ("a", "b", "c")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, report_every=5)
+    name = next(iter(ranges_of(rounds)))
+    lie_in_round(rounds, devices, name, 1.0, lying=True)  # round 1: the ranges as they are, nothing moves
+    assert not rounds.publisher.ranges_due
+    tasks = dict(rounds.step().tasks)  # round 2: not asked; its updates grow the largest tensor's norm
+    assert not any(t.report for t in tasks.values())
+    before = rounds.publisher.master.range_drift()
+    for device in devices:
+        assert send(rounds, device, tasks[device], value=5.0)
+    assert rounds.step().ended is not None
+    assert rounds.publisher.master.range_drift() > 1.25 >= before
+    assert rounds.publisher.ranges_due
+    assert all(t.report for _, t in rounds.step().tasks)  # round 3 asks
+    restarted, _ = make_rounds(tmp_path, model, FedAvg(), devices=devices, report_every=5)
+    assert restarted.publisher.ranges_due  # the norms when ranges were taken are kept with the version
+
+
 def test_a_late_async_update_is_judged_by_what_its_own_tasks_round_asked(tmp_path: Path, model: bytes) -> None:
     """Buffer 1's tasks asked for reports, buffer 2's did not: a device answering its buffer-1 task after
     buffer 1 closed has its ranges taken in buffer 2 (from the stored row of round 1), the others not."""
@@ -204,6 +228,15 @@ def test_a_late_async_update_is_judged_by_what_its_own_tasks_round_asked(tmp_pat
         assert send(rounds, device, second[device], activation_ranges={name: (lo, 100 * hi)})
     assert rounds.step().ended is not None
     assert ranges_of(rounds)[name][1] == pytest.approx(2.0 * hi)  # d's, moved one version's 2x
+
+
+@pytest.mark.parametrize("settle", [0.5, 1.0, float("inf"), float("nan")])
+def test_a_range_settle_that_is_neither_off_nor_a_factor_above_one_is_refused_by_name(
+    tmp_path: Path, settle: float
+) -> None:
+    with pytest.raises(ValueError, match=r"range_settle .* must be 0 \(off\) or a factor above 1"):
+        GatewayConfig.from_mapping({"gateway": {"federation": "t", "storage": str(tmp_path)},
+                                    "rounds": {"range_settle": settle}}, env={})  # fmt: skip
 
 
 def test_with_range_settle_off_only_the_schedule_asks_for_reports(tmp_path: Path, model: bytes) -> None:
