@@ -43,8 +43,13 @@ class StreamingAggregate:
         keep_updates: bool = False,
         clip_norm: float | None = None,
         uniform: bool = False,
+        range_keys: Mapping[int | str, int] | None = None,
     ) -> None:
         self.sizes = dict(sizes)
+        # A device may name a layer's output by tensor index or by name: both map to the index here, and any
+        # other key is dropped, so a liar cannot file a report of its own beside the others' median (nor lower
+        # ``range_reporters`` with a made-up key). None: keys as given (tests of the sums alone).
+        self.range_keys = range_keys
         self.uniform = uniform
         self.below = 0.0  # sum of (within clip ? 1 : 0) - 1/2 over the updates that said
         self.layout = layout_for(self.sizes)
@@ -94,12 +99,20 @@ class StreamingAggregate:
                 at += t.nnz
             self.updates.append(ClientDelta(update.device, samples, entries, weight))
         if take_ranges:
-            for name, (lo, hi) in update.activation_ranges.items():
-                if plausible_range(lo, hi):
-                    self.activation_reports.setdefault(name, []).append((lo, hi))
+            self._add_ranges(update.activation_ranges)
         for name, value in bounded_metrics(update.metrics, samples).items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + samples * value
             self.metric_weight[name] = self.metric_weight.get(name, 0.0) + samples
+
+    def _add_ranges(self, ranges: Mapping[int | str, tuple[float, float]]) -> None:
+        """One report per layer per update: the first plausible one under any of the layer's keys."""
+        taken: set[int | str] = set()
+        for name, (lo, hi) in ranges.items():
+            key = name if self.range_keys is None else self.range_keys.get(name)
+            if key is None or key in taken or not plausible_range(lo, hi):
+                continue
+            taken.add(key)
+            self.activation_reports.setdefault(key, []).append((lo, hi))
 
     def exclude(self, devices: set[str]) -> list[str]:
         """Take the kept updates of ``devices`` out of the sums (the anomaly detector's verdict: recorded, not

@@ -10,8 +10,9 @@ model by at most the share an honest device of its declared size could:
 - its metrics: only names the gateway knows, each clipped to its range;
 - the activation ranges it reports for re-quantisation: only in rounds whose
   tasks asked for them (as each round's row recorded: the schedule, or
-  ``range_settle`` while ranges move), combined by the median across
-  devices (one liar cannot move it), and moved by at most ``max_range_growth`` per version
+  ``range_settle`` while ranges move), one per layer per device whatever
+  key names the layer, combined by the median across devices (one liar
+  cannot move it), and moved by at most ``max_range_growth`` per version
   published since ranges were last taken, at most ``report_every`` of them
   (gateway/publisher.py ``range_growth``).
 """

@@ -4,7 +4,7 @@ Devices train against the int8 model, so their deltas are relative to its
 dequantised weights; the gateway adds the aggregate to float weights it
 keeps itself. Re-quantising the master each round (rather than adding
 deltas to int8 weights) means rounding error never accumulates across
-rounds. Activation ranges are recalibrated from the sample-weighted ranges
+rounds. Activation ranges are recalibrated from the median of the ranges
 devices report, so a layer whose outputs grow does not saturate. All of it
 is numpy: the gateway never needs an interpreter.
 """
@@ -48,6 +48,9 @@ class MasterModel:
             self.slots[op.inputs[2]] = (layer, "bias")
             self.output_names[self.graph.tensor(op.outputs[0]).name] = layer
             self.output_tensors[op.outputs[0]] = layer
+        # Every key a device may name a layer's output by (its tensor index or name) -> the index.
+        self.range_keys: dict[int | str, int] = {i: i for i in self.output_tensors}
+        self.range_keys |= {self.graph.tensor(i).name: i for i in self.output_tensors}
         # The largest factor by which the last adopted reports moved a layer's range (its width, either way):
         # ranges still moving far are asked for again in the next round (publisher.py ``ranges_due``).
         self.ranges_moved = 1.0
@@ -79,22 +82,27 @@ class MasterModel:
         """Adopt the devices' ranges (by output tensor index or name), each side moved by at most a factor
         ``max_growth`` from the current one (None: as given, for ranges this gateway saved itself); returns how
         many layers took one. Records in ``ranges_moved`` how far the widest move went."""
-        taken, moved = 0, 1.0
+        taken = 0
+        before = {id(layer): layer.stats for layer in self.output_names.values()}  # moves are measured from here
         for key, (lo, hi) in ranges.items():
             layer = self.output_tensors.get(key) if isinstance(key, int) else self.output_names.get(key)
             if layer is None or not np.isfinite([lo, hi]).all() or hi <= lo:
                 continue
-            before = layer.stats
-            if max_growth is not None and before is not None:
-                lo, hi = limited_range((lo, hi), (before.ema_min, before.ema_max), max_growth)
+            then = before[id(layer)]  # a layer named twice is bounded from its range before, not its first move
+            if max_growth is not None and then is not None:
+                lo, hi = limited_range((lo, hi), (then.ema_min, then.ema_max), max_growth)
             layer.stats = RangeStats(ema_min=min(lo, 0.0), ema_max=max(hi, 0.0))
             taken += 1
-            if before is None:
-                moved = math.inf
-            else:
-                old, new = max(before.ema_max - before.ema_min, 1e-12), layer.stats.ema_max - layer.stats.ema_min
-                moved = max(moved, new / old, old / new)
-        self.ranges_moved = moved
+        self.ranges_moved = 1.0
+        for layer in self.output_names.values():
+            old, new = before[id(layer)], layer.stats
+            if new is None:
+                continue
+            if old is None:
+                self.ranges_moved = math.inf
+                continue
+            width_then, width_now = max(old.ema_max - old.ema_min, 1e-12), max(new.ema_max - new.ema_min, 1e-12)
+            self.ranges_moved = max(self.ranges_moved, width_now / width_then, width_then / width_now)
         if taken and max_growth is not None:
             self.norms_at_ranges = self._norms()
         return taken

@@ -74,6 +74,7 @@ class Publisher:
         self._retained: list[tuple[bytes, int]] = []  # versions whose chunks are retained, with chunk counts
         self._strategy_before: dict[str, np.ndarray] = {}  # the server state a failed close returns to
         self._versions_since_ranges = 0  # versions made since activation ranges were last taken (range_growth)
+        self._versions_before = 0  # the count before the version being made (reload returns to it)
         self.downlink = DownlinkPolicy(density=config.gateway.downlink_density,
                                        saturate=config.gateway.downlink_saturate)
 
@@ -99,9 +100,17 @@ class Publisher:
         On a fixed schedule HAR's ranges went stale between reports and its accuracy fell from 0.78 to 0.46
         before the next. Reports while ranges move let them follow, at one ``max_range_growth`` per version.
         Read from the version's master file after a restart. A device that lies can only make a round ask
-        for reports (the median moves the ranges)."""
+        for reports: the median moves the ranges, one report per layer per device (aggregate.py)."""
         settle = self.config.rounds.range_settle
-        return settle > 0 and max(self.master.ranges_moved, self.master.range_drift()) > settle
+        if settle == 0 or not self.takes_ranges:
+            return False
+        return max(self.master.ranges_moved, self.master.range_drift()) > settle
+
+    @property
+    def takes_ranges(self) -> bool:
+        """Whether this federation's rounds take activation ranges at all: not under differential privacy
+        (they would go into the model around the noise) nor secure aggregation (the gateway sees only a sum)."""
+        return self.config.privacy.mode == "off" and not self.config.secagg.on
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -140,6 +149,7 @@ class Publisher:
         """Forget a version that was made but not adopted: master weights and strategy state as they were."""
         self.master.load(VersionFiles.of(self.models_dir, self.version).master)
         self.strategy.load_state(self._strategy_before)
+        self._versions_since_ranges = self._versions_before
 
     def _manifest(self, model: bytes, parent: bytes | None) -> tuple[wire.ModelManifest, list[wire.ModelChunk]]:
         gw = self.config.gateway
@@ -151,6 +161,7 @@ class Publisher:
         ``adopt`` makes the result current, ``reload`` takes it back. ``round_input``: what the strategy steps
         on instead of the aggregate's mean (a DP round's noised mean)."""
         self._strategy_before = {k: np.array(v, copy=True) for k, v in self.strategy.state().items()}
+        self._versions_before = self._versions_since_ranges
         new_weights = self.strategy.step(self.master.weights(), round_input or aggregate.round_input())
         self.master.set_weights(new_weights)
         self._versions_since_ranges += 1
@@ -159,7 +170,7 @@ class Publisher:
         if ranges:
             self._versions_since_ranges = 0
         if ranges or self.ranges_due:
-            again = ": the next round asks for reports" if self.ranges_due else ""
+            again = ": the next round to open asks for reports" if self.ranges_due else ""
             log.info("activation ranges from %d device(s) moved a layer's up to %.2fx, the weights up to %.2fx "
                      "since%s", aggregate.range_reporters(), self.master.ranges_moved, self.master.range_drift(),
                      again)  # fmt: skip

@@ -212,7 +212,8 @@ class Rounds:
             return StreamingAggregate(self.sizes, clip_norm=clip, uniform=True)
         strategy: Any = self.publisher.strategy
         keep = strategy.buffered or self.detector is not None  # kept sparse: the detector scores each update
-        return StreamingAggregate(self.sizes, keep_updates=keep, clip_norm=self.clip_norm)
+        return StreamingAggregate(self.sizes, keep_updates=keep, clip_norm=self.clip_norm,
+                                  range_keys=self.publisher.master.range_keys)  # fmt: skip
 
     def _takes_ranges(self, row: RoundRow, task_round: int) -> bool:
         """Whether an update's activation ranges count: only if its task asked for them (a liar's unasked report

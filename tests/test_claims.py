@@ -206,6 +206,52 @@ def test_weights_that_grew_since_ranges_were_taken_make_the_next_round_ask_for_r
     assert restarted.publisher.ranges_due  # the norms when ranges were taken are kept with the version
 
 
+def test_a_liar_naming_a_layer_by_name_beside_the_others_index_is_one_report_in_their_median(
+    tmp_path: Path, model: bytes
+) -> None:
+    """A layer may be named by tensor index or by name: filed apart, a liar's name-keyed report was a median of
+    its own, applied after the honest one (2x from theirs every round) and counted as a move that kept every
+    round asking. Both keys are one layer; a made-up key is dropped and does not count as a reporter."""
+    honest = ("a", "b", "c")
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=(*honest, "d"), max_range_growth=2.0,
+                            report_every=100)  # fmt: skip
+    master = rounds.publisher.master
+    name, (lo, hi) = next((n, r) for n, r in ranges_of(rounds).items() if r[1] > 0)
+    index = master.range_keys[name]
+    assert index != name and master.output_tensors[index] is master.output_names[name]
+    for _ in range(3):
+        tasks = dict(rounds.step().tasks)
+        if not tasks["a"].report:
+            break
+        for device in honest:  # as edge_runtime/agent.py names them: by index, the range as it is
+            assert send(rounds, device, tasks[device], activation_ranges={index: (lo, hi)})
+        lie = {name: (lo * 1000, hi * 1000), index: (lo * 1000, hi * 1000), "no such layer": (0.0, 1.0)}
+        assert send(rounds, "d", tasks["d"], activation_ranges=lie)
+        assert rounds.open_round is not None and rounds.open_round.aggregate.range_reporters() == 4
+        assert rounds.step().ended is not None
+        assert ranges_of(rounds)[name] == pytest.approx((min(lo, 0.0), max(hi, 0.0)), rel=1e-6)
+    assert not rounds.publisher.ranges_due and tasks["a"].round == 2  # round 1 asked; round 2 did not
+
+
+def test_secure_aggregation_rounds_take_no_ranges_so_none_asks_for_them_off_the_schedule(
+    tmp_path: Path, model: bytes
+) -> None:
+    """The gateway sees only a secure round's sum: its weights move but no ranges are ever taken, so asking
+    would cost every device an evaluation each round for nothing."""
+    rounds, _ = make_rounds(tmp_path, model, FedAvg(), devices=("a", "b", "c"), min_devices=3, overprovision=0,
+                            report_every=100, deadline=600.0, tables={"secagg": {"mode": "secagg"}})  # fmt: skip
+    tensor, numel = max(rounds.sizes.items(), key=lambda kv: kv[1])
+    asked = []
+    for _ in range(4):
+        step = rounds.step()
+        assert step.opened is not None
+        asked.append(any(t.report for _, t in step.tasks))
+        sums = {tensor: (np.arange(numel), np.full(numel, 0.3))}  # weights grow far past range_settle
+        assert rounds.secure_close(step.opened.round, sums, 3).ended is not None
+    assert rounds.publisher.master.range_drift() > 1.25
+    assert asked == [True, False, False, False]  # round 1 on the schedule only
+
+
 def test_a_late_async_update_is_judged_by_what_its_own_tasks_round_asked(tmp_path: Path, model: bytes) -> None:
     """Buffer 1's tasks asked for reports, buffer 2's did not: a device answering its buffer-1 task after
     buffer 1 closed has its ranges taken in buffer 2 (from the stored row of round 1), the others not."""

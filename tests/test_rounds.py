@@ -53,14 +53,17 @@ def make_rounds(
     strategy: object,
     disk: DiskSpace | None = None,
     devices: tuple[str, ...] = ("a", "b"),
+    tables: dict[str, dict[str, object]] | None = None,
     **rules: object,
 ) -> tuple[Rounds, FakeClock]:
+    """``rules``: the [rounds] table's keys; ``tables``: any other table ([secagg], say)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "initial.tflite").write_bytes(model)
     config = GatewayConfig.from_mapping(
         {
             "gateway": {"federation": "t", "storage": str(tmp_path / "gw"), "model": str(tmp_path / "initial.tflite")},
             "rounds": {"min_devices": 2, "deadline": 60.0, **rules},
+            **(tables or {}),
         },
         env={},
     )
