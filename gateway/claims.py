@@ -15,6 +15,10 @@ model by at most the share an honest device of its declared size could:
   cannot move it), and moved by at most ``max_range_growth`` per version
   published since ranges were last taken, at most ``report_every`` of them
   (gateway/publisher.py ``range_growth``).
+
+The median assumes most of a round's reporters are honest. Devices that are
+most of them own it: the growth bound only slows them, and since a range
+that moved far is asked for again, they can move it again the next round.
 """
 
 from __future__ import annotations
