@@ -55,7 +55,7 @@ class MasterModel:
         # ranges still moving far are asked for again in the next round (publisher.py ``ranges_due``).
         self.ranges_moved = 1.0
         # Each layer's weight norm when ranges were last taken (``range_drift``); none yet: the model's own.
-        self.norms_at_ranges = self._norms()
+        self.norms_at_ranges = self.weight_norms()
 
     @property
     def trainable(self) -> list[wire.TrainableTensor]:
@@ -104,10 +104,10 @@ class MasterModel:
             width_then, width_now = max(old.ema_max - old.ema_min, 1e-12), max(new.ema_max - new.ema_min, 1e-12)
             self.ranges_moved = max(self.ranges_moved, width_now / width_then, width_then / width_now)
         if taken and max_growth is not None:
-            self.norms_at_ranges = self._norms()
+            self.norms_at_ranges = self.weight_norms()
         return taken
 
-    def _norms(self) -> dict[str, float]:
+    def weight_norms(self) -> dict[str, float]:
         return {name: float(np.linalg.norm(layer.weight)) for name, layer in self.output_names.items()}
 
     def range_drift(self) -> float:
@@ -115,9 +115,9 @@ class MasterModel:
         the largest, over layers in order, of the product of weight-norm ratios up to it (an output scales
         with every weight before it), either way. The gateway sees weights every round but activations
         only in reports: HAR's ranges settled by round 3, then its weights grew, the ranges went stale, and
-        accuracy fell from 0.78 to 0.46 until the next report (round 11) brought it to 0.82."""
+        accuracy fell from 0.78 to 0.44 until the next report (round 11) brought it to 0.82."""
         growth, drift = 1.0, 1.0
-        for name, norm in self._norms().items():
+        for name, norm in self.weight_norms().items():
             then = self.norms_at_ranges.get(name, 0.0)
             if then > 0 and norm > 0:
                 growth *= norm / then
@@ -153,7 +153,7 @@ class MasterModel:
             )
             self.ranges_moved = float(data["ranges_moved"]) if "ranges_moved" in data.files else 1.0
             kept = {k[15:]: float(data[k]) for k in data.files if k.startswith("norm_at_ranges.")}
-            self.norms_at_ranges = kept or self._norms()
+            self.norms_at_ranges = kept or self.weight_norms()
 
     @classmethod
     def from_file(cls, path: Path, trainable_layers: int) -> MasterModel:

@@ -302,6 +302,9 @@ class RoundPolicy:
     def _reporting(self, row: RoundRow) -> RoundRow:
         """A training round's row with whether its tasks ask for reports: on the schedule, or while ranges move
         (not in a DP round, which takes no ranges)."""
+        if row.privacy == "local-dp":  # nothing leaves a device without noise: its tasks never ask (_task)
+            row.report = False
+            return row
         due = row.privacy == "off" and self.ranges_due()
         row.report = asks_for_report(row.round, self.task_settings.report_every) or due
         return row

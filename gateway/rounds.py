@@ -627,7 +627,8 @@ class Rounds:
         judged = None
         if self.detector is not None and closing.row.privacy == "off":
             judged = self.detector.judge(closing.number, closing.aggregate, self.publisher.master.weights)
-        new = self.publisher.make_version(closing.aggregate, release)
+        asked = self._takes_ranges(closing.row, closing.number)
+        new = self.publisher.make_version(closing.aggregate, release, asked_for_ranges=asked)
         contributions = self._contributions(judged, closing.aggregate)
         metrics = closing.aggregate.metrics()
         counts = self.store.round_counts(closing.number)

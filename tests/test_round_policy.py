@@ -23,7 +23,7 @@ from gateway.aggregate import StreamingAggregate, update_norm
 from gateway.claims import row_asks_for_report
 from gateway.clock import FakeClock
 from gateway.config import RoundsSection
-from gateway.policy import OpenRound, Plan, RoundPolicy, TaskSettings
+from gateway.policy import OpenRound, Plan, PrivacyRules, RoundPolicy, TaskSettings
 from gateway.registry import Eligibility, Registry
 from gateway.store import GatewayStore, RoundRow
 
@@ -419,3 +419,24 @@ def test_a_store_from_before_rounds_recorded_their_reports_gains_the_column_and_
     rows = store.rounds()
     assert [row.report for row in rows] == [None, None]
     assert [row_asks_for_report(row, report_every=5) for row in rows] == [True, False]
+
+
+@pytest.mark.parametrize(("mode", "asks"), [("local-dp", [False, False]), ("central-dp", [True, False])])
+def test_dp_rounds_ask_for_reports_only_as_their_tasks_do_and_never_off_the_schedule(
+    mode: str, asks: list[bool]
+) -> None:
+    """No DP round takes ranges, so none asks while ranges move; a local-DP task never asks (nothing leaves a
+    device without noise), and its row says so."""
+    fed = Federation(report_every=5)
+    fed.policy.privacy = PrivacyRules(mode, 1.0, 0.5, 1.0)
+    fed.policy.ranges_due = lambda: True
+    fed.join("a")
+    rows, tasks = [], []
+    for _ in range(2):
+        plan = fed.plan()
+        assert plan.open is not None
+        rows.append(plan.open.report)
+        tasks.append(all(t.report for _, t in plan.tasks))
+        fed.store.end_round(plan.open.round, "closed")
+        fed.open = None
+    assert rows == asks and tasks == asks
