@@ -18,6 +18,13 @@ Measured warm (one pass of each first), as CPU time of this process
 repeats; the sparse intake is also split into its three steps, so the
 share of decoding is known. Both aggregates are checked to agree.
 
+The gateway decodes with its C path (edge_runtime/wire/_cwire.c: the bounds
+scan and the tensor streams) when it is built, as it is wherever a hub has a
+compiler; the same steps run again with the Python code alone
+(``accel.python_only()``), so ``c_path_speedup`` (decode) and
+``sparse_python_intake_us_per_update`` are ratios of one run. ``c_path_built``
+says which the headline figures are.
+
 In the same run: ``careful_decode_us_per_update``, the same updates decoded
 tensor by tensor (``Update.from_reader(fast=False)``, the decoder the
 gateway used before the batched one, and still its fallback), so the
@@ -84,6 +91,7 @@ def _cpu(work: Callable[[], object]) -> float:
 
 def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
     from edge_runtime import wire
+    from edge_runtime.wire import accel
     from gateway.admission import AdmissionRules, RoundView, admit
     from gateway.aggregate import StreamingAggregate, update_norm
 
@@ -154,12 +162,20 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
     mean = np.concatenate([aggregate.round_input().mean[t] for t in spec])
     if not np.allclose(mean, running / total, rtol=1e-3, atol=1e-7):
         raise AssertionError("the sparse and dense intakes disagree on the mean")
+    with accel.python_only():
+        python_aggregate = sparse()
+    if not np.array_equal(np.concatenate([python_aggregate.round_input().mean[t] for t in spec]), mean):
+        raise AssertionError("the C path and the Python code disagree on the mean")
     for step in (decode_only, validate_only, fold_only, careful_decode, verify_only):
         step()
     times: dict[str, list[float]] = {
-        "sparse": [], "dense": [], "decode": [], "validate": [], "fold": [], "careful_decode": [], "verify": []
+        "sparse": [], "dense": [], "decode": [], "validate": [], "fold": [], "careful_decode": [], "verify": [],
+        "sparse_python": [], "decode_python": [],
     }  # fmt: skip
     for _ in range(repeats):  # alternated, so a busy moment of a shared machine hits both
+        with accel.python_only():
+            times["sparse_python"].append(_cpu(sparse))
+            times["decode_python"].append(_cpu(decode_only))
         times["sparse"].append(_cpu(sparse))
         times["dense"].append(_cpu(dense_intake))
         times["decode"].append(_cpu(decode_only))
@@ -178,6 +194,8 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
 
 
 def main(full: bool = False) -> dict[str, float]:
+    from edge_runtime.wire import accel
+
     count = 1000 if full else 200
     payloads = make_updates(count)
     result = measure(payloads, REPEATS * 2 if full else REPEATS)
@@ -194,6 +212,11 @@ def main(full: bool = False) -> dict[str, float]:
         "careful_decode_us_per_update": round(per["careful_decode"], 1),
         "decoder_speedup": round(per["careful_decode"] / per["decode"], 2),
         "verify_us_per_update": round(per["verify"], 1),
+        "c_path_built": int(accel.built is not None),
+        "sparse_python_intake_us_per_update": round(per["sparse_python"], 1),
+        "decode_python_us_per_update": round(per["decode_python"], 1),
+        "c_path_speedup": round(per["decode_python"] / per["decode"], 2),
+        "dense_vs_sparse_python_cpu_ratio": round(per["dense"] / per["sparse_python"], 4),
         "sparse_update_bytes": round(result["sparse_bytes"], 1),
         "dense_update_bytes": result["dense_bytes"],
     }

@@ -92,12 +92,14 @@ class Userland:
 
 
 def build_wheel(out: Path) -> Path:
-    """tinyfed's wheel from this checkout, built on the host (pure Python): what a Pi owner would pip install."""
+    """tinyfed's wheel from this checkout, built on the host (pure Python): what a Pi owner would pip install.
+
+    Pure because ``TINYFED_BUILD_C_EXTENSION=0``: the gateway's C intake path would make it an x86-64 wheel."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "-w", str(out),
          str(REPO)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env={**os.environ, "TINYFED_BUILD_C_EXTENSION": "0"},
     )
     (wheel,) = sorted(out.glob("tinyfed-*.whl"))
     return wheel

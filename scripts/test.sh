@@ -16,11 +16,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
+# The gateway's C intake path (edge_runtime/wire/_cwire.c) is optional for users; here it must build (setup.py
+# fails without it), and tests/test_cwire.py fails rather than skips if it is missing. The tests of the batched
+# decoder run both it and the numpy path.
 make_env() {
     local dir=$1 extras=$2
     [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    TINYFED_BUILD_C_EXTENSION=1 "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 }
+export TINYFED_REQUIRE_C_EXTENSION=1
 
 echo "== environment .venv (numpy 2: litert, micro)"
 make_env .venv "dev,data,device,gateway,litert,micro"

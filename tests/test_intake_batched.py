@@ -4,13 +4,16 @@
 streams at once and falls back to the careful decoder for anything it does not take. These tests hold it
 to that: on valid updates of every layout devices send, on updates whose bytes were mutated, and on the
 batched stream decoders directly against the per-stream ones with hostile payloads. Both paths are real
-decodes of real CBOR bytes; a refusal must name the same field with the same words.
+decodes of real CBOR bytes; a refusal must name the same field with the same words. The whole-update tests
+run twice: with the streams decoded by the C path (``_cwire.c``, when built) and by numpy (tests/test_cwire.py
+holds the C path to the per-stream decoders directly).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 
 import cbor2
 import numpy as np
@@ -19,12 +22,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime import wire
-from edge_runtime.wire import CodedValues, TensorUpdate, ValueCoding, index_coding
+from edge_runtime.wire import CodedValues, TensorUpdate, ValueCoding, accel, index_coding
 from edge_runtime.wire.cbor import loads
 from edge_runtime.wire.limits import DEFAULT_LIMITS
 from edge_runtime.wire.schema import MapReader
 from edge_runtime.wire.update import Update, _read_tensors_batched, layout_for
 from edge_runtime.wire.values import apply_signs_many, pack_int8_rice, unpack_int8_rice
+
+
+@pytest.fixture(scope="module", params=["c", "numpy"])
+def stream_decoder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which decoder the batched path uses for the streams: the C path (skipped where it is not built, failed
+    where CI requires it) or numpy."""
+    if request.param == "numpy":
+        with accel.python_only():
+            yield "numpy"
+        return
+    if accel.built is None:
+        if os.environ.get("TINYFED_REQUIRE_C_EXTENSION") == "1":
+            pytest.fail("TINYFED_REQUIRE_C_EXTENSION=1 but edge_runtime.wire._cwire is not built")
+        pytest.skip("the C path is not built here (setup.py)")
+    assert accel.native is accel.built
+    yield "c"
 
 
 def _decode(data: bytes, spec: dict[int, int] | None, fast: bool) -> Update | str:
@@ -81,6 +100,7 @@ def device_updates(draw: st.DrawFn) -> tuple[Update, dict[int, int]]:
     return update, spec
 
 
+@pytest.mark.usefixtures("stream_decoder")
 @given(device_updates())
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_batched_decode_equals_the_careful_decode(case: tuple[Update, dict[int, int]]) -> None:
@@ -99,6 +119,7 @@ def _mutations() -> st.SearchStrategy[tuple[int, list[tuple[int, int]], int]]:
     )
 
 
+@pytest.mark.usefixtures("stream_decoder")
 @given(device_updates(), _mutations())
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_mutated_updates_decode_or_refuse_as_the_careful_decoder_does(
@@ -129,6 +150,7 @@ def _field_edits() -> st.SearchStrategy[tuple[int, int, object]]:
     return st.tuples(st.integers(0, 5), st.integers(0, 11), values)
 
 
+@pytest.mark.usefixtures("stream_decoder")
 @given(device_updates(), _field_edits())
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_edited_fields_are_refused_with_the_careful_decoders_words(
@@ -143,6 +165,7 @@ def test_edited_fields_are_refused_with_the_careful_decoders_words(
     _same(_decode(data, spec, True), _decode(data, spec, False))
 
 
+@pytest.mark.usefixtures("stream_decoder")
 def test_batched_decoder_takes_the_layouts_devices_send() -> None:
     """Not a silent fallback every time: the common layouts are decoded by the batched path itself."""
     rng = np.random.default_rng(1)
@@ -249,6 +272,7 @@ def test_signs_many_accepts_exactly_what_unpack_int8_rice_accepts(tensors: list[
         np.testing.assert_array_equal(many, np.concatenate([c for c in careful if c is not None]))
 
 
+@pytest.mark.usefixtures("stream_decoder")
 def test_positions_outside_a_tensor_fall_back_and_are_refused_by_name() -> None:
     idx = np.array([5, 90], np.int64)
     update = Update(

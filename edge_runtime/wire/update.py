@@ -11,7 +11,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from . import index_coding
+from . import accel, index_coding
 from .cbor import TAG_FOR_DTYPE, typed_array
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import IndexCoding
@@ -296,28 +296,25 @@ def layout_for(spec: Mapping[int, int]) -> TensorLayout:
 _INT8_TAG = TAG_FOR_DTYPE["int8"]
 
 
+# One tensor's streams as the batched decoders take them, checked:
+# (numel, nnz, index coding, k, positions, value coding, value bytes, value k, value base, scale).
+_Streams = tuple[int, int, int, int, bytes, int, bytes, int, int, float]
+_Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions within each tensor, int8 codes, float32 values
+
+
 def _read_tensors_batched(
     raw: list[Any], limits: Limits, spec: Mapping[int, int] | None
 ) -> tuple[list[TensorUpdate], tuple[np.ndarray, np.ndarray]] | None:
-    """Every tensor of an update decoded in one fixed set of numpy operations, with the same checks as
-    ``TensorUpdate.from_cbor``; None for anything it does not take (then the caller decodes one by one).
+    """Every tensor of an update decoded at once, with the same checks as ``TensorUpdate.from_cbor``; None
+    for anything it does not take (then the caller decodes one by one).
 
     Takes the layouts devices send: Golomb-Rice or delta-varint positions, int8 values raw or Rice coded.
-    Returns the tensors and, tensor after tensor, (positions within each tensor, float32 values)."""
+    The streams are decoded by the C path when it is built (accel.py, ``_cwire.c``: one pass over the bytes),
+    else by one fixed set of numpy operations; both take exactly the same updates. Returns the tensors and,
+    tensor after tensor, (positions within each tensor, float32 values)."""
     K = TensorUpdate.Key
-    heads: list[tuple[int, int, int, float, int]] = []  # tensor, numel, nnz, scale, index coding
-    rice: list[bytes] = []
-    rice_n: list[int] = []
-    rice_k: list[int] = []
-    varint: list[bytes] = []
-    varint_n: list[int] = []
-    mags: list[bytes] = []  # INT8_RICE: the Rice part of each payload, its sign part, count, k and base
-    signs: list[bytes] = []
-    mag_n: list[int] = []
-    mag_k: list[int] = []
-    bases: list[int] = []
-    plain: list[bytes] = []  # raw int8 codes
-    is_rice_value: list[bool] = []
+    ids: list[int] = []
+    streams: list[_Streams] = []
     max_bytes = limits.max_message_bytes
     for obj in raw:
         if type(obj) is not dict:
@@ -331,6 +328,8 @@ def _read_tensors_batched(
             and type(numel) is int
             and type(nnz) is int
             and type(k) is int
+            and type(coding) is int
+            and type(value_coding) is int
             and type(positions) is bytes
             and type(scale) in (float, int)
             and 0 <= tensor <= 2**31
@@ -340,63 +339,89 @@ def _read_tensors_batched(
             and 0 <= k <= index_coding.MAX_RICE_K
             and len(positions) <= max_bytes
             and 0.0 <= scale < np.inf
+            and coding in (IndexCoding.GOLOMB_RICE, IndexCoding.DELTA_VARINT)
         ):
-            return None
-        if coding == IndexCoding.GOLOMB_RICE:
-            rice.append(positions)
-            rice_n.append(nnz)
-            rice_k.append(k)
-        elif coding == IndexCoding.DELTA_VARINT:
-            varint.append(positions)
-            varint_n.append(nnz)
-        else:
             return None
         if value_coding == ValueCoding.INT8_RICE:
             vk, base = get(K.VALUE_K), get(K.VALUE_BASE)
-            sign_bytes = -(-nnz // 8)
             if not (
                 type(values) is bytes
                 and type(vk) is int
                 and type(base) is int
-                and sign_bytes <= len(values) <= max_bytes
+                and -(-nnz // 8) <= len(values) <= max_bytes
                 and 0 <= vk <= index_coding.MAX_RICE_K
                 and 0 <= base <= 127
             ):
                 return None
-            signs.append(values[:sign_bytes])
-            mags.append(values[sign_bytes:])
-            mag_n.append(nnz)
-            mag_k.append(vk)
-            bases.append(base)
         elif value_coding == ValueCoding.INT8:
             if not (type(values) is cbor2.CBORTag and values.tag == _INT8_TAG and type(values.value) is bytes):
                 return None
-            if len(values.value) != nnz:
+            values, vk, base = values.value, 0, 0
+            if len(values) != nnz:
                 return None
-            plain.append(values.value)
         else:
             return None
-        is_rice_value.append(value_coding == ValueCoding.INT8_RICE)
-        heads.append((tensor, numel, nnz, float(scale), coding))
+        ids.append(tensor)
+        streams.append((numel, nnz, coding, k, positions, value_coding, values, vk, base, float(scale)))
+    if sum(s[1] for s in streams) > limits.max_nnz:
+        return None  # from_reader refuses it by name
+    native = accel.native
+    decoded = _decode_streams_numpy(streams) if native is None else _decode_streams_native(native, streams, limits)
+    if decoded is None:
+        return None
+    idx, codes, values_f32 = decoded
+    tensors, at = [], 0
+    for tensor, (numel, nnz, *_, scale) in zip(ids, streams, strict=True):
+        values = CodedValues.checked(ValueCoding.INT8, codes[at : at + nnz], scale)
+        tensors.append(TensorUpdate(tensor, numel, idx[at : at + nnz], values))
+        at += nnz
+    return tensors, (idx, values_f32)
+
+
+def _decode_streams_native(native: Any, streams: list[_Streams], limits: Limits) -> _Decoded | None:
+    out = native.decode_tensors(streams, limits.max_nnz)
+    if out is None:
+        return None
+    idx, codes, values = out
+    return np.frombuffer(idx, np.int64), np.frombuffer(codes, np.int8), np.frombuffer(values, np.float32)
+
+
+def _decode_streams_numpy(streams: list[_Streams]) -> _Decoded | None:
+    """The streams of every tensor in one fixed set of whole-array numpy operations (index_coding's and
+    values' ``*_many``): about sixty numpy calls an update, whatever its size."""
+    rice = [s[4] for s in streams if s[2] == IndexCoding.GOLOMB_RICE]
+    rice_n = [s[1] for s in streams if s[2] == IndexCoding.GOLOMB_RICE]
+    rice_k = [s[3] for s in streams if s[2] == IndexCoding.GOLOMB_RICE]
+    varint = [s[4] for s in streams if s[2] == IndexCoding.DELTA_VARINT]
+    varint_n = [s[1] for s in streams if s[2] == IndexCoding.DELTA_VARINT]
+    from_rice = [s[5] == ValueCoding.INT8_RICE for s in streams]
+    # INT8_RICE: each payload's sign part and its Rice part of |code| - base.
+    signs = [s[6][: (s[1] + 7) >> 3] for s in streams if s[5] == ValueCoding.INT8_RICE]
+    mags = [s[6][(s[1] + 7) >> 3 :] for s in streams if s[5] == ValueCoding.INT8_RICE]
+    mag_n = [s[1] for s in streams if s[5] == ValueCoding.INT8_RICE]
+    mag_k = [s[7] for s in streams if s[5] == ValueCoding.INT8_RICE]
+    bases = [s[8] for s in streams if s[5] == ValueCoding.INT8_RICE]
+    plain = [s[6] for s in streams if s[5] == ValueCoding.INT8]  # raw int8 codes
     g_rice = index_coding.decode_rice_many(rice + mags, rice_n + mag_n, rice_k + mag_k)
     g_varint = index_coding.decode_varint_many(varint, varint_n)
     if g_rice is None or g_varint is None:
         return None
-    counts = [h[2] for h in heads]
+    counts = [s[1] for s in streams]
     # Positions, tensor after tensor (the two codings interleave in the update's order).
     if not varint or not rice:
         gaps = g_rice[: len(g_rice) - sum(mag_n)] if rice else g_varint
     else:
         parts, at_rice, at_varint = [], 0, 0
-        for _, _, nnz, _, coding in heads:
-            if coding == IndexCoding.GOLOMB_RICE:
+        for s in streams:
+            nnz = s[1]
+            if s[2] == IndexCoding.GOLOMB_RICE:
                 parts.append(g_rice[at_rice : at_rice + nnz])
                 at_rice += nnz
             else:
                 parts.append(g_varint[at_varint : at_varint + nnz])
                 at_varint += nnz
         gaps = np.concatenate(parts)
-    idx = index_coding.positions_many(gaps, counts, [h[1] for h in heads])
+    idx = index_coding.positions_many(gaps, counts, [s[0] for s in streams])
     if idx is None:
         return None
     # Values: Rice-coded magnitudes with their signs, and raw int8 codes, again in the update's order.
@@ -411,21 +436,17 @@ def _read_tensors_batched(
         codes = coded if mags else raw_codes
     else:
         parts, at_coded, at_raw = [], 0, 0
-        for (_, _, nnz, _, _), from_rice in zip(heads, is_rice_value, strict=True):
-            if from_rice:
+        for s, rice_coded in zip(streams, from_rice, strict=True):
+            nnz = s[1]
+            if rice_coded:
                 parts.append(coded[at_coded : at_coded + nnz])
                 at_coded += nnz
             else:
                 parts.append(raw_codes[at_raw : at_raw + nnz])
                 at_raw += nnz
         codes = np.concatenate(parts)
-    values_f32 = codes.astype(np.float32) * np.repeat(np.array([h[3] for h in heads], np.float32), counts)
-    tensors, at = [], 0
-    for tensor, numel, nnz, scale, _ in heads:
-        values = CodedValues.checked(ValueCoding.INT8, codes[at : at + nnz], scale)
-        tensors.append(TensorUpdate(tensor, numel, idx[at : at + nnz], values))
-        at += nnz
-    return tensors, (idx, values_f32)
+    values_f32 = codes.astype(np.float32) * np.repeat(np.array([s[9] for s in streams], np.float32), counts)
+    return idx, codes, values_f32
 
 
 def read_activation_ranges(r: MapReader, limits: Limits) -> dict[int | str, tuple[float, float]]:

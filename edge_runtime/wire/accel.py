@@ -1,0 +1,40 @@
+"""Whether the intake's C path (``_cwire.c``) is here, and the switch that turns it off.
+
+The C path is a faster way to the same answers: it takes only what the Python decoders take, and hands
+everything else back to them, so refusals are always theirs and name their field. It is optional: devices and
+Pis run without it (setup.py builds a pure-Python wheel for them), and so does a gateway built without a
+compiler. ``TINYFED_PURE_PYTHON=1`` in the environment turns it off for a process; ``python_only()`` for a
+block (tests and ``tinyfed bench aggregate`` measure both paths in one run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("TINYFED_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _cwire  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _cwire
+
+
+built: ModuleType | None = _load()
+native: ModuleType | None = built  # what the decoders use: ``built``, or None while python_only() runs
+
+
+@contextmanager
+def python_only() -> Iterator[None]:
+    """Decode with the Python code alone inside the block (not thread-safe: tests and benchmarks only)."""
+    global native
+    saved, native = native, None
+    try:
+        yield
+    finally:
+        native = saved
