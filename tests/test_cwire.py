@@ -305,3 +305,168 @@ def test_malformed_heads_are_handed_back_never_raised(head: Any) -> None:
 
 
 _CORPUS = _corpus() if native is not None else []
+
+
+# -- the compact update's bit stream ----------------------------------------------------------------------------
+def _compact_cases() -> list[tuple[bytes, dict[int, int]]]:
+    """Compact updates as devices write them: int8 and ternary values at every density (Rice, bitmap and
+    dense positions; Rice, raw and ternary values), with and without extras."""
+    from tests.test_compact import real_update
+
+    out = []
+    for density in (0.001, 0.01, 0.1, 0.6, 1.0):
+        for coding in (ValueCoding.INT8, ValueCoding.TERNARY):
+            update, spec = real_update(density, seed=int(density * 1000), value_coding=coding)
+            out.append((wire.encode_compact(update, spec), spec))
+    update, spec = real_update(0.05, seed=3)
+    update.metrics, update.below_clip = {"loss": 0.5}, True
+    out.append((wire.encode_compact(update, spec), spec))
+    return out
+
+
+def _compact_decode(data: bytes, spec: dict[int, int]) -> wire.Update | str:
+    from tests.test_compact import BASE, DEVICE
+
+    try:
+        return wire.decode(data, spec=spec, device=DEVICE, versions=[BASE])
+    except wire.WireError as exc:
+        return f"{type(exc).__name__}: {exc.field}: {exc}"
+
+
+def _same_compact(a: wire.Update | str, b: wire.Update | str) -> None:
+    from tests.test_compact import same
+
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+    else:
+        same(a, b)
+        for x, y in zip(a.tensors, b.tensors, strict=True):
+            assert x.indices.dtype == y.indices.dtype and x.values.codes.dtype == y.values.codes.dtype
+
+
+def test_the_c_path_takes_every_compact_layout_devices_write() -> None:
+    from edge_runtime.wire.compact import FIXED_HEADER, _read_leb128
+
+    for data, spec in _compact_cases():
+        _, at = _read_leb128(data, FIXED_HEADER, "round", 2**32)
+        _, at = _read_leb128(data, at, "samples", 2**32)
+        order = sorted(spec)
+        limits = DEFAULT_LIMITS
+        assert native.decode_compact(data[at:], [spec[t] for t in order], limits.max_nnz, limits.max_tensors,
+                                     limits.max_numel) is not None  # fmt: skip
+        with accel.python_only():
+            python = _compact_decode(data, spec)
+        assert not isinstance(python, str), python
+        _same_compact(_compact_decode(data, spec), python)
+
+
+_COMPACT = _compact_cases() if native is not None else []
+
+
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 7)), max_size=3),
+       st.integers(0, 10_000), st.sampled_from(["flip", "cut", "append", "spec"]))
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_compact_updates_with_bits_flipped_decode_or_refuse_as_the_python_reader_does(
+    seed: int, flips: list[tuple[int, int]], at: int, how: str
+) -> None:
+    data, spec = _COMPACT[seed % len(_COMPACT)]
+    mutated = bytearray(data)
+    for pos, bit in flips:
+        mutated[pos % len(mutated)] ^= 1 << bit
+    if how == "cut":
+        del mutated[max(14, at % len(mutated)) :]
+    elif how == "append":
+        mutated += bytes([at & 0xFF])
+    elif how == "spec":  # the gateway's model differs from the device's
+        spec = {t: max(1, n + (at % 7) - 3) for t, n in spec.items()}
+    with accel.python_only():
+        python = _compact_decode(bytes(mutated), spec)
+    _same_compact(_compact_decode(bytes(mutated), spec), python)
+
+
+@given(st.binary(max_size=200), st.sampled_from([1, 5, 64, 4096]))
+@settings(max_examples=2000, deadline=None)
+def test_compact_bodies_of_arbitrary_bits_decode_or_refuse_as_the_python_reader_does(body: bytes, numel: int) -> None:
+    data = bytes([10]) + bytes(8) + _COMPACT[0][0][9:13] + b"\x07\x10" + body
+    spec = {0: numel, 4: 3, 9: numel}
+    with accel.python_only():
+        python = _compact_decode(data, spec)
+    _same_compact(_compact_decode(data, spec), python)
+
+
+# -- from the review of the C path ------------------------------------------------------------------------------
+@pytest.mark.parametrize("gap", [63, 64, 121, 200, 1000])
+def test_quotients_of_64_ones_and_more_from_a_byte_boundary_decode_as_python_does(gap: int) -> None:
+    """A unary run reaching 64 ones read from a byte boundary: counting leading bits of zero is undefined in C,
+    and once took the 64th one as the code's end, shifting every later position (a device chooses its Rice
+    parameter, so a liar can send such runs)."""
+    positions = index_coding.encode_rice(np.array([gap, 0, 3], np.int64), 0)
+    codes = bytes([1, 2, 3])
+    head: Head = (5000, 3, 3, 0, positions, 2, codes, 0, 0, 1.0)
+    careful = _careful(head)
+    assert careful is not None
+    got = _c([head])
+    assert got is not None
+    _assert_same(got, [careful])
+    magnitudes = index_coding.encode_rice(np.array([gap % 120, 0], np.int64), 0)
+    rice_head: Head = (10, 2, 2, 0, b"\x00\x01", 4, b"\x00" + magnitudes, 0, 0, 1.0)
+    careful = _careful(rice_head)
+    got = _c([rice_head])
+    assert (got is None) == (careful is None)
+    if got is not None and careful is not None:
+        _assert_same(got, [careful])
+
+
+def test_a_compact_update_with_a_long_unary_run_decodes_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_runtime.wire import compact
+
+    idx = np.array([0, 700, 701, 4000], np.int64)
+    tensors = [TensorUpdate(2, 4096, idx, CodedValues(ValueCoding.INT8, np.array([5, -6, 7, 8], np.int8), 0.5))]
+    monkeypatch.setattr(compact, "best_rice_k", lambda g: 0)  # what a lying device may choose: runs of 700 ones
+    data = wire.encode_compact(wire.Update(wire.new_update_id(), "d", 1, bytes(32), 5, tensors), {2: 4096})
+    monkeypatch.undo()
+    with accel.python_only():
+        python = _compact_decode_spec(data, {2: 4096})
+    assert not isinstance(python, str), python
+    _same_compact(_compact_decode_spec(data, {2: 4096}), python)
+
+
+def test_a_compact_update_with_a_negative_scale_is_handed_back_and_refused_by_name() -> None:
+    codes = np.array([5, -6], np.int8)
+    tensors = [TensorUpdate(2, 4096, np.array([3, 9], np.int64), CodedValues(ValueCoding.INT8, codes, -0.5))]
+    data = wire.encode_compact(wire.Update(wire.new_update_id(), "d", 1, bytes(32), 5, tensors), {2: 4096})
+    refusal = _compact_decode_spec(data, {2: 4096})
+    assert isinstance(refusal, str) and "scale -0.5" in refusal
+    with accel.python_only():
+        assert _compact_decode_spec(data, {2: 4096}) == refusal
+
+
+def _compact_decode_spec(data: bytes, spec: dict[int, int]) -> wire.Update | str:
+    try:
+        return wire.decode(data, spec=spec, device="d", versions=[bytes(32)])
+    except wire.WireError as exc:
+        return f"{type(exc).__name__}: {exc.field}: {exc}"
+
+
+def test_heads_that_change_while_they_are_read_cannot_reach_freed_memory() -> None:
+    """Subclasses of int run Python code when converted; the C path takes exact types only, and reads a
+    snapshot of the list, so such code can neither shrink the list nor free the bytes it points into."""
+    heads: list[Any] = []
+
+    class Shrinking(int):
+        def __index__(self) -> int:
+            heads.clear()
+            return 1
+
+    heads += [(100, 1, 2, 0, b"\x05", 2, b"\x07", 0, 0, 1.0), (100, Shrinking(1), 2, 0, b"\x05", 2, b"\x07", 0, 0, 1.0)]
+    assert native.decode_tensors(heads, 10) is None
+    assert len(heads) == 2  # nothing ran
+    live = [(10**6, 4000, 2, 0, bytes(4000), 2, bytes(4000), 0, 0, 1.0)]
+    got = _c(live + live)  # the same bytes twice: read through the snapshot's references
+    assert got is not None and got[0].size == 8000
+
+
+def test_limits_too_large_for_the_c_scan_go_to_the_python_scan() -> None:
+    assert not native.scan_ok(b"\x00", 2**70, 8)
+    assert _python_scan(b"\x00", Limits(max_items=2**70))
+    assert _c_scan(b"\x00", DEFAULT_LIMITS)

@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 /* ---- the scan (edge_runtime/wire/scan.py, the same rules) -------------------------------------------- */
@@ -125,9 +126,14 @@ static PyObject *py_scan_ok(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_buffer buf;
-    Py_ssize_t max_items, max_depth;
-    if (!PyArg_ParseTuple(args, "y*nn", &buf, &max_items, &max_depth))
+    PyObject *items_obj, *depth_obj;
+    if (!PyArg_ParseTuple(args, "y*O!O!", &buf, &PyLong_Type, &items_obj, &PyLong_Type, &depth_obj))
         return NULL;
+    Py_ssize_t max_items = PyLong_AsSsize_t(items_obj), max_depth = PyLong_AsSsize_t(depth_obj);
+    if (PyErr_Occurred()) { /* limits beyond what this scanner counts: the Python scan decides */
+        PyErr_Clear();
+        max_items = max_depth = -1;
+    }
     int ok = scan_ok((const uint8_t *)buf.buf, buf.len, max_items, max_depth);
     PyBuffer_Release(&buf);
     if (PyErr_Occurred())
@@ -187,7 +193,7 @@ static int rice_gaps(const uint8_t *p, Py_ssize_t len, Py_ssize_t n, int k, int6
             int shift = (int)(bit & 7), valid = 64 - shift;
             /* past the end read as 0 bits, so a run of 1s always ends inside the window or fills it */
             uint64_t inverted = ~(load64(p, unary_bytes, bit >> 3) << shift);
-            int run = __builtin_clzll(inverted); /* inverted != 0: its low `shift` bits, or a 0 read, are 1 */
+            int run = inverted ? __builtin_clzll(inverted) : 64; /* 0: 64 ones from a byte boundary (clz(0) is UB) */
             if (run < valid) {
                 if (bit + run >= unary_bits)
                     return 0; /* that 0 bit is past the unary part */
@@ -198,6 +204,8 @@ static int rice_gaps(const uint8_t *p, Py_ssize_t len, Py_ssize_t n, int k, int6
             q += valid;
             bit += valid;
         }
+        if (q >= (INT64_C(1) << (62 - k)))
+            return 0; /* a gap of 2**62 or more: past any tensor (and no shift may overflow) */
         out[i] = q << k;
     }
     Py_ssize_t tail = unary_bits - bit; /* the padding: zero bits, fewer than 8 */
@@ -246,8 +254,15 @@ static int parse_head(PyObject *item, Head *h)
 {
     PyObject *positions, *values;
     double scale;
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 10)
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 10)
         return 0;
+    for (Py_ssize_t i = 0; i < 10; i++) { /* exact ints, bytes and a float: no __index__ or __float__ runs */
+        PyObject *field = PyTuple_GET_ITEM(item, i);
+        int exact = i == 4 || i == 6 ? PyBytes_CheckExact(field) : i == 9 ? PyFloat_CheckExact(field)
+                                                                           : PyLong_CheckExact(field);
+        if (!exact)
+            return 0;
+    }
     if (!PyArg_ParseTuple(item, "nniiOiOiid", &h->numel, &h->nnz, &h->coding, &h->k, &positions,
                           &h->value_coding, &values, &h->vk, &h->base, &scale)) {
         PyErr_Clear();
@@ -260,7 +275,7 @@ static int parse_head(PyObject *item, Head *h)
     h->values = (const uint8_t *)PyBytes_AS_STRING(values);
     h->values_len = PyBytes_GET_SIZE(values);
     h->scale = (float)scale; /* numpy's float32(scale): the values are float32 products */
-    if (h->numel < 0 || h->nnz < 0 || h->nnz > h->numel || h->k < 0 || h->k > MAX_RICE_K || h->vk < 0 ||
+    if (h->numel < 0 || h->numel > (INT64_C(1) << 62) || h->nnz < 0 || h->nnz > h->numel || h->k < 0 || h->k > MAX_RICE_K || h->vk < 0 ||
         h->vk > MAX_RICE_K || h->base < 0 || h->base > 127)
         return 0;
     /* Each count against the bytes that must carry it, before anything is allocated for it: a Rice code is
@@ -335,14 +350,20 @@ static PyObject *py_decode_tensors(PyObject *self, PyObject *args)
     Py_ssize_t max_total;
     if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &heads, &max_total))
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(heads), total = 0, widest = 0;
+    /* A snapshot: parsed[] points into the heads' bytes, which it keeps alive whatever happens to the list. */
+    PyObject *snapshot = PyList_AsTuple(heads);
+    if (!snapshot)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(snapshot), total = 0, widest = 0;
     Head *parsed = PyMem_Malloc(sizeof(Head) * (size_t)(count ? count : 1));
-    if (!parsed)
+    if (!parsed) {
+        Py_DECREF(snapshot);
         return PyErr_NoMemory();
+    }
     PyObject *result = NULL, *idx_obj = NULL, *codes_obj = NULL, *values_obj = NULL;
     int64_t *scratch = NULL;
     for (Py_ssize_t t = 0; t < count; t++) {
-        if (!parse_head(PyList_GET_ITEM(heads, t), &parsed[t]))
+        if (!parse_head(PyTuple_GET_ITEM(snapshot, t), &parsed[t]))
             goto refuse;
         total += parsed[t].nnz; /* each nnz is below 8 * a bytes object's size: no overflow */
         if (total > max_total)
@@ -380,13 +401,322 @@ done:
     Py_XDECREF(values_obj);
     PyMem_Free(scratch);
     PyMem_Free(parsed);
+    Py_DECREF(snapshot);
     return result;
+}
+
+/* ---- the compact update's bit stream (compact.py: the same layout and checks) ----------------------- */
+
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t len, bits, pos;
+} Bits;
+
+/* width (0..33) bits, most significant first; 0 if fewer are left. */
+static int bits_uint(Bits *b, int width, uint64_t *out)
+{
+    if (width < 0 || width > 33 || width > b->bits - b->pos)
+        return 0;
+    *out = width ? (load64(b->p, b->len, b->pos >> 3) << (b->pos & 7)) >> (64 - width) : 0;
+    b->pos += width;
+    return 1;
+}
+
+/* Elias gamma (compact._Bits.gamma): zeros up to the next 1 bit, at most 32, then that many bits more. */
+static int bits_gamma(Bits *b, uint64_t *out)
+{
+    Py_ssize_t zeros = 0;
+    for (;;) {
+        Py_ssize_t at = b->pos + zeros;
+        if (at >= b->bits)
+            return 0; /* runs past the end */
+        int shift = (int)(at & 7), valid = 64 - shift;
+        uint64_t window = load64(b->p, b->len, at >> 3) << shift;
+        if (window) {
+            zeros += __builtin_clzll(window);
+            break;
+        }
+        zeros += valid;
+    }
+    if (b->pos + zeros >= b->bits || zeros > 32)
+        return 0;
+    b->pos += zeros;
+    return bits_uint(b, (int)zeros + 1, out);
+}
+
+/* count Rice codes: a unary run of count codes (ones closed by a zero), then count k-bit remainders. */
+static int bits_rice(Bits *b, Py_ssize_t count, int k, int64_t *out)
+{
+    Py_ssize_t bit = b->pos;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t q = 0;
+        for (;;) {
+            if (bit >= b->bits)
+                return 0;
+            int shift = (int)(bit & 7), valid = 64 - shift;
+            uint64_t inverted = ~(load64(b->p, b->len, bit >> 3) << shift);
+            int run = inverted ? __builtin_clzll(inverted) : 64; /* 0: 64 ones from a byte boundary */
+            if (run < valid) {
+                if (bit + run >= b->bits)
+                    return 0;
+                q += run;
+                bit += run + 1;
+                break;
+            }
+            q += valid;
+            bit += valid;
+        }
+        if (q >= (INT64_C(1) << (62 - k)))
+            return 0; /* a gap of 2**62 or more: past any tensor (and no shift may overflow) */
+        out[i] = q << k;
+    }
+    b->pos = bit;
+    if (k) {
+        if (count > (b->bits - b->pos) / k)
+            return 0;
+        for (Py_ssize_t i = 0; i < count; i++)
+            out[i] |= (int64_t)read_bits(b->p, b->len, b->pos + i * k, k);
+        b->pos += count * k;
+    }
+    return 1;
+}
+
+static inline int bits_bit(const Bits *b, Py_ssize_t at)
+{
+    return (b->p[at >> 3] >> (7 - (at & 7))) & 1;
+}
+
+typedef struct {
+    int64_t *idx;
+    int8_t *codes;
+    Py_ssize_t size, capacity;
+} Entries;
+
+static int entries_reserve(Entries *e, Py_ssize_t more)
+{
+    if (e->size + more <= e->capacity)
+        return 1;
+    Py_ssize_t capacity = e->capacity ? e->capacity : 1024;
+    while (capacity < e->size + more)
+        capacity *= 2;
+    int64_t *idx = PyMem_Realloc(e->idx, sizeof(int64_t) * (size_t)capacity);
+    if (!idx)
+        return 0;
+    e->idx = idx;
+    int8_t *codes = PyMem_Realloc(e->codes, (size_t)capacity);
+    if (!codes)
+        return 0;
+    e->codes = codes;
+    e->capacity = capacity;
+    return 1;
+}
+
+/* One tensor (compact._read_tensor) into e: 1 taken, 0 not, -1 out of memory. *kind: 0 int8, 1 ternary. */
+static int compact_tensor(Bits *b, Py_ssize_t numel, Py_ssize_t max_nnz, Entries *e, int *kind, double *scale)
+{
+    uint64_t nnz_u, flag, k, layout, wide, word, base, vk;
+    if (!bits_gamma(b, &nnz_u) || nnz_u > (uint64_t)numel || nnz_u > (uint64_t)max_nnz)
+        return 0;
+    Py_ssize_t nnz = (Py_ssize_t)nnz_u;
+    if (nnz > b->bits - b->pos)
+        return 0; /* every entry costs at least one bit: nothing is allocated for entries the bytes cannot hold */
+    if (!entries_reserve(e, nnz))
+        return -1;
+    int64_t *idx = e->idx + e->size;
+    int8_t *codes = e->codes + e->size;
+    if (nnz == numel) {
+        for (Py_ssize_t i = 0; i < nnz; i++)
+            idx[i] = i;
+    } else {
+        if (!bits_uint(b, 1, &flag))
+            return 0;
+        if (flag) { /* a bitmap of numel bits */
+            if (numel > b->bits - b->pos)
+                return 0;
+            Py_ssize_t found = 0;
+            for (Py_ssize_t i = 0; i < numel; i++) {
+                if (bits_bit(b, b->pos + i)) {
+                    if (found == nnz)
+                        return 0;
+                    idx[found++] = i;
+                }
+            }
+            if (found != nnz)
+                return 0;
+            b->pos += numel;
+        } else {
+            if (!bits_uint(b, 5, &k) || k > MAX_RICE_K || !bits_rice(b, nnz, (int)k, idx))
+                return 0;
+            int64_t at = -1;
+            for (Py_ssize_t i = 0; i < nnz; i++) {
+                at += idx[i] + 1;
+                if (at >= numel)
+                    return 0;
+                idx[i] = at;
+            }
+        }
+    }
+    if (!bits_uint(b, 2, &layout) || layout > 2 || !bits_uint(b, 1, &wide))
+        return 0;
+    if (!bits_uint(b, wide ? 32 : 16, &word))
+        return 0;
+    uint32_t word32 = (uint32_t)(wide ? word : word << 16);
+    float value;
+    memcpy(&value, &word32, 4);
+    if (!isfinite(value) || value < 0)
+        return 0;
+    *scale = (double)value;
+    *kind = layout == 1;
+    if (layout == 1) { /* ternary: two bits a value, 01 = +1, 10 = -1 */
+        if (nnz > (b->bits - b->pos) / 2)
+            return 0;
+        for (Py_ssize_t i = 0; i < nnz; i++) {
+            int two = bits_bit(b, b->pos + 2 * i) * 2 + bits_bit(b, b->pos + 2 * i + 1);
+            if (two == 3)
+                return 0;
+            codes[i] = (int8_t)(two == 1 ? 1 : two == 2 ? -1 : 0);
+        }
+        b->pos += 2 * nnz;
+    } else if (layout == 2) { /* raw int8 */
+        if (nnz > (b->bits - b->pos) / 8)
+            return 0;
+        for (Py_ssize_t i = 0; i < nnz; i++) {
+            int8_t code = (int8_t)read_bits(b->p, b->len, b->pos + 8 * i, 8);
+            if (code == -128)
+                return 0;
+            codes[i] = code;
+        }
+        b->pos += 8 * nnz;
+    } else { /* Rice: base, k, a sign bit a value, then the magnitudes less base */
+        if (!bits_uint(b, 7, &base) || !bits_uint(b, 3, &vk) || nnz > b->bits - b->pos)
+            return 0;
+        Py_ssize_t signs = b->pos;
+        b->pos += nnz;
+        int64_t *scratch = PyMem_Malloc(sizeof(int64_t) * (size_t)(nnz ? nnz : 1));
+        if (!scratch)
+            return -1;
+        int ok = bits_rice(b, nnz, (int)vk, scratch);
+        for (Py_ssize_t i = 0; ok && i < nnz; i++) {
+            int64_t m = scratch[i] + (int64_t)base;
+            if (m > 127)
+                ok = 0;
+            else
+                codes[i] = (int8_t)(bits_bit(b, signs + i) ? -m : m);
+        }
+        PyMem_Free(scratch);
+        if (!ok)
+            return 0;
+    }
+    e->size += nnz;
+    return 1;
+}
+
+/* decode_compact(body, numels, max_nnz, max_tensors, max_numel) -> (extras, clip_sent, clip_value, bits read,
+ * [(slot, nnz, ternary, scale)], positions int64 bytearray, codes int8 bytearray), or None.
+ * body: the bytes after the round and samples; numels: the spec's element counts in slot order. */
+static PyObject *py_decode_compact(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer buf;
+    PyObject *numels;
+    Py_ssize_t max_nnz, max_tensors, max_numel;
+    PyObject *numel_list;
+    if (!PyArg_ParseTuple(args, "y*O!nnn", &buf, &PyList_Type, &numel_list, &max_nnz, &max_tensors, &max_numel))
+        return NULL;
+    numels = PyList_AsTuple(numel_list); /* a snapshot: nothing below can change it */
+    if (!numels) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Bits b = {(const uint8_t *)buf.buf, buf.len, buf.len * 8, 0};
+    Entries e = {NULL, NULL, 0, 0};
+    PyObject *heads = PyList_New(0), *result = NULL;
+    uint64_t extras, clip_sent, clip_value, count, gap;
+    int failed = 0; /* 1: hand back (None), -1: a Python error */
+    if (!heads) {
+        failed = -1;
+        goto done;
+    }
+    if (!bits_uint(&b, 1, &extras) || !bits_uint(&b, 1, &clip_sent) || !bits_uint(&b, 1, &clip_value) ||
+        (!clip_sent && clip_value) || !bits_gamma(&b, &count) || count - 1 > (uint64_t)max_tensors) {
+        failed = 1;
+        goto done;
+    }
+    Py_ssize_t slots = PyTuple_GET_SIZE(numels), slot = -1;
+    for (uint64_t t = 0; t + 1 < count; t++) {
+        if (!bits_gamma(&b, &gap) || gap > (uint64_t)slots) {
+            failed = 1;
+            goto done;
+        }
+        slot += (Py_ssize_t)gap;
+        if (slot >= slots) {
+            failed = 1;
+            goto done;
+        }
+        Py_ssize_t numel = PyLong_AsSsize_t(PyTuple_GET_ITEM(numels, slot));
+        if (numel == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            failed = 1;
+            goto done;
+        }
+        if (numel < 0 || numel > max_numel || numel > (INT64_C(1) << 62)) {
+            failed = 1;
+            goto done;
+        }
+        Py_ssize_t before = e.size;
+        int kind = 0;
+        double scale = 0;
+        int ok = compact_tensor(&b, numel, max_nnz, &e, &kind, &scale);
+        if (ok < 0) {
+            PyErr_NoMemory();
+            failed = -1;
+            goto done;
+        }
+        if (!ok || e.size > max_nnz) {
+            failed = 1;
+            goto done;
+        }
+        PyObject *head = Py_BuildValue("(nnid)", slot, e.size - before, kind, scale);
+        if (!head || PyList_Append(heads, head) < 0) {
+            Py_XDECREF(head);
+            failed = -1;
+            goto done;
+        }
+        Py_DECREF(head);
+    }
+    Py_ssize_t pad = (8 - (b.pos & 7)) & 7; /* the rest of the last byte: zero bits */
+    if (pad && (b.p[b.pos >> 3] & ((1u << pad) - 1))) {
+        failed = 1;
+        goto done;
+    }
+    {
+        PyObject *idx = PyByteArray_FromStringAndSize((const char *)e.idx, e.size * 8);
+        PyObject *codes = PyByteArray_FromStringAndSize((const char *)e.codes, e.size);
+        if (idx && codes)
+            result = Py_BuildValue("(iiinOOO)", (int)extras, (int)clip_sent, (int)clip_value, b.pos, heads, idx, codes);
+        Py_XDECREF(idx);
+        Py_XDECREF(codes);
+        if (!result)
+            failed = -1;
+    }
+done:
+    PyBuffer_Release(&buf);
+    Py_DECREF(numels);
+    PyMem_Free(e.idx);
+    PyMem_Free(e.codes);
+    Py_XDECREF(heads);
+    if (failed == 1)
+        return Py_NewRef(Py_None);
+    return failed < 0 ? NULL : result;
 }
 
 static PyMethodDef methods[] = {
     {"scan_ok", py_scan_ok, METH_VARARGS,
      "scan_ok(data, max_items, max_depth) -> bool: True if scan.scan would accept data (its size checked "
      "apart); False for anything else, which the Python scan then refuses by name."},
+    {"decode_compact", py_decode_compact, METH_VARARGS,
+     "decode_compact(body, numels, max_nnz, max_tensors, max_numel) -> (extras, clip_sent, clip_value, bits, "
+     "heads, positions, codes), or None for anything compact.py must judge."},
     {"decode_tensors", py_decode_tensors, METH_VARARGS,
      "decode_tensors(heads, max_total) -> (positions, codes, values) bytearrays, or None for anything the "
      "Python decoders must judge."},

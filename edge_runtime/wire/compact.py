@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TinyfedError
+from . import accel
 from .cbor import dumps, loads
 from .errors import LimitExceeded, SchemaError, ValueRejected
 from .index_coding import best_rice_k, gaps
@@ -307,34 +308,12 @@ def _read_tensor(b: _Bits, tensor: int, numel: int, limits: Limits) -> TensorUpd
     return TensorUpdate(tensor, numel, indices, CodedValues(ValueCoding.INT8, codes, scale))
 
 
-def decode(
-    data: bytes,
-    limits: Limits,
-    spec: Mapping[int, int] | None,
-    device: str,
-    versions: Collection[bytes] | Callable[[bytes], bytes | None],
-) -> Update:
-    """A compact update as an ``Update``: its device is ``device`` (the topic's), its base version the one of
-    ``versions`` with the sent prefix (or the bare 4-byte prefix when none has it: the gateway refuses it as
-    unknown), its tensors read against ``spec`` (required when it holds any). ``versions`` may instead be a
-    function from the prefix to the one version it names (None: none, or more than one)."""
-    if len(data) > limits.max_message_bytes:
-        raise LimitExceeded("update", f"{len(data)} bytes exceed {limits.max_message_bytes}")
-    if len(data) < FIXED_HEADER + 2 or data[:1] != TYPE_BYTE:
-        raise SchemaError("update", "not a compact update (type byte 10, id, base prefix, round, samples)")
-    update_id = bytes(data[1 : 1 + ID_BYTES]) + bytes(16 - ID_BYTES)
-    prefix = bytes(data[1 + ID_BYTES : FIXED_HEADER])
-    if callable(versions):
-        found = versions(prefix)
-        matches = {found} if found is not None and found[:BASE_PREFIX_BYTES] == prefix else set()
-    else:
-        matches = {v for v in versions if v[:BASE_PREFIX_BYTES] == prefix}
-    if len(matches) > 1:
-        raise ValueRejected("update.base_version", f"prefix {prefix.hex()} matches {len(matches)} known versions")
-    base_version = matches.pop() if matches else prefix
-    round_, at = _read_leb128(data, FIXED_HEADER, "update.round", 2**32)
-    samples, at = _read_leb128(data, at, "update.samples", 2**32)
-    b = _Bits(bytes(data[at:]))
+_Body = tuple[int, int, int, list[TensorUpdate], int]  # extras, clip sent, clip value, tensors, bits read
+
+
+def _read_body(body: bytes, spec: Mapping[int, int] | None, limits: Limits) -> _Body:
+    """The bit stream after the round and samples: flags, tensors, padding; every fault named."""
+    b = _Bits(body)
     extras = b.uint(1)
     clip_sent, clip_value = b.uint(1), b.uint(1)
     if not clip_sent and clip_value:
@@ -364,9 +343,61 @@ def decode(
             raise LimitExceeded("update.tensors", f"{total} entries in all exceed {limits.max_nnz}")
         tensors.append(t)
     b.field = "update"
-    body_end = at + (b.pos + 7) // 8
     if b.bits[b.pos : (b.pos + 7) // 8 * 8].any():
         raise ValueRejected("update", "padding bits after the bit stream are not zero")
+    return extras, clip_sent, clip_value, tensors, b.pos
+
+
+def _read_body_native(native: Any, body: bytes, spec: Mapping[int, int], limits: Limits) -> _Body | None:
+    """The same through the C path (accel.py): one pass over the bits; None for anything it does not take,
+    which ``_read_body`` then refuses by name."""
+    order = sorted(spec)
+    out = native.decode_compact(body, [spec[t] for t in order], limits.max_nnz, limits.max_tensors, limits.max_numel)
+    if out is None:
+        return None
+    extras, clip_sent, clip_value, bits_read, heads, positions, codes = out
+    idx, codes = np.frombuffer(positions, np.int64), np.frombuffer(codes, np.int8)
+    tensors, at = [], 0
+    for slot, nnz, ternary, scale in heads:
+        tensor = order[slot]
+        values = CodedValues.checked(ValueCoding.TERNARY if ternary else ValueCoding.INT8, codes[at : at + nnz], scale)
+        tensors.append(TensorUpdate(tensor, spec[tensor], idx[at : at + nnz], values))
+        at += nnz
+    return extras, clip_sent, clip_value, tensors, bits_read
+
+
+def decode(
+    data: bytes,
+    limits: Limits,
+    spec: Mapping[int, int] | None,
+    device: str,
+    versions: Collection[bytes] | Callable[[bytes], bytes | None],
+) -> Update:
+    """A compact update as an ``Update``: its device is ``device`` (the topic's), its base version the one of
+    ``versions`` with the sent prefix (or the bare 4-byte prefix when none has it: the gateway refuses it as
+    unknown), its tensors read against ``spec`` (required when it holds any). ``versions`` may instead be a
+    function from the prefix to the one version it names (None: none, or more than one)."""
+    if len(data) > limits.max_message_bytes:
+        raise LimitExceeded("update", f"{len(data)} bytes exceed {limits.max_message_bytes}")
+    if len(data) < FIXED_HEADER + 2 or data[:1] != TYPE_BYTE:
+        raise SchemaError("update", "not a compact update (type byte 10, id, base prefix, round, samples)")
+    update_id = bytes(data[1 : 1 + ID_BYTES]) + bytes(16 - ID_BYTES)
+    prefix = bytes(data[1 + ID_BYTES : FIXED_HEADER])
+    if callable(versions):
+        found = versions(prefix)
+        matches = {found} if found is not None and found[:BASE_PREFIX_BYTES] == prefix else set()
+    else:
+        matches = {v for v in versions if v[:BASE_PREFIX_BYTES] == prefix}
+    if len(matches) > 1:
+        raise ValueRejected("update.base_version", f"prefix {prefix.hex()} matches {len(matches)} known versions")
+    base_version = matches.pop() if matches else prefix
+    round_, at = _read_leb128(data, FIXED_HEADER, "update.round", 2**32)
+    samples, at = _read_leb128(data, at, "update.samples", 2**32)
+    body = bytes(data[at:])
+    native = accel.native
+    read = None if native is None or spec is None else _read_body_native(native, body, spec, limits)
+    extras, clip_sent, clip_value, tensors, bits_read = read or _read_body(body, spec, limits)
+    body_end = at + (bits_read + 7) // 8
     metrics: dict[str, float] = {}
     ranges: dict[int | str, tuple[float, float]] = {}
     created = 0
