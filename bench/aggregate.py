@@ -23,7 +23,10 @@ scan and the tensor streams) when it is built, as it is wherever a hub has a
 compiler; the same steps run again with the Python code alone
 (``accel.python_only()``), so ``c_path_speedup`` (decode) and
 ``sparse_python_intake_us_per_update`` are ratios of one run. ``c_path_built``
-says which the headline figures are.
+says which the headline figures are. The same updates also go through the
+intake in the compact layout (Python devices' default; boards send CBOR):
+``compact_intake_us_per_update`` and ``dense_vs_compact_cpu_ratio``, with and
+without the C path.
 
 In the same run: ``careful_decode_us_per_update``, the same updates decoded
 tensor by tensor (``Update.from_reader(fast=False)``, the decoder the
@@ -45,6 +48,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -108,11 +112,25 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
         dense.append((row.tobytes(), update.samples))
     rules = AdmissionRules("sync", 1000.0, 5)
     view, ledger = RoundView(1, "sync", bytes(32)), _Ledger()
+    # The same updates in the compact layout (what Python devices send by default): the device is the topic's.
+    compact = [(u.device, wire.encode_compact(replace(u, update_id=wire.new_update_id()), spec)) for u in decoded]
+    versions = [bytes(32)]
 
     def sparse() -> StreamingAggregate:
         aggregate = StreamingAggregate(spec)
         for payload in payloads:
             update = wire.decode(payload, expect=wire.Update, spec=spec)
+            norm = update_norm(update)
+            verdict = admit(update, update.device, norm, view, bytes(32), ledger, rules)
+            if not verdict.accepted:
+                raise AssertionError(f"the benchmark's update was refused: {verdict.reason}")
+            aggregate.add(update, verdict.weight_factor, norm, verdict.samples)
+        return aggregate
+
+    def sparse_compact() -> StreamingAggregate:
+        aggregate = StreamingAggregate(spec)
+        for device, payload in compact:
+            update = wire.decode(payload, expect=wire.Update, spec=spec, device=device, versions=versions)
             norm = update_norm(update)
             verdict = admit(update, update.device, norm, view, bytes(32), ledger, rules)
             if not verdict.accepted:
@@ -162,6 +180,8 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
     mean = np.concatenate([aggregate.round_input().mean[t] for t in spec])
     if not np.allclose(mean, running / total, rtol=1e-3, atol=1e-7):
         raise AssertionError("the sparse and dense intakes disagree on the mean")
+    if not np.array_equal(np.concatenate([sparse_compact().round_input().mean[t] for t in spec]), mean):
+        raise AssertionError("the compact and CBOR intakes disagree on the mean")
     with accel.python_only():
         python_aggregate = sparse()
     if not np.array_equal(np.concatenate([python_aggregate.round_input().mean[t] for t in spec]), mean):
@@ -170,12 +190,14 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
         step()
     times: dict[str, list[float]] = {
         "sparse": [], "dense": [], "decode": [], "validate": [], "fold": [], "careful_decode": [], "verify": [],
-        "sparse_python": [], "decode_python": [],
+        "sparse_python": [], "decode_python": [], "compact": [], "compact_python": [],
     }  # fmt: skip
     for _ in range(repeats):  # alternated, so a busy moment of a shared machine hits both
         with accel.python_only():
             times["sparse_python"].append(_cpu(sparse))
             times["decode_python"].append(_cpu(decode_only))
+            times["compact_python"].append(_cpu(sparse_compact))
+        times["compact"].append(_cpu(sparse_compact))
         times["sparse"].append(_cpu(sparse))
         times["dense"].append(_cpu(dense_intake))
         times["decode"].append(_cpu(decode_only))
@@ -189,6 +211,7 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
         "us_per_update": per,
         "repeats": repeats,
         "sparse_bytes": float(np.mean([len(p) for p in payloads])),
+        "compact_bytes": float(np.mean([len(p) for _, p in compact])),
         "dense_bytes": float(len(dense[0][0])),
     }
 
@@ -217,6 +240,10 @@ def main(full: bool = False) -> dict[str, float]:
         "decode_python_us_per_update": round(per["decode_python"], 1),
         "c_path_speedup": round(per["decode_python"] / per["decode"], 2),
         "dense_vs_sparse_python_cpu_ratio": round(per["dense"] / per["sparse_python"], 4),
+        "compact_intake_us_per_update": round(per["compact"], 1),
+        "compact_python_intake_us_per_update": round(per["compact_python"], 1),
+        "dense_vs_compact_cpu_ratio": round(per["dense"] / per["compact"], 4),
+        "compact_update_bytes": round(result["compact_bytes"], 1),
         "sparse_update_bytes": round(result["sparse_bytes"], 1),
         "dense_update_bytes": result["dense_bytes"],
     }

@@ -14,7 +14,7 @@ is asked and answers, then the final evaluation. The suite runs 10, 100 and
 (``setup_seconds``) and the gateway's start (10,000 retained births read)
 come before the first round and are not in its time.
 
-Three settings, measured in the same run:
+Four settings, measured in the same run:
 
 - ``after``: the hub as shipped: group commit (``[gateway] commit_batch``,
   ``commit_delay``) and a broker that saves its state every
@@ -26,7 +26,10 @@ Three settings, measured in the same run:
   the gateway has finished, a skeleton hub (one connection on the
   simulators' codec, no tinyfed) moves the same MQTT messages: a task to
   every device, a receipt for each update. Its round time is what MQTT and
-  the simulators cost alone.
+  the simulators cost alone;
+- ``python``: as ``after`` at 1,000 devices, the gateway with its C intake
+  path turned off (``TINYFED_PURE_PYTHON=1``, edge_runtime/wire/accel.py),
+  when it is built: ``gateway_cpu_ratio_python_vs_c_1000``.
 
 Figures per size N: ``seconds_per_round_N`` (median round, opening to
 closing, from the gateway's own clock), the gateway's and the broker's
@@ -42,6 +45,7 @@ is shared; the ratios are what carries from one run to the next.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -197,14 +201,16 @@ def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) ->
 
 
 def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = False) -> dict[str, Any]:
-    """One fleet size under one setting ('after': group commit, hub autosave; 'before': neither)."""
+    """One fleet size under one setting ('after': group commit, hub autosave; 'before': neither; 'python': as
+    'after', the gateway without its C intake path)."""
     from edge_runtime.transport.broker import HUB_AUTOSAVE_S, MosquittoProcess
 
     folder.mkdir(parents=True)
     model = _initial_model(folder)
     federation = f"scale{devices}"
-    autosave = HUB_AUTOSAVE_S if setting == "after" else None
-    commit_batch = 256 if setting == "after" else 1
+    autosave = HUB_AUTOSAVE_S if setting != "before" else None
+    commit_batch = 256 if setting != "before" else 1
+    env = {**os.environ, "TINYFED_PURE_PYTHON": "1"} if setting == "python" else None
     with MosquittoProcess(workdir=folder / "broker", autosave_interval=autosave) as broker:
         assert broker.process is not None
         host_port = f"127.0.0.1:{broker.port}"
@@ -216,7 +222,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         log = (folder / "gateway.log").open("w")
         gateway = subprocess.Popen(
             [sys.executable, "-m", "tinyfed", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=log, text=True,
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
         )  # fmt: skip
         pids = {"gateway": gateway.pid, "broker": broker.process.pid}
         watch = Watch(pids | {f"sim{i}": fleet.pid for i, fleet in enumerate(fleets)})
@@ -341,6 +347,8 @@ def intake_ms(folder: Path, model: Path, batch: int, devices: int = 1000) -> dic
 
 
 def main(full: bool = False) -> dict[str, float]:
+    from edge_runtime.wire import accel
+
     runs: list[dict[str, Any]] = []
     sizes, before_sizes = (FULL_SIZES, FULL_BEFORE_SIZES) if full else (SIZES, BEFORE_SIZES)
     with tempfile.TemporaryDirectory() as tmp:
@@ -354,6 +362,8 @@ def main(full: bool = False) -> dict[str, float]:
                           f"{statistics.median(r['cpu_ms'] for r in v):.3f}" for b, v in intake.items()),
               flush=True)  # fmt: skip
         plan = [(n, "after", n >= 1000) for n in sizes] + [(n, "before", False) for n in before_sizes]
+        if accel.built is not None:  # the same hub without its C intake path: what the compiled decoders save
+            plan.append((1000, "python", False))
         for devices, setting, floor in plan:
             run = run_size(devices, Path(tmp) / f"{setting}{devices}", setting, floor)
             runs.append(run)
@@ -368,6 +378,7 @@ def main(full: bool = False) -> dict[str, float]:
                 flush=True,
             )
     after = {r["devices"]: r for r in runs if r["setting"] == "after"}
+    python = {r["devices"]: r for r in runs if r["setting"] == "python"}
     before = {r["devices"]: r for r in runs if r["setting"] == "before"}
     figures: dict[str, float] = {}
     for devices, run in after.items():
@@ -401,6 +412,13 @@ def main(full: bool = False) -> dict[str, float]:
         figures[f"broker_cpu_ratio_before_vs_after_{devices}"] = round(
             run["broker_cpu_ms_per_update"] / max(after[devices]["broker_cpu_ms_per_update"], 1e-9), 3
         )
+    for devices, run in python.items():
+        figures[f"python_seconds_per_round_{devices}"] = round(run["seconds_per_round"], 3)
+        figures[f"python_gateway_cpu_ms_per_update_{devices}"] = round(run["gateway_cpu_ms_per_update"], 3)
+        figures[f"gateway_cpu_ratio_python_vs_c_{devices}"] = round(
+            run["gateway_cpu_ms_per_update"] / after[devices]["gateway_cpu_ms_per_update"], 3
+        )
+    figures["c_path_built"] = int(accel.built is not None)
     for batch, label in ((256, "group"), (1, "one_fsync_each")):
         figures[f"intake_wall_ms_per_update_{label}"] = round(statistics.median(r["wall_ms"] for r in intake[batch]), 3)
         figures[f"intake_cpu_ms_per_update_{label}"] = round(statistics.median(r["cpu_ms"] for r in intake[batch]), 3)

@@ -33,6 +33,9 @@ ENV_PREFIX = "TINYFED"
 PROCESS_VARIABLES = {
     "TINYFED_DATA_DIR": "the folder holding the bundled data sets (har, cmapss)",
     "TINYFED_BENCH_RESULTS": "where `tinyfed bench` writes its results",
+    "TINYFED_PURE_PYTHON": "1: decode without the intake's C path (edge_runtime/wire/accel.py)",
+    "TINYFED_BUILD_C_EXTENSION": "at install: 1 build the intake's C path or fail, 0 build none (setup.py)",
+    "TINYFED_REQUIRE_C_EXTENSION": "1: the tests fail rather than skip where the C path is not built (CI)",
 }
 # Every role's tables, so that a variable meant for another role (TINYFED_ROUNDS_DEADLINE where a device and
 # a gateway share an environment) is left to that role rather than refused; tests/test_errors.py keeps it in step.

@@ -116,11 +116,13 @@ def run(args: argparse.Namespace) -> int:
                 f"cannot reach the MQTT broker at {config.broker.url}: {exc}. "
                 f"Check [broker] url in {args.config} (or TINYFED_BROKER_URL)."
             ) from exc
+        intake = intake_decoder()
         say(
             f"gateway of federation {config.gateway.federation}: model {gateway.version.hex()[:12]}, "
-            f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}",
+            f"strategy {gateway.strategy.name}, {config.rounds.mode} rounds, broker {config.broker.url}, "
+            f"intake decoder {intake}",
             {"event": "started", "federation": config.gateway.federation, "version": gateway.version.hex(),
-             "pid": os.getpid()},
+             "pid": os.getpid(), "intake_decoder": intake.split(" ")[0]},
         )  # fmt: skip
         from .observe import Observers
 
@@ -144,6 +146,18 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
+
+
+def intake_decoder() -> str:
+    """Which decoder the intake runs, said at start: the C path costs a quarter of the Python code's CPU per
+    update (docs/performance.md), so an operator should see when a hub runs without it, and why."""
+    from edge_runtime.wire import accel
+
+    if accel.native is not None:
+        return "C"
+    if accel.built is not None or os.environ.get("TINYFED_PURE_PYTHON") == "1":
+        return "Python (TINYFED_PURE_PYTHON=1)"
+    return "Python (the C path is not built: docs/operations.md, 'The intake's C path')"
 
 
 def status(args: argparse.Namespace) -> int:

@@ -342,6 +342,9 @@ def _same_compact(a: wire.Update | str, b: wire.Update | str) -> None:
         same(a, b)
         for x, y in zip(a.tensors, b.tensors, strict=True):
             assert x.indices.dtype == y.indices.dtype and x.values.codes.dtype == y.values.codes.dtype
+        for mine, theirs in zip(a.entries(), b.entries(), strict=True):  # the C path's float32 values, bit for bit
+            assert mine.dtype == theirs.dtype
+            np.testing.assert_array_equal(mine, theirs)
 
 
 def test_the_c_path_takes_every_compact_layout_devices_write() -> None:

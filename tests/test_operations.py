@@ -12,6 +12,7 @@ import pytest
 
 from edge_runtime.logformat import configure_logging
 from edge_runtime.transport.broker import MosquittoProcess
+from edge_runtime.wire import accel
 from gateway.master import MasterModel
 from tests.federation import FED, WAIT, ManualDevice
 from tests.helpers import INSECURE_TOML, Lines, wait_for
@@ -67,6 +68,10 @@ def test_status_json_and_json_logs_with_each_round_said_once(
     assert all(r["status"] == "closed" and r["updates"] == 2 and r["uplink_bytes"] > 0 for r in rounds)
     assert sum("round 1 closed" in r["message"] for r in records) == 0  # the machinery's own line is DEBUG now
     assert proc.stdout is not None and proc.stdout.read() == ""  # with JSON logs, nothing for people on stdout
+    (started,) = [r for r in records if r.get("event") == "started"]
+    # The operator sees which decoder the intake runs: C wherever it is built (CI requires it), else Python.
+    assert started["intake_decoder"] == ("C" if accel.native is not None else "Python")
+    assert started["intake_decoder"] in started["message"]
 
     report = status_json(config)
     assert report["gateway"] == {"running": False, "pid": None}

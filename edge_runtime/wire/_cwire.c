@@ -612,7 +612,7 @@ static int compact_tensor(Bits *b, Py_ssize_t numel, Py_ssize_t max_nnz, Entries
 }
 
 /* decode_compact(body, numels, max_nnz, max_tensors, max_numel) -> (extras, clip_sent, clip_value, bits read,
- * [(slot, nnz, ternary, scale)], positions int64 bytearray, codes int8 bytearray), or None.
+ * [(slot, nnz, ternary, scale)], positions int64, codes int8, values float32 (bytearrays)), or None.
  * body: the bytes after the round and samples; numels: the spec's element counts in slot order. */
 static PyObject *py_decode_compact(PyObject *self, PyObject *args)
 {
@@ -692,10 +692,24 @@ static PyObject *py_decode_compact(PyObject *self, PyObject *args)
     {
         PyObject *idx = PyByteArray_FromStringAndSize((const char *)e.idx, e.size * 8);
         PyObject *codes = PyByteArray_FromStringAndSize((const char *)e.codes, e.size);
-        if (idx && codes)
-            result = Py_BuildValue("(iiinOOO)", (int)extras, (int)clip_sent, (int)clip_value, b.pos, heads, idx, codes);
+        PyObject *values = PyByteArray_FromStringAndSize(NULL, e.size * 4);
+        if (idx && codes && values) {
+            /* float32(code) * float32(scale), tensor after tensor: CodedValues.decode's values, bit for bit */
+            float *out = (float *)PyByteArray_AS_STRING(values);
+            Py_ssize_t at = 0;
+            for (Py_ssize_t t = 0; t < PyList_GET_SIZE(heads); t++) {
+                PyObject *head = PyList_GET_ITEM(heads, t);
+                Py_ssize_t nnz = PyLong_AsSsize_t(PyTuple_GET_ITEM(head, 1));
+                float scale = (float)PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(head, 3));
+                for (Py_ssize_t i = 0; i < nnz; i++, at++)
+                    out[at] = (float)e.codes[at] * scale;
+            }
+            result = Py_BuildValue("(iiinOOOO)", (int)extras, (int)clip_sent, (int)clip_value, b.pos, heads, idx,
+                                   codes, values);
+        }
         Py_XDECREF(idx);
         Py_XDECREF(codes);
+        Py_XDECREF(values);
         if (!result)
             failed = -1;
     }
@@ -716,7 +730,7 @@ static PyMethodDef methods[] = {
      "apart); False for anything else, which the Python scan then refuses by name."},
     {"decode_compact", py_decode_compact, METH_VARARGS,
      "decode_compact(body, numels, max_nnz, max_tensors, max_numel) -> (extras, clip_sent, clip_value, bits, "
-     "heads, positions, codes), or None for anything compact.py must judge."},
+     "heads, positions, codes, values), or None for anything compact.py must judge."},
     {"decode_tensors", py_decode_tensors, METH_VARARGS,
      "decode_tensors(heads, max_total) -> (positions, codes, values) bytearrays, or None for anything the "
      "Python decoders must judge."},

@@ -308,7 +308,8 @@ def _read_tensor(b: _Bits, tensor: int, numel: int, limits: Limits) -> TensorUpd
     return TensorUpdate(tensor, numel, indices, CodedValues(ValueCoding.INT8, codes, scale))
 
 
-_Body = tuple[int, int, int, list[TensorUpdate], int]  # extras, clip sent, clip value, tensors, bits read
+# extras, clip sent, clip value, tensors, bits read, and (when the C path read it) Update.entries()
+_Body = tuple[int, int, int, list[TensorUpdate], int, tuple[np.ndarray, np.ndarray] | None]
 
 
 def _read_body(body: bytes, spec: Mapping[int, int] | None, limits: Limits) -> _Body:
@@ -345,7 +346,7 @@ def _read_body(body: bytes, spec: Mapping[int, int] | None, limits: Limits) -> _
     b.field = "update"
     if b.bits[b.pos : (b.pos + 7) // 8 * 8].any():
         raise ValueRejected("update", "padding bits after the bit stream are not zero")
-    return extras, clip_sent, clip_value, tensors, b.pos
+    return extras, clip_sent, clip_value, tensors, b.pos, None
 
 
 def _read_body_native(native: Any, body: bytes, spec: Mapping[int, int], limits: Limits) -> _Body | None:
@@ -355,7 +356,7 @@ def _read_body_native(native: Any, body: bytes, spec: Mapping[int, int], limits:
     out = native.decode_compact(body, [spec[t] for t in order], limits.max_nnz, limits.max_tensors, limits.max_numel)
     if out is None:
         return None
-    extras, clip_sent, clip_value, bits_read, heads, positions, codes = out
+    extras, clip_sent, clip_value, bits_read, heads, positions, codes, values_f32 = out
     idx, codes = np.frombuffer(positions, np.int64), np.frombuffer(codes, np.int8)
     tensors, at = [], 0
     for slot, nnz, ternary, scale in heads:
@@ -363,7 +364,7 @@ def _read_body_native(native: Any, body: bytes, spec: Mapping[int, int], limits:
         values = CodedValues.checked(ValueCoding.TERNARY if ternary else ValueCoding.INT8, codes[at : at + nnz], scale)
         tensors.append(TensorUpdate(tensor, spec[tensor], idx[at : at + nnz], values))
         at += nnz
-    return extras, clip_sent, clip_value, tensors, bits_read
+    return extras, clip_sent, clip_value, tensors, bits_read, (idx, np.frombuffer(values_f32, np.float32))
 
 
 def decode(
@@ -396,7 +397,7 @@ def decode(
     body = bytes(data[at:])
     native = accel.native
     read = None if native is None or spec is None else _read_body_native(native, body, spec, limits)
-    extras, clip_sent, clip_value, tensors, bits_read = read or _read_body(body, spec, limits)
+    extras, clip_sent, clip_value, tensors, bits_read, entries = read or _read_body(body, spec, limits)
     body_end = at + (bits_read + 7) // 8
     metrics: dict[str, float] = {}
     ranges: dict[int | str, tuple[float, float]] = {}
@@ -411,7 +412,7 @@ def decode(
         created = r.uint(Update.Key.CREATED, 2**40, default=0)
     elif body_end != len(data):
         raise ValueRejected("update", f"{len(data) - body_end} bytes after the bit stream")
-    return Update(
+    update = Update(
         update_id=update_id,
         device=device,
         round=round_,
@@ -423,3 +424,5 @@ def decode(
         created=created,
         below_clip=bool(clip_value) if clip_sent else None,
     )
+    update._entries = entries  # None: computed from the tensors when first asked
+    return update
