@@ -473,3 +473,27 @@ def test_limits_too_large_for_the_c_scan_go_to_the_python_scan() -> None:
     assert not native.scan_ok(b"\x00", 2**70, 8)
     assert _python_scan(b"\x00", Limits(max_items=2**70))
     assert _c_scan(b"\x00", DEFAULT_LIMITS)
+
+
+@pytest.mark.parametrize("field", ["max_nnz", "max_tensors", "max_numel"])
+@pytest.mark.parametrize("value", [2**63, 2**70, -1, 0])
+def test_any_limits_decode_as_the_python_code_does(field: str, value: int) -> None:
+    """A limit configured as "unbounded" (2**63 and up) or nonsense (-1) never becomes an OverflowError on the
+    intake's path: the C path leaves such limits to the Python code (found by a review)."""
+    from dataclasses import replace
+
+    limits = replace(DEFAULT_LIMITS, **{field: value})
+    spec = {0: 10}
+    codes = CodedValues(ValueCoding.INT8, np.array([3, -4], np.int8), 0.5)
+    update = wire.Update(wire.new_update_id(), "d", 1, bytes(32), 5, [TensorUpdate(0, 10, np.array([2, 5]), codes)])
+
+    def decode(data: bytes) -> wire.Update | str:
+        try:
+            return wire.decode(data, limits, spec=spec, device="d", versions=[bytes(32)])
+        except wire.WireError as exc:
+            return f"{type(exc).__name__}: {exc.field}: {exc}"
+
+    for data in (wire.encode_compact(update, spec), wire.encode(update)):
+        with accel.python_only():
+            python = decode(data)
+        _same_compact(decode(data), python)

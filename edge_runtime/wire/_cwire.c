@@ -437,6 +437,8 @@ static int bits_gamma(Bits *b, uint64_t *out)
             break;
         }
         zeros += valid;
+        if (zeros > 32)
+            return 0; /* longer than any count tinyfed writes: no need to find where it ends */
     }
     if (b->pos + zeros >= b->bits || zeros > 32)
         return 0;

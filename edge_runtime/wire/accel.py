@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
+from .limits import Limits
+
+_C_BOUND = 2**62  # what the C path counts in; limits beyond it (or not integers) leave decoding to Python
+
 
 def _load() -> ModuleType | None:
     if os.environ.get("TINYFED_PURE_PYTHON") == "1":
@@ -27,6 +31,13 @@ def _load() -> ModuleType | None:
 
 built: ModuleType | None = _load()
 native: ModuleType | None = built  # what the decoders use: ``built``, or None while python_only() runs
+
+
+def takes(limits: Limits) -> bool:
+    """Whether the C path can decode under these limits: each a plain integer in 0..2**62 (a configured
+    "unbounded" 2**64 must not turn into an OverflowError on the intake's path)."""
+    values = (limits.max_nnz, limits.max_tensors, limits.max_numel, limits.max_items, limits.max_depth)
+    return all(type(v) is int and 0 <= v <= _C_BOUND for v in values)
 
 
 @contextmanager

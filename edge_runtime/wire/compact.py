@@ -352,8 +352,11 @@ def _read_body(body: bytes, spec: Mapping[int, int] | None, limits: Limits) -> _
 def _read_body_native(native: Any, body: bytes, spec: Mapping[int, int], limits: Limits) -> _Body | None:
     """The same through the C path (accel.py): one pass over the bits; None for anything it does not take,
     which ``_read_body`` then refuses by name."""
+    if not accel.takes(limits):
+        return None
     order = sorted(spec)
-    out = native.decode_compact(body, [spec[t] for t in order], limits.max_nnz, limits.max_tensors, limits.max_numel)
+    numels = [int(spec[t]) for t in order]  # numpy integers would be handed back every time
+    out = native.decode_compact(body, numels, limits.max_nnz, limits.max_tensors, limits.max_numel)
     if out is None:
         return None
     extras, clip_sent, clip_value, bits_read, heads, positions, codes, values_f32 = out

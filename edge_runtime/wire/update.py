@@ -379,6 +379,8 @@ def _read_tensors_batched(
 
 
 def _decode_streams_native(native: Any, streams: list[_Streams], limits: Limits) -> _Decoded | None:
+    if not accel.takes(limits):
+        return _decode_streams_numpy(streams)
     out = native.decode_tensors(streams, limits.max_nnz)
     if out is None:
         return None
