@@ -19,7 +19,7 @@ repeats; the sparse intake is also split into its three steps, so the
 share of decoding is known. Both aggregates are checked to agree.
 
 The gateway decodes with its C path (edge_runtime/wire/_cwire.c: the bounds
-scan and the tensor streams) when it is built, as it is wherever a hub has a
+scan, a CBOR update's tensor streams and the compact bit stream) when it is built, as it is wherever a hub has a
 compiler; the same steps run again with the Python code alone
 (``accel.python_only()``), so ``c_path_speedup`` (decode) and
 ``sparse_python_intake_us_per_update`` are ratios of one run. ``c_path_built``

@@ -64,6 +64,7 @@ BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3
 PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
+ANSWERED = re.compile(r"answered (\d+) receipts (\d+)")  # a simulator's last line: its answers, their receipts
 ROUND_LINE = re.compile(r"round\s+(\d+) (\w+)\s+updates\s+(\d+).*?([\d.]+) s$")
 
 
@@ -287,6 +288,9 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         "start_seconds": training[0].started - spawned,
         "wall_seconds": wall,
         "simulators": stats,
+        # Every answer a simulated device sent has its receipt back (the gateway's and the floor's): the rounds
+        # are counted by the gateway, the receipts only by the devices.
+        "receipts_missing": sum(int(a) - int(r) for a, r in ANSWERED.findall(" ".join(stats))),
         "floor": floor_run,
     }
 
@@ -396,6 +400,7 @@ def main(full: bool = False) -> dict[str, float]:
         figures[f"simulators_cpu_ms_per_update_{devices}"] = round(run["simulators_cpu_ms_per_update"], 3)
         figures[f"gateway_busy_of_one_core_{devices}"] = round(2 * run["cpu_share_of_round"]["gateway"], 3)
         figures[f"gateway_start_seconds_{devices}"] = round(run["start_seconds"], 2)
+        figures[f"receipts_missing_{devices}"] = run["receipts_missing"]
         floor = run["floor"]
         figures[f"floor_seconds_per_round_{devices}"] = round(floor["seconds_per_round"], 3)
         figures[f"round_vs_floor_{devices}"] = round(run["seconds_per_round"] / floor["seconds_per_round"], 3)

@@ -439,8 +439,11 @@ def main() -> int:
         return closed[0]
 
     fleet.serve(until)
-    while fleet.loop.poll(0.5, fleet._on_packet):  # what the broker still forwards (the last receipts): counted
-        pass
+    # What the broker still forwards (the last receipts) is counted: every answer's receipt, or 5 s of silence. A
+    # half-second gap was not enough at 10,000 devices: a broker saving its state pauses longer than that.
+    silent = 0.0
+    while fleet.receipts < fleet.answered and silent < 5.0:
+        silent = 0.0 if fleet.loop.poll(0.5, fleet._on_packet) else silent + 0.5
     fleet.stop()
     print(f"stats answered {fleet.answered} receipts {fleet.receipts} manifests {fleet.manifests}", flush=True)
     return 0

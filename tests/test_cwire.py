@@ -23,7 +23,7 @@ from edge_runtime import wire
 from edge_runtime.wire import CodedValues, TensorUpdate, ValueCoding, accel, index_coding
 from edge_runtime.wire.index_coding import IndexCoding
 from edge_runtime.wire.limits import DEFAULT_LIMITS, Limits
-from edge_runtime.wire.scan import scan
+from edge_runtime.wire.scan import ALLOWED_TAGS, scan
 from edge_runtime.wire.values import pack_int8_rice, plan_int8_rice, unpack_int8_rice
 
 REQUIRED = os.environ.get("TINYFED_REQUIRE_C_EXTENSION") == "1"
@@ -141,6 +141,13 @@ def test_the_c_scan_refuses_invalid_text_and_hands_it_back() -> None:
         assert not _c_scan(data, DEFAULT_LIMITS)
         with pytest.raises(wire.MalformedCBOR, match="not UTF-8"):
             scan(data, DEFAULT_LIMITS)
+
+
+@pytest.mark.parametrize("tag", sorted(set(range(300)) | ALLOWED_TAGS | {55799, 2**16, 2**32, 2**63}))
+def test_the_c_scan_takes_exactly_the_tags_the_python_scan_takes(tag: int) -> None:
+    """The C code's list of tags is its own copy of scan.ALLOWED_TAGS: every tag, through both."""
+    for data in (cbor2.dumps(cbor2.CBORTag(tag, b"")), cbor2.dumps([1, {2: cbor2.CBORTag(tag, 0)}])):
+        assert _c_scan(data, DEFAULT_LIMITS) == _python_scan(data, DEFAULT_LIMITS) == (tag in ALLOWED_TAGS)
 
 
 def test_limits_beyond_what_the_c_scan_keeps_go_to_the_python_scan() -> None:
@@ -428,6 +435,7 @@ def test_a_compact_update_with_a_long_unary_run_decodes_as_python_does(monkeypat
     monkeypatch.setattr(compact, "best_rice_k", lambda g: 0)  # what a lying device may choose: runs of 700 ones
     data = wire.encode_compact(wire.Update(wire.new_update_id(), "d", 1, bytes(32), 5, tensors), {2: 4096})
     monkeypatch.undo()
+    assert native.decode_compact(data[15:], [4096], 100, 100, 10_000) is not None  # the C path takes it itself
     with accel.python_only():
         python = _compact_decode_spec(data, {2: 4096})
     assert not isinstance(python, str), python

@@ -379,6 +379,8 @@ def _read_tensors_batched(
 
 
 def _decode_streams_native(native: Any, streams: list[_Streams], limits: Limits) -> _Decoded | None:
+    """The streams through the C path (one pass over the bytes); None for anything it does not take, which the
+    caller then decodes tensor by tensor, naming the fault. Limits it cannot count in go to numpy instead."""
     if not accel.takes(limits):
         return _decode_streams_numpy(streams)
     out = native.decode_tensors(streams, limits.max_nnz)
