@@ -64,7 +64,8 @@ BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3
 PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
-ANSWERED = re.compile(r"answered (\d+) receipts (\d+)")  # a simulator's last line: its answers, their receipts
+# A simulator's last line: its answers and their receipts, and of those the floor's.
+ANSWERED = re.compile(r"answered (\d+) receipts (\d+) .*floor_answered (\d+) floor_receipts (\d+)")
 ROUND_LINE = re.compile(r"round\s+(\d+) (\w+)\s+updates\s+(\d+).*?([\d.]+) s$")
 
 
@@ -176,14 +177,14 @@ def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) ->
 
     from edge_runtime import wire
 
-    from .sim_devices import SkeletonHub, sim_name
+    from .sim_devices import FLOOR_FIRST_ROUND, SkeletonHub, sim_name
 
     hub = SkeletonHub(host, port, federation)
     names = [sim_name(i) for i in range(devices)]
     seconds, broker_cpu, hub_cpu, sim_cpu = [], [], [], []
     version = bytes(32)
     sims = [name for name in watch.processes if name.startswith("sim")]
-    for number in range(101, 101 + ROUNDS):
+    for number in range(FLOOR_FIRST_ROUND, FLOOR_FIRST_ROUND + ROUNDS):
         task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, int(time.time()) + 600))
         start_wall, cpu = time.time(), time.process_time()
         seconds.append(hub.round(names, task))
@@ -264,6 +265,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     sims = [name for name in watch.processes if name.startswith("sim")]
     sim_cpu = sum(watch.cpu_between(name, a, b) for name in sims for a, b in spans)
     busy = sum(b - a for a, b in spans)
+    tallies = [(int(a), int(r), int(fa), int(fr)) for a, r, fa, fr in ANSWERED.findall("\n".join(stats))]
     return {
         "devices": devices,
         "setting": setting,
@@ -288,9 +290,10 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         "start_seconds": training[0].started - spawned,
         "wall_seconds": wall,
         "simulators": stats,
-        # Every answer a simulated device sent has its receipt back (the gateway's and the floor's): the rounds
-        # are counted by the gateway, the receipts only by the devices.
-        "receipts_missing": sum(int(a) - int(r) for a, r in ANSWERED.findall(" ".join(stats))),
+        # Every answer a simulated device sent has its receipt back: the rounds are counted by the gateway, the
+        # receipts only by the devices. The gateway's, and the floor's apart.
+        "receipts_missing": sum(a - fa - (r - fr) for a, r, fa, fr in tallies),
+        "floor_receipts_missing": sum(fa - fr for _, _, fa, fr in tallies),
         "floor": floor_run,
     }
 
@@ -400,7 +403,8 @@ def main(full: bool = False) -> dict[str, float]:
         figures[f"simulators_cpu_ms_per_update_{devices}"] = round(run["simulators_cpu_ms_per_update"], 3)
         figures[f"gateway_busy_of_one_core_{devices}"] = round(2 * run["cpu_share_of_round"]["gateway"], 3)
         figures[f"gateway_start_seconds_{devices}"] = round(run["start_seconds"], 2)
-        figures[f"receipts_missing_{devices}"] = run["receipts_missing"]
+        figures[f"receipts_missing_{devices}"] = run["receipts_missing"]  # the gateway's
+        figures[f"floor_receipts_missing_{devices}"] = run["floor_receipts_missing"]
         floor = run["floor"]
         figures[f"floor_seconds_per_round_{devices}"] = round(floor["seconds_per_round"], 3)
         figures[f"round_vs_floor_{devices}"] = round(run["seconds_per_round"] / floor["seconds_per_round"], 3)

@@ -231,6 +231,12 @@ class Loop:
         conn.sock.close()
 
 
+# The floor's tasks are rounds 101 and up, and its receipts this one payload (an id no device sends): the
+# simulators count the gateway's answers and receipts apart from the floor's.
+FLOOR_FIRST_ROUND = 101
+FLOOR_RECEIPT = wire.encode(wire.Receipt([bytes(16)]))
+
+
 # -- the simulated fleet ----------------------------------------------------------------------------------------
 def sim_name(index: int) -> str:
     return f"sim-{index:0{SIM_NAME_WIDTH}d}"
@@ -266,6 +272,7 @@ class SimulatedFleet:
         self.receipt_topics = {self.topics.receipt(n) for n in self.names}
         self.connected = self.subscribed = self.born = 0
         self.answered = self.receipts = self.manifests = 0
+        self.floor_answered = self.floor_receipts = 0  # of those, the skeleton hub's (the floor's)
         self._tensors: list[wire.TensorUpdate] | None = None
         self._spec: dict[int, int] = {}
         self._templates: dict[tuple[int, bytes, bool], UpdateTemplate] = {}
@@ -331,6 +338,7 @@ class SimulatedFleet:
             self._answer(conn, name, payload)
         elif topic in self.receipt_topics:
             self.receipts += 1
+            self.floor_receipts += payload == FLOOR_RECEIPT
         elif topic == self.topics.manifest:
             self.manifests += 1
             if self._tensors is None:
@@ -347,6 +355,7 @@ class SimulatedFleet:
         update = publish_packet(self.topics.update(name), template.fill(), conn.packet_id())
         self.loop.send(conn, update)
         self.answered += 1
+        self.floor_answered += task.round >= FLOOR_FIRST_ROUND
 
     def _make_update_body(self, manifest: wire.ModelManifest) -> None:
         rng = np.random.default_rng(0)
@@ -375,7 +384,7 @@ class SkeletonHub:
         self.loop.send(self.conn, connect_packet("floor-hub", self.topics.gateway_presence, b""))
         self.updates = 0
         self.ready = False
-        self.receipt = wire.encode(wire.Receipt([os.urandom(16)]))  # a receipt's size: devices only count them
+        self.receipt = FLOOR_RECEIPT  # a receipt's size; devices count it apart from the gateway's
         self.loop.send(self.conn, subscribe_packet(self.conn.packet_id(), [self.topics.all_updates]))
         while not self.ready:
             self.loop.poll(0.5, self._on_packet)
@@ -445,7 +454,8 @@ def main() -> int:
     while fleet.receipts < fleet.answered and silent < 5.0:
         silent = 0.0 if fleet.loop.poll(0.5, fleet._on_packet) else silent + 0.5
     fleet.stop()
-    print(f"stats answered {fleet.answered} receipts {fleet.receipts} manifests {fleet.manifests}", flush=True)
+    print(f"stats answered {fleet.answered} receipts {fleet.receipts} manifests {fleet.manifests} "
+          f"floor_answered {fleet.floor_answered} floor_receipts {fleet.floor_receipts}", flush=True)
     return 0
 
 
