@@ -116,26 +116,24 @@ def measure(payloads: list[bytes], repeats: int = REPEATS) -> dict[str, Any]:
     compact = [(u.device, wire.encode_compact(replace(u, update_id=wire.new_update_id()), spec)) for u in decoded]
     versions = [bytes(32)]
 
+    def take(aggregate: StreamingAggregate, update: wire.Update) -> None:
+        """What the gateway does with a decoded update: its norm, admission, the fold."""
+        norm = update_norm(update)
+        verdict = admit(update, update.device, norm, view, bytes(32), ledger, rules)
+        if not verdict.accepted:
+            raise AssertionError(f"the benchmark's update was refused: {verdict.reason}")
+        aggregate.add(update, verdict.weight_factor, norm, verdict.samples)
+
     def sparse() -> StreamingAggregate:
         aggregate = StreamingAggregate(spec)
         for payload in payloads:
-            update = wire.decode(payload, expect=wire.Update, spec=spec)
-            norm = update_norm(update)
-            verdict = admit(update, update.device, norm, view, bytes(32), ledger, rules)
-            if not verdict.accepted:
-                raise AssertionError(f"the benchmark's update was refused: {verdict.reason}")
-            aggregate.add(update, verdict.weight_factor, norm, verdict.samples)
+            take(aggregate, wire.decode(payload, expect=wire.Update, spec=spec))
         return aggregate
 
     def sparse_compact() -> StreamingAggregate:
         aggregate = StreamingAggregate(spec)
         for device, payload in compact:
-            update = wire.decode(payload, expect=wire.Update, spec=spec, device=device, versions=versions)
-            norm = update_norm(update)
-            verdict = admit(update, update.device, norm, view, bytes(32), ledger, rules)
-            if not verdict.accepted:
-                raise AssertionError(f"the benchmark's update was refused: {verdict.reason}")
-            aggregate.add(update, verdict.weight_factor, norm, verdict.samples)
+            take(aggregate, wire.decode(payload, expect=wire.Update, spec=spec, device=device, versions=versions))
         return aggregate
 
     def dense_intake() -> tuple[np.ndarray, float]:

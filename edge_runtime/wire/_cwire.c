@@ -174,29 +174,25 @@ static inline uint64_t read_bits(const uint8_t *p, Py_ssize_t len, Py_ssize_t bi
     return (load64(p, len, bit >> 3) << (bit & 7)) >> (64 - k);
 }
 
-/* Gaps of n Golomb-Rice codes (all unary quotients, then all k-bit remainders, each part padded with zero
- * bits to a byte): what index_coding.decode_rice accepts, into out[0..n). A quotient is the run of 1 bits
- * before the next 0 bit, counted 57 or more bits at a time. */
-static int rice_gaps(const uint8_t *p, Py_ssize_t len, Py_ssize_t n, int k, int64_t *out)
+/* n unary quotients (runs of 1 bits, each closed by a 0 bit) from bit *at on, every 0 bit before bit `end` of
+ * p[0..len), each shifted left by k into out[0..n): what both Rice layouts (index_coding's and the compact
+ * stream's) share. A run is counted 57 or more bits at a time; *at ends after the last closing 0 bit. */
+static int unary_quotients(const uint8_t *p, Py_ssize_t len, Py_ssize_t end, Py_ssize_t *at, Py_ssize_t n, int k,
+                           int64_t *out)
 {
-    if (k < 0 || k > MAX_RICE_K || n < 0)
-        return 0;
-    Py_ssize_t rem_bytes = (n * k + 7) >> 3;
-    if (rem_bytes > len)
-        return 0;
-    Py_ssize_t unary_bytes = len - rem_bytes, unary_bits = unary_bytes * 8, bit = 0;
+    Py_ssize_t bit = *at;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t q = 0;
         for (;;) {
-            if (bit >= unary_bits)
+            if (bit >= end)
                 return 0;
             int shift = (int)(bit & 7), valid = 64 - shift;
             /* past the end read as 0 bits, so a run of 1s always ends inside the window or fills it */
-            uint64_t inverted = ~(load64(p, unary_bytes, bit >> 3) << shift);
+            uint64_t inverted = ~(load64(p, len, bit >> 3) << shift);
             int run = inverted ? __builtin_clzll(inverted) : 64; /* 0: 64 ones from a byte boundary (clz(0) is UB) */
             if (run < valid) {
-                if (bit + run >= unary_bits)
-                    return 0; /* that 0 bit is past the unary part */
+                if (bit + run >= end)
+                    return 0; /* that 0 bit is past the part it must close */
                 q += run;
                 bit += run + 1;
                 break;
@@ -208,6 +204,23 @@ static int rice_gaps(const uint8_t *p, Py_ssize_t len, Py_ssize_t n, int k, int6
             return 0; /* a gap of 2**62 or more: past any tensor (and no shift may overflow) */
         out[i] = q << k;
     }
+    *at = bit;
+    return 1;
+}
+
+/* Gaps of n Golomb-Rice codes (all unary quotients, then all k-bit remainders, each part padded with zero
+ * bits to a byte): what index_coding.decode_rice accepts, into out[0..n). A quotient is the run of 1 bits
+ * before the next 0 bit, counted 57 or more bits at a time. */
+static int rice_gaps(const uint8_t *p, Py_ssize_t len, Py_ssize_t n, int k, int64_t *out)
+{
+    if (k < 0 || k > MAX_RICE_K || n < 0)
+        return 0;
+    Py_ssize_t rem_bytes = (n * k + 7) >> 3;
+    if (rem_bytes > len)
+        return 0;
+    Py_ssize_t unary_bytes = len - rem_bytes, unary_bits = unary_bytes * 8, bit = 0;
+    if (!unary_quotients(p, unary_bytes, unary_bits, &bit, n, k, out))
+        return 0;
     Py_ssize_t tail = unary_bits - bit; /* the padding: zero bits, fewer than 8 */
     if (tail >= 8 || (tail && (p[unary_bytes - 1] & ((1u << tail) - 1))))
         return 0;
@@ -449,30 +462,8 @@ static int bits_gamma(Bits *b, uint64_t *out)
 /* count Rice codes: a unary run of count codes (ones closed by a zero), then count k-bit remainders. */
 static int bits_rice(Bits *b, Py_ssize_t count, int k, int64_t *out)
 {
-    Py_ssize_t bit = b->pos;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int64_t q = 0;
-        for (;;) {
-            if (bit >= b->bits)
-                return 0;
-            int shift = (int)(bit & 7), valid = 64 - shift;
-            uint64_t inverted = ~(load64(b->p, b->len, bit >> 3) << shift);
-            int run = inverted ? __builtin_clzll(inverted) : 64; /* 0: 64 ones from a byte boundary */
-            if (run < valid) {
-                if (bit + run >= b->bits)
-                    return 0;
-                q += run;
-                bit += run + 1;
-                break;
-            }
-            q += valid;
-            bit += valid;
-        }
-        if (q >= (INT64_C(1) << (62 - k)))
-            return 0; /* a gap of 2**62 or more: past any tensor (and no shift may overflow) */
-        out[i] = q << k;
-    }
-    b->pos = bit;
+    if (!unary_quotients(b->p, b->len, b->bits, &b->pos, count, k, out))
+        return 0;
     if (k) {
         if (count > (b->bits - b->pos) / k)
             return 0;
