@@ -156,6 +156,35 @@ def test_a_close_that_fails_is_retried_without_detaching_twice_and_without_doubl
     assert [r.status for r in rounds.store.rounds()] == ["closed"]
 
 
+def test_a_close_that_dies_after_making_its_version_counts_that_version_once_toward_the_range_bound(
+    tmp_path: Path, model: bytes
+) -> None:
+    """The activation-range bound compounds per version made since ranges were last taken: a close that made
+    its version, then died writing the round (a disk error), and was retried must count one version, not two,
+    or a liar's report could move a range one ``max_range_growth`` further than the bound allows."""
+    clean, _ = make_rounds(tmp_path / "clean", model, FedAvgM(momentum=0.9), max_range_growth=2.0, report_every=5)
+    rounds, _ = make_rounds(tmp_path / "failing", model, FedAvgM(momentum=0.9), max_range_growth=2.0, report_every=5)
+    finish, attempts = rounds.store.finish_round, []
+
+    def finish_failing_once(*args: object, **kwargs: object) -> None:
+        attempts.append(args[0])
+        if len(attempts) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    rounds.store.finish_round = finish_failing_once  # type: ignore[method-assign]
+    for r in (clean, rounds):
+        for device, task in r.step().tasks:
+            assert answer(r, device, task)
+    expected = clean.step().ended
+    assert expected is not None and clean.publisher.range_growth(3) == 2.0  # one version since
+    assert rounds.step().ended is None and attempts == [1]  # the version was made, the close died writing it
+    retried = rounds.step()
+    assert retried.ended is not None and attempts == [1, 1]
+    assert retried.ended.version == expected.version
+    assert rounds.publisher.range_growth(3) == clean.publisher.range_growth(3)
+
+
 def test_below_the_free_space_floor_no_round_opens_it_is_said_once_and_rounds_resume_with_room(
     tmp_path: Path, model: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
