@@ -225,6 +225,13 @@ class Loop:
             if goodbye:  # what is still unsent first, then a clean DISCONNECT: the broker drops the will
                 conn.sock.setblocking(True)
                 conn.sock.sendall(bytes(conn.outbox) + b"\xe0\x00")
+                # Then read until the broker closes: a socket closed with unread bytes (the broker's PUBACKs)
+                # answers with a reset, and a reset makes the broker drop what it had not yet read of ours. The
+                # skeleton hub lost the last receipts of a round that way (3,057 of 30,000 at 10,000 devices).
+                conn.sock.shutdown(socket.SHUT_WR)
+                conn.sock.settimeout(30.0)
+                while conn.sock.recv(1 << 16):
+                    pass
         except OSError:
             pass
         self.selector.unregister(conn.sock)
