@@ -26,7 +26,10 @@ Four settings, measured in the same run:
   the gateway has finished, a skeleton hub (one connection on the
   simulators' codec, no tinyfed) moves the same MQTT messages: a task to
   every device, a receipt for each update. Its round time is what MQTT and
-  the simulators cost alone;
+  the simulators cost alone. Then the same rounds on tinyfed's own MQTT
+  client (``PahoHub``: ``MqttLink``, paho-mqtt) with nothing of the intake
+  in between: ``paho_floor_cpu_ms_per_update_N`` is what the MQTT client
+  alone costs the hub per update;
 - ``python``: as ``after`` at 1,000 devices, the gateway with its C intake
   path turned off (``TINYFED_PURE_PYTHON=1``, edge_runtime/wire/accel.py),
   when it is built: ``gateway_cpu_ratio_python_vs_c_1000``.
