@@ -93,6 +93,10 @@ class BoardDriver:
         # hundreds of lines a second into the bridge's journal, crowding out the bridge's own.
         self._board_said = RateLimitedLog(log, f"lines of board {url}", "the driver keeps the last 200: logs")
         self.resets_seen = 0
+        # The end of the furthest payload byte a MODEL_DATA of the current transfer attempt carried, in any of
+        # its versions: what the board can hold of it at most. The offset a transfer reports (``progress``) is
+        # what the board holds at least; the two differ after a shortened resend (see :meth:`_stream`).
+        self.sent_through = 0
         self._in_data_phase = False
         self._greeting = False
         # One board's line, one sender: its share of the budget is the whole of it.
@@ -406,12 +410,18 @@ class BoardDriver:
             chunk = max(MIN_CHUNK, chunk // 2)
             return wire.encode(wire.ModelData(offset, payload[offset : offset + chunk]))
 
+        self.sent_through = offset
         self._in_data_phase = True
         try:
             while offset < len(payload):
                 self._check_pending()
+                self.sent_through = max(self.sent_through, min(len(payload), offset + chunk))  # resends are shorter
                 self._send(wire.ModelData(offset, payload[offset : offset + chunk]), on_retry=shorter)
-                offset = min(len(payload), offset + chunk)  # ``chunk`` is the length of the version acknowledged
+                # The board holds at least this much: ``chunk`` is the length of the last version sent, and the
+                # acknowledgement names the frame, not the version the board took (the first to reach it, which
+                # after a late acknowledgement is a longer one: docs/serial-protocol.md, "Link"). The next chunk
+                # starts here; the bytes of it the board already has, it skips.
+                offset = min(len(payload), offset + chunk)
                 if progress is not None:
                     progress(offset, len(payload))
                 if self.link.last_attempts > 1:

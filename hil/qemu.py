@@ -165,12 +165,25 @@ class QemuBoard:
 
     def reset(self) -> None:
         """The reset button (QEMU's ``system_reset``): RAM is lost, the flash and the pty stay."""
+        self._monitor(b"system_reset")
+
+    def pause(self) -> None:
+        """Stop the emulated CPU (QEMU's ``stop``): the board reads and answers nothing until :meth:`resume`;
+        what the host writes meanwhile waits in the pty."""
+        self._monitor(b"stop")
+
+    def resume(self) -> None:
+        """Run the CPU again after :meth:`pause` (QEMU's ``cont``)."""
+        self._monitor(b"cont")
+
+    def _monitor(self, command: bytes) -> None:
+        """One command on QEMU's monitor; returns once QEMU has read it (it echoes the command)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(self.monitor)
-            sock.sendall(b"system_reset\n")
+            sock.sendall(command + b"\n")
             seen = b""
-            while b"system_reset" not in seen:  # QEMU echoes the command once it has read it
+            while command not in seen:  # QEMU echoes the command once it has read it
                 chunk = sock.recv(4096)
                 if not chunk:
                     break

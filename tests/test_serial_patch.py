@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ from tests.test_patches import moved
 
 pytest.importorskip("serial")
 pytest.importorskip("cobs")
+
+import serial
 
 from firmware_bridge.driver import BoardDriver, chunk_capacity
 from firmware_bridge.errors import BoardRefused
@@ -126,7 +130,7 @@ def test_the_reset_button_pressed_mid_patch_resumes_where_the_boards_flash_left_
 
     def press_reset(done: int, total: int) -> None:
         if not pressed and done >= total // 2:
-            pressed.append(done)
+            pressed.append(driver.sent_through)  # the furthest byte on the line: what QEMU's flash may hold at most
             if hil_board.emulated is not None:
                 hil_board.emulated.reset()
             elif hil_board.qemu is not None:
@@ -141,10 +145,70 @@ def test_the_reset_button_pressed_mid_patch_resumes_where_the_boards_flash_left_
         report = driver.send_patch(patch, progress=press_reset)
         assert report.kind == "patch" and report.resets == 1 and report.resumed_from[0] == 0
         # What reached flash was kept and not sent again. The emulator takes the button up after the request in
-        # hand (a chunk past the one acknowledged may be written first); QEMU resets at once.
+        # hand (a chunk past the one acknowledged may be written first); QEMU resets at once, so nothing the host
+        # sent after the press reaches flash. The bound is what the host had sent, not what was acknowledged
+        # (``done``): after a late acknowledgement the board may hold a longer version of the last chunk than
+        # the shortened resend that was acknowledged (test_a_late_acknowledgement_at_the_reset_button below).
         assert 0 < report.resumed_from[1] < len(wire.encode(patch))
         if hil_board.qemu is not None:
             assert report.resumed_from[1] <= pressed[0]
+        assert driver.status().model_version == sha(target)
+
+
+def test_a_late_acknowledgement_at_the_reset_button_bounds_the_resume_by_what_the_host_sent(
+    hil_board: HilTarget, model_a: bytes, digits: DataSplit
+) -> None:
+    """On the C board under QEMU: the chunk that crosses half the patch is acknowledged late (QEMU paused, as a
+    loaded machine delays it at random), so the host resends it shorter; the board takes the first, longer
+    version. The reset button then finds more in flash than the host counts as acknowledged, never more than it
+    sent; the transfer resumes from there and installs."""
+    qemu = hil_board.qemu
+    if qemu is None:
+        pytest.skip("pauses QEMU's CPU to delay an acknowledgement")
+    target = write_graph(build_model("mlp", digits.train.x, digits.train.classes, seed=1))
+    patch = patch_of(model_a, target)
+    writes: list[bytes] = []
+    late = threading.Event()
+    pressed: list[tuple[int, int]] = []
+
+    class Port:
+        """The pty as the driver writes it: while QEMU is paused, the second frame written is the resend."""
+
+        def __init__(self, port: Any) -> None:
+            self.port = port
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.port, name)
+
+        def write(self, data: bytes) -> int | None:
+            written = self.port.write(data)
+            if late.is_set() and qemu is not None:
+                writes.append(data)
+                if len(writes) == 2:  # the first version, then the shorter resend: let the board read both
+                    late.clear()
+                    qemu.resume()
+            return written
+
+    def progress(done: int, total: int) -> None:
+        if not late.is_set() and not writes and done + chunk_capacity(driver.link.max_payload) >= total // 2:
+            qemu.pause()  # the next chunk, which crosses half the patch, is acknowledged late
+            late.set()
+        elif writes and not pressed:  # that chunk's acknowledgement: press the button at once
+            pressed.append((done, driver.sent_through))
+            qemu.reset()
+
+    port = Port(serial.serial_for_url(hil_board.url, baudrate=hil_board.baud, timeout=0.05, write_timeout=10))
+    with BoardDriver(hil_board.url, baud=hil_board.baud, max_frame=96, answer_timeout=60.0, port=port) as driver:
+        # Only the paused chunk is acknowledged late: a loaded machine's own late acknowledgements would shrink
+        # the chunks first, and a chunk already at the shortest is resent no shorter (nothing here to test).
+        driver.link.processing_allowance = 2.0
+        driver.hello()
+        driver.send_model(model_a)
+        report = driver.send_patch(patch, progress=progress)
+        assert len(writes) == 2 and report.kind == "patch" and report.resets == 1
+        done, sent = pressed[0]
+        assert done < sent  # the resend was shorter: the board may hold more than the host counts acknowledged
+        assert report.resumed_from[0] == 0 and 0 < report.resumed_from[1] <= sent
         assert driver.status().model_version == sha(target)
 
 
