@@ -39,8 +39,8 @@ closing, from the gateway's own clock), the gateway's and the broker's
 CPU per update from the first training round's opening to the last one's
 close (the opening and closing work between rounds included; each end
 read between the 0.1 s samples around it; ``gateway_cpu_ms_per_update_bracketed_N``
-is the same CPU as measured before 2026-12-01, each round's span widened to
-the samples around it) and their peak RSS, the
+is the same CPU as read until 2026-12-01 21:37 UTC, each round's span widened
+to the samples around it) and their peak RSS, the
 simulators' CPU per update, the floor's round time and the ratio to it,
 and the before/after ratios. ``cpu_share_of_round`` says how much of the
 machine's two cores each side kept busy during the rounds: a gateway near
@@ -147,12 +147,13 @@ class Watch:
     def cpu_between(self, name: str, start: float, end: float) -> float:
         """CPU seconds ``name`` spent from ``start`` to ``end`` (wall-clock times), each end read off the line
         between the two samples around it. Taking the sample before ``start`` and the one after ``end`` instead
-        (``cpu_bracketing``) counts up to 0.2 s more of every span: at 1,000 devices a round is about 0.6 s, so
-        that added 10-25% to the CPU per update, and counted twice the gap between two rounds closer than 0.1 s."""
+        (``cpu_bracketing``) counts up to 0.2 s more of every span (a round is 0.5-0.6 s at 1,000 devices), and
+        counts twice a gap between two rounds shorter than a sample. In the runs of 2026-12-01 the two readings
+        (this one over the whole run, with the work between rounds in it) differed by 5-8%."""
         return self._cpu_at(name, end) - self._cpu_at(name, start)
 
     def cpu_bracketing(self, name: str, start: float, end: float) -> float:
-        """``cpu_between`` as measured up to 2026-12-01: from the sample at or before ``start`` to the one at or
+        """``cpu_between`` as read until 2026-12-01 21:37 UTC: from the sample at or before ``start`` to the one at or
         after ``end``, an upper bound (kept to compare with the figures taken that way)."""
         before = [s[1][name] for s in self.samples if s[0] <= start and name in s[1]]
         after = [s[1][name] for s in self.samples if s[0] >= end and name in s[1]]
@@ -396,7 +397,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         ],
         "seconds_per_round": statistics.median(seconds),
         "gateway_cpu_ms_per_update": 1000 * gateway_cpu / updates,
-        # The same CPU as measured up to 2026-12-01 (each round's span widened to the samples around it), to
+        # The same CPU as read until 2026-12-01 21:37 UTC (each round's span widened to the samples around it), to
         # compare with the figures taken that way.
         "gateway_cpu_ms_per_update_bracketed": 1000 * bracketed / updates,
         "broker_cpu_ms_per_update": 1000 * broker_cpu / updates,
