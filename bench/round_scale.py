@@ -8,8 +8,9 @@ manifest subscriptions and real encoded updates. The simulator writes its
 MQTT packets by hand on one non-blocking socket loop per process (see that
 module for why: with a paho client per device the simulators, not the hub,
 set the pace). No training, so what is measured is the gateway and the
-broker. Each fleet size runs three synchronous rounds in which every device
-is asked and answers, then the final evaluation. The suite runs 10, 100 and
+broker. Each fleet size runs synchronous rounds in which every device is
+asked and answers (``rounds_for``: ten, three at 10,000 devices), then the
+final evaluation. The suite runs 10, 100 and
 1,000 devices; ``--full`` adds 10,000. Connecting the fleet
 (``setup_seconds``) and the gateway's start (10,000 retained births read)
 come before the first round and are not in its time.
@@ -38,9 +39,10 @@ Figures per size N: ``seconds_per_round_N`` (median round, opening to
 closing, from the gateway's own clock), the gateway's and the broker's
 CPU per update from the first training round's opening to the last one's
 close (the opening and closing work between rounds included; each end
-read between the 0.1 s samples around it; ``gateway_cpu_ms_per_update_bracketed_N``
-is the same CPU as read until 2026-12-01 21:37 UTC, each round's span widened
-to the samples around it) and their peak RSS, the
+read between the 0.1 s samples around it;
+``gateway_cpu_ms_per_update_bracketed_N`` is the same CPU as read before
+the run of 2026-12-01 21:35 UTC, each round's span widened to the samples
+around it) and their peak RSS, the
 simulators' CPU per update, the floor's round time and the ratio to it,
 and the before/after ratios. ``cpu_share_of_round`` says how much of the
 machine's two cores each side kept busy during the rounds: a gateway near
@@ -71,7 +73,15 @@ SIZES = (10, 100, 1000)
 FULL_SIZES = (10, 100, 1000, 10_000)
 BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
-ROUNDS = 3
+ROUNDS = 3  # at 10,000 devices: 30,000 updates, 15-25 s of the gateway's CPU
+SMALL_FLEET_ROUNDS = 10  # below: three rounds of 1,000 updates were 1.5 s of CPU, and two idle runs 16 minutes
+# apart read 0.51 and 0.72 ms per update from them (2026-12-01); ten rounds make such a reading five times longer
+
+
+def rounds_for(devices: int) -> int:
+    """Rounds a fleet size runs (the gateway's, each floor's): enough updates that its CPU per update is read
+    over seconds, not over the machine's moment-to-moment speed."""
+    return ROUNDS if devices >= 10_000 else SMALL_FLEET_ROUNDS
 PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
 # A simulator's last line: its answers and their receipts, and of those the floor's.
 ANSWERED = re.compile(r"answered (\d+) receipts (\d+) .*floor_answered (\d+) floor_receipts (\d+)")
@@ -89,7 +99,8 @@ def _initial_model(folder: Path) -> Path:
     return path
 
 
-def _gateway_config(folder: Path, url: str, federation: str, model: Path, devices: int, commit_batch: int) -> Path:
+def _gateway_config(folder: Path, url: str, federation: str, model: Path, devices: int, commit_batch: int,
+                    rounds: int) -> Path:
     path = folder / "gateway.toml"
     path.write_text(
         f"""
@@ -101,7 +112,7 @@ connect_timeout = 30.0
 commit_batch = {commit_batch}
 
 [rounds]
-rounds = {ROUNDS}
+rounds = {rounds}
 min_devices = {devices}
 deadline = 600.0
 density = 0.01
@@ -147,14 +158,14 @@ class Watch:
     def cpu_between(self, name: str, start: float, end: float) -> float:
         """CPU seconds ``name`` spent from ``start`` to ``end`` (wall-clock times), each end read off the line
         between the two samples around it. Taking the sample before ``start`` and the one after ``end`` instead
-        (``cpu_bracketing``) counts up to 0.2 s more of every span (a round is 0.5-0.6 s at 1,000 devices), and
-        counts twice a gap between two rounds shorter than a sample. In the runs of 2026-12-01 the two readings
-        (this one over the whole run, with the work between rounds in it) differed by 5-8%."""
+        (``cpu_bracketing``) counts up to 0.2 s more of every span (a round is 0.5-0.7 s at 1,000 devices), and
+        counts twice a gap between two rounds shorter than a sample. In the four runs of 2026-12-01 since, the two
+        readings (this one over the whole run, with the work between rounds in it) differed by under 1% to 8%."""
         return self._cpu_at(name, end) - self._cpu_at(name, start)
 
     def cpu_bracketing(self, name: str, start: float, end: float) -> float:
-        """``cpu_between`` as read until 2026-12-01 21:37 UTC: from the sample at or before ``start`` to the one at or
-        after ``end``, an upper bound (kept to compare with the figures taken that way)."""
+        """``cpu_between`` as read before the run of 2026-12-01 21:35 UTC: from the sample at or before ``start``
+        to the one at or after ``end``, an upper bound (kept to compare with the figures taken that way)."""
         before = [s[1][name] for s in self.samples if s[0] <= start and name in s[1]]
         after = [s[1][name] for s in self.samples if s[0] >= end and name in s[1]]
         first = before[-1] if before else self.samples[0][1].get(name, 0.0)
@@ -272,7 +283,7 @@ class PahoHub:
         self.link.stop()
 
 
-def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) -> dict[str, Any]:
+def _floor(host: str, port: int, federation: str, devices: int, watch: Watch, rounds: int) -> dict[str, Any]:
     """The skeleton hub: the same tasks out and receipts back, on the simulators' own codec, no tinyfed; then
     the same rounds on tinyfed's MQTT client alone (``PahoHub``)."""
     import os
@@ -286,7 +297,7 @@ def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) ->
     seconds, broker_cpu, hub_cpu, sim_cpu = [], [], [], []
     version = bytes(32)
     sims = [name for name in watch.processes if name.startswith("sim")]
-    for number in range(FLOOR_FIRST_ROUND, FLOOR_FIRST_ROUND + ROUNDS):
+    for number in range(FLOOR_FIRST_ROUND, FLOOR_FIRST_ROUND + rounds):
         task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, int(time.time()) + 600))
         start_wall, cpu = time.time(), time.thread_time()  # its one thread: not the sampler's
         seconds.append(hub.round(names, task))
@@ -298,7 +309,7 @@ def _floor(host: str, port: int, federation: str, devices: int, watch: Watch) ->
     paho = PahoHub(f"mqtt://{host}:{port}", federation)
     paho_seconds, paho_cpu = [], []
     try:
-        for number in range(FLOOR_FIRST_ROUND + ROUNDS, FLOOR_FIRST_ROUND + 2 * ROUNDS):
+        for number in range(FLOOR_FIRST_ROUND + rounds, FLOOR_FIRST_ROUND + 2 * rounds):
             deadline = int(time.time()) + 600
             task = wire.encode(wire.Task(os.urandom(16), number, version, 1, 0.05, 0.01, deadline))
             cpu = paho.cpu()
@@ -328,6 +339,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     federation = f"scale{devices}"
     autosave = HUB_AUTOSAVE_S if setting != "before" else None
     commit_batch = 256 if setting != "before" else 1
+    asked = rounds_for(devices)
     env = {**os.environ, "TINYFED_PURE_PYTHON": "1"} if setting == "python" else None
     with MosquittoProcess(workdir=folder / "broker", autosave_interval=autosave) as broker:
         assert broker.process is not None
@@ -335,7 +347,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         setup = time.perf_counter()
         fleets = _fleets(host_port, federation, devices)
         setup = time.perf_counter() - setup
-        config = _gateway_config(folder, broker.url, federation, model, devices, commit_batch)
+        config = _gateway_config(folder, broker.url, federation, model, devices, commit_batch, asked)
         started, spawned = time.perf_counter(), time.time()
         log = (folder / "gateway.log").open("w")
         gateway = subprocess.Popen(
@@ -356,7 +368,7 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         # Peaks up to the gateway's exit: its session outlives it, so the broker queues the floors' updates for
         # it (60,000 at 10,000 devices), which is the benchmark's doing, not the hub's.
         peak = dict(watch.peak)
-        floor_run = _floor("127.0.0.1", broker.port, federation, devices, watch) if floor else None
+        floor_run = _floor("127.0.0.1", broker.port, federation, devices, watch, asked) if floor else None
         stats: list[str] = []
         watch.stop()
         for fleet in fleets:
@@ -372,13 +384,13 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
     training = [r for r in rows if r.mode == "sync"]
     counts = [store.round_counts(r.round)["train"] for r in training]
     store.close()
-    if len(training) != ROUNDS or any(r.status != "closed" for r in training) or set(counts) != {devices}:
+    if len(training) != asked or any(r.status != "closed" for r in training) or set(counts) != {devices}:
         tail = (folder / "gateway.log").read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"{devices} devices ({setting}): rounds did not complete as asked: {rounds}; the "
                            "gateway's log ends:\n" + "\n".join(tail))  # fmt: skip
     seconds = [float(r.closed or r.started) - r.started for r in training]  # from the gateway's own clock
     spans = [(r.started, float(r.closed or r.started)) for r in training]
-    updates = ROUNDS * devices
+    updates = asked * devices
     # From the first training round's opening to the last one's close: the rounds and the opening and closing
     # work between them, each end interpolated between the 0.1 s samples around it (Watch.cpu_between).
     first, last = spans[0][0], spans[-1][1]
@@ -397,8 +409,8 @@ def run_size(devices: int, folder: Path, setting: str = "after", floor: bool = F
         ],
         "seconds_per_round": statistics.median(seconds),
         "gateway_cpu_ms_per_update": 1000 * gateway_cpu / updates,
-        # The same CPU as read until 2026-12-01 21:37 UTC (each round's span widened to the samples around it), to
-        # compare with the figures taken that way.
+        # The same CPU as read before the run of 2026-12-01 21:35 UTC (each round's span widened to the samples
+        # around it), to compare with the figures taken that way.
         "gateway_cpu_ms_per_update_bracketed": 1000 * bracketed / updates,
         "broker_cpu_ms_per_update": 1000 * broker_cpu / updates,
         "gateway_peak_rss_mib": peak["gateway"] / 2**20,
@@ -572,7 +584,8 @@ def main(full: bool = False) -> dict[str, float]:
         after[1000]["gateway_peak_rss_mib"] / after[10]["gateway_peak_rss_mib"], 3
     )
     note = "measured on a shared 2-core machine: compare the ratios of one run, not absolute times"
-    details = {"runs": runs, "processes": PROCESSES, "rounds": ROUNDS, "note": note, "intake": intake}
+    details = {"runs": runs, "processes": PROCESSES,
+               "rounds": {devices: rounds_for(devices) for devices in sorted(after)}, "note": note, "intake": intake}
     path = write_result("round_scale", figures, details)
     print_table("round_scale", figures)
     print(f"wrote {path}")
