@@ -75,13 +75,15 @@ BEFORE_SIZES = (1000,)
 FULL_BEFORE_SIZES = (1000,)  # one fsync per update at 10,000 devices would take minutes a round here
 ROUNDS = 3  # at 10,000 devices: 30,000 updates, 15-25 s of the gateway's CPU
 SMALL_FLEET_ROUNDS = 10  # below: three rounds of 1,000 updates were 1.5 s of CPU, and two idle runs 16 minutes
-# apart read 0.51 and 0.72 ms per update from them (2026-12-01); ten rounds make such a reading five times longer
+# apart read 0.51 and 0.72 ms per update from them (2026-12-01); ten give 3.3 times the updates (about 8 s of CPU)
 
 
 def rounds_for(devices: int) -> int:
     """Rounds a fleet size runs (the gateway's, each floor's): enough updates that its CPU per update is read
     over seconds, not over the machine's moment-to-moment speed."""
     return ROUNDS if devices >= 10_000 else SMALL_FLEET_ROUNDS
+
+
 PROCESSES = 2  # simulator processes: one per core; each serves its devices' sockets on one loop
 # A simulator's last line: its answers and their receipts, and of those the floor's.
 ANSWERED = re.compile(r"answered (\d+) receipts (\d+) .*floor_answered (\d+) floor_receipts (\d+)")
@@ -99,8 +101,9 @@ def _initial_model(folder: Path) -> Path:
     return path
 
 
-def _gateway_config(folder: Path, url: str, federation: str, model: Path, devices: int, commit_batch: int,
-                    rounds: int) -> Path:
+def _gateway_config(
+    folder: Path, url: str, federation: str, model: Path, devices: int, commit_batch: int, rounds: int
+) -> Path:
     path = folder / "gateway.toml"
     path.write_text(
         f"""
@@ -160,7 +163,7 @@ class Watch:
         between the two samples around it. Taking the sample before ``start`` and the one after ``end`` instead
         (``cpu_bracketing``) counts up to 0.2 s more of every span (a round is 0.5-0.7 s at 1,000 devices), and
         counts twice a gap between two rounds shorter than a sample. In the four runs of 2026-12-01 since, the two
-        readings (this one over the whole run, with the work between rounds in it) differed by under 1% to 8%."""
+        readings (this one over the whole run, with the work between rounds in it) differed by under 1% to 7%."""
         return self._cpu_at(name, end) - self._cpu_at(name, start)
 
     def cpu_bracketing(self, name: str, start: float, end: float) -> float:
@@ -584,8 +587,8 @@ def main(full: bool = False) -> dict[str, float]:
         after[1000]["gateway_peak_rss_mib"] / after[10]["gateway_peak_rss_mib"], 3
     )
     note = "measured on a shared 2-core machine: compare the ratios of one run, not absolute times"
-    details = {"runs": runs, "processes": PROCESSES,
-               "rounds": {devices: rounds_for(devices) for devices in sorted(after)}, "note": note, "intake": intake}
+    rounds = {devices: rounds_for(devices) for devices in sorted(after)}
+    details = {"runs": runs, "processes": PROCESSES, "rounds": rounds, "note": note, "intake": intake}
     path = write_result("round_scale", figures, details)
     print_table("round_scale", figures)
     print(f"wrote {path}")
