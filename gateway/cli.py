@@ -149,8 +149,8 @@ def _ago(seconds: float) -> str:
 
 
 def intake_decoder() -> str:
-    """Which decoder the intake runs, said at start: without the C path a hub spends 1.7-2.1 times the CPU
-    per update (docs/performance.md), so an operator should see when it runs without it, and why."""
+    """Which decoder the intake runs, said at start: without the C path a hub spends 1.7-2.9 times the CPU
+    per update (seven runs, docs/performance.md), so an operator should see when it runs without it, and why."""
     from edge_runtime.wire import accel
 
     if accel.native is not None:
